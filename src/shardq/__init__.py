@@ -1,0 +1,106 @@
+"""shardq: run SQL across many database shards as if they were one database.
+
+>>> import shardq
+>>> shardq.apilevel, shardq.threadsafety
+('2.0', 2)
+"""
+
+from __future__ import annotations
+
+from shardq.adapter import from_connections
+from shardq.aio import AsyncConnection, AsyncCursor, connect_async
+from shardq.config import Config, ShardConfig, TableConfig, load_config
+from shardq.dbapi import (
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    Connection,
+    Cursor,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+    connect,
+)
+from shardq.errors import (
+    ConfigError,
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    QueryTimeoutError,
+    ShardError,
+    SQLSyntaxError,
+    UndeclaredTableError,
+    UnsupportedQueryError,
+    Warning,
+)
+from shardq.rows import dict_row, namedtuple_row, tuple_row
+
+__version__ = "0.1.0.dev0"
+
+#: PEP 249 module globals.
+apilevel = "2.0"
+#: Threads may share the module and connections (not cursors).
+threadsafety = 2
+#: The placeholder style of the postgres dialect (psycopg's). The sqlite
+#: dialect uses "qmark" (``?``, and ``:name``); ``Connection.paramstyle`` tells.
+paramstyle = "pyformat"
+
+__all__ = [
+    "BINARY",
+    "DATETIME",
+    "NUMBER",
+    "ROWID",
+    "STRING",
+    "AsyncConnection",
+    "AsyncCursor",
+    "Binary",
+    "Config",
+    "ConfigError",
+    "Connection",
+    "Cursor",
+    "DataError",
+    "DatabaseError",
+    "Date",
+    "DateFromTicks",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
+    "QueryTimeoutError",
+    "SQLSyntaxError",
+    "ShardConfig",
+    "ShardError",
+    "TableConfig",
+    "Time",
+    "TimeFromTicks",
+    "Timestamp",
+    "TimestampFromTicks",
+    "UndeclaredTableError",
+    "UnsupportedQueryError",
+    "Warning",
+    "apilevel",
+    "connect",
+    "connect_async",
+    "dict_row",
+    "from_connections",
+    "load_config",
+    "namedtuple_row",
+    "paramstyle",
+    "threadsafety",
+    "tuple_row",
+]

@@ -1,0 +1,83 @@
+"""A portal: an event loop on its own thread, called into by blocking code.
+
+The DB-API facade owns one portal per connection. Every blocking method is
+one call through it into the async core, so the sync API is the async one,
+not a second implementation, and it works where the caller's thread already
+runs an event loop (a notebook, an async web app calling sync code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from shardq.errors import InterfaceError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["Portal"]
+
+T = TypeVar("T")
+
+
+class Portal:
+    """Runs coroutines on a private event loop thread."""
+
+    def __init__(self, name: str = "shardq-portal"):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self.closed = False
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        # Let async generators and tasks left behind finish their cleanup.
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the portal's loop and wait for its result.
+
+        If the wait is interrupted (Ctrl-C), the coroutine is cancelled, which
+        cancels its statements on the servers, before the interruption goes on.
+        """
+        if self.closed:
+            raise InterfaceError("the connection is closed")
+        if threading.current_thread() is self._thread:
+            raise InterfaceError(
+                "a blocking shardq call was made from shardq's own event loop thread; "
+                "use the AsyncConnection API there"
+            )
+
+        finished = threading.Event()
+
+        async def run() -> T:
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                future.cancel()
+                # Wait for the cancelled coroutine's cleanup (server-side
+                # cancellation, connections back to their pools).
+                finished.wait(timeout=30)
+            raise
+
+    def close(self) -> None:
+        """Stop the loop and join its thread."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)

@@ -1,0 +1,343 @@
+"""The PEP 249 (DB-API 2.0) facade: :class:`Connection` and :class:`Cursor`.
+
+A thin blocking layer over :mod:`shardq.aio`: each method is one call through
+the connection's :class:`~shardq._portal.Portal` into its
+:class:`~shardq.aio.AsyncConnection`, and iterating a cursor crosses once per
+batch of rows, not per row.
+
+Transactions: every statement runs on its shards in autocommit mode (a
+multi-shard transaction needs two-phase commit, which is not available yet),
+so :meth:`Connection.commit` has nothing to do and :meth:`Connection.rollback`
+raises :class:`~shardq.errors.NotSupportedError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+from shardq import errors
+from shardq._portal import Portal
+from shardq.aio import AsyncConnection, AsyncCursor, ConfigSource
+from shardq.engine import DEFAULT_FETCH_SIZE, Engine
+from shardq.errors import InterfaceError, NotSupportedError
+from shardq.rows import RowFactory, tuple_row
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from shardq.execute.driver import Column
+    from shardq.health import CheckReport
+
+__all__ = [
+    "BINARY",
+    "DATETIME",
+    "NUMBER",
+    "ROWID",
+    "STRING",
+    "Binary",
+    "Connection",
+    "Cursor",
+    "Date",
+    "DateFromTicks",
+    "Time",
+    "TimeFromTicks",
+    "Timestamp",
+    "TimestampFromTicks",
+    "connect",
+]
+
+Params = Sequence[Any] | Mapping[str, Any] | None
+
+
+class Cursor:
+    """A PEP 249 cursor over the shards."""
+
+    def __init__(self, connection: Connection, inner: AsyncCursor):
+        self.connection = connection
+        self._inner = inner
+        self._portal = connection._portal
+
+    def __repr__(self) -> str:
+        return f"<shardq.Cursor {'closed' if self.closed else 'open'}>"
+
+    @property
+    def description(self) -> tuple[Column, ...] | None:
+        return self._inner.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._inner.rowcount
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        """The shards the last statement ran on."""
+        return self._inner.shards
+
+    @property
+    def arraysize(self) -> int:
+        return self._inner.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._inner.arraysize = value
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    @property
+    def lastrowid(self) -> None:
+        """Not available across shards (PEP 249 allows ``None``); use RETURNING."""
+        return None
+
+    def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Self:
+        """Run one statement (see :meth:`shardq.aio.AsyncCursor.execute`)."""
+        self._portal.call(self._inner.execute, sql, params, timeout=timeout)
+        return self
+
+    def executemany(
+        self, sql: str, params_seq: Iterable[Params], *, timeout: float | None = None
+    ) -> None:
+        """Run ``sql`` once per parameter set, each routed to its own shard."""
+        self._portal.call(self._inner.executemany, sql, list(params_seq), timeout=timeout)
+
+    def fetchone(self) -> Any | None:
+        return self._portal.call(self._inner.fetchone)
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._portal.call(self._inner.fetchmany, size)
+
+    def fetchall(self) -> list[Any]:
+        return self._portal.call(self._inner.fetchall)
+
+    def __iter__(self) -> Iterator[Any]:
+        while batch := self._portal.call(self._inner.next_batch):
+            yield from batch
+
+    def callproc(self, procname: str, parameters: Params = None) -> None:
+        raise NotSupportedError("callproc is not supported; use execute('SELECT f(...)')")
+
+    def nextset(self) -> None:
+        """Every statement has one result set: always ``None`` (PEP 249)."""
+        return None
+
+    def setinputsizes(self, sizes: Any) -> None:
+        """Accepted and ignored (PEP 249 allows it)."""
+
+    def setoutputsize(self, size: Any, column: int | None = None) -> None:
+        """Accepted and ignored (PEP 249 allows it)."""
+
+    def close(self) -> None:
+        if not self._inner.closed and not self._portal.closed:
+            self._portal.call(self._inner.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Connection:
+    """A PEP 249 connection to N shards. Make one with :func:`shardq.connect`."""
+
+    def __init__(self, inner_factory: Any, *, portal: Portal | None = None):
+        self._portal = portal or Portal()
+        try:
+            self._inner: AsyncConnection = self._portal.call(inner_factory)
+        except BaseException:
+            self._portal.close()
+            raise
+
+    def __repr__(self) -> str:
+        return repr(self._inner).replace("AsyncConnection", "Connection")
+
+    # PEP 249 exceptions as connection attributes (an optional extension).
+    Warning = errors.Warning
+    Error = errors.Error
+    InterfaceError = errors.InterfaceError
+    DatabaseError = errors.DatabaseError
+    DataError = errors.DataError
+    OperationalError = errors.OperationalError
+    IntegrityError = errors.IntegrityError
+    InternalError = errors.InternalError
+    ProgrammingError = errors.ProgrammingError
+    NotSupportedError = errors.NotSupportedError
+
+    @property
+    def config(self) -> Any:
+        return self._inner.config
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    @property
+    def paramstyle(self) -> str:
+        return self._inner.paramstyle
+
+    @property
+    def autocommit(self) -> bool:
+        """Always ``True``: each statement commits on its shards when it ends."""
+        return True
+
+    @property
+    def row_factory(self) -> RowFactory:
+        return self._inner.row_factory
+
+    @row_factory.setter
+    def row_factory(self, value: RowFactory) -> None:
+        self._inner.row_factory = value
+
+    @property
+    def async_connection(self) -> AsyncConnection:
+        """The :class:`~shardq.aio.AsyncConnection` this facade drives."""
+        return self._inner
+
+    def cursor(self, *, row_factory: RowFactory | None = None) -> Cursor:
+        return Cursor(self, self._inner.cursor(row_factory=row_factory))
+
+    def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Cursor:
+        """Run a statement on a new cursor and return it (as psycopg does)."""
+        return self.cursor().execute(sql, params, timeout=timeout)
+
+    def shard_for(self, table: str, key_value: object) -> str:
+        """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""
+        return self._inner.shard_for(table, key_value)
+
+    def check(self) -> CheckReport:
+        """See :meth:`shardq.aio.AsyncConnection.check`."""
+        return self._portal.call(self._inner.check)
+
+    def commit(self) -> None:
+        """Nothing to commit: statements commit on their shards as they end."""
+        if self.closed:
+            raise InterfaceError("the connection is closed")
+
+    def rollback(self) -> None:
+        raise NotSupportedError(
+            "shardq runs each statement in autocommit mode; there is no transaction to roll back"
+        )
+
+    def close(self) -> None:
+        """Close the shards' pools and stop the connection's loop thread."""
+        if self._portal.closed:
+            return
+        try:
+            self._portal.call(self._inner.close)
+        finally:
+            self._portal.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        portal = getattr(self, "_portal", None)
+        if portal is not None and not portal.closed:
+            # The pools die with the loop; stop the thread so it does not linger.
+            portal.close()
+
+
+def connect(
+    config: ConfigSource,
+    *,
+    row_factory: RowFactory = tuple_row,
+    timeout: float | None = None,
+    fetch_size: int = DEFAULT_FETCH_SIZE,
+) -> Connection:
+    """Open a PEP 249 :class:`Connection` over the shards of ``config``.
+
+    Args:
+        config: a ``shardq.toml`` path, the same structure as a dict, or a Config.
+        row_factory: how rows are built (:mod:`shardq.rows`); tuples by default.
+        timeout: default seconds per statement (``None``: no limit).
+        fetch_size: rows fetched from a shard per round trip.
+    """
+
+    async def make() -> AsyncConnection:
+        return AsyncConnection(
+            config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size
+        )
+
+    return Connection(make)
+
+
+def connection_from_engine(
+    engine: Engine, *, row_factory: RowFactory = tuple_row, timeout: float | None = None
+) -> Connection:
+    """Wrap an engine built elsewhere (the PEP 249 adapter) in a blocking connection."""
+
+    async def make() -> AsyncConnection:
+        return AsyncConnection(engine, row_factory=row_factory, timeout=timeout)
+
+    return Connection(make)
+
+
+# PEP 249 type objects and constructors.
+
+
+class _TypeObject:
+    """Compares equal to the type codes of one family (PostgreSQL OIDs, or names)."""
+
+    def __init__(self, name: str, oids: frozenset[int], names: frozenset[str]):
+        self._name = name
+        self._oids = oids
+        self._names = names
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int):
+            return other in self._oids
+        if isinstance(other, str):
+            return other.lower() in self._names
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._name)
+
+    def __repr__(self) -> str:
+        return f"<shardq.{self._name}>"
+
+
+STRING = _TypeObject("STRING", frozenset({18, 19, 25, 1042, 1043}), frozenset({"text", "varchar"}))
+BINARY = _TypeObject("BINARY", frozenset({17}), frozenset({"blob", "bytea"}))
+NUMBER = _TypeObject(
+    "NUMBER",
+    frozenset({20, 21, 23, 26, 700, 701, 790, 1700}),
+    frozenset({"integer", "int", "real", "numeric", "bigint", "double precision"}),
+)
+DATETIME = _TypeObject(
+    "DATETIME",
+    frozenset({1082, 1083, 1114, 1184, 1186, 1266}),
+    frozenset({"date", "timestamp", "timestamptz", "time", "interval"}),
+)
+ROWID = _TypeObject("ROWID", frozenset({26, 27}), frozenset({"rowid", "oid"}))
+
+Date = dt.date
+Time = dt.time
+Timestamp = dt.datetime
+
+
+def DateFromTicks(ticks: float) -> dt.date:
+    return dt.date(*time.localtime(ticks)[:3])
+
+
+def TimeFromTicks(ticks: float) -> dt.time:
+    return dt.time(*time.localtime(ticks)[3:6])
+
+
+def TimestampFromTicks(ticks: float) -> dt.datetime:
+    return dt.datetime(*time.localtime(ticks)[:6])
+
+
+def Binary(data: bytes | bytearray | memoryview) -> bytes:
+    return bytes(data)

@@ -1,0 +1,90 @@
+"""The engine: plan, then execute on the shards, then merge, on one screen.
+
+Everything a statement goes through is here in order; the result cache will
+sit between planning and execution.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+from shardq.execute.driver import ShardPool, get_driver
+from shardq.execute.scatter import Scatter
+from shardq.merge.concat import concat
+from shardq.results import AsyncResult
+from shardq.sql.plan import MergeKind, Planner, QueryPlan
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from shardq.config import Config
+    from shardq.rows import RowFactory
+
+__all__ = ["DEFAULT_FETCH_SIZE", "Engine"]
+
+DEFAULT_FETCH_SIZE = 2000
+
+
+class Engine:
+    """Runs statements for one configuration over one pool per shard."""
+
+    def __init__(
+        self,
+        config: Config,
+        pools: Mapping[str, ShardPool],
+        *,
+        fetch_size: int = DEFAULT_FETCH_SIZE,
+    ):
+        if fetch_size < 1:
+            raise ValueError("fetch_size must be at least 1")
+        self.config = config
+        self.pools = dict(pools)
+        self.planner = Planner(config)
+        self.fetch_size = fetch_size
+        # Reads of reference tables only go to one shard, taken in turn.
+        self._turn = itertools.cycle(config.shard_names)
+
+    @classmethod
+    def from_config(cls, config: Config, *, fetch_size: int = DEFAULT_FETCH_SIZE) -> Engine:
+        """Build the pools with the driver the configuration names."""
+        try:
+            driver = get_driver(config.driver)
+        except KeyError as exc:
+            from shardq.errors import ConfigError
+
+            raise ConfigError(str(exc.args[0]), file=config.source, field="driver") from None
+        return cls(
+            config, {s.name: driver(config, s) for s in config.shards}, fetch_size=fetch_size
+        )
+
+    def plan(self, sql: str, params: object = None) -> QueryPlan:
+        """Plan a statement; raises on bad SQL before any shard is contacted."""
+        return self.planner.plan(sql, params)
+
+    async def execute(
+        self,
+        sql: str,
+        params: object = None,
+        *,
+        timeout: float | None,
+        row_factory: RowFactory,
+    ) -> AsyncResult:
+        """Run one statement and return its merged, streaming result."""
+        plan = self.plan(sql, params)
+        shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        scatter = Scatter(self.pools, shards, timeout)
+        await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size)
+        assert plan.merge is MergeKind.CONCAT
+        return await AsyncResult.start(scatter, concat(len(shards)), row_factory)
+
+    async def close(self) -> None:
+        """Close every pool (every pool is closed even if one fails)."""
+        errors = []
+        for pool in self.pools.values():
+            try:
+                await pool.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -1,0 +1,234 @@
+"""Exceptions raised by shardq.
+
+The classes follow PEP 249, so code written for any DB-API driver catches
+shardq's errors the way it catches its driver's; shardq's own errors sit under
+the PEP 249 category they belong to::
+
+    Warning
+    Error
+     +-- InterfaceError
+     |    +-- ConfigError                 (also ValueError)
+     +-- DatabaseError
+          +-- DataError
+          +-- OperationalError
+          |    +-- QueryTimeoutError       (also TimeoutError)
+          +-- IntegrityError
+          +-- InternalError
+          +-- ProgrammingError
+          |    +-- SQLSyntaxError
+          |    +-- UndeclaredTableError
+          +-- NotSupportedError
+               +-- UnsupportedQueryError
+
+An error raised by one shard is a :class:`ShardError`: it names the shard in
+``.shard`` and its message, keeps the driver's exception as ``__cause__`` and
+is also an instance of the PEP 249 category of that exception (a unique
+violation on shard ``s2`` is both a ``ShardError`` and an ``IntegrityError``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DatabaseError",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
+    "QueryTimeoutError",
+    "SQLSyntaxError",
+    "ShardError",
+    "UndeclaredTableError",
+    "UnsupportedQueryError",
+    "Warning",
+    "shard_error",
+]
+
+
+class Warning(Exception):
+    """Important warnings, such as data truncation (PEP 249)."""
+
+
+class Error(Exception):
+    """Base class of every shardq error (PEP 249)."""
+
+
+class InterfaceError(Error):
+    """An error of the interface rather than the database (PEP 249)."""
+
+
+class DatabaseError(Error):
+    """An error related to the database (PEP 249)."""
+
+
+class DataError(DatabaseError):
+    """A problem with the processed data: division by zero, out of range (PEP 249)."""
+
+
+class OperationalError(DatabaseError):
+    """A database operation failed: lost connection, cancelled, timed out (PEP 249)."""
+
+
+class IntegrityError(DatabaseError):
+    """A relational integrity violation, such as a duplicate key (PEP 249)."""
+
+
+class InternalError(DatabaseError):
+    """The database hit an internal error (PEP 249)."""
+
+
+class ProgrammingError(DatabaseError):
+    """Wrong SQL, a missing table, the wrong number of parameters (PEP 249)."""
+
+
+class NotSupportedError(DatabaseError):
+    """A method or an operation that is not supported (PEP 249)."""
+
+
+class ConfigError(InterfaceError, ValueError):
+    """The configuration is invalid.
+
+    Attributes:
+        file: the configuration file, or ``None`` for a dict.
+        field: the dotted path of the offending field, such as ``shards[1].dsn``.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None):
+        self.file = file
+        self.field = field
+        where = ": ".join(part for part in (file, field) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class SQLSyntaxError(ProgrammingError):
+    """The SQL could not be parsed; raised before any shard is contacted.
+
+    Attributes:
+        line: 1-based line of the error, when known.
+        column: 1-based column of the error, when known.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None):
+        self.line = line
+        self.column = column
+        super().__init__(message)
+
+
+class UndeclaredTableError(ProgrammingError):
+    """A query uses a table that the configuration does not declare.
+
+    Attributes:
+        table: the table's name as written in the query.
+    """
+
+    def __init__(self, table: str, *, hint: str | None = None):
+        self.table = table
+        message = (
+            f"table {table!r} is not declared in the shardq configuration; "
+            "declare it under [tables] with shard_key = '...' or reference = true"
+        )
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class UnsupportedQueryError(NotSupportedError):
+    """shardq cannot run this statement and guarantee a correct answer.
+
+    Attributes:
+        construct: what in the statement is not supported (e.g. ``"multi-shard UPDATE"``).
+        reason: why it cannot be distributed correctly.
+    """
+
+    def __init__(self, construct: str, reason: str):
+        self.construct = construct
+        self.reason = reason
+        super().__init__(f"{construct} is not supported: {reason}")
+
+
+class QueryTimeoutError(OperationalError, TimeoutError):
+    """A statement did not finish within its ``timeout``.
+
+    The statements still running on the shards were cancelled on the servers.
+
+    Attributes:
+        timeout: the timeout in seconds.
+        shards: names of the shards still running when the time ran out.
+    """
+
+    def __init__(self, timeout: float, shards: tuple[str, ...] = ()):
+        self.timeout = timeout
+        self.shards = shards
+        pending = f" (still running on {', '.join(shards)}; cancelled)" if shards else ""
+        super().__init__(f"statement timed out after {timeout:g} s{pending}")
+
+
+class ShardError(DatabaseError):
+    """An error raised by one shard.
+
+    Concrete instances are also instances of the PEP 249 category of the
+    driver's error (see :func:`shard_error`).
+
+    Attributes:
+        shard: the name of the shard that failed.
+        sqlstate: the SQLSTATE code of the database error, when the driver reports one.
+    """
+
+    def __init__(self, shard: str, message: str, *, sqlstate: str | None = None):
+        self.shard = shard
+        self.sqlstate = sqlstate
+        super().__init__(f"shard {shard!r}: {message}")
+
+
+_CATEGORIES: tuple[type[DatabaseError], ...] = (
+    IntegrityError,
+    DataError,
+    ProgrammingError,
+    NotSupportedError,
+    InternalError,
+    OperationalError,
+)
+_SHARD_CLASSES: dict[type[DatabaseError], type[ShardError]] = {
+    category: type(f"Shard{category.__name__}", (ShardError, category), {"__module__": __name__})
+    for category in _CATEGORIES
+}
+# Interface errors of a driver (a closed connection, a bad parameter count)
+# surface as shard errors under DatabaseError: shardq's own InterfaceError
+# stays reserved for mistakes in using shardq itself.
+
+
+def shard_error(
+    shard: str, category: type[DatabaseError] | None, message: str, *, sqlstate: str | None = None
+) -> ShardError:
+    """Build the :class:`ShardError` for ``shard`` in the PEP 249 ``category``.
+
+    >>> err = shard_error("s1", IntegrityError, "duplicate key")
+    >>> isinstance(err, IntegrityError), err.shard, str(err)
+    (True, 's1', "shard 's1': duplicate key")
+    """
+    cls = _SHARD_CLASSES.get(category, ShardError) if category else ShardError
+    return cls(shard, message, sqlstate=sqlstate)
+
+
+def category_of(exc: BaseException) -> type[DatabaseError] | None:
+    """Map a driver exception to a PEP 249 category by its class names.
+
+    Every PEP 249 driver names its classes after the specification, so the
+    names in the exception's MRO identify the category without importing the
+    driver.
+
+    >>> import sqlite3
+    >>> category_of(sqlite3.IntegrityError("x")).__name__
+    'IntegrityError'
+    >>> category_of(ValueError("x")) is None
+    True
+    """
+    names = {klass.__name__ for klass in type(exc).__mro__}
+    for category in _CATEGORIES:
+        if category.__name__ in names:
+            return category
+    if "DatabaseError" in names or "InterfaceError" in names:
+        return OperationalError if "InterfaceError" in names else DatabaseError
+    return None

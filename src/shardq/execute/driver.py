@@ -1,0 +1,177 @@
+"""The driver interface: what shardq needs from a database client.
+
+A driver provides one :class:`ShardPool` per shard. A pool lends
+:class:`ShardConnection` objects; a connection runs one statement at a time
+and returns a :class:`ShardStream`, whose rows arrive in batches so a large
+result never has to fit in memory.
+
+Drivers are found by name in a lazy registry: ``import shardq`` imports no
+driver, and psycopg is needed only when a PostgreSQL shard is used.
+
+Every driver is a translation boundary: whatever its client raises leaves it
+as a :class:`~shardq.errors.ShardError` naming the shard, with the secrets of
+the DSNs scrubbed from the message and the original as ``__cause__``.
+Cancelling the task that awaits a driver call (a timeout, a failure on
+another shard) cancels the statement on the server.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from shardq.errors import ShardError, category_of, shard_error
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    from shardq.config import Config, ShardConfig
+    from shardq.dsn import Secrets
+
+__all__ = [
+    "Column",
+    "Driver",
+    "Row",
+    "ServerInfo",
+    "ShardConnection",
+    "ShardPool",
+    "ShardStream",
+    "get_driver",
+    "register_driver",
+    "translate_error",
+]
+
+Row = tuple[Any, ...]
+
+
+class Column(NamedTuple):
+    """One column of a result, in the PEP 249 ``description`` layout."""
+
+    name: str
+    type_code: Any = None
+    display_size: int | None = None
+    internal_size: int | None = None
+    precision: int | None = None
+    scale: int | None = None
+    null_ok: bool | None = None
+
+
+class ServerInfo(NamedTuple):
+    """What ``shardq check`` reports about a shard's server."""
+
+    version: str
+    round_trip: float  # seconds
+
+
+class ShardStream(Protocol):
+    """The result of one statement on one shard."""
+
+    @property
+    def description(self) -> tuple[Column, ...] | None:
+        """The result's columns, or ``None`` for a statement that returns no rows."""
+
+    @property
+    def rowcount(self) -> int:
+        """Rows affected by a write, or rows received so far by a read (-1 if unknown)."""
+
+    async def fetch(self) -> list[Row]:
+        """Return the next batch of rows; an empty list once the result is exhausted."""
+
+    async def aclose(self) -> None:
+        """Stop the statement if it still runs (cancelling it on the server)."""
+
+
+class ShardConnection(Protocol):
+    """A connection to one shard, lent by its pool."""
+
+    async def execute(self, sql: str, params: object, *, fetch_size: int) -> ShardStream:
+        """Run one statement with its parameters bound by the client."""
+
+
+class ShardPool(Protocol):
+    """The connections to one shard. Connections are opened lazily."""
+
+    name: str
+
+    def connection(self) -> AbstractAsyncContextManager[ShardConnection]:
+        """Lend a connection for the duration of a ``async with`` block."""
+
+    async def server_info(self) -> ServerInfo:
+        """Return the server version and one round trip's time."""
+
+    async def table_columns(self, table: str) -> list[tuple[str, str]] | None:
+        """Return ``(column, type)`` pairs of ``table`` (``None`` if it does not exist)."""
+
+    async def close(self) -> None:
+        """Close every connection the pool opened."""
+
+
+class Driver(Protocol):
+    """Makes the pools for the shards of a configuration."""
+
+    def __call__(self, config: Config, shard: ShardConfig) -> ShardPool: ...
+
+
+_REGISTRY: dict[str, str] = {
+    "psycopg": "shardq.execute.drivers.postgres:PsycopgPool",
+    "sqlite": "shardq.execute.drivers.sqlite:SQLitePool",
+}
+_LOADED: dict[str, Driver] = {}
+
+
+def register_driver(name: str, target: str | Driver) -> None:
+    """Register a driver under ``name``: a factory or a ``"module:attribute"`` path."""
+    if isinstance(target, str):
+        _REGISTRY[name] = target
+        _LOADED.pop(name, None)
+    else:
+        _LOADED[name] = target
+
+
+def get_driver(name: str) -> Driver:
+    """Return the driver registered as ``name``, importing it on first use.
+
+    Raises:
+        KeyError: no driver has that name.
+    """
+    if name in _LOADED:
+        return _LOADED[name]
+    if name not in _REGISTRY:
+        known = ", ".join(sorted({*_REGISTRY, *_LOADED}))
+        raise KeyError(f"unknown driver {name!r} (known: {known})")
+    module, _, attribute = _REGISTRY[name].partition(":")
+    driver: Driver = getattr(importlib.import_module(module), attribute)
+    _LOADED[name] = driver
+    return driver
+
+
+def translate_error(
+    shard: str,
+    exc: BaseException,
+    secrets: Secrets,
+    *,
+    sqlstate_of: Callable[[BaseException], str | None] | None = None,
+) -> ShardError:
+    """Wrap a client's exception as the :class:`ShardError` of ``shard``.
+
+    The caller raises the result ``from exc``. The message is the client's,
+    first line and detail kept, with every known secret scrubbed.
+    """
+    message = secrets.scrub(str(exc).strip() or type(exc).__name__)
+    sqlstate = sqlstate_of(exc) if sqlstate_of else None
+    return shard_error(shard, category_of(exc), message, sqlstate=sqlstate)
+
+
+def first_description(streams: Sequence[ShardStream]) -> tuple[Column, ...] | None:
+    """The description of a multi-shard result: the first shard's."""
+    for stream in streams:
+        if stream.description is not None:
+            return stream.description
+    return None
+
+
+async def iterate(stream: ShardStream) -> AsyncIterator[list[Row]]:
+    """Yield a stream's batches until it is exhausted."""
+    while batch := await stream.fetch():
+        yield batch

@@ -1,0 +1,68 @@
+"""An adapter over PEP 249 connections the user already has.
+
+``shardq.from_connections([conn1, conn2, ...], tables=...)`` treats each
+connection as one shard (the classic ``ParallelConnection(connections)``).
+Each connection is used by one worker thread at a time. shardq does not
+close connections it did not open. After each statement it commits (or, on
+error, rolls back) so that no transaction is left open, and it stops a
+cancelled statement with the connection's ``cancel()`` (psycopg2) or
+``interrupt()`` (sqlite3) when the driver has one.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from shardq.dsn import Secrets
+from shardq.execute.drivers.threaded import ThreadedConnection, ThreadedPool
+
+__all__ = ["adapter_pool"]
+
+_INFO_SQL = {"postgres": "SELECT version()", "sqlite": "SELECT 'SQLite ' || sqlite_version()"}
+
+
+def _interrupt_of(conn: Any) -> Any:
+    for name in ("cancel", "interrupt"):
+        method = getattr(type(conn), name, None)
+        if callable(method):
+            return lambda c, _name=name: getattr(c, _name)()
+    return None
+
+
+def _columns_sql(dialect: str) -> Any:
+    def build(table: str) -> tuple[str, tuple[Any, ...]]:
+        schema, _, name = table.rpartition(".")
+        if dialect == "sqlite":
+            return "SELECT name, type FROM pragma_table_info(?)", (name,)
+        return (
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = COALESCE(%s, current_schema()) "
+            "ORDER BY ordinal_position",
+            (name, schema or None),
+        )
+
+    return build
+
+
+def adapter_pool(name: str, conn: Any, dialect: str) -> ThreadedPool:
+    """Make a one-connection pool around the user's PEP 249 connection ``conn``."""
+    autocommit = getattr(conn, "autocommit", False) is True or (
+        getattr(conn, "isolation_level", "") is None
+    )
+    factory = partial(
+        ThreadedConnection,
+        name,
+        Secrets(),
+        lambda: conn,
+        interrupt=_interrupt_of(conn),
+        commit_after=not autocommit,
+        owned=False,
+    )
+    return ThreadedPool(
+        name,
+        factory,
+        max_size=1,
+        info_sql=_INFO_SQL.get(dialect, "SELECT 1"),
+        columns_sql=_columns_sql(dialect),
+    )

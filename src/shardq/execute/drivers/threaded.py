@@ -1,0 +1,243 @@
+"""Blocking PEP 249 connections driven from asyncio, one thread per connection.
+
+SQLite shards and the adapter over users' own DB-API connections share this
+module. Each connection lives on its own worker thread (so thread-bound
+clients such as sqlite3 are always called from the thread that opened them);
+a cancelled call interrupts the statement in the database (sqlite3's
+``interrupt()``, psycopg2's ``cancel()``) and waits for the thread to finish
+before the connection is lent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from shardq.execute.driver import Column, Row, ServerInfo, translate_error
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from shardq.dsn import Secrets
+
+__all__ = ["ThreadedConnection", "ThreadedPool"]
+
+T = TypeVar("T")
+
+
+class ThreadedConnection:
+    """A PEP 249 connection confined to one worker thread."""
+
+    def __init__(
+        self,
+        shard: str,
+        secrets: Secrets,
+        opener: Callable[[], Any],
+        *,
+        interrupt: Callable[[Any], None] | None,
+        commit_after: bool,
+        owned: bool,
+    ):
+        self.shard = shard
+        self._secrets = secrets
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"shardq-{shard}"
+        )
+        self._interrupt = interrupt
+        self._commit_after = commit_after
+        self._owned = owned
+        self._conn: Any = None
+        self._opener = opener
+
+    def error(self, exc: BaseException) -> Exception:
+        return translate_error(self.shard, exc, self._secrets)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the connection's thread; a cancellation interrupts it."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if self._conn is not None and self._interrupt is not None:
+                with contextlib.suppress(Exception):
+                    self._interrupt(self._conn)
+            # Wait for the thread: the connection must be idle before it is reused.
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+    def _open(self) -> None:
+        if self._conn is None:
+            self._conn = self._opener()
+
+    async def open(self) -> None:
+        try:
+            await self.call(self._open)
+        except Exception as exc:
+            raise self.error(exc) from exc
+
+    def _execute(self, sql: str, params: object, fetch_size: int) -> tuple[Any, list[Row]]:
+        cursor = self._conn.cursor()
+        try:
+            if params is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, params)
+            first = [tuple(r) for r in cursor.fetchmany(fetch_size)] if cursor.description else []
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cursor.close()
+            if self._commit_after:
+                with contextlib.suppress(Exception):
+                    self._conn.rollback()
+            raise
+        return cursor, first
+
+    def _fetch(self, cursor: Any, fetch_size: int) -> list[Row]:
+        return [tuple(r) for r in cursor.fetchmany(fetch_size)]
+
+    def _end(self, cursor: Any, ok: bool) -> None:
+        try:
+            cursor.close()
+        finally:
+            if self._commit_after:
+                if ok:
+                    self._conn.commit()
+                else:
+                    self._conn.rollback()
+
+    async def execute(self, sql: str, params: object, *, fetch_size: int) -> _ThreadedStream:
+        try:
+            cursor, first = await self.call(self._execute, sql, params, fetch_size)
+        except Exception as exc:
+            raise self.error(exc) from exc
+        stream = _ThreadedStream(self, cursor, first, fetch_size)
+        if stream.description is None or len(first) < fetch_size:
+            await stream.finish()
+        return stream
+
+    async def close(self) -> None:
+        if self._conn is not None and self._owned:
+            with contextlib.suppress(Exception):
+                await self.call(self._conn.close)
+        self._conn = None
+        self._executor.shutdown(wait=False)
+
+
+class _ThreadedStream:
+    def __init__(self, conn: ThreadedConnection, cursor: Any, first: list[Row], fetch_size: int):
+        self._conn = conn
+        self._cursor: Any = cursor
+        self._pending = first
+        self._fetch_size = fetch_size
+        raw = cursor.description
+        self.description = (
+            None if raw is None else tuple(Column(str(d[0]), *tuple(d[1:7])) for d in raw)
+        )
+        self._received = len(first)
+        self.rowcount = cursor.rowcount if self.description is None else -1
+
+    async def finish(self, ok: bool = True) -> None:
+        cursor, self._cursor = self._cursor, None
+        if cursor is None:
+            return
+        if self.description is not None:
+            self.rowcount = self._received
+        try:
+            await self._conn.call(self._conn._end, cursor, ok)
+        except Exception as exc:
+            raise self._conn.error(exc) from exc
+
+    async def fetch(self) -> list[Row]:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            return batch
+        if self._cursor is None:
+            return []
+        try:
+            batch = await self._conn.call(self._conn._fetch, self._cursor, self._fetch_size)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.finish(ok=False)
+            raise self._conn.error(exc) from exc
+        self._received += len(batch)
+        if len(batch) < self._fetch_size:
+            await self.finish()
+        return batch
+
+    async def aclose(self) -> None:
+        self._pending = []
+        await self.finish()
+
+
+class ThreadedPool:
+    """Up to ``max_size`` threaded connections to one shard, opened on demand."""
+
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[], ThreadedConnection],
+        *,
+        max_size: int,
+        info_sql: str,
+        columns_sql: Callable[[str], tuple[str, tuple[Any, ...]]],
+    ):
+        self.name = name
+        self._factory = factory
+        self._max_size = max_size
+        self._idle: list[ThreadedConnection] = []
+        self._all: list[ThreadedConnection] = []
+        self._available: asyncio.Semaphore | None = None
+        self._info_sql = info_sql
+        self._columns_sql = columns_sql
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<ThreadedPool shard={self.name!r} size={len(self._all)}/{self._max_size}>"
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[ThreadedConnection]:
+        if self._available is None:
+            self._available = asyncio.Semaphore(self._max_size)
+        async with self._available:
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                conn = self._factory()
+                try:
+                    await conn.open()
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._all.append(conn)
+            try:
+                yield conn
+            finally:
+                self._idle.append(conn)
+
+    async def server_info(self) -> ServerInfo:
+        async with self.connection() as conn:
+            start = time.perf_counter()
+            stream = await conn.execute(self._info_sql, None, fetch_size=1)
+            rows = await stream.fetch()
+            elapsed = time.perf_counter() - start
+            await stream.aclose()
+        return ServerInfo(str(rows[0][0]) if rows else "unknown", elapsed)
+
+    async def table_columns(self, table: str) -> list[tuple[str, str]] | None:
+        sql, params = self._columns_sql(table)
+        async with self.connection() as conn:
+            stream = await conn.execute(sql, params, fetch_size=10_000)
+            rows = await stream.fetch()
+            await stream.aclose()
+        return [(str(r[0]), str(r[1])) for r in rows] or None
+
+    async def close(self) -> None:
+        self._closed = True
+        conns, self._all, self._idle = self._all, [], []
+        for conn in conns:
+            await conn.close()

@@ -1,0 +1,170 @@
+"""Scatter: one statement on several shards at once.
+
+The statement starts on every target shard concurrently, in an
+``asyncio.TaskGroup``: the first failure cancels the others (cancelling
+their statements on the servers) and is raised as one
+:class:`~shardq.errors.ShardError` naming the shard. A deadline bounds every
+wait on the shards, from the start to the last row; when it passes, the
+statements still running are cancelled on the servers and
+:class:`~shardq.errors.QueryTimeoutError` is raised. Whatever happens, every
+connection goes back to its pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+from shardq.errors import QueryTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from shardq.execute.driver import Column, Row, ShardConnection, ShardPool, ShardStream
+
+__all__ = ["Scatter"]
+
+
+class _Lease:
+    """One shard's part: a borrowed connection and the stream running on it."""
+
+    def __init__(self, pool: ShardPool):
+        self.shard = pool.name
+        self._pool = pool
+        self._cm: AbstractAsyncContextManager[ShardConnection] | None = None
+        self.stream: ShardStream | None = None
+        self.started = False
+
+    async def start(self, sql: str, params: object, fetch_size: int) -> None:
+        cm = self._pool.connection()
+        conn = await cm.__aenter__()
+        self._cm = cm
+        try:
+            self.stream = await conn.execute(sql, params, fetch_size=fetch_size)
+        except BaseException as exc:
+            self._cm = None
+            await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self.started = True
+
+    async def close(self) -> None:
+        stream, self.stream = self.stream, None
+        cm, self._cm = self._cm, None
+        try:
+            if stream is not None:
+                await stream.aclose()
+        finally:
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
+
+
+def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+class Scatter:
+    """A statement running on its target shards.
+
+    Use :meth:`start`, then :meth:`fetch` from each shard, then :meth:`close`
+    (also called on any error).
+    """
+
+    def __init__(
+        self, pools: Mapping[str, ShardPool], shards: Sequence[str], timeout: float | None
+    ):
+        self._leases = [_Lease(pools[name]) for name in shards]
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self.closed = False
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        return tuple(lease.shard for lease in self._leases)
+
+    @property
+    def streams(self) -> list[ShardStream]:
+        return [lease.stream for lease in self._leases if lease.stream is not None]
+
+    @property
+    def description(self) -> tuple[Column, ...] | None:
+        for stream in self.streams:
+            if stream.description is not None:
+                return stream.description
+        return None
+
+    @property
+    def rowcount(self) -> int:
+        counts = [stream.rowcount for stream in self.streams]
+        return -1 if not counts or -1 in counts else sum(counts)
+
+    def _timed_out(self, pending: Sequence[str]) -> QueryTimeoutError:
+        assert self._timeout is not None
+        return QueryTimeoutError(self._timeout, tuple(pending))
+
+    async def start(self, sql: str, params: object, *, fetch_size: int) -> None:
+        """Start the statement on every target shard; wait until all have answered."""
+        try:
+            async with asyncio.timeout_at(self._loop_deadline()):
+                if len(self._leases) == 1:
+                    await self._leases[0].start(sql, params, fetch_size)
+                else:
+                    async with asyncio.TaskGroup() as group:
+                        for lease in self._leases:
+                            group.create_task(lease.start(sql, params, fetch_size))
+        except TimeoutError:
+            pending = [lease.shard for lease in self._leases if not lease.started]
+            await self._close_quietly()
+            raise self._timed_out(pending) from None
+        except BaseExceptionGroup as group:
+            await self._close_quietly()
+            first = _unwrap(group)
+            raise first from first.__cause__
+        except BaseException:
+            await self._close_quietly()
+            raise
+
+    def _loop_deadline(self) -> float | None:
+        if self._deadline is None:
+            return None
+        # asyncio deadlines are on the loop's clock, which is time.monotonic().
+        return asyncio.get_running_loop().time() + (self._deadline - time.monotonic())
+
+    async def fetch(self, index: int) -> list[Row]:
+        """Return the next batch of shard ``index``'s rows (empty when it is done)."""
+        lease = self._leases[index]
+        if lease.stream is None:
+            return []
+        try:
+            async with asyncio.timeout_at(self._loop_deadline()):
+                return await lease.stream.fetch()
+        except TimeoutError:
+            await self._close_quietly()
+            raise self._timed_out([lease.shard]) from None
+        except BaseException:
+            await self._close_quietly()
+            raise
+
+    async def _close_quietly(self) -> None:
+        """Close while another error is being raised: that error is the one to report."""
+        with contextlib.suppress(Exception):
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop whatever still runs and return every connection to its pool."""
+        if self.closed:
+            return
+        self.closed = True
+        errors: list[BaseException] = []
+        for lease in self._leases:
+            try:
+                await lease.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -1,0 +1,73 @@
+"""Health checks: every shard reachable, every declared table the same everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shardq.errors import Error
+
+if TYPE_CHECKING:
+    from shardq.engine import Engine
+
+__all__ = ["CheckReport", "ShardReport", "check"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReport:
+    """What one shard answered (``error`` set if it could not be reached)."""
+
+    shard: str
+    version: str | None = None
+    round_trip: float | None = None
+    error: str | None = None
+    tables: dict[str, list[tuple[str, str]] | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """The shards' reports and every inconsistency found between them."""
+
+    shards: tuple[ShardReport, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def _inspect(engine: Engine, shard: str) -> ShardReport:
+    pool = engine.pools[shard]
+    try:
+        info = await pool.server_info()
+        tables = {name: await pool.table_columns(name) for name in engine.config.tables}
+    except Error as exc:
+        return ShardReport(shard, error=str(exc))
+    return ShardReport(shard, info.version, info.round_trip, tables=tables)
+
+
+def _problems(reports: tuple[ShardReport, ...], tables: list[str]) -> list[str]:
+    problems = [f"shard {r.shard!r} is unreachable: {r.error}" for r in reports if r.error]
+    reachable = [r for r in reports if r.error is None]
+    for table in tables:
+        missing = [r.shard for r in reachable if r.tables.get(table) is None]
+        if missing:
+            problems.append(f"table {table!r} does not exist on {', '.join(missing)}")
+        shapes = {r.shard: r.tables[table] for r in reachable if r.tables.get(table) is not None}
+        if len({tuple(cols or ()) for cols in shapes.values()}) > 1:
+            first_shard, first = next(iter(shapes.items()))
+            for shard, cols in shapes.items():
+                if cols != first:
+                    problems.append(
+                        f"table {table!r} differs between {first_shard} {first} and {shard} {cols}"
+                    )
+    return problems
+
+
+async def check(engine: Engine) -> CheckReport:
+    """Inspect every shard concurrently; compare the declared tables' columns and types."""
+    reports = tuple(
+        await asyncio.gather(*(_inspect(engine, name) for name in engine.config.shard_names))
+    )
+    return CheckReport(reports, tuple(_problems(reports, list(engine.config.tables))))

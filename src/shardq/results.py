@@ -1,0 +1,117 @@
+"""Results: the merged rows of a statement, streamed in batches."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from shardq.merge.drive import drive
+from shardq.rows import RowFactory, RowMaker, is_tuple_factory
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from shardq.execute.driver import Column
+    from shardq.execute.scatter import Scatter
+    from shardq.merge import Merger, Rows
+
+__all__ = ["AsyncResult"]
+
+
+class AsyncResult:
+    """The rows of one statement, merged from its shards as they arrive.
+
+    Rows are pulled from the shards one batch at a time, so a result larger
+    than memory can be iterated. The shards' connections are returned to
+    their pools when the last row has been read or :meth:`close` is called.
+    """
+
+    def __init__(self, scatter: Scatter, merger: Merger, row_factory: RowFactory):
+        self._scatter = scatter
+        self.description: tuple[Column, ...] | None = scatter.description
+        self.shards = scatter.shards
+        self._buffer: deque[Any] = deque()
+        self._convert = not is_tuple_factory(row_factory)
+        self._make: RowMaker = row_factory(self.description)
+        self._batches: AsyncIterator[Rows] | None = drive(merger, scatter.fetch)
+        self._rowcount = scatter.rowcount
+        self._received = 0
+
+    @classmethod
+    async def start(cls, scatter: Scatter, merger: Merger, row_factory: RowFactory) -> AsyncResult:
+        """Wrap a started scatter; a statement without rows releases its shards at once."""
+        result = cls(scatter, merger, row_factory)
+        if result.description is None:
+            await result.close()
+        return result
+
+    @property
+    def rowcount(self) -> int:
+        """Rows written by a write; rows read so far by a read, once it is exhausted.
+
+        -1 while a read still has rows to deliver (PEP 249's "not determined").
+        """
+        return self._rowcount
+
+    @property
+    def closed(self) -> bool:
+        return self._batches is None
+
+    async def next_batch(self) -> list[Any]:
+        """Return the next rows (what is buffered, or one more merged batch); [] at the end."""
+        if self._buffer:
+            rows = list(self._buffer)
+            self._buffer.clear()
+            return rows
+        if self._batches is None:
+            return []
+        try:
+            batch = await anext(self._batches)
+        except StopAsyncIteration:
+            self._rowcount = self._received
+            await self.close()
+            return []
+        except BaseException:
+            await self.close()
+            raise
+        self._received += len(batch)
+        return [self._make(row) for row in batch] if self._convert else batch
+
+    async def _fill(self) -> bool:
+        if not self._buffer:
+            self._buffer.extend(await self.next_batch())
+        return bool(self._buffer)
+
+    async def fetchone(self) -> Any | None:
+        if await self._fill():
+            return self._buffer.popleft()
+        return None
+
+    async def fetchmany(self, size: int) -> list[Any]:
+        rows: list[Any] = []
+        while len(rows) < size and await self._fill():
+            take = min(size - len(rows), len(self._buffer))
+            rows += [self._buffer.popleft() for _ in range(take)]
+        return rows
+
+    async def fetchall(self) -> list[Any]:
+        rows = list(self._buffer)
+        self._buffer.clear()
+        while batch := await self.next_batch():
+            rows += batch
+        return rows
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while await self._fill():
+            while self._buffer:
+                yield self._buffer.popleft()
+
+    async def close(self) -> None:
+        """Stop reading: cancel what still runs on the shards and release their connections."""
+        batches, self._batches = self._batches, None
+        self._buffer.clear()
+        try:
+            if batches is not None and hasattr(batches, "aclose"):
+                await batches.aclose()
+        finally:
+            await self._scatter.close()

@@ -1,0 +1,242 @@
+"""Routing: the shards a statement must run on.
+
+A statement goes to fewer shards than all only when that is provably
+correct: the shard key of its one distributed table is pinned by an equality
+or an ``IN`` list of constants (literals or bound parameters) that every row of
+the answer must satisfy, i.e. a top-level ``AND`` term of the ``WHERE``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+
+from shardq.errors import ProgrammingError, UnsupportedQueryError
+from shardq.sql.analyze import Analysis, StatementKind, TableRef
+from shardq.sql.parse import placeholder_value
+
+if TYPE_CHECKING:
+    from shardq.config import Config
+
+__all__ = ["KeyTerm", "Route", "RouteKind", "find_key_terms", "route"]
+
+
+class RouteKind(enum.Enum):
+    ALL = "all"  # every shard
+    ANY = "any"  # any one shard: the statement reads only reference tables
+    SHARDS = "shards"  # exactly the listed shards
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: RouteKind
+    shards: tuple[str, ...] = ()
+
+    def resolve(self, all_shards: tuple[str, ...], any_choice: str) -> tuple[str, ...]:
+        """Return the concrete shard names, ``any_choice`` standing for ANY."""
+        if self.kind is RouteKind.ALL:
+            return all_shards
+        if self.kind is RouteKind.ANY:
+            return (any_choice,)
+        return self.shards
+
+
+ALL = Route(RouteKind.ALL)
+ANY = Route(RouteKind.ANY)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTerm:
+    """A term that confines a statement's rows to the listed shard-key values.
+
+    Each value is a constant expression: a literal, a cast of one, or a
+    placeholder resolved against the parameters at execution time.
+    """
+
+    values: tuple[exp.Expr, ...]
+
+
+def _constant(node: exp.Expr) -> bool:
+    if isinstance(node, exp.Cast | exp.Neg | exp.Paren):
+        return _constant(node.this)
+    return isinstance(node, exp.Literal | exp.Placeholder)
+
+
+def constant_value(node: exp.Expr, params: object) -> object:
+    """Evaluate a constant expression accepted by :func:`find_key_terms`."""
+    if isinstance(node, exp.Cast | exp.Paren):
+        return constant_value(node.this, params)
+    if isinstance(node, exp.Neg):
+        value = constant_value(node.this, params)
+        if isinstance(value, int | Decimal):
+            return -value
+        raise ProgrammingError(f"cannot negate {value!r}")
+    if isinstance(node, exp.Placeholder):
+        return placeholder_value(node, params)
+    assert isinstance(node, exp.Literal)
+    if node.is_string:
+        return node.this
+    text = node.this
+    return int(text) if text.isdigit() else Decimal(text)
+
+
+def _is_key(node: exp.Expr, ref: TableRef, qualified_only: bool) -> bool:
+    if not isinstance(node, exp.Column) or node.name.lower() != ref.table.shard_key:
+        return False
+    if node.table:
+        return node.table.lower() == ref.alias
+    return not qualified_only
+
+
+def find_key_terms(where: exp.Expr | None, ref: TableRef, qualified_only: bool) -> list[KeyTerm]:
+    """Return the top-level AND terms of ``where`` that pin ``ref``'s shard key.
+
+    >>> import sqlglot
+    >>> from shardq.config import TableConfig
+    >>> sql = "SELECT 1 FROM t WHERE a > 1 AND t.k IN (1, 2) AND k = 3"
+    >>> w = sqlglot.parse_one(sql).args["where"]
+    >>> ref = TableRef(TableConfig("t", shard_key="k"), "t", sqlglot.exp.to_table("t"))
+    >>> [[v.sql() for v in t.values] for t in find_key_terms(w, ref, qualified_only=False)]
+    [['1', '2'], ['3']]
+    """
+    if where is None:
+        return []
+    condition = where.this if isinstance(where, exp.Where) else where
+    terms = []
+    for term in condition.flatten() if isinstance(condition, exp.And) else [condition]:
+        term = term.unnest()
+        if isinstance(term, exp.EQ):
+            left, right = term.this, term.expression
+            if _is_key(left, ref, qualified_only) and _constant(right):
+                terms.append(KeyTerm((right,)))
+            elif _is_key(right, ref, qualified_only) and _constant(left):
+                terms.append(KeyTerm((left,)))
+        elif (
+            isinstance(term, exp.In) and not term.args.get("query") and not term.args.get("unnest")
+        ):
+            values = term.expressions
+            if _is_key(term.this, ref, qualified_only) and values and all(map(_constant, values)):
+                terms.append(KeyTerm(tuple(values)))
+    return terms
+
+
+def _shards_of(terms: list[KeyTerm], params: object, config: Config) -> tuple[str, ...] | None:
+    chosen: set[str] | None = None
+    for term in terms:
+        shards = set()
+        for node in term.values:
+            value = constant_value(node, params)
+            if value is None:
+                continue  # key = NULL matches no row
+            try:
+                shards.add(config.placement.shard_for(value))
+            except ValueError:
+                return None  # not a usable key value: run everywhere
+        chosen = shards if chosen is None else chosen & shards
+    if chosen is None:
+        return None
+    order = config.shard_names
+    if not chosen:
+        # The terms contradict each other: no row can match, any shard answers.
+        return order[:1]
+    return tuple(s for s in order if s in chosen)
+
+
+def _read_route(analysis: Analysis, params: object, config: Config) -> Route:
+    distributed = analysis.distributed
+    if not distributed:
+        return ANY
+    statement = analysis.parsed.expression
+    if len(distributed) != 1 or not isinstance(statement, exp.Select):
+        return ALL
+    ref = distributed[0]
+    if ref.node.parent_select is not statement:
+        return ALL
+    terms = find_key_terms(statement.args.get("where"), ref, len(analysis.refs) > 1)
+    shards = _shards_of(terms, params, config)
+    return ALL if shards is None else Route(RouteKind.SHARDS, shards)
+
+
+def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
+    statement = analysis.parsed.expression
+    target = statement.this
+    columns = [c.name.lower() for c in target.expressions] if isinstance(target, exp.Schema) else []
+    table_node = target.this if isinstance(target, exp.Schema) else target
+    ref = next(r for r in analysis.refs if r.node is table_node)
+    if not ref.table.distributed:
+        raise _multi_shard_write("an INSERT into a reference table")
+    values = statement.expression
+    if not isinstance(values, exp.Values):
+        raise UnsupportedQueryError(
+            "INSERT ... SELECT", "the rows it inserts are not known before it runs"
+        )
+    key = ref.table.shard_key
+    if key not in columns:
+        raise UnsupportedQueryError(
+            "an INSERT without the shard key in its column list",
+            f"shardq places rows by {ref.table.name}.{key}; name the columns, including {key}",
+        )
+    position = columns.index(key)
+    shards: set[str] = set()
+    for row in values.expressions:
+        node = row.expressions[position] if isinstance(row, exp.Tuple) else row
+        if not _constant(node):
+            raise UnsupportedQueryError(
+                f"INSERT with {node.sql(analysis.parsed.dialect)!r} as the shard key",
+                "the shard key of an inserted row must be a literal or a bound parameter",
+            )
+        shards.add(config.placement.shard_for(constant_value(node, params)))
+    if len(shards) > 1:
+        raise _multi_shard_write(f"an INSERT whose rows belong to {len(shards)} shards")
+    return Route(RouteKind.SHARDS, tuple(shards))
+
+
+def _multi_shard_write(construct: str) -> UnsupportedQueryError:
+    return UnsupportedQueryError(
+        construct,
+        "a write to several shards is only safe as one atomic (two-phase) commit, which "
+        "shardq does not do yet; write one shard's rows per statement (executemany routes "
+        "each parameter set to its shard)",
+    )
+
+
+def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
+    statement = analysis.parsed.expression
+    target = statement.this
+    ref = next(r for r in analysis.refs if r.node is target)
+    verb = analysis.kind.name
+    if not ref.table.distributed:
+        raise _multi_shard_write(f"{verb} of a reference table")
+    if len(analysis.distributed) > 1:
+        raise UnsupportedQueryError(
+            f"{verb} that reads another distributed table",
+            "only the written table and reference tables are known to be on its shard",
+        )
+    if analysis.kind is StatementKind.UPDATE:
+        for assignment in statement.expressions:
+            if assignment.this.name.lower() == ref.table.shard_key:
+                raise UnsupportedQueryError(
+                    "an UPDATE of the shard key",
+                    "a changed key may belong to another shard; delete and re-insert the row",
+                )
+    terms = find_key_terms(statement.args.get("where"), ref, len(analysis.refs) > 1)
+    shards = _shards_of(terms, params, config)
+    if shards is None or len(shards) > 1:
+        raise _multi_shard_write(
+            f"{verb} without a {ref.table.name}.{ref.table.shard_key} = <value> "
+            "condition that confines it to one shard"
+        )
+    return Route(RouteKind.SHARDS, shards)
+
+
+def route(analysis: Analysis, params: object, config: Config) -> Route:
+    """Return where the statement runs, given its bound parameters."""
+    if analysis.kind is StatementKind.READ:
+        return _read_route(analysis, params, config)
+    if analysis.kind is StatementKind.INSERT:
+        return _insert_route(analysis, params, config)
+    return _modify_route(analysis, params, config)
