@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shardq.sql.analyze import Analysis, StatementKind, analyze
+from shardq.sql.mergeable import check_concatenable
 from shardq.sql.parse import parse
-from shardq.sql.route import Route, route
+from shardq.sql.route import Route, RouteKind, route
 
 if TYPE_CHECKING:
     from shardq.config import Config
@@ -70,10 +71,14 @@ class Planner:
     def plan(self, sql: str, params: object = None) -> QueryPlan:
         """Return the plan of ``sql`` with ``params`` bound."""
         analysis = self.analyze(sql)
+        target = route(analysis, params, self.config)
+        many = target.kind is RouteKind.ALL or len(target.shards) > 1
+        if many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1:
+            check_concatenable(analysis)
         return QueryPlan(
             sql=sql,
             params=params,
             kind=analysis.kind,
-            route=route(analysis, params, self.config),
+            route=target,
             merge=MergeKind.CONCAT,
         )

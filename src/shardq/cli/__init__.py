@@ -1,0 +1,1 @@
+"""The ``shardq`` command line: ``query``, ``check`` and ``demo``."""

@@ -1,0 +1,46 @@
+"""``shardq check``: every shard reachable, every declared table alike on all."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import shardq
+from shardq.cli.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="connect to every shard and compare the declared tables",
+        description=(
+            "Connect to every shard, report its server version and round-trip time, and "
+            "verify that every declared table exists on every shard with the same columns."
+        ),
+    )
+    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with shardq.connect(args.config) as conn:
+        report = conn.check()
+    for shard in report.shards:
+        if shard.error is not None:
+            print(f"{shard.shard}: UNREACHABLE")
+            continue
+        assert shard.round_trip is not None
+        version = (shard.version or "").split(" on ")[0]
+        tables = sum(1 for cols in shard.tables.values() if cols)
+        print(
+            f"{shard.shard}: {version}, round trip {shard.round_trip * 1000:.2f} ms, "
+            f"{tables}/{len(shard.tables)} tables"
+        )
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print("OK" if report.ok else f"{len(report.problems)} problem(s)")
+    return ExitCode.OK if report.ok else ExitCode.FAILED

@@ -1,0 +1,49 @@
+"""``shardq query``: run one statement and print its result."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import shardq
+from shardq.cli.exit_codes import ExitCode
+from shardq.cli.output import FORMATS, write_rows
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "query",
+        help="run one SQL statement on the shards and print the result",
+        description="Run one SQL statement on the shards and print the result.",
+    )
+    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+    parser.add_argument("sql", help="the statement, or - to read it from standard input")
+    parser.add_argument("-f", "--format", choices=FORMATS, default="table")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="a value for the next positional placeholder (repeatable; bound as text)",
+    )
+    parser.add_argument("-t", "--timeout", type=float, default=None, help="seconds")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    params = args.param or None
+    with shardq.connect(args.config, timeout=args.timeout) as conn:
+        cur = conn.execute(sql, params)
+        if cur.description is None:
+            print(f"OK, {cur.rowcount} row{'s' if cur.rowcount != 1 else ''} affected")
+            return ExitCode.OK
+        names = [c.name for c in cur.description]
+        write_rows(sys.stdout, args.format, names, cur)
+    return ExitCode.OK
