@@ -74,7 +74,9 @@ class Engine:
         plan = self.plan(sql, params)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         scatter = Scatter(self.pools, shards, timeout)
-        await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size)
+        await scatter.start(
+            plan.sql, plan.params, fetch_size=self.fetch_size, stream=not plan.kind.is_write
+        )
         assert plan.merge is MergeKind.CONCAT
         return await AsyncResult.start(scatter, concat(len(shards)), row_factory)
 

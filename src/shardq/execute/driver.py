@@ -75,6 +75,10 @@ class ShardStream(Protocol):
     def rowcount(self) -> int:
         """Rows affected by a write, or rows received so far by a read (-1 if unknown)."""
 
+    @property
+    def holds_connection(self) -> bool:
+        """Whether reading the rest still needs the connection (else it can go back)."""
+
     async def fetch(self) -> list[Row]:
         """Return the next batch of rows; an empty list once the result is exhausted."""
 

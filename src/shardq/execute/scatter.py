@@ -38,17 +38,21 @@ class _Lease:
         self.stream: ShardStream | None = None
         self.started = False
 
-    async def start(self, sql: str, params: object, fetch_size: int) -> None:
+    async def start(self, sql: str, params: object, fetch_size: int, stream: bool) -> None:
         cm = self._pool.connection()
         conn = await cm.__aenter__()
         self._cm = cm
         try:
-            self.stream = await conn.execute(sql, params, fetch_size=fetch_size)
+            self.stream = await conn.execute(sql, params, fetch_size=fetch_size, stream=stream)
         except BaseException as exc:
             self._cm = None
             await cm.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         self.started = True
+        if not self.stream.holds_connection:
+            # The whole result is in memory: let the connection serve others now.
+            self._cm = None
+            await cm.__aexit__(None, None, None)
 
     async def close(self) -> None:
         stream, self.stream = self.stream, None
@@ -107,16 +111,21 @@ class Scatter:
         assert self._timeout is not None
         return QueryTimeoutError(self._timeout, tuple(pending))
 
-    async def start(self, sql: str, params: object, *, fetch_size: int) -> None:
-        """Start the statement on every target shard; wait until all have answered."""
+    async def start(
+        self, sql: str, params: object, *, fetch_size: int, stream: bool = True
+    ) -> None:
+        """Start the statement on every target shard; wait until all have answered.
+
+        ``stream=False`` for writes: their RETURNING rows are received whole.
+        """
         try:
             async with asyncio.timeout_at(self._loop_deadline()):
                 if len(self._leases) == 1:
-                    await self._leases[0].start(sql, params, fetch_size)
+                    await self._leases[0].start(sql, params, fetch_size, stream)
                 else:
                     async with asyncio.TaskGroup() as group:
                         for lease in self._leases:
-                            group.create_task(lease.start(sql, params, fetch_size))
+                            group.create_task(lease.start(sql, params, fetch_size, stream))
         except TimeoutError:
             pending = [lease.shard for lease in self._leases if not lease.started]
             await self._close_quietly()

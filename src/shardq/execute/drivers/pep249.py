@@ -2,7 +2,10 @@
 
 ``shardq.from_connections([conn1, conn2, ...], tables=...)`` treats each
 connection as one shard (the classic ``ParallelConnection(connections)``).
-Each connection is used by one worker thread at a time. shardq does not
+Each connection is used by one worker thread at a time, and each shard's
+result is read in full when the statement runs (as psycopg2's client-side
+cursors do), so several cursors can share the one connection; use the native
+drivers for results larger than memory. shardq does not
 close connections it did not open. After each statement it commits (or, on
 error, rolls back) so that no transaction is left open, and it stops a
 cancelled statement with the connection's ``cancel()`` (psycopg2) or
@@ -47,8 +50,10 @@ def _columns_sql(dialect: str) -> Any:
 
 def adapter_pool(name: str, conn: Any, dialect: str) -> ThreadedPool:
     """Make a one-connection pool around the user's PEP 249 connection ``conn``."""
-    autocommit = getattr(conn, "autocommit", False) is True or (
-        getattr(conn, "isolation_level", "") is None
+    # psycopg2 and psycopg say autocommit=True; sqlite3 says isolation_level=None
+    # (psycopg2's isolation_level is None too, meaning "the server's default").
+    autocommit = getattr(conn, "autocommit", None) is True or (
+        type(conn).__module__ == "sqlite3" and conn.isolation_level is None
     )
     factory = partial(
         ThreadedConnection,
@@ -58,6 +63,10 @@ def adapter_pool(name: str, conn: Any, dialect: str) -> ThreadedPool:
         interrupt=_interrupt_of(conn),
         commit_after=not autocommit,
         owned=False,
+        # One connection per shard: a result still being read must not hold it,
+        # or a second cursor would wait forever. psycopg2's default cursors
+        # buffer whole results anyway.
+        buffered=True,
     )
     return ThreadedPool(
         name,

@@ -57,6 +57,7 @@ class _Stream:
         self.rowcount = -1
         self._received = 0
         self._pending: Row | None = None
+        self._buffer: list[Row] = []
 
     async def start(self, conn: psycopg.AsyncConnection[Any], sql: str, params: object) -> None:
         cursor = conn.cursor()
@@ -78,6 +79,24 @@ class _Stream:
         else:
             self.description = _description(cursor)
 
+    async def run(self, conn: psycopg.AsyncConnection[Any], sql: str, params: object) -> None:
+        """Run a write: its RETURNING rows, if any, are received whole."""
+        cursor = conn.cursor()
+        self._cursor = cursor
+        query: Any = sql
+        try:
+            await cursor.execute(query, params)  # type: ignore[arg-type]
+            rows = await cursor.fetchall() if cursor.description is not None else []
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self._buffer = rows
+        self._received = len(rows)
+        self._finish(cursor)
+
+    @property
+    def holds_connection(self) -> bool:
+        return self._rows is not None
+
     def _finish(self, cursor: psycopg.AsyncCursor[Any]) -> None:
         self.description = _description(cursor)
         self.rowcount = cursor.rowcount if self.description is None else self._received
@@ -88,6 +107,9 @@ class _Stream:
         return translate_error(self._shard, exc, self._secrets, sqlstate_of=_sqlstate)
 
     async def fetch(self) -> list[Row]:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            return batch
         batch = [] if self._pending is None else [self._pending]
         self._pending = None
         if self._rows is None:
@@ -124,10 +146,15 @@ class _Connection:
         self._shard = shard
         self._secrets = secrets
 
-    async def execute(self, sql: str, params: object, *, fetch_size: int) -> _Stream:
-        stream = _Stream(self._shard, self._secrets, fetch_size)
-        await stream.start(self._conn, sql, params)
-        return stream
+    async def execute(
+        self, sql: str, params: object, *, fetch_size: int, stream: bool = True
+    ) -> _Stream:
+        result = _Stream(self._shard, self._secrets, fetch_size)
+        if stream:
+            await result.start(self._conn, sql, params)
+        else:
+            await result.run(self._conn, sql, params)
+        return result
 
 
 class PsycopgPool:

@@ -17,6 +17,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shardq.errors import OperationalError, shard_error
 from shardq.execute.driver import Column, Row, ServerInfo, translate_error
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class ThreadedConnection:
         interrupt: Callable[[Any], None] | None,
         commit_after: bool,
         owned: bool,
+        buffered: bool = False,
     ):
         self.shard = shard
         self._secrets = secrets
@@ -50,6 +52,7 @@ class ThreadedConnection:
         self._interrupt = interrupt
         self._commit_after = commit_after
         self._owned = owned
+        self._buffered = buffered
         self._conn: Any = None
         self._opener = opener
 
@@ -87,7 +90,12 @@ class ThreadedConnection:
                 cursor.execute(sql)
             else:
                 cursor.execute(sql, params)
-            first = [tuple(r) for r in cursor.fetchmany(fetch_size)] if cursor.description else []
+            if cursor.description is None:
+                first = []
+            elif self._buffered:
+                first = [tuple(r) for r in cursor.fetchall()]
+            else:
+                first = [tuple(r) for r in cursor.fetchmany(fetch_size)]
         except BaseException:
             with contextlib.suppress(Exception):
                 cursor.close()
@@ -110,13 +118,15 @@ class ThreadedConnection:
                 else:
                     self._conn.rollback()
 
-    async def execute(self, sql: str, params: object, *, fetch_size: int) -> _ThreadedStream:
+    async def execute(
+        self, sql: str, params: object, *, fetch_size: int, stream: bool = True
+    ) -> _ThreadedStream:
         try:
             cursor, first = await self.call(self._execute, sql, params, fetch_size)
         except Exception as exc:
             raise self.error(exc) from exc
         stream = _ThreadedStream(self, cursor, first, fetch_size)
-        if stream.description is None or len(first) < fetch_size:
+        if stream.description is None or self._buffered or len(first) < fetch_size:
             await stream.finish()
         return stream
 
@@ -140,6 +150,10 @@ class _ThreadedStream:
         )
         self._received = len(first)
         self.rowcount = cursor.rowcount if self.description is None else -1
+
+    @property
+    def holds_connection(self) -> bool:
+        return self._cursor is not None
 
     async def finish(self, ok: bool = True) -> None:
         cursor, self._cursor = self._cursor, None
@@ -185,8 +199,10 @@ class ThreadedPool:
         max_size: int,
         info_sql: str,
         columns_sql: Callable[[str], tuple[str, tuple[Any, ...]]],
+        acquire_timeout: float = 30.0,
     ):
         self.name = name
+        self._acquire_timeout = acquire_timeout
         self._factory = factory
         self._max_size = max_size
         self._idle: list[ThreadedConnection] = []
@@ -203,7 +219,17 @@ class ThreadedPool:
     async def connection(self) -> AsyncIterator[ThreadedConnection]:
         if self._available is None:
             self._available = asyncio.Semaphore(self._max_size)
-        async with self._available:
+        try:
+            async with asyncio.timeout(self._acquire_timeout):
+                await self._available.acquire()
+        except TimeoutError:
+            raise shard_error(
+                self.name,
+                OperationalError,
+                f"no connection available within {self._acquire_timeout:g} s: all "
+                f"{self._max_size} are held (by unread results, or other statements)",
+            ) from None
+        try:
             if self._idle:
                 conn = self._idle.pop()
             else:
@@ -218,6 +244,8 @@ class ThreadedPool:
                 yield conn
             finally:
                 self._idle.append(conn)
+        finally:
+            self._available.release()
 
     async def server_info(self) -> ServerInfo:
         async with self.connection() as conn:

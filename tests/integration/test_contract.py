@@ -1,0 +1,197 @@
+"""The driver contract: the same behaviour over every backend (see tests/fixtures/shards.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+import shardq
+from tests.fixtures.shards import ITEMS, KINDS, Backend
+
+
+def test_routed_read_goes_to_the_one_shard_holding_the_key(backend: Backend) -> None:
+    with backend.connect() as conn:
+        for key in (1, 17, 200):
+            cur = conn.execute(backend.sql("SELECT id, grp, val FROM items WHERE id = {}"), [key])
+            assert cur.fetchall() == [ITEMS[key - 1]]
+            assert len(cur.shards) == 1
+            # The shard named by the public placement is the one that answered.
+            index = backend.shard_names.index(cur.shards[0])
+            assert backend.direct(index, f"SELECT id FROM items WHERE id = {key}") == [(key,)]
+            assert conn.shard_for("items", key) == cur.shards[0]
+
+
+def test_literal_and_bound_keys_route_alike(backend: Backend) -> None:
+    with backend.connect() as conn:
+        literal = conn.execute("SELECT id FROM items WHERE id = 42")
+        bound = conn.execute(backend.sql("SELECT id FROM items WHERE id = {}"), [42])
+        text = conn.execute("SELECT id FROM items WHERE id = '42'")
+        assert literal.shards == bound.shards == text.shards
+        assert literal.fetchall() == bound.fetchall() == [(42,)]
+
+
+def test_in_list_routes_to_the_shards_of_its_keys(backend: Backend) -> None:
+    with backend.connect() as conn:
+        keys = [3, 5, 8]
+        cur = conn.execute(backend.sql("SELECT id FROM items WHERE id IN ({}, {}, {})"), keys)
+        assert sorted(cur.fetchall()) == [(k,) for k in keys]
+        assert set(cur.shards) == {conn.shard_for("items", k) for k in keys}
+
+
+def test_scatter_returns_every_matching_row_once(backend: Backend) -> None:
+    with backend.connect() as conn:
+        cur = conn.execute(backend.sql("SELECT id, grp, val FROM items WHERE val > {}"), [1000])
+        assert sorted(cur.fetchall()) == [r for r in ITEMS if r[2] > 1000]
+        assert sorted(cur.shards) == sorted(backend.shard_names)
+
+
+def test_reference_table_is_read_from_one_shard(backend: Backend) -> None:
+    with backend.connect() as conn:
+        cur = conn.execute("SELECT code, label FROM kinds")
+        assert sorted(cur.fetchall()) == KINDS
+        assert len(cur.shards) == 1
+
+
+def test_join_with_reference_table_stays_routed(backend: Backend) -> None:
+    sql = backend.sql(
+        "SELECT i.id, k.label FROM items i JOIN kinds k ON k.code = 'a' WHERE i.id = {}"
+    )
+    with backend.connect() as conn:
+        cur = conn.execute(sql, [9])
+        assert cur.fetchall() == [(9, "alpha")]
+        assert cur.shards == (conn.shard_for("items", 9),)
+
+
+def test_description_names_the_columns(backend: Backend) -> None:
+    with backend.connect() as conn:
+        cur = conn.execute("SELECT id, grp AS group_name FROM items WHERE id = 1")
+        assert cur.description is not None
+        assert [c.name for c in cur.description] == ["id", "group_name"]
+        assert all(len(c) == 7 for c in cur.description)
+
+
+def test_dict_and_namedtuple_rows(backend: Backend) -> None:
+    with backend.connect(row_factory=shardq.dict_row) as conn:
+        assert conn.execute("SELECT id, grp FROM items WHERE id = 2").fetchone() == {
+            "id": 2,
+            "grp": "g2",
+        }
+        cur = conn.cursor(row_factory=shardq.namedtuple_row)
+        row = cur.execute("SELECT id, val FROM items WHERE id = 3").fetchone()
+        assert (row.id, row.val) == (3, 30)
+
+
+def test_fetch_methods_and_iteration(backend: Backend) -> None:
+    with backend.connect(fetch_size=7) if backend.config else backend.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT id FROM items WHERE id <= 50")
+        first = cur.fetchone()
+        cur.arraysize = 4
+        some = cur.fetchmany()
+        more = cur.fetchmany(10)
+        rest = list(cur)
+        got = [first, *some, *more, *rest]
+        assert len(some) == 4
+        assert len(more) == 10
+        assert sorted(r[0] for r in got if r) == list(range(1, 51))
+        assert cur.fetchone() is None
+        assert cur.rowcount == 50
+
+
+def test_routed_writes_and_rowcount(empty_writes: Backend) -> None:
+    backend = empty_writes
+    with backend.connect() as conn:
+        cur = conn.cursor()
+        cur.executemany(
+            backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})"),
+            [(i, f"n{i}") for i in range(1, 21)],
+        )
+        assert cur.rowcount == 20
+        cur.execute(backend.sql("UPDATE writes SET note = {} WHERE id = {}"), ["changed", 5])
+        assert cur.rowcount == 1
+        assert cur.description is None
+        cur.execute(backend.sql("DELETE FROM writes WHERE id = {}"), [6])
+        assert cur.rowcount == 1
+        home = backend.shard_names.index(conn.shard_for("writes", 5))
+        assert backend.direct(home, "SELECT note FROM writes WHERE id = 5") == [("changed",)]
+        total = sum(len(backend.direct(i, "SELECT id FROM writes")) for i in range(4))
+        assert total == 19
+        cur.execute(
+            backend.sql("INSERT INTO writes (id, note) VALUES ({}, 'x') RETURNING id"), [99]
+        )
+        assert cur.fetchall() == [(99,)]
+
+
+def test_multi_shard_write_is_refused_before_touching_a_shard(empty_writes: Backend) -> None:
+    backend = empty_writes
+    with backend.connect() as conn:
+        with pytest.raises(shardq.UnsupportedQueryError, match="two-phase"):
+            conn.execute("DELETE FROM writes")
+        with pytest.raises(shardq.UnsupportedQueryError, match="shards"):
+            conn.execute("INSERT INTO writes (id, note) VALUES (1, 'a'), (2, 'b'), (4, 'c')")
+        with pytest.raises(shardq.UnsupportedQueryError, match="reference"):
+            conn.execute("DELETE FROM kinds")
+    assert sum(len(backend.direct(i, "SELECT id FROM writes")) for i in range(4)) == 0
+
+
+def test_integrity_error_names_the_shard(empty_writes: Backend) -> None:
+    backend = empty_writes
+    with backend.connect() as conn:
+        conn.execute("INSERT INTO writes (id, note) VALUES (7, 'a')")
+        with pytest.raises(shardq.IntegrityError) as info:
+            conn.execute("INSERT INTO writes (id, note) VALUES (7, 'b')")
+        err = info.value
+        assert isinstance(err, shardq.ShardError)
+        assert err.shard == conn.shard_for("writes", 7)
+        assert err.shard in str(err)
+        assert err.__cause__ is not None
+        # The connection is still usable after the error.
+        assert conn.execute("SELECT note FROM writes WHERE id = 7").fetchall() == [("a",)]
+
+
+def test_bad_sql_fails_before_any_shard(backend: Backend) -> None:
+    with backend.connect() as conn:
+        with pytest.raises(shardq.SQLSyntaxError) as info:
+            conn.execute("SELECT id FROM items WHERE")
+        assert info.value.line == 1
+        with pytest.raises(shardq.UndeclaredTableError, match="missing_table"):
+            conn.execute("SELECT * FROM missing_table")
+        with pytest.raises(shardq.UnsupportedQueryError, match="ORDER BY"):
+            conn.execute("SELECT id FROM items ORDER BY id")
+        with pytest.raises(shardq.UnsupportedQueryError, match="aggregate"):
+            conn.execute("SELECT count(*) FROM items")
+
+
+def test_a_shards_database_error_names_it(backend: Backend) -> None:
+    with backend.connect() as conn:
+        with pytest.raises(shardq.ShardError) as info:
+            conn.execute("SELECT no_such_column FROM items WHERE id = 1")
+        assert isinstance(info.value, shardq.ProgrammingError | shardq.OperationalError)
+        assert info.value.shard == conn.shard_for("items", 1)
+
+
+def test_cursor_and_connection_close(backend: Backend) -> None:
+    conn = backend.connect()
+    cur = conn.cursor()
+    cur.execute("SELECT id FROM items WHERE id > 0")
+    cur.fetchone()
+    cur.close()  # stops the unread result
+    with pytest.raises(shardq.InterfaceError):
+        cur.fetchone()
+    conn.close()
+    conn.close()  # idempotent
+    with pytest.raises(shardq.InterfaceError):
+        conn.cursor()
+
+
+async def test_async_api(backend: Backend) -> None:
+    async with await backend.connect_async() as conn:
+        cur = await conn.execute(backend.sql("SELECT id, val FROM items WHERE id = {}"), [10])
+        assert await cur.fetchall() == [(10, 100)]
+        cur = await conn.execute("SELECT id FROM items WHERE val >= 1900")
+        assert sorted([row async for row in cur]) == [(i,) for i in range(190, 201)]
+
+
+async def test_sync_api_inside_a_running_event_loop(backend: Backend) -> None:
+    # As in a notebook or an async web app calling sync code.
+    with backend.connect() as conn:
+        assert conn.execute("SELECT id FROM items WHERE id = 3").fetchall() == [(3,)]
