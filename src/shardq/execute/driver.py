@@ -89,8 +89,14 @@ class ShardStream(Protocol):
 class ShardConnection(Protocol):
     """A connection to one shard, lent by its pool."""
 
-    async def execute(self, sql: str, params: object, *, fetch_size: int) -> ShardStream:
-        """Run one statement with its parameters bound by the client."""
+    async def execute(
+        self, sql: str, params: object, *, fetch_size: int, stream: bool = True
+    ) -> ShardStream:
+        """Run one statement with its parameters bound by the client.
+
+        ``stream=False`` says the statement is a write: its result (RETURNING
+        rows) may be received whole.
+        """
 
 
 class ShardPool(Protocol):

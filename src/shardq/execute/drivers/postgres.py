@@ -84,8 +84,9 @@ class _Stream:
         cursor = conn.cursor()
         self._cursor = cursor
         query: Any = sql
+        bound: Any = params
         try:
-            await cursor.execute(query, params)  # type: ignore[arg-type]
+            await cursor.execute(query, bound)
             rows = await cursor.fetchall() if cursor.description is not None else []
         except Exception as exc:
             raise self._error(exc) from exc

@@ -125,10 +125,10 @@ class ThreadedConnection:
             cursor, first = await self.call(self._execute, sql, params, fetch_size)
         except Exception as exc:
             raise self.error(exc) from exc
-        stream = _ThreadedStream(self, cursor, first, fetch_size)
-        if stream.description is None or self._buffered or len(first) < fetch_size:
-            await stream.finish()
-        return stream
+        result = _ThreadedStream(self, cursor, first, fetch_size)
+        if result.description is None or self._buffered or len(first) < fetch_size:
+            await result.finish()
+        return result
 
     async def close(self) -> None:
         if self._conn is not None and self._owned:
