@@ -7,18 +7,23 @@ without the extra round trips of ``DECLARE``/``FETCH`` (measured here: 0.17 ms
 against 0.90 ms for a one-row query, and the same 0.47 M rows/s on a bulk
 fetch). An older libpq streams in single-row mode: slower, just as bounded.
 Connections are in autocommit mode: every statement is its own transaction.
+They come from shardq's :class:`~shardq.execute.pool.LazyPool`, not
+``psycopg_pool``: that pool connects in a background task and retries, so a
+caller waits out the pool timeout (30 s) when a shard is down, where shardq
+must fail fast with the shard's own connection error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import psycopg_pool
 
 from shardq.execute.driver import Column, Row, ServerInfo, translate_error
+from shardq.execute.pool import LazyPool
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -158,43 +163,63 @@ class _Connection:
         return result
 
 
+def _reusable(conn: psycopg.AsyncConnection[Any]) -> bool:
+    return (
+        not conn.closed
+        and not conn.broken
+        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    )
+
+
+async def _close(conn: psycopg.AsyncConnection[Any]) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
 class PsycopgPool:
-    """The connection pool of one PostgreSQL shard (``psycopg_pool``), opened lazily."""
+    """The connections of one PostgreSQL shard, opened lazily (see :mod:`shardq.execute.pool`).
+
+    ``pool_min_size`` connections are opened together on first use; at most
+    ``pool_max_size`` are open at once. Unless the DSN sets
+    ``connect_timeout``, connecting gives up after 10 seconds.
+    """
 
     def __init__(self, config: Config, shard: ShardConfig):
         self.name = shard.name
         self._secrets = config.secrets
-        self._pool = psycopg_pool.AsyncConnectionPool(
-            shard.dsn,
-            min_size=shard.pool_min_size,
+        self._dsn = shard.dsn
+        self._min_size = shard.pool_min_size
+        self._connect_kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in shard.dsn:
+            self._connect_kwargs["connect_timeout"] = 10
+        self._pool: LazyPool[psycopg.AsyncConnection[Any]] = LazyPool(
+            shard.name,
+            open=self._connect,
+            close=_close,
+            reusable=_reusable,
             max_size=shard.pool_max_size,
-            kwargs={"autocommit": True},
-            open=False,
-            name=f"shardq-{shard.name}",
-            timeout=30.0,
         )
-        self._opened = False
+        self._warm = self._min_size == 0
 
     def __repr__(self) -> str:
-        return f"<PsycopgPool shard={self.name!r}>"
+        return f"<PsycopgPool shard={self.name!r} open={self._pool.size}/{self._pool.max_size}>"
 
     def _error(self, exc: BaseException) -> Exception:
-        if isinstance(exc, psycopg_pool.PoolTimeout):
-            # The pool hides the connection error behind a timeout; say what it means.
-            message = f"no connection available within {self._pool.timeout:g} s ({exc})"
-            return translate_error(self.name, psycopg.OperationalError(message), self._secrets)
         return translate_error(self.name, exc, self._secrets, sqlstate_of=_sqlstate)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[_Connection]:
-        if not self._opened:
-            self._opened = True
-            await self._pool.open(wait=False)
-        try:
-            async with self._pool.connection() as conn:
-                yield _Connection(conn, self.name, self._secrets)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise self._error(exc) from exc
+        if not self._warm:
+            self._warm = True
+            await self._pool.fill(self._min_size)
+        async with self._pool.connection() as conn:
+            yield _Connection(conn, self.name, self._secrets)
 
     async def server_info(self) -> ServerInfo:
         async with self.connection() as conn:
@@ -221,5 +246,4 @@ class PsycopgPool:
         return [(str(r[0]), str(r[1])) for r in rows] or None
 
     async def close(self) -> None:
-        if self._opened:
-            await self._pool.close()
+        await self._pool.close()

@@ -14,14 +14,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shardq.errors import OperationalError, shard_error
 from shardq.execute.driver import Column, Row, ServerInfo, translate_error
+from shardq.execute.pool import LazyPool
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
     from shardq.dsn import Secrets
 
@@ -55,6 +55,11 @@ class ThreadedConnection:
         self._buffered = buffered
         self._conn: Any = None
         self._opener = opener
+
+    @property
+    def usable(self) -> bool:
+        """Whether the connection may be lent again (opened, not closed)."""
+        return self._conn is not None
 
     def error(self, exc: BaseException) -> Exception:
         return translate_error(self.shard, exc, self._secrets)
@@ -188,6 +193,10 @@ class _ThreadedStream:
         await self.finish()
 
 
+async def _close(conn: ThreadedConnection) -> None:
+    await conn.close()
+
+
 class ThreadedPool:
     """Up to ``max_size`` threaded connections to one shard, opened on demand."""
 
@@ -199,53 +208,29 @@ class ThreadedPool:
         max_size: int,
         info_sql: str,
         columns_sql: Callable[[str], tuple[str, tuple[Any, ...]]],
-        acquire_timeout: float = 30.0,
     ):
         self.name = name
-        self._acquire_timeout = acquire_timeout
         self._factory = factory
-        self._max_size = max_size
-        self._idle: list[ThreadedConnection] = []
-        self._all: list[ThreadedConnection] = []
-        self._available: asyncio.Semaphore | None = None
         self._info_sql = info_sql
         self._columns_sql = columns_sql
-        self._closed = False
+        self._pool: LazyPool[ThreadedConnection] = LazyPool(
+            name, open=self._open, close=_close, reusable=lambda c: c.usable, max_size=max_size
+        )
 
     def __repr__(self) -> str:
-        return f"<ThreadedPool shard={self.name!r} size={len(self._all)}/{self._max_size}>"
+        return f"<ThreadedPool shard={self.name!r} open={self._pool.size}/{self._pool.max_size}>"
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[ThreadedConnection]:
-        if self._available is None:
-            self._available = asyncio.Semaphore(self._max_size)
+    async def _open(self) -> ThreadedConnection:
+        conn = self._factory()
         try:
-            async with asyncio.timeout(self._acquire_timeout):
-                await self._available.acquire()
-        except TimeoutError:
-            raise shard_error(
-                self.name,
-                OperationalError,
-                f"no connection available within {self._acquire_timeout:g} s: all "
-                f"{self._max_size} are held (by unread results, or other statements)",
-            ) from None
-        try:
-            if self._idle:
-                conn = self._idle.pop()
-            else:
-                conn = self._factory()
-                try:
-                    await conn.open()
-                except BaseException:
-                    await conn.close()
-                    raise
-                self._all.append(conn)
-            try:
-                yield conn
-            finally:
-                self._idle.append(conn)
-        finally:
-            self._available.release()
+            await conn.open()
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    def connection(self) -> AbstractAsyncContextManager[ThreadedConnection]:
+        return self._pool.connection()
 
     async def server_info(self) -> ServerInfo:
         async with self.connection() as conn:
@@ -265,7 +250,4 @@ class ThreadedPool:
         return [(str(r[0]), str(r[1])) for r in rows] or None
 
     async def close(self) -> None:
-        self._closed = True
-        conns, self._all, self._idle = self._all, [], []
-        for conn in conns:
-            await conn.close()
+        await self._pool.close()

@@ -1,0 +1,117 @@
+"""A small lazy connection pool, shared by every driver.
+
+Connections are opened on demand, in the task that needs one, so a shard that
+cannot be reached fails that task at once with the connection error (fail
+fast), instead of the caller waiting out a pool timeout while a background
+task retries (what ``psycopg_pool`` does). Idle connections are kept for
+reuse; one that is broken or mid-transaction when it comes back is closed
+instead of being lent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from shardq.errors import OperationalError, shard_error
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+__all__ = ["LazyPool"]
+
+C = TypeVar("C")
+
+
+class LazyPool(Generic[C]):
+    """Up to ``max_size`` connections to one shard, opened when first needed.
+
+    Args:
+        name: the shard's name, for errors.
+        open: opens one connection (raising the shard's error if it cannot).
+        close: closes one connection; must not raise for a broken one.
+        reusable: whether a returned connection may be lent again.
+        max_size: the most connections open at once.
+        acquire_timeout: seconds to wait for a connection when all are lent.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        open: Callable[[], Awaitable[C]],
+        close: Callable[[C], Awaitable[None]],
+        reusable: Callable[[C], bool],
+        max_size: int,
+        acquire_timeout: float = 30.0,
+    ):
+        self.name = name
+        self._open = open
+        self._close = close
+        self._reusable = reusable
+        self.max_size = max_size
+        self._acquire_timeout = acquire_timeout
+        self._idle: list[C] = []
+        self._lent = 0
+        self._slots: asyncio.Semaphore | None = None
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        """Connections open now (idle and lent)."""
+        return len(self._idle) + self._lent
+
+    def __repr__(self) -> str:
+        return f"<LazyPool shard={self.name!r} open={self.size}/{self.max_size}>"
+
+    async def _acquire_slot(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_size)
+        try:
+            async with asyncio.timeout(self._acquire_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise shard_error(
+                self.name,
+                OperationalError,
+                f"no connection available within {self._acquire_timeout:g} s: all "
+                f"{self.max_size} are in use (by statements, or by results not yet read)",
+            ) from None
+        return self._slots
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[C]:
+        """Lend a connection for the ``async with`` block."""
+        if self.closed:
+            raise shard_error(self.name, OperationalError, "the pool is closed")
+        slots = await self._acquire_slot()
+        try:
+            conn = self._idle.pop() if self._idle else await self._open()
+            self._lent += 1
+            try:
+                yield conn
+            finally:
+                self._lent -= 1
+                if not self.closed and self._reusable(conn):
+                    self._idle.append(conn)
+                else:
+                    await self._close(conn)
+        finally:
+            slots.release()
+
+    async def fill(self, count: int) -> None:
+        """Open connections until ``count`` are open (a warm-up for ``pool_min_size``)."""
+        missing = min(count, self.max_size) - self.size
+        if missing > 0:
+            opened = await asyncio.gather(*(self._open() for _ in range(missing)))
+            self._idle.extend(opened)
+
+    async def close(self) -> None:
+        """Close the idle connections; lent ones are closed when they come back."""
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await self._close(conn)
