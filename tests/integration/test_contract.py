@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import shardq
@@ -195,3 +197,27 @@ async def test_sync_api_inside_a_running_event_loop(backend: Backend) -> None:
     # As in a notebook or an async web app calling sync code.
     with backend.connect() as conn:
         assert conn.execute("SELECT id FROM items WHERE id = 3").fetchall() == [(3,)]
+
+
+def _endless(backend: Backend) -> str:
+    if backend.dialect == "postgres":
+        return "SELECT pg_sleep(60) AS endless"
+    return "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+def test_timeout_interrupts_the_statement(backend: Backend) -> None:
+    with backend.connect() as conn:
+        began = time.monotonic()
+        with pytest.raises(shardq.QueryTimeoutError):
+            conn.execute(_endless(backend), timeout=0.3)
+        # Raised promptly because the statement was interrupted in the database
+        # (the worker thread or server was waited for before returning).
+        assert time.monotonic() - began < 10
+        assert conn.execute("SELECT id FROM items WHERE id = 4").fetchall() == [(4,)]
+        if backend.dialect == "postgres":
+            for cluster in backend.clusters:
+                rows = cluster.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                    "AND query LIKE '%AS endless%' AND pid <> pg_backend_pid()"
+                )
+                assert rows == [(0,)]

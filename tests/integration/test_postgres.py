@@ -1,0 +1,294 @@
+"""Behaviour observed on real PostgreSQL servers: concurrency, cancellation, failures, leaks.
+
+Each claim is checked on the servers themselves (``pg_stat_activity``), not
+inferred from timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+import tracemalloc
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import shardq
+from tests.fixtures.shards import PG_DATABASE, TABLES, pg_config
+
+if TYPE_CHECKING:
+    from tests.fixtures.servers import PgCluster
+
+pytestmark = pytest.mark.postgres
+
+DEADLINE = 20.0
+
+
+def one_key_per_shard(conn: shardq.Connection | shardq.AsyncConnection) -> list[int]:
+    """The smallest ``items`` key held by each shard, in shard order."""
+    keys: dict[str, int] = {}
+    key = 1
+    while len(keys) < len(conn.config.shards):
+        keys.setdefault(conn.shard_for("items", key), key)
+        key += 1
+    return [keys[name] for name in conn.config.shard_names]
+
+
+def activity(cluster: PgCluster, marker: str) -> list[tuple[Any, ...]]:
+    """Active statements on ``cluster`` whose text contains ``marker``."""
+    return cluster.execute(
+        "SELECT pid, query_start FROM pg_stat_activity "
+        "WHERE datname = %s AND state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
+        params=[PG_DATABASE, f"%{marker}%"],
+    )
+
+
+def sessions(cluster: PgCluster) -> int:
+    rows = cluster.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        params=[PG_DATABASE],
+    )
+    return int(rows[0][0])
+
+
+def wait_until(predicate: Any, what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sleep_sql(seconds: float, marker: str) -> str:
+    # A filter-only read over the distributed table: one pg_sleep per matching row.
+    return f"SELECT id, pg_sleep({seconds}) AS {marker} FROM items WHERE id IN (%s, %s, %s, %s)"
+
+
+async def test_every_shard_runs_the_statement_at_the_same_moment(
+    pg_dataset: list[PgCluster],
+) -> None:
+    async with shardq.AsyncConnection(pg_config(pg_dataset)) as conn:
+        keys = one_key_per_shard(conn)
+        task = asyncio.create_task(conn.execute(sleep_sql(1.5, "concurrency_probe"), keys))
+        seen: list[list[tuple[Any, ...]]] = []
+
+        def all_active() -> bool:
+            seen[:] = [activity(c, "concurrency_probe") for c in pg_dataset]
+            return all(seen)
+
+        await asyncio.to_thread(wait_until, all_active, "all four shards run the statement")
+        starts = [rows[0][1] for rows in seen]
+        assert (max(starts) - min(starts)).total_seconds() < 0.5
+        cur = await task
+        assert sorted(r[0] for r in await cur.fetchall()) == sorted(keys)
+        assert sorted(cur.shards) == sorted(conn.config.shard_names)
+
+
+def test_timeout_cancels_the_statements_on_the_servers(pg_dataset: list[PgCluster]) -> None:
+    with shardq.connect(pg_config(pg_dataset)) as conn:
+        keys = one_key_per_shard(conn)
+        began = time.monotonic()
+        with pytest.raises(shardq.QueryTimeoutError) as info:
+            conn.execute(sleep_sql(60, "timeout_probe"), keys, timeout=0.5)
+        elapsed = time.monotonic() - began
+        assert isinstance(info.value, TimeoutError | shardq.OperationalError)
+        assert elapsed < 10, f"the timeout took {elapsed:.1f} s to be raised"
+        assert info.value.timeout == 0.5
+        # Nothing is left running on any server: the statements were cancelled there.
+        for cluster in pg_dataset:
+            wait_until(lambda c=cluster: not activity(c, "timeout_probe"), "cancelled")
+        # And the connection is still usable.
+        assert conn.execute("SELECT id FROM items WHERE id = %s", [keys[0]]).fetchall() == [
+            (keys[0],)
+        ]
+
+
+async def test_cancelling_the_task_cancels_on_the_servers(pg_dataset: list[PgCluster]) -> None:
+    async with shardq.AsyncConnection(pg_config(pg_dataset)) as conn:
+        keys = one_key_per_shard(conn)
+        task = asyncio.create_task(conn.execute(sleep_sql(60, "cancel_probe"), keys))
+        await asyncio.to_thread(
+            wait_until, lambda: all(activity(c, "cancel_probe") for c in pg_dataset), "running"
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for cluster in pg_dataset:
+            await asyncio.to_thread(
+                wait_until, lambda c=cluster: not activity(c, "cancel_probe"), "cancelled"
+            )
+
+
+def test_a_shard_down_fails_fast_and_names_the_shard(pg_dataset: list[PgCluster]) -> None:
+    config = pg_config(pg_dataset)
+    down = config["shards"][2]
+    down["dsn"] = f"postgresql://shardq:{pg_dataset[2].password}@127.0.0.1:{closed_port()}/x"
+    with shardq.connect(config) as conn:
+        keys = one_key_per_shard(conn)
+        began = time.monotonic()
+        with pytest.raises(shardq.ShardError) as info:
+            conn.execute(sleep_sql(30, "failfast_probe"), keys)
+        assert time.monotonic() - began < 10
+        assert info.value.shard == "s2"
+        assert isinstance(info.value, shardq.OperationalError)
+        assert "s2" in str(info.value)
+        assert info.value.__cause__ is not None
+        # The other shards' statements were cancelled, not left to run for 30 s.
+        for cluster in pg_dataset:
+            wait_until(lambda c=cluster: not activity(c, "failfast_probe"), "cancelled")
+
+
+def test_no_connection_leaks_whatever_fails(pg_dataset: list[PgCluster]) -> None:
+    before = [sessions(c) for c in pg_dataset]
+    config = pg_config(pg_dataset, pool_max_size=2)
+    with shardq.connect(config) as conn:
+        keys = one_key_per_shard(conn)
+        for _ in range(5):
+            with pytest.raises(shardq.QueryTimeoutError):
+                conn.execute(sleep_sql(30, "leak_probe"), keys, timeout=0.2)
+            with pytest.raises(shardq.ShardError):
+                conn.execute("SELECT 1 / (id - id) FROM items WHERE val > 0")
+            cur = conn.execute("SELECT id FROM items WHERE val > 0")
+            cur.fetchone()
+            cur.close()  # abandoned mid-result
+            assert len(conn.execute("SELECT id FROM items WHERE val > 0").fetchall()) == 200
+        # The pools never hold more than their size, whatever happened.
+        for cluster, base in zip(pg_dataset, before, strict=True):
+            assert sessions(cluster) - base <= 2
+    # Closing the connection closes every session it opened.
+    for cluster, base in zip(pg_dataset, before, strict=True):
+        wait_until(lambda c=cluster, b=base: sessions(c) <= b, "sessions closed")
+
+
+def test_streaming_keeps_memory_bounded(pg_dataset: list[PgCluster]) -> None:
+    # 400,000 rows of about 100 bytes: ~40 MB if held at once.
+    sql = "SELECT g, repeat('x', 100) FROM generate_series(1, 400000) AS g"
+    with shardq.connect(pg_config(pg_dataset), fetch_size=1000) as conn:
+        cur = conn.execute(sql)
+        tracemalloc.start()
+        try:
+            count = sum(1 for _ in cur)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert count == 400_000
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB while iterating"
+
+
+def test_credentials_never_appear_in_errors_logs_or_reprs(
+    pg_dataset: list[PgCluster], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = pg_dataset[0].password
+    wrong = "definitely-wrong-pw-1234"
+    config = pg_config(pg_dataset)
+    config["shards"][1]["dsn"] = (
+        pg_dataset[1].dsn(PG_DATABASE).replace(pg_dataset[1].password, wrong)
+    )
+    messages: list[str] = []
+    with shardq.connect(config) as conn:
+        messages += [repr(conn), repr(conn.config), repr(conn.config.shards)]
+        with pytest.raises(shardq.ShardError) as info:
+            conn.execute("SELECT id FROM items WHERE val > 0")
+        assert info.value.shard == "s1"
+        assert "password authentication failed" in str(info.value)
+        chain: BaseException | None = info.value
+        while chain is not None:
+            messages.append(str(chain))
+            chain = chain.__cause__ or chain.__context__
+        import traceback
+
+        messages.append("".join(traceback.format_exception(info.value)))
+    bad = pg_config(pg_dataset)
+    bad["shards"][0]["dsn"] = f"postgresql://shardq:{secret}@127.0.0.1:notaport/x"
+    with pytest.raises(shardq.ConfigError) as cfg_info:
+        shardq.connect(bad)
+    messages.append(str(cfg_info.value))
+    messages += [record.getMessage() for record in caplog.records]
+    for text in messages:
+        for password in (secret, wrong, pg_dataset[1].password):
+            assert password not in text, text
+
+
+def test_sessions_open_lazily_and_pool_min_size_warms_up(pg_dataset: list[PgCluster]) -> None:
+    before = [sessions(c) for c in pg_dataset]
+    conn = shardq.connect(pg_config(pg_dataset, pool_min_size=2, pool_max_size=3))
+    try:
+        assert [sessions(c) for c in pg_dataset] == before  # nothing opened yet
+        conn.execute("SELECT id FROM items WHERE val > 0").fetchall()
+        assert all(sessions(c) - b == 2 for c, b in zip(pg_dataset, before, strict=True)), (
+            "pool_min_size connections are opened together on first use"
+        )
+    finally:
+        conn.close()
+
+
+def test_check_reports_versions_and_table_differences(pg_dataset: list[PgCluster]) -> None:
+    with shardq.connect(pg_config(pg_dataset)) as conn:
+        report = conn.check()
+        assert report.ok, report.problems
+        assert all(s.version and s.version.startswith("PostgreSQL") for s in report.shards)
+        pg_dataset[3].execute("ALTER TABLE kinds ADD COLUMN extra int", PG_DATABASE)
+        try:
+            report = conn.check()
+        finally:
+            pg_dataset[3].execute("ALTER TABLE kinds DROP COLUMN extra", PG_DATABASE)
+        assert not report.ok
+        assert any("kinds" in p and "s3" in p for p in report.problems)
+
+
+def test_sync_facade_interrupt_cancels_on_the_server(pg_dataset: list[PgCluster]) -> None:
+    """A blocking call interrupted (as by Ctrl-C) cancels its statements on the servers."""
+    with shardq.connect(pg_config(pg_dataset)) as conn:
+        keys = one_key_per_shard(conn)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                conn.execute(sleep_sql(60, "interrupt_probe"), keys)
+            except BaseException as exc:
+                errors.append(exc)
+
+        # Simulate Ctrl-C in the blocked thread: the portal cancels the call's
+        # task (once, as Portal.call does), and the cancellation flows down.
+        thread = threading.Thread(target=run)
+        thread.start()
+        wait_until(lambda: all(activity(c, "interrupt_probe") for c in pg_dataset), "running")
+        loop = conn._portal._loop
+        (task,) = [
+            t
+            for t in asyncio.all_tasks(loop)
+            if t.get_coro().__qualname__.endswith("Portal.call.<locals>.run")  # type: ignore[union-attr]
+        ]
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(DEADLINE)
+        assert errors and isinstance(errors[0], BaseException)
+        for cluster in pg_dataset:
+            wait_until(lambda c=cluster: not activity(c, "interrupt_probe"), "cancelled")
+        with contextlib.suppress(shardq.Error):
+            conn.execute("SELECT 1").fetchall()
+
+
+def test_adapter_over_psycopg2_shares_the_tables_config(pg_dataset: list[PgCluster]) -> None:
+    import psycopg2
+
+    conns = [psycopg2.connect(c.dsn(PG_DATABASE)) for c in pg_dataset]
+    try:
+        with shardq.from_connections(conns, tables=TABLES) as conn:
+            assert len(conn.execute("SELECT id FROM items WHERE val > 0").fetchall()) == 200
+        # shardq does not close connections it did not open, and leaves no transaction open.
+        assert all(not c.closed for c in conns)
+        assert all(c.get_transaction_status() == 0 for c in conns)
+    finally:
+        for c in conns:
+            c.close()
