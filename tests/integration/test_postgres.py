@@ -272,7 +272,8 @@ def test_sync_facade_interrupt_cancels_on_the_server(pg_dataset: list[PgCluster]
         ]
         loop.call_soon_threadsafe(task.cancel)
         thread.join(DEADLINE)
-        assert errors and isinstance(errors[0], BaseException)
+        assert errors
+        assert isinstance(errors[0], BaseException)
         for cluster in pg_dataset:
             wait_until(lambda c=cluster: not activity(c, "interrupt_probe"), "cancelled")
         with contextlib.suppress(shardq.Error):

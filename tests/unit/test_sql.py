@@ -1,0 +1,217 @@
+"""Parsing, routing and planning: pure, no database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import shardq
+from shardq.config import load_config
+from shardq.sql.analyze import StatementKind
+from shardq.sql.parse import parse
+from shardq.sql.plan import Planner
+from shardq.sql.route import RouteKind
+
+TABLES = {
+    "orders": {"shard_key": "customer_id"},
+    "items": {"shard_key": "customer_id", "colocate_with": "orders"},
+    "countries": {"reference": True},
+}
+
+
+def planner(dialect: str = "postgres") -> Planner:
+    dsn = "host=x" if dialect == "postgres" else "x.db"
+    shards = [{"name": f"s{i}", "dsn": dsn} for i in range(4)]
+    return Planner(load_config({"dialect": dialect, "shards": shards, "tables": TABLES}))
+
+
+P = planner()
+
+
+def shards_of(sql: str, params: Any = None, p: Planner = P) -> tuple[str, ...] | str:
+    route = p.plan(sql, params).route
+    return route.kind.value if route.kind is not RouteKind.SHARDS else route.shards
+
+
+def test_placeholders_are_numbered_in_text_order() -> None:
+    parsed = parse("SELECT %s FROM t WHERE a = %s LIMIT %s", "postgres")
+    assert parsed.positional == 3
+    sql = parsed.expression.sql("postgres")
+    assert sql.index("_p0") < sql.index("_p1") < sql.index("_p2")
+
+
+def test_percent_escapes_and_strings_are_not_placeholders() -> None:
+    parsed = parse("SELECT a %% 2 FROM t WHERE s LIKE 'x%%' AND b = '%s' AND c = %s", "postgres")
+    assert parsed.positional == 1
+
+
+def test_mixed_placeholder_styles_are_refused() -> None:
+    with pytest.raises(shardq.ProgrammingError, match="mix"):
+        parse("SELECT * FROM t WHERE a = %s AND b = %(b)s", "postgres")
+
+
+@pytest.mark.parametrize(
+    ("sql", "line", "column"),
+    [("SELECT * FORM t", 1, 15), ("SELECT 1,\n  2 +", 2, 5), ("SELECT (1", 1, 9)],
+)
+def test_syntax_errors_carry_the_position(sql: str, line: int, column: int) -> None:
+    with pytest.raises(shardq.SQLSyntaxError) as info:
+        parse(sql, "postgres")
+    assert (info.value.line, info.value.column) == (line, column)
+    assert f"line {line}" in str(info.value)
+
+
+def test_unparseable_statements_and_several_statements_are_refused() -> None:
+    with pytest.raises(shardq.SQLSyntaxError, match="VACUUM"):
+        parse("VACUUM orders", "postgres")
+    with pytest.raises(shardq.ProgrammingError, match="2 statements"):
+        parse("SELECT 1; SELECT 2", "postgres")
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("SELECT * FROM orders WHERE customer_id = 42", None),
+        ("SELECT * FROM orders WHERE customer_id = '42'", None),
+        ("SELECT * FROM orders WHERE customer_id = %s", [42]),
+        ("SELECT * FROM orders WHERE customer_id = %(c)s", {"c": 42}),
+        ("SELECT * FROM orders WHERE 42 = customer_id", None),
+        ("SELECT * FROM orders WHERE customer_id = 42::bigint", None),
+        ("SELECT * FROM orders o WHERE o.customer_id = 42 AND o.total > 3", None),
+        ("SELECT * FROM orders WHERE (customer_id = 42) AND status = 'x'", None),
+        ("SELECT * FROM orders WHERE customer_id IN (42)", None),
+    ],
+)
+def test_equality_on_the_key_pins_one_shard(sql: str, params: Any) -> None:
+    assert shards_of(sql, params) == (P.config.shard_for("orders", 42),)
+
+
+def test_in_list_targets_the_shards_of_its_values() -> None:
+    keys = [1, 2, 3, 4, 5, 6]
+    expected = {P.config.shard_for("orders", k) for k in keys}
+    got = shards_of("SELECT * FROM orders WHERE customer_id IN (%s, %s, %s, %s, %s, %s)", keys)
+    assert set(got) == expected
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM orders WHERE customer_id = 42 OR total > 1",
+        "SELECT * FROM orders WHERE customer_id > 42",
+        "SELECT * FROM orders WHERE customer_id = total",
+        "SELECT * FROM orders WHERE NOT customer_id = 42",
+        "SELECT * FROM orders o JOIN countries c ON c.code = o.country WHERE customer_id = 42",
+        "SELECT * FROM orders o WHERE x.customer_id = 42",
+    ],
+)
+def test_conditions_that_do_not_pin_fan_out(sql: str) -> None:
+    assert shards_of(sql) == "all"
+
+
+def test_a_null_key_or_contradiction_still_answers_correctly() -> None:
+    # key = NULL matches no row: any one shard gives the (empty) answer.
+    null = shards_of("SELECT * FROM orders WHERE customer_id = %s", [None])
+    assert isinstance(null, tuple)
+    assert len(null) == 1
+    one, two = 1, next(k for k in range(2, 50) if P.config.shard_for("orders", k) != "s1")
+    contradiction = shards_of(
+        "SELECT * FROM orders WHERE customer_id = %s AND customer_id = %s", [one, two]
+    )
+    assert isinstance(contradiction, tuple)
+    assert len(contradiction) == 1
+
+
+def test_reference_only_reads_go_to_any_one_shard() -> None:
+    assert shards_of("SELECT * FROM countries") == "any"
+    assert shards_of("SELECT 1") == "any"
+    assert shards_of("SELECT * FROM generate_series(1, 3)") == "any"
+    assert shards_of("WITH x AS (SELECT 1) SELECT * FROM x") == "any"
+    assert shards_of("SELECT count(*) FROM countries") == "any"
+
+
+@pytest.mark.parametrize(
+    ("sql", "construct"),
+    [
+        ("SELECT count(*) FROM orders", "aggregate"),
+        ("SELECT customer_id FROM orders GROUP BY customer_id", "GROUP BY"),
+        ("SELECT * FROM orders ORDER BY total", "ORDER BY"),
+        ("SELECT * FROM orders LIMIT 5", "LIMIT"),
+        ("SELECT DISTINCT status FROM orders", "DISTINCT"),
+        ("SELECT status FROM orders UNION SELECT code FROM countries", "UNION"),
+        ("SELECT row_number() OVER () FROM orders", "window function"),
+        ("SELECT * FROM orders o JOIN items i USING (customer_id)", "several distributed"),
+        ("SELECT * FROM countries WHERE code IN (SELECT country FROM orders)", "subquery"),
+    ],
+)
+def test_reads_a_concatenation_would_get_wrong_are_refused(sql: str, construct: str) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match=construct) as info:
+        P.plan(sql)
+    assert isinstance(info.value, shardq.NotSupportedError)
+    assert info.value.reason
+
+
+def test_the_same_reads_pinned_to_one_shard_are_accepted() -> None:
+    plan = P.plan("SELECT count(*) FROM orders WHERE customer_id = 5 GROUP BY status ORDER BY 1")
+    assert plan.route.kind is RouteKind.SHARDS
+    assert len(plan.route.shards) == 1
+
+
+def test_writes_route_to_the_key_shard() -> None:
+    home = P.config.shard_for("orders", 9)
+    plan = P.plan("INSERT INTO orders (customer_id, total) VALUES (%s, %s)", [9, 1])
+    assert plan.kind is StatementKind.INSERT
+    assert plan.route.shards == (home,)
+    assert shards_of("UPDATE orders SET total = 0 WHERE customer_id = 9") == (home,)
+    assert shards_of("DELETE FROM orders WHERE customer_id = %s", [9]) == (home,)
+    same = [k for k in range(100) if P.config.shard_for("orders", k) == home][:3]
+    sql = "INSERT INTO orders (customer_id) VALUES (%s), (%s), (%s)"
+    assert shards_of(sql, same) == (home,)
+
+
+@pytest.mark.parametrize(
+    ("sql", "match"),
+    [
+        ("INSERT INTO orders (total) VALUES (1)", "shard key in its column list"),
+        ("INSERT INTO orders VALUES (1, 2)", "shard key in its column list"),
+        ("INSERT INTO orders (customer_id) SELECT 1", "INSERT ... SELECT"),
+        ("INSERT INTO orders (customer_id) VALUES (random())", "literal or a bound"),
+        ("INSERT INTO countries (code) VALUES ('x')", "reference table"),
+        ("UPDATE orders SET customer_id = 3 WHERE customer_id = 2", "shard key"),
+        ("UPDATE orders SET total = 0", "two-phase"),
+        ("DELETE FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6, 7, 8)", "two-phase"),
+        ("DELETE FROM countries", "reference table"),
+        ("CREATE TABLE x (a int)", "CREATE"),
+        ("SET search_path = x", "SET"),
+    ],
+)
+def test_writes_that_are_not_safe_yet_are_refused(sql: str, match: str) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match=match):
+        P.plan(sql)
+
+
+def test_undeclared_tables_are_refused_but_ctes_are_not_tables() -> None:
+    with pytest.raises(shardq.UndeclaredTableError, match="'customers'"):
+        P.plan("SELECT * FROM orders o JOIN customers c ON true WHERE o.customer_id = 1")
+    P.plan("WITH customers AS (SELECT 1 AS id) SELECT * FROM customers")
+
+
+def test_sqlite_dialect_routes_qmark_and_named_parameters() -> None:
+    p = planner("sqlite")
+    home = p.config.shard_for("orders", 77)
+    assert shards_of("SELECT * FROM orders WHERE customer_id = ?", [77], p) == (home,)
+    assert shards_of("SELECT * FROM orders WHERE customer_id = :c", {"c": 77}, p) == (home,)
+
+
+def test_missing_parameter_is_a_programming_error() -> None:
+    with pytest.raises(shardq.ProgrammingError, match="no value bound"):
+        P.plan("SELECT * FROM orders WHERE customer_id = %s", [])
+
+
+def test_analysis_is_cached_by_text() -> None:
+    p = planner()
+    sql = "SELECT * FROM orders WHERE customer_id = %s"
+    assert p.analyze(sql) is p.analyze(sql)
+    # Routing is redone per call: the same text goes where each value lives.
+    for key in range(1, 20):
+        assert p.plan(sql, [key]).route.shards == (p.config.shard_for("orders", key),)
