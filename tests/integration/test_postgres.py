@@ -293,3 +293,21 @@ def test_adapter_over_psycopg2_shares_the_tables_config(pg_dataset: list[PgClust
     finally:
         for c in conns:
             c.close()
+
+
+def test_adapter_over_psycopg2_dict_connections(pg_dataset: list[PgCluster]) -> None:
+    # parallel-connection users pool RealDictCursor connections; rows must stay right.
+    import psycopg2
+    import psycopg2.extras
+
+    conns = [
+        psycopg2.connect(c.dsn(PG_DATABASE), connection_factory=psycopg2.extras.RealDictConnection)
+        for c in pg_dataset
+    ]
+    try:
+        with shardq.from_connections(conns, tables=TABLES, row_factory=shardq.dict_row) as conn:
+            rows = conn.execute("SELECT id, grp FROM items WHERE id = %s", [12]).fetchall()
+            assert rows == [{"id": 12, "grp": "g2"}]
+    finally:
+        for c in conns:
+            c.close()

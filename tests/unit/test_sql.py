@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import shardq
 from shardq.config import load_config
@@ -215,3 +219,29 @@ def test_analysis_is_cached_by_text() -> None:
     # Routing is redone per call: the same text goes where each value lives.
     for key in range(1, 20):
         assert p.plan(sql, [key]).route.shards == (p.config.shard_for("orders", key),)
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, bool | int):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return f"'{value}'::uuid"
+    if isinstance(value, dt.date):
+        return f"DATE '{value.isoformat()}'"
+    assert isinstance(value, str)
+    return "'" + value.replace("'", "''") + "'"
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.text(alphabet=st.characters(exclude_categories=["Cs", "Cc"]), max_size=20),
+        st.uuids(),
+        st.dates(),
+    )
+)
+def test_literals_and_bound_parameters_route_alike(value: object) -> None:
+    bound = P.plan("SELECT * FROM orders WHERE customer_id = %s", [value]).route
+    literal = P.plan(f"SELECT * FROM orders WHERE customer_id = {_literal(value)}").route
+    assert bound == literal
+    assert bound.shards == (P.config.shard_for("orders", value),)

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +29,19 @@ if TYPE_CHECKING:
 __all__ = ["ThreadedConnection", "ThreadedPool"]
 
 T = TypeVar("T")
+
+
+def _tuples(rows: list[Any]) -> list[Row]:
+    """Rows as tuples, whatever the driver's cursor made (tuples, sqlite3.Row, dicts).
+
+    A connection made with a dict cursor factory (psycopg2's RealDictConnection)
+    yields mappings, whose ``tuple()`` would be their keys.
+    """
+    if not rows or type(rows[0]) is tuple:
+        return rows
+    if isinstance(rows[0], Mapping):
+        return [tuple(r.values()) for r in rows]
+    return [tuple(r) for r in rows]
 
 
 class ThreadedConnection:
@@ -98,9 +112,9 @@ class ThreadedConnection:
             if cursor.description is None:
                 first = []
             elif self._buffered:
-                first = [tuple(r) for r in cursor.fetchall()]
+                first = _tuples(cursor.fetchall())
             else:
-                first = [tuple(r) for r in cursor.fetchmany(fetch_size)]
+                first = _tuples(cursor.fetchmany(fetch_size))
         except BaseException:
             with contextlib.suppress(Exception):
                 cursor.close()
@@ -111,7 +125,7 @@ class ThreadedConnection:
         return cursor, first
 
     def _fetch(self, cursor: Any, fetch_size: int) -> list[Row]:
-        return [tuple(r) for r in cursor.fetchmany(fetch_size)]
+        return _tuples(cursor.fetchmany(fetch_size))
 
     def _end(self, cursor: Any, ok: bool) -> None:
         try:
