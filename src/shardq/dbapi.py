@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
@@ -59,6 +60,8 @@ class Cursor:
         self.connection = connection
         self._inner = inner
         self._portal = connection._portal
+        # Rows already brought over from the event loop, not yet handed out.
+        self._local: deque[Any] = deque()
 
     def __repr__(self) -> str:
         return f"<shardq.Cursor {'closed' if self.closed else 'open'}>"
@@ -94,28 +97,67 @@ class Cursor:
         return None
 
     def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Self:
-        """Run one statement (see :meth:`shardq.aio.AsyncCursor.execute`)."""
-        self._portal.call(self._inner.execute, sql, params, timeout=timeout)
+        """Run one statement (see :meth:`shardq.aio.AsyncCursor.execute`).
+
+        The first batch of rows comes back with the same call into the
+        event loop, so a small result costs one crossing, not two.
+        """
+        self._local.clear()
+        self._local.extend(self._portal.call(self._execute, sql, params, timeout))
         return self
+
+    async def _execute(self, sql: str, params: Params, timeout: float | None) -> list[Any]:
+        await self._inner.execute(sql, params, timeout=timeout)
+        if self._inner.description is None:
+            return []
+        return await self._inner.next_batch()
 
     def executemany(
         self, sql: str, params_seq: Iterable[Params], *, timeout: float | None = None
     ) -> None:
         """Run ``sql`` once per parameter set, each routed to its own shard."""
+        self._local.clear()
         self._portal.call(self._inner.executemany, sql, list(params_seq), timeout=timeout)
 
+    def _check_readable(self) -> None:
+        # Raises as the async cursor would: closed cursor, nothing executed, no rows.
+        if self._inner.closed or self._inner.description is None:
+            self._portal.call(self._inner.next_batch)
+
     def fetchone(self) -> Any | None:
-        return self._portal.call(self._inner.fetchone)
+        self._check_readable()
+        if not self._local:
+            self._local.extend(self._portal.call(self._inner.next_batch))
+        return self._local.popleft() if self._local else None
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
-        return self._portal.call(self._inner.fetchmany, size)
+        self._check_readable()
+        size = self.arraysize if size is None else size
+        rows: list[Any] = []
+        while len(rows) < size:
+            if not self._local:
+                self._local.extend(self._portal.call(self._inner.next_batch))
+                if not self._local:
+                    break
+            take = min(size - len(rows), len(self._local))
+            rows += [self._local.popleft() for _ in range(take)]
+        return rows
 
     def fetchall(self) -> list[Any]:
-        return self._portal.call(self._inner.fetchall)
+        self._check_readable()
+        rows = list(self._local)
+        self._local.clear()
+        return rows + self._portal.call(self._inner.fetchall)
 
     def __iter__(self) -> Iterator[Any]:
-        while batch := self._portal.call(self._inner.next_batch):
-            yield from batch
+        self._check_readable()
+        while True:
+            while self._local:
+                yield self._local.popleft()
+            batch = self._portal.call(self._inner.next_batch)
+            if not batch:
+                return
+            self._local.extend(batch)
 
     def callproc(self, procname: str, parameters: Params = None) -> None:
         raise NotSupportedError("callproc is not supported; use execute('SELECT f(...)')")
@@ -131,6 +173,7 @@ class Cursor:
         """Accepted and ignored (PEP 249 allows it)."""
 
     def close(self) -> None:
+        self._local.clear()
         if not self._inner.closed and not self._portal.closed:
             self._portal.call(self._inner.close)
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from shardq.errors import OperationalError, shard_error
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["LazyPool"]
 
@@ -34,6 +33,7 @@ class LazyPool(Generic[C]):
         close: closes one connection; must not raise for a broken one.
         reusable: whether a returned connection may be lent again.
         max_size: the most connections open at once.
+        min_size: connections opened together on first use (a warm-up).
         acquire_timeout: seconds to wait for a connection when all are lent.
     """
 
@@ -45,6 +45,7 @@ class LazyPool(Generic[C]):
         close: Callable[[C], Awaitable[None]],
         reusable: Callable[[C], bool],
         max_size: int,
+        min_size: int = 0,
         acquire_timeout: float = 30.0,
     ):
         self.name = name
@@ -52,6 +53,7 @@ class LazyPool(Generic[C]):
         self._close = close
         self._reusable = reusable
         self.max_size = max_size
+        self._min_size = min_size  # opened together on first use, then 0
         self._acquire_timeout = acquire_timeout
         self._idle: list[C] = []
         self._lent = 0
@@ -69,6 +71,10 @@ class LazyPool(Generic[C]):
     async def _acquire_slot(self) -> asyncio.Semaphore:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_size)
+        if not self._slots.locked():
+            # A connection slot is free: take it without arming a timer.
+            await self._slots.acquire()
+            return self._slots
         try:
             async with asyncio.timeout(self._acquire_timeout):
                 await self._slots.acquire()
@@ -81,25 +87,37 @@ class LazyPool(Generic[C]):
             ) from None
         return self._slots
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[C]:
+    def connection(self) -> _Lend[C]:
         """Lend a connection for the ``async with`` block."""
+        return _Lend(self)
+
+    async def acquire(self) -> C:
+        """Take a connection (opening one if none is idle); give it back with :meth:`release`."""
         if self.closed:
             raise shard_error(self.name, OperationalError, "the pool is closed")
+        if self._min_size:
+            count, self._min_size = self._min_size, 0
+            await self.fill(count)
         slots = await self._acquire_slot()
         try:
             conn = self._idle.pop() if self._idle else await self._open()
-            self._lent += 1
-            try:
-                yield conn
-            finally:
-                self._lent -= 1
-                if not self.closed and self._reusable(conn):
-                    self._idle.append(conn)
-                else:
-                    await self._close(conn)
-        finally:
+        except BaseException:
             slots.release()
+            raise
+        self._lent += 1
+        return conn
+
+    async def release(self, conn: C) -> None:
+        """Take back a lent connection: kept if reusable, else closed."""
+        self._lent -= 1
+        try:
+            if not self.closed and self._reusable(conn):
+                self._idle.append(conn)
+            else:
+                await self._close(conn)
+        finally:
+            assert self._slots is not None
+            self._slots.release()
 
     async def fill(self, count: int) -> None:
         """Open connections until ``count`` are open (a warm-up for ``pool_min_size``)."""
@@ -115,3 +133,19 @@ class LazyPool(Generic[C]):
         for conn in idle:
             with contextlib.suppress(Exception):
                 await self._close(conn)
+
+
+class _Lend(Generic[C]):
+    """``async with pool.connection() as conn``: a class, cheaper than a generator."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: LazyPool[C]):
+        self._pool = pool
+
+    async def __aenter__(self) -> C:
+        self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pool.release(self._conn)

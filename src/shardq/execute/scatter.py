@@ -150,6 +150,8 @@ class Scatter:
         if lease.stream is None:
             return []
         try:
+            if self._deadline is None:
+                return await lease.stream.fetch()
             async with asyncio.timeout_at(self._loop_deadline()):
                 return await lease.stream.fetch()
         except TimeoutError:

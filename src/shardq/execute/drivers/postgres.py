@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -41,11 +41,12 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 def _description(cursor: psycopg.AsyncCursor[Any]) -> tuple[Column, ...] | None:
-    if cursor.description is None:
+    columns = cursor.description  # psycopg builds these on each access: read once
+    if columns is None:
         return None
     return tuple(
         Column(c.name, c.type_code, c.display_size, c.internal_size, c.precision, c.scale, None)
-        for c in cursor.description
+        for c in columns
     )
 
 
@@ -58,36 +59,29 @@ class _Stream:
         self._fetch_size = fetch_size
         self._rows: AsyncIterator[Row] | None = None
         self._cursor: psycopg.AsyncCursor[Any] | None = None
-        self.description: tuple[Column, ...] | None = None
+        self._description: tuple[Column, ...] | None = None
+        self._described = False
         self.rowcount = -1
         self._received = 0
-        self._pending: Row | None = None
+        self._rows_mode = True
         self._buffer: list[Row] = []
 
-    async def start(self, conn: psycopg.AsyncConnection[Any], sql: str, params: object) -> None:
-        cursor = conn.cursor()
+    async def start(self, cursor: psycopg.AsyncCursor[Any], sql: str, params: object) -> None:
         self._cursor = cursor
         # A str with params=None is sent as written: psycopg looks for
         # placeholders (and "%%") only when parameters are given.
         query: Any = sql
         bound: Any = params
-        rows = cursor.stream(query, bound, size=self._fetch_size if _CHUNKED else 1)
-        self._rows = rows
-        try:
-            # The first row (or the end) tells whether the statement succeeded
-            # and what it returns.
-            self._pending = await anext(rows)
-        except StopAsyncIteration:
-            self._finish(cursor)
-        except Exception as exc:
-            raise self._error(exc) from exc
-        else:
-            self.description = _description(cursor)
+        self._rows = cursor.stream(query, bound, size=self._fetch_size if _CHUNKED else 1)
+        # Read the first batch now, while every shard works concurrently: it
+        # tells whether the statement succeeded and what it returns, and a small
+        # result is then complete and its connection can go back at once.
+        self._buffer = await self._read()
 
-    async def run(self, conn: psycopg.AsyncConnection[Any], sql: str, params: object) -> None:
+    async def run(self, cursor: psycopg.AsyncCursor[Any], sql: str, params: object) -> None:
         """Run a write: its RETURNING rows, if any, are received whole."""
-        cursor = conn.cursor()
         self._cursor = cursor
+        self._rows_mode = False
         query: Any = sql
         bound: Any = params
         try:
@@ -100,29 +94,35 @@ class _Stream:
         self._finish(cursor)
 
     @property
+    def description(self) -> tuple[Column, ...] | None:
+        # Built on demand (from this statement's own cursor): of a multi-shard
+        # result only one shard's is needed.
+        if not self._described and self._cursor is not None:
+            self._description = _description(self._cursor)
+            self._described = True
+        return self._description
+
+    @property
     def holds_connection(self) -> bool:
         return self._rows is not None
 
     def _finish(self, cursor: psycopg.AsyncCursor[Any]) -> None:
-        self.description = _description(cursor)
-        self.rowcount = cursor.rowcount if self.description is None else self._received
-        if self.description is not None and cursor.rowcount >= 0:
-            self.rowcount = max(self._received, cursor.rowcount)
+        # A streamed statement returns rows (stream() refuses others): its count
+        # is what was received. A write's is the server's count of rows affected.
+        self.rowcount = self._received if self._rows_mode else cursor.rowcount
 
     def _error(self, exc: BaseException) -> Exception:
         return translate_error(self._shard, exc, self._secrets, sqlstate_of=_sqlstate)
 
-    async def fetch(self) -> list[Row]:
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            return batch
-        batch = [] if self._pending is None else [self._pending]
-        self._pending = None
-        if self._rows is None:
-            return batch
+    async def _read(self) -> list[Row]:
+        """Read up to one batch from the server; at the end, finish the result."""
+        rows, cursor = self._rows, self._cursor
+        assert rows is not None
+        assert cursor is not None
+        batch: list[Row] = []
         exhausted = True
         try:
-            async for row in self._rows:
+            async for row in rows:
                 batch.append(row)
                 if len(batch) >= self._fetch_size:
                     exhausted = False
@@ -133,9 +133,16 @@ class _Stream:
         self._received += len(batch)
         if exhausted:
             self._rows = None
-            assert self._cursor is not None
-            self._finish(self._cursor)
+            self._finish(cursor)
         return batch
+
+    async def fetch(self) -> list[Row]:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            return batch
+        if self._rows is None:
+            return []
+        return await self._read()
 
     async def aclose(self) -> None:
         rows, self._rows = self._rows, None
@@ -147,8 +154,10 @@ class _Stream:
 
 
 class _Connection:
+    """A pooled psycopg connection."""
+
     def __init__(self, conn: psycopg.AsyncConnection[Any], shard: str, secrets: Secrets):
-        self._conn = conn
+        self.conn = conn
         self._shard = shard
         self._secrets = secrets
 
@@ -157,23 +166,23 @@ class _Connection:
     ) -> _Stream:
         result = _Stream(self._shard, self._secrets, fetch_size)
         if stream:
-            await result.start(self._conn, sql, params)
+            await result.start(self.conn.cursor(), sql, params)
         else:
-            await result.run(self._conn, sql, params)
+            await result.run(self.conn.cursor(), sql, params)
         return result
 
+    @property
+    def reusable(self) -> bool:
+        conn = self.conn
+        return (
+            not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        )
 
-def _reusable(conn: psycopg.AsyncConnection[Any]) -> bool:
-    return (
-        not conn.closed
-        and not conn.broken
-        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    )
-
-
-async def _close(conn: psycopg.AsyncConnection[Any]) -> None:
-    with contextlib.suppress(Exception):
-        await conn.close()
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.conn.close()
 
 
 class PsycopgPool:
@@ -188,18 +197,17 @@ class PsycopgPool:
         self.name = shard.name
         self._secrets = config.secrets
         self._dsn = shard.dsn
-        self._min_size = shard.pool_min_size
         self._connect_kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in shard.dsn:
             self._connect_kwargs["connect_timeout"] = 10
-        self._pool: LazyPool[psycopg.AsyncConnection[Any]] = LazyPool(
+        self._pool: LazyPool[_Connection] = LazyPool(
             shard.name,
             open=self._connect,
-            close=_close,
-            reusable=_reusable,
+            close=_Connection.close,
+            reusable=lambda c: c.reusable,
             max_size=shard.pool_max_size,
+            min_size=shard.pool_min_size,
         )
-        self._warm = self._min_size == 0
 
     def __repr__(self) -> str:
         return f"<PsycopgPool shard={self.name!r} open={self._pool.size}/{self._pool.max_size}>"
@@ -207,19 +215,15 @@ class PsycopgPool:
     def _error(self, exc: BaseException) -> Exception:
         return translate_error(self.name, exc, self._secrets, sqlstate_of=_sqlstate)
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self) -> _Connection:
         try:
-            return await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
+            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
+        return _Connection(conn, self.name, self._secrets)
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[_Connection]:
-        if not self._warm:
-            self._warm = True
-            await self._pool.fill(self._min_size)
-        async with self._pool.connection() as conn:
-            yield _Connection(conn, self.name, self._secrets)
+    def connection(self) -> AbstractAsyncContextManager[_Connection]:
+        return self._pool.connection()
 
     async def server_info(self) -> ServerInfo:
         async with self.connection() as conn:
