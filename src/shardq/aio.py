@@ -140,6 +140,11 @@ class AsyncCursor:
         """Return the next batch of rows as they arrive ([] at the end)."""
         return await self._current().next_batch()
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the rest of the last result is already received (reading needs no IO)."""
+        return self._result is None or self._result.in_memory
+
     async def __aiter__(self) -> AsyncIterator[Any]:
         result = self._current()
         async for row in result:

@@ -62,6 +62,7 @@ class Cursor:
         self._portal = connection._portal
         # Rows already brought over from the event loop, not yet handed out.
         self._local: deque[Any] = deque()
+        self._drained = True  # nothing more to bring over from the loop
 
     def __repr__(self) -> str:
         return f"<shardq.Cursor {'closed' if self.closed else 'open'}>"
@@ -103,20 +104,34 @@ class Cursor:
         event loop, so a small result costs one crossing, not two.
         """
         self._local.clear()
-        self._local.extend(self._portal.call(self._execute, sql, params, timeout))
+        rows, self._drained = self._portal.call(self._execute, sql, params, timeout)
+        self._local.extend(rows)
         return self
 
-    async def _execute(self, sql: str, params: Params, timeout: float | None) -> list[Any]:
+    async def _execute(
+        self, sql: str, params: Params, timeout: float | None
+    ) -> tuple[list[Any], bool]:
         await self._inner.execute(sql, params, timeout=timeout)
         if self._inner.description is None:
+            return [], True
+        if self._inner.in_memory:
+            # Every shard's rows are already here: bring them all in this one call.
+            return await self._inner.fetchall(), True
+        return await self._inner.next_batch(), False
+
+    def _more(self) -> list[Any]:
+        if self._drained:
             return []
-        return await self._inner.next_batch()
+        batch: list[Any] = self._portal.call(self._inner.next_batch)
+        self._drained = not batch
+        return batch
 
     def executemany(
         self, sql: str, params_seq: Iterable[Params], *, timeout: float | None = None
     ) -> None:
         """Run ``sql`` once per parameter set, each routed to its own shard."""
         self._local.clear()
+        self._drained = True
         self._portal.call(self._inner.executemany, sql, list(params_seq), timeout=timeout)
 
     def _check_readable(self) -> None:
@@ -127,7 +142,7 @@ class Cursor:
     def fetchone(self) -> Any | None:
         self._check_readable()
         if not self._local:
-            self._local.extend(self._portal.call(self._inner.next_batch))
+            self._local.extend(self._more())
         return self._local.popleft() if self._local else None
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
@@ -136,7 +151,7 @@ class Cursor:
         rows: list[Any] = []
         while len(rows) < size:
             if not self._local:
-                self._local.extend(self._portal.call(self._inner.next_batch))
+                self._local.extend(self._more())
                 if not self._local:
                     break
             take = min(size - len(rows), len(self._local))
@@ -147,6 +162,9 @@ class Cursor:
         self._check_readable()
         rows = list(self._local)
         self._local.clear()
+        if self._drained:
+            return rows
+        self._drained = True
         return rows + self._portal.call(self._inner.fetchall)
 
     def __iter__(self) -> Iterator[Any]:
@@ -154,7 +172,7 @@ class Cursor:
         while True:
             while self._local:
                 yield self._local.popleft()
-            batch = self._portal.call(self._inner.next_batch)
+            batch = self._more()
             if not batch:
                 return
             self._local.extend(batch)

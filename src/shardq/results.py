@@ -54,6 +54,11 @@ class AsyncResult:
         return self._rowcount
 
     @property
+    def in_memory(self) -> bool:
+        """Whether the rest of the result is already received: reading it needs no IO."""
+        return self._batches is None or self._scatter.in_memory
+
+    @property
     def closed(self) -> bool:
         return self._batches is None
 

@@ -103,6 +103,13 @@ class Scatter:
         return None
 
     @property
+    def in_memory(self) -> bool:
+        """Whether every shard's remaining rows are already received (no connection held)."""
+        return all(
+            lease.stream is None or not lease.stream.holds_connection for lease in self._leases
+        )
+
+    @property
     def rowcount(self) -> int:
         counts = [stream.rowcount for stream in self.streams]
         return -1 if not counts or -1 in counts else sum(counts)

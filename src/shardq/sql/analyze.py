@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
@@ -52,6 +52,9 @@ class Analysis:
     parsed: Parsed
     kind: StatementKind
     refs: tuple[TableRef, ...]
+    # Facts derived from the text alone (key terms, refusals), computed once
+    # per cached analysis rather than once per call.
+    memo: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def distributed(self) -> tuple[TableRef, ...]:

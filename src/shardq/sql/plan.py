@@ -19,8 +19,11 @@ from shardq.sql.route import Route, RouteKind, route
 
 if TYPE_CHECKING:
     from shardq.config import Config
+from shardq.errors import UnsupportedQueryError
 
 __all__ = ["MergeKind", "Planner", "QueryPlan"]
+
+_UNCHECKED = object()
 
 
 class MergeKind(enum.Enum):
@@ -74,7 +77,16 @@ class Planner:
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1:
-            check_concatenable(analysis)
+            refusal = analysis.memo.get("refusal", _UNCHECKED)
+            if refusal is _UNCHECKED:
+                try:
+                    check_concatenable(analysis)
+                    refusal = None
+                except UnsupportedQueryError as exc:
+                    refusal = (exc.construct, exc.reason)
+                analysis.memo["refusal"] = refusal
+            if refusal is not None:
+                raise UnsupportedQueryError(*refusal)
         return QueryPlan(
             sql=sql,
             params=params,

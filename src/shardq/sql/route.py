@@ -124,6 +124,17 @@ def find_key_terms(where: exp.Expr | None, ref: TableRef, qualified_only: bool) 
     return terms
 
 
+def _terms(analysis: Analysis, ref: TableRef) -> list[KeyTerm]:
+    """The key terms of ``ref`` in the statement's WHERE (memoized on the analysis)."""
+    memo_key = ("key-terms", id(ref.node))
+    terms: list[KeyTerm] | None = analysis.memo.get(memo_key)
+    if terms is None:
+        where = analysis.parsed.expression.args.get("where")
+        terms = find_key_terms(where, ref, qualified_only=len(analysis.refs) > 1)
+        analysis.memo[memo_key] = terms
+    return terms
+
+
 def _shards_of(terms: list[KeyTerm], params: object, config: Config) -> tuple[str, ...] | None:
     chosen: set[str] | None = None
     for term in terms:
@@ -156,8 +167,7 @@ def _read_route(analysis: Analysis, params: object, config: Config) -> Route:
     ref = distributed[0]
     if ref.node.parent_select is not statement:
         return ALL
-    terms = find_key_terms(statement.args.get("where"), ref, len(analysis.refs) > 1)
-    shards = _shards_of(terms, params, config)
+    shards = _shards_of(_terms(analysis, ref), params, config)
     return ALL if shards is None else Route(RouteKind.SHARDS, shards)
 
 
@@ -223,8 +233,7 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
                     "an UPDATE of the shard key",
                     "a changed key may belong to another shard; delete and re-insert the row",
                 )
-    terms = find_key_terms(statement.args.get("where"), ref, len(analysis.refs) > 1)
-    shards = _shards_of(terms, params, config)
+    shards = _shards_of(_terms(analysis, ref), params, config)
     if shards is None or len(shards) > 1:
         raise _multi_shard_write(
             f"{verb} without a {ref.table.name}.{ref.table.shard_key} = <value> "
