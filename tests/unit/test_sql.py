@@ -186,6 +186,13 @@ def test_writes_route_to_the_key_shard() -> None:
         ("DELETE FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6, 7, 8)", "two-phase"),
         ("DELETE FROM countries", "reference table"),
         ("CREATE TABLE x (a int)", "CREATE"),
+        ("SELECT * INTO copy FROM orders", "SELECT ... INTO"),
+        ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", "DELETE inside"),
+        (
+            "WITH d AS (UPDATE orders SET total = 0 WHERE customer_id = 1 RETURNING *) "
+            "SELECT * FROM d",
+            "UPDATE inside",
+        ),
         ("SET search_path = x", "SET"),
     ],
 )

@@ -73,7 +73,23 @@ _KINDS: dict[type[exp.Expr], StatementKind] = {
 }
 
 
+def _check_no_hidden_writes(statement: exp.Expr) -> None:
+    """Refuse writes a reader would not see: ``SELECT ... INTO``, data-modifying CTEs."""
+    if isinstance(statement, exp.Select) and statement.args.get("into"):
+        raise UnsupportedQueryError(
+            "SELECT ... INTO", "it creates a table on every shard it runs on; use CREATE TABLE"
+        )
+    for node in statement.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge):
+        if node is not statement:
+            raise UnsupportedQueryError(
+                f"a {node.key.upper()} inside another statement",
+                "shardq routes a write by its own shard-key condition; run it as a "
+                "statement of its own",
+            )
+
+
 def _kind(statement: exp.Expr) -> StatementKind:
+    _check_no_hidden_writes(statement)
     if isinstance(statement, _READS):
         return StatementKind.READ
     for klass, kind in _KINDS.items():
