@@ -48,6 +48,7 @@ Dialect = Literal["postgres", "sqlite"]
 DIALECTS: tuple[Dialect, ...] = ("postgres", "sqlite")
 DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 
+_DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
 _TOP_KEYS = frozenset({"dialect", "driver", "shards", "tables"})
 _SHARD_KEYS = frozenset({"name", "dsn", "replicas", "pool_min_size", "pool_max_size"})
 _TABLE_KEYS = frozenset({"shard_key", "reference", "colocate_with"})
@@ -114,16 +115,25 @@ class Config:
                 return shard
         raise KeyError(name)
 
-    def table(self, name: str) -> TableConfig:
+    def table(self, name: str, *, resolved: bool = False) -> TableConfig:
         """Return the declared table ``name`` (``schema.table`` or ``table``).
+
+        Declared names are unquoted identifiers, so ``name`` is compared
+        case-insensitively, unless ``resolved`` says it is already as the
+        database resolves it (a quoted ``"Orders"`` is then not ``orders``).
+        ``public.orders`` (``main.`` for SQLite) finds a table declared as
+        ``orders``; another schema does not.
 
         Raises:
             UndeclaredTableError: the configuration does not declare it.
         """
-        key = name.lower()
+        key = name if resolved and self.dialect == "postgres" else name.lower()
         found = self.tables.get(key)
         if found is None and "." in key:
-            found = self.tables.get(key.rsplit(".", 1)[1])
+            # A table declared without a schema lives in the default one.
+            schema, _, bare = key.rpartition(".")
+            if schema == _DEFAULT_SCHEMA[self.dialect]:
+                found = self.tables.get(bare)
         if found is None:
             raise UndeclaredTableError(name)
         return found

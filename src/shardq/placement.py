@@ -15,8 +15,10 @@ machine, under any Python version, are found again:
    ``uuid.UUID``, a string PostgreSQL        ``b"u:" + 16 raw bytes``
    accepts as a uuid (any case, braces,
    with or without hyphens)
-   ``datetime.date``, ``"YYYY-MM-DD"``       ``b"d:" + ISO date``
-   ``datetime.datetime``                     ``b"t:" + ISO timestamp`` (aware: in UTC)
+   ``datetime.date``, ``"YYYY-MM-DD"``,      ``b"d:" + ISO date``
+   a timestamp at midnight
+   ``datetime.datetime``, an ISO             ``b"t:" + ISO timestamp`` (aware: in UTC)
+   timestamp string (``T`` or space)
    ``bytes``                                 ``b"b:" + the bytes``
    any other string                          ``b"s:" + UTF-8``
    ========================================  =========================
@@ -24,7 +26,10 @@ machine, under any Python version, are found again:
    So ``WHERE id = 42``, ``WHERE id = '42'`` and a bound ``42`` agree, and so do
    ``'A0EEBC99-...'::uuid`` and ``uuid.UUID("a0eebc99-...")``. Two different
    keys may share a canonical form (the texts ``"7"`` and ``"007"``); that only
-   puts them on the same shard, which is always correct.
+   puts them on the same shard, which is always correct. Limits: a text key
+   compared under a case-insensitive collation (SQLite ``COLLATE NOCASE``)
+   is hashed as written, and a ``timestamptz`` written without an offset is
+   read as UTC, not in the session's time zone: bind aware datetimes.
 2. The hash is the first 4 bytes of BLAKE2b (``digest_size=4``) of the canonical
    bytes, read as an unsigned big-endian 32-bit integer.
 3. The 32-bit hash space is cut into one contiguous range per shard, in the
@@ -50,6 +55,9 @@ HASH_SPACE = 2**32
 _INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 _DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?"
+)
 _UUID_CHARS = re.compile(r"\{?[0-9a-fA-F-]{32,36}\}?")
 
 
@@ -57,6 +65,15 @@ def _canonical_decimal(value: Decimal) -> bytes:
     if value == value.to_integral_value():
         return b"i:%d" % int(value)
     return b"n:" + str(value.normalize()).encode()
+
+
+def _canonical_datetime(value: dt.datetime) -> bytes:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    if value.time() == dt.time(0):
+        # A date equals the timestamp at its midnight, so both hash alike.
+        return b"d:" + value.date().isoformat().encode()
+    return b"t:" + value.isoformat().encode()
 
 
 def _canonical_str(value: str) -> bytes:
@@ -70,6 +87,11 @@ def _canonical_str(value: str) -> bytes:
     if _ISO_DATE.fullmatch(value):
         try:
             return b"d:" + dt.date.fromisoformat(value).isoformat().encode()
+        except ValueError:
+            pass
+    if _ISO_TIMESTAMP.fullmatch(value):
+        try:
+            return _canonical_datetime(dt.datetime.fromisoformat(value))
         except ValueError:
             pass
     if _UUID_CHARS.fullmatch(value):
@@ -109,9 +131,7 @@ def canonical_key(value: object) -> bytes:
     if isinstance(value, uuid.UUID):
         return b"u:" + value.bytes
     if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return b"t:" + value.isoformat().encode()
+        return _canonical_datetime(value)
     if isinstance(value, dt.date):
         return b"d:" + value.isoformat().encode()
     if isinstance(value, bytes | bytearray | memoryview):

@@ -45,9 +45,35 @@ def test_placeholders_are_numbered_in_text_order() -> None:
     assert sql.index("_p0") < sql.index("_p1") < sql.index("_p2")
 
 
-def test_percent_escapes_and_strings_are_not_placeholders() -> None:
-    parsed = parse("SELECT a %% 2 FROM t WHERE s LIKE 'x%%' AND b = '%s' AND c = %s", "postgres")
+def test_percent_escapes_are_not_placeholders() -> None:
+    parsed = parse("SELECT a %% 2 FROM t WHERE s LIKE 'x%%' AND c = %s", "postgres")
     assert parsed.positional == 1
+    assert not parsed.hidden_placeholders
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM orders WHERE note <> '%s' AND customer_id = %s",
+        "SELECT * FROM orders /* %s */ WHERE customer_id = %s",
+    ],
+)
+def test_placeholders_psycopg_would_bind_inside_strings_are_refused(sql: str) -> None:
+    # psycopg binds "%s" anywhere in the text: the key would get the wrong value.
+    assert parse(sql, "postgres").hidden_placeholders
+    with pytest.raises(shardq.ProgrammingError, match="inside a string literal"):
+        P.plan(sql, [7, 42])
+    P.plan(sql.replace("%s", "1"))  # without parameters nothing is bound: fine
+
+
+def test_escaped_percent_in_a_key_literal_is_unescaped_with_parameters() -> None:
+    sql = "SELECT * FROM orders WHERE customer_id = 'a%%b' AND total > %s"
+    assert shards_of(sql, [1]) == (P.config.shard_for("orders", "a%b"),)
+
+
+def test_sqlite_numbered_placeholders_are_refused() -> None:
+    with pytest.raises(shardq.ProgrammingError, match=r"\?1"):
+        parse("SELECT * FROM t WHERE id = ?1 AND x = ?2", "sqlite")
 
 
 def test_mixed_placeholder_styles_are_refused() -> None:
@@ -146,6 +172,16 @@ def test_reference_only_reads_go_to_any_one_shard() -> None:
         ("SELECT row_number() OVER () FROM orders", "window function"),
         ("SELECT * FROM orders o JOIN items i USING (customer_id)", "several distributed"),
         ("SELECT * FROM countries WHERE code IN (SELECT country FROM orders)", "subquery"),
+        ("SELECT jsonb_agg(total) FROM orders", "aggregate"),
+        ("SELECT every(total > 0) FROM orders", "aggregate"),
+        ("SELECT count(*) FILTER (WHERE total > 1) FROM orders", "aggregate"),
+        (
+            "SELECT n.code, o.id FROM countries n LEFT JOIN orders o ON o.country = n.code",
+            "LEFT JOIN",
+        ),
+        ("SELECT * FROM orders o RIGHT JOIN countries n ON o.country = n.code", "RIGHT JOIN"),
+        ("SELECT * FROM orders o FULL JOIN countries n ON o.country = n.code", "FULL JOIN"),
+        ("WITH orders AS (SELECT * FROM orders) SELECT count(*) FROM orders", "aggregate"),
     ],
 )
 def test_reads_a_concatenation_would_get_wrong_are_refused(sql: str, construct: str) -> None:
@@ -153,6 +189,11 @@ def test_reads_a_concatenation_would_get_wrong_are_refused(sql: str, construct: 
         P.plan(sql)
     assert isinstance(info.value, shardq.NotSupportedError)
     assert info.value.reason
+
+
+def test_left_join_from_the_distributed_table_is_exact() -> None:
+    sql = "SELECT o.id, n.name FROM orders o LEFT JOIN countries n ON n.code = o.country"
+    assert shards_of(sql) == "all"
 
 
 def test_the_same_reads_pinned_to_one_shard_are_accepted() -> None:
@@ -182,6 +223,14 @@ def test_writes_route_to_the_key_shard() -> None:
         ("INSERT INTO orders (customer_id) VALUES (random())", "literal or a bound"),
         ("INSERT INTO countries (code) VALUES ('x')", "reference table"),
         ("UPDATE orders SET customer_id = 3 WHERE customer_id = 2", "shard key"),
+        ("UPDATE orders SET (customer_id, total) = (7, 1) WHERE customer_id = 42", "shard key"),
+        (
+            "INSERT INTO orders (customer_id) VALUES (42) "
+            "ON CONFLICT (customer_id) DO UPDATE SET customer_id = 43",
+            "shard key",
+        ),
+        ("INSERT INTO orders (customer_id) VALUES (%s)", "NULL"),
+        ("WITH orders AS (SELECT 1) DELETE FROM orders WHERE customer_id = 1 OR true", "two"),
         ("UPDATE orders SET total = 0", "two-phase"),
         ("DELETE FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6, 7, 8)", "two-phase"),
         ("DELETE FROM countries", "reference table"),
@@ -197,8 +246,8 @@ def test_writes_route_to_the_key_shard() -> None:
     ],
 )
 def test_writes_that_are_not_safe_yet_are_refused(sql: str, match: str) -> None:
-    with pytest.raises(shardq.UnsupportedQueryError, match=match):
-        P.plan(sql)
+    with pytest.raises((shardq.UnsupportedQueryError, shardq.ProgrammingError), match=match):
+        P.plan(sql, [None] if "%s" in sql else None)
 
 
 def test_undeclared_tables_are_refused_but_ctes_are_not_tables() -> None:
@@ -252,3 +301,64 @@ def test_literals_and_bound_parameters_route_alike(value: object) -> None:
     literal = P.plan(f"SELECT * FROM orders WHERE customer_id = {_literal(value)}").route
     assert bound == literal
     assert bound.shards == (P.config.shard_for("orders", value),)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM orders WHERE customer_id = CAST(42.6 AS INTEGER)",
+        "SELECT * FROM orders WHERE customer_id = 42.6::int",
+        "SELECT * FROM orders WHERE customer_id = '2024-01-31'::timestamp",
+        "SELECT * FROM orders WHERE customer_id = %s::int",
+    ],
+)
+def test_casts_that_may_change_the_value_do_not_pin(sql: str) -> None:
+    assert shards_of(sql, ["42.6"] if "%s" in sql else None) == "all"
+
+
+def test_casts_that_keep_the_value_still_pin() -> None:
+    key = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert shards_of(f"SELECT * FROM orders WHERE customer_id = '{key}'::uuid") == (
+        P.config.shard_for("orders", uuid.UUID(key)),
+    )
+    assert shards_of("SELECT * FROM orders WHERE customer_id = 42::bigint") == (
+        P.config.shard_for("orders", 42),
+    )
+
+
+def test_quoted_identifiers_and_other_schemas_are_not_confused() -> None:
+    # "O" (quoted) is orders; the unquoted o is countries: o.customer_id does not pin orders.
+    sql = 'SELECT * FROM orders "O" JOIN countries o ON true WHERE o.customer_id = 42'
+    assert shards_of(sql) == "all"
+    assert shards_of('SELECT * FROM orders WHERE "Customer_Id" = 42') == "all"
+    with pytest.raises(shardq.UndeclaredTableError):
+        P.plan("SELECT * FROM archive.orders WHERE customer_id = 42")
+    assert shards_of("SELECT * FROM public.orders WHERE customer_id = 42") == (
+        P.config.shard_for("orders", 42),
+    )
+    assert shards_of("SELECT * FROM ORDERS WHERE CUSTOMER_ID = 42") == (
+        P.config.shard_for("orders", 42),
+    )
+
+
+def test_a_cte_hides_a_table_only_where_it_is_visible() -> None:
+    # Inside its own (non-recursive) body, "orders" is the real table.
+    assert P.analyze("WITH orders AS (SELECT * FROM orders) SELECT 1 FROM orders").distributed
+    # A CTE in a subquery does not hide the outer table.
+    analysis = P.analyze(
+        "SELECT id FROM orders WHERE EXISTS (WITH orders AS (SELECT 1) SELECT * FROM orders)"
+    )
+    assert len(analysis.distributed) == 1
+    # A later CTE sees an earlier one; a recursive CTE sees itself.
+    assert not P.analyze("WITH a AS (SELECT 1), b AS (SELECT * FROM a) SELECT * FROM b").refs
+    recursive = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT * FROM r"
+    assert not P.analyze(recursive).refs
+
+
+def test_parameters_may_be_any_sequence_or_mapping() -> None:
+    from types import MappingProxyType
+
+    home = (P.config.shard_for("orders", 5),)
+    assert shards_of("SELECT * FROM orders WHERE customer_id = %s", range(5, 6)) == home
+    sql = "SELECT * FROM orders WHERE customer_id = %(c)s"
+    assert shards_of(sql, MappingProxyType({"c": 5})) == home

@@ -103,31 +103,83 @@ def _kind(statement: exp.Expr) -> StatementKind:
     )
 
 
-def _cte_names(statement: exp.Expr) -> set[str]:
-    return {cte.alias_or_name.lower() for cte in statement.find_all(exp.CTE)}
+def normalize(identifier: exp.Identifier | str | None, dialect: str) -> str:
+    """An identifier as the database resolves it.
+
+    PostgreSQL folds unquoted names to lower case and keeps quoted ones as
+    written; SQLite compares names case-insensitively, quoted or not.
+
+    >>> normalize(exp.to_identifier("Orders"), "postgres")
+    'orders'
+    >>> normalize(exp.to_identifier("Orders", quoted=True), "postgres")
+    'Orders'
+    """
+    if identifier is None:
+        return ""
+    if isinstance(identifier, str):
+        return identifier.lower()
+    text = str(identifier.this)
+    return text if identifier.quoted and dialect == "postgres" else text.lower()
 
 
-def _table_name(node: exp.Table) -> str:
-    return f"{node.db}.{node.name}" if node.db else node.name
+def _with_of(node: exp.Expr) -> exp.With | None:
+    found = node.args.get("with_") or node.args.get("with")
+    return found if isinstance(found, exp.With) else None
+
+
+def _is_cte_reference(node: exp.Table, name: str, dialect: str) -> bool:
+    """Whether ``node`` names a CTE visible where it stands (PostgreSQL's scoping).
+
+    A CTE is visible in its statement's body and in the bodies of the CTEs
+    listed after it; in its own body only if the WITH is RECURSIVE.
+    """
+    child: exp.Expr = node
+    parent = node.parent
+    while parent is not None:
+        with_ = _with_of(parent)
+        if with_ is not None and child is not with_:
+            # The node is in the statement's body: every CTE of this WITH is visible.
+            if any(normalize(c.args["alias"].this, dialect) == name for c in with_.expressions):
+                return True
+        elif with_ is not None:
+            # The node is inside one of this WITH's CTE bodies.
+            ctes = with_.expressions
+            inside = next(i for i, c in enumerate(ctes) if node in set(c.walk()))
+            visible = ctes if with_.args.get("recursive") else ctes[:inside]
+            if any(normalize(c.args["alias"].this, dialect) == name for c in visible):
+                return True
+        child, parent = parent, parent.parent
+    return False
+
+
+def _dml_target(statement: exp.Expr) -> exp.Table | None:
+    target = statement.this if isinstance(statement, exp.Insert | exp.Update | exp.Delete) else None
+    if isinstance(target, exp.Schema):
+        target = target.this
+    return target if isinstance(target, exp.Table) else None
 
 
 def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
     """Return every declared table the statement reads or writes.
 
-    CTE names and table-valued functions (``generate_series(...)``) are not
-    tables. A table the configuration does not declare raises
+    CTE names (where the CTE is visible) and table-valued functions
+    (``generate_series(...)``) are not tables; the target of INSERT, UPDATE
+    or DELETE always is. A table the configuration does not declare raises
     :class:`~shardq.errors.UndeclaredTableError`.
     """
-    ctes = _cte_names(statement)
+    dialect = config.dialect
+    target = _dml_target(statement)
     refs = []
     for node in statement.find_all(exp.Table):
         if not isinstance(node.this, exp.Identifier):
             continue  # a table function such as generate_series(...)
-        name = _table_name(node)
-        if not node.db and name.lower() in ctes:
+        name = normalize(node.this, dialect)
+        if not node.db and node is not target and _is_cte_reference(node, name, dialect):
             continue
-        table = config.table(name)
-        refs.append(TableRef(table, (node.alias or node.name).lower(), node))
+        schema = normalize(node.args["db"], dialect) if node.db else ""
+        table = config.table(f"{schema}.{name}" if schema else name, resolved=True)
+        alias = node.args.get("alias")
+        refs.append(TableRef(table, normalize(alias.this, dialect) if alias else name, node))
     return tuple(refs)
 
 

@@ -37,6 +37,54 @@ _CLAUSES = {
 }
 
 
+# Aggregates sqlglot parses as plain function calls (exp.Anonymous). A
+# user-defined aggregate cannot be told from a function by its text: the
+# README says so.
+_AGGREGATE_NAMES = frozenset(
+    {
+        "array_agg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "every",
+        "group_concat", "json_agg", "json_group_array", "json_group_object", "json_object_agg",
+        "jsonb_agg", "jsonb_object_agg", "range_agg", "range_intersect_agg", "string_agg",
+        "total", "xmlagg", "mode", "percentile_cont", "percentile_disc", "regr_count",
+        "regr_avgx", "regr_avgy", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
+        "regr_sxy", "regr_syy", "corr", "covar_pop", "covar_samp", "stddev", "stddev_pop",
+        "stddev_samp", "variance", "var_pop", "var_samp", "any_value",
+    }
+)  # fmt: skip
+
+
+def _is_aggregate(node: exp.Expr) -> bool:
+    if isinstance(node, exp.AggFunc):
+        return True
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower() in _AGGREGATE_NAMES
+    # FILTER (WHERE ...) and WITHIN GROUP (...) only follow aggregates.
+    return isinstance(node, exp.Filter | exp.WithinGroup)
+
+
+def _check_outer_joins(statement: exp.Select, analysis: Analysis) -> None:
+    """Refuse outer joins whose preserved side is not the distributed table.
+
+    ``dist LEFT JOIN ref`` is exact: each distributed row is on one shard.
+    But every shard would emit the unmatched rows of a preserved reference
+    table (``ref LEFT JOIN dist``, ``RIGHT``, ``FULL``), once per shard.
+    """
+    from_ = statement.args.get("from_") or statement.args.get("from")
+    first = from_.this if isinstance(from_, exp.From) else None
+    first_is_distributed = any(ref.node is first for ref in analysis.distributed)
+    for join in statement.args.get("joins") or ():
+        side = (join.side or "").upper()
+        if side in ("RIGHT", "FULL") or (side == "LEFT" and not first_is_distributed):
+            raise UnsupportedQueryError(f"a {side} JOIN across shards", _OUTER_REASON)
+
+
+_OUTER_REASON = (
+    "every shard would return the rows of the preserved side that find no match, so they "
+    "would repeat once per shard; write the distributed table first and LEFT JOIN the "
+    "reference tables to it, or pin the query to one shard"
+)
+
+
 def _own(node: exp.Expr, select: exp.Select) -> bool:
     """Whether ``node`` belongs to ``select`` itself, not to a nested query."""
     return node.parent_select is select
@@ -64,10 +112,16 @@ def check_concatenable(analysis: Analysis) -> None:
         if statement.args.get(arg):
             raise UnsupportedQueryError(f"{clause} across shards", _REASON)
     dialect = analysis.parsed.dialect
-    for node in statement.find_all(exp.AggFunc, exp.Window):
-        if _own(node, statement):
-            kind = "window function" if isinstance(node, exp.Window) else "aggregate"
-            raise UnsupportedQueryError(f"the {kind} {node.sql(dialect)} across shards", _REASON)
+    for node in statement.find_all(exp.Func, exp.Window, exp.Filter, exp.WithinGroup):
+        if not _own(node, statement):
+            continue
+        if isinstance(node, exp.Window):
+            raise UnsupportedQueryError(
+                f"the window function {node.sql(dialect)} across shards", _REASON
+            )
+        if _is_aggregate(node):
+            raise UnsupportedQueryError(f"the aggregate {node.sql(dialect)} across shards", _REASON)
+    _check_outer_joins(statement, analysis)
     distributed = analysis.distributed
     if len(distributed) > 1:
         names = ", ".join(sorted({r.table.name for r in distributed}))

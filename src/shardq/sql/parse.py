@@ -20,6 +20,7 @@ a plan rewrites the query.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlglot
@@ -50,6 +51,9 @@ class Parsed:
     expression: exp.Expr
     positional: int
     names: frozenset[str]
+    # psycopg binds a "%s" even inside a string literal or a comment: the text
+    # has such placeholders, which only matter when parameters are given.
+    hidden_placeholders: bool = False
 
 
 def _adjacent(a: Token, b: Token) -> bool:
@@ -91,6 +95,23 @@ def _rename_postgres(text: str, tokens: list[Token]) -> tuple[str, int, set[str]
     return "".join(out), count, names
 
 
+def _psycopg_placeholders(text: str) -> tuple[int, set[str]]:
+    """Count placeholders the way psycopg does: over the raw text, strings and all."""
+    count, names, i = 0, set(), 0
+    while (i := text.find("%", i)) >= 0:
+        nxt = text[i + 1 : i + 2]
+        if nxt == "(":
+            close = text.find(")", i)
+            if close > 0:
+                names.add(text[i + 2 : close])
+                i = close + 2
+                continue
+        elif nxt in _PSYCOPG_FORMATS:
+            count += 1
+        i += 2
+    return count, names
+
+
 def _rename_sqlite(text: str, tokens: list[Token]) -> tuple[str, int, set[str]]:
     out: list[str] = []
     last = 0
@@ -98,6 +119,12 @@ def _rename_sqlite(text: str, tokens: list[Token]) -> tuple[str, int, set[str]]:
     names: set[str] = set()
     for i, tok in enumerate(tokens):
         if tok.token_type == TokenType.PLACEHOLDER and tok.text == "?":
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            if nxt is not None and _adjacent(tok, nxt) and nxt.token_type == TokenType.NUMBER:
+                raise ProgrammingError(
+                    f"numbered placeholders such as ?{nxt.text} are not supported; "
+                    "use ? (in order) or :name"
+                )
             out += [text[last : tok.start], f":{POSITIONAL_PREFIX}{count}"]
             last = tok.end + 1
             count += 1
@@ -169,7 +196,8 @@ def parse(text: str, dialect: str) -> Parsed:
         )
     if count and names:
         raise ProgrammingError("a statement cannot mix positional and named placeholders")
-    return Parsed(text, dialect, statement, count, frozenset(names))
+    hidden = dialect == "postgres" and _psycopg_placeholders(text) != (count, names)
+    return Parsed(text, dialect, statement, count, frozenset(names), hidden)
 
 
 def placeholder_value(node: exp.Placeholder, params: object) -> object:
@@ -181,9 +209,10 @@ def placeholder_value(node: exp.Placeholder, params: object) -> object:
     name = node.name
     if name.startswith(POSITIONAL_PREFIX) and name[len(POSITIONAL_PREFIX) :].isdigit():
         index = int(name[len(POSITIONAL_PREFIX) :])
-        if isinstance(params, list | tuple) and index < len(params):
-            return params[index]
+        if isinstance(params, Sequence) and not isinstance(params, str | bytes):
+            if index < len(params):
+                return params[index]
         raise ProgrammingError(f"no value bound for positional placeholder {index + 1}")
-    if isinstance(params, dict) and name in params:
+    if isinstance(params, Mapping) and name in params:
         return params[name]
     raise ProgrammingError(f"no value bound for placeholder {name!r}")

@@ -19,7 +19,7 @@ from shardq.sql.route import Route, RouteKind, route
 
 if TYPE_CHECKING:
     from shardq.config import Config
-from shardq.errors import UnsupportedQueryError
+from shardq.errors import ProgrammingError, UnsupportedQueryError
 
 __all__ = ["MergeKind", "Planner", "QueryPlan"]
 
@@ -74,6 +74,11 @@ class Planner:
     def plan(self, sql: str, params: object = None) -> QueryPlan:
         """Return the plan of ``sql`` with ``params`` bound."""
         analysis = self.analyze(sql)
+        if params is not None and analysis.parsed.hidden_placeholders:
+            raise ProgrammingError(
+                "the statement has a placeholder (%s) inside a string literal or a comment, "
+                "which psycopg would bind too; write %% there for a literal percent sign"
+            )
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
-from shardq.sql.analyze import Analysis, StatementKind, TableRef
+from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize
 from shardq.sql.parse import placeholder_value
 
 if TYPE_CHECKING:
@@ -60,18 +60,44 @@ class KeyTerm:
     values: tuple[exp.Expr, ...]
 
 
+# Casts that cannot change a value's canonical key (see shardq.placement): a
+# string read as a uuid, date or text, a whole number read as an integer type.
+_STRING_CASTS = frozenset({"uuid", "date", "text", "varchar", "char", "nchar", "nvarchar"})
+_INTEGER_CASTS = frozenset({"int", "smallint", "bigint", "integer", "decimal", "numeric"})
+
+
+def _safe_cast(node: exp.Cast) -> bool:
+    target = node.to.this.value.lower() if isinstance(node.to, exp.DataType) else ""
+    inner = node.this
+    if isinstance(inner, exp.Placeholder):
+        return False  # the bound value's own type may differ from the cast's
+    if isinstance(inner, exp.Literal) and inner.is_string:
+        return target in _STRING_CASTS
+    if isinstance(inner, exp.Literal | exp.Neg) and _integer_literal(inner):
+        return target in _INTEGER_CASTS
+    return False
+
+
+def _integer_literal(node: exp.Expr) -> bool:
+    if isinstance(node, exp.Neg):
+        return _integer_literal(node.this)
+    return isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit()
+
+
 def _constant(node: exp.Expr) -> bool:
-    if isinstance(node, exp.Cast | exp.Neg | exp.Paren):
+    if isinstance(node, exp.Cast):
+        return _safe_cast(node)
+    if isinstance(node, exp.Neg | exp.Paren):
         return _constant(node.this)
     return isinstance(node, exp.Literal | exp.Placeholder)
 
 
-def constant_value(node: exp.Expr, params: object) -> object:
+def constant_value(node: exp.Expr, params: object, percent_escapes: bool = False) -> object:
     """Evaluate a constant expression accepted by :func:`find_key_terms`."""
     if isinstance(node, exp.Cast | exp.Paren):
-        return constant_value(node.this, params)
+        return constant_value(node.this, params, percent_escapes)
     if isinstance(node, exp.Neg):
-        value = constant_value(node.this, params)
+        value = constant_value(node.this, params, percent_escapes)
         if isinstance(value, int | Decimal):
             return -value
         raise ProgrammingError(f"cannot negate {value!r}")
@@ -79,20 +105,23 @@ def constant_value(node: exp.Expr, params: object) -> object:
         return placeholder_value(node, params)
     assert isinstance(node, exp.Literal)
     if node.is_string:
-        return node.this
+        # With parameters, psycopg turns "%%" into "%" everywhere, strings included.
+        return node.this.replace("%%", "%") if percent_escapes else node.this
     text = node.this
     return int(text) if text.isdigit() else Decimal(text)
 
 
-def _is_key(node: exp.Expr, ref: TableRef, qualified_only: bool) -> bool:
-    if not isinstance(node, exp.Column) or node.name.lower() != ref.table.shard_key:
+def _is_key(node: exp.Expr, ref: TableRef, qualified_only: bool, dialect: str) -> bool:
+    if not isinstance(node, exp.Column) or normalize(node.this, dialect) != ref.table.shard_key:
         return False
     if node.table:
-        return node.table.lower() == ref.alias
+        return normalize(node.args["table"], dialect) == ref.alias
     return not qualified_only
 
 
-def find_key_terms(where: exp.Expr | None, ref: TableRef, qualified_only: bool) -> list[KeyTerm]:
+def find_key_terms(
+    where: exp.Expr | None, ref: TableRef, qualified_only: bool, dialect: str = "postgres"
+) -> list[KeyTerm]:
     """Return the top-level AND terms of ``where`` that pin ``ref``'s shard key.
 
     >>> import sqlglot
@@ -111,15 +140,16 @@ def find_key_terms(where: exp.Expr | None, ref: TableRef, qualified_only: bool) 
         term = term.unnest()
         if isinstance(term, exp.EQ):
             left, right = term.this, term.expression
-            if _is_key(left, ref, qualified_only) and _constant(right):
+            if _is_key(left, ref, qualified_only, dialect) and _constant(right):
                 terms.append(KeyTerm((right,)))
-            elif _is_key(right, ref, qualified_only) and _constant(left):
+            elif _is_key(right, ref, qualified_only, dialect) and _constant(left):
                 terms.append(KeyTerm((left,)))
         elif (
             isinstance(term, exp.In) and not term.args.get("query") and not term.args.get("unnest")
         ):
             values = term.expressions
-            if _is_key(term.this, ref, qualified_only) and values and all(map(_constant, values)):
+            pinned = values and all(map(_constant, values))
+            if pinned and _is_key(term.this, ref, qualified_only, dialect):
                 terms.append(KeyTerm(tuple(values)))
     return terms
 
@@ -130,17 +160,20 @@ def _terms(analysis: Analysis, ref: TableRef) -> list[KeyTerm]:
     terms: list[KeyTerm] | None = analysis.memo.get(memo_key)
     if terms is None:
         where = analysis.parsed.expression.args.get("where")
-        terms = find_key_terms(where, ref, qualified_only=len(analysis.refs) > 1)
+        terms = find_key_terms(
+            where, ref, qualified_only=len(analysis.refs) > 1, dialect=analysis.parsed.dialect
+        )
         analysis.memo[memo_key] = terms
     return terms
 
 
 def _shards_of(terms: list[KeyTerm], params: object, config: Config) -> tuple[str, ...] | None:
+    escapes = params is not None and config.dialect == "postgres"
     chosen: set[str] | None = None
     for term in terms:
         shards = set()
         for node in term.values:
-            value = constant_value(node, params)
+            value = constant_value(node, params, escapes)
             if value is None:
                 continue  # key = NULL matches no row
             try:
@@ -174,9 +207,14 @@ def _read_route(analysis: Analysis, params: object, config: Config) -> Route:
 def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
     statement = analysis.parsed.expression
     target = statement.this
-    columns = [c.name.lower() for c in target.expressions] if isinstance(target, exp.Schema) else []
+    dialect = analysis.parsed.dialect
+    columns = (
+        [normalize(c.this, dialect) for c in target.expressions]
+        if isinstance(target, exp.Schema)
+        else []
+    )
     table_node = target.this if isinstance(target, exp.Schema) else target
-    ref = next(r for r in analysis.refs if r.node is table_node)
+    ref = _target_ref(analysis, table_node)
     if not ref.table.distributed:
         raise _multi_shard_write("an INSERT into a reference table")
     values = statement.expression
@@ -199,10 +237,45 @@ def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
                 f"INSERT with {node.sql(analysis.parsed.dialect)!r} as the shard key",
                 "the shard key of an inserted row must be a literal or a bound parameter",
             )
-        shards.add(config.placement.shard_for(constant_value(node, params)))
+        value = constant_value(node, params, params is not None and dialect == "postgres")
+        try:
+            shards.add(config.placement.shard_for(value))
+        except ValueError as exc:
+            raise ProgrammingError(f"cannot place a row in {ref.table.name}: {exc}") from None
+    _refuse_key_assignments(statement.args.get("conflict"), ref, dialect, "INSERT ... ON CONFLICT")
     if len(shards) > 1:
         raise _multi_shard_write(f"an INSERT whose rows belong to {len(shards)} shards")
     return Route(RouteKind.SHARDS, tuple(shards))
+
+
+def _target_ref(analysis: Analysis, node: exp.Expr) -> TableRef:
+    for ref in analysis.refs:
+        if ref.node is node:
+            return ref
+    raise UnsupportedQueryError(
+        f"a write to {node.sql(analysis.parsed.dialect)!r}", "it is not a declared table"
+    )
+
+
+def _refuse_key_assignments(
+    holder: exp.Expr | None, ref: TableRef, dialect: str, construct: str
+) -> None:
+    """Refuse ``SET key = ...`` (also in a tuple assignment or an upsert)."""
+    if holder is None:
+        return
+    for assignment in holder.expressions:
+        if not isinstance(assignment, exp.EQ):
+            continue
+        target = assignment.this
+        columns = target.expressions if isinstance(target, exp.Tuple) else [target]
+        for column in columns:
+            if isinstance(column, exp.Column) and normalize(column.this, dialect) == (
+                ref.table.shard_key
+            ):
+                raise UnsupportedQueryError(
+                    f"{construct} that sets the shard key",
+                    "a changed key may belong to another shard; delete and re-insert the row",
+                )
 
 
 def _multi_shard_write(construct: str) -> UnsupportedQueryError:
@@ -216,8 +289,7 @@ def _multi_shard_write(construct: str) -> UnsupportedQueryError:
 
 def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
     statement = analysis.parsed.expression
-    target = statement.this
-    ref = next(r for r in analysis.refs if r.node is target)
+    ref = _target_ref(analysis, statement.this)
     verb = analysis.kind.name
     if not ref.table.distributed:
         raise _multi_shard_write(f"{verb} of a reference table")
@@ -227,12 +299,7 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
             "only the written table and reference tables are known to be on its shard",
         )
     if analysis.kind is StatementKind.UPDATE:
-        for assignment in statement.expressions:
-            if assignment.this.name.lower() == ref.table.shard_key:
-                raise UnsupportedQueryError(
-                    "an UPDATE of the shard key",
-                    "a changed key may belong to another shard; delete and re-insert the row",
-                )
+        _refuse_key_assignments(statement, ref, analysis.parsed.dialect, "an UPDATE")
     shards = _shards_of(_terms(analysis, ref), params, config)
     if shards is None or len(shards) > 1:
         raise _multi_shard_write(
