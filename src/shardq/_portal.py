@@ -9,6 +9,7 @@ runs an event loop (a notebook, an async web app calling sync code).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +32,7 @@ class Portal:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self.closed = False
+        self._calls: set[asyncio.Task[Any]] = set()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -56,14 +58,24 @@ class Portal:
         finished = threading.Event()
 
         async def run() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            self._calls.add(task)
             try:
                 return await fn(*args, **kwargs)
             finally:
+                self._calls.discard(task)
                 finished.set()
 
         future = asyncio.run_coroutine_threadsafe(run(), self._loop)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self.closed:
+                raise InterfaceError(
+                    "the connection was closed while this call was running"
+                ) from None
+            raise
         except BaseException:
             if not future.done():
                 future.cancel()
@@ -72,11 +84,23 @@ class Portal:
                 finished.wait(timeout=30)
             raise
 
+    async def _cancel_pending(self) -> None:
+        # Cancel the calls only, once each: their cancellation flows down to
+        # the shard tasks. Cancelling those too would interrupt psycopg's own
+        # server-side cancellation, leaving the statements running.
+        tasks = list(self._calls)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
-        """Stop the loop and join its thread."""
+        """Cancel what still runs (other threads' calls), stop the loop, join its thread."""
         if self.closed:
             return
         self.closed = True
+        if threading.current_thread() is not self._thread:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._cancel_pending(), self._loop).result(30)
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._loop.stop)
         if threading.current_thread() is not self._thread:

@@ -13,7 +13,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
@@ -96,6 +98,8 @@ class AsyncCursor:
         self._result = await self.connection._engine.execute(
             sql, params, timeout=timeout, row_factory=self.row_factory
         )
+        if not self._result.closed:
+            self.connection._open_results.add(self._result)
         return self
 
     async def executemany(
@@ -198,6 +202,8 @@ class AsyncConnection:
         self.row_factory = row_factory
         self.timeout = timeout
         self.closed = False
+        # Results still holding shard connections, closed with the connection.
+        self._open_results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
 
     @classmethod
     async def connect(
@@ -254,9 +260,12 @@ class AsyncConnection:
         self._check_open()
 
     async def close(self) -> None:
-        """Close every shard's pool."""
+        """Stop every result still being read, then close every shard's pool."""
         if not self.closed:
             self.closed = True
+            for result in list(self._open_results):
+                with contextlib.suppress(Exception):
+                    await result.close()
             await self._engine.close()
 
     async def __aenter__(self) -> Self:

@@ -90,7 +90,7 @@ class Cursor:
 
     @property
     def closed(self) -> bool:
-        return self._inner.closed
+        return self._inner.closed or self.connection.closed
 
     @property
     def lastrowid(self) -> None:
@@ -304,8 +304,11 @@ class Connection:
 
     def __del__(self) -> None:
         portal = getattr(self, "_portal", None)
-        if portal is not None and not portal.closed:
-            # The pools die with the loop; stop the thread so it does not linger.
+        if portal is None or portal.closed:
+            return
+        try:
+            self.close()  # closes the pools (sessions end cleanly), then the loop
+        except Exception:
             portal.close()
 
 

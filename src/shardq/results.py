@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,21 @@ if TYPE_CHECKING:
     from shardq.merge import Merger, Rows
 
 __all__ = ["AsyncResult"]
+
+_abandoned: set[asyncio.Task[None]] = set()  # strong references until they finish
+
+
+def _close_abandoned(scatter: Scatter, batches: AsyncIterator[Rows]) -> None:
+    async def close() -> None:
+        try:
+            if hasattr(batches, "aclose"):
+                await batches.aclose()
+        finally:
+            await scatter.close()
+
+    task = asyncio.ensure_future(close())
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
 
 
 class AsyncResult:
@@ -36,6 +53,7 @@ class AsyncResult:
         self._batches: AsyncIterator[Rows] | None = drive(merger, scatter.fetch)
         self._rowcount = scatter.rowcount
         self._received = 0
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def start(cls, scatter: Scatter, merger: Merger, row_factory: RowFactory) -> AsyncResult:
@@ -110,6 +128,13 @@ class AsyncResult:
         while await self._fill():
             while self._buffer:
                 yield self._buffer.popleft()
+
+    def __del__(self) -> None:
+        # A result dropped unread still holds shard connections: give them back.
+        if self._batches is None or self._loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is shutting down
+            self._loop.call_soon_threadsafe(_close_abandoned, self._scatter, self._batches)
 
     async def close(self) -> None:
         """Stop reading: cancel what still runs on the shards and release their connections."""

@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+import traceback
 import tracemalloc
 from typing import TYPE_CHECKING, Any
 
@@ -206,9 +207,13 @@ def test_credentials_never_appear_in_errors_logs_or_reprs(
         while chain is not None:
             messages.append(str(chain))
             chain = chain.__cause__ or chain.__context__
-        import traceback
-
         messages.append("".join(traceback.format_exception(info.value)))
+    # A password the client itself rejects ends up in the driver's own message.
+    odd = pg_config(pg_dataset)
+    odd["shards"][0]["dsn"] = f"postgresql://shardq:S3cr%zzet{secret}@127.0.0.1:1/x"
+    with shardq.connect(odd) as conn, pytest.raises(shardq.ShardError) as odd_info:
+        conn.execute("SELECT id FROM items WHERE id = %s", [2])
+    messages.append("".join(traceback.format_exception(odd_info.value)))
     bad = pg_config(pg_dataset)
     bad["shards"][0]["dsn"] = f"postgresql://shardq:{secret}@127.0.0.1:notaport/x"
     with pytest.raises(shardq.ConfigError) as cfg_info:
@@ -311,3 +316,48 @@ def test_adapter_over_psycopg2_dict_connections(pg_dataset: list[PgCluster]) -> 
     finally:
         for c in conns:
             c.close()
+
+
+def test_abandoned_and_unread_results_give_their_connections_back(
+    pg_dataset: list[PgCluster],
+) -> None:
+    import gc
+
+    before = [sessions(c) for c in pg_dataset]
+    conn = shardq.connect(pg_config(pg_dataset, pool_max_size=1), fetch_size=10)
+    try:
+        cur = conn.execute("SELECT id FROM items WHERE val > 0")
+        assert cur.fetchone() is not None  # the rest is unread: connections are held
+        del cur
+        gc.collect()
+        # With one connection per shard, this only runs once the dropped result let go.
+        assert len(conn.execute("SELECT id FROM items WHERE val > 0", timeout=10).fetchall()) == 200
+        held = conn.cursor()
+        held.execute("SELECT id FROM items WHERE val > 0").fetchone()
+    finally:
+        conn.close()  # closes the unread result too
+    for cluster, base in zip(pg_dataset, before, strict=True):
+        wait_until(lambda c=cluster, b=base: sessions(c) <= b, "sessions closed")
+
+
+def test_closing_from_another_thread_ends_a_blocked_call(pg_dataset: list[PgCluster]) -> None:
+    conn = shardq.connect(pg_config(pg_dataset))
+    keys = one_key_per_shard(conn)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn.execute(sleep_sql(60, "close_probe"), keys)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: all(activity(c, "close_probe") for c in pg_dataset), "running")
+    conn.close()
+    thread.join(DEADLINE)
+    assert not thread.is_alive(), "the blocked call did not return after close()"
+    assert outcome
+    assert isinstance(outcome[0], shardq.InterfaceError)
+    for cluster in pg_dataset:
+        wait_until(lambda c=cluster: not activity(c, "close_probe"), "cancelled")

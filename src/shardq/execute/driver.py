@@ -17,6 +17,7 @@ another shard) cancels the statement on the server.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -168,6 +169,11 @@ def translate_error(
     The caller raises the result ``from exc``. The message is the client's,
     first line and detail kept, with every known secret scrubbed.
     """
+    if secrets.values:
+        # The original stays chained as __cause__ (tracebacks, logger.exception
+        # print it): scrub its own message too.
+        with contextlib.suppress(AttributeError, TypeError):  # exotic exception types
+            exc.args = tuple(secrets.scrub(a) if isinstance(a, str) else a for a in exc.args)
     message = secrets.scrub(str(exc).strip() or type(exc).__name__)
     sqlstate = sqlstate_of(exc) if sqlstate_of else None
     return shard_error(shard, category_of(exc), message, sqlstate=sqlstate)

@@ -122,9 +122,19 @@ class LazyPool(Generic[C]):
     async def fill(self, count: int) -> None:
         """Open connections until ``count`` are open (a warm-up for ``pool_min_size``)."""
         missing = min(count, self.max_size) - self.size
-        if missing > 0:
-            opened = await asyncio.gather(*(self._open() for _ in range(missing)))
-            self._idle.extend(opened)
+        if missing <= 0:
+            return
+        results = await asyncio.gather(
+            *(self._open() for _ in range(missing)), return_exceptions=True
+        )
+        opened = [r for r in results if not isinstance(r, BaseException)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            for conn in opened:  # all or nothing: none left open unaccounted for
+                with contextlib.suppress(Exception):
+                    await self._close(conn)
+            raise failures[0]
+        self._idle.extend(opened)
 
     async def close(self) -> None:
         """Close the idle connections; lent ones are closed when they come back."""

@@ -209,9 +209,9 @@ def placeholder_value(node: exp.Placeholder, params: object) -> object:
     name = node.name
     if name.startswith(POSITIONAL_PREFIX) and name[len(POSITIONAL_PREFIX) :].isdigit():
         index = int(name[len(POSITIONAL_PREFIX) :])
-        if isinstance(params, Sequence) and not isinstance(params, str | bytes):
-            if index < len(params):
-                return params[index]
+        sequence = isinstance(params, Sequence) and not isinstance(params, str | bytes)
+        if sequence and index < len(params):  # type: ignore[arg-type]
+            return params[index]  # type: ignore[index]
         raise ProgrammingError(f"no value bound for positional placeholder {index + 1}")
     if isinstance(params, Mapping) and name in params:
         return params[name]
