@@ -61,6 +61,29 @@ _ISO_TIMESTAMP = re.compile(
 _UUID_CHARS = re.compile(r"\{?[0-9a-fA-F-]{32,36}\}?")
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")
+
+
+def is_iso_date(text: str) -> bool:
+    """Whether ``text`` is a date in the one spelling placement parses (``YYYY-MM-DD``)."""
+    return bool(_ISO_DATE.fullmatch(text))
+
+
+def is_canonical_uuid(text: str) -> bool:
+    """Whether ``text`` is a uuid in a spelling placement parses (8-4-4-4-12 or 32 digits)."""
+    return bool(_CANONICAL_UUID.fullmatch(text.strip("{}")))
+
+
+def has_utc_offset(text: str) -> bool:
+    """Whether ``text`` is an ISO timestamp with an offset or ``Z``.
+
+    Its value as a key depends on the column: ``timestamptz`` keeps the instant,
+    ``timestamp`` drops the offset. Routing does not pin on such text.
+    """
+    match = _ISO_TIMESTAMP.fullmatch(text)
+    return bool(match and match.group(3))
+
+
 def _canonical_decimal(value: Decimal) -> bytes:
     if value == value.to_integral_value():
         return b"i:%d" % int(value)

@@ -362,3 +362,65 @@ def test_parameters_may_be_any_sequence_or_mapping() -> None:
     assert shards_of("SELECT * FROM orders WHERE customer_id = %s", range(5, 6)) == home
     sql = "SELECT * FROM orders WHERE customer_id = %(c)s"
     assert shards_of(sql, MappingProxyType({"c": 5})) == home
+
+
+SECOND_REVIEW = Planner(
+    load_config(
+        {
+            "dialect": "postgres",
+            "shards": [{"name": f"s{i}", "dsn": "host=x"} for i in range(4)],
+            "tables": {
+                **TABLES,
+                "events": {"shard_key": "day"},
+                "users": {"shard_key": "login"},
+            },
+        }
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "match"),
+    [
+        # An aggregate of an outer column aggregates the outer query.
+        ("SELECT (SELECT sum(o.total)) FROM orders o", "in a subquery"),
+        ("SELECT (SELECT count(total) FROM countries) FROM orders", "in a subquery"),
+        # Parenthesized outer joins hide which side is preserved.
+        ("SELECT * FROM (countries n LEFT JOIN orders o ON o.country = n.code)", "nested LEFT"),
+        ("SELECT pg_catalog.count(o.id) FROM orders o", "aggregate"),
+        ("SELECT jsonb_agg_strict(o.id) FROM orders o", "aggregate"),
+    ],
+)
+def test_second_review_refusals(sql: str, match: str) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match=match):
+        SECOND_REVIEW.plan(sql)
+
+
+def test_a_subquery_aggregate_over_its_own_reference_table_is_fine() -> None:
+    sql = "SELECT * FROM orders o WHERE o.total > (SELECT max(c.rate) FROM countries c)"
+    assert shards_of(sql, None, SECOND_REVIEW) == "all"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM users WHERE login = 'abcdef'::varchar(3)",
+        "SELECT * FROM users WHERE login = CAST('abcdef' AS char)",
+        "SELECT * FROM events WHERE day = '20240131'::date",
+        "SELECT * FROM events WHERE day = DATE 'Jan 31 2024'",
+        "SELECT * FROM events WHERE day = '2024-01-31 10:00:00+05'",
+        "SELECT * FROM orders AS o(customer_id, id) WHERE customer_id = 42",
+    ],
+)
+def test_keys_whose_value_depends_on_the_column_type_do_not_pin(sql: str) -> None:
+    assert shards_of(sql, None, SECOND_REVIEW) == "all"
+
+
+def test_canonical_spellings_still_pin() -> None:
+    p = SECOND_REVIEW
+    assert shards_of("SELECT * FROM events WHERE day = DATE '2024-01-31'", None, p) == (
+        p.config.shard_for("events", dt.date(2024, 1, 31)),
+    )
+    assert shards_of("SELECT * FROM users WHERE login = 'abc'::text", None, p) == (
+        p.config.shard_for("users", "abc"),
+    )

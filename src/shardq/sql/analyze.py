@@ -43,6 +43,8 @@ class TableRef:
     table: TableConfig
     alias: str
     node: exp.Table
+    # ``FROM orders AS o(a, b)`` renames columns: its names are not the table's.
+    renames_columns: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,7 @@ def _is_cte_reference(node: exp.Table, name: str, dialect: str) -> bool:
         elif with_ is not None:
             # The node is inside one of this WITH's CTE bodies.
             ctes = with_.expressions
-            inside = next(i for i, c in enumerate(ctes) if node in set(c.walk()))
+            inside = next(i for i, c in enumerate(ctes) if any(n is node for n in c.walk()))
             visible = ctes if with_.args.get("recursive") else ctes[:inside]
             if any(normalize(c.args["alias"].this, dialect) == name for c in visible):
                 return True
@@ -179,7 +181,14 @@ def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
         schema = normalize(node.args["db"], dialect) if node.db else ""
         table = config.table(f"{schema}.{name}" if schema else name, resolved=True)
         alias = node.args.get("alias")
-        refs.append(TableRef(table, normalize(alias.this, dialect) if alias else name, node))
+        refs.append(
+            TableRef(
+                table,
+                normalize(alias.this, dialect) if alias and alias.this else name,
+                node,
+                renames_columns=bool(alias and alias.columns),
+            )
+        )
     return tuple(refs)
 
 

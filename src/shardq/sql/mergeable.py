@@ -49,6 +49,11 @@ _AGGREGATE_NAMES = frozenset(
         "regr_avgx", "regr_avgy", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
         "regr_sxy", "regr_syy", "corr", "covar_pop", "covar_samp", "stddev", "stddev_pop",
         "stddev_samp", "variance", "var_pop", "var_samp", "any_value",
+        "count", "sum", "avg", "min", "max", "json_agg_strict", "jsonb_agg_strict",
+        "json_object_agg_strict", "json_object_agg_unique", "json_object_agg_unique_strict",
+        "jsonb_object_agg_strict", "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict",
+        "json_arrayagg", "json_objectagg", "jsonb_group_array", "jsonb_group_object",
+        "percentile", "median",
     }
 )  # fmt: skip
 
@@ -72,7 +77,15 @@ def _check_outer_joins(statement: exp.Select, analysis: Analysis) -> None:
     from_ = statement.args.get("from_") or statement.args.get("from")
     first = from_.this if isinstance(from_, exp.From) else None
     first_is_distributed = any(ref.node is first for ref in analysis.distributed)
-    for join in statement.args.get("joins") or ():
+    top = statement.args.get("joins") or []
+    for join in statement.find_all(exp.Join):
+        if join.parent_select is statement and not any(join is j for j in top):
+            # A parenthesized join, FROM (a LEFT JOIN b): which side is preserved
+            # is not checked here, so outer ones are refused.
+            side = (join.side or "").upper()
+            if side in ("LEFT", "RIGHT", "FULL"):
+                raise UnsupportedQueryError(f"a nested {side} JOIN across shards", _OUTER_REASON)
+    for join in top:
         side = (join.side or "").upper()
         if side in ("RIGHT", "FULL") or (side == "LEFT" and not first_is_distributed):
             raise UnsupportedQueryError(f"a {side} JOIN across shards", _OUTER_REASON)
@@ -83,6 +96,26 @@ _OUTER_REASON = (
     "would repeat once per shard; write the distributed table first and LEFT JOIN the "
     "reference tables to it, or pin the query to one shard"
 )
+
+
+def _may_aggregate_outer(node: exp.Expr) -> bool:
+    """Whether an aggregate in a subquery might refer to the outer query's columns.
+
+    Only columns qualified by a table of the subquery's own FROM are known to
+    be its own; an unqualified one may belong to an outer table.
+    """
+    inner = node.parent_select
+    if inner is None:
+        return True
+    own = {
+        (t.alias_or_name or "").lower()
+        for t in inner.find_all(exp.Table, exp.Subquery)
+        if t.parent_select is inner
+    }
+    columns = list(node.find_all(exp.Column))
+    if not own:
+        return True
+    return any(not c.table or c.table.lower() not in own for c in columns)
 
 
 def _own(node: exp.Expr, select: exp.Select) -> bool:
@@ -114,6 +147,12 @@ def check_concatenable(analysis: Analysis) -> None:
     dialect = analysis.parsed.dialect
     for node in statement.find_all(exp.Func, exp.Window, exp.Filter, exp.WithinGroup):
         if not _own(node, statement):
+            if _is_aggregate(node) and _may_aggregate_outer(node):
+                raise UnsupportedQueryError(
+                    f"the aggregate {node.sql(dialect)} in a subquery across shards",
+                    "it may aggregate the outer query's rows (a column of the outer query "
+                    "makes it an aggregate of the outer query); " + _REASON,
+                )
             continue
         if isinstance(node, exp.Window):
             raise UnsupportedQueryError(

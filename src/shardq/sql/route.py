@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
+from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date
 from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize
 from shardq.sql.parse import placeholder_value
 
@@ -62,7 +63,7 @@ class KeyTerm:
 
 # Casts that cannot change a value's canonical key (see shardq.placement): a
 # string read as a uuid, date or text, a whole number read as an integer type.
-_STRING_CASTS = frozenset({"uuid", "date", "text", "varchar", "char", "nchar", "nvarchar"})
+_TEXT_CASTS = frozenset({"text", "varchar", "nvarchar"})
 _INTEGER_CASTS = frozenset({"int", "smallint", "bigint", "integer", "decimal", "numeric"})
 
 
@@ -72,7 +73,13 @@ def _safe_cast(node: exp.Cast) -> bool:
     if isinstance(inner, exp.Placeholder):
         return False  # the bound value's own type may differ from the cast's
     if isinstance(inner, exp.Literal) and inner.is_string:
-        return target in _STRING_CASTS
+        if target in _TEXT_CASTS:
+            return not node.to.expressions  # varchar(3) would truncate
+        if target == "date":
+            return is_iso_date(inner.this)
+        if target == "uuid":
+            return is_canonical_uuid(inner.this)
+        return False
     if isinstance(inner, exp.Literal | exp.Neg) and _integer_literal(inner):
         return target in _INTEGER_CASTS
     return False
@@ -87,6 +94,8 @@ def _integer_literal(node: exp.Expr) -> bool:
 def _constant(node: exp.Expr) -> bool:
     if isinstance(node, exp.Cast):
         return _safe_cast(node)
+    if isinstance(node, exp.Literal) and node.is_string and has_utc_offset(node.this):
+        return False  # its value depends on the column's type (timestamp or timestamptz)
     if isinstance(node, exp.Neg | exp.Paren):
         return _constant(node.this)
     return isinstance(node, exp.Literal | exp.Placeholder)
@@ -112,7 +121,11 @@ def constant_value(node: exp.Expr, params: object, percent_escapes: bool = False
 
 
 def _is_key(node: exp.Expr, ref: TableRef, qualified_only: bool, dialect: str) -> bool:
-    if not isinstance(node, exp.Column) or normalize(node.this, dialect) != ref.table.shard_key:
+    if (
+        ref.renames_columns
+        or not isinstance(node, exp.Column)
+        or normalize(node.this, dialect) != ref.table.shard_key
+    ):
         return False
     if node.table:
         return normalize(node.args["table"], dialect) == ref.alias
