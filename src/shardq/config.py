@@ -17,6 +17,10 @@ A configuration is a TOML file or the same structure as a dict::
     shard_key = "customer_id"
     colocate_with = "orders"        # joins with orders on the key stay on one shard
 
+    [tables.events]
+    shard_key = "day"
+    key_type = "date"               # optional: how text compared to the key is read
+
     [tables.countries]
     reference = true                # a full copy on every shard
 
@@ -40,7 +44,7 @@ from typing import Any, Literal, cast
 
 from shardq.dsn import Secrets, check_postgres_dsn, redact
 from shardq.errors import ConfigError, UndeclaredTableError
-from shardq.placement import Placement
+from shardq.placement import KEY_TYPES, Placement
 
 __all__ = ["DIALECTS", "Config", "Dialect", "ShardConfig", "TableConfig", "load_config"]
 
@@ -51,7 +55,7 @@ DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
 _TOP_KEYS = frozenset({"dialect", "driver", "shards", "tables"})
 _SHARD_KEYS = frozenset({"name", "dsn", "replicas", "pool_min_size", "pool_max_size"})
-_TABLE_KEYS = frozenset({"shard_key", "reference", "colocate_with"})
+_TABLE_KEYS = frozenset({"shard_key", "key_type", "reference", "colocate_with"})
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]*")
 
@@ -82,6 +86,7 @@ class TableConfig:
     shard_key: str | None = None
     reference: bool = False
     colocate_with: str | None = None
+    key_type: str | None = None
 
     @property
     def distributed(self) -> bool:
@@ -264,6 +269,12 @@ class _Reader:
                 "expected shard_key = '<column>' (distributed) or reference = true", where
             )
         colocate = entry.get("colocate_with")
+        key_type = entry.get("key_type")
+        if key_type is not None and (shard_key is None or key_type not in KEY_TYPES):
+            raise self.error(
+                f"expected one of {', '.join(KEY_TYPES)} for a distributed table, got {key_type!r}",
+                f"{where}.key_type",
+            )
         return TableConfig(
             name=name.lower(),
             shard_key=None
@@ -273,6 +284,7 @@ class _Reader:
             colocate_with=None
             if colocate is None
             else self.string(colocate, f"{where}.colocate_with").lower(),
+            key_type=key_type,
         )
 
     def config(self, raw: Mapping[str, Any]) -> Config:

@@ -48,7 +48,15 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["HASH_SPACE", "HashRange", "Placement", "canonical_key", "key_hash"]
+__all__ = [
+    "HASH_SPACE",
+    "KEY_TYPES",
+    "HashRange",
+    "Placement",
+    "canonical_key",
+    "key_hash",
+    "text_pins",
+]
 
 HASH_SPACE = 2**32
 
@@ -82,6 +90,41 @@ def has_utc_offset(text: str) -> bool:
     """
     match = _ISO_TIMESTAMP.fullmatch(text)
     return bool(match and match.group(3))
+
+
+KEY_TYPES = ("integer", "numeric", "text", "uuid", "date", "timestamp", "timestamptz")
+
+
+def text_pins(text: str, key_type: str | None) -> bool:
+    """Whether text compared to a key of ``key_type`` hashes as the database reads it.
+
+    The database converts text to the key column's type, and for most types it
+    accepts spellings placement does not parse (``'20240131'`` and ``'today'``
+    are dates). With the type declared, only spellings read alike both ways
+    pin a shard; without it (``None``), text is taken as written.
+
+    >>> text_pins("2024-01-31", "date"), text_pins("20240131", "date")
+    (True, False)
+    >>> text_pins("2024-01-31 10:00", "timestamptz"), text_pins("42", "integer")
+    (False, True)
+    """
+    if key_type is None or key_type == "text":
+        return True
+    if key_type == "integer":
+        return bool(_INTEGER.fullmatch(text))
+    if key_type == "numeric":
+        return bool(_DECIMAL.fullmatch(text))
+    if key_type == "uuid":
+        return is_canonical_uuid(text)
+    if key_type == "date":
+        return is_iso_date(text)
+    if key_type == "timestamp":
+        return is_iso_date(text) or (
+            bool(_ISO_TIMESTAMP.fullmatch(text)) and not has_utc_offset(text)
+        )
+    if key_type == "timestamptz":
+        return has_utc_offset(text)  # without an offset it is read in the session's zone
+    return False
 
 
 def _canonical_decimal(value: Decimal) -> bytes:

@@ -94,6 +94,16 @@ def test_toml_file(tmp_path: Path) -> None:
             "two distributed tables",
         ),
         (config(tables={"t": {"shard_key": "id", "size": 3}}), "tables.t.size", "unknown key"),
+        (
+            config(tables={"t": {"shard_key": "id", "key_type": "money"}}),
+            "tables.t.key_type",
+            "expected one of integer",
+        ),
+        (
+            config(tables={"t": {"reference": True, "key_type": "date"}}),
+            "tables.t.key_type",
+            "distributed table",
+        ),
     ],
 )
 def test_mistakes_name_the_field(raw: dict[str, Any], field: str, message: str) -> None:

@@ -424,3 +424,41 @@ def test_canonical_spellings_still_pin() -> None:
     assert shards_of("SELECT * FROM users WHERE login = 'abc'::text", None, p) == (
         p.config.shard_for("users", "abc"),
     )
+
+
+TYPED = Planner(
+    load_config(
+        {
+            "dialect": "postgres",
+            "shards": [{"name": f"s{i}", "dsn": "host=x"} for i in range(4)],
+            "tables": {
+                "events": {"shard_key": "day", "key_type": "date"},
+                "ticks": {"shard_key": "at", "key_type": "timestamptz"},
+                "nums": {"shard_key": "n", "key_type": "integer"},
+            },
+        }
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "pins"),
+    [
+        ("SELECT * FROM events WHERE day = '2024-01-31'", None, True),
+        ("SELECT * FROM events WHERE day = '20240131'", None, False),
+        ("SELECT * FROM events WHERE day = 'today'", None, False),
+        ("SELECT * FROM events WHERE day = %s", ["20240131"], False),
+        ("SELECT * FROM events WHERE day = %s", [dt.date(2024, 1, 31)], True),
+        ("SELECT * FROM ticks WHERE at = '2024-01-31 10:00:00'", None, False),
+        ("SELECT * FROM ticks WHERE at = %s", ["2024-01-31 10:00:00+00"], True),
+        ("SELECT * FROM nums WHERE n = '42'", None, True),
+        ("SELECT * FROM nums WHERE n = '4e1'", None, False),
+    ],
+)
+def test_a_declared_key_type_decides_which_text_pins(sql: str, params: Any, pins: bool) -> None:
+    assert (shards_of(sql, params, TYPED) != "all") is pins
+
+
+def test_insert_with_text_the_key_type_reads_otherwise_is_refused() -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="ISO form"):
+        TYPED.plan("INSERT INTO events (day) VALUES ('Jan 31 2024')")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
-from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date
+from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date, text_pins
 from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize
 from shardq.sql.parse import placeholder_value
 
@@ -180,7 +180,9 @@ def _terms(analysis: Analysis, ref: TableRef) -> list[KeyTerm]:
     return terms
 
 
-def _shards_of(terms: list[KeyTerm], params: object, config: Config) -> tuple[str, ...] | None:
+def _shards_of(
+    terms: list[KeyTerm], params: object, config: Config, key_type: str | None
+) -> tuple[str, ...] | None:
     escapes = params is not None and config.dialect == "postgres"
     chosen: set[str] | None = None
     for term in terms:
@@ -189,6 +191,8 @@ def _shards_of(terms: list[KeyTerm], params: object, config: Config) -> tuple[st
             value = constant_value(node, params, escapes)
             if value is None:
                 continue  # key = NULL matches no row
+            if isinstance(value, str) and not text_pins(value, key_type):
+                return None  # the database may read this text as another key value
             try:
                 shards.add(config.placement.shard_for(value))
             except ValueError:
@@ -213,7 +217,7 @@ def _read_route(analysis: Analysis, params: object, config: Config) -> Route:
     ref = distributed[0]
     if ref.node.parent_select is not statement:
         return ALL
-    shards = _shards_of(_terms(analysis, ref), params, config)
+    shards = _shards_of(_terms(analysis, ref), params, config, ref.table.key_type)
     return ALL if shards is None else Route(RouteKind.SHARDS, shards)
 
 
@@ -251,6 +255,12 @@ def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
                 "the shard key of an inserted row must be a literal or a bound parameter",
             )
         value = constant_value(node, params, params is not None and dialect == "postgres")
+        if isinstance(value, str) and not text_pins(value, ref.table.key_type):
+            raise UnsupportedQueryError(
+                f"INSERT with the text {value!r} as a {ref.table.key_type} shard key",
+                "the database may read it as another value than placement does; "
+                "write it in ISO form or bind a typed value",
+            )
         try:
             shards.add(config.placement.shard_for(value))
         except ValueError as exc:
@@ -313,7 +323,7 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
         )
     if analysis.kind is StatementKind.UPDATE:
         _refuse_key_assignments(statement, ref, analysis.parsed.dialect, "an UPDATE")
-    shards = _shards_of(_terms(analysis, ref), params, config)
+    shards = _shards_of(_terms(analysis, ref), params, config, ref.table.key_type)
     if shards is None or len(shards) > 1:
         raise _multi_shard_write(
             f"{verb} without a {ref.table.name}.{ref.table.shard_key} = <value> "
