@@ -65,12 +65,33 @@ def test_pinned_reads_of_the_distributed_tables_are_exact(
         assert cur.fetchall() == expected
 
 
-def test_joining_the_colocated_tables_waits_for_the_planner(conn: shardq.Connection) -> None:
-    sql = (
-        "SELECT o_orderkey, l_linenumber FROM orders JOIN lineitem ON l_orderkey = o_orderkey "
-        "WHERE l_quantity > 49"
+def test_joins_of_the_colocated_tables_are_exact(tpch: Tpch, conn: shardq.Connection) -> None:
+    scatter = (
+        "SELECT o.o_orderkey, o.o_orderdate, l.l_linenumber, l.l_quantity, n.n_name "
+        "FROM orders o JOIN lineitem l ON l.l_orderkey = o.o_orderkey "
+        "JOIN customer c ON c.c_custkey = o.o_custkey "
+        "LEFT JOIN nation n ON n.n_nationkey = c.c_nationkey "
+        "WHERE l.l_quantity >= 49 AND l.l_discount >= 0.09"
     )
-    with pytest.raises(shardq.UnsupportedQueryError, match="several distributed tables"):
+    cur = conn.execute(scatter)
+    assert len(cur.shards) == 4
+    got = sorted(cur.fetchall())
+    assert got
+    assert got == sorted(tpch.expected(scatter))
+    # A key condition on one table pins both: they share the key.
+    pinned = (
+        "SELECT o.o_orderkey, l.l_linenumber, l.l_extendedprice "
+        "FROM orders o, lineitem l WHERE l.l_orderkey = o.o_orderkey AND o.o_orderkey = %s"
+    )
+    key = tpch.expected("SELECT max(o_orderkey) FROM orders")[0][0]
+    cur = conn.execute(pinned, [key])
+    assert cur.shards == (conn.shard_for("orders", key),)
+    assert sorted(cur.fetchall()) == sorted(tpch.expected(pinned.replace("%s", str(key))))
+
+
+def test_a_join_not_on_the_keys_is_refused(conn: shardq.Connection) -> None:
+    sql = "SELECT * FROM orders o JOIN lineitem l ON l.l_suppkey = o.o_custkey"
+    with pytest.raises(shardq.UnsupportedQueryError, match="not co-located"):
         conn.execute(sql)
 
 

@@ -171,6 +171,11 @@ def test_reference_only_reads_go_to_any_one_shard() -> None:
         ("SELECT status FROM orders UNION SELECT code FROM countries", "UNION"),
         ("SELECT row_number() OVER () FROM orders", "window function"),
         ("SELECT * FROM orders o JOIN items i USING (customer_id)", "several distributed"),
+        ("SELECT * FROM orders o JOIN items i ON i.total = o.customer_id", "several distributed"),
+        (
+            "SELECT * FROM orders o JOIN items i ON i.customer_id = o.customer_id OR true",
+            "several distributed",
+        ),
         ("SELECT * FROM countries WHERE code IN (SELECT country FROM orders)", "subquery"),
         ("SELECT jsonb_agg(total) FROM orders", "aggregate"),
         ("SELECT every(total > 0) FROM orders", "aggregate"),
@@ -462,3 +467,27 @@ def test_a_declared_key_type_decides_which_text_pins(sql: str, params: Any, pins
 def test_insert_with_text_the_key_type_reads_otherwise_is_refused() -> None:
     with pytest.raises(shardq.UnsupportedQueryError, match="ISO form"):
         TYPED.plan("INSERT INTO events (day) VALUES ('Jan 31 2024')")
+
+
+def test_colocated_tables_joined_on_their_keys_run_whole_and_pin_together() -> None:
+    sql = "SELECT * FROM orders o JOIN items i ON i.customer_id = o.customer_id"
+    assert shards_of(sql) == "all"
+    home = (P.config.shard_for("orders", 9),)
+    assert shards_of(sql + " WHERE o.customer_id = 9") == home
+    assert shards_of(sql + " WHERE i.customer_id = %s", [9]) == home
+    left = "SELECT * FROM orders o LEFT JOIN items i ON i.customer_id = o.customer_id"
+    assert shards_of(left) == "all"
+
+
+def test_tables_not_declared_colocated_are_refused_even_on_equal_keys() -> None:
+    p = Planner(
+        load_config(
+            {
+                "dialect": "postgres",
+                "shards": [{"name": f"s{i}", "dsn": "host=x"} for i in range(2)],
+                "tables": {"a": {"shard_key": "k"}, "b": {"shard_key": "k"}},
+            }
+        )
+    )
+    with pytest.raises(shardq.UnsupportedQueryError, match="not co-located"):
+        p.plan("SELECT * FROM a JOIN b ON b.k = a.k")

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
+from shardq.sql.colocation import joined_on_keys
 
 if TYPE_CHECKING:
+    from shardq.config import Config
     from shardq.sql.analyze import Analysis
 
 __all__ = ["check_concatenable"]
@@ -123,7 +125,7 @@ def _own(node: exp.Expr, select: exp.Select) -> bool:
     return node.parent_select is select
 
 
-def check_concatenable(analysis: Analysis) -> None:
+def check_concatenable(analysis: Analysis, config: Config) -> None:
     """Raise :class:`UnsupportedQueryError` unless concatenation answers the read exactly.
 
     >>> import sqlglot
@@ -132,8 +134,8 @@ def check_concatenable(analysis: Analysis) -> None:
     >>> from shardq.sql.parse import parse
     >>> cfg = load_config({"shards": [{"name": "a", "dsn": "a.db"}],
     ...                    "tables": {"t": {"shard_key": "k"}}})
-    >>> check_concatenable(analyze(parse("SELECT * FROM t WHERE x > 1", "sqlite"), cfg))
-    >>> check_concatenable(analyze(parse("SELECT count(*) FROM t", "sqlite"), cfg))
+    >>> check_concatenable(analyze(parse("SELECT * FROM t WHERE x > 1", "sqlite"), cfg), cfg)
+    >>> check_concatenable(analyze(parse("SELECT count(*) FROM t", "sqlite"), cfg), cfg)
     Traceback (most recent call last):
     ...
     shardq.errors.UnsupportedQueryError: the aggregate COUNT(*) across shards is not supported: ...
@@ -162,9 +164,13 @@ def check_concatenable(analysis: Analysis) -> None:
             raise UnsupportedQueryError(f"the aggregate {node.sql(dialect)} across shards", _REASON)
     _check_outer_joins(statement, analysis)
     distributed = analysis.distributed
-    if len(distributed) > 1:
+    if len(distributed) > 1 and not joined_on_keys(analysis, config):
         names = ", ".join(sorted({r.table.name for r in distributed}))
-        raise UnsupportedQueryError(f"a query over several distributed tables ({names})", _REASON)
+        raise UnsupportedQueryError(
+            f"a query over several distributed tables ({names})",
+            "they are not co-located (colocate_with) and joined on their shard keys, so "
+            "matching rows may be on different shards; " + _REASON,
+        )
     for ref in distributed:
         if ref.node.parent_select is not statement:
             raise UnsupportedQueryError(

@@ -85,7 +85,7 @@ class Planner:
             refusal = analysis.memo.get("refusal", _UNCHECKED)
             if refusal is _UNCHECKED:
                 try:
-                    check_concatenable(analysis)
+                    check_concatenable(analysis, self.config)
                     refusal = None
                 except UnsupportedQueryError as exc:
                     refusal = (exc.construct, exc.reason)

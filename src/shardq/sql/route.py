@@ -18,6 +18,7 @@ from sqlglot import exp
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date, text_pins
 from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize
+from shardq.sql.colocation import joined_on_keys
 from shardq.sql.parse import placeholder_value
 
 if TYPE_CHECKING:
@@ -212,8 +213,19 @@ def _read_route(analysis: Analysis, params: object, config: Config) -> Route:
     if not distributed:
         return ANY
     statement = analysis.parsed.expression
-    if len(distributed) != 1 or not isinstance(statement, exp.Select):
+    if not isinstance(statement, exp.Select):
         return ALL
+    if len(distributed) > 1:
+        # Co-located tables joined on their keys share one key value per joined
+        # row: a condition pinning any of them pins them all.
+        if not joined_on_keys(analysis, config):
+            return ALL
+        terms = [term for ref in distributed for term in _terms(analysis, ref)]
+        key_types = {ref.table.key_type for ref in distributed}
+        # Differing declared types: no text spelling is known to read alike for all.
+        key_type = key_types.pop() if len(key_types) == 1 else "mixed"
+        shards = _shards_of(terms, params, config, key_type)
+        return ALL if shards is None else Route(RouteKind.SHARDS, shards)
     ref = distributed[0]
     if ref.node.parent_select is not statement:
         return ALL
