@@ -323,6 +323,13 @@ class _Reader:
                 raise self.error(f"table {target!r} is not declared", where)
             if not table.distributed or not tables[target].distributed:
                 raise self.error("only two distributed tables can be co-located", where)
+            if table.key_type != tables[target].key_type:
+                raise self.error(
+                    f"co-located tables need the same key_type ({table.key_type!r} here, "
+                    f"{tables[target].key_type!r} for {target!r}): keys compared across "
+                    "types may be equal on different shards",
+                    where,
+                )
         return Config(
             dialect=dialect,
             shards=tuple(shards),

@@ -491,3 +491,31 @@ def test_tables_not_declared_colocated_are_refused_even_on_equal_keys() -> None:
     )
     with pytest.raises(shardq.UnsupportedQueryError, match="not co-located"):
         p.plan("SELECT * FROM a JOIN b ON b.k = a.k")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # A LEFT join's ON never links two preserved tables, directly or through the joined one.
+        "SELECT * FROM orders o CROSS JOIN items i "
+        "LEFT JOIN orders m ON o.customer_id = i.customer_id AND m.customer_id = o.customer_id",
+        "SELECT * FROM orders o LEFT JOIN items i ON o.total = i.total "
+        "LEFT JOIN orders m ON m.customer_id = i.customer_id AND m.customer_id = o.customer_id",
+    ],
+)
+def test_left_join_conditions_do_not_colocate_the_preserved_tables(sql: str) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="several distributed"):
+        P.plan(sql)
+
+
+def test_colocated_tables_must_share_their_key_type() -> None:
+    with pytest.raises(shardq.ConfigError, match="same key_type"):
+        load_config(
+            {
+                "shards": [{"name": "a", "dsn": "a.db"}],
+                "tables": {
+                    "a": {"shard_key": "k", "key_type": "date"},
+                    "b": {"shard_key": "k", "key_type": "timestamptz", "colocate_with": "a"},
+                },
+            }
+        )

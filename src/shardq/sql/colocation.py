@@ -65,8 +65,9 @@ def joined_on_keys(analysis: Analysis, config: Config) -> bool:
 
     Every distributed table must be in the statement's own FROM or JOINs, all
     in one co-location group, and connected by ``a.key = b.key`` equalities in
-    the WHERE or in the ON of an inner or LEFT join (a LEFT join's preserved
-    rows have their matches, if any, on their own shard).
+    the WHERE or in the ON of an inner join, or by a LEFT join's ON between its
+    joined table and exactly one group of preserved tables (the preserved rows'
+    matches, if any, are then on their own shard).
     """
     statement = analysis.parsed.expression
     refs = analysis.distributed
@@ -77,10 +78,6 @@ def joined_on_keys(analysis: Analysis, config: Config) -> bool:
     if len({colocation_group(config, ref.table.name) for ref in refs}) != 1:
         return False
     dialect = analysis.parsed.dialect
-    conditions = _conjuncts(statement.args.get("where"))
-    for join in statement.args.get("joins") or ():
-        if (join.side or "").upper() in ("", "LEFT") and join.args.get("on") is not None:
-            conditions += _conjuncts(join.args["on"])
     parent = {id(ref.node): id(ref.node) for ref in refs}
 
     def root(key: int) -> int:
@@ -88,10 +85,39 @@ def joined_on_keys(analysis: Analysis, config: Config) -> bool:
             key = parent[key]
         return key
 
-    for term in conditions:
-        if isinstance(term, exp.EQ):
-            left = _key_ref(term.this, refs, dialect)
-            right = _key_ref(term.expression, refs, dialect)
-            if left is not None and right is not None:
-                parent[root(id(left.node))] = root(id(right.node))
+    def key_pairs(conditions: list[exp.Expr]) -> list[tuple[TableRef, TableRef]]:
+        pairs = []
+        for term in conditions:
+            if isinstance(term, exp.EQ):
+                left = _key_ref(term.this, refs, dialect)
+                right = _key_ref(term.expression, refs, dialect)
+                if left is not None and right is not None:
+                    pairs.append((left, right))
+        return pairs
+
+    # Equalities that filter every output row: the WHERE and inner joins' ON.
+    joins = list(statement.args.get("joins") or ())
+    filtering = _conjuncts(statement.args.get("where"))
+    for join in joins:
+        if not (join.side or "") and join.args.get("on") is not None:
+            filtering += _conjuncts(join.args["on"])
+    for left, right in key_pairs(filtering):
+        parent[root(id(left.node))] = root(id(right.node))
+    # A LEFT join's ON only decides which rows of the joined (nullable) side
+    # match: it links that side to the preserved rows it is compared with, and
+    # never links two preserved tables to each other.
+    for join in joins:
+        if (join.side or "").upper() != "LEFT" or join.args.get("on") is None:
+            continue
+        nullable = {id(ref.node) for ref in refs if any(n is ref.node for n in join.this.walk())}
+        touched = set()
+        for left, right in key_pairs(_conjuncts(join.args["on"])):
+            ends = {id(left.node), id(right.node)}
+            inside, outside = ends & nullable, ends - nullable
+            if inside and outside:
+                touched |= {root(key) for key in outside}
+        if len(touched) == 1 and nullable:
+            (preserved,) = touched
+            for key in nullable:
+                parent[root(key)] = preserved
     return len({root(id(ref.node)) for ref in refs}) == 1
