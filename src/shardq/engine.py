@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+from shardq.errors import ConfigError
 from shardq.execute.driver import ShardPool, get_driver
 from shardq.execute.scatter import Scatter
 from shardq.merge.concat import concat
@@ -51,8 +52,6 @@ class Engine:
         try:
             driver = get_driver(config.driver)
         except KeyError as exc:
-            from shardq.errors import ConfigError
-
             raise ConfigError(str(exc.args[0]), file=config.source, field="driver") from None
         return cls(
             config, {s.name: driver(config, s) for s in config.shards}, fetch_size=fetch_size

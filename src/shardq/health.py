@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ from shardq.errors import Error
 
 if TYPE_CHECKING:
     from shardq.engine import Engine
+    from shardq.execute.driver import Row, ShardConnection
 
 __all__ = ["CheckReport", "ShardReport", "check"]
 
@@ -37,14 +39,32 @@ class CheckReport:
         return not self.problems
 
 
-async def _inspect(engine: Engine, shard: str) -> ShardReport:
-    pool = engine.pools[shard]
+async def _rows(conn: ShardConnection, sql: str, params: object) -> list[Row]:
+    stream = await conn.execute(sql, params, fetch_size=10_000)
+    rows: list[Row] = []
     try:
-        info = await pool.server_info()
-        tables = {name: await pool.table_columns(name) for name in engine.config.tables}
+        while batch := await stream.fetch():
+            rows += batch
+    finally:
+        await stream.aclose()
+    return rows
+
+
+async def _inspect(engine: Engine, shard: str) -> ShardReport:
+    """Ask one shard, over one connection, for its version and the declared tables' columns."""
+    pool = engine.pools[shard]
+    tables: dict[str, list[tuple[str, str]] | None] = {}
+    try:
+        async with pool.connection() as conn:
+            start = time.perf_counter()
+            version = await _rows(conn, pool.info_sql, None)
+            round_trip = time.perf_counter() - start
+            for name in engine.config.tables:
+                columns = await _rows(conn, *pool.columns_query(name))
+                tables[name] = [(str(r[0]), str(r[1])) for r in columns] or None
     except Error as exc:
         return ShardReport(shard, error=str(exc))
-    return ShardReport(shard, info.version, info.round_trip, tables=tables)
+    return ShardReport(shard, str(version[0][0]) if version else None, round_trip, tables=tables)
 
 
 def _problems(reports: tuple[ShardReport, ...], tables: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from shardq.errors import ShardError, category_of, shard_error
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import Callable
     from contextlib import AbstractAsyncContextManager
 
     from shardq.config import Config, ShardConfig
@@ -34,7 +34,6 @@ __all__ = [
     "Column",
     "Driver",
     "Row",
-    "ServerInfo",
     "ShardConnection",
     "ShardPool",
     "ShardStream",
@@ -56,13 +55,6 @@ class Column(NamedTuple):
     precision: int | None = None
     scale: int | None = None
     null_ok: bool | None = None
-
-
-class ServerInfo(NamedTuple):
-    """What ``shardq check`` reports about a shard's server."""
-
-    version: str
-    round_trip: float  # seconds
 
 
 class ShardStream(Protocol):
@@ -108,11 +100,11 @@ class ShardPool(Protocol):
     def connection(self) -> AbstractAsyncContextManager[ShardConnection]:
         """Lend a connection for the duration of a ``async with`` block."""
 
-    async def server_info(self) -> ServerInfo:
-        """Return the server version and one round trip's time."""
+    #: A query returning one row whose first column is the server's version.
+    info_sql: str
 
-    async def table_columns(self, table: str) -> list[tuple[str, str]] | None:
-        """Return ``(column, type)`` pairs of ``table`` (``None`` if it does not exist)."""
+    def columns_query(self, table: str) -> tuple[str, object]:
+        """A query (and its parameters) returning ``(column, type)`` rows of ``table``."""
 
     async def close(self) -> None:
         """Close every connection the pool opened."""
@@ -177,17 +169,3 @@ def translate_error(
     message = secrets.scrub(str(exc).strip() or type(exc).__name__)
     sqlstate = sqlstate_of(exc) if sqlstate_of else None
     return shard_error(shard, category_of(exc), message, sqlstate=sqlstate)
-
-
-def first_description(streams: Sequence[ShardStream]) -> tuple[Column, ...] | None:
-    """The description of a multi-shard result: the first shard's."""
-    for stream in streams:
-        if stream.description is not None:
-            return stream.description
-    return None
-
-
-async def iterate(stream: ShardStream) -> AsyncIterator[list[Row]]:
-    """Yield a stream's batches until it is exhausted."""
-    while batch := await stream.fetch():
-        yield batch

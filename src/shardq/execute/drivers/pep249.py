@@ -73,5 +73,5 @@ def adapter_pool(name: str, conn: Any, dialect: str) -> ThreadedPool:
         factory,
         max_size=1,
         info_sql=_INFO_SQL.get(dialect, "SELECT 1"),
-        columns_sql=_columns_sql(dialect),
+        columns_query=_columns_sql(dialect),
     )

@@ -16,13 +16,12 @@ must fail fast with the shard's own connection error.
 from __future__ import annotations
 
 import contextlib
-import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from shardq.execute.driver import Column, Row, ServerInfo, translate_error
+from shardq.execute.driver import Column, Row, translate_error
 from shardq.execute.pool import LazyPool
 
 if TYPE_CHECKING:
@@ -225,29 +224,17 @@ class PsycopgPool:
     def connection(self) -> AbstractAsyncContextManager[_Connection]:
         return self._pool.connection()
 
-    async def server_info(self) -> ServerInfo:
-        async with self.connection() as conn:
-            start = time.perf_counter()
-            stream = await conn.execute("SELECT version()", None, fetch_size=1)
-            (version,), *_ = await stream.fetch()
-            elapsed = time.perf_counter() - start
-            await stream.aclose()
-        return ServerInfo(str(version), elapsed)
+    info_sql = "SELECT version()"
 
-    async def table_columns(self, table: str) -> list[tuple[str, str]] | None:
+    def columns_query(self, table: str) -> tuple[str, object]:
         schema, _, name = table.rpartition(".")
-        sql = (
+        qualified = f'"{schema}"."{name}"' if schema else f'"{name}"'
+        return (
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum"
+            "ORDER BY a.attnum",
+            (qualified,),
         )
-        qualified = f'"{schema}"."{name}"' if schema else f'"{name}"'
-        async with self.connection() as conn:
-            stream = await conn.execute(sql, (qualified,), fetch_size=1000)
-            rows: list[Row] = []
-            while batch := await stream.fetch():
-                rows += batch
-        return [(str(r[0]), str(r[1])) for r in rows] or None
 
     async def close(self) -> None:
         await self._pool.close()

@@ -55,5 +55,5 @@ def SQLitePool(config: Config, shard: ShardConfig) -> ThreadedPool:
         factory,
         max_size=shard.pool_max_size,
         info_sql="SELECT 'SQLite ' || sqlite_version()",
-        columns_sql=_columns_sql,
+        columns_query=_columns_sql,
     )

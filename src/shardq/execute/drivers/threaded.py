@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import time
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shardq.execute.driver import Column, Row, ServerInfo, translate_error
+from shardq.execute.driver import Column, Row, translate_error
 from shardq.execute.pool import LazyPool
 
 if TYPE_CHECKING:
@@ -207,10 +206,6 @@ class _ThreadedStream:
         await self.finish()
 
 
-async def _close(conn: ThreadedConnection) -> None:
-    await conn.close()
-
-
 class ThreadedPool:
     """Up to ``max_size`` threaded connections to one shard, opened on demand."""
 
@@ -221,14 +216,18 @@ class ThreadedPool:
         *,
         max_size: int,
         info_sql: str,
-        columns_sql: Callable[[str], tuple[str, tuple[Any, ...]]],
+        columns_query: Callable[[str], tuple[str, object]],
     ):
         self.name = name
         self._factory = factory
-        self._info_sql = info_sql
-        self._columns_sql = columns_sql
+        self.info_sql = info_sql
+        self._columns_query = columns_query
         self._pool: LazyPool[ThreadedConnection] = LazyPool(
-            name, open=self._open, close=_close, reusable=lambda c: c.usable, max_size=max_size
+            name,
+            open=self._open,
+            close=ThreadedConnection.close,
+            reusable=lambda c: c.usable,
+            max_size=max_size,
         )
 
     def __repr__(self) -> str:
@@ -246,22 +245,8 @@ class ThreadedPool:
     def connection(self) -> AbstractAsyncContextManager[ThreadedConnection]:
         return self._pool.connection()
 
-    async def server_info(self) -> ServerInfo:
-        async with self.connection() as conn:
-            start = time.perf_counter()
-            stream = await conn.execute(self._info_sql, None, fetch_size=1)
-            rows = await stream.fetch()
-            elapsed = time.perf_counter() - start
-            await stream.aclose()
-        return ServerInfo(str(rows[0][0]) if rows else "unknown", elapsed)
-
-    async def table_columns(self, table: str) -> list[tuple[str, str]] | None:
-        sql, params = self._columns_sql(table)
-        async with self.connection() as conn:
-            stream = await conn.execute(sql, params, fetch_size=10_000)
-            rows = await stream.fetch()
-            await stream.aclose()
-        return [(str(r[0]), str(r[1])) for r in rows] or None
+    def columns_query(self, table: str) -> tuple[str, object]:
+        return self._columns_query(table)
 
     async def close(self) -> None:
         await self._pool.close()
