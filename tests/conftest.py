@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.shards"]
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.shards", "tests.fixtures.tpch"]

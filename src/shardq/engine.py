@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 from shardq.errors import ConfigError
 from shardq.execute.driver import ShardPool, get_driver
 from shardq.execute.scatter import Scatter
-from shardq.merge.concat import concat
+from shardq.merge.evaluate import semantics
+from shardq.merge.pipeline import merger
 from shardq.results import AsyncResult
-from shardq.sql.plan import MergeKind, Planner, QueryPlan
+from shardq.sql.plan import Planner, QueryPlan
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -43,6 +44,7 @@ class Engine:
         self.pools = dict(pools)
         self.planner = Planner(config)
         self.fetch_size = fetch_size
+        self._semantics = semantics(config.dialect)
         # Reads of reference tables only go to one shard, taken in turn.
         self._turn = itertools.cycle(config.shard_names)
 
@@ -76,8 +78,8 @@ class Engine:
         await scatter.start(
             plan.sql, plan.params, fetch_size=self.fetch_size, stream=not plan.kind.is_write
         )
-        assert plan.merge is MergeKind.CONCAT
-        return await AsyncResult.start(scatter, concat(len(shards)), row_factory)
+        merge = merger(plan.merge, len(shards), self._semantics)
+        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
 
     async def close(self) -> None:
         """Close every pool (every pool is closed even if one fails)."""

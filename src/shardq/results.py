@@ -8,6 +8,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from shardq.merge.drive import drive
+from shardq.merge.pipeline import describe
 from shardq.rows import RowFactory, RowMaker, is_tuple_factory
 
 if TYPE_CHECKING:
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from shardq.execute.driver import Column
     from shardq.execute.scatter import Scatter
     from shardq.merge import Merger, Rows
+    from shardq.merge.evaluate import Semantics
+    from shardq.merge.steps import MergePlan
 
 __all__ = ["AsyncResult"]
 
@@ -43,9 +46,18 @@ class AsyncResult:
     their pools when the last row has been read or :meth:`close` is called.
     """
 
-    def __init__(self, scatter: Scatter, merger: Merger, row_factory: RowFactory):
+    def __init__(
+        self,
+        scatter: Scatter,
+        merger: Merger,
+        row_factory: RowFactory,
+        plan: MergePlan | None = None,
+        sem: Semantics | None = None,
+    ):
         self._scatter = scatter
         self.description: tuple[Column, ...] | None = scatter.description
+        if plan is not None and sem is not None and not plan.trivial:
+            self.description = describe(plan, self.description, sem)
         self.shards = scatter.shards
         self._buffer: deque[Any] = deque()
         self._convert = not is_tuple_factory(row_factory)
@@ -56,9 +68,16 @@ class AsyncResult:
         self._loop = asyncio.get_running_loop()
 
     @classmethod
-    async def start(cls, scatter: Scatter, merger: Merger, row_factory: RowFactory) -> AsyncResult:
+    async def start(
+        cls,
+        scatter: Scatter,
+        merger: Merger,
+        row_factory: RowFactory,
+        plan: MergePlan | None = None,
+        sem: Semantics | None = None,
+    ) -> AsyncResult:
         """Wrap a started scatter; a statement without rows releases its shards at once."""
-        result = cls(scatter, merger, row_factory)
+        result = cls(scatter, merger, row_factory, plan, sem)
         if result.description is None:
             await result.close()
         return result

@@ -157,10 +157,55 @@ def test_bad_sql_fails_before_any_shard(backend: Backend) -> None:
         assert info.value.line == 1
         with pytest.raises(shardq.UndeclaredTableError, match="missing_table"):
             conn.execute("SELECT * FROM missing_table")
-        with pytest.raises(shardq.UnsupportedQueryError, match="ORDER BY"):
-            conn.execute("SELECT id FROM items ORDER BY id")
-        with pytest.raises(shardq.UnsupportedQueryError, match="aggregate"):
-            conn.execute("SELECT count(*) FROM items")
+        with pytest.raises(shardq.UnsupportedQueryError, match="window function"):
+            conn.execute("SELECT id, row_number() OVER (ORDER BY val) FROM items")
+        with pytest.raises(shardq.UnsupportedQueryError, match="several distributed tables"):
+            conn.execute("SELECT * FROM items a JOIN writes b ON a.val = b.id")
+
+
+def test_merged_reads_match_one_database(backend: Backend) -> None:
+    """Aggregates, grouping, ORDER BY, LIMIT and DISTINCT across shards, on every backend."""
+    vals = [v for _, _, v in ITEMS]
+    by_group: dict[str, list[int]] = {}
+    for _, grp, val in ITEMS:
+        by_group.setdefault(grp, []).append(val)
+    with backend.connect() as conn:
+        cur = conn.execute("SELECT count(*), sum(val), min(val), max(val) FROM items")
+        assert cur.fetchall() == [(len(ITEMS), sum(vals), min(vals), max(vals))]
+        assert [d.name for d in cur.description][:1] == (
+            ["count"] if backend.dialect == "postgres" else ["count(*)"]
+        )
+        cur = conn.execute(
+            backend.sql(
+                "SELECT grp, count(*) AS n, max(val) FROM items WHERE val > {} "
+                "GROUP BY grp HAVING count(*) > {} ORDER BY n DESC, grp LIMIT 3"
+            ),
+            (100, 5),
+        )
+        want = sorted(
+            ((g, sum(1 for v in vs if v > 100), max(vs)) for g, vs in by_group.items()),
+            key=lambda r: (-r[1], r[0]),
+        )
+        assert cur.fetchall() == [r for r in want if r[1] > 5][:3]
+        cur = conn.execute(
+            backend.sql("SELECT id, val FROM items ORDER BY val DESC LIMIT {} OFFSET {}"), (4, 3)
+        )
+        assert cur.fetchall() == [(i, v) for i, _, v in sorted(ITEMS, key=lambda r: -r[2])][3:7]
+        assert len(cur.shards) == 4
+        cur = conn.execute("SELECT DISTINCT grp FROM items ORDER BY grp")
+        assert cur.fetchall() == [(g,) for g in sorted(by_group)]
+        cur = conn.execute("SELECT count(DISTINCT grp), avg(val) FROM items WHERE id > 1000")
+        assert cur.fetchall() == [(0, None)]
+
+
+def test_an_empty_result_still_has_its_columns(backend: Backend) -> None:
+    with backend.connect() as conn:
+        for sql in ["SELECT id, grp FROM items WHERE id = 100000",  # one shard
+                    "SELECT id, grp FROM items WHERE val < 0 ORDER BY id"]:  # fmt: skip
+            cur = conn.execute(sql)
+            assert cur.description is not None
+            assert [d.name for d in cur.description] == ["id", "grp"]
+            assert cur.fetchall() == []
 
 
 def test_a_shards_database_error_names_it(backend: Backend) -> None:

@@ -80,8 +80,21 @@ SHOWCASE: list[tuple[str, str, tuple[Any, ...]]] = [
     ),
     ("A reference table: read from one shard", "SELECT code, name FROM countries", ()),
     (
-        "Refused rather than answered wrong (aggregates arrive with the planner)",
-        "SELECT count(*) FROM orders",
+        "Top orders: each shard sorts its own, a k-way merge keeps the global top 5",
+        "SELECT id, customer_id, amount FROM orders ORDER BY amount DESC, id LIMIT 5",
+        (),
+    ),
+    (
+        "Orders per country: partial counts and sums from every shard, regrouped",
+        "SELECT n.name AS country, count(*) AS orders, sum(o.amount) AS revenue "
+        "FROM orders o JOIN customers c ON c.id = o.customer_id "
+        "JOIN countries n ON n.code = c.country "
+        "GROUP BY n.name HAVING count(*) > ? ORDER BY orders DESC, country LIMIT 5",
+        (10,),
+    ),
+    (
+        "Refused rather than answered wrong: the list's order would depend on the shards",
+        "SELECT group_concat(name) FROM customers",
         (),
     ),
 ]

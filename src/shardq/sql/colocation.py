@@ -40,13 +40,22 @@ def colocation_group(config: Config, table: str) -> str:
 
 
 def _key_ref(node: exp.Expr, refs: tuple[TableRef, ...], dialect: str) -> TableRef | None:
-    """The ref whose shard key the (qualified) column ``node`` is."""
-    if not isinstance(node, exp.Column) or not node.table:
+    """The ref whose shard key the column ``node`` is.
+
+    An unqualified column names the key of the one distributed table whose
+    key has that name: were another table of the query to have such a column
+    too, the database would refuse the name as ambiguous.
+    """
+    if not isinstance(node, exp.Column) or not isinstance(node.this, exp.Identifier):
         return None
+    name = normalize(node.this, dialect)
+    if not node.table:
+        owners = [r for r in refs if r.table.shard_key == name and not r.renames_columns]
+        return owners[0] if len(owners) == 1 else None
     qualifier = normalize(node.args["table"], dialect)
     for ref in refs:
         if ref.alias == qualifier and not ref.renames_columns:
-            return ref if normalize(node.this, dialect) == ref.table.shard_key else None
+            return ref if name == ref.table.shard_key else None
     return None
 
 

@@ -1,12 +1,13 @@
-"""Which multi-shard reads a plain concatenation answers exactly.
+"""Which multi-shard reads have rows that each come from one shard.
 
-Until the planner rewrites queries and merges their results, a read that
-runs on several shards is answered by concatenating the shards' rows. That is
-exact only for a filter over one distributed table (and reference tables):
-each answer row comes from exactly one shard. Anything that combines rows
-across shards (aggregates, grouping, DISTINCT, ORDER BY, LIMIT, window
-functions, set operations, joins of two distributed tables) would come back
-wrong, so it is refused with an error that names the construct.
+Merging (aggregates, ORDER BY, DISTINCT, ...) works on the rows each shard
+computes, so those rows must be the rows one database would compute, split
+between the shards: every row of the query's FROM must be built from the
+rows of one shard. That holds for one distributed table joined with
+reference tables, and for co-located tables joined on their shard keys. It
+fails for joins of distributed tables that are not co-located, outer joins
+that preserve a reference table (every shard would emit its unmatched rows),
+and subqueries over distributed tables; those are refused here.
 """
 
 from __future__ import annotations
@@ -17,56 +18,15 @@ from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
 from shardq.sql.colocation import joined_on_keys
+from shardq.sql.rewrite.aggregates import is_aggregate
 
 if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.sql.analyze import Analysis
 
-__all__ = ["check_concatenable"]
+__all__ = ["check_rows_local"]
 
-_REASON = (
-    "the query runs on several shards and its rows would have to be combined "
-    "across shards, which this version of shardq cannot do exactly yet; pin it to "
-    "one shard with a shard-key condition"
-)
-_CLAUSES = {
-    "group": "GROUP BY",
-    "having": "HAVING",
-    "distinct": "DISTINCT",
-    "order": "ORDER BY",
-    "limit": "LIMIT",
-    "offset": "OFFSET",
-}
-
-
-# Aggregates sqlglot parses as plain function calls (exp.Anonymous). A
-# user-defined aggregate cannot be told from a function by its text: the
-# README says so.
-_AGGREGATE_NAMES = frozenset(
-    {
-        "array_agg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "every",
-        "group_concat", "json_agg", "json_group_array", "json_group_object", "json_object_agg",
-        "jsonb_agg", "jsonb_object_agg", "range_agg", "range_intersect_agg", "string_agg",
-        "total", "xmlagg", "mode", "percentile_cont", "percentile_disc", "regr_count",
-        "regr_avgx", "regr_avgy", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
-        "regr_sxy", "regr_syy", "corr", "covar_pop", "covar_samp", "stddev", "stddev_pop",
-        "stddev_samp", "variance", "var_pop", "var_samp", "any_value",
-        "count", "sum", "avg", "min", "max", "json_agg_strict", "jsonb_agg_strict",
-        "json_object_agg_strict", "json_object_agg_unique", "json_object_agg_unique_strict",
-        "jsonb_object_agg_strict", "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict",
-        "json_arrayagg", "json_objectagg", "jsonb_group_array", "jsonb_group_object",
-        "percentile", "median",
-    }
-)  # fmt: skip
-
-
-def _is_aggregate(node: exp.Expr) -> bool:
-    if isinstance(node, exp.AggFunc):
-        return True
-    if isinstance(node, exp.Anonymous):
-        return str(node.this).lower() in _AGGREGATE_NAMES
-    # FILTER (WHERE ...) and WITHIN GROUP (...) only follow aggregates.
-    return isinstance(node, exp.Filter | exp.WithinGroup)
+_REASON = "shardq cannot merge it exactly yet; pin it to one shard with a shard-key condition"
 
 
 def _check_outer_joins(statement: exp.Select, analysis: Analysis) -> None:
@@ -125,43 +85,31 @@ def _own(node: exp.Expr, select: exp.Select) -> bool:
     return node.parent_select is select
 
 
-def check_concatenable(analysis: Analysis, config: Config) -> None:
-    """Raise :class:`UnsupportedQueryError` unless concatenation answers the read exactly.
+def check_rows_local(analysis: Analysis, config: Config) -> None:
+    """Raise :class:`UnsupportedQueryError` unless each FROM row comes from one shard.
 
-    >>> import sqlglot
     >>> from shardq.config import load_config
     >>> from shardq.sql.analyze import analyze
     >>> from shardq.sql.parse import parse
     >>> cfg = load_config({"shards": [{"name": "a", "dsn": "a.db"}],
-    ...                    "tables": {"t": {"shard_key": "k"}}})
-    >>> check_concatenable(analyze(parse("SELECT * FROM t WHERE x > 1", "sqlite"), cfg), cfg)
-    >>> check_concatenable(analyze(parse("SELECT count(*) FROM t", "sqlite"), cfg), cfg)
+    ...                    "tables": {"t": {"shard_key": "k"}, "u": {"shard_key": "k"}}})
+    >>> check_rows_local(analyze(parse("SELECT count(*) FROM t WHERE x > 1", "sqlite"), cfg), cfg)
+    >>> check_rows_local(analyze(parse("SELECT * FROM t JOIN u USING (k)", "sqlite"), cfg), cfg)
     Traceback (most recent call last):
     ...
-    shardq.errors.UnsupportedQueryError: the aggregate COUNT(*) across shards is not supported: ...
+    shardq.errors.UnsupportedQueryError: a query over several distributed tables (t, u) ...
     """
     statement = analysis.parsed.expression
     if not isinstance(statement, exp.Select):
         raise UnsupportedQueryError(f"{statement.key.upper()} across shards", _REASON)
-    for arg, clause in _CLAUSES.items():
-        if statement.args.get(arg):
-            raise UnsupportedQueryError(f"{clause} across shards", _REASON)
     dialect = analysis.parsed.dialect
-    for node in statement.find_all(exp.Func, exp.Window, exp.Filter, exp.WithinGroup):
-        if not _own(node, statement):
-            if _is_aggregate(node) and _may_aggregate_outer(node):
-                raise UnsupportedQueryError(
-                    f"the aggregate {node.sql(dialect)} in a subquery across shards",
-                    "it may aggregate the outer query's rows (a column of the outer query "
-                    "makes it an aggregate of the outer query); " + _REASON,
-                )
-            continue
-        if isinstance(node, exp.Window):
+    for node in statement.find_all(exp.Func, exp.Filter, exp.WithinGroup):
+        if not _own(node, statement) and is_aggregate(node) and _may_aggregate_outer(node):
             raise UnsupportedQueryError(
-                f"the window function {node.sql(dialect)} across shards", _REASON
+                f"the aggregate {node.sql(dialect)} in a subquery across shards",
+                "it may aggregate the outer query's rows (a column of the outer query "
+                "makes it an aggregate of the outer query); " + _REASON,
             )
-        if _is_aggregate(node):
-            raise UnsupportedQueryError(f"the aggregate {node.sql(dialect)} across shards", _REASON)
     _check_outer_joins(statement, analysis)
     distributed = analysis.distributed
     if len(distributed) > 1 and not joined_on_keys(analysis, config):

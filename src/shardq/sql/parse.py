@@ -54,6 +54,9 @@ class Parsed:
     # psycopg binds a "%s" even inside a string literal or a comment: the text
     # has such placeholders, which only matter when parameters are given.
     hidden_placeholders: bool = False
+    # The text sqlglot parsed (positional placeholders renamed): the offsets in
+    # the tree's ``meta`` refer to it.
+    source: str = ""
 
 
 def _adjacent(a: Token, b: Token) -> bool:
@@ -197,7 +200,7 @@ def parse(text: str, dialect: str) -> Parsed:
     if count and names:
         raise ProgrammingError("a statement cannot mix positional and named placeholders")
     hidden = dialect == "postgres" and _psycopg_placeholders(text) != (count, names)
-    return Parsed(text, dialect, statement, count, frozenset(names), hidden)
+    return Parsed(text, dialect, statement, count, frozenset(names), hidden, renamed)
 
 
 def placeholder_value(node: exp.Placeholder, params: object) -> object:

@@ -7,29 +7,23 @@ text); routing depends on the bound parameters and is redone per call.
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shardq.errors import ProgrammingError, UnsupportedQueryError
+from shardq.merge.steps import MergePlan
 from shardq.sql.analyze import Analysis, StatementKind, analyze
-from shardq.sql.mergeable import check_concatenable
 from shardq.sql.parse import parse
+from shardq.sql.rewrite import Distributed, distribute, positional_as_named
 from shardq.sql.route import Route, RouteKind, route
 
 if TYPE_CHECKING:
     from shardq.config import Config
-from shardq.errors import ProgrammingError, UnsupportedQueryError
 
-__all__ = ["MergeKind", "Planner", "QueryPlan"]
+__all__ = ["Planner", "QueryPlan"]
 
-_UNCHECKED = object()
-
-
-class MergeKind(enum.Enum):
-    """How the shards' results become one result."""
-
-    CONCAT = "concat"  # the shards' rows one shard after the other
+_PASS_THROUGH = MergePlan()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,22 +31,29 @@ class QueryPlan:
     """What to run where, and how to merge it.
 
     Attributes:
-        sql: the statement each target shard runs.
-        params: the parameters bound to it, as given.
+        sql: the statement each target shard runs (rewritten for a merge).
+        params: the parameters bound to it.
         kind: read or which write.
         route: the target shards (resolved against the pools at execution).
         merge: how the shards' results are combined.
+        strategy: how the statement is distributed, in words (for EXPLAIN).
     """
 
     sql: str
     params: object
     kind: StatementKind
     route: Route
-    merge: MergeKind
+    merge: MergePlan
+    strategy: str = "runs as written"
 
 
 class Planner:
-    """Plans statements for one configuration, with an LRU of analyses."""
+    """Plans statements for one configuration, with an LRU of analyses.
+
+    The rewrite of a multi-shard read depends only on the text, so it is
+    cached with the analysis; binding the parameters (routing, LIMIT values)
+    is redone per call and costs microseconds.
+    """
 
     def __init__(self, config: Config, *, cache_size: int = 512):
         self.config = config
@@ -71,6 +72,19 @@ class Planner:
             self._cache.popitem(last=False)
         return analysis
 
+    def distributed(self, analysis: Analysis) -> Distributed:
+        """The multi-shard rewrite of a read (cached; refusals too)."""
+        found = analysis.memo.get("distributed")
+        if found is None:
+            try:
+                found = distribute(analysis, self.config)
+            except UnsupportedQueryError as exc:
+                found = exc
+            analysis.memo["distributed"] = found
+        if isinstance(found, UnsupportedQueryError):
+            raise UnsupportedQueryError(found.construct, found.reason)
+        return found
+
     def plan(self, sql: str, params: object = None) -> QueryPlan:
         """Return the plan of ``sql`` with ``params`` bound."""
         analysis = self.analyze(sql)
@@ -81,21 +95,17 @@ class Planner:
             )
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
-        if many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1:
-            refusal = analysis.memo.get("refusal", _UNCHECKED)
-            if refusal is _UNCHECKED:
-                try:
-                    check_concatenable(analysis, self.config)
-                    refusal = None
-                except UnsupportedQueryError as exc:
-                    refusal = (exc.construct, exc.reason)
-                analysis.memo["refusal"] = refusal
-            if refusal is not None:
-                raise UnsupportedQueryError(*refusal)
+        if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
+            return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH)
+        rewritten = self.distributed(analysis)
+        merge = rewritten.bind(params)
+        if rewritten.sql is None:
+            return QueryPlan(sql, params, analysis.kind, target, merge, rewritten.strategy)
         return QueryPlan(
-            sql=sql,
-            params=params,
-            kind=analysis.kind,
-            route=target,
-            merge=MergeKind.CONCAT,
+            rewritten.sql,
+            positional_as_named(params, analysis.parsed.positional),
+            analysis.kind,
+            target,
+            merge,
+            rewritten.strategy,
         )

@@ -76,6 +76,27 @@ class _Stream:
         # tells whether the statement succeeded and what it returns, and a small
         # result is then complete and its connection can go back at once.
         self._buffer = await self._read()
+        if not self._buffer and self._rows is None and cursor.description is None:
+            await self._describe_empty(cursor, sql, params)
+
+    async def _describe_empty(
+        self, cursor: psycopg.AsyncCursor[Any], sql: str, params: object
+    ) -> None:
+        """Learn the columns of a read that returned no rows.
+
+        psycopg's stream() drops the result that describes the columns when no
+        row came, so the statement is described again, wrapped in ``LIMIT 0``:
+        the server plans it but reads no row.
+        """
+        body = sql.rstrip().rstrip(";")
+        query: Any = f"SELECT * FROM (\n{body}\n) AS _shardq_described LIMIT 0"
+        bound: Any = params
+        try:
+            await cursor.execute(query, bound)
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self._description = _description(cursor)
+        self._described = True
 
     async def run(self, cursor: psycopg.AsyncCursor[Any], sql: str, params: object) -> None:
         """Run a write: its RETURNING rows, if any, are received whole."""

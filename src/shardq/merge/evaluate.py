@@ -1,0 +1,387 @@
+"""Evaluation of merge expressions with the database's own semantics.
+
+After the shards' partial aggregates are merged, what the query computes
+over them (``sum(a) / count(*)``, ``round(avg(x), 2)``, a HAVING condition)
+is evaluated here, and must give what the database would give: integer
+division truncates, numeric division picks PostgreSQL's result scale and
+rounds half away from zero, NULL propagates, division by zero is an error
+(PostgreSQL) or NULL (SQLite). Values are those the drivers return: ``int``,
+:class:`~decimal.Decimal` (numeric), ``float``, ``str``, ``bool``, ``None``.
+
+Only the operators and functions listed in :data:`OPERATORS` exist; the
+planner evaluates nothing else after a merge.
+
+>>> from decimal import Decimal
+>>> numeric_div(Decimal(7), Decimal(3))
+Decimal('2.3333333333333333')
+>>> numeric_div(Decimal(1), Decimal("3.0"))
+Decimal('0.33333333333333333333')
+>>> numeric_round(Decimal("-2.5"), 0), numeric_round(Decimal("1234.5"), -2)
+(Decimal('-3'), Decimal('1200'))
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from shardq.errors import DataError, NotSupportedError
+from shardq.merge.steps import Col, Const, Expr, Param, TypeRule
+
+__all__ = [
+    "EXACT",
+    "OPERATORS",
+    "Semantics",
+    "compile_expr",
+    "numeric_div",
+    "numeric_round",
+    "output_type",
+    "semantics",
+]
+
+# Enough digits that +, - and * of numerics are exact, as they are in PostgreSQL.
+EXACT = decimal.Context(prec=100_000, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+_INT8 = (-(2**63), 2**63 - 1)
+_NBASE_DIGITS = 4  # PostgreSQL stores numerics in base 10000
+_MIN_SIG_DIGITS = 16
+_MAX_DISPLAY_SCALE = 1000
+
+# PostgreSQL type OIDs the merge produces or reasons about.
+INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, BOOL = 21, 23, 20, 1700, 700, 701, 16
+_INTS = (INT2, INT4, INT8)
+_RANK = {INT2: 0, INT4: 1, INT8: 2, NUMERIC: 3, FLOAT4: 4, FLOAT8: 5}
+
+
+def _weight_and_first_digit(value: Decimal) -> tuple[int, int]:
+    """PostgreSQL's base-10000 weight and leading digit of a non-zero numeric."""
+    if not value:
+        return 0, 0
+    weight = value.adjusted() // _NBASE_DIGITS
+    first = int(abs(value).scaleb(-_NBASE_DIGITS * weight, EXACT))
+    return weight, first
+
+
+def _scale(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def _round_half_away(numerator: int, denominator: int) -> int:
+    """``numerator / denominator`` rounded to an integer, halves away from zero."""
+    negative = (numerator < 0) != (denominator < 0)
+    quotient, remainder = divmod(abs(numerator), abs(denominator))
+    if 2 * remainder >= abs(denominator):
+        quotient += 1
+    return -quotient if negative else quotient
+
+
+def _div_scaled(a: Decimal, b: Decimal, scale: int) -> Decimal:
+    """``a / b`` rounded half away from zero to ``scale`` digits, exactly."""
+    ta, tb = a.as_tuple(), b.as_tuple()
+    ia = int(a.scaleb(-ta.exponent, EXACT))  # type: ignore[operator]
+    ib = int(b.scaleb(-tb.exponent, EXACT))  # type: ignore[operator]
+    shift = ta.exponent - tb.exponent + scale  # type: ignore[operator]
+    if shift >= 0:
+        quotient = _round_half_away(ia * 10**shift, ib)
+    else:
+        quotient = _round_half_away(ia, ib * 10**-shift)
+    return Decimal(quotient).scaleb(-scale, EXACT)
+
+
+def numeric_div(a: Decimal, b: Decimal) -> Decimal:
+    """PostgreSQL's numeric division (``numeric_div``), result scale included."""
+    if not b:
+        raise DataError("division by zero")
+    weight1, first1 = _weight_and_first_digit(a)
+    weight2, first2 = _weight_and_first_digit(b)
+    qweight = weight1 - weight2
+    if first1 <= first2:
+        qweight -= 1
+    scale = _MIN_SIG_DIGITS - qweight * _NBASE_DIGITS
+    scale = max(scale, _scale(a), _scale(b), 0)
+    return _div_scaled(a, b, min(scale, _MAX_DISPLAY_SCALE))
+
+
+def numeric_round(value: Decimal, digits: int) -> Decimal:
+    """PostgreSQL's ``round(numeric, int)``: halves away from zero, scale ``max(digits, 0)``."""
+    rounded = value.quantize(Decimal(1).scaleb(-digits), decimal.ROUND_HALF_UP, EXACT)
+    return rounded if digits >= 0 else rounded.quantize(Decimal(1), context=EXACT)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | Decimal | float) and not isinstance(value, bool)
+
+
+class Semantics:
+    """The arithmetic of one database. This class is PostgreSQL's."""
+
+    name = "postgres"
+    division_by_zero_is_null = False
+
+    def check_int(self, value: int) -> int | float:
+        if not _INT8[0] <= value <= _INT8[1]:
+            raise DataError("bigint out of range")
+        return value
+
+    def arith(self, op: str, a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return None
+        if not (_is_number(a) and _is_number(b)):
+            raise NotSupportedError(
+                f"shardq cannot evaluate {type(a).__name__} {op} {type(b).__name__} after a merge"
+            )
+        if isinstance(a, float) or isinstance(b, float):
+            return self._float(op, float(a), float(b))
+        if isinstance(a, Decimal) or isinstance(b, Decimal):
+            return self._numeric(op, Decimal(a), Decimal(b))
+        return self._int(op, a, b)
+
+    def _zero(self) -> None:
+        """Raise for a division by zero, unless the database makes it NULL."""
+        if not self.division_by_zero_is_null:
+            raise DataError("division by zero")
+        return None
+
+    def _int(self, op: str, a: int, b: int) -> int | float | None:
+        if op == "+":
+            return self.check_int(a + b)
+        if op == "-":
+            return self.check_int(a - b)
+        if op == "*":
+            return self.check_int(a * b)
+        if b == 0:
+            self._zero()
+            return None
+        quotient = abs(a) // abs(b)
+        if op == "/":  # truncates toward zero
+            return self.check_int(quotient if (a < 0) == (b < 0) else -quotient)
+        remainder = abs(a) - quotient * abs(b)  # "%": the sign of the dividend
+        return remainder if a >= 0 else -remainder
+
+    def _numeric(self, op: str, a: Decimal, b: Decimal) -> Decimal | None:
+        if op == "+":
+            return EXACT.add(a, b)
+        if op == "-":
+            return EXACT.subtract(a, b)
+        if op == "*":
+            return EXACT.multiply(a, b)
+        if not b:
+            self._zero()
+            return None
+        if op == "/":
+            return numeric_div(a, b)
+        # numeric "%": truncated quotient, remainder with the dividend's sign and scale.
+        return EXACT.remainder(a, b)
+
+    def _float(self, op: str, a: float, b: float) -> float | None:
+        if op in ("/", "%") and b == 0:
+            self._zero()
+            return None
+        result = {"+": a + b, "-": a - b, "*": a * b}.get(op)
+        if result is None:
+            result = a / b if op == "/" else math.fmod(a, b)
+        if math.isinf(result) and not (math.isinf(a) or math.isinf(b)):
+            raise DataError("value out of range: overflow")
+        return result
+
+    def avg(self, total: Any, count: int) -> Any:
+        """The average from a merged sum and count (NULL over no rows)."""
+        if total is None or not count:
+            return None
+        if isinstance(total, float):
+            return total / count
+        if isinstance(total, int | Decimal) and not isinstance(total, bool):
+            return numeric_div(Decimal(total), Decimal(count))
+        raise NotSupportedError(
+            f"shardq cannot merge avg() over {type(total).__name__} values; "
+            "pin the query to one shard"
+        )
+
+    def round(self, value: Any, *digits: Any) -> Any:
+        """``round(x)`` or ``round(x, digits)``, NULL if any argument is NULL."""
+        if value is None or (digits and digits[0] is None):
+            return None
+        if not digits:
+            if isinstance(value, Decimal):
+                return numeric_round(value, 0)
+            if _is_number(value):
+                return float(round(float(value)))  # round(float8) is rint: halves to even
+        elif isinstance(value, Decimal | int) and not isinstance(value, bool):
+            return numeric_round(Decimal(value), int(digits[0]))
+        raise NotSupportedError(f"round() of {type(value).__name__} after a merge")
+
+    def output_type(self, op: str, types: Sequence[Any]) -> Any:
+        """The PostgreSQL type OID of ``op`` over operands of ``types`` (None if unknown)."""
+        if op in _COMPARISONS or op in ("and", "or", "not", "is_null", "is_not_null"):
+            return BOOL
+        if op in ("count", "count_set"):
+            return INT8
+        if op == "sum_of":  # sum() over values of the given type
+            t = types[0] if types else None
+            return {INT2: INT8, INT4: INT8, INT8: NUMERIC}.get(t, t) if t is not None else None
+        if op in ("avg", "avg_of"):
+            if op == "avg_of" and types and types[0] in _INTS:
+                return NUMERIC
+            return FLOAT8 if types and types[0] in (FLOAT4, FLOAT8) else NUMERIC
+        if op == "round":
+            return NUMERIC if types and types[0] == NUMERIC else FLOAT8
+        if op == "coalesce":
+            return next((t for t in types if t is not None), None)
+        if op == "neg":
+            return types[0] if types else None
+        if op in _ARITH:
+            if len(types) != 2 or any(t not in _RANK for t in types):
+                return None
+            high = max(types, key=_RANK.__getitem__)
+            if high in (FLOAT4, FLOAT8):
+                return FLOAT4 if types[0] == types[1] == FLOAT4 else FLOAT8
+            return high
+        return None
+
+
+class SQLiteSemantics(Semantics):
+    """SQLite: no numeric type, division by zero is NULL, avg is always a float."""
+
+    name = "sqlite"
+    division_by_zero_is_null = True
+
+    def check_int(self, value: int) -> int | float:
+        return value if _INT8[0] <= value <= _INT8[1] else float(value)
+
+    def avg(self, total: Any, count: int) -> Any:
+        if total is None or not count:
+            return None
+        return float(total) / count
+
+    def round(self, value: Any, *digits: Any) -> Any:
+        raise NotSupportedError("round() after a merge on SQLite shards")
+
+    def output_type(self, op: str, types: Sequence[Any]) -> Any:
+        return None
+
+
+_SEMANTICS = {"postgres": Semantics(), "sqlite": SQLiteSemantics()}
+
+
+def semantics(dialect: str) -> Semantics:
+    """The :class:`Semantics` of a dialect."""
+    return _SEMANTICS[dialect]
+
+
+_ARITH = ("+", "-", "*", "/", "%")
+_COMPARISONS = ("=", "<>", "<", "<=", ">", ">=")
+
+
+def _compare(op: str, a: Any, b: Any) -> bool | None:
+    if a is None or b is None:
+        return None
+    if op == "=":
+        return bool(a == b)
+    if op == "<>":
+        return bool(a != b)
+    if op == "<":
+        return bool(a < b)
+    if op == "<=":
+        return bool(a <= b)
+    if op == ">":
+        return bool(a > b)
+    return bool(a >= b)
+
+
+def _and(values: list[Any]) -> bool | None:
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+def _or(values: list[Any]) -> bool | None:
+    if any(v is True for v in values):
+        return True
+    return None if any(v is None for v in values) else False
+
+
+OPERATORS = frozenset(
+    {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "coalesce",
+     "round", "avg", "count_set", "sum_set", "avg_set"}
+)  # fmt: skip
+
+Evaluator = Callable[[Sequence[Any]], Any]
+
+
+def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
+    """Turn an expression into a function of a row.
+
+    >>> from decimal import Decimal
+    >>> from shardq.merge.steps import Call, Col
+    >>> f = compile_expr(Call("/", (Col(0), Col(1))), semantics("postgres"))
+    >>> f((7, 2)), f((Decimal("7.0"), 3)), f((None, 1))
+    (3, Decimal('2.3333333333333333'), None)
+    """
+    if isinstance(expr, Col):
+        index = expr.index
+        return lambda row: row[index]
+    if isinstance(expr, Const):
+        value = expr.value
+        return lambda row: value
+    if isinstance(expr, Param):
+        raise NotSupportedError(f"parameter {expr.name!r} was not bound before the merge")
+    args = [compile_expr(a, sem) for a in expr.args]
+    op = expr.op
+    if op in _ARITH:
+        left, right = args
+        return lambda row: sem.arith(op, left(row), right(row))
+    if op in _COMPARISONS:
+        left, right = args
+        return lambda row: _compare(op, left(row), right(row))
+    if op == "neg":
+        (inner,) = args
+        return lambda row: sem.arith("-", 0, v) if (v := inner(row)) is not None else None
+    if op == "and":
+        return lambda row: _and([a(row) for a in args])
+    if op == "or":
+        return lambda row: _or([a(row) for a in args])
+    if op == "not":
+        (inner,) = args
+        return lambda row: None if (v := inner(row)) is None else not v
+    if op == "is_null":
+        (inner,) = args
+        return lambda row: inner(row) is None
+    if op == "is_not_null":
+        (inner,) = args
+        return lambda row: inner(row) is not None
+    if op == "coalesce":
+        return lambda row: next((v for a in args if (v := a(row)) is not None), None)
+    if op == "round":
+        return lambda row: sem.round(*[a(row) for a in args])
+    if op == "avg":
+        total, count = args
+        return lambda row: sem.avg(total(row), count(row))
+    if op == "count_set":
+        (inner,) = args
+        return lambda row: len(inner(row))
+    if op == "sum_set":
+        (inner,) = args
+        return lambda row: _sum_set(inner(row), sem)
+    if op == "avg_set":
+        (inner,) = args
+        return lambda row: sem.avg(_sum_set(inner(row), sem), len(inner(row)))
+    raise NotSupportedError(f"no merge operator {op!r}")
+
+
+def _sum_set(values: set[Any], sem: Semantics) -> Any:
+    total: Any = None
+    for value in values:
+        total = value if total is None else sem.arith("+", total, value)
+    return total
+
+
+def output_type(rule: TypeRule, source_types: Sequence[Any], sem: Semantics) -> Any:
+    """The ``type_code`` of an output column, from the shards' column types."""
+    if rule.copy is not None:
+        return source_types[rule.copy]
+    if rule.op is None:
+        return rule.fixed
+    return sem.output_type(rule.op, [output_type(a, source_types, sem) for a in rule.args])

@@ -1,0 +1,145 @@
+"""ORDER BY: sort keys with the database's NULL placement, and the k-way merge.
+
+Every shard returns its rows already sorted; the merge interleaves them
+without holding more than one batch per shard. It works batch by batch: of
+the rows at hand, every row that sorts no later than the smallest "last row"
+of the shards' current batches can be emitted, because no shard has anything
+earlier left to send. Those rows are sorted together (Timsort merges the
+sorted runs in linear time) and emitted; the shard whose batch ran out sends
+its next one.
+
+Text is compared by code point, which is PostgreSQL's order under the ``C``
+and ``C.UTF-8`` collations and SQLite's ``BINARY``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from shardq.merge import Fetch, Merger, Rows
+
+if TYPE_CHECKING:
+    from shardq.merge.steps import SortKey
+
+__all__ = ["kway", "sort_key"]
+
+KeyFn = Callable[[Sequence[Any]], Any]
+
+
+class _Descending:
+    """Inverts the order of a key component (for mixed ASC/DESC terms)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and bool(self.value == other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _component(key: SortKey, flip: bool) -> KeyFn:
+    """One term as an ascending-comparable value: (where NULL goes, the value)."""
+    i = key.column
+    # In ascending terms of the final comparison, a NULL sorts after the values
+    # when it is last for ASC, or, once the direction is flipped, first for DESC.
+    null_last = key.nulls_first == key.descending if flip else not key.nulls_first
+    if not flip and key.descending:
+
+        def component(row: Sequence[Any]) -> Any:
+            v = row[i]
+            return (v is None) == null_last, _Descending(v)
+
+        return component
+    if null_last:
+        return lambda row: (row[i] is None, row[i])
+    return lambda row: (row[i] is not None, row[i])
+
+
+def sort_key(keys: Sequence[SortKey]) -> tuple[KeyFn, bool]:
+    """A key function and a ``reverse`` flag that sort rows as the ORDER BY does.
+
+    When every term is descending the key is ascending and ``reverse`` is
+    set, so that no Python-level comparison is needed.
+
+    >>> from shardq.merge.steps import SortKey
+    >>> rows = [(1, "b"), (None, "a"), (2, "a"), (1, "a")]
+    >>> key, reverse = sort_key([SortKey(0), SortKey(1, descending=True, nulls_first=True)])
+    >>> sorted(rows, key=key, reverse=reverse)
+    [(1, 'b'), (1, 'a'), (2, 'a'), (None, 'a')]
+    >>> key, reverse = sort_key([SortKey(0, descending=True, nulls_first=True)])
+    >>> sorted(rows, key=key, reverse=reverse)[0]
+    (None, 'a')
+    """
+    reverse = all(k.descending for k in keys)
+    parts = [_component(k, reverse) for k in keys]
+    if len(parts) == 1:
+        return parts[0], reverse
+    return (lambda row: tuple(p(row) for p in parts)), reverse
+
+
+def _cut(batch: Rows, bound: Any, key: KeyFn, reverse: bool) -> int:
+    """How many leading rows of a sorted ``batch`` sort no later than ``bound``."""
+    after = operator.lt if not reverse else operator.gt
+    lo, hi = 0, len(batch)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if after(bound, key(batch[mid])):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def kway(sources: int, keys: Sequence[SortKey]) -> Merger:
+    """Merge ``sources`` already-sorted streams into one sorted stream.
+
+    >>> from shardq.merge.drive import drive_sync
+    >>> from shardq.merge.steps import SortKey
+    >>> a = [[(1,), (4,)], [(9,)]]
+    >>> b = [[(2,), (3,), (10,)]]
+    >>> drive_sync(kway(2, [SortKey(0)]), [a, b, []])
+    [(1,), (2,), (3,), (4,), (9,), (10,)]
+    """
+    key, reverse = sort_key(keys)
+    pending: dict[int, Rows] = {}
+    for source in range(sources):
+        batch = yield Fetch(source)
+        if batch:
+            pending[source] = batch
+    while pending:
+        if len(pending) == 1:  # one shard left: its rows pass straight through
+            ((source, batch),) = pending.items()
+            while batch:
+                yield batch
+                batch = (yield Fetch(source)) or []
+            return
+        lasts = [key(b[-1]) for b in pending.values()]
+        bound = max(lasts) if reverse else min(lasts)
+        ready: Rows = []
+        runs = 0
+        exhausted = []
+        for source, batch in pending.items():
+            cut = _cut(batch, bound, key, reverse)
+            if cut:
+                runs += 1
+                if cut == len(batch):
+                    ready += batch
+                    exhausted.append(source)
+                else:
+                    ready += batch[:cut]
+                    pending[source] = batch[cut:]
+        yield ready if runs == 1 else sorted(ready, key=key, reverse=reverse)
+        for source in exhausted:
+            batch = yield Fetch(source)
+            if batch:
+                pending[source] = batch
+            else:
+                del pending[source]

@@ -1,0 +1,153 @@
+"""The merger of a :class:`~shardq.merge.steps.MergePlan`, and its description.
+
+Plans that allow it stream: rows pass from the shards to the caller batch by
+batch (k-way merge, DISTINCT, OFFSET/LIMIT, dropping helper columns), and a
+LIMIT that is reached stops reading the shards. A plan that regroups or sorts
+after regrouping holds the groups (never the rows) until the shards are done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from shardq.execute.driver import Column
+from shardq.merge import Fetch, Merger, Rows
+from shardq.merge.aggregate import Regroup
+from shardq.merge.concat import concat
+from shardq.merge.evaluate import Semantics, compile_expr, output_type
+from shardq.merge.order import kway, sort_key
+
+if TYPE_CHECKING:
+    from shardq.merge.steps import MergePlan
+
+__all__ = ["describe", "merger"]
+
+_CHUNK = 2000  # rows per emitted batch from an in-memory stage
+
+Transform = Callable[[Rows], tuple[Rows, bool]]
+
+
+def merger(plan: MergePlan, sources: int, sem: Semantics) -> Merger:
+    """The merger that carries out ``plan`` over ``sources`` shard streams.
+
+    >>> from shardq.merge.drive import drive_sync
+    >>> from shardq.merge.evaluate import semantics
+    >>> from shardq.merge.steps import MergePlan, SortKey
+    >>> plan = MergePlan(order=(SortKey(0),), offset=1, limit=2)
+    >>> drive_sync(merger(plan, 2, semantics("postgres")), [[[(1,), (5,)]], [[(2,), (3,)]]])
+    [(2,), (3,)]
+    """
+    if plan.limit == 0:
+        return _nothing()
+    inner = kway(sources, plan.order) if plan.order else concat(sources)
+    if plan.trivial:
+        return inner
+    if plan.streaming:
+        return _through(inner, _streaming(plan))
+    return _in_memory(inner, plan, sem)
+
+
+def _nothing() -> Merger:
+    return
+    yield  # pragma: no cover
+
+
+def _through(inner: Merger, transform: Transform) -> Merger:
+    """Forward ``inner``'s requests, passing its emitted rows through ``transform``."""
+    try:
+        request = next(inner)
+        while True:
+            if isinstance(request, Fetch):
+                request = inner.send((yield request))
+                continue
+            rows, done = transform(request)
+            if rows:
+                yield rows
+            if done:
+                return
+            request = inner.send(None)
+    except StopIteration:
+        return
+    finally:
+        inner.close()
+
+
+def _streaming(plan: MergePlan) -> Transform:
+    skip = plan.offset
+    left = plan.limit
+    width = -plan.hidden or None
+    seen: set[tuple[Any, ...]] | None = set() if plan.distinct else None
+
+    def transform(rows: Rows) -> tuple[Rows, bool]:
+        nonlocal skip, left
+        if seen is not None:
+            fresh = []
+            for row in rows:
+                visible = row[:width] if width is not None else row
+                if visible not in seen:
+                    seen.add(visible)
+                    fresh.append(row)
+            rows = fresh
+        if skip:
+            taken = rows[:skip]
+            rows = rows[skip:]
+            skip -= len(taken)
+        if left is not None:
+            rows = rows[:left]
+            left -= len(rows)
+        if width is not None:
+            rows = [row[:width] for row in rows]
+        return rows, left == 0
+
+    return transform
+
+
+def _in_memory(inner: Merger, plan: MergePlan, sem: Semantics) -> Merger:
+    regroup = Regroup(plan.aggregate) if plan.aggregate is not None else None
+    collected: Rows = []
+
+    def collect(rows: Rows) -> tuple[Rows, bool]:
+        if regroup is not None:
+            regroup.feed(rows)
+        else:
+            collected.extend(rows)
+        return [], False
+
+    yield from _through(inner, collect)
+    rows = regroup.rows() if regroup is not None else collected
+    if plan.having is not None:
+        keep = compile_expr(plan.having, sem)
+        rows = [row for row in rows if keep(row) is True]
+    if plan.outputs is not None:
+        columns = [compile_expr(o.expr, sem) for o in plan.outputs]
+        rows = [tuple(c(row) for c in columns) for row in rows]
+    if plan.distinct:
+        width = -plan.hidden or None
+        firsts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for row in rows:
+            firsts.setdefault(row[:width] if width is not None else row, row)
+        rows = list(firsts.values())
+    if plan.sort:
+        key, reverse = sort_key(plan.sort)
+        rows.sort(key=key, reverse=reverse)
+    end = None if plan.limit is None else plan.offset + plan.limit
+    rows = rows[plan.offset : end]
+    if plan.hidden:
+        rows = [row[: -plan.hidden] for row in rows]
+    for start in range(0, len(rows), _CHUNK):
+        yield rows[start : start + _CHUNK]
+
+
+def describe(
+    plan: MergePlan, shards: Sequence[Column] | None, sem: Semantics
+) -> tuple[Column, ...] | None:
+    """The merged result's ``description``, from one shard's."""
+    if shards is None:
+        return None
+    if plan.outputs is None:
+        columns = tuple(shards)
+    else:
+        types = [c.type_code for c in shards]
+        columns = tuple(Column(o.name, output_type(o.type, types, sem)) for o in plan.outputs)
+    return columns[: -plan.hidden] if plan.hidden else columns

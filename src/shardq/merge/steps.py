@@ -1,0 +1,163 @@
+"""Merge plans: what is done to the shards' rows to make one result.
+
+A :class:`MergePlan` is a value the planner builds from the SQL alone and the
+merger follows, in this order:
+
+1. *combine the sources*: concatenate them, or, when every shard returns its
+   rows sorted (``order``), interleave them with a streaming k-way merge;
+2. *regroup* (``aggregate``): fold the shards' partial aggregates by group key;
+3. *filter* (``having``) and *project* (``outputs``) the merged groups, with
+   expressions of the small language below;
+4. *de-duplicate* (``distinct``), *sort* (``sort``) and apply the global
+   ``offset`` and ``limit``;
+5. drop the last ``hidden`` columns (they only served sorting).
+
+Expressions are :class:`Col` (a column of the row being projected),
+:class:`Const` and :class:`Call` (an operator or function applied to
+expressions); :mod:`shardq.merge.evaluate` gives them the database's meaning.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Aggregation",
+    "Call",
+    "Col",
+    "Combine",
+    "Const",
+    "Expr",
+    "MergePlan",
+    "Output",
+    "Param",
+    "SortKey",
+    "TypeRule",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """One ORDER BY term: a column of the rows, its direction and where NULLs go."""
+
+    column: int
+    descending: bool = False
+    nulls_first: bool = False
+
+
+class Combine(enum.Enum):
+    """How one column of partial results is folded across shards."""
+
+    COUNT = "count"  # partial counts: their sum (0 when there is none)
+    SUM = "sum"  # partial sums: their sum, NULL when every one is NULL
+    MIN = "min"
+    MAX = "max"
+    BOOL_AND = "bool_and"
+    BOOL_OR = "bool_or"
+    SET = "set"  # the distinct non-NULL values (for COUNT(DISTINCT x) and kin)
+    ANY = "any"  # a value equal in every partial row of the group (a function of its key)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """Regrouping of partial rows: ``groups`` key columns, then one column per combine."""
+
+    groups: int
+    combines: tuple[Combine, ...]
+    scalar: bool = False  # no GROUP BY: exactly one row, even from no rows
+
+
+@dataclass(frozen=True, slots=True)
+class Col:
+    """The value of column ``index`` of the row."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A literal value, typed as the database types it (``type_code``)."""
+
+    value: Any
+    type_code: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A bound parameter of the statement, replaced by its value per call."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """An operator or function (``op``) over expressions."""
+
+    op: str
+    args: tuple[Expr, ...]
+
+
+Expr = Col | Const | Param | Call
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRule:
+    """How an output column's ``type_code`` follows from the shards' description.
+
+    ``copy`` names a source column whose type the output keeps; otherwise the
+    type follows from ``op`` over the types of ``args`` (see ``evaluate``).
+    """
+
+    copy: int | None = None
+    fixed: Any = None
+    op: str | None = None
+    args: tuple[TypeRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One column of the merged result: its name, value and type."""
+
+    name: str
+    expr: Expr
+    type: TypeRule
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    """Everything the merger does, in order (see the module docstring).
+
+    ``limit`` and ``offset`` are numbers: the planner resolves a LIMIT given
+    as a bound parameter per call.
+    """
+
+    order: tuple[SortKey, ...] = ()
+    aggregate: Aggregation | None = None
+    having: Expr | None = None
+    outputs: tuple[Output, ...] | None = None
+    distinct: bool = False
+    sort: tuple[SortKey, ...] = ()
+    offset: int = 0
+    limit: int | None = None
+    hidden: int = 0
+
+    @property
+    def streaming(self) -> bool:
+        """Whether rows flow through without the whole result being held in memory."""
+        return self.aggregate is None and not self.sort
+
+    @property
+    def trivial(self) -> bool:
+        """Whether the merge is a plain concatenation of the shards' rows."""
+        return (
+            not self.order
+            and self.aggregate is None
+            and self.outputs is None
+            and not self.distinct
+            and not self.sort
+            and not self.offset
+            and self.limit is None
+            and not self.hidden
+        )

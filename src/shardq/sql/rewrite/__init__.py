@@ -1,0 +1,229 @@
+"""Rewriting a multi-shard read into per-shard SQL and a merge plan.
+
+:func:`distribute` decides, from the SQL alone, what each shard runs and how
+the merge turns the shards' rows into the single database's answer:
+
+* rows that come whole from one shard (a filter, a co-located join) pass
+  through; ORDER BY becomes a k-way merge on columns of the rows (helper
+  columns are appended for sort expressions not in the select list); LIMIT
+  ``n`` OFFSET ``m`` runs as ``LIMIT n + m`` on each shard; DISTINCT runs on
+  each shard and again over the merge (:mod:`.order`, :mod:`.limit`);
+* a grouped query whose groups contain the shard key runs whole on each
+  shard (no group spans two shards), HAVING and window functions included;
+* any other grouped query is split into partial aggregates and a final
+  step computed after the merge (:mod:`.aggregates`).
+
+Whatever cannot be made exact is refused with an
+:class:`~shardq.errors.UnsupportedQueryError` that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+
+from shardq.errors import UnsupportedQueryError
+from shardq.merge.steps import Call, Const, Expr, MergePlan, Param, SortKey
+from shardq.sql.analyze import normalize
+from shardq.sql.mergeable import check_rows_local
+from shardq.sql.parse import placeholder_value
+from shardq.sql.rewrite.aggregates import decompose, own_aggregates
+from shardq.sql.rewrite.limit import Window, push_window, split_window
+from shardq.sql.rewrite.order import sort_terms
+
+if TYPE_CHECKING:
+    from shardq.config import Config
+    from shardq.sql.analyze import Analysis
+
+__all__ = ["Distributed", "distribute", "positional_as_named", "shard_key_column"]
+
+
+@dataclass(frozen=True, slots=True)
+class Distributed:
+    """A multi-shard read, rewritten.
+
+    Attributes:
+        sql: what each shard runs, or ``None`` to run the statement as given.
+        merge: the merge plan, its LIMIT and OFFSET still to be bound.
+        window: the LIMIT and OFFSET, as written.
+        strategy: one line saying how the query is distributed (for EXPLAIN).
+    """
+
+    sql: str | None
+    merge: MergePlan
+    window: Window
+    strategy: str
+    has_params: bool = False
+
+    def bind(self, params: object) -> MergePlan:
+        """The merge plan with the statement's parameters bound."""
+        merge = self.merge
+        if self.window.bounded:
+            offset, limit = self.window.resolve(params)
+            merge = dataclasses.replace(merge, offset=offset, limit=limit)
+        if self.has_params:
+            merge = dataclasses.replace(
+                merge,
+                having=_bind(merge.having, params) if merge.having is not None else None,
+                outputs=tuple(
+                    dataclasses.replace(o, expr=_bind(o.expr, params)) for o in merge.outputs or ()
+                ),
+            )
+        return merge
+
+
+def _bind(expr: Expr, params: object) -> Expr:
+    if isinstance(expr, Param):
+        return Const(placeholder_value(exp.Placeholder(this=expr.name), params))
+    if isinstance(expr, Call):
+        return Call(expr.op, tuple(_bind(a, params) for a in expr.args))
+    return expr
+
+
+def shard_key_column(node: exp.Expr, analysis: Analysis) -> bool:
+    """Whether ``node`` is the shard-key column of a distributed table of the query.
+
+    An unqualified name equal to a distributed table's key names that key:
+    any other table with such a column would make the name ambiguous, which
+    the database refuses.
+    """
+    if not isinstance(node, exp.Column) or not isinstance(node.this, exp.Identifier):
+        return False
+    dialect = analysis.parsed.dialect
+    name = normalize(node.this, dialect)
+    qualifier = normalize(node.args["table"], dialect) if node.table else None
+    return any(
+        name == ref.table.shard_key
+        and not ref.renames_columns
+        and (qualifier is None or qualifier == ref.alias)
+        for ref in analysis.distributed
+    )
+
+
+def _group_expressions(select: exp.Select, analysis: Analysis) -> list[exp.Expr]:
+    """The GROUP BY terms, ordinals and select-list aliases resolved to expressions."""
+    dialect = analysis.parsed.dialect
+    group = select.args.get("group")
+    if group is None:
+        return []
+    items = select.expressions
+    aliases = {
+        normalize(i.args["alias"], dialect): i.this for i in items if isinstance(i, exp.Alias)
+    }
+    resolved = []
+    for node in group.expressions:
+        if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
+            position = int(node.name) - 1
+            if 0 <= position < len(items):
+                item = items[position]
+                resolved.append(item.this if isinstance(item, exp.Alias) else item)
+        elif isinstance(node, exp.Column) and not node.table:
+            # A bare name is an input column first; if it is an alias of a key
+            # column, either reading names the key.
+            resolved.append(node)
+            alias = aliases.get(normalize(node.this, dialect))
+            if alias is not None and not shard_key_column(node, analysis):
+                resolved[-1] = alias
+        else:
+            resolved.append(node)
+    return resolved
+
+
+def _check_windows(select: exp.Select, analysis: Analysis, allowed: bool) -> bool:
+    """Refuse window functions unless each partition lies on one shard."""
+    dialect = analysis.parsed.dialect
+    found = False
+    for window in select.find_all(exp.Window):
+        if window.parent_select is not select:
+            continue
+        found = True
+        partition = window.args.get("partition_by") or []
+        if not allowed or not any(shard_key_column(p, analysis) for p in partition):
+            raise UnsupportedQueryError(
+                f"the window function {window.sql(dialect)} across shards",
+                "its partitions may span shards; shardq runs a window function on the "
+                "shards only when its PARTITION BY includes the shard key",
+            )
+    return found
+
+
+def distribute(analysis: Analysis, config: Config) -> Distributed:
+    """Rewrite a read that runs on several shards (see the module docstring)."""
+    check_rows_local(analysis, config)
+    select = analysis.parsed.expression
+    assert isinstance(select, exp.Select)
+    dialect = analysis.parsed.dialect
+    distinct = select.args.get("distinct")
+    if distinct is not None and distinct.args.get("on") is not None:
+        raise UnsupportedQueryError(
+            "DISTINCT ON across shards",
+            "which row of each set is kept depends on rows of every shard; pin the query "
+            "to one shard",
+        )
+    window = split_window(select)
+    groups = _group_expressions(select, analysis)
+    aggregates = [
+        a
+        for part in (*select.expressions, select.args.get("having"), select.args.get("order"))
+        if part is not None
+        for a in own_aggregates(part, select)
+    ]
+    if (groups or aggregates or select.args.get("having")) and not any(
+        shard_key_column(g, analysis) for g in groups
+    ):
+        _check_windows(select, analysis, allowed=False)
+        d = decompose(select, dialect, analysis.parsed.source)
+        merge = MergePlan(
+            aggregate=d.aggregation,
+            having=d.having,
+            outputs=d.outputs,
+            distinct=distinct is not None,
+            sort=d.sort,
+            hidden=d.hidden,
+        )
+        strategy = "partial aggregates on each shard, regrouped after the merge"
+        return Distributed(d.shard.sql(dialect), merge, window, strategy, d.params)
+    _check_windows(select, analysis, allowed=True)
+    return _rows(select, analysis, window, grouped=bool(groups))
+
+
+def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool) -> Distributed:
+    dialect = analysis.parsed.dialect
+    terms = sort_terms(select, dialect)
+    extra = [t.target for t in terms if not isinstance(t.target, int)]
+    keys = []
+    helper = 0
+    for term in terms:
+        if isinstance(term.target, int):
+            column = term.target
+        else:
+            column = helper - len(extra)  # helper columns are the last ones
+            helper += 1
+        keys.append(SortKey(column, term.descending, term.nulls_first))
+    shard = select.copy()
+    for i, node in enumerate(extra):
+        shard.select(exp.alias_(node.copy(), f"_shardq_o{i}"), append=True, copy=False)
+    if window.bounded:
+        push_window(shard, window)
+    merge = MergePlan(
+        order=tuple(keys), distinct=select.args.get("distinct") is not None, hidden=len(extra)
+    )
+    if grouped:
+        strategy = "the groups contain the shard key: each shard computes whole groups"
+    else:
+        strategy = "each row comes from one shard"
+    if keys:
+        strategy += "; ORDER BY merged k-way"
+    changed = bool(extra) or window.bounded
+    return Distributed(shard.sql(dialect) if changed else None, merge, window, strategy)
+
+
+def positional_as_named(params: object, count: int) -> object:
+    """Positional parameters as the ``_pN`` names a rewritten statement uses."""
+    if count and isinstance(params, Sequence) and not isinstance(params, str | bytes):
+        return {f"_p{i}": value for i, value in enumerate(params)}
+    return params

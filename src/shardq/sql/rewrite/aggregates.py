@@ -1,0 +1,367 @@
+"""Aggregates: split a grouped query into per-shard partials and a final step.
+
+Each shard runs the query grouped as written but selecting, per group, its
+key and *partial* aggregates; the merge folds the partials by key and
+computes what the query selects from them::
+
+    SELECT g, avg(x), count(*) FILTER (WHERE y) / 2 FROM t GROUP BY g HAVING max(z) > 1
+
+runs on every shard as::
+
+    SELECT g AS _shardq_g0, SUM(x) AS _shardq_a0, COUNT(x) AS _shardq_a1,
+           COUNT(*) FILTER(WHERE y) AS _shardq_a2, MAX(z) AS _shardq_a3
+    FROM t GROUP BY g
+
+and the merge sums the sums and counts, takes the maximum of the maxima, keeps
+the groups where ``_a3 > 1``, and outputs ``g``, ``_a0 / _a1`` with
+PostgreSQL's numeric division, and ``_a2 / 2`` with integer division.
+
+COUNT, SUM, MIN, MAX, AVG, bool_and/bool_or (also with FILTER), and
+COUNT/SUM/AVG(DISTINCT x) (whose distinct values are gathered: the shards
+also group by ``x``) decompose. Any other aggregate is refused: its partial
+results cannot be combined exactly. An expression of the group key alone is
+computed on the shards (it is equal on every shard); arithmetic, comparisons,
+``round`` and ``coalesce`` over aggregates are computed after the merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from shardq.errors import UnsupportedQueryError
+from shardq.merge.evaluate import BOOL, INT4, INT8, NUMERIC
+from shardq.merge.steps import (
+    Aggregation,
+    Call,
+    Col,
+    Combine,
+    Const,
+    Expr,
+    Output,
+    Param,
+    SortKey,
+    TypeRule,
+)
+from shardq.sql.analyze import normalize
+from shardq.sql.rewrite.names import output_name
+from shardq.sql.rewrite.order import is_star, sort_terms
+
+__all__ = ["Decomposed", "decompose", "is_aggregate", "own_aggregates"]
+
+# Aggregates sqlglot parses as plain function calls (exp.Anonymous). A
+# user-defined aggregate cannot be told from a function by its text: the
+# README says so.
+AGGREGATE_NAMES = frozenset(
+    {
+        "array_agg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "every",
+        "group_concat", "json_agg", "json_group_array", "json_group_object", "json_object_agg",
+        "jsonb_agg", "jsonb_object_agg", "range_agg", "range_intersect_agg", "string_agg",
+        "total", "xmlagg", "mode", "percentile_cont", "percentile_disc", "regr_count",
+        "regr_avgx", "regr_avgy", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
+        "regr_sxy", "regr_syy", "corr", "covar_pop", "covar_samp", "stddev", "stddev_pop",
+        "stddev_samp", "variance", "var_pop", "var_samp", "any_value",
+        "count", "sum", "avg", "min", "max", "json_agg_strict", "jsonb_agg_strict",
+        "json_object_agg_strict", "json_object_agg_unique", "json_object_agg_unique_strict",
+        "jsonb_object_agg_strict", "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict",
+        "json_arrayagg", "json_objectagg", "jsonb_group_array", "jsonb_group_object",
+        "percentile", "median",
+    }
+)  # fmt: skip
+
+# Functions whose value differs per call: computed per shard, they would differ.
+VOLATILE = frozenset(
+    {"random", "rand", "randomblob", "nextval", "setval", "clock_timestamp", "timeofday",
+     "gen_random_uuid", "uuid_generate_v4", "txid_current", "pg_backend_pid", "changes",
+     "last_insert_rowid", "random_normal"}
+)  # fmt: skip
+
+_COMBINES: dict[type[exp.Expr], Combine] = {
+    exp.Count: Combine.COUNT,
+    exp.Sum: Combine.SUM,
+    exp.Min: Combine.MIN,
+    exp.Max: Combine.MAX,
+    exp.LogicalAnd: Combine.BOOL_AND,
+    exp.LogicalOr: Combine.BOOL_OR,
+}
+_BINARY: dict[type[exp.Expr], str] = {
+    exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%",
+    exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">=",
+    exp.And: "and", exp.Or: "or",
+}  # fmt: skip
+_NOT_DECOMPOSABLE = (
+    "its per-shard results cannot be combined into the exact answer; pin the query to "
+    "one shard with a shard-key condition"
+)
+
+
+def is_aggregate(node: exp.Expr) -> bool:
+    """Whether ``node`` is an aggregate call (FILTER and WITHIN GROUP included)."""
+    if isinstance(node, exp.AggFunc):
+        return True
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower() in AGGREGATE_NAMES
+    return isinstance(node, exp.Filter | exp.WithinGroup)
+
+
+def own_aggregates(node: exp.Expr, select: exp.Select) -> list[exp.Expr]:
+    """The aggregates in ``node`` that belong to ``select`` (not to a subquery)."""
+    return [
+        n
+        for n in node.find_all(exp.Func, exp.Filter, exp.WithinGroup)
+        if n.parent_select is select and is_aggregate(n)
+    ]
+
+
+def _is_volatile(node: exp.Expr) -> bool:
+    for call in node.find_all(exp.Func):
+        name = str(call.this) if isinstance(call, exp.Anonymous) else call.sql_name()
+        if name.lower() in VOLATILE or isinstance(call, exp.Rand):
+            return True
+    return False
+
+
+def _literal(node: exp.Expr) -> Const | None:
+    if isinstance(node, exp.Null):
+        return Const(None)
+    if isinstance(node, exp.Boolean):
+        return Const(bool(node.this), BOOL)
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return Const(node.this)
+        text = node.name
+        if text.isdigit():
+            value = int(text)
+            return Const(value, INT4 if value < 2**31 else INT8)
+        if all(c.isdigit() or c == "." for c in text) and text.count(".") == 1:
+            from decimal import Decimal
+
+            return Const(Decimal(text), NUMERIC)
+    return None
+
+
+def type_of(expr: Expr) -> TypeRule:
+    """How the type of ``expr``'s result follows from the shard columns' types."""
+    if isinstance(expr, Col):
+        return TypeRule(copy=expr.index)
+    if isinstance(expr, Const):
+        return TypeRule(fixed=expr.type_code)
+    if isinstance(expr, Param):
+        return TypeRule()
+    op = {"sum_set": "sum_of", "avg_set": "avg_of"}.get(expr.op, expr.op)
+    return TypeRule(op=op, args=tuple(type_of(a) for a in expr.args))
+
+
+@dataclass
+class Decomposed:
+    """A grouped query split into its per-shard query and the merge's steps."""
+
+    shard: exp.Select
+    aggregation: Aggregation
+    outputs: tuple[Output, ...]
+    having: Expr | None
+    sort: tuple[SortKey, ...]
+    hidden: int
+    params: bool = False
+
+
+@dataclass
+class _Decomposer:
+    select: exp.Select
+    dialect: str
+    groups: list[exp.Expr] = field(default_factory=list)  # per-shard select items
+    group_by: list[exp.Expr] = field(default_factory=list)
+    keys: dict[str, int] = field(default_factory=dict)  # expression text -> group column
+    partials: list[exp.Expr] = field(default_factory=list)
+    combines: list[Combine] = field(default_factory=list)
+    seen: dict[tuple[str, Combine], int] = field(default_factory=dict)
+    params: bool = False
+
+    def text(self, node: exp.Expr) -> str:
+        return node.sql(self.dialect)
+
+    # -- the group key
+
+    def add_groups(self) -> None:
+        group = self.select.args.get("group")
+        if group is None:
+            return
+        for kind in ("rollup", "cube", "grouping_sets"):
+            if group.args.get(kind):
+                raise UnsupportedQueryError(
+                    f"GROUP BY {kind.upper().replace('_', ' ')} across shards", _NOT_DECOMPOSABLE
+                )
+        items = self.select.expressions
+        aliases = {
+            normalize(item.args["alias"], self.dialect): item
+            for item in items
+            if isinstance(item, exp.Alias)
+        }
+        for node in group.expressions:
+            index = len(self.groups)
+            if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
+                position = int(node.name) - 1
+                if not 0 <= position < len(items) or isinstance(items[position], exp.Star):
+                    raise UnsupportedQueryError(
+                        f"GROUP BY {node.name}", "the ordinal does not name a select-list item"
+                    )
+                expr = items[position].this if isinstance(items[position], exp.Alias) else (
+                    items[position])  # fmt: skip
+                self.groups.append(exp.alias_(expr.copy(), f"_shardq_g{index}"))
+                self.group_by.append(expr.copy())
+                self.keys[self.text(expr)] = index
+            elif (
+                isinstance(node, exp.Column)
+                and not node.table
+                and normalize(node.this, self.dialect) in aliases
+            ):
+                # A select-list alias: keep the name so the shard resolves it as the
+                # database would (an input column of that name wins).
+                item = aliases[normalize(node.this, self.dialect)]
+                self.groups.append(item.copy())
+                self.group_by.append(node.copy())
+                self.keys[self.text(item.this)] = index
+                self.keys[self.text(node)] = index
+            else:
+                self.groups.append(exp.alias_(node.copy(), f"_shardq_g{index}"))
+                self.group_by.append(node.copy())
+                self.keys[self.text(node)] = index
+
+    # -- partial columns
+
+    def partial(self, node: exp.Expr, combine: Combine) -> Col:
+        key = (self.text(node), combine)
+        found = self.seen.get(key)
+        if found is None:
+            found = len(self.partials)
+            self.seen[key] = found
+            self.partials.append(exp.alias_(node, f"_shardq_a{found}"))
+            self.combines.append(combine)
+            if combine is Combine.SET:
+                self.group_by.append(node.copy())
+        return Col(len(self.groups) + found)
+
+    def aggregate(self, node: exp.Expr) -> Expr:
+        agg, condition = (node.this, node.expression) if isinstance(node, exp.Filter) else (
+            node, None)  # fmt: skip
+        distinct = isinstance(agg.this, exp.Distinct)
+        kind = type(agg)
+        if kind in _COMBINES and not distinct:
+            return self.partial(node.copy(), _COMBINES[kind])
+        if kind is exp.Avg and not distinct:
+            total: exp.Expr = exp.Sum(this=agg.this.copy())
+            count: exp.Expr = exp.Count(this=agg.this.copy())
+            if condition is not None:
+                total = exp.Filter(this=total, expression=condition.copy())
+                count = exp.Filter(this=count, expression=condition.copy())
+            return Call("avg", (self.partial(total, Combine.SUM),
+                                self.partial(count, Combine.COUNT)))  # fmt: skip
+        if distinct and condition is None and len(agg.this.expressions) == 1:
+            (arg,) = agg.this.expressions
+            if kind in (exp.Min, exp.Max):
+                return self.partial(kind(this=arg.copy()), _COMBINES[kind])
+            ops: dict[type[exp.Expr], str] = {
+                exp.Count: "count_set", exp.Sum: "sum_set", exp.Avg: "avg_set"
+            }  # fmt: skip
+            op = ops.get(kind)
+            if op is not None:
+                return Call(op, (self.partial(arg.copy(), Combine.SET),))
+        raise UnsupportedQueryError(
+            f"the aggregate {node.sql(self.dialect)} across shards", _NOT_DECOMPOSABLE
+        )
+
+    # -- expressions over groups and aggregates
+
+    def translate(self, node: exp.Expr) -> Expr:
+        if isinstance(node, exp.Alias):
+            return self.translate(node.this)
+        key = self.keys.get(self.text(node))
+        if key is not None:
+            return Col(key)
+        if is_aggregate(node):
+            return self.aggregate(node)
+        if not own_aggregates(node, self.select):
+            literal = _literal(node)
+            if literal is not None:
+                return literal
+            if isinstance(node, exp.Placeholder):
+                self.params = True
+                return Param(node.name)
+            if _is_volatile(node):
+                raise UnsupportedQueryError(
+                    f"the volatile expression {node.sql(self.dialect)} in a grouped query "
+                    "across shards",
+                    "each shard would compute a different value for the same group",
+                )
+            # A function of the group key: every shard computes the same value.
+            return self.partial(node.copy(), Combine.ANY)
+        if isinstance(node, exp.Paren):
+            return self.translate(node.this)
+        op = _BINARY.get(type(node))
+        if op is not None:
+            return Call(op, (self.translate(node.this), self.translate(node.expression)))
+        if isinstance(node, exp.Neg):
+            return Call("neg", (self.translate(node.this),))
+        if isinstance(node, exp.Not):
+            inner = node.this
+            if isinstance(inner, exp.Is) and isinstance(inner.expression, exp.Null):
+                return Call("is_not_null", (self.translate(inner.this),))
+            return Call("not", (self.translate(inner),))
+        if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
+            return Call("is_null", (self.translate(node.this),))
+        if isinstance(node, exp.Coalesce):
+            args = [node.this, *node.expressions]
+            return Call("coalesce", tuple(self.translate(a) for a in args))
+        if isinstance(node, exp.Round):
+            args = [node.this] + ([node.args["decimals"]] if node.args.get("decimals") else [])
+            return Call("round", tuple(self.translate(a) for a in args))
+        raise UnsupportedQueryError(
+            f"the expression {node.sql(self.dialect)} over aggregates across shards",
+            "shardq computes arithmetic, comparisons, AND/OR/NOT, IS NULL, round and "
+            "coalesce over merged aggregates, and not this yet; pin the query to one shard",
+        )
+
+
+def decompose(select: exp.Select, dialect: str, source: str = "") -> Decomposed:
+    """Split the grouped query ``select`` (see the module docstring)."""
+    for item in select.expressions:
+        if is_star(item):
+            raise UnsupportedQueryError(
+                "SELECT * in a grouped query across shards",
+                "shardq must know each column of a merged group; list the columns",
+            )
+    d = _Decomposer(select, dialect)
+    d.add_groups()
+    outputs = [
+        Output(output_name(item, dialect, source), expr, type_of(expr))
+        for item in select.expressions
+        for expr in [d.translate(item)]
+    ]
+    having_node = select.args.get("having")
+    having = d.translate(having_node.this) if having_node is not None else None
+    sort = []
+    visible = len(outputs)
+    for term in sort_terms(select, dialect):
+        target = term.target
+        if not isinstance(target, int):
+            expr = d.translate(target)
+            outputs.append(Output("?column?", expr, type_of(expr)))
+            target = len(outputs) - 1
+        sort.append(SortKey(target, term.descending, term.nulls_first))
+    shard = select.copy()
+    for arg in ("having", "order", "limit", "offset", "distinct"):
+        shard.set(arg, None)
+    shard.set("expressions", [*d.groups, *d.partials] or [exp.Count(this=exp.Star())])
+    shard.set("group", exp.Group(expressions=d.group_by) if d.group_by else None)
+    return Decomposed(
+        shard=shard,
+        aggregation=Aggregation(
+            len(d.groups), tuple(d.combines), scalar=select.args.get("group") is None
+        ),
+        outputs=tuple(outputs),
+        having=having,
+        sort=tuple(sort),
+        hidden=len(outputs) - visible,
+        params=d.params,
+    )

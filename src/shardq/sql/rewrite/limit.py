@@ -1,0 +1,99 @@
+"""LIMIT and OFFSET: the shards return ``LIMIT n + m`` rows, the merge applies the window.
+
+The first ``n + m`` rows of the whole ordered result are among the first
+``n + m`` rows of some shard, so each shard runs the query with
+``LIMIT n + m`` and no OFFSET, and the merge skips ``m`` rows and keeps ``n``.
+A LIMIT after a regrouping cannot be pushed: every shard sends all its
+groups.
+
+>>> import sqlglot
+>>> select = sqlglot.parse_one("SELECT * FROM t ORDER BY a LIMIT 10 OFFSET 5")
+>>> window = split_window(select)
+>>> push_window(select, window).sql()
+'SELECT * FROM t ORDER BY a LIMIT 15'
+>>> window.resolve(None)
+(5, 10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from shardq.errors import DataError, UnsupportedQueryError
+from shardq.sql.route import constant_value
+
+__all__ = ["Window", "push_window", "split_window"]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A query's LIMIT and OFFSET, as literals or bound parameters."""
+
+    limit: exp.Expr | None = None
+    offset: exp.Expr | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.limit is not None or self.offset is not None
+
+    def resolve(self, params: object) -> tuple[int, int | None]:
+        """``(offset, limit)`` with the parameters bound; ``limit`` None for no limit."""
+        return (self._value(self.offset, params, "OFFSET") or 0,
+                self._value(self.limit, params, "LIMIT"))  # fmt: skip
+
+    @staticmethod
+    def _value(node: exp.Expr | None, params: object, clause: str) -> int | None:
+        if node is None or isinstance(node, exp.Null):
+            return None
+        value = constant_value(node, params)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataError(f"{clause} must be an integer, not {value!r}")
+        if value < 0:
+            raise DataError(f"{clause} must not be negative")
+        return value
+
+
+def _operand(node: exp.Expr) -> exp.Expr:
+    if isinstance(node, exp.Placeholder | exp.Literal | exp.Null):
+        return node
+    if isinstance(node, exp.Paren) and isinstance(node.this, exp.Literal | exp.Placeholder):
+        return node.this
+    raise UnsupportedQueryError(
+        f"LIMIT/OFFSET {node.sql()} across shards",
+        "shardq applies the window after merging and needs a number or a bound parameter",
+    )
+
+
+def split_window(select: exp.Select) -> Window:
+    """Read a query's LIMIT and OFFSET (refusing what cannot be resolved to numbers)."""
+    limit = select.args.get("limit")
+    offset = select.args.get("offset")
+    if limit is not None and not isinstance(limit, exp.Limit):
+        raise UnsupportedQueryError(
+            f"{limit.sql()} across shards", "only LIMIT and OFFSET are merged exactly"
+        )
+    return Window(
+        _operand(limit.expression) if limit is not None else None,
+        _operand(offset.expression) if offset is not None else None,
+    )
+
+
+def push_window(select: exp.Select, window: Window) -> exp.Select:
+    """Set ``select``'s per-shard LIMIT to ``limit + offset`` and drop its OFFSET."""
+    select.set("offset", None)
+    if window.limit is None or isinstance(window.limit, exp.Null):
+        select.set("limit", None)
+        return select
+    total: exp.Expr = window.limit.copy()
+    if window.offset is not None and not isinstance(window.offset, exp.Null):
+        both = (window.limit, window.offset)
+        if all(isinstance(n, exp.Literal) for n in both):
+            total = exp.Literal.number(sum(int(n.name) for n in both))
+        else:
+            total = exp.Add(this=window.limit.copy(), expression=window.offset.copy())
+    select.set("limit", exp.Limit(expression=total))
+    return select

@@ -1,0 +1,91 @@
+"""Output column names: what the database would call each column of a result.
+
+A merged result's columns are computed by shardq, not by a shard, so their
+names are chosen here the way PostgreSQL's ``FigureColname`` chooses them: the
+alias if there is one, a column's name, a function's name (``count``,
+``round``), ``case`` for CASE, the inner name of a cast (``x::int`` is ``x``),
+and ``?column?`` for anything else. SQLite names an unaliased expression by
+its text as written, which shardq takes from the parsed text.
+
+>>> import sqlglot
+>>> def name(sql):
+...     return output_name(sqlglot.parse_one(sql, read="postgres").expressions[0], "postgres")
+>>> [name(s) for s in ["SELECT count(*)", "SELECT t.A", "SELECT sum(x) / 2",
+...                     "SELECT round(avg(x), 2)", "SELECT avg(x)::int", "SELECT 1 AS \\"N\\""]]
+['count', 'a', '?column?', 'round', 'avg', 'N']
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlglot import exp
+
+from shardq.sql.analyze import normalize
+
+__all__ = ["output_name"]
+
+_UNKNOWN = "?column?"
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+_TYPE_NAMES = {
+    "INT": "int4", "INTEGER": "int4", "BIGINT": "int8", "SMALLINT": "int2",
+    "DOUBLE": "float8", "DOUBLE PRECISION": "float8", "FLOAT": "float8", "REAL": "float4",
+    "DECIMAL": "numeric", "NUMERIC": "numeric", "TEXT": "text", "VARCHAR": "varchar",
+    "BOOLEAN": "bool", "DATE": "date", "TIMESTAMP": "timestamp", "TIMESTAMPTZ": "timestamptz",
+}  # fmt: skip
+
+
+def _figure(node: exp.Expr, dialect: str) -> str | None:
+    if isinstance(node, exp.Alias):
+        return normalize(node.args["alias"], dialect)
+    if isinstance(node, exp.Column):
+        return normalize(node.this, dialect) if isinstance(node.this, exp.Identifier) else None
+    if isinstance(node, exp.Paren | exp.Filter):
+        return _figure(node.this, dialect)
+    if isinstance(node, exp.Cast):
+        inner = _figure(node.this, dialect)
+        if inner is not None:
+            return inner
+        kind = node.to.sql("postgres").upper().split("(")[0]
+        return _TYPE_NAMES.get(kind, kind.lower())
+    if isinstance(node, exp.Case):
+        return "case"
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower()
+    if isinstance(node, exp.Func):
+        match = _CALL.match(node.sql(dialect))
+        return match.group(1).lower() if match else None
+    return None
+
+
+def _span(node: exp.Expr, source: str) -> str | None:
+    """The text ``node`` was parsed from, if its tokens' offsets are known."""
+    offsets = [(n.meta["start"], n.meta["end"]) for n in node.walk() if "start" in n.meta]
+    if not offsets or not source:
+        return None
+    start = min(s for s, _ in offsets)
+    end = max(e for _, e in offsets) + 1
+    # The closing parentheses of calls carry no offsets: take as many as are open.
+    depth = source[start:end].count("(") - source[start:end].count(")")
+    while depth > 0 and end < len(source):
+        if source[end] == ")":
+            depth -= 1
+        elif not source[end].isspace():
+            return None
+        end += 1
+    return source[start:end] if depth == 0 else None
+
+
+def output_name(node: exp.Expr, dialect: str, source: str = "") -> str:
+    """The name the database gives the select-list item ``node``.
+
+    ``source`` is the text the tree was parsed from; SQLite names an
+    unaliased expression by its text.
+    """
+    if dialect == "sqlite":
+        if isinstance(node, exp.Alias):
+            return str(node.alias)
+        if isinstance(node, exp.Column):
+            return str(node.name)
+        return _span(node, source) or node.sql("sqlite")
+    return _figure(node, dialect) or _UNKNOWN
