@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.shards", "tests.fixtures.tpch"]
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.shards",
+    "tests.fixtures.tpch",
+    "tests.fixtures.edge",
+]

@@ -250,6 +250,24 @@ class AsyncConnection:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""
         return self.config.shard_for(table, key_value)
 
+    async def explain(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        analyze: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """Describe how ``sql`` runs: target shards, per-shard SQL, merge steps.
+
+        With ``analyze=True`` the statement (a read) runs too, and the text
+        adds each shard's row count and time.
+        """
+        self._check_open()
+        return await self._engine.explain(
+            sql, params, analyze=analyze, timeout=timeout if timeout is not None else self.timeout
+        )
+
     async def check(self) -> CheckReport:
         """Connect to every shard; report versions, round trips and table consistency."""
         self._check_open()

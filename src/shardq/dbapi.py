@@ -271,6 +271,17 @@ class Connection:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""
         return self._inner.shard_for(table, key_value)
 
+    def explain(
+        self,
+        sql: str,
+        params: Params = None,
+        *,
+        analyze: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """See :meth:`shardq.aio.AsyncConnection.explain`."""
+        return self._portal.call(self._inner.explain, sql, params, analyze=analyze, timeout=timeout)
+
     def check(self) -> CheckReport:
         """See :meth:`shardq.aio.AsyncConnection.check`."""
         return self._portal.call(self._inner.check)

@@ -7,20 +7,24 @@ sit between planning and execution.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import TYPE_CHECKING
 
-from shardq.errors import ConfigError
+from shardq.errors import ConfigError, ProgrammingError
 from shardq.execute.driver import ShardPool, get_driver
 from shardq.execute.scatter import Scatter
+from shardq.merge.drive import drive
 from shardq.merge.evaluate import semantics
 from shardq.merge.pipeline import merger
 from shardq.results import AsyncResult
+from shardq.sql.explain import Analyzed, ShardRun, explain
 from shardq.sql.plan import Planner, QueryPlan
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from shardq.config import Config
+    from shardq.merge import Rows
     from shardq.rows import RowFactory
 
 __all__ = ["DEFAULT_FETCH_SIZE", "Engine"]
@@ -78,8 +82,52 @@ class Engine:
         await scatter.start(
             plan.sql, plan.params, fetch_size=self.fetch_size, stream=not plan.kind.is_write
         )
-        merge = merger(plan.merge, len(shards), self._semantics)
+        types = [c.type_code for c in scatter.description or ()]
+        merge = merger(plan.merge, len(shards), self._semantics, types)
         return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+
+    async def explain(
+        self, sql: str, params: object = None, *, analyze: bool = False, timeout: float | None
+    ) -> str:
+        """The plan of a statement in words; with ``analyze``, run it and add what happened."""
+        plan = self.plan(sql, params)
+        shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        total = len(self.config.shards)
+        if not analyze:
+            return explain(plan, shards, total=total)
+        if plan.kind.is_write:
+            raise ProgrammingError("EXPLAIN ANALYZE runs the statement; shardq analyzes reads only")
+        began = time.perf_counter()
+        received = [0] * len(shards)
+        done: list[float | None] = [None] * len(shards)
+        waited = 0.0
+        scatter = Scatter(self.pools, shards, timeout)
+        try:
+            await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size)
+            started = time.perf_counter()
+
+            async def fetch(source: int) -> Rows:
+                nonlocal waited
+                asked = time.perf_counter()
+                rows = await scatter.fetch(source)
+                now = time.perf_counter()
+                waited += now - asked
+                received[source] += len(rows)
+                if not rows and done[source] is None:
+                    done[source] = now - began
+                return rows
+
+            types = [c.type_code for c in scatter.description or ()]
+            rows = 0
+            merge = merger(plan.merge, len(shards), self._semantics, types)
+            async for batch in drive(merge, fetch):
+                rows += len(batch)
+            ended = time.perf_counter()
+        finally:
+            await scatter.close()
+        runs = tuple(ShardRun(name, received[i], done[i]) for i, name in enumerate(shards))
+        analyzed = Analyzed(runs, rows, ended - began, merge_seconds=(ended - started) - waited)
+        return explain(plan, shards, total=total, analyzed=analyzed)
 
     async def close(self) -> None:
         """Close every pool (every pool is closed even if one fails)."""

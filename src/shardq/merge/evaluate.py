@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import struct
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "EXACT",
     "OPERATORS",
     "Semantics",
+    "coerce",
     "compile_expr",
     "numeric_div",
     "numeric_round",
@@ -215,10 +217,12 @@ class Semantics:
 
     def output_type(self, op: str, types: Sequence[Any]) -> Any:
         """The PostgreSQL type OID of ``op`` over operands of ``types`` (None if unknown)."""
-        if op in _COMPARISONS or op in ("and", "or", "not", "is_null", "is_not_null"):
+        if op in _COMPARISONS or op in ("and", "or", "not") or op.startswith("is_"):
             return BOOL
         if op in ("count", "count_set"):
             return INT8
+        if op in _CAST_TYPES:
+            return _CAST_TYPES[op]
         if op == "sum_of":  # sum() over values of the given type
             t = types[0] if types else None
             return {INT2: INT8, INT4: INT8, INT8: NUMERIC}.get(t, t) if t is not None else None
@@ -228,8 +232,11 @@ class Semantics:
             return FLOAT8 if types and types[0] in (FLOAT4, FLOAT8) else NUMERIC
         if op == "round":
             return NUMERIC if types and types[0] == NUMERIC else FLOAT8
-        if op == "coalesce":
-            return next((t for t in types if t is not None), None)
+        if op == "coalesce":  # the common type of the arguments
+            known = [t for t in types if t is not None]
+            if known and all(t in _RANK for t in known):
+                return max(known, key=_RANK.__getitem__)
+            return known[0] if known else None
         if op == "neg":
             return types[0] if types else None
         if op in _ARITH:
@@ -304,8 +311,10 @@ def _or(values: list[Any]) -> bool | None:
 
 
 OPERATORS = frozenset(
-    {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "coalesce",
-     "round", "avg", "count_set", "sum_set", "avg_set"}
+    {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "is_true",
+     "is_not_true", "is_false", "is_not_false", "coalesce",
+     "round", "avg", "count_set", "sum_set", "avg_set", "to_int2", "to_int4", "to_int8",
+     "to_numeric", "to_float8", "to_float4"}
 )  # fmt: skip
 
 Evaluator = Callable[[Sequence[Any]], Any]
@@ -352,6 +361,16 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
     if op == "is_not_null":
         (inner,) = args
         return lambda row: inner(row) is not None
+    if op in ("is_true", "is_not_true", "is_false", "is_not_false"):
+        (inner,) = args
+        wanted = op.endswith("true")
+        negate = "_not_" in op
+        return lambda row: (inner(row) is wanted) != negate
+    if op.startswith("to_"):
+        cast = _CAST_FUNCTIONS[op]
+        inner, *rest = args
+        extra = [a(()) for a in rest]  # constants: precision and scale
+        return lambda row: None if (v := inner(row)) is None else cast(v, *extra)
     if op == "coalesce":
         return lambda row: next((v for a in args if (v := a(row)) is not None), None)
     if op == "round":
@@ -371,11 +390,93 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
     raise NotSupportedError(f"no merge operator {op!r}")
 
 
+def _to_int(bits: int, name: str) -> Callable[[Any], int]:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def cast(value: Any) -> int:
+        if isinstance(value, bool) or not _is_number(value):
+            raise NotSupportedError(f"cast of {type(value).__name__} to {name} after a merge")
+        if isinstance(value, float):
+            if math.isnan(value) or math.isinf(value):
+                raise DataError(f"{name} out of range")
+            result = round(value)  # float to integer is rint: halves to even
+        elif isinstance(value, Decimal):
+            result = int(numeric_round(value, 0))  # numeric to integer: halves away from zero
+        else:
+            result = value
+        if not low <= result <= high:
+            raise DataError(f"{name} out of range")
+        return result
+
+    return cast
+
+
+def _to_numeric(value: Any, precision: int | None = None, scale: int = 0) -> Decimal:
+    if isinstance(value, bool) or not _is_number(value):
+        raise NotSupportedError(f"cast of {type(value).__name__} to numeric after a merge")
+    # float8 to numeric keeps 15 significant digits, as PostgreSQL's float8_numeric.
+    result = Decimal(format(value, ".15g")) if isinstance(value, float) else Decimal(value)
+    if precision is None:
+        return result
+    result = numeric_round(result, scale)
+    if result and result.adjusted() + 1 > precision - scale:
+        raise DataError("numeric field overflow")
+    return result
+
+
+def _float4(value: float) -> float:
+    """``value`` as a real (float4) column reads back: its shortest exact decimal, as float."""
+    if math.isnan(value) or math.isinf(value):
+        return value
+    try:
+        (single,) = struct.unpack("f", struct.pack("f", value))
+    except OverflowError:
+        raise DataError("value out of range: overflow") from None
+    for digits in range(1, 10):
+        text = f"{single:.{digits}g}"
+        if struct.unpack("f", struct.pack("f", float(text)))[0] == single:
+            return float(text)
+    return float(single)
+
+
+def _to_float(single: bool) -> Callable[[Any], float]:
+    def cast(value: Any) -> float:
+        if isinstance(value, bool) or not _is_number(value):
+            raise NotSupportedError(f"cast of {type(value).__name__} to float after a merge")
+        result = float(value)
+        return _float4(result) if single else result
+
+    return cast
+
+
+_CAST_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "to_int2": _to_int(16, "smallint"),
+    "to_int4": _to_int(32, "integer"),
+    "to_int8": _to_int(64, "bigint"),
+    "to_numeric": _to_numeric,
+    "to_float8": _to_float(False),
+    "to_float4": _to_float(True),
+}
+_CAST_TYPES = {"to_int2": INT2, "to_int4": INT4, "to_int8": INT8, "to_numeric": NUMERIC,
+               "to_float8": FLOAT8, "to_float4": FLOAT4}  # fmt: skip
+
+
 def _sum_set(values: set[Any], sem: Semantics) -> Any:
     total: Any = None
     for value in values:
         total = value if total is None else sem.arith("+", total, value)
     return total
+
+
+def coerce(value: Any, type_code: Any) -> Any:
+    """``value`` as the database returns a column of ``type_code`` (int in numeric, ...)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if type_code == NUMERIC and isinstance(value, int):
+        return Decimal(value)
+    if type_code in (FLOAT4, FLOAT8) and isinstance(value, int | Decimal):
+        return float(value)
+    return value
 
 
 def output_type(rule: TypeRule, source_types: Sequence[Any], sem: Semantics) -> Any:

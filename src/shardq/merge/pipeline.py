@@ -15,7 +15,15 @@ from shardq.execute.driver import Column
 from shardq.merge import Fetch, Merger, Rows
 from shardq.merge.aggregate import Regroup
 from shardq.merge.concat import concat
-from shardq.merge.evaluate import Semantics, compile_expr, output_type
+from shardq.merge.evaluate import (
+    FLOAT4,
+    FLOAT8,
+    NUMERIC,
+    Semantics,
+    coerce,
+    compile_expr,
+    output_type,
+)
 from shardq.merge.order import kway, sort_key
 
 if TYPE_CHECKING:
@@ -28,8 +36,13 @@ _CHUNK = 2000  # rows per emitted batch from an in-memory stage
 Transform = Callable[[Rows], tuple[Rows, bool]]
 
 
-def merger(plan: MergePlan, sources: int, sem: Semantics) -> Merger:
+def merger(
+    plan: MergePlan, sources: int, sem: Semantics, types: Sequence[Any] | None = None
+) -> Merger:
     """The merger that carries out ``plan`` over ``sources`` shard streams.
+
+    ``types`` are the type codes of the shards' columns: computed columns
+    take the types the database would give them.
 
     >>> from shardq.merge.drive import drive_sync
     >>> from shardq.merge.evaluate import semantics
@@ -45,7 +58,7 @@ def merger(plan: MergePlan, sources: int, sem: Semantics) -> Merger:
         return inner
     if plan.streaming:
         return _through(inner, _streaming(plan))
-    return _in_memory(inner, plan, sem)
+    return _in_memory(inner, plan, sem, types)
 
 
 def _nothing() -> Merger:
@@ -103,7 +116,9 @@ def _streaming(plan: MergePlan) -> Transform:
     return transform
 
 
-def _in_memory(inner: Merger, plan: MergePlan, sem: Semantics) -> Merger:
+def _in_memory(
+    inner: Merger, plan: MergePlan, sem: Semantics, types: Sequence[Any] | None
+) -> Merger:
     regroup = Regroup(plan.aggregate) if plan.aggregate is not None else None
     collected: Rows = []
 
@@ -122,6 +137,13 @@ def _in_memory(inner: Merger, plan: MergePlan, sem: Semantics) -> Merger:
     if plan.outputs is not None:
         columns = [compile_expr(o.expr, sem) for o in plan.outputs]
         rows = [tuple(c(row) for c in columns) for row in rows]
+        if types is not None:
+            # A computed column has one type, whatever each row's value came from
+            # (coalesce(sum(n), -1) is numeric even where it is -1).
+            wanted = [output_type(o.type, types, sem) for o in plan.outputs]
+            casts = [(i, t) for i, t in enumerate(wanted) if t in _CASTABLE]
+            if casts:
+                rows = [_cast(row, casts) for row in rows]
     if plan.distinct:
         width = -plan.hidden or None
         firsts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -137,6 +159,16 @@ def _in_memory(inner: Merger, plan: MergePlan, sem: Semantics) -> Merger:
         rows = [row[: -plan.hidden] for row in rows]
     for start in range(0, len(rows), _CHUNK):
         yield rows[start : start + _CHUNK]
+
+
+_CASTABLE = frozenset({NUMERIC, FLOAT4, FLOAT8})
+
+
+def _cast(row: tuple[Any, ...], casts: list[tuple[int, Any]]) -> tuple[Any, ...]:
+    values = list(row)
+    for i, type_code in casts:
+        values[i] = coerce(values[i], type_code)
+    return tuple(values)
 
 
 def describe(

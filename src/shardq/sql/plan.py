@@ -96,7 +96,15 @@ class Planner:
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
-            return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH)
+            if analysis.kind.is_write:
+                why = f"an {analysis.kind.value.upper()} routed by its shard key"
+            elif target.kind is RouteKind.ANY:
+                why = "it reads only reference tables: any one shard answers it whole"
+            elif len(self.config.shards) == 1:
+                why = "there is one shard"
+            else:
+                why = "its shard-key condition pins it to the shards that hold the keys"
+            return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, why)
         rewritten = self.distributed(analysis)
         merge = rewritten.bind(params)
         if rewritten.sql is None:

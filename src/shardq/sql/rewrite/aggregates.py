@@ -85,6 +85,19 @@ _COMBINES: dict[type[exp.Expr], Combine] = {
     exp.LogicalAnd: Combine.BOOL_AND,
     exp.LogicalOr: Combine.BOOL_OR,
 }
+_ANONYMOUS: dict[str, type[exp.Expr]] = {
+    "every": exp.LogicalAnd,
+    "bool_and": exp.LogicalAnd,
+    "bool_or": exp.LogicalOr,
+}
+_CASTS = {
+    exp.DataType.Type.SMALLINT: "to_int2",
+    exp.DataType.Type.INT: "to_int4",
+    exp.DataType.Type.BIGINT: "to_int8",
+    exp.DataType.Type.DECIMAL: "to_numeric",
+    exp.DataType.Type.DOUBLE: "to_float8",
+    exp.DataType.Type.FLOAT: "to_float4",
+}
 _BINARY: dict[type[exp.Expr], str] = {
     exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%",
     exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">=",
@@ -110,8 +123,16 @@ def own_aggregates(node: exp.Expr, select: exp.Select) -> list[exp.Expr]:
     return [
         n
         for n in node.find_all(exp.Func, exp.Filter, exp.WithinGroup)
-        if n.parent_select is select and is_aggregate(n)
+        if n.parent_select is select and is_aggregate(n) and not _in_window(n)
     ]
+
+
+def _in_window(node: exp.Expr) -> bool:
+    """Whether ``node`` is the function of a window (``count(*) OVER (...)``)."""
+    parent = node.parent
+    while isinstance(parent, exp.Filter):
+        node, parent = parent, parent.parent
+    return isinstance(parent, exp.Window) and parent.this is node
 
 
 def _is_volatile(node: exp.Expr) -> bool:
@@ -187,10 +208,12 @@ class _Decomposer:
         group = self.select.args.get("group")
         if group is None:
             return
-        for kind in ("rollup", "cube", "grouping_sets"):
-            if group.args.get(kind):
+        for node in group.expressions:
+            if isinstance(node, exp.Rollup | exp.Cube | exp.GroupingSets):
                 raise UnsupportedQueryError(
-                    f"GROUP BY {kind.upper().replace('_', ' ')} across shards", _NOT_DECOMPOSABLE
+                    f"GROUP BY {node.key.upper().replace('GROUPINGSETS', 'GROUPING SETS')} "
+                    "across shards",
+                    _NOT_DECOMPOSABLE,
                 )
         items = self.select.expressions
         aliases = {
@@ -246,7 +269,14 @@ class _Decomposer:
         agg, condition = (node.this, node.expression) if isinstance(node, exp.Filter) else (
             node, None)  # fmt: skip
         distinct = isinstance(agg.this, exp.Distinct)
-        kind = type(agg)
+        kind: type[exp.Expr] = type(agg)
+        if isinstance(agg, exp.Anonymous) and agg.name.lower() in _ANONYMOUS:
+            # every(x), and bool_and/bool_or where sqlglot keeps them as plain calls.
+            if len(agg.expressions) != 1:
+                raise UnsupportedQueryError(f"{agg.sql(self.dialect)}", "it takes one argument")
+            kind = _ANONYMOUS[agg.name.lower()]
+            agg = kind(this=agg.expressions[0].copy())
+            node = exp.Filter(this=agg, expression=condition.copy()) if condition else agg
         if kind in _COMBINES and not distinct:
             return self.partial(node.copy(), _COMBINES[kind])
         if kind is exp.Avg and not distinct:
@@ -272,6 +302,26 @@ class _Decomposer:
         )
 
     # -- expressions over groups and aggregates
+
+    def cast(self, node: exp.Cast) -> Expr:
+        kind = node.to.this
+        inner = self.translate(node.this)
+        target = _CASTS.get(kind)
+        if target is None:
+            raise UnsupportedQueryError(
+                f"the cast {node.sql(self.dialect)} over aggregates across shards",
+                "shardq casts merged aggregates to integer, numeric and floating-point "
+                "types only; pin the query to one shard",
+            )
+        if target != "to_numeric" or not node.to.expressions:
+            return Call(target, (inner,))
+        params = [int(e.name) for e in node.to.expressions]
+        precision, scale = params[0], params[1] if len(params) > 1 else 0
+        if scale < 0:
+            raise UnsupportedQueryError(
+                f"the cast {node.sql(self.dialect)}", "a negative numeric scale is not merged"
+            )
+        return Call("to_numeric", (inner, Const(precision), Const(scale)))
 
     def translate(self, node: exp.Expr) -> Expr:
         if isinstance(node, exp.Alias):
@@ -304,15 +354,17 @@ class _Decomposer:
         if isinstance(node, exp.Neg):
             return Call("neg", (self.translate(node.this),))
         if isinstance(node, exp.Not):
-            inner = node.this
-            if isinstance(inner, exp.Is) and isinstance(inner.expression, exp.Null):
-                return Call("is_not_null", (self.translate(inner.this),))
-            return Call("not", (self.translate(inner),))
-        if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):
-            return Call("is_null", (self.translate(node.this),))
+            return Call("not", (self.translate(node.this),))
+        if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null | exp.Boolean):
+            test = "null" if isinstance(node.expression, exp.Null) else (
+                "true" if node.expression.this else "false")  # fmt: skip
+            test = f"is_not_{test}" if node.args.get("negate") else f"is_{test}"
+            return Call(test, (self.translate(node.this),))
         if isinstance(node, exp.Coalesce):
             args = [node.this, *node.expressions]
             return Call("coalesce", tuple(self.translate(a) for a in args))
+        if isinstance(node, exp.Cast) and isinstance(node.to, exp.DataType):
+            return self.cast(node)
         if isinstance(node, exp.Round):
             args = [node.this] + ([node.args["decimals"]] if node.args.get("decimals") else [])
             return Call("round", tuple(self.translate(a) for a in args))

@@ -57,7 +57,9 @@ class Window:
         return value
 
 
-def _operand(node: exp.Expr) -> exp.Expr:
+def _operand(node: exp.Expr) -> exp.Expr | None:
+    if isinstance(node, exp.Var) and node.name.upper() == "ALL":
+        return None  # LIMIT ALL: no limit
     if isinstance(node, exp.Placeholder | exp.Literal | exp.Null):
         return node
     if isinstance(node, exp.Paren) and isinstance(node.this, exp.Literal | exp.Placeholder):
@@ -76,6 +78,8 @@ def split_window(select: exp.Select) -> Window:
         raise UnsupportedQueryError(
             f"{limit.sql()} across shards", "only LIMIT and OFFSET are merged exactly"
         )
+    if limit is not None and not isinstance(limit.expression, exp.Expr):
+        limit = None
     return Window(
         _operand(limit.expression) if limit is not None else None,
         _operand(offset.expression) if offset is not None else None,

@@ -1,0 +1,45 @@
+"""``shardq explain``: show how a statement runs, and with ``--analyze`` run it."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import shardq
+from shardq.cli.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "explain",
+        help="show the target shards, the per-shard SQL and the merge steps of a statement",
+        description="Show how shardq runs a statement: the shards it goes to, the exact SQL "
+        "each runs, and how their results are merged.",
+    )
+    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+    parser.add_argument("sql", help="the statement, or - to read it from standard input")
+    parser.add_argument(
+        "--analyze", action="store_true", help="also run it (reads only): rows and times per shard"
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="a value for the next positional placeholder (repeatable; bound as text)",
+    )
+    parser.add_argument("-t", "--timeout", type=float, default=None, help="seconds")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    with shardq.connect(args.config, timeout=args.timeout) as conn:
+        print(conn.explain(sql, args.param or None, analyze=args.analyze))
+    return ExitCode.OK

@@ -1,0 +1,169 @@
+"""The merge, without a database: k-way merge, regrouping, PostgreSQL arithmetic."""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import shardq
+from shardq.merge.aggregate import Regroup
+from shardq.merge.drive import drive_sync
+from shardq.merge.evaluate import compile_expr, numeric_div, numeric_round, semantics
+from shardq.merge.order import kway, sort_key
+from shardq.merge.pipeline import merger
+from shardq.merge.steps import Aggregation, Call, Col, Combine, Const, MergePlan, SortKey
+
+PG = semantics("postgres")
+
+values = st.one_of(st.none(), st.integers(-5, 5))
+rows = st.lists(st.tuples(values, values), max_size=30)
+keys = st.lists(
+    st.builds(SortKey, st.integers(0, 1), st.booleans(), st.booleans()),
+    min_size=1,
+    max_size=2,
+)
+
+
+def _reference_compare(a: Any, b: Any, key: SortKey) -> int:
+    """PostgreSQL's comparison of two values under one ORDER BY term, written plainly."""
+    x, y = a[key.column], b[key.column]
+    if x is None or y is None:
+        if x is None and y is None:
+            return 0
+        return (-1 if key.nulls_first else 1) * (1 if x is None else -1)
+    result = (x > y) - (x < y)
+    return -result if key.descending else result
+
+
+def _reference_sorted(data: list[Any], terms: list[SortKey]) -> list[Any]:
+    def compare(a: Any, b: Any) -> int:
+        for term in terms:
+            c = _reference_compare(a, b, term)
+            if c:
+                return c
+        return 0
+
+    return sorted(data, key=functools.cmp_to_key(compare))
+
+
+def _ordering(data: list[Any], terms: list[SortKey]) -> list[Any]:
+    """The sequence of sort-key values (rows tied on the keys may come in any order)."""
+    return [tuple(r[t.column] for t in terms) for r in data]
+
+
+@given(data=rows, terms=keys)
+def test_sort_key_orders_as_postgresql(data: list[Any], terms: list[SortKey]) -> None:
+    key, reverse = sort_key(terms)
+    got = sorted(data, key=key, reverse=reverse)
+    assert _ordering(got, terms) == _ordering(_reference_sorted(data, terms), terms)
+
+
+@given(
+    parts=st.lists(rows, min_size=1, max_size=5),
+    terms=keys,
+    batch=st.integers(1, 4),
+)
+def test_kway_merge_of_sorted_shards_is_sorted(
+    parts: list[list[Any]], terms: list[SortKey], batch: int
+) -> None:
+    shards = []
+    for part in parts:
+        ordered = _reference_sorted(part, terms)
+        shards.append([ordered[i : i + batch] for i in range(0, len(ordered), batch)])
+    got = drive_sync(kway(len(shards), terms), shards)
+    everything = [r for part in parts for r in part]
+    assert sorted(got, key=repr) == sorted(everything, key=repr)  # nothing lost or repeated
+    assert _ordering(got, terms) == _ordering(_reference_sorted(everything, terms), terms)
+
+
+def test_limit_stops_asking_the_shards() -> None:
+    plan = MergePlan(order=(SortKey(0),), limit=2)
+    asked: list[int] = []
+    source = [[[(1,)], [(3,)], [(5,)]], [[(2,)], [(4,)]]]
+
+    def counting() -> Any:
+        gen = merger(plan, 2, PG)
+        request = next(gen)
+        out = []
+        try:
+            while True:
+                if isinstance(request, list):
+                    out += request
+                    request = gen.send(None)
+                else:
+                    asked.append(request.source)
+                    queue = source[request.source]
+                    request = gen.send(queue.pop(0) if queue else [])
+        except StopIteration:
+            return out
+
+    assert counting() == [(1,), (2,)]
+    assert len(asked) < 5  # the last batches were never requested
+
+
+def test_regroup_folds_partials_and_keeps_empty_scalar_rows() -> None:
+    spec = Aggregation(1, (Combine.COUNT, Combine.SUM, Combine.MIN, Combine.MAX, Combine.SET))
+    r = Regroup(spec)
+    r.feed([("a", 2, Decimal("1.10"), 5, "x", 1), (None, 1, None, None, None, None)])
+    r.feed([("a", 3, Decimal("2.5"), 2, "y", 1), (None, 4, 7, 1, "z", 2)])
+    assert sorted(r.rows(), key=repr) == sorted(
+        [("a", 5, Decimal("3.60"), 2, "y", {1}), (None, 5, 7, 1, "z", {2})], key=repr
+    )
+    scalar = Regroup(Aggregation(0, (Combine.COUNT, Combine.SUM, Combine.SET), scalar=True))
+    assert scalar.rows() == [(0, None, set())]
+
+
+def test_numeric_sums_are_exact_beyond_28_digits() -> None:
+    r = Regroup(Aggregation(0, (Combine.SUM,), scalar=True))
+    big = Decimal("12345678901234567890123456789.123456789")
+    r.feed([(big,), (big,), (Decimal("0.000000001"),)])
+    assert r.rows() == [(Decimal("24691357802469135780246913578.246913579"),)]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [  # each expected value is what PostgreSQL 15 returns
+        ("7", "3", "2.3333333333333333"),
+        ("1", "3.0", "0.33333333333333333333"),
+        ("500.00", "7", "71.4285714285714286"),
+        ("3", "2", "1.5000000000000000"),
+        ("-2", "3", "-0.66666666666666666667"),
+        ("123456789", "0.001", "123456789000.00000000"),
+        ("0", "5", "0E-20"),
+    ],
+)
+def test_numeric_division_matches_postgresql(a: str, b: str, expected: str) -> None:
+    result = numeric_div(Decimal(a), Decimal(b))
+    assert str(result) == expected
+
+
+def test_numeric_rounding_and_integer_arithmetic() -> None:
+    assert str(numeric_round(Decimal("2.345"), 2)) == "2.35"
+    assert str(numeric_round(Decimal("-2.5"), 0)) == "-3"
+    assert str(numeric_round(Decimal("1234.5"), -2)) == "1200"
+    f = compile_expr(Call("/", (Col(0), Col(1))), PG)
+    assert f((-7, 2)) == -3  # truncates toward zero
+    assert compile_expr(Call("%", (Col(0), Col(1))), PG)((-7, 2)) == -1
+    assert compile_expr(Call("round", (Col(0),)), PG)((2.5,)) == 2.0  # rint: half to even
+    with pytest.raises(shardq.DataError, match="division by zero"):
+        f((1, 0))
+    with pytest.raises(shardq.DataError, match="bigint out of range"):
+        compile_expr(Call("*", (Col(0), Const(2))), PG)((2**62,))
+    sqlite = semantics("sqlite")
+    assert compile_expr(Call("/", (Col(0), Col(1))), sqlite)((1, 0)) is None
+    assert compile_expr(Call("avg", (Col(0), Col(1))), sqlite)((3, 2)) == 1.5
+
+
+def test_three_valued_logic() -> None:
+    both = compile_expr(Call("and", (Col(0), Col(1))), PG)
+    either = compile_expr(Call("or", (Col(0), Col(1))), PG)
+    assert both((None, False)) is False
+    assert both((None, True)) is None
+    assert either((None, True)) is True
+    assert either((None, False)) is None
+    assert compile_expr(Call(">", (Col(0), Const(1))), PG)((None,)) is None

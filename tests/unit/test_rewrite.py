@@ -1,0 +1,157 @@
+"""The rewrite of multi-shard reads: per-shard SQL, merge plans, names, EXPLAIN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import shardq
+from shardq.merge.steps import Call, Col, Combine, SortKey
+from shardq.sql.plan import Planner
+
+CONFIG = shardq.load_config(
+    {
+        "dialect": "postgres",
+        "shards": [{"name": f"s{i}", "dsn": f"postgresql://u@h{i}/d"} for i in range(3)],
+        "tables": {
+            "orders": {"shard_key": "id"},
+            "lines": {"shard_key": "order_id", "colocate_with": "orders"},
+            "countries": {"reference": True},
+        },
+    }
+)
+
+
+@pytest.fixture
+def planner() -> Planner:
+    return Planner(CONFIG)
+
+
+def test_a_plain_filter_runs_as_written(planner: Planner) -> None:
+    sql = "SELECT * FROM orders WHERE total > %s"
+    plan = planner.plan(sql, [5])
+    assert plan.sql == sql
+    assert plan.params == [5]
+    assert plan.merge.trivial
+
+
+def test_order_by_limit_offset_run_as_limit_n_plus_m(planner: Planner) -> None:
+    plan = planner.plan("SELECT id, total FROM orders ORDER BY total DESC LIMIT 10 OFFSET 5")
+    assert plan.sql == "SELECT id, total FROM orders ORDER BY total DESC LIMIT 15"
+    assert plan.merge.order == (SortKey(1, descending=True, nulls_first=True),)
+    assert (plan.merge.offset, plan.merge.limit) == (5, 10)
+
+
+def test_bound_limits_stay_parameters_of_the_shard_sql(planner: Planner) -> None:
+    plan = planner.plan("SELECT id FROM orders ORDER BY id LIMIT %s OFFSET %s", [3, 4])
+    assert plan.sql == "SELECT id FROM orders ORDER BY id LIMIT %(_p0)s + %(_p1)s"
+    assert plan.params == {"_p0": 3, "_p1": 4}
+    assert (plan.merge.offset, plan.merge.limit) == (4, 3)
+    again = planner.plan("SELECT id FROM orders ORDER BY id LIMIT %s OFFSET %s", [1, 0])
+    assert (again.merge.offset, again.merge.limit) == (0, 1)
+
+
+def test_sort_expressions_not_selected_become_helper_columns(planner: Planner) -> None:
+    plan = planner.plan("SELECT * FROM orders ORDER BY total * 2, id")
+    assert (
+        plan.sql
+        == "SELECT *, total * 2 AS _shardq_o0, id AS _shardq_o1 FROM orders ORDER BY total * 2, id"
+    )
+    assert plan.merge.order == (SortKey(-2), SortKey(-1))
+    assert plan.merge.hidden == 2
+
+
+def test_aggregates_become_partials(planner: Planner) -> None:
+    plan = planner.plan(
+        "SELECT status, avg(total) AS mean, count(DISTINCT customer) FROM orders "
+        "GROUP BY status HAVING sum(total) > 10 ORDER BY mean DESC LIMIT 2"
+    )
+    assert plan.sql == (
+        "SELECT status AS _shardq_g0, SUM(total) AS _shardq_a0, COUNT(total) AS _shardq_a1, "
+        "customer AS _shardq_a2 FROM orders GROUP BY status, customer"
+    )
+    merge = plan.merge
+    assert merge.aggregate is not None
+    assert merge.aggregate.combines == (Combine.SUM, Combine.COUNT, Combine.SET)
+    assert merge.having == Call(">", (Col(1), merge.having.args[1]))  # type: ignore[union-attr]
+    assert [o.name for o in merge.outputs or ()] == ["status", "mean", "count"]
+    assert merge.outputs[1].expr == Call("avg", (Col(1), Col(2)))  # type: ignore[index]
+    assert merge.sort == (SortKey(1, descending=True, nulls_first=True),)
+    assert (merge.offset, merge.limit) == (0, 2)
+
+
+def test_groups_with_the_shard_key_run_whole_on_each_shard(planner: Planner) -> None:
+    sql = (
+        "SELECT o.id, count(*) FROM orders o JOIN lines l ON l.order_id = o.id "
+        "GROUP BY o.id HAVING count(*) > 2 ORDER BY 2 DESC LIMIT 5"
+    )
+    plan = planner.plan(sql)
+    assert plan.merge.aggregate is None
+    assert "HAVING COUNT(*) > 2" in plan.sql
+    assert plan.merge.order == (SortKey(1, descending=True, nulls_first=True),)
+    assert "whole groups" in plan.strategy
+
+
+def test_output_names_follow_postgresql(planner: Planner) -> None:
+    plan = planner.plan(
+        'SELECT count(*), sum(total) / 2, round(avg(total), 1), max(total) AS "Top", '
+        "coalesce(min(total), 0)::int FROM orders"
+    )
+    assert [o.name for o in plan.merge.outputs or ()] == [
+        "count", "?column?", "round", "Top", "coalesce"
+    ]  # fmt: skip
+
+
+def test_refusals_name_the_construct(planner: Planner) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError) as info:
+        planner.plan("SELECT string_agg(status, ',') FROM orders")
+    assert info.value.construct == "the aggregate STRING_AGG(status, ',') across shards"
+    assert "cannot be combined" in info.value.reason
+    # The refusal is cached with the analysis and raised again, unchanged.
+    with pytest.raises(shardq.UnsupportedQueryError, match="STRING_AGG"):
+        planner.plan("SELECT string_agg(status, ',') FROM orders")
+
+
+def test_a_pinned_or_reference_read_is_not_rewritten(planner: Planner) -> None:
+    sql = "SELECT status, count(*) FROM orders WHERE id = 7 GROUP BY status ORDER BY 2 LIMIT 1"
+    plan = planner.plan(sql)
+    assert plan.sql == sql
+    assert plan.merge.trivial
+    assert "pins" in plan.strategy
+    assert planner.plan("SELECT count(*) FROM countries").merge.trivial
+
+
+def test_explain_names_shards_sql_and_merge_steps(planner: Planner) -> None:
+    from shardq.sql.explain import explain
+
+    plan = planner.plan("SELECT status, count(*) FROM orders GROUP BY status ORDER BY 2 DESC")
+    text = explain(plan, ("s0", "s1", "s2"), total=3)
+    assert "Distributed query on 3 of 3 shards: s0, s1, s2" in text
+    assert "SELECT status AS _shardq_g0, COUNT(*) AS _shardq_a0 FROM orders GROUP BY status" in text
+    assert "regroup by column 1: column 2 = count (sum of partials)" in text
+    assert "sort by count DESC NULLS FIRST" in text
+
+
+def test_a_repeated_statement_is_parsed_and_rewritten_once(
+    planner: Planner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shardq.sql.plan as plan_module
+
+    calls = {"parse": 0, "distribute": 0}
+
+    def counted(name: str) -> Any:
+        original = getattr(plan_module, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(plan_module, name, counted(name))
+    sql = "SELECT status, avg(total) FROM orders WHERE total > %s GROUP BY 1 ORDER BY 2 LIMIT %s"
+    limits = [planner.plan(sql, [i, i + 1]).merge.limit for i in range(50)]
+    assert limits == [i + 1 for i in range(50)]  # the parameters are bound per call
+    assert calls == {"parse": 1, "distribute": 1}
