@@ -181,7 +181,19 @@ def test_reference_only_reads_go_to_any_one_shard() -> None:
         ),
         ("SELECT * FROM orders o RIGHT JOIN countries n ON o.country = n.code", "RIGHT JOIN"),
         ("SELECT * FROM orders o FULL JOIN countries n ON o.country = n.code", "FULL JOIN"),
-        ("WITH orders AS (SELECT * FROM orders) SELECT count(*) FROM orders", "subquery"),
+        ("WITH s AS (SELECT status FROM orders) SELECT count(*) FROM s, orders", "several"),
+        ("SELECT * FROM countries WHERE code IN (SELECT country FROM orders LIMIT 3)", "subquery"),
+        ("SELECT * FROM (SELECT status, count(*) FROM orders GROUP BY 1) s", "grouped by the"),
+        ("SELECT count(*) FROM (SELECT DISTINCT status FROM orders) s", "DISTINCT in"),
+        (
+            "SELECT * FROM orders o WHERE EXISTS (SELECT 1 FROM items i WHERE i.customer_id = "
+            "customer_id)",
+            "not tied",
+        ),
+        (
+            "SELECT * FROM orders o WHERE customer_id NOT IN (SELECT customer_id FROM items)",
+            "not tied",
+        ),
     ],
 )
 def test_reads_that_cannot_be_merged_exactly_are_refused(sql: str, construct: str) -> None:

@@ -29,7 +29,7 @@ from sqlglot import exp
 from shardq.errors import UnsupportedQueryError
 from shardq.merge.steps import Call, Const, Expr, MergePlan, Param, SortKey
 from shardq.sql.analyze import normalize
-from shardq.sql.mergeable import check_rows_local
+from shardq.sql.locality import check_local
 from shardq.sql.parse import placeholder_value
 from shardq.sql.rewrite.aggregates import decompose, own_aggregates
 from shardq.sql.rewrite.limit import Window, push_window, split_window
@@ -153,7 +153,7 @@ def _check_windows(select: exp.Select, analysis: Analysis, allowed: bool) -> boo
 
 def distribute(analysis: Analysis, config: Config) -> Distributed:
     """Rewrite a read that runs on several shards (see the module docstring)."""
-    check_rows_local(analysis, config)
+    check_local(analysis, config)
     select = analysis.parsed.expression
     assert isinstance(select, exp.Select)
     dialect = analysis.parsed.dialect

@@ -1,0 +1,471 @@
+"""Locality: whether every row a multi-shard read computes comes from one shard.
+
+Merging (aggregates, ORDER BY, DISTINCT, ...) works on the rows each shard
+computes, so those must be the rows one database would compute, split
+between the shards. :func:`check_local` proves it, scope by scope, or
+refuses the query:
+
+* a *distributed relation* of a SELECT is a distributed table in its FROM,
+  or a derived table (a subquery in FROM, or a CTE it reads) whose own rows
+  are local and which keeps each row on its shard: no LIMIT, its groups
+  contain the shard key, its DISTINCT keeps the key;
+* the distributed relations of one SELECT must be co-located and joined by
+  equalities of their keys (in the WHERE or an inner join's ON, or a LEFT
+  join's ON towards the nullable side), so each joined row is on one shard;
+* a subquery elsewhere (WHERE, select list) that reads a distributed table
+  must be tied to the outer rows' shard: correlated by ``inner.key =
+  outer.key`` (the outer column qualified), or ``outer_key IN (SELECT key
+  ...)``;
+* an outer join must not preserve a reference table (every shard would add
+  its unmatched rows).
+
+Columns are resolved without the schema, so an unqualified name is only
+taken for a key when no other reading is possible: inside one SELECT a name
+equal to the key of exactly one of its distributed relations can only name
+that key (any other table with such a column would make the name ambiguous,
+which the database refuses). An outer reference must be qualified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+
+from shardq.errors import UnsupportedQueryError
+from shardq.sql.analyze import normalize
+from shardq.sql.colocation import colocation_group
+from shardq.sql.rewrite.aggregates import is_aggregate, own_aggregates
+
+if TYPE_CHECKING:
+    from shardq.config import Config
+    from shardq.sql.analyze import Analysis, TableRef
+
+__all__ = ["Relation", "check_local", "joined_on_keys", "link"]
+
+_REASON = "shardq cannot merge it exactly yet; pin it to one shard with a shard-key condition"
+_OUTER_REASON = (
+    "every shard would return the rows of the preserved side that find no match, so they "
+    "would repeat once per shard; write the distributed table first and LEFT JOIN the "
+    "reference tables to it, or pin the query to one shard"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A distributed relation of one SELECT: a table or a local derived table.
+
+    ``keys`` are the names, as the SELECT sees them, of its columns that hold
+    the shard key; ``group`` is its co-location group.
+    """
+
+    node: exp.Expr
+    alias: str
+    keys: frozenset[str]
+    group: str
+
+
+def _table_relation(ref: TableRef, config: Config) -> Relation:
+    key = ref.table.shard_key
+    keys = frozenset({key}) if key is not None and not ref.renames_columns else frozenset()
+    return Relation(ref.node, ref.alias, keys, colocation_group(config, ref.table.name))
+
+
+def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    if condition is None:
+        return []
+    if isinstance(condition, exp.Where):
+        condition = condition.this
+    parts = condition.flatten() if isinstance(condition, exp.And) else [condition]
+    return [c.unnest() for c in parts]
+
+
+def key_relation(node: exp.Expr, relations: list[Relation], dialect: str) -> Relation | None:
+    """The relation whose shard key the column ``node`` is, resolved in its own SELECT."""
+    if not isinstance(node, exp.Column) or not isinstance(node.this, exp.Identifier):
+        return None
+    name = normalize(node.this, dialect)
+    if node.table:
+        qualifier = normalize(node.args["table"], dialect)
+        found = [r for r in relations if r.alias == qualifier]
+        return found[0] if found and name in found[0].keys else None
+    owners = [r for r in relations if name in r.keys]
+    return owners[0] if len(owners) == 1 else None
+
+
+def link(
+    select: exp.Select, relations: list[Relation], dialect: str, nodes: set[int] | None = None
+) -> bool:
+    """Whether ``relations`` are co-located and joined on their keys in ``select``.
+
+    Equalities that filter every output row (the WHERE, inner joins' ON) link
+    their two sides; a LEFT join's ON links its nullable side to exactly one
+    group of preserved relations, never two preserved relations together.
+    """
+    if len(relations) < 2:
+        return True
+    if len({r.group for r in relations}) != 1:
+        return False
+    parent = {id(r.node): id(r.node) for r in relations}
+
+    def root(key: int) -> int:
+        while parent[key] != key:
+            key = parent[key]
+        return key
+
+    def pairs(conditions: list[exp.Expr]) -> list[tuple[Relation, Relation]]:
+        found = []
+        for term in conditions:
+            if isinstance(term, exp.EQ):
+                left = key_relation(term.this, relations, dialect)
+                right = key_relation(term.expression, relations, dialect)
+                if left is not None and right is not None:
+                    found.append((left, right))
+        return found
+
+    joins = list(select.args.get("joins") or ())
+    filtering = _conjuncts(select.args.get("where"))
+    for join in joins:
+        if not (join.side or "") and join.args.get("on") is not None:
+            filtering += _conjuncts(join.args["on"])
+    for left, right in pairs(filtering):
+        parent[root(id(left.node))] = root(id(right.node))
+    for join in joins:
+        if (join.side or "").upper() != "LEFT" or join.args.get("on") is None:
+            continue
+        nullable = {id(r.node) for r in relations if any(n is r.node for n in join.this.walk())}
+        touched = set()
+        for left, right in pairs(_conjuncts(join.args["on"])):
+            ends = {id(left.node), id(right.node)}
+            inside, outside = ends & nullable, ends - nullable
+            if inside and outside:
+                touched |= {root(key) for key in outside}
+        if len(touched) == 1 and nullable:
+            (preserved,) = touched
+            for key in nullable:
+                parent[root(key)] = preserved
+    return len({root(id(r.node)) for r in relations}) == 1
+
+
+class _Checker:
+    def __init__(self, analysis: Analysis, config: Config):
+        self.analysis = analysis
+        self.config = config
+        self.dialect = analysis.parsed.dialect
+        self.refs: dict[int, TableRef] = {id(r.node): r for r in analysis.refs}
+        self.ctes = self._ctes(analysis.parsed.expression)
+
+    def _ctes(self, statement: exp.Expr) -> dict[str, exp.Expr]:
+        with_ = statement.args.get("with_") or statement.args.get("with")
+        if not isinstance(with_, exp.With):
+            return {}
+        return {normalize(c.args["alias"].this, self.dialect): c.this for c in with_.expressions}
+
+    def distributed_inside(
+        self, node: exp.Expr, seen: frozenset[int] = frozenset()
+    ) -> list[TableRef]:
+        """The distributed tables ``node`` reads, through the CTEs it names too."""
+        found = []
+        seen = seen | {id(node)}
+        for table in node.find_all(exp.Table):
+            ref = self.refs.get(id(table))
+            if ref is not None and ref.table.distributed:
+                found.append(ref)
+            elif ref is None and not table.db and isinstance(table.this, exp.Identifier):
+                body = self.ctes.get(normalize(table.this, self.dialect))
+                if body is not None and id(body) not in seen:
+                    found += self.distributed_inside(body, seen)
+        return found
+
+    # -- one SELECT
+
+    def scope(self, select: exp.Select) -> list[Relation]:
+        """Check ``select``; return its distributed relations."""
+        relations: list[Relation] = []
+        sources = self._sources(select)
+        for source in sources:
+            relation = self._relation(source)
+            if relation is not None:
+                relations.append(relation)
+        self._check_outer_joins(select, sources, relations)
+        if not link(select, relations, self.dialect):
+            names = ", ".join(sorted({r.alias for r in relations}))
+            raise UnsupportedQueryError(
+                f"a query over several distributed tables ({names})",
+                "they are not co-located (colocate_with) and joined on their shard keys, so "
+                "matching rows may be on different shards; " + _REASON,
+            )
+        for subquery in self._subqueries(select):
+            self._tied(select, subquery, relations)
+        return relations
+
+    def _sources(self, select: exp.Select) -> list[exp.Expr]:
+        from_ = select.args.get("from_") or select.args.get("from")
+        sources = [from_.this] if isinstance(from_, exp.From) else []
+        sources += [join.this for join in select.args.get("joins") or ()]
+        return sources
+
+    def _relation(self, source: exp.Expr) -> Relation | None:
+        ref = self.refs.get(id(source))
+        if ref is not None:
+            if not ref.table.distributed:
+                return None
+            return _table_relation(ref, self.config)
+        body: exp.Expr | None = None
+        alias = source.args.get("alias")
+        if isinstance(source, exp.Subquery):
+            body = source.this
+        elif isinstance(source, exp.Table) and not source.db:
+            body = self.ctes.get(normalize(source.this, self.dialect))
+        if body is None:
+            if self.distributed_inside(source):
+                raise UnsupportedQueryError(
+                    f"{source.sql(self.dialect)} across shards",
+                    "shardq cannot tell whether its rows stay on their shards; " + _REASON,
+                )
+            return None
+        if not self.distributed_inside(body):
+            return None
+        if not isinstance(body, exp.Select):
+            for join in body.find_all(exp.Join):
+                side = (join.side or "").upper()
+                if side in ("LEFT", "RIGHT", "FULL"):
+                    raise UnsupportedQueryError(
+                        f"a nested {side} JOIN across shards", _OUTER_REASON
+                    )
+            what = "a parenthesized join" if isinstance(body, exp.Table) else body.key.upper()
+            raise UnsupportedQueryError(f"{what} over distributed tables in FROM", _REASON)
+        inner = self.scope(body)
+        keys = self._preserving(body, inner, "a derived table")
+        name = (
+            normalize(alias.this, self.dialect)
+            if alias is not None and alias.this
+            else normalize(source.this, self.dialect)
+            if isinstance(source, exp.Table)
+            else ""
+        )
+        if alias is not None and alias.columns:
+            renamed = [normalize(c, self.dialect) for c in alias.columns]
+            positions = {i for i, item in enumerate(body.expressions) if self._output(item) in keys}
+            keys = frozenset(renamed[i] for i in positions if i < len(renamed))
+        return Relation(source, name, keys, inner[0].group)
+
+    def _is_key_item(self, item: exp.Expr, inner: list[Relation]) -> bool:
+        expression = item.this if isinstance(item, exp.Alias) else item
+        return key_relation(expression, inner, self.dialect) is not None
+
+    def _output(self, item: exp.Expr) -> str | None:
+        if isinstance(item, exp.Alias):
+            return normalize(item.args["alias"], self.dialect)
+        if isinstance(item, exp.Column) and isinstance(item.this, exp.Identifier):
+            return normalize(item.this, self.dialect)
+        return None
+
+    def _preserving(self, body: exp.Select, inner: list[Relation], what: str) -> frozenset[str]:
+        """Check that ``body`` keeps each row on its shard; return its key output names."""
+        for arg, clause in (("limit", "LIMIT"), ("offset", "OFFSET")):
+            if body.args.get(arg):
+                raise UnsupportedQueryError(
+                    f"{clause} in {what} over distributed tables",
+                    "it picks rows across every shard; " + _REASON,
+                )
+        keys = frozenset(
+            name
+            for item in body.expressions
+            for name in [self._output(item)]
+            if name is not None and self._is_key_item(item, inner)
+        )
+        group = body.args.get("group")
+        grouped = group is not None or bool(own_aggregates(body, body))
+        if grouped and not (
+            group is not None
+            and any(key_relation(g, inner, self.dialect) for g in group.expressions)
+        ):
+            raise UnsupportedQueryError(
+                f"aggregates in {what} over distributed tables, not grouped by the shard key",
+                "its groups may span shards, and shardq does not yet run such a subquery "
+                "first and substitute its result; " + _REASON,
+            )
+        distinct = body.args.get("distinct")
+        if distinct is not None and (distinct.args.get("on") is not None or not keys):
+            raise UnsupportedQueryError(
+                f"DISTINCT in {what} over distributed tables without the shard key",
+                "equal rows of different shards would each be kept; " + _REASON,
+            )
+        for window in body.find_all(exp.Window):
+            if window.parent_select is body and not any(
+                key_relation(p, inner, self.dialect) for p in window.args.get("partition_by") or []
+            ):
+                raise UnsupportedQueryError(
+                    f"the window function {window.sql(self.dialect)} across shards",
+                    "its partitions may span shards; " + _REASON,
+                )
+        return keys
+
+    # -- subqueries outside FROM
+
+    def _subqueries(self, select: exp.Select) -> list[exp.Select]:
+        found = []
+        from_sources = {id(s) for s in self._sources(select)}
+        for node in select.find_all(exp.Select):
+            if node is select or node.parent_select is not select:
+                continue
+            holder = node.parent
+            if isinstance(holder, exp.Subquery) and id(holder) in from_sources:
+                continue  # a derived table: checked as a relation
+            if any(n is node for cte in self.ctes.values() for n in cte.walk()):
+                continue
+            found.append(node)
+        return found
+
+    def _tied(self, select: exp.Select, body: exp.Select, outer: list[Relation]) -> None:
+        self._check_outer_aggregates(select, body)
+        if not self.distributed_inside(body):
+            return
+        names = ", ".join(sorted({r.table.name for r in self.distributed_inside(body)}))
+        if not outer:
+            raise UnsupportedQueryError(
+                f"a subquery over the distributed table {names}",
+                "the outer query reads no distributed table, so the subquery's rows would "
+                "have to be gathered from every shard first, which shardq does not do yet; "
+                + _REASON,
+            )
+        inner = self.scope(body)
+        if self._correlated(body, inner, outer):
+            return
+        holder = body.parent
+        in_ = holder.parent if isinstance(holder, exp.Subquery) else holder
+        if (
+            isinstance(in_, exp.In)
+            and not isinstance(in_.parent, exp.Not)
+            and key_relation(in_.this, outer, self.dialect) is not None
+            and len(body.expressions) == 1
+        ):
+            keys = self._preserving(body, inner, "an IN subquery")
+            if keys and {r.group for r in inner} == {r.group for r in outer}:
+                return
+        raise UnsupportedQueryError(
+            f"a subquery over the distributed table {names}",
+            "it is not tied to the outer row's shard: correlate it on the shard key with "
+            "the outer column qualified (inner.key = outer_table.key), or write "
+            "key IN (SELECT key ...); " + _REASON,
+        )
+
+    def _correlated(self, body: exp.Select, inner: list[Relation], outer: list[Relation]) -> bool:
+        own = {r.alias for r in inner} | {
+            normalize(s.args["alias"].this, self.dialect)
+            if s.args.get("alias") is not None and s.args["alias"].this
+            else normalize(s.this, self.dialect)
+            if isinstance(s, exp.Table)
+            else ""
+            for s in self._sources(body)
+        }
+        visible = [r for r in outer if r.alias not in own]
+        for term in _conjuncts(body.args.get("where")):
+            if not isinstance(term, exp.EQ):
+                continue
+            for mine, theirs in ((term.this, term.expression), (term.expression, term.this)):
+                here = key_relation(mine, inner, self.dialect)
+                if here is None or not isinstance(theirs, exp.Column) or not theirs.table:
+                    continue
+                there = key_relation(theirs, visible, self.dialect)
+                if there is not None and there.group == here.group:
+                    return True
+        return False
+
+    def _check_outer_aggregates(self, select: exp.Select, body: exp.Select) -> None:
+        """Refuse an aggregate in a select-list subquery that may aggregate the outer rows.
+
+        Aggregates are not allowed in WHERE, so there an inner aggregate is the
+        subquery's own; in the select list one over outer columns only would
+        make the outer query an aggregate query.
+        """
+        child: exp.Expr = body
+        while child.parent is not None and child.parent is not select:
+            child = child.parent
+        if child.arg_key not in ("expressions", "having", "order", "group"):
+            return
+        for node in own_aggregates(body, body):
+            if is_aggregate(node) and _may_aggregate_outer(node, body):
+                raise UnsupportedQueryError(
+                    f"the aggregate {node.sql(self.dialect)} in a subquery across shards",
+                    "it may aggregate the outer query's rows (a column of the outer query "
+                    "makes it an aggregate of the outer query); " + _REASON,
+                )
+
+    # -- outer joins
+
+    def _check_outer_joins(
+        self, select: exp.Select, sources: list[exp.Expr], relations: list[Relation]
+    ) -> None:
+        """Refuse outer joins whose preserved side is not distributed."""
+        if not relations:
+            return
+        distributed = {id(r.node) for r in relations}
+        first_is_distributed = bool(sources) and id(sources[0]) in distributed
+        top = select.args.get("joins") or []
+        for join in select.find_all(exp.Join):
+            if join.parent_select is select and not any(join is j for j in top):
+                side = (join.side or "").upper()
+                if side in ("LEFT", "RIGHT", "FULL"):
+                    raise UnsupportedQueryError(
+                        f"a nested {side} JOIN across shards", _OUTER_REASON
+                    )
+        for join in top:
+            side = (join.side or "").upper()
+            if side in ("RIGHT", "FULL") or (side == "LEFT" and not first_is_distributed):
+                raise UnsupportedQueryError(f"a {side} JOIN across shards", _OUTER_REASON)
+
+
+def _may_aggregate_outer(node: exp.Expr, inner: exp.Select) -> bool:
+    """Whether an aggregate in a subquery might refer only to the outer query's columns.
+
+    Only columns qualified by a table of the subquery's own FROM are known to
+    be its own; an unqualified one may belong to an outer table.
+    """
+    own = {
+        (t.alias_or_name or "").lower()
+        for t in inner.find_all(exp.Table, exp.Subquery)
+        if t.parent_select is inner
+    }
+    columns = list(node.find_all(exp.Column))
+    if not own:
+        return True
+    return any(not c.table or c.table.lower() not in own for c in columns)
+
+
+def joined_on_keys(analysis: Analysis, config: Config) -> bool:
+    """Whether the statement's distributed tables are in its own FROM and joined on their keys."""
+    statement = analysis.parsed.expression
+    refs = analysis.distributed
+    if not isinstance(statement, exp.Select) or len(refs) < 2:
+        return False
+    if any(ref.node.parent_select is not statement for ref in refs):
+        return False
+    relations = [_table_relation(ref, config) for ref in refs]
+    return link(statement, relations, analysis.parsed.dialect)
+
+
+def check_local(analysis: Analysis, config: Config) -> None:
+    """Raise :class:`UnsupportedQueryError` unless every row the read computes is local.
+
+    >>> from shardq.config import load_config
+    >>> from shardq.sql.analyze import analyze
+    >>> from shardq.sql.parse import parse
+    >>> cfg = load_config({"shards": [{"name": "a", "dsn": "a.db"}],
+    ...                    "tables": {"t": {"shard_key": "k"}, "u": {"shard_key": "k"}}})
+    >>> check_local(analyze(parse("SELECT count(*) FROM t WHERE x > 1", "sqlite"), cfg), cfg)
+    >>> check_local(analyze(parse("SELECT * FROM t JOIN u USING (k)", "sqlite"), cfg), cfg)
+    Traceback (most recent call last):
+    ...
+    shardq.errors.UnsupportedQueryError: a query over several distributed tables (t, u) ...
+    """
+    statement = analysis.parsed.expression
+    if not isinstance(statement, exp.Select):
+        raise UnsupportedQueryError(f"{statement.key.upper()} across shards", _REASON)
+    checker = _Checker(analysis, config)
+    relations = checker.scope(statement)
+    if not relations and checker.distributed_inside(statement):
+        names = ", ".join(sorted({r.table.name for r in checker.distributed_inside(statement)}))
+        raise UnsupportedQueryError(f"a subquery over the distributed table {names}", _REASON)
