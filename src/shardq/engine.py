@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from shardq.errors import ConfigError, ProgrammingError
+from shardq.errors import ConfigError, ProgrammingError, UnsupportedQueryError
 from shardq.execute.driver import ShardPool, get_driver
 from shardq.execute.scatter import Scatter
+from shardq.execute.textorder import TEXT_TYPES, code_point_order, collation_name
 from shardq.merge.drive import drive
 from shardq.merge.evaluate import semantics
-from shardq.merge.pipeline import merger
+from shardq.merge.pipeline import compared_columns, merger
 from shardq.results import AsyncResult
 from shardq.sql.explain import Analyzed, ShardRun, explain
 from shardq.sql.plan import Planner, QueryPlan
@@ -49,6 +50,8 @@ class Engine:
         self.planner = Planner(config)
         self.fetch_size = fetch_size
         self._semantics = semantics(config.dialect)
+        # Each shard's default text order, asked once: "code point" or its collation.
+        self._text_order: dict[str, str] = {}
         # Reads of reference tables only go to one shard, taken in turn.
         self._turn = itertools.cycle(config.shard_names)
 
@@ -78,13 +81,52 @@ class Engine:
         """Run one statement and return its merged, streaming result."""
         plan = self.plan(sql, params)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        if plan.merge.compares:
+            await self._learn_text_order(shards)
         scatter = Scatter(self.pools, shards, timeout)
         await scatter.start(
             plan.sql, plan.params, fetch_size=self.fetch_size, stream=not plan.kind.is_write
         )
         types = [c.type_code for c in scatter.description or ()]
+        if plan.merge.compares:
+            try:
+                self._check_text_order(plan, shards, types)
+            except BaseException:
+                await scatter.close()
+                raise
         merge = merger(plan.merge, len(shards), self._semantics, types)
         return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+
+    async def _learn_text_order(self, shards: tuple[str, ...]) -> None:
+        """Ask each shard not asked before how it orders text (see :mod:`.textorder`)."""
+        for shard in shards:
+            if shard in self._text_order:
+                continue
+            pool = self.pools[shard]
+            sql = getattr(pool, "collation_sql", None)
+            if sql is None:
+                self._text_order[shard] = "code point"
+                continue
+            async with pool.connection() as conn:
+                stream = await conn.execute(sql, None, fetch_size=10)
+                try:
+                    rows = await stream.fetch()
+                finally:
+                    await stream.aclose()
+            row = rows[0] if rows else ()
+            self._text_order[shard] = "code point" if code_point_order(row) else collation_name(row)
+
+    def _check_text_order(self, plan: QueryPlan, shards: tuple[str, ...], types: list[Any]) -> None:
+        if not any(t in TEXT_TYPES for t in compared_columns(plan.merge, types, self._semantics)):
+            return
+        other = {self._text_order[s] for s in shards} - {"code point"}
+        if other:
+            raise UnsupportedQueryError(
+                f"ordering text across shards under the collation {sorted(other)[0]!r}",
+                "shardq merges text in code-point order, which is the order of the C and "
+                'C.UTF-8 collations only; order by the text COLLATE "C", or create the '
+                "shard databases with LC_COLLATE C.UTF-8",
+            )
 
     async def explain(
         self, sql: str, params: object = None, *, analyze: bool = False, timeout: float | None
@@ -101,10 +143,15 @@ class Engine:
         received = [0] * len(shards)
         done: list[float | None] = [None] * len(shards)
         waited = 0.0
+        if plan.merge.compares:
+            await self._learn_text_order(shards)
         scatter = Scatter(self.pools, shards, timeout)
         try:
             await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size)
             started = time.perf_counter()
+            types = [c.type_code for c in scatter.description or ()]
+            if plan.merge.compares:
+                self._check_text_order(plan, shards, types)
 
             async def fetch(source: int) -> Rows:
                 nonlocal waited
@@ -117,7 +164,6 @@ class Engine:
                     done[source] = now - began
                 return rows
 
-            types = [c.type_code for c in scatter.description or ()]
             rows = 0
             merge = merger(plan.merge, len(shards), self._semantics, types)
             async for batch in drive(merge, fetch):

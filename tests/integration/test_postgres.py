@@ -361,3 +361,44 @@ def test_closing_from_another_thread_ends_a_blocked_call(pg_dataset: list[PgClus
     assert isinstance(outcome[0], shardq.InterfaceError)
     for cluster in pg_dataset:
         wait_until(lambda c=cluster: not activity(c, "close_probe"), "cancelled")
+
+
+WORDS = ["apple", "Banana", "cherry", "Éclair", "zebra", "Zoë", "apple pie", "éa"]
+
+
+@pytest.fixture(scope="module")
+def icu_shards(pg_clusters: list[PgCluster]) -> dict[str, Any]:
+    """Four shard databases whose default collation is ICU's linguistic en-US order."""
+    name = "icu_text"
+    config = {
+        "dialect": "postgres",
+        "shards": [{"name": f"s{i}", "dsn": c.dsn(name)} for i, c in enumerate(pg_clusters)],
+        "tables": {"words": {"shard_key": "id"}},
+    }
+    placement = shardq.load_config(config).placement
+    for i, cluster in enumerate(pg_clusters):
+        cluster.drop_database(name)
+        cluster.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+            "ICU_LOCALE 'en-US' LOCALE 'C'"
+        )
+        cluster.execute("CREATE TABLE words (id integer PRIMARY KEY, w text)", name)
+        for key, word in enumerate(WORDS):
+            if placement.shard_for(key) == f"s{i}":
+                cluster.execute("INSERT INTO words VALUES (%s, %s)", name, [key, word])
+    return config
+
+
+def test_text_is_not_merged_in_an_order_the_shards_do_not_use(icu_shards: dict[str, Any]) -> None:
+    with shardq.connect(icu_shards) as conn:
+        # The shards sort "apple" < "Banana" (linguistic); code point says "Banana" first.
+        for sql in ["SELECT w FROM words ORDER BY w", "SELECT max(w) FROM words",
+                    "SELECT id, count(*) FROM words GROUP BY id ORDER BY min(w)"]:  # fmt: skip
+            with pytest.raises(shardq.UnsupportedQueryError, match="collation 'ICU en-US'"):
+                conn.execute(sql)
+        # Explicitly code-point order, and merges that compare no text, are exact.
+        cur = conn.execute('SELECT w FROM words ORDER BY w COLLATE "C"')
+        assert cur.fetchall() == [(w,) for w in sorted(WORDS)]
+        assert conn.execute("SELECT count(*), min(id) FROM words").fetchall() == [(8, 0)]
+        cur = conn.execute("SELECT id FROM words ORDER BY id DESC LIMIT 2")
+        assert cur.fetchall() == [(7,), (6,)]

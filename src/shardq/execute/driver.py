@@ -106,6 +106,10 @@ class ShardPool(Protocol):
     def columns_query(self, table: str) -> tuple[str, object]:
         """A query (and its parameters) returning ``(column, type)`` rows of ``table``."""
 
+    #: A query returning one ``(collation, provider)`` row for the database's
+    #: default text order, or None where text always compares by code point.
+    collation_sql: str | None
+
     async def close(self) -> None:
         """Close every connection the pool opened."""
 

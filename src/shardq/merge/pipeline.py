@@ -25,11 +25,12 @@ from shardq.merge.evaluate import (
     output_type,
 )
 from shardq.merge.order import kway, sort_key
+from shardq.merge.steps import Combine
 
 if TYPE_CHECKING:
     from shardq.merge.steps import MergePlan
 
-__all__ = ["describe", "merger"]
+__all__ = ["compared_columns", "describe", "merger"]
 
 _CHUNK = 2000  # rows per emitted batch from an in-memory stage
 
@@ -169,6 +170,29 @@ def _cast(row: tuple[Any, ...], casts: list[tuple[int, Any]]) -> tuple[Any, ...]
     for i, type_code in casts:
         values[i] = coerce(values[i], type_code)
     return tuple(values)
+
+
+def compared_columns(plan: MergePlan, types: Sequence[Any], sem: Semantics) -> list[Any]:
+    """The type codes of the values the merge orders (ORDER BY terms, MIN and MAX)."""
+    found = [
+        types[k.column]
+        for k in plan.order
+        if not k.code_point and -len(types) <= k.column < len(types)
+    ]
+    if plan.aggregate is not None:
+        start = plan.aggregate.groups
+        found += [
+            types[start + i]
+            for i, c in enumerate(plan.aggregate.combines)
+            if c in (Combine.MIN, Combine.MAX) and start + i < len(types)
+        ]
+    if plan.outputs is not None and plan.sort:
+        found += [
+            output_type(plan.outputs[k.column].type, types, sem)
+            for k in plan.sort
+            if not k.code_point
+        ]
+    return found
 
 
 def describe(

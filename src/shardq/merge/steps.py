@@ -45,6 +45,8 @@ class SortKey:
     column: int
     descending: bool = False
     nulls_first: bool = False
+    # The term says COLLATE "C": its text compares by code point on any database.
+    code_point: bool = False
 
 
 class Combine(enum.Enum):
@@ -147,6 +149,14 @@ class MergePlan:
     def streaming(self) -> bool:
         """Whether rows flow through without the whole result being held in memory."""
         return self.aggregate is None and not self.sort
+
+    @property
+    def compares(self) -> bool:
+        """Whether the merge orders values (ORDER BY, sorting, MIN or MAX)."""
+        return bool(self.order or self.sort) or (
+            self.aggregate is not None
+            and any(c in (Combine.MIN, Combine.MAX) for c in self.aggregate.combines)
+        )
 
     @property
     def trivial(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 from shardq.dsn import Secrets
 from shardq.execute.drivers.threaded import ThreadedConnection, ThreadedPool
+from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 
 __all__ = ["adapter_pool"]
 
@@ -74,4 +75,5 @@ def adapter_pool(name: str, conn: Any, dialect: str) -> ThreadedPool:
         max_size=1,
         info_sql=_INFO_SQL.get(dialect, "SELECT 1"),
         columns_query=_columns_sql(dialect),
+        collation_sql=POSTGRES_COLLATION_SQL if dialect == "postgres" else None,
     )

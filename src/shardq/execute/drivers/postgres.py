@@ -23,6 +23,7 @@ import psycopg
 
 from shardq.execute.driver import Column, Row, translate_error
 from shardq.execute.pool import LazyPool
+from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -246,6 +247,7 @@ class PsycopgPool:
         return self._pool.connection()
 
     info_sql = "SELECT version()"
+    collation_sql = POSTGRES_COLLATION_SQL
 
     def columns_query(self, table: str) -> tuple[str, object]:
         schema, _, name = table.rpartition(".")

@@ -217,8 +217,10 @@ class ThreadedPool:
         max_size: int,
         info_sql: str,
         columns_query: Callable[[str], tuple[str, object]],
+        collation_sql: str | None = None,
     ):
         self.name = name
+        self.collation_sql = collation_sql
         self._factory = factory
         self.info_sql = info_sql
         self._columns_query = columns_query

@@ -203,7 +203,7 @@ def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool)
         else:
             column = helper - len(extra)  # helper columns are the last ones
             helper += 1
-        keys.append(SortKey(column, term.descending, term.nulls_first))
+        keys.append(SortKey(column, term.descending, term.nulls_first, term.code_point))
     shard = select.copy()
     for i, node in enumerate(extra):
         shard.select(exp.alias_(node.copy(), f"_shardq_o{i}"), append=True, copy=False)

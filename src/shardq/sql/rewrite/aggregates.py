@@ -400,7 +400,7 @@ def decompose(select: exp.Select, dialect: str, source: str = "") -> Decomposed:
             expr = d.translate(target)
             outputs.append(Output("?column?", expr, type_of(expr)))
             target = len(outputs) - 1
-        sort.append(SortKey(target, term.descending, term.nulls_first))
+        sort.append(SortKey(target, term.descending, term.nulls_first, term.code_point))
     shard = select.copy()
     for arg in ("having", "order", "limit", "offset", "distinct"):
         shard.set(arg, None)

@@ -35,6 +35,7 @@ class SortTerm:
     target: int | exp.Expr
     descending: bool
     nulls_first: bool
+    code_point: bool = False  # an explicit code-point COLLATE
 
     def __repr__(self) -> str:  # the doctest shows expressions as SQL
         target = self.target if isinstance(self.target, int) else self.target.sql()
@@ -103,5 +104,6 @@ def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
         else:
             target = node
         terms.append(SortTerm(target, bool(ordered.args.get("desc")),
-                              bool(ordered.args.get("nulls_first"))))  # fmt: skip
+                              bool(ordered.args.get("nulls_first")),
+                              isinstance(node, exp.Collate)))  # fmt: skip
     return terms
