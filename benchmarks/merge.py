@@ -44,8 +44,10 @@ by ``g``, the numeric ``avg`` equal as a :class:`~decimal.Decimal` and written
 with the same digits). Memory is measured for the ORDER BY statement in
 separate, untimed runs too: the peak resident set size of the process above
 its size at the start of the run (sampled from ``/proc/self/statm`` every
-5 ms; ``ru_maxrss`` elsewhere), and the peak of :mod:`tracemalloc` (Python
-allocations only, all threads) in another run.
+5 ms, after ``malloc_trim`` has returned the heap's free memory; ``ru_maxrss``
+elsewhere), and the peak of :mod:`tracemalloc` (Python allocations only, all
+threads) in another run. Memory the allocator kept from earlier work can be
+reused without growing the RSS, so the RSS figure is a lower bound.
 
 Five throw-away PostgreSQL clusters are started with the test suite's helper
 (``tests.fixtures.servers.start_pg_clusters``) and stopped by pid at the end,
@@ -64,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import os
 import platform
@@ -279,6 +282,12 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def _trim_heap() -> None:
+    """Give the heap's free memory back to the OS (glibc only), so the RSS is what is in use."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class RssPeak:
     """Samples the RSS in a thread while in use; ``growth`` is its peak above the start."""
 
@@ -295,6 +304,7 @@ class RssPeak:
 
     def __enter__(self) -> RssPeak:
         gc.collect()
+        _trim_heap()
         self.start = (_current_rss() if self._sampled else _maxrss()) or 0
         self.peak = self.start
         if self._sampled:
@@ -650,9 +660,13 @@ def measure(
     return stats, failed
 
 
-def measure_memory(methods: dict[str, Method]) -> dict[str, tuple[int, int]]:
-    """Each method once with the RSS sampled, once under tracemalloc: (RSS growth, traced peak)."""
-    out: dict[str, tuple[int, int]] = {}
+def measure_memory(methods: dict[str, Method]) -> dict[str, tuple[int, int, int]]:
+    """Each method once with the RSS sampled, once under tracemalloc.
+
+    Returns:
+        per method, the RSS at the start, its peak growth, and the traced peak (bytes).
+    """
+    out: dict[str, tuple[int, int, int]] = {}
     for name, method in methods.items():
         try:
             with RssPeak() as rss:
@@ -661,7 +675,7 @@ def measure_memory(methods: dict[str, Method]) -> dict[str, tuple[int, int]]:
                 method()
         except Exception:
             continue  # reported by measure()
-        out[name] = (rss.growth, traced[0])
+        out[name] = (rss.start, rss.growth, traced[0])
     return out
 
 
@@ -722,14 +736,19 @@ def report_aims(medians: dict[str, float], baseline: str) -> None:
         print(f"  {verdict}  {aim} ({ratio:.3f} x, {extra:+,.0f} ms)")
 
 
-def report_memory(memory: dict[str, tuple[int, int]]) -> None:
+def report_memory(memory: dict[str, tuple[int, int, int]]) -> None:
     how = "sampled every 5 ms" if _current_rss() is not None else "ru_maxrss"
     print(f"\nmemory of one untimed run each (RSS {how}; tracemalloc in a second run):")
-    header = f"  {'method':<33} {'RSS peak growth MB':>19} {'tracemalloc peak MB':>20}"
+    header = (
+        f"  {'method':<33} {'RSS at start MB':>16} {'RSS peak growth MB':>19} "
+        f"{'tracemalloc peak MB':>20}"
+    )
     print(header)
     print("  " + "-" * (len(header) - 2))
-    for name, (rss, traced) in memory.items():
-        print(f"  {name:<33} {rss / 2**20:>19.1f} {traced / 2**20:>20.1f}")
+    for name, (start, growth, traced) in memory.items():
+        print(
+            f"  {name:<33} {start / 2**20:>16.1f} {growth / 2**20:>19.1f} {traced / 2**20:>20.1f}"
+        )
 
 
 def report_machine() -> None:

@@ -10,7 +10,7 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from shardq.errors import ConfigError, ProgrammingError, UnsupportedQueryError
+from shardq.errors import ConfigError, ProgrammingError, ShardError, UnsupportedQueryError
 from shardq.execute.driver import ShardPool, get_driver
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import TEXT_TYPES, code_point_order, collation_name
@@ -18,8 +18,11 @@ from shardq.merge.drive import drive
 from shardq.merge.evaluate import semantics
 from shardq.merge.pipeline import compared_columns, merger
 from shardq.results import AsyncResult
+from shardq.rows import tuple_row
 from shardq.sql.explain import Analyzed, ShardRun, explain
 from shardq.sql.plan import Planner, QueryPlan
+from shardq.sql.rewrite import positional_as_named
+from shardq.sql.subplans import Result
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,6 +83,8 @@ class Engine:
     ) -> AsyncResult:
         """Run one statement and return its merged, streaming result."""
         plan = self.plan(sql, params)
+        if plan.deferred is not None:
+            return await self._execute_deferred(plan, timeout=timeout, row_factory=row_factory)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.merge.compares:
             await self._learn_text_order(shards)
@@ -96,6 +101,46 @@ class Engine:
                 raise
         merge = merger(plan.merge, len(shards), self._semantics, types)
         return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+
+    async def _execute_deferred(
+        self, plan: QueryPlan, *, timeout: float | None, row_factory: RowFactory
+    ) -> AsyncResult:
+        """Run a plan's subqueries first, then the statement with their results in place."""
+        assert plan.deferred is not None
+        deferred = plan.deferred
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        params = positional_as_named(plan.params, deferred.positional)
+        results = []
+        for subplan in deferred.subplans:
+            try:
+                result = await self.execute(
+                    subplan.sql, params, timeout=left(), row_factory=tuple_row
+                )
+                rows = await result.fetchall()
+            except ShardError as exc:
+                if exc.sqlstate == "42703" or "no such column" in str(exc):
+                    raise UnsupportedQueryError(
+                        f"the subquery {subplan.sql}",
+                        "run on its own it names a column it does not have, so it refers to "
+                        "the outer query (a correlated subquery); shardq runs a correlated "
+                        "subquery over distributed tables only when it is correlated on the "
+                        "shard key, with the outer column qualified",
+                    ) from exc
+                raise
+            description = result.description or ()
+            results.append(
+                Result(
+                    tuple(c.name for c in description),
+                    tuple(c.type_code for c in description),
+                    rows,
+                )
+            )
+        sql, bound = deferred.substitute(results, plan.params)
+        return await self.execute(sql, bound, timeout=left(), row_factory=row_factory)
 
     async def _learn_text_order(self, shards: tuple[str, ...]) -> None:
         """Ask each shard not asked before how it orders text (see :mod:`.textorder`)."""
@@ -140,6 +185,11 @@ class Engine:
         if plan.kind.is_write:
             raise ProgrammingError("EXPLAIN ANALYZE runs the statement; shardq analyzes reads only")
         began = time.perf_counter()
+        if plan.deferred is not None:
+            result = await self._execute_deferred(plan, timeout=timeout, row_factory=tuple_row)
+            count = len(await result.fetchall())
+            analyzed = Analyzed((), count, time.perf_counter() - began)
+            return explain(plan, shards, total=total, analyzed=analyzed)
         received = [0] * len(shards)
         done: list[float | None] = [None] * len(shards)
         waited = 0.0

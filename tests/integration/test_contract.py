@@ -198,6 +198,21 @@ def test_merged_reads_match_one_database(backend: Backend) -> None:
         assert cur.fetchall() == [(0, None)]
 
 
+def test_subqueries_run_first_on_every_backend(backend: Backend) -> None:
+    vals = [v for _, _, v in ITEMS]
+    mean = sum(vals) / len(vals)
+    with backend.connect() as conn:
+        sql = "SELECT count(*) FROM items WHERE val > (SELECT avg(val) FROM items)"
+        assert conn.execute(sql).fetchall() == [(sum(1 for v in vals if v > mean),)]
+        sql = "SELECT count(*) FROM kinds WHERE length(code) IN (SELECT count(*) / 200 FROM items)"
+        assert conn.execute(sql).fetchall() == [(len(KINDS),)]
+        sql = backend.sql(
+            "SELECT code FROM kinds WHERE code IN (SELECT grp FROM items WHERE val < {}) "
+            "ORDER BY code"
+        )
+        assert conn.execute(sql, [0]).fetchall() == []
+
+
 def test_an_empty_result_still_has_its_columns(backend: Backend) -> None:
     with backend.connect() as conn:
         for sql in ["SELECT id, grp FROM items WHERE id = 100000",  # one shard

@@ -155,3 +155,39 @@ def test_a_repeated_statement_is_parsed_and_rewritten_once(
     limits = [planner.plan(sql, [i, i + 1]).merge.limit for i in range(50)]
     assert limits == [i + 1 for i in range(50)]  # the parameters are bound per call
     assert calls == {"parse": 1, "distribute": 1}
+
+
+def test_a_subquery_that_is_not_local_runs_first(planner: Planner) -> None:
+    from shardq.sql.explain import explain
+    from shardq.sql.subplans import Result
+
+    sql = (
+        "WITH per AS (SELECT status, sum(total) AS total FROM orders GROUP BY status) "
+        "SELECT c.name, per.total FROM countries c JOIN per ON per.status = c.code "
+        "WHERE per.total > %s"
+    )
+    plan = planner.plan(sql, [10])
+    assert plan.deferred is not None
+    (first,) = plan.deferred.subplans
+    assert first.sql == "SELECT status, SUM(total) AS total FROM orders GROUP BY status"
+    assert first.named
+    text = explain(plan, ("s0",), total=3)
+    assert "Runs first, each planned and merged on its own:" in text
+    final, params = plan.deferred.substitute(
+        [Result(("status", "total"), (25, 1700), [("a", 1), ("b", None)])], [10]
+    )
+    assert final == (
+        "WITH per AS (SELECT * FROM UNNEST(CAST(%(_shardq_m0_0)s AS TEXT[]), "
+        'CAST(%(_shardq_m0_1)s AS DECIMAL[])) AS _shardq_m0("status", "total")) '
+        "SELECT c.name, per.total FROM countries AS c JOIN per ON per.status = c.code "
+        "WHERE per.total > %(_p0)s"
+    )
+    assert params == {"_p0": 10, "_shardq_m0_0": ["a", "b"], "_shardq_m0_1": [1, None]}
+    # The statement with its results in place reads reference tables only: one shard.
+    assert planner.plan(final, params).route.kind.name == "ANY"
+
+
+def test_a_correlated_subquery_is_not_run_first(planner: Planner) -> None:
+    sql = "SELECT * FROM countries c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.status = c.code)"
+    with pytest.raises(shardq.UnsupportedQueryError, match="correlated subquery"):
+        planner.plan(sql)

@@ -14,7 +14,16 @@ if TYPE_CHECKING:
     from shardq.config import Config, TableConfig
     from shardq.sql.parse import Parsed
 
-__all__ = ["Analysis", "StatementKind", "TableRef", "analyze", "table_refs"]
+__all__ = [
+    "AGGREGATE_NAMES",
+    "Analysis",
+    "StatementKind",
+    "TableRef",
+    "analyze",
+    "is_aggregate",
+    "own_aggregates",
+    "table_refs",
+]
 
 
 class StatementKind(enum.Enum):
@@ -196,3 +205,50 @@ def analyze(parsed: Parsed, config: Config) -> Analysis:
     """Classify a parsed statement and resolve its tables against ``config``."""
     statement = parsed.expression
     return Analysis(parsed, _kind(statement), table_refs(statement, config))
+
+
+# Aggregates sqlglot parses as plain function calls (exp.Anonymous). A
+# user-defined aggregate cannot be told from a function by its text: the
+# README says so.
+AGGREGATE_NAMES = frozenset(
+    {
+        "array_agg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "every",
+        "group_concat", "json_agg", "json_group_array", "json_group_object", "json_object_agg",
+        "jsonb_agg", "jsonb_object_agg", "range_agg", "range_intersect_agg", "string_agg",
+        "total", "xmlagg", "mode", "percentile_cont", "percentile_disc", "regr_count",
+        "regr_avgx", "regr_avgy", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
+        "regr_sxy", "regr_syy", "corr", "covar_pop", "covar_samp", "stddev", "stddev_pop",
+        "stddev_samp", "variance", "var_pop", "var_samp", "any_value",
+        "count", "sum", "avg", "min", "max", "json_agg_strict", "jsonb_agg_strict",
+        "json_object_agg_strict", "json_object_agg_unique", "json_object_agg_unique_strict",
+        "jsonb_object_agg_strict", "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict",
+        "json_arrayagg", "json_objectagg", "jsonb_group_array", "jsonb_group_object",
+        "percentile", "median",
+    }
+)  # fmt: skip
+
+
+def is_aggregate(node: exp.Expr) -> bool:
+    """Whether ``node`` is an aggregate call (FILTER and WITHIN GROUP included)."""
+    if isinstance(node, exp.AggFunc):
+        return True
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower() in AGGREGATE_NAMES
+    return isinstance(node, exp.Filter | exp.WithinGroup)
+
+
+def own_aggregates(node: exp.Expr, select: exp.Select) -> list[exp.Expr]:
+    """The aggregates in ``node`` that belong to ``select`` (not to a subquery)."""
+    return [
+        n
+        for n in node.find_all(exp.Func, exp.Filter, exp.WithinGroup)
+        if n.parent_select is select and is_aggregate(n) and not _in_window(n)
+    ]
+
+
+def _in_window(node: exp.Expr) -> bool:
+    """Whether ``node`` is the function of a window (``count(*) OVER (...)``)."""
+    parent = node.parent
+    while isinstance(parent, exp.Filter):
+        node, parent = parent, parent.parent
+    return isinstance(parent, exp.Window) and parent.this is node

@@ -139,6 +139,15 @@ def explain(
     else:
         lines.append(f"Distributed query on {count} shards: {', '.join(shards)}")
     lines.append(f"Strategy: {plan.strategy}")
+    if plan.deferred is not None:
+        lines = [lines[-1], "Runs first, each planned and merged on its own:"]
+        for i, subplan in enumerate(plan.deferred.subplans, 1):
+            lines.append(f"  {i}. {subplan.sql}")
+        lines.append("Then, with each result in place as parameters (one array per column):")
+        lines.append(f"  {plan.deferred.template.sql(plan.deferred.dialect)}")
+        if analyzed is not None:
+            lines.append(f"Execution: {analyzed.rows} rows in {analyzed.seconds * 1000:.1f} ms")
+        return "\n".join(lines)
     lines.append("Each shard runs:" if len(shards) > 1 else "The shard runs:")
     lines += [f"  {line}" for line in plan.sql.strip().splitlines()]
     if plan.params:

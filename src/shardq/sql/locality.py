@@ -34,15 +34,14 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
-from shardq.sql.analyze import normalize
+from shardq.sql.analyze import is_aggregate, normalize, own_aggregates
 from shardq.sql.colocation import colocation_group
-from shardq.sql.rewrite.aggregates import is_aggregate, own_aggregates
 
 if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.sql.analyze import Analysis, TableRef
 
-__all__ = ["Relation", "check_local", "joined_on_keys", "link"]
+__all__ = ["Relation", "check_local", "joined_on_keys", "link", "run_first"]
 
 _REASON = "shardq cannot merge it exactly yet; pin it to one shard with a shard-key condition"
 _OUTER_REASON = (
@@ -149,12 +148,43 @@ def link(
 
 
 class _Checker:
-    def __init__(self, analysis: Analysis, config: Config):
+    def __init__(self, analysis: Analysis, config: Config, collect: bool = False):
         self.analysis = analysis
         self.config = config
         self.dialect = analysis.parsed.dialect
         self.refs: dict[int, TableRef] = {id(r.node): r for r in analysis.refs}
         self.ctes = self._ctes(analysis.parsed.expression)
+        # Collect mode: subqueries that cannot run on the shards as part of the
+        # query are recorded, to be run first on their own (recursive planning).
+        self.collect = collect
+        self.first: list[exp.Select] = []
+        self._first_ids: set[int] = set()
+
+    def _run_first(self, body: exp.Expr, error: UnsupportedQueryError) -> None:
+        """Record ``body`` to run first, or raise ``error`` if that cannot help."""
+        if not self.collect or not isinstance(body, exp.Select) or self._correlated_outside(body):
+            raise error
+        if id(body) not in self._first_ids:
+            # Subqueries inside it, recorded while checking it, run as part of it.
+            self.first = [f for f in self.first if not any(a is body for a in _ancestors(f, None))]
+            self._first_ids = {id(f) for f in self.first} | {id(body)}
+            self.first.append(body)
+
+    def _correlated_outside(self, body: exp.Select) -> bool:
+        """Whether ``body`` names, qualified, a table that is not its own (an outer one)."""
+        inner = {
+            normalize(t.args["alias"].this, self.dialect)
+            if t.args.get("alias") is not None and t.args["alias"].this
+            else normalize(t.this, self.dialect)
+            if isinstance(t.this, exp.Identifier)
+            else ""
+            for t in body.find_all(exp.Table, exp.Subquery)
+        }
+        return any(
+            normalize(c.args["table"], self.dialect) not in inner
+            for c in body.find_all(exp.Column)
+            if c.table
+        )
 
     def _ctes(self, statement: exp.Expr) -> dict[str, exp.Expr]:
         with_ = statement.args.get("with_") or statement.args.get("with")
@@ -169,12 +199,14 @@ class _Checker:
         found = []
         seen = seen | {id(node)}
         for table in node.find_all(exp.Table):
+            if self._first_ids and any(id(a) in self._first_ids for a in _ancestors(table, node)):
+                continue  # inside a subquery that runs first
             ref = self.refs.get(id(table))
             if ref is not None and ref.table.distributed:
                 found.append(ref)
             elif ref is None and not table.db and isinstance(table.this, exp.Identifier):
                 body = self.ctes.get(normalize(table.this, self.dialect))
-                if body is not None and id(body) not in seen:
+                if body is not None and id(body) not in seen and id(body) not in self._first_ids:
                     found += self.distributed_inside(body, seen)
         return found
 
@@ -227,6 +259,13 @@ class _Checker:
             return None
         if not self.distributed_inside(body):
             return None
+        try:
+            return self._derived(source, body, alias)
+        except UnsupportedQueryError as exc:
+            self._run_first(body, exc)
+            return None
+
+    def _derived(self, source: exp.Expr, body: exp.Expr, alias: exp.Expr | None) -> Relation | None:
         if not isinstance(body, exp.Select):
             for join in body.find_all(exp.Join):
                 side = (join.side or "").upper()
@@ -237,6 +276,8 @@ class _Checker:
             what = "a parenthesized join" if isinstance(body, exp.Table) else body.key.upper()
             raise UnsupportedQueryError(f"{what} over distributed tables in FROM", _REASON)
         inner = self.scope(body)
+        if not inner:
+            return None  # what it read of distributed tables runs first
         keys = self._preserving(body, inner, "a derived table")
         name = (
             normalize(alias.this, self.dialect)
@@ -245,8 +286,9 @@ class _Checker:
             if isinstance(source, exp.Table)
             else ""
         )
-        if alias is not None and alias.columns:
-            renamed = [normalize(c, self.dialect) for c in alias.columns]
+        renames = alias.args.get("columns") if alias is not None else None
+        if renames:
+            renamed = [normalize(c, self.dialect) for c in renames]
             positions = {i for i, item in enumerate(body.expressions) if self._output(item) in keys}
             keys = frozenset(renamed[i] for i in positions if i < len(renamed))
         return Relation(source, name, keys, inner[0].group)
@@ -323,13 +365,19 @@ class _Checker:
         self._check_outer_aggregates(select, body)
         if not self.distributed_inside(body):
             return
+        try:
+            self._tie(body, outer)
+        except UnsupportedQueryError as exc:
+            self._run_first(body, exc)
+
+    def _tie(self, body: exp.Select, outer: list[Relation]) -> None:
         names = ", ".join(sorted({r.table.name for r in self.distributed_inside(body)}))
         if not outer:
             raise UnsupportedQueryError(
-                f"a subquery over the distributed table {names}",
-                "the outer query reads no distributed table, so the subquery's rows would "
-                "have to be gathered from every shard first, which shardq does not do yet; "
-                + _REASON,
+                f"a correlated subquery over the distributed table {names}",
+                "the outer query reads no distributed table, so the subquery cannot run on "
+                "the outer row's shard, and it refers to the outer query, so it cannot run "
+                "first on its own; " + _REASON,
             )
         inner = self.scope(body)
         if self._correlated(body, inner, outer):
@@ -346,10 +394,10 @@ class _Checker:
             if keys and {r.group for r in inner} == {r.group for r in outer}:
                 return
         raise UnsupportedQueryError(
-            f"a subquery over the distributed table {names}",
-            "it is not tied to the outer row's shard: correlate it on the shard key with "
-            "the outer column qualified (inner.key = outer_table.key), or write "
-            "key IN (SELECT key ...); " + _REASON,
+            f"a correlated subquery over the distributed table {names}",
+            "it is not tied to the outer row's shard, and it refers to the outer query, so "
+            "it cannot run first on its own: correlate it on the shard key with the outer "
+            "column qualified (inner.key = outer_table.key); " + _REASON,
         )
 
     def _correlated(self, body: exp.Select, inner: list[Relation], outer: list[Relation]) -> bool:
@@ -418,6 +466,15 @@ class _Checker:
                 raise UnsupportedQueryError(f"a {side} JOIN across shards", _OUTER_REASON)
 
 
+def _ancestors(node: exp.Expr, top: exp.Expr | None) -> list[exp.Expr]:
+    found = []
+    current = node.parent
+    while current is not None and current is not top:
+        found.append(current)
+        current = current.parent
+    return found
+
+
 def _may_aggregate_outer(node: exp.Expr, inner: exp.Select) -> bool:
     """Whether an aggregate in a subquery might refer only to the outer query's columns.
 
@@ -469,3 +526,25 @@ def check_local(analysis: Analysis, config: Config) -> None:
     if not relations and checker.distributed_inside(statement):
         names = ", ".join(sorted({r.table.name for r in checker.distributed_inside(statement)}))
         raise UnsupportedQueryError(f"a subquery over the distributed table {names}", _REASON)
+
+
+def run_first(analysis: Analysis, config: Config) -> list[exp.Select]:
+    """The subqueries to run first, on their own, so that the rest of the read is local.
+
+    A CTE, derived table or uncorrelated subquery over distributed tables that
+    cannot run on the shards as part of the query (its groups span shards,
+    it is not tied to the outer row's shard, the outer query reads only
+    reference tables) is run first as a distributed query of its own; its
+    result then replaces it (:mod:`shardq.sql.subplans`). Returns them in the
+    order they must run (an empty list if the query is local as it is).
+
+    Raises:
+        UnsupportedQueryError: the query is not local for another reason, or a
+            subquery refers to a table of the outer query.
+    """
+    statement = analysis.parsed.expression
+    if not isinstance(statement, exp.Select):
+        raise UnsupportedQueryError(f"{statement.key.upper()} across shards", _REASON)
+    checker = _Checker(analysis, config, collect=True)
+    checker.scope(statement)
+    return checker.first

@@ -210,12 +210,12 @@ def placeholder_value(node: exp.Placeholder, params: object) -> object:
         ProgrammingError: ``params`` has no value for the placeholder.
     """
     name = node.name
+    if isinstance(params, Mapping) and name in params:
+        return params[name]  # a named parameter, or a positional one a rewrite renamed
     if name.startswith(POSITIONAL_PREFIX) and name[len(POSITIONAL_PREFIX) :].isdigit():
         index = int(name[len(POSITIONAL_PREFIX) :])
         sequence = isinstance(params, Sequence) and not isinstance(params, str | bytes)
         if sequence and index < len(params):  # type: ignore[arg-type]
             return params[index]  # type: ignore[index]
         raise ProgrammingError(f"no value bound for positional placeholder {index + 1}")
-    if isinstance(params, Mapping) and name in params:
-        return params[name]
     raise ProgrammingError(f"no value bound for placeholder {name!r}")

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import MergePlan
 from shardq.sql.analyze import Analysis, StatementKind, analyze
+from shardq.sql.locality import run_first
 from shardq.sql.parse import parse
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
 from shardq.sql.route import Route, RouteKind, route
+from shardq.sql.subplans import Deferred, defer
 
 if TYPE_CHECKING:
     from shardq.config import Config
@@ -45,6 +47,9 @@ class QueryPlan:
     route: Route
     merge: MergePlan
     strategy: str = "runs as written"
+    # Subqueries to run first; the statement is then planned again with their
+    # results in place (see shardq.sql.subplans).
+    deferred: Deferred | None = None
 
 
 class Planner:
@@ -85,6 +90,32 @@ class Planner:
             raise UnsupportedQueryError(found.construct, found.reason)
         return found
 
+    def deferred(self, analysis: Analysis, refusal: UnsupportedQueryError) -> Deferred:
+        """The recursive plan of a read that is not local as it stands (cached).
+
+        Raises ``refusal`` when running subqueries first cannot make it local.
+        """
+        found = analysis.memo.get("deferred")
+        if found is None:
+            try:
+                first = run_first(analysis, self.config)
+                found = (
+                    defer(
+                        analysis.parsed.expression,
+                        first,
+                        self.config.dialect,
+                        analysis.parsed.positional,
+                    )
+                    if first
+                    else refusal
+                )
+            except UnsupportedQueryError as exc:
+                found = exc
+            analysis.memo["deferred"] = found
+        if isinstance(found, UnsupportedQueryError):
+            raise UnsupportedQueryError(found.construct, found.reason)
+        return found
+
     def plan(self, sql: str, params: object = None) -> QueryPlan:
         """Return the plan of ``sql`` with ``params`` bound."""
         analysis = self.analyze(sql)
@@ -105,7 +136,16 @@ class Planner:
             else:
                 why = "its shard-key condition pins it to the shards that hold the keys"
             return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, why)
-        rewritten = self.distributed(analysis)
+        try:
+            rewritten = self.distributed(analysis)
+        except UnsupportedQueryError as refusal:
+            deferred = self.deferred(analysis, refusal)
+            strategy = (
+                f"subqueries run first ({len(deferred.subplans)}), each as a distributed "
+                "query of its own; the statement is then planned again with their results "
+                "as parameters"
+            )
+            return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, strategy, deferred)
         merge = rewritten.bind(params)
         if rewritten.sql is None:
             return QueryPlan(sql, params, analysis.kind, target, merge, rewritten.strategy)

@@ -28,10 +28,10 @@ from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
 from shardq.merge.steps import Call, Const, Expr, MergePlan, Param, SortKey
-from shardq.sql.analyze import normalize
+from shardq.sql.analyze import normalize, own_aggregates
 from shardq.sql.locality import check_local
 from shardq.sql.parse import placeholder_value
-from shardq.sql.rewrite.aggregates import decompose, own_aggregates
+from shardq.sql.rewrite.aggregates import decompose
 from shardq.sql.rewrite.limit import Window, push_window, split_window
 from shardq.sql.rewrite.order import sort_terms
 

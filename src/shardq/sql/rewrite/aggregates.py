@@ -44,31 +44,11 @@ from shardq.merge.steps import (
     SortKey,
     TypeRule,
 )
-from shardq.sql.analyze import normalize
+from shardq.sql.analyze import is_aggregate, normalize, own_aggregates
 from shardq.sql.rewrite.names import output_name
 from shardq.sql.rewrite.order import is_star, sort_terms
 
 __all__ = ["Decomposed", "decompose", "is_aggregate", "own_aggregates"]
-
-# Aggregates sqlglot parses as plain function calls (exp.Anonymous). A
-# user-defined aggregate cannot be told from a function by its text: the
-# README says so.
-AGGREGATE_NAMES = frozenset(
-    {
-        "array_agg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "every",
-        "group_concat", "json_agg", "json_group_array", "json_group_object", "json_object_agg",
-        "jsonb_agg", "jsonb_object_agg", "range_agg", "range_intersect_agg", "string_agg",
-        "total", "xmlagg", "mode", "percentile_cont", "percentile_disc", "regr_count",
-        "regr_avgx", "regr_avgy", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
-        "regr_sxy", "regr_syy", "corr", "covar_pop", "covar_samp", "stddev", "stddev_pop",
-        "stddev_samp", "variance", "var_pop", "var_samp", "any_value",
-        "count", "sum", "avg", "min", "max", "json_agg_strict", "jsonb_agg_strict",
-        "json_object_agg_strict", "json_object_agg_unique", "json_object_agg_unique_strict",
-        "jsonb_object_agg_strict", "jsonb_object_agg_unique", "jsonb_object_agg_unique_strict",
-        "json_arrayagg", "json_objectagg", "jsonb_group_array", "jsonb_group_object",
-        "percentile", "median",
-    }
-)  # fmt: skip
 
 # Functions whose value differs per call: computed per shard, they would differ.
 VOLATILE = frozenset(
@@ -107,32 +87,6 @@ _NOT_DECOMPOSABLE = (
     "its per-shard results cannot be combined into the exact answer; pin the query to "
     "one shard with a shard-key condition"
 )
-
-
-def is_aggregate(node: exp.Expr) -> bool:
-    """Whether ``node`` is an aggregate call (FILTER and WITHIN GROUP included)."""
-    if isinstance(node, exp.AggFunc):
-        return True
-    if isinstance(node, exp.Anonymous):
-        return str(node.this).lower() in AGGREGATE_NAMES
-    return isinstance(node, exp.Filter | exp.WithinGroup)
-
-
-def own_aggregates(node: exp.Expr, select: exp.Select) -> list[exp.Expr]:
-    """The aggregates in ``node`` that belong to ``select`` (not to a subquery)."""
-    return [
-        n
-        for n in node.find_all(exp.Func, exp.Filter, exp.WithinGroup)
-        if n.parent_select is select and is_aggregate(n) and not _in_window(n)
-    ]
-
-
-def _in_window(node: exp.Expr) -> bool:
-    """Whether ``node`` is the function of a window (``count(*) OVER (...)``)."""
-    parent = node.parent
-    while isinstance(parent, exp.Filter):
-        node, parent = parent, parent.parent
-    return isinstance(parent, exp.Window) and parent.this is node
 
 
 def _is_volatile(node: exp.Expr) -> bool:

@@ -1,0 +1,157 @@
+"""Recursive planning: subqueries run first, their results substituted.
+
+A subquery over distributed tables that cannot run on the shards as part of
+its query (a CTE grouped by a non-key column, an uncorrelated ``IN
+(SELECT ...)`` under a query of reference tables, a scalar subquery) is run
+first as a distributed query of its own, as Citus's recursive planning does.
+Its rows then replace it, shipped as bound parameters: one array per column,
+read back with ``unnest`` (PostgreSQL) or ``json_each`` (SQLite)::
+
+    WITH revenue AS (SELECT * FROM unnest(%(_shardq_m0_0)s::int4[],
+                                          %(_shardq_m0_1)s::numeric[])
+                     AS _shardq_m0("supplier_no", "total_revenue"))
+    SELECT ... FROM supplier, revenue WHERE ...
+
+The statement is planned again with the results in place: usually it now
+reads reference tables only and runs whole on one shard, with the
+database's own semantics for everything it does with them. Whatever the
+size of a result, the statement's text stays the same size (the rows travel
+as parameters) and there is nothing to clean up afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlglot
+from sqlglot import exp
+
+from shardq.errors import UnsupportedQueryError
+from shardq.sql.analyze import normalize
+from shardq.sql.rewrite import positional_as_named
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Deferred", "Result", "Subplan", "defer"]
+
+_MARK = "_shardq_m"
+# The PostgreSQL types a result column can be shipped as (OID -> type name).
+_PG_TYPES = {
+    16: "bool", 17: "bytea", 18: '"char"', 19: "name", 20: "int8", 21: "int2", 23: "int4",
+    25: "text", 700: "float4", 701: "float8", 1042: "bpchar", 1043: "varchar", 1082: "date",
+    1083: "time", 1114: "timestamp", 1184: "timestamptz", 1186: "interval", 1266: "timetz",
+    1700: "numeric", 2950: "uuid",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Subplan:
+    """One subquery to run first: its SQL, standalone, and how it is referenced."""
+
+    sql: str
+    named: bool  # a CTE or derived table: its columns keep their names
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a subplan returned: column names, type codes and rows."""
+
+    names: tuple[str, ...]
+    types: tuple[Any, ...]
+    rows: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A statement whose subqueries run first (see the module docstring)."""
+
+    template: exp.Expr
+    subplans: tuple[Subplan, ...]
+    dialect: str
+    positional: int
+
+    def substitute(self, results: Sequence[Result], params: object) -> tuple[str, object]:
+        """The statement with the results in place, and its parameters."""
+        statement = self.template.copy()
+        named = positional_as_named(params, self.positional)
+        bound: dict[str, Any] = dict(named) if isinstance(named, Mapping) else {}
+        marks = {
+            node.name: node
+            for node in statement.find_all(exp.Placeholder)
+            if node.name.startswith(_MARK)
+        }
+        for i, (subplan, result) in enumerate(zip(self.subplans, results, strict=True)):
+            name = f"{_MARK}{i}"
+            select, values = self._select(name, subplan, result)
+            marks[name].replace(select)
+            bound.update(values)
+        return statement.sql(self.dialect), bound
+
+    def _select(
+        self, name: str, subplan: Subplan, result: Result
+    ) -> tuple[exp.Expr, dict[str, Any]]:
+        width = len(result.types)
+        names = list(result.names) if subplan.named else [f"c{j + 1}" for j in range(width)]
+        columns = ", ".join(f'"{n}"' for n in names)
+        values: dict[str, Any] = {}
+        if self.dialect == "postgres":
+            arrays = []
+            for j, type_code in enumerate(result.types):
+                type_name = _PG_TYPES.get(type_code)
+                if type_name is None:
+                    raise UnsupportedQueryError(
+                        f"a subquery result column of type OID {type_code}",
+                        "shardq ships the results of subqueries it runs first as arrays of "
+                        "built-in scalar types only",
+                    )
+                values[f"{name}_{j}"] = [row[j] for row in result.rows]
+                arrays.append(f"%({name}_{j})s::{type_name}[]")
+            sql = f"SELECT * FROM unnest({', '.join(arrays)}) AS {name}({columns})"
+        else:
+            if any(isinstance(value, bytes | bytearray) for row in result.rows for value in row):
+                raise UnsupportedQueryError(
+                    "a subquery result with BLOBs", "it cannot be shipped to a SQLite shard"
+                )
+            values[name] = json.dumps([list(row) for row in result.rows])
+            picks = ", ".join(
+                f"json_extract(value, '$[{j}]') AS \"{n}\"" for j, n in enumerate(names)
+            )
+            sql = f"SELECT {picks} FROM json_each(:{name})"
+        return sqlglot.parse_one(sql, read=self.dialect), values
+
+
+def defer(
+    statement: exp.Expr, first: Sequence[exp.Select], dialect: str, positional: int
+) -> Deferred:
+    """Build the :class:`Deferred` of ``statement`` whose subqueries ``first`` run first."""
+    ctes = _cte_names(statement, dialect)
+    # The template is a copy in which each subquery is replaced by a marker.
+    template = statement.copy()
+    copies = {id(a): b for a, b in zip(statement.walk(), template.walk(), strict=True)}
+    subplans = []
+    for i, body in enumerate(first):
+        used = {
+            normalize(t.this, dialect)
+            for t in body.find_all(exp.Table)
+            if isinstance(t.this, exp.Identifier) and not t.db
+        }
+        if used & ctes and body.args.get("with") is None and body.args.get("with_") is None:
+            raise UnsupportedQueryError(
+                "a subquery that reads a CTE of its statement, run on its own",
+                "shardq runs such a subquery first and on its own, where the CTE is not "
+                "defined; write the CTE's query into the subquery",
+            )
+        named = isinstance(body.parent, exp.CTE) or (
+            isinstance(body.parent, exp.Subquery) and body.parent.args.get("alias") is not None
+        )
+        subplans.append(Subplan(body.sql(dialect), named))
+        copies[id(body)].replace(exp.Placeholder(this=f"{_MARK}{i}"))
+    return Deferred(template, tuple(subplans), dialect, positional)
+
+
+def _cte_names(statement: exp.Expr, dialect: str) -> set[str]:
+    return {normalize(cte.args["alias"].this, dialect) for cte in statement.find_all(exp.CTE)}
