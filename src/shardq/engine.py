@@ -73,6 +73,30 @@ class Engine:
         """Plan a statement; raises on bad SQL before any shard is contacted."""
         return self.planner.plan(sql, params)
 
+    async def plan_async(self, sql: str, params: object = None) -> QueryPlan:
+        """Plan a statement, reading the catalog first if its subqueries need it."""
+        if self.planner.wants_catalog(sql):
+            await self._load_catalog()
+        return self.planner.plan(sql, params)
+
+    async def _load_catalog(self) -> None:
+        """Read the declared tables' columns from the first shard, once."""
+        pool = self.pools[self.config.shard_names[0]]
+        catalog: dict[str, frozenset[str]] = {}
+        async with pool.connection() as conn:
+            for table in self.config.tables:
+                stream = await conn.execute(*pool.columns_query(table), fetch_size=10_000)
+                names: list[str] = []
+                try:
+                    while batch := await stream.fetch():
+                        names += [str(row[0]) for row in batch]
+                finally:
+                    await stream.aclose()
+                if names:
+                    fold = self.config.dialect == "sqlite"  # SQLite names ignore case
+                    catalog[table] = frozenset(n.lower() if fold else n for n in names)
+        self.planner.set_catalog(catalog)
+
     async def execute(
         self,
         sql: str,
@@ -82,7 +106,7 @@ class Engine:
         row_factory: RowFactory,
     ) -> AsyncResult:
         """Run one statement and return its merged, streaming result."""
-        plan = self.plan(sql, params)
+        plan = await self.plan_async(sql, params)
         if plan.deferred is not None:
             return await self._execute_deferred(plan, timeout=timeout, row_factory=row_factory)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
@@ -177,7 +201,7 @@ class Engine:
         self, sql: str, params: object = None, *, analyze: bool = False, timeout: float | None
     ) -> str:
         """The plan of a statement in words; with ``analyze``, run it and add what happened."""
-        plan = self.plan(sql, params)
+        plan = await self.plan_async(sql, params)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         total = len(self.config.shards)
         if not analyze:

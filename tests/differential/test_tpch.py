@@ -27,10 +27,6 @@ QUERIES = sorted((Path(__file__).parent / "tpch").glob("q*.sql"))
 _SUBQUERY = "in a subquery across shards|subquery over the distributed table"
 _CORRELATED = "refers to the outer query"
 REFUSED: dict[str, str] = {
-    # EXISTS correlated on the order key, the outer column unqualified: without
-    # the schema shardq cannot tell it from a column of lineitem, so it runs the
-    # subquery on its own first, where the column does not exist.
-    "q04": _CORRELATED,
     # customer LEFT JOIN orders: a reference table preserved by an outer join.
     "q13": "LEFT JOIN across shards",
     # Correlated on the part key (Q17, Q20) and the customer key (Q22), not the order key.

@@ -191,3 +191,36 @@ def test_a_correlated_subquery_is_not_run_first(planner: Planner) -> None:
     sql = "SELECT * FROM countries c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.status = c.code)"
     with pytest.raises(shardq.UnsupportedQueryError, match="correlated subquery"):
         planner.plan(sql)
+
+
+def test_the_catalog_tells_an_outer_column_from_the_subquerys_own() -> None:
+    config = shardq.load_config(
+        {
+            "dialect": "postgres",
+            "shards": [{"name": f"s{i}", "dsn": f"postgresql://u@h{i}/d"} for i in range(2)],
+            "tables": {
+                "orders": {"shard_key": "o_key"},
+                "lines": {"shard_key": "l_key", "colocate_with": "orders"},
+            },
+        }
+    )
+    sql = (
+        "SELECT o_status, count(*) FROM orders WHERE EXISTS "
+        "(SELECT * FROM lines WHERE l_key = o_key AND l_qty > 5) GROUP BY o_status"
+    )
+    planner = Planner(config)
+    assert planner.wants_catalog(sql)
+    # Without the schema, o_key may be a column of lines: the subquery would run first.
+    assert planner.plan(sql).deferred is not None
+    planner.set_catalog(
+        {"orders": frozenset({"o_key", "o_status"}), "lines": frozenset({"l_key", "l_qty"})}
+    )
+    assert not planner.wants_catalog(sql)
+    plan = planner.plan(sql)
+    assert plan.deferred is None  # correlated on the key: runs whole on each shard
+    assert plan.merge.aggregate is not None
+    # And a correlation on another column is refused before any shard is asked.
+    with pytest.raises(shardq.UnsupportedQueryError, match="correlated subquery"):
+        planner.plan(
+            "SELECT count(*) FROM orders WHERE EXISTS (SELECT * FROM lines WHERE l_qty = o_status)"
+        )

@@ -19,11 +19,12 @@ refuses the query:
 * an outer join must not preserve a reference table (every shard would add
   its unmatched rows).
 
-Columns are resolved without the schema, so an unqualified name is only
-taken for a key when no other reading is possible: inside one SELECT a name
-equal to the key of exactly one of its distributed relations can only name
-that key (any other table with such a column would make the name ambiguous,
-which the database refuses). An outer reference must be qualified.
+Inside one SELECT an unqualified name equal to the key of exactly one of its
+distributed relations can only name that key (any other table with such a
+column would make the name ambiguous, which the database refuses). Whether
+an unqualified name in a subquery is its own column or an outer reference
+takes the schema: the engine reads the declared tables' columns once (the
+*catalog*); without it such a name is taken for the subquery's own.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.sql.analyze import Analysis, TableRef
 
-__all__ = ["Relation", "check_local", "joined_on_keys", "link", "run_first"]
+__all__ = ["Catalog", "Relation", "check_local", "joined_on_keys", "link", "run_first"]
+
+Catalog = dict[str, frozenset[str]]
+"""The columns of each declared table (by its configured name), as the database names them."""
 
 _REASON = "shardq cannot merge it exactly yet; pin it to one shard with a shard-key condition"
 _OUTER_REASON = (
@@ -148,9 +152,16 @@ def link(
 
 
 class _Checker:
-    def __init__(self, analysis: Analysis, config: Config, collect: bool = False):
+    def __init__(
+        self,
+        analysis: Analysis,
+        config: Config,
+        collect: bool = False,
+        catalog: Catalog | None = None,
+    ):
         self.analysis = analysis
         self.config = config
+        self.catalog = catalog
         self.dialect = analysis.parsed.dialect
         self.refs: dict[int, TableRef] = {id(r.node): r for r in analysis.refs}
         self.ctes = self._ctes(analysis.parsed.expression)
@@ -170,8 +181,50 @@ class _Checker:
             self._first_ids = {id(f) for f in self.first} | {id(body)}
             self.first.append(body)
 
+    # -- column resolution with the catalog
+
+    def _columns(self, source: exp.Expr) -> frozenset[str] | None:
+        """The columns ``source`` (a FROM item) offers, or None if not known."""
+        ref = self.refs.get(id(source))
+        if ref is not None:
+            if self.catalog is None or ref.renames_columns:
+                return None
+            return self.catalog.get(ref.table.name)
+        body: exp.Expr | None = None
+        if isinstance(source, exp.Subquery):
+            body = source.this
+        elif isinstance(source, exp.Table) and not source.db:
+            body = self.ctes.get(normalize(source.this, self.dialect))
+        if not isinstance(body, exp.Select):
+            return None
+        renames = source.args["alias"].args.get("columns") if source.args.get("alias") else None
+        if renames:
+            return frozenset(normalize(c, self.dialect) for c in renames)
+        names = [self._output(item) for item in body.expressions]
+        return None if any(n is None for n in names) else frozenset(n for n in names if n)
+
+    def own_column(self, body: exp.Select, name: str) -> bool | None:
+        """Whether an unqualified ``name`` in ``body`` is one of its own sources' columns.
+
+        None when some source's columns are not known (no catalog, ``*``).
+        """
+        found = [self._columns(s) for s in self._sources(body)]
+        if any(columns is None for columns in found):
+            return None
+        return any(name in columns for columns in found if columns is not None)
+
+    def _unqualified_outer(self, body: exp.Select) -> bool:
+        """Whether ``body`` names, unqualified, a column none of its sources has."""
+        return any(
+            self.own_column(body, normalize(c.this, self.dialect)) is False
+            for c in body.find_all(exp.Column)
+            if not c.table and isinstance(c.this, exp.Identifier) and c.parent_select is body
+        )
+
     def _correlated_outside(self, body: exp.Select) -> bool:
-        """Whether ``body`` names, qualified, a table that is not its own (an outer one)."""
+        """Whether ``body`` names a column of a table that is not its own (an outer one)."""
+        if self._unqualified_outer(body):
+            return True
         inner = {
             normalize(t.args["alias"].this, self.dialect)
             if t.args.get("alias") is not None and t.args["alias"].this
@@ -415,8 +468,13 @@ class _Checker:
                 continue
             for mine, theirs in ((term.this, term.expression), (term.expression, term.this)):
                 here = key_relation(mine, inner, self.dialect)
-                if here is None or not isinstance(theirs, exp.Column) or not theirs.table:
+                if here is None or not isinstance(theirs, exp.Column):
                     continue
+                if not theirs.table and (
+                    not isinstance(theirs.this, exp.Identifier)
+                    or self.own_column(body, normalize(theirs.this, self.dialect)) is not False
+                ):
+                    continue  # unqualified, and maybe the subquery's own column
                 there = key_relation(theirs, visible, self.dialect)
                 if there is not None and there.group == here.group:
                     return True
@@ -435,12 +493,35 @@ class _Checker:
         if child.arg_key not in ("expressions", "having", "order", "group"):
             return
         for node in own_aggregates(body, body):
-            if is_aggregate(node) and _may_aggregate_outer(node, body):
+            if is_aggregate(node) and self._may_aggregate_outer(node, body):
                 raise UnsupportedQueryError(
                     f"the aggregate {node.sql(self.dialect)} in a subquery across shards",
                     "it may aggregate the outer query's rows (a column of the outer query "
                     "makes it an aggregate of the outer query); " + _REASON,
                 )
+
+    def _may_aggregate_outer(self, node: exp.Expr, inner: exp.Select) -> bool:
+        """Whether an aggregate in a subquery might refer only to the outer query's columns.
+
+        A column qualified by a table of the subquery's own FROM, or (with the
+        catalog) an unqualified one that a source of the subquery has, is its own.
+        """
+        own = {
+            (t.alias_or_name or "").lower()
+            for t in inner.find_all(exp.Table, exp.Subquery)
+            if t.parent_select is inner
+        }
+        if not own:
+            return True
+        for column in node.find_all(exp.Column):
+            if column.table:
+                if column.table.lower() not in own:
+                    return True
+            elif not isinstance(column.this, exp.Identifier) or not self.own_column(
+                inner, normalize(column.this, self.dialect)
+            ):
+                return True
+        return False
 
     # -- outer joins
 
@@ -475,23 +556,6 @@ def _ancestors(node: exp.Expr, top: exp.Expr | None) -> list[exp.Expr]:
     return found
 
 
-def _may_aggregate_outer(node: exp.Expr, inner: exp.Select) -> bool:
-    """Whether an aggregate in a subquery might refer only to the outer query's columns.
-
-    Only columns qualified by a table of the subquery's own FROM are known to
-    be its own; an unqualified one may belong to an outer table.
-    """
-    own = {
-        (t.alias_or_name or "").lower()
-        for t in inner.find_all(exp.Table, exp.Subquery)
-        if t.parent_select is inner
-    }
-    columns = list(node.find_all(exp.Column))
-    if not own:
-        return True
-    return any(not c.table or c.table.lower() not in own for c in columns)
-
-
 def joined_on_keys(analysis: Analysis, config: Config) -> bool:
     """Whether the statement's distributed tables are in its own FROM and joined on their keys."""
     statement = analysis.parsed.expression
@@ -504,7 +568,7 @@ def joined_on_keys(analysis: Analysis, config: Config) -> bool:
     return link(statement, relations, analysis.parsed.dialect)
 
 
-def check_local(analysis: Analysis, config: Config) -> None:
+def check_local(analysis: Analysis, config: Config, catalog: Catalog | None = None) -> None:
     """Raise :class:`UnsupportedQueryError` unless every row the read computes is local.
 
     >>> from shardq.config import load_config
@@ -521,14 +585,16 @@ def check_local(analysis: Analysis, config: Config) -> None:
     statement = analysis.parsed.expression
     if not isinstance(statement, exp.Select):
         raise UnsupportedQueryError(f"{statement.key.upper()} across shards", _REASON)
-    checker = _Checker(analysis, config)
+    checker = _Checker(analysis, config, catalog=catalog)
     relations = checker.scope(statement)
     if not relations and checker.distributed_inside(statement):
         names = ", ".join(sorted({r.table.name for r in checker.distributed_inside(statement)}))
         raise UnsupportedQueryError(f"a subquery over the distributed table {names}", _REASON)
 
 
-def run_first(analysis: Analysis, config: Config) -> list[exp.Select]:
+def run_first(
+    analysis: Analysis, config: Config, catalog: Catalog | None = None
+) -> list[exp.Select]:
     """The subqueries to run first, on their own, so that the rest of the read is local.
 
     A CTE, derived table or uncorrelated subquery over distributed tables that
@@ -545,6 +611,6 @@ def run_first(analysis: Analysis, config: Config) -> list[exp.Select]:
     statement = analysis.parsed.expression
     if not isinstance(statement, exp.Select):
         raise UnsupportedQueryError(f"{statement.key.upper()} across shards", _REASON)
-    checker = _Checker(analysis, config, collect=True)
+    checker = _Checker(analysis, config, collect=True, catalog=catalog)
     checker.scope(statement)
     return checker.first

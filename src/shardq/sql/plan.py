@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import MergePlan
 from shardq.sql.analyze import Analysis, StatementKind, analyze
-from shardq.sql.locality import run_first
+from shardq.sql.locality import Catalog, run_first
 from shardq.sql.parse import parse
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
 from shardq.sql.route import Route, RouteKind, route
@@ -64,6 +64,24 @@ class Planner:
         self.config = config
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
+        self.catalog: Catalog | None = None
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Give the planner the declared tables' columns (plans made before are dropped)."""
+        self.catalog = catalog
+        self._cache.clear()
+
+    def wants_catalog(self, sql: str) -> bool:
+        """Whether planning ``sql`` may use the catalog, and it is not loaded yet.
+
+        Only subqueries over distributed tables need it, to tell an outer
+        column from the subquery's own.
+        """
+        if self.catalog is not None:
+            return False
+        analysis = self.analyze(sql)
+        statement = analysis.parsed.expression
+        return any(ref.node.parent_select is not statement for ref in analysis.distributed)
 
     def analyze(self, sql: str) -> Analysis:
         """Parse and analyse ``sql`` (cached). Raises before any shard is contacted."""
@@ -82,7 +100,7 @@ class Planner:
         found = analysis.memo.get("distributed")
         if found is None:
             try:
-                found = distribute(analysis, self.config)
+                found = distribute(analysis, self.config, self.catalog)
             except UnsupportedQueryError as exc:
                 found = exc
             analysis.memo["distributed"] = found
@@ -98,7 +116,7 @@ class Planner:
         found = analysis.memo.get("deferred")
         if found is None:
             try:
-                first = run_first(analysis, self.config)
+                first = run_first(analysis, self.config, self.catalog)
                 found = (
                     defer(
                         analysis.parsed.expression,

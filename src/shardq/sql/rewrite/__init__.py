@@ -29,7 +29,7 @@ from sqlglot import exp
 from shardq.errors import UnsupportedQueryError
 from shardq.merge.steps import Call, Const, Expr, MergePlan, Param, SortKey
 from shardq.sql.analyze import normalize, own_aggregates
-from shardq.sql.locality import check_local
+from shardq.sql.locality import Catalog, check_local
 from shardq.sql.parse import placeholder_value
 from shardq.sql.rewrite.aggregates import decompose
 from shardq.sql.rewrite.limit import Window, push_window, split_window
@@ -151,9 +151,9 @@ def _check_windows(select: exp.Select, analysis: Analysis, allowed: bool) -> boo
     return found
 
 
-def distribute(analysis: Analysis, config: Config) -> Distributed:
+def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = None) -> Distributed:
     """Rewrite a read that runs on several shards (see the module docstring)."""
-    check_local(analysis, config)
+    check_local(analysis, config, catalog)
     select = analysis.parsed.expression
     assert isinstance(select, exp.Select)
     dialect = analysis.parsed.dialect
