@@ -83,6 +83,7 @@ class Scatter:
         self, pools: Mapping[str, ShardPool], shards: Sequence[str], timeout: float | None
     ):
         self._leases = [_Lease(pools[name]) for name in shards]
+        self._ahead: dict[int, asyncio.Future[list[Row]]] = {}
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self.closed = False
@@ -152,15 +153,28 @@ class Scatter:
         return asyncio.get_running_loop().time() + (self._deadline - time.monotonic())
 
     async def fetch(self, index: int) -> list[Row]:
-        """Return the next batch of shard ``index``'s rows (empty when it is done)."""
+        """Return the next batch of shard ``index``'s rows (empty when it is done).
+
+        With several shards, the batch after the one returned is read ahead
+        in the background, so that every shard keeps sending while the merge
+        works on what has arrived.
+        """
         lease = self._leases[index]
-        if lease.stream is None:
+        stream = lease.stream
+        if stream is None:
             return []
         try:
+            ahead = self._ahead.pop(index, None)
+            if ahead is None:
+                ahead = asyncio.ensure_future(stream.fetch())
             if self._deadline is None:
-                return await lease.stream.fetch()
-            async with asyncio.timeout_at(self._loop_deadline()):
-                return await lease.stream.fetch()
+                rows = await ahead
+            else:
+                async with asyncio.timeout_at(self._loop_deadline()):
+                    rows = await ahead
+            if rows and len(self._leases) > 1 and stream.holds_connection:
+                self._ahead[index] = asyncio.ensure_future(stream.fetch())
+            return rows
         except TimeoutError:
             await self._close_quietly()
             raise self._timed_out([lease.shard]) from None
@@ -178,6 +192,12 @@ class Scatter:
         if self.closed:
             return
         self.closed = True
+        ahead, self._ahead = list(self._ahead.values()), {}
+        for task in ahead:
+            task.cancel()
+        if ahead:
+            # Their errors, if any, are not this close's to report.
+            await asyncio.gather(*ahead, return_exceptions=True)
         errors: list[BaseException] = []
         for lease in self._leases:
             try:

@@ -23,6 +23,7 @@ Decimal('0.33333333333333333333')
 from __future__ import annotations
 
 import decimal
+import functools
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "Semantics",
     "coerce",
     "compile_expr",
+    "compile_row",
     "numeric_div",
     "numeric_round",
     "output_type",
@@ -57,13 +59,38 @@ _INTS = (INT2, INT4, INT8)
 _RANK = {INT2: 0, INT4: 1, INT8: 2, NUMERIC: 3, FLOAT4: 4, FLOAT8: 5}
 
 
-def _weight_and_first_digit(value: Decimal) -> tuple[int, int]:
-    """PostgreSQL's base-10000 weight and leading digit of a non-zero numeric."""
+def _shape(value: Decimal | int) -> tuple[int, int, int, int]:
+    """``(weight, first digit, display scale, adjusted exponent)`` of a numeric.
+
+    PostgreSQL stores numerics in base 10000: the weight is the power of
+    10000 of the leading non-zero base-10000 digit, which is the first digit.
+    """
+    if isinstance(value, int):
+        return _int_shape(value)
+    _, digits, exponent = value.as_tuple()
+    scale = -exponent if isinstance(exponent, int) and exponent < 0 else 0
     if not value:
-        return 0, 0
-    weight = value.adjusted() // _NBASE_DIGITS
-    first = int(abs(value).scaleb(-_NBASE_DIGITS * weight, EXACT))
-    return weight, first
+        return 0, 0, scale, 0
+    assert isinstance(exponent, int)
+    adjusted = len(digits) - 1 + exponent
+    weight = adjusted // _NBASE_DIGITS
+    lead = adjusted - _NBASE_DIGITS * weight + 1
+    first = 0
+    for digit in digits[:lead]:
+        first = first * 10 + digit
+    first *= 10 ** max(0, lead - len(digits))
+    return weight, first, scale, adjusted
+
+
+@functools.lru_cache(maxsize=4096)
+def _int_shape(value: int) -> tuple[int, int, int, int]:
+    if not value:
+        return 0, 0, 0, 0
+    text = str(abs(value))
+    adjusted = len(text) - 1
+    weight = adjusted // _NBASE_DIGITS
+    lead = adjusted - _NBASE_DIGITS * weight + 1
+    return weight, int(text[:lead]), 0, adjusted
 
 
 def _scale(value: Decimal) -> int:
@@ -71,40 +98,41 @@ def _scale(value: Decimal) -> int:
     return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
-def _round_half_away(numerator: int, denominator: int) -> int:
-    """``numerator / denominator`` rounded to an integer, halves away from zero."""
-    negative = (numerator < 0) != (denominator < 0)
-    quotient, remainder = divmod(abs(numerator), abs(denominator))
-    if 2 * remainder >= abs(denominator):
-        quotient += 1
-    return -quotient if negative else quotient
+_QUANTA: dict[int, Decimal] = {}
+_TRUNCATING: dict[int, decimal.Context] = {}
 
 
-def _div_scaled(a: Decimal, b: Decimal, scale: int) -> Decimal:
-    """``a / b`` rounded half away from zero to ``scale`` digits, exactly."""
-    ta, tb = a.as_tuple(), b.as_tuple()
-    ia = int(a.scaleb(-ta.exponent, EXACT))  # type: ignore[operator]
-    ib = int(b.scaleb(-tb.exponent, EXACT))  # type: ignore[operator]
-    shift = ta.exponent - tb.exponent + scale  # type: ignore[operator]
-    if shift >= 0:
-        quotient = _round_half_away(ia * 10**shift, ib)
-    else:
-        quotient = _round_half_away(ia, ib * 10**-shift)
-    return Decimal(quotient).scaleb(-scale, EXACT)
+def numeric_div(a: Decimal | int, b: Decimal | int) -> Decimal:
+    """PostgreSQL's numeric division (``numeric_div``), result scale included.
 
-
-def numeric_div(a: Decimal, b: Decimal) -> Decimal:
-    """PostgreSQL's numeric division (``numeric_div``), result scale included."""
+    The quotient is computed truncated to two digits beyond the result's
+    scale, then rounded half away from zero: truncation never turns a value
+    below a half into a half, so the rounding is PostgreSQL's exact one.
+    """
     if not b:
         raise DataError("division by zero")
-    weight1, first1 = _weight_and_first_digit(a)
-    weight2, first2 = _weight_and_first_digit(b)
+    weight1, first1, scale1, adjusted1 = _shape(a)
+    weight2, first2, scale2, adjusted2 = _shape(b)
     qweight = weight1 - weight2
     if first1 <= first2:
         qweight -= 1
     scale = _MIN_SIG_DIGITS - qweight * _NBASE_DIGITS
-    scale = max(scale, _scale(a), _scale(b), 0)
-    return _div_scaled(a, b, min(scale, _MAX_DISPLAY_SCALE))
+    scale = min(max(scale, scale1, scale2, 0), _MAX_DISPLAY_SCALE)
+    if not a:
+        return Decimal(0).scaleb(-scale, EXACT)
+    precision = max(adjusted1 - adjusted2 + 1, 0) + scale + 2
+    context = _TRUNCATING.get(precision)
+    if context is None:
+        context = decimal.Context(
+            prec=precision, rounding=decimal.ROUND_DOWN, Emax=decimal.MAX_EMAX,
+            Emin=decimal.MIN_EMIN,
+        )  # fmt: skip
+        _TRUNCATING[precision] = context
+    quantum = _QUANTA.get(scale)
+    if quantum is None:
+        quantum = _QUANTA[scale] = Decimal(1).scaleb(-scale)
+    quotient = context.divide(Decimal(a), Decimal(b))
+    return quotient.quantize(quantum, decimal.ROUND_HALF_UP, EXACT)
 
 
 def numeric_round(value: Decimal, digits: int) -> Decimal:
@@ -196,7 +224,7 @@ class Semantics:
         if isinstance(total, float):
             return total / count
         if isinstance(total, int | Decimal) and not isinstance(total, bool):
-            return numeric_div(Decimal(total), Decimal(count))
+            return numeric_div(total, count)
         raise NotSupportedError(
             f"shardq cannot merge avg() over {type(total).__name__} values; "
             "pin the query to one shard"
@@ -466,6 +494,26 @@ def _sum_set(values: set[Any], sem: Semantics) -> Any:
     for value in values:
         total = value if total is None else sem.arith("+", total, value)
     return total
+
+
+def compile_row(exprs: Sequence[Expr], sem: Semantics) -> Evaluator:
+    """One function computing a whole output row (columns inline, calls compiled).
+
+    >>> from shardq.merge.steps import Call, Col
+    >>> f = compile_row([Col(1), Call("+", (Col(0), Col(1)))], semantics("postgres"))
+    >>> f((1, 2))
+    (2, 3)
+    """
+    namespace: dict[str, Any] = {}
+    parts = []
+    for j, expr in enumerate(exprs):
+        if isinstance(expr, Col):
+            parts.append(f"r[{int(expr.index)}]")
+        else:
+            namespace[f"f{j}"] = compile_expr(expr, sem)
+            parts.append(f"f{j}(r)")
+    # Only integers and generated names are formatted into the source.
+    return eval(f"lambda r: ({', '.join(parts)},)", namespace)  # type: ignore[no-any-return]
 
 
 def coerce(value: Any, type_code: Any) -> Any:

@@ -66,8 +66,9 @@ def _component(key: SortKey, flip: bool) -> KeyFn:
 def sort_key(keys: Sequence[SortKey]) -> tuple[KeyFn, bool]:
     """A key function and a ``reverse`` flag that sort rows as the ORDER BY does.
 
-    When every term is descending the key is ascending and ``reverse`` is
-    set, so that no Python-level comparison is needed.
+    When every term goes the same way the key is one flat tuple,
+    ``(row[i] is None, row[i], ...)``, built by a function compiled for
+    these terms, and ``reverse`` says DESC: no Python-level comparison runs.
 
     >>> from shardq.merge.steps import SortKey
     >>> rows = [(1, "b"), (None, "a"), (2, "a"), (1, "a")]
@@ -79,10 +80,17 @@ def sort_key(keys: Sequence[SortKey]) -> tuple[KeyFn, bool]:
     (None, 'a')
     """
     reverse = all(k.descending for k in keys)
-    parts = [_component(k, reverse) for k in keys]
-    if len(parts) == 1:
-        return parts[0], reverse
-    return (lambda row: tuple(p(row) for p in parts)), reverse
+    if reverse or not any(k.descending for k in keys):
+        parts = []
+        for k in keys:
+            # In ascending terms (before any reversal), is NULL after the values?
+            null_last = k.nulls_first if reverse else not k.nulls_first
+            i = int(k.column)
+            parts += [f"r[{i}] is None" if null_last else f"r[{i}] is not None", f"r[{i}]"]
+        # Only integers are formatted into the source: it cannot hold anything else.
+        return eval(f"lambda r: ({', '.join(parts)},)"), reverse
+    components = [_component(k, False) for k in keys]
+    return (lambda row: tuple(c(row) for c in components)), False
 
 
 def _cut(batch: Rows, bound: Any, key: KeyFn, reverse: bool) -> int:
@@ -109,6 +117,9 @@ def kway(sources: int, keys: Sequence[SortKey]) -> Merger:
     [(1,), (2,), (3,), (4,), (9,), (10,)]
     """
     key, reverse = sort_key(keys)
+    same_way = reverse or not any(k.descending for k in keys)
+    plain = operator.itemgetter(*(k.column for k in keys)) if same_way else None
+    columns = [operator.itemgetter(k.column) for k in keys]
     pending: dict[int, Rows] = {}
     for source in range(sources):
         batch = yield Fetch(source)
@@ -136,7 +147,13 @@ def kway(sources: int, keys: Sequence[SortKey]) -> Merger:
                 else:
                     ready += batch[:cut]
                     pending[source] = batch[cut:]
-        yield ready if runs == 1 else sorted(ready, key=key, reverse=reverse)
+        if runs == 1:
+            yield ready
+        elif plain is not None and not any(None in map(g, ready) for g in columns):
+            # No NULL among the sort values: order by the values themselves, in C.
+            yield sorted(ready, key=plain, reverse=reverse)
+        else:
+            yield sorted(ready, key=key, reverse=reverse)
         for source in exhausted:
             batch = yield Fetch(source)
             if batch:

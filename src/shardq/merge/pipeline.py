@@ -22,10 +22,11 @@ from shardq.merge.evaluate import (
     Semantics,
     coerce,
     compile_expr,
+    compile_row,
     output_type,
 )
 from shardq.merge.order import kway, sort_key
-from shardq.merge.steps import Combine
+from shardq.merge.steps import Call, Combine, Const
 
 if TYPE_CHECKING:
     from shardq.merge.steps import MergePlan
@@ -136,13 +137,19 @@ def _in_memory(
         keep = compile_expr(plan.having, sem)
         rows = [row for row in rows if keep(row) is True]
     if plan.outputs is not None:
-        columns = [compile_expr(o.expr, sem) for o in plan.outputs]
-        rows = [tuple(c(row) for c in columns) for row in rows]
+        compute = compile_row([o.expr for o in plan.outputs], sem)
+        rows = [compute(row) for row in rows]
         if types is not None:
             # A computed column has one type, whatever each row's value came from
-            # (coalesce(sum(n), -1) is numeric even where it is -1).
-            wanted = [output_type(o.type, types, sem) for o in plan.outputs]
-            casts = [(i, t) for i, t in enumerate(wanted) if t in _CASTABLE]
+            # (coalesce(sum(n), -1) is numeric even where it is -1). Columns and
+            # arithmetic already come typed; coalesce and constants may not.
+            wanted = [
+                (i, output_type(o.type, types, sem))
+                for i, o in enumerate(plan.outputs)
+                if isinstance(o.expr, Const)
+                or (isinstance(o.expr, Call) and o.expr.op == "coalesce")
+            ]
+            casts = [(i, t) for i, t in wanted if t in _CASTABLE]
             if casts:
                 rows = [_cast(row, casts) for row in rows]
     if plan.distinct:
