@@ -186,6 +186,27 @@ def test_streaming_keeps_memory_bounded(pg_dataset: list[PgCluster]) -> None:
     assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB while iterating"
 
 
+@pytest.mark.parametrize("whole_chunks", [True, False], ids=["whole chunks", "row by row"])
+def test_both_ways_of_streaming_read_the_same_rows(
+    pg_dataset: list[PgCluster], monkeypatch: pytest.MonkeyPatch, whole_chunks: bool
+) -> None:
+    from shardq.execute.drivers import postgres
+
+    monkeypatch.setattr(postgres, "_WHOLE_CHUNKS", whole_chunks and postgres._WHOLE_CHUNKS)
+    with shardq.connect(pg_config(pg_dataset), fetch_size=7) as conn:
+        # Exactly two chunks, a short last one, an empty result, and a merge.
+        for n in (14, 15, 0):
+            sql = f"SELECT g FROM generate_series(1, {n}) AS g WHERE g > 0"
+            assert conn.execute(sql).fetchall() == [(g,) for g in range(1, n + 1)]
+        cur = conn.execute("SELECT id FROM items ORDER BY id DESC LIMIT 20")
+        assert cur.fetchall() == [(i,) for i in range(200, 180, -1)]
+        # Stopping early cancels the statements, and the connections work on.
+        cur = conn.execute("SELECT g FROM generate_series(1, 100000) AS g")
+        assert len(cur.fetchmany(10)) == 10
+        cur.close()
+        assert conn.execute("SELECT count(*) FROM items").fetchall() == [(200,)]
+
+
 def test_credentials_never_appear_in_errors_logs_or_reprs(
     pg_dataset: list[PgCluster], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -135,6 +135,49 @@ def numeric_div(a: Decimal | int, b: Decimal | int) -> Decimal:
     return quotient.quantize(quantum, decimal.ROUND_HALF_UP, EXACT)
 
 
+_THRESHOLDS: dict[tuple[int, int], Decimal] = {}
+_SCALE_OF: list[tuple[Decimal, int]] = []
+
+
+def numeric_avg(total: Decimal, count: int) -> Decimal:
+    """``numeric_div(total, count)`` for an average: the same result, computed faster.
+
+    An average divides many sums by small counts: the count's shape is
+    cached, the sum's leading base-10000 digit is compared with the count's
+    by a cached threshold, and its scale is recognised with ``same_quantum``.
+    """
+    if not total or count <= 0:
+        return numeric_div(total, count)
+    weight2, first2, _, adjusted2 = _int_shape(count)
+    adjusted1 = total.adjusted()
+    weight1 = adjusted1 // _NBASE_DIGITS
+    threshold = _THRESHOLDS.get((first2, weight1))
+    if threshold is None:
+        # first1 <= first2 exactly when |total| < (first2 + 1) * 10000 ** weight1.
+        threshold = Decimal(first2 + 1).scaleb(_NBASE_DIGITS * weight1, EXACT)
+        _THRESHOLDS[(first2, weight1)] = threshold
+    qweight = weight1 - weight2 - (1 if abs(total) < threshold else 0)
+    scale1 = next((known for like, known in _SCALE_OF if total.same_quantum(like)), None)
+    if scale1 is None:
+        exponent = total.as_tuple().exponent
+        scale1 = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+        if len(_SCALE_OF) < 8:
+            _SCALE_OF.append((Decimal(1).scaleb(-scale1), scale1))
+    scale = min(max(_MIN_SIG_DIGITS - qweight * _NBASE_DIGITS, scale1, 0), _MAX_DISPLAY_SCALE)
+    precision = max(adjusted1 - adjusted2 + 1, 0) + scale + 2
+    context = _TRUNCATING.get(precision)
+    if context is None:
+        context = decimal.Context(
+            prec=precision, rounding=decimal.ROUND_DOWN, Emax=decimal.MAX_EMAX,
+            Emin=decimal.MIN_EMIN,
+        )  # fmt: skip
+        _TRUNCATING[precision] = context
+    step = _QUANTA.get(scale)
+    if step is None:
+        step = _QUANTA[scale] = Decimal(1).scaleb(-scale)
+    return context.divide(total, Decimal(count)).quantize(step, decimal.ROUND_HALF_UP, EXACT)
+
+
 def numeric_round(value: Decimal, digits: int) -> Decimal:
     """PostgreSQL's ``round(numeric, int)``: halves away from zero, scale ``max(digits, 0)``."""
     rounded = value.quantize(Decimal(1).scaleb(-digits), decimal.ROUND_HALF_UP, EXACT)
@@ -223,6 +266,8 @@ class Semantics:
             return None
         if isinstance(total, float):
             return total / count
+        if isinstance(total, Decimal) and isinstance(count, int):
+            return numeric_avg(total, count)
         if isinstance(total, int | Decimal) and not isinstance(total, bool):
             return numeric_div(total, count)
         raise NotSupportedError(

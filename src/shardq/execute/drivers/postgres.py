@@ -5,7 +5,10 @@ libpq 17 or newer): the statement is sent once, the client reads ``N`` rows
 at a time and TCP back-pressure holds the server, so memory stays bounded
 without the extra round trips of ``DECLARE``/``FETCH`` (measured here: 0.17 ms
 against 0.90 ms for a one-row query, and the same 0.47 M rows/s on a bulk
-fetch). An older libpq streams in single-row mode: slower, just as bounded.
+fetch). Each chunk is loaded into a list at once, in C, as ``fetchall()``
+loads a result, rather than row by row through ``stream()``'s iterator (see
+:func:`_whole_chunks`). An older libpq streams in single-row mode: slower,
+just as bounded.
 Connections are in autocommit mode: every statement is its own transaction.
 They come from shardq's :class:`~shardq.execute.pool.LazyPool`, not
 ``psycopg_pool``: that pool connects in a background task and retries, so a
@@ -34,6 +37,61 @@ if TYPE_CHECKING:
 __all__ = ["PsycopgPool"]
 
 _CHUNKED = psycopg.pq.version() >= 170000
+# Reading each chunk as a list, as fetchall() does (in C), needs the cursor
+# internals that stream() itself uses; without them rows are gathered one by one.
+_WHOLE_CHUNKS = (
+    _CHUNKED
+    and hasattr(psycopg.AsyncCursor, "_stream_send_gen")
+    and hasattr(psycopg.AsyncCursor, "_stream_fetchone_gen")
+    and hasattr(psycopg.AsyncConnection, "_try_cancel")
+)
+
+
+async def _whole_chunks(
+    cursor: psycopg.AsyncCursor[Any], query: Any, params: Any, size: int
+) -> AsyncIterator[list[Row]]:
+    """stream(), one list per chunk of ``size`` rows, each loaded in C (fetchall's way).
+
+    ``cursor.stream()`` yields rows one by one from Python code, which costs
+    more than the rest of a merge; this is the same protocol, from psycopg's
+    own generators, with each chunk loaded by the transformer at once. Closing
+    it early cancels the statement on the server, as closing stream() does.
+    """
+    conn: Any = cursor._conn
+    async with conn.lock:
+        first = True
+        try:
+            await conn.wait(cursor._stream_send_gen(query, params, size=size))
+            while res := await conn.wait(cursor._stream_fetchone_gen(first)):
+                tx: Any = cursor._tx
+                yield tx.load_rows(0, res.ntuples, cursor._make_row)
+                first = False
+        finally:
+            pgconn: Any = cursor._pgconn
+            if pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                # Cancel the statement, then consume what was already sent.
+                await conn._try_cancel()
+                with contextlib.suppress(Exception):
+                    while await conn.wait(cursor._stream_fetchone_gen(first=False)):
+                        pass
+                with contextlib.suppress(Exception):
+                    await conn.wait(cursor._stream_fetchone_gen(first=False))
+
+
+async def _grouped(rows: AsyncIterator[Row], size: int) -> AsyncIterator[list[Row]]:
+    """Rows gathered into lists of ``size`` (the last one shorter)."""
+    batch: list[Row] = []
+    try:
+        async for row in rows:
+            batch.append(row)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    finally:
+        if hasattr(rows, "aclose"):
+            await rows.aclose()
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -57,7 +115,7 @@ class _Stream:
         self._shard = shard
         self._secrets = secrets
         self._fetch_size = fetch_size
-        self._rows: AsyncIterator[Row] | None = None
+        self._rows: AsyncIterator[list[Row]] | None = None
         self._cursor: psycopg.AsyncCursor[Any] | None = None
         self._description: tuple[Column, ...] | None = None
         self._described = False
@@ -72,7 +130,11 @@ class _Stream:
         # placeholders (and "%%") only when parameters are given.
         query: Any = sql
         bound: Any = params
-        self._rows = cursor.stream(query, bound, size=self._fetch_size if _CHUNKED else 1)
+        if _WHOLE_CHUNKS:
+            self._rows = _whole_chunks(cursor, query, bound, self._fetch_size)
+        else:
+            rows = cursor.stream(query, bound, size=self._fetch_size if _CHUNKED else 1)
+            self._rows = _grouped(rows, self._fetch_size)
         # Read the first batch now, while every shard works concurrently: it
         # tells whether the statement succeeded and what it returns, and a small
         # result is then complete and its connection can go back at once.
@@ -136,21 +198,24 @@ class _Stream:
         return translate_error(self._shard, exc, self._secrets, sqlstate_of=_sqlstate)
 
     async def _read(self) -> list[Row]:
-        """Read up to one batch from the server; at the end, finish the result."""
+        """Read the next chunk from the server; at the end, finish the result."""
         rows, cursor = self._rows, self._cursor
         assert rows is not None
         assert cursor is not None
-        batch: list[Row] = []
-        exhausted = True
         try:
-            async for row in rows:
-                batch.append(row)
-                if len(batch) >= self._fetch_size:
-                    exhausted = False
-                    break
+            batch = await anext(rows, None)
+            # Every chunk is full but the last: after a short one, read the end
+            # now, so that the connection can go back at once.
+            if batch is not None and len(batch) < self._fetch_size:
+                ended = await anext(rows, None)
+                assert ended is None, "a short chunk was not the last"
+                batch, exhausted = batch, True
+            else:
+                exhausted = batch is None
         except Exception as exc:
             self._rows = None
             raise self._error(exc) from exc
+        batch = batch or []
         self._received += len(batch)
         if exhausted:
             self._rows = None
