@@ -206,12 +206,12 @@ class _Stream:
             batch = await anext(rows, None)
             # Every chunk is full but the last: after a short one, read the end
             # now, so that the connection can go back at once.
+            exhausted = batch is None
             if batch is not None and len(batch) < self._fetch_size:
-                ended = await anext(rows, None)
-                assert ended is None, "a short chunk was not the last"
-                batch, exhausted = batch, True
-            else:
-                exhausted = batch is None
+                more = await anext(rows, None)
+                exhausted = more is None
+                if more is not None:  # libpq returns full chunks but the last: not expected
+                    batch += more
         except Exception as exc:
             self._rows = None
             raise self._error(exc) from exc
