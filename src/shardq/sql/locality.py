@@ -543,8 +543,92 @@ class _Checker:
                     )
         for join in top:
             side = (join.side or "").upper()
-            if side in ("RIGHT", "FULL") or (side == "LEFT" and not first_is_distributed):
+            if side in ("RIGHT", "FULL"):
                 raise UnsupportedQueryError(f"a {side} JOIN across shards", _OUTER_REASON)
+            if side == "LEFT" and not first_is_distributed:
+                why = self._unmatched_rows_matter(select, join, sources, relations)
+                if why is not None:
+                    raise UnsupportedQueryError(
+                        f"a {side} JOIN across shards", f"{_OUTER_REASON} ({why})"
+                    )
+
+    def _unmatched_rows_matter(
+        self, select: exp.Select, join: exp.Join, sources: list[exp.Expr], relations: list[Relation]
+    ) -> str | None:
+        """Why the unmatched rows a LEFT JOIN repeats on every shard would change the answer.
+
+        ``ref LEFT JOIN dist`` gives, on each shard, every reference row with
+        that shard's matches, or once NULL-extended: across shards a reference
+        row without a match on some shard repeats. Those extra rows are
+        harmless to a grouped query whose groups are reference columns, whose
+        WHERE reads only reference columns, and whose aggregates only count or
+        combine values of the distributed table (``count(o.id)``, ``sum(o.x)``:
+        NULLs are skipped), never ``count(*)``. Returns None when that holds.
+        """
+        if len(relations) != 1 or relations[0].node is not join.this:
+            return "it must join one distributed table to reference tables"
+        if len([j for j in select.args.get("joins") or [] if (j.side or "")]) != 1:
+            return "only one outer join is checked"
+        nullable = relations[0]
+        aggregates = own_aggregates(select, select)
+        if not aggregates:
+            return "only grouped queries can ignore the repeated rows"
+        for node in aggregates:
+            agg = node.this if isinstance(node, exp.Filter) else node
+            if isinstance(node, exp.Filter) or not isinstance(
+                agg, exp.Count | exp.Sum | exp.Min | exp.Max | exp.Avg
+            ):
+                return f"{node.sql(self.dialect)} is not checked for NULL rows"
+            argument = agg.this.expressions[0] if isinstance(agg.this, exp.Distinct) else agg.this
+            if not self._strict_in(argument, nullable, select):
+                return f"{node.sql(self.dialect)} counts the repeated rows"
+        group = select.args.get("group")
+        parts: list[exp.Expr] = list(group.expressions) if group is not None else []
+        parts += [i for i in select.expressions if not own_aggregates(i, select)]
+        if select.args.get("where") is not None:
+            parts.append(select.args["where"].this)
+        for part in parts:
+            for column in part.find_all(exp.Column):
+                if (
+                    column.parent_select is select
+                    and self._side(column, nullable, select) != "kept"
+                ):
+                    return f"{column.sql(self.dialect)} may read the repeated NULL rows"
+        return None
+
+    def _side(self, column: exp.Column, nullable: Relation, select: exp.Select) -> str | None:
+        """``"nullable"``, ``"kept"`` (a preserved table's column) or None if unknown."""
+        if column.table:
+            return (
+                "nullable"
+                if normalize(column.args["table"], self.dialect) == nullable.alias
+                else "kept"
+            )
+        if not isinstance(column.this, exp.Identifier):
+            return None
+        name = normalize(column.this, self.dialect)
+        sides = set()
+        for source in self._sources(select):
+            columns = self._columns(source)
+            if columns is None:
+                return None
+            if name in columns:
+                sides.add("nullable" if source is nullable.node else "kept")
+        return sides.pop() if len(sides) == 1 else None
+
+    def _strict_in(self, argument: exp.Expr, nullable: Relation, select: exp.Select) -> bool:
+        """Whether ``argument`` is NULL on a NULL-extended row: columns of the nullable table
+        under arithmetic only."""
+        if isinstance(argument, exp.Column):
+            return self._side(argument, nullable, select) == "nullable"
+        if isinstance(argument, exp.Paren):
+            return self._strict_in(argument.this, nullable, select)
+        if isinstance(argument, exp.Add | exp.Sub | exp.Mul | exp.Div):
+            sides = [argument.this, argument.expression]
+            return any(self._strict_in(a, nullable, select) for a in sides) and all(
+                self._strict_in(a, nullable, select) or isinstance(a, exp.Literal) for a in sides
+            )
+        return False
 
 
 def _ancestors(node: exp.Expr, top: exp.Expr | None) -> list[exp.Expr]:

@@ -11,6 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sqlglot import exp
+
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import MergePlan
 from shardq.sql.analyze import Analysis, StatementKind, analyze
@@ -74,14 +76,19 @@ class Planner:
     def wants_catalog(self, sql: str) -> bool:
         """Whether planning ``sql`` may use the catalog, and it is not loaded yet.
 
-        Only subqueries over distributed tables need it, to tell an outer
-        column from the subquery's own.
+        Subqueries over distributed tables need it, to tell an outer column
+        from the subquery's own, and outer joins, to tell which side a column
+        is on.
         """
         if self.catalog is not None:
             return False
         analysis = self.analyze(sql)
         statement = analysis.parsed.expression
-        return any(ref.node.parent_select is not statement for ref in analysis.distributed)
+        if not analysis.distributed:
+            return False
+        return any(ref.node.parent_select is not statement for ref in analysis.distributed) or any(
+            join.side for join in statement.find_all(exp.Join)
+        )
 
     def analyze(self, sql: str) -> Analysis:
         """Parse and analyse ``sql`` (cached). Raises before any shard is contacted."""
