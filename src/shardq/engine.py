@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 from shardq.errors import ConfigError, ProgrammingError, ShardError, UnsupportedQueryError
 from shardq.execute.driver import ShardPool, get_driver
 from shardq.execute.scatter import Scatter
-from shardq.execute.textorder import TEXT_TYPES, code_point_order, collation_name
+from shardq.execute.textorder import (
+    ORDERABLE_TYPES,
+    TEXT_TYPES,
+    code_point_order,
+    collation_name,
+)
 from shardq.merge.drive import drive
 from shardq.merge.evaluate import semantics
 from shardq.merge.pipeline import compared_columns, merger
@@ -186,7 +191,17 @@ class Engine:
             self._text_order[shard] = "code point" if code_point_order(row) else collation_name(row)
 
     def _check_text_order(self, plan: QueryPlan, shards: tuple[str, ...], types: list[Any]) -> None:
-        if not any(t in TEXT_TYPES for t in compared_columns(plan.merge, types, self._semantics)):
+        """Refuse a merge that would order values in another order than the shards'."""
+        compared = compared_columns(plan.merge, types, self._semantics)
+        for type_code in compared:
+            if isinstance(type_code, int) and type_code not in ORDERABLE_TYPES:
+                raise UnsupportedQueryError(
+                    f"ordering values of type OID {type_code} across shards",
+                    "shardq's merge orders built-in numbers, text, booleans, dates and times, "
+                    "uuids and bytes the way PostgreSQL does; enums, records, arrays, JSON and "
+                    "other types it cannot: cast the column, or pin the query to one shard",
+                )
+        if not any(t in TEXT_TYPES for t in compared):
             return
         other = {self._text_order[s] for s in shards} - {"code point"}
         if other:

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["POSTGRES_COLLATION_SQL", "TEXT_TYPES", "code_point_order", "collation_name"]
+__all__ = [
+    "ORDERABLE_TYPES",
+    "POSTGRES_COLLATION_SQL",
+    "TEXT_TYPES",
+    "code_point_order",
+    "collation_name",
+]
 
 # The database's default collation and, from PostgreSQL 15, its provider
 # (read through jsonb so that older servers, without the column, answer NULL).
@@ -27,6 +33,12 @@ POSTGRES_COLLATION_SQL = (
 )
 # PostgreSQL type OIDs of text: text, varchar, bpchar, name, "char".
 TEXT_TYPES = frozenset({25, 1043, 1042, 19, 18})
+# The types whose order Python reproduces from the values the drivers return:
+# bool, bytea, integers, numeric, float4/8 (NaN handled), text, date, time,
+# timestamp(tz), interval and uuid.
+ORDERABLE_TYPES = TEXT_TYPES | frozenset(
+    {16, 17, 20, 21, 23, 26, 700, 701, 1700, 1082, 1083, 1114, 1184, 1186, 2950}
+)
 _CODE_POINT = frozenset({"c", "posix", "c.utf8", "c.utf-8"})
 
 

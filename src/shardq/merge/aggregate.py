@@ -35,13 +35,20 @@ def _fold_source(groups: int, combines: tuple[Combine, ...]) -> str:
     for i, combine in enumerate(combines):
         c = int(groups + i)
         fresh.append(
-            f"set() if r[{c}] is None else {{r[{c}]}}" if combine is Combine.SET else f"r[{c}]"
+            f"set() if r[{c}] is None else {{nans.setdefault(type(r[{c}]), r[{c}]) "
+            f"if r[{c}] != r[{c}] else r[{c}]}}"
+            if combine is Combine.SET
+            else f"r[{c}]"
         )
         if combine is Combine.ANY:
             continue
         fold.append(f"            v = r[{c}]")
         fold.append("            if v is not None:")
         if combine is Combine.SET:
+            # NaN is not equal to itself in Python but is one value to the
+            # database: every NaN of a type is replaced by the first one seen.
+            fold.append("                if v != v:")
+            fold.append("                    v = nans.setdefault(type(v), v)")
             fold.append(f"                s[{i}].add(v)")
             continue
         fold.append(f"                t = s[{i}]")
@@ -84,7 +91,7 @@ class Regroup:
     def __init__(self, spec: Aggregation):
         self.spec = spec
         self._groups: dict[Any, list[Any]] = {}
-        namespace: dict[str, Any] = {}
+        namespace: dict[str, Any] = {"nans": {}}
         exec(_fold_source(spec.groups, spec.combines), namespace)
         self._fold: Callable[[Iterable[tuple[Any, ...]], dict[Any, list[Any]]], None] = namespace[
             "feed"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import decimal
 from typing import TYPE_CHECKING
 
+from shardq.errors import NotSupportedError
 from shardq.merge import Fetch, Merger, Rows
 
 if TYPE_CHECKING:
@@ -13,7 +15,12 @@ __all__ = ["drive", "drive_sync"]
 
 
 async def drive(merger: Merger, fetch: Callable[[int], Awaitable[Rows]]) -> AsyncIterator[Rows]:
-    """Run ``merger``, fetching batches with ``fetch(source)``; yield the emitted batches."""
+    """Run ``merger``, fetching batches with ``fetch(source)``; yield the emitted batches.
+
+    Values Python cannot compare or hash as the merge needs (a JSON document,
+    an array as a group key, a numeric NaN in an ORDER BY) end the merge with
+    :class:`~shardq.errors.NotSupportedError`, never with a partial answer.
+    """
     try:
         request = next(merger)
         while True:
@@ -25,6 +32,11 @@ async def drive(merger: Merger, fetch: Callable[[int], Awaitable[Rows]]) -> Asyn
                 request = merger.send(None)
     except StopIteration:
         return
+    except (TypeError, decimal.InvalidOperation) as exc:
+        raise NotSupportedError(
+            f"shardq cannot merge these values across shards ({exc}); merges compare and "
+            "group built-in scalar types: cast the column, or pin the query to one shard"
+        ) from exc
     finally:
         merger.close()
 

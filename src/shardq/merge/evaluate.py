@@ -54,7 +54,7 @@ _MIN_SIG_DIGITS = 16
 _MAX_DISPLAY_SCALE = 1000
 
 # PostgreSQL type OIDs the merge produces or reasons about.
-INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, BOOL = 21, 23, 20, 1700, 700, 701, 16
+INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, BOOL, TEXT = 21, 23, 20, 1700, 700, 701, 16, 25
 _INTS = (INT2, INT4, INT8)
 _RANK = {INT2: 0, INT4: 1, INT8: 2, NUMERIC: 3, FLOAT4: 4, FLOAT8: 5}
 
@@ -131,8 +131,10 @@ def numeric_div(a: Decimal | int, b: Decimal | int) -> Decimal:
     quantum = _QUANTA.get(scale)
     if quantum is None:
         quantum = _QUANTA[scale] = Decimal(1).scaleb(-scale)
-    quotient = context.divide(Decimal(a), Decimal(b))
-    return quotient.quantize(quantum, decimal.ROUND_HALF_UP, EXACT)
+    quotient = context.divide(Decimal(a), Decimal(b)).quantize(
+        quantum, decimal.ROUND_HALF_UP, EXACT
+    )
+    return quotient.copy_abs() if not quotient and quotient.is_signed() else quotient
 
 
 _THRESHOLDS: dict[tuple[int, int], Decimal] = {}
@@ -175,13 +177,16 @@ def numeric_avg(total: Decimal, count: int) -> Decimal:
     step = _QUANTA.get(scale)
     if step is None:
         step = _QUANTA[scale] = Decimal(1).scaleb(-scale)
-    return context.divide(total, Decimal(count)).quantize(step, decimal.ROUND_HALF_UP, EXACT)
+    result = context.divide(total, Decimal(count)).quantize(step, decimal.ROUND_HALF_UP, EXACT)
+    return result.copy_abs() if not result and result.is_signed() else result
 
 
 def numeric_round(value: Decimal, digits: int) -> Decimal:
     """PostgreSQL's ``round(numeric, int)``: halves away from zero, scale ``max(digits, 0)``."""
     rounded = value.quantize(Decimal(1).scaleb(-digits), decimal.ROUND_HALF_UP, EXACT)
-    return rounded if digits >= 0 else rounded.quantize(Decimal(1), context=EXACT)
+    if digits < 0:
+        rounded = rounded.quantize(Decimal(1), context=EXACT)
+    return rounded.copy_abs() if not rounded and rounded.is_signed() else rounded
 
 
 def _is_number(value: object) -> bool:
@@ -235,6 +240,15 @@ class Semantics:
         return remainder if a >= 0 else -remainder
 
     def _numeric(self, op: str, a: Decimal, b: Decimal) -> Decimal | None:
+        result = self._numeric_raw(op, a, b)
+        # PostgreSQL's numeric has no negative zero.
+        return (
+            result.copy_abs()
+            if result is not None and not result and result.is_signed()
+            else result
+        )
+
+    def _numeric_raw(self, op: str, a: Decimal, b: Decimal) -> Decimal | None:
         if op == "+":
             return EXACT.add(a, b)
         if op == "-":
@@ -303,8 +317,8 @@ class Semantics:
             if op == "avg_of" and types and types[0] in _INTS:
                 return NUMERIC
             return FLOAT8 if types and types[0] in (FLOAT4, FLOAT8) else NUMERIC
-        if op == "round":
-            return NUMERIC if types and types[0] == NUMERIC else FLOAT8
+        if op == "round":  # round(x, n) is numeric's; round(x) keeps numeric, else float8
+            return NUMERIC if len(types) == 2 or (types and types[0] == NUMERIC) else FLOAT8
         if op == "coalesce":  # the common type of the arguments
             known = [t for t in types if t is not None]
             if known and all(t in _RANK for t in known):
@@ -487,8 +501,12 @@ def _to_int(bits: int, name: str) -> Callable[[Any], int]:
 def _to_numeric(value: Any, precision: int | None = None, scale: int = 0) -> Decimal:
     if isinstance(value, bool) or not _is_number(value):
         raise NotSupportedError(f"cast of {type(value).__name__} to numeric after a merge")
-    # float8 to numeric keeps 15 significant digits, as PostgreSQL's float8_numeric.
+    # float8 to numeric keeps 15 significant digits, as PostgreSQL's float8_numeric,
+    # written without an exponent.
     result = Decimal(format(value, ".15g")) if isinstance(value, float) else Decimal(value)
+    exponent = result.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > 0:
+        result = result.quantize(Decimal(1), context=EXACT)
     if precision is None:
         return result
     result = numeric_round(result, scale)
@@ -561,9 +579,20 @@ def compile_row(exprs: Sequence[Expr], sem: Semantics) -> Evaluator:
     return eval(f"lambda r: ({', '.join(parts)},)", namespace)  # type: ignore[no-any-return]
 
 
+_INT_RANGES = {INT2: (16, "smallint"), INT4: (32, "integer")}
+
+
 def coerce(value: Any, type_code: Any) -> Any:
-    """``value`` as the database returns a column of ``type_code`` (int in numeric, ...)."""
+    """``value`` as the database returns a column of ``type_code`` (int in numeric, ...).
+
+    An integer result out of its type's range is the database's error.
+    """
     if value is None or isinstance(value, bool):
+        return value
+    if type_code in _INT_RANGES and isinstance(value, int):
+        bits, name = _INT_RANGES[type_code]
+        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            raise DataError(f"{name} out of range")
         return value
     if type_code == NUMERIC and isinstance(value, int):
         return Decimal(value)

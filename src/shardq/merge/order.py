@@ -18,6 +18,7 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from shardq.errors import NotSupportedError
 from shardq.merge import Fetch, Merger, Rows
 
 if TYPE_CHECKING:
@@ -45,30 +46,27 @@ class _Descending:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _component(key: SortKey, flip: bool) -> KeyFn:
-    """One term as an ascending-comparable value: (where NULL goes, the value)."""
+def _component(key: SortKey, is_float: bool = False) -> KeyFn:
+    """One term, for mixed directions: (where NULL goes, [is NaN,] the value), DESC inverted."""
     i = key.column
-    # In ascending terms of the final comparison, a NULL sorts after the values
-    # when it is last for ASC, or, once the direction is flipped, first for DESC.
-    null_last = key.nulls_first == key.descending if flip else not key.nulls_first
-    if not flip and key.descending:
+    null_last = not key.nulls_first
 
-        def component(row: Sequence[Any]) -> Any:
-            v = row[i]
-            return (v is None) == null_last, _Descending(v)
+    def value(v: Any) -> Any:
+        return (v != v, v) if is_float else v  # NaN after every number
 
-        return component
-    if null_last:
-        return lambda row: (row[i] is None, row[i])
-    return lambda row: (row[i] is not None, row[i])
+    if key.descending:
+        return lambda row: ((row[i] is None) == null_last, _Descending(value(row[i])))
+    return lambda row: ((row[i] is None) == null_last, value(row[i]))
 
 
-def sort_key(keys: Sequence[SortKey]) -> tuple[KeyFn, bool]:
+def sort_key(keys: Sequence[SortKey], floats: frozenset[int] = frozenset()) -> tuple[KeyFn, bool]:
     """A key function and a ``reverse`` flag that sort rows as the ORDER BY does.
 
     When every term goes the same way the key is one flat tuple,
     ``(row[i] is None, row[i], ...)``, built by a function compiled for
     these terms, and ``reverse`` says DESC: no Python-level comparison runs.
+    Columns in ``floats`` hold floating-point values: their key also says
+    whether the value is NaN, which PostgreSQL sorts after every number.
 
     >>> from shardq.merge.steps import SortKey
     >>> rows = [(1, "b"), (None, "a"), (2, "a"), (1, "a")]
@@ -86,10 +84,13 @@ def sort_key(keys: Sequence[SortKey]) -> tuple[KeyFn, bool]:
             # In ascending terms (before any reversal), is NULL after the values?
             null_last = k.nulls_first if reverse else not k.nulls_first
             i = int(k.column)
-            parts += [f"r[{i}] is None" if null_last else f"r[{i}] is not None", f"r[{i}]"]
+            parts.append(f"r[{i}] is None" if null_last else f"r[{i}] is not None")
+            if i in floats:
+                parts.append(f"r[{i}] != r[{i}]")  # NaN: after every number
+            parts.append(f"r[{i}]")
         # Only integers are formatted into the source: it cannot hold anything else.
         return eval(f"lambda r: ({', '.join(parts)},)"), reverse
-    components = [_component(k, False) for k in keys]
+    components = [_component(k, k.column in floats) for k in keys]
     return (lambda row: tuple(c(row) for c in components)), False
 
 
@@ -106,7 +107,7 @@ def _cut(batch: Rows, bound: Any, key: KeyFn, reverse: bool) -> int:
     return lo
 
 
-def kway(sources: int, keys: Sequence[SortKey]) -> Merger:
+def kway(sources: int, keys: Sequence[SortKey], floats: frozenset[int] = frozenset()) -> Merger:
     """Merge ``sources`` already-sorted streams into one sorted stream.
 
     >>> from shardq.merge.drive import drive_sync
@@ -116,9 +117,10 @@ def kway(sources: int, keys: Sequence[SortKey]) -> Merger:
     >>> drive_sync(kway(2, [SortKey(0)]), [a, b, []])
     [(1,), (2,), (3,), (4,), (9,), (10,)]
     """
-    key, reverse = sort_key(keys)
+    key, reverse = sort_key(keys, floats)
     same_way = reverse or not any(k.descending for k in keys)
-    plain = operator.itemgetter(*(k.column for k in keys)) if same_way else None
+    nan_free = not any(k.column in floats for k in keys)
+    plain = operator.itemgetter(*(k.column for k in keys)) if same_way and nan_free else None
     columns = [operator.itemgetter(k.column) for k in keys]
     pending: dict[int, Rows] = {}
     for source in range(sources):
@@ -147,6 +149,14 @@ def kway(sources: int, keys: Sequence[SortKey]) -> Merger:
                 else:
                     ready += batch[:cut]
                     pending[source] = batch[cut:]
+        if not exhausted:
+            # The shard holding the bound must have sent nothing after it: its
+            # rows are not in the order shardq compares in.
+            raise NotSupportedError(
+                "the shards returned rows in an order shardq's merge does not reproduce "
+                "(a type or collation whose order differs from shardq's comparison); "
+                "order by built-in scalar types, or pin the query to one shard"
+            )
         if runs == 1:
             yield ready
         elif plain is not None and not any(None in map(g, ready) for g in columns):

@@ -18,6 +18,8 @@ from shardq.merge.concat import concat
 from shardq.merge.evaluate import (
     FLOAT4,
     FLOAT8,
+    INT2,
+    INT4,
     NUMERIC,
     Semantics,
     coerce,
@@ -55,12 +57,22 @@ def merger(
     """
     if plan.limit == 0:
         return _nothing()
-    inner = kway(sources, plan.order) if plan.order else concat(sources)
+    floats = _float_columns(types)
+    inner = kway(sources, plan.order, floats) if plan.order else concat(sources)
     if plan.trivial:
         return inner
     if plan.streaming:
         return _through(inner, _streaming(plan))
     return _in_memory(inner, plan, sem, types)
+
+
+def _float_columns(types: Sequence[Any] | None) -> frozenset[int]:
+    """The columns (also as negative indices) whose type is floating point."""
+    if types is None:
+        return frozenset()
+    width = len(types)
+    found = {i for i, t in enumerate(types) if t in (FLOAT4, FLOAT8)}
+    return frozenset(found | {i - width for i in found})
 
 
 def _nothing() -> Merger:
@@ -159,7 +171,12 @@ def _in_memory(
             firsts.setdefault(row[:width] if width is not None else row, row)
         rows = list(firsts.values())
     if plan.sort:
-        key, reverse = sort_key(plan.sort)
+        out_types = (
+            [output_type(o.type, types, sem) for o in plan.outputs]
+            if plan.outputs is not None and types is not None
+            else None
+        )
+        key, reverse = sort_key(plan.sort, _float_columns(out_types))
         rows.sort(key=key, reverse=reverse)
     end = None if plan.limit is None else plan.offset + plan.limit
     rows = rows[plan.offset : end]
@@ -170,6 +187,7 @@ def _in_memory(
 
 
 _CASTABLE = frozenset({NUMERIC, FLOAT4, FLOAT8})
+_RANGED = frozenset({INT2, INT4})  # computed smallint and integer results: range-checked
 
 
 def _cast(row: tuple[Any, ...], casts: list[tuple[int, Any]]) -> tuple[Any, ...]:

@@ -39,10 +39,21 @@ from shardq.sql.analyze import is_aggregate, normalize, own_aggregates
 from shardq.sql.colocation import colocation_group
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shardq.config import Config
     from shardq.sql.analyze import Analysis, TableRef
 
-__all__ = ["Catalog", "Relation", "check_local", "joined_on_keys", "link", "run_first"]
+__all__ = [
+    "Catalog",
+    "Relation",
+    "check_local",
+    "input_column",
+    "joined_on_keys",
+    "key_relation",
+    "link",
+    "run_first",
+]
 
 Catalog = dict[str, frozenset[str]]
 """The columns of each declared table (by its configured name), as the database names them."""
@@ -283,7 +294,16 @@ class _Checker:
             )
         for subquery in self._subqueries(select):
             self._tied(select, subquery, relations)
-        return relations
+        # The key of a table on the NULL-extended side of a LEFT JOIN is NULL in
+        # the rows it does not match, and those rows are on every shard: it does
+        # not keep a group, a partition or a DISTINCT row on one shard.
+        nullable = {
+            id(j.this) for j in select.args.get("joins") or () if (j.side or "").upper() == "LEFT"
+        }
+        return [
+            Relation(r.node, r.alias, frozenset(), r.group) if id(r.node) in nullable else r
+            for r in relations
+        ]
 
     def _sources(self, select: exp.Select) -> list[exp.Expr]:
         from_ = select.args.get("from_") or select.args.get("from")
@@ -439,7 +459,7 @@ class _Checker:
         in_ = holder.parent if isinstance(holder, exp.Subquery) else holder
         if (
             isinstance(in_, exp.In)
-            and not isinstance(in_.parent, exp.Not)
+            and _filters_rows(in_)
             and key_relation(in_.this, outer, self.dialect) is not None
             and len(body.expressions) == 1
         ):
@@ -631,6 +651,19 @@ class _Checker:
         return False
 
 
+def _filters_rows(node: exp.Expr) -> bool:
+    """Whether ``node`` is a top-level AND term of a WHERE (only its truth matters there).
+
+    ``key IN (subquery)`` on one shard is FALSE where the whole subquery would
+    make it NULL (a NULL on another shard); in a WHERE both drop the row, but
+    under NOT, OR, in a select list or a CASE they differ.
+    """
+    parent = node.parent
+    while isinstance(parent, exp.And | exp.Paren):
+        parent = parent.parent
+    return isinstance(parent, exp.Where)
+
+
 def _ancestors(node: exp.Expr, top: exp.Expr | None) -> list[exp.Expr]:
     found = []
     current = node.parent
@@ -652,7 +685,9 @@ def joined_on_keys(analysis: Analysis, config: Config) -> bool:
     return link(statement, relations, analysis.parsed.dialect)
 
 
-def check_local(analysis: Analysis, config: Config, catalog: Catalog | None = None) -> None:
+def check_local(
+    analysis: Analysis, config: Config, catalog: Catalog | None = None
+) -> list[Relation]:
     """Raise :class:`UnsupportedQueryError` unless every row the read computes is local.
 
     >>> from shardq.config import load_config
@@ -660,7 +695,9 @@ def check_local(analysis: Analysis, config: Config, catalog: Catalog | None = No
     >>> from shardq.sql.parse import parse
     >>> cfg = load_config({"shards": [{"name": "a", "dsn": "a.db"}],
     ...                    "tables": {"t": {"shard_key": "k"}, "u": {"shard_key": "k"}}})
-    >>> check_local(analyze(parse("SELECT count(*) FROM t WHERE x > 1", "sqlite"), cfg), cfg)
+    >>> local = analyze(parse("SELECT count(*) FROM t WHERE x > 1", "sqlite"), cfg)
+    >>> [r.alias for r in check_local(local, cfg)]
+    ['t']
     >>> check_local(analyze(parse("SELECT * FROM t JOIN u USING (k)", "sqlite"), cfg), cfg)
     Traceback (most recent call last):
     ...
@@ -674,6 +711,17 @@ def check_local(analysis: Analysis, config: Config, catalog: Catalog | None = No
     if not relations and checker.distributed_inside(statement):
         names = ", ".join(sorted({r.table.name for r in checker.distributed_inside(statement)}))
         raise UnsupportedQueryError(f"a subquery over the distributed table {names}", _REASON)
+    return relations
+
+
+def input_column(
+    analysis: Analysis, config: Config, catalog: Catalog | None
+) -> Callable[[str], bool | None]:
+    """A function telling whether the statement's FROM has a column (None: not known)."""
+    checker = _Checker(analysis, config, catalog=catalog)
+    statement = analysis.parsed.expression
+    assert isinstance(statement, exp.Select)
+    return lambda name: checker.own_column(statement, name)
 
 
 def run_first(

@@ -77,8 +77,8 @@ class Planner:
         """Whether planning ``sql`` may use the catalog, and it is not loaded yet.
 
         Subqueries over distributed tables need it, to tell an outer column
-        from the subquery's own, and outer joins, to tell which side a column
-        is on.
+        from the subquery's own; outer joins, to tell which side a column is
+        on; GROUP BY, to tell an input column from a select-list name.
         """
         if self.catalog is not None:
             return False
@@ -86,8 +86,10 @@ class Planner:
         statement = analysis.parsed.expression
         if not analysis.distributed:
             return False
-        return any(ref.node.parent_select is not statement for ref in analysis.distributed) or any(
-            join.side for join in statement.find_all(exp.Join)
+        return (
+            any(ref.node.parent_select is not statement for ref in analysis.distributed)
+            or any(join.side for join in statement.find_all(exp.Join))
+            or statement.args.get("group") is not None  # a name may be a column or an alias
         )
 
     def analyze(self, sql: str) -> Analysis:

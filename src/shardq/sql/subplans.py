@@ -40,10 +40,11 @@ __all__ = ["Deferred", "Result", "Subplan", "defer"]
 
 _MARK = "_shardq_m"
 # The PostgreSQL types a result column can be shipped as (OID -> type name).
+# Not interval: psycopg reads '1 mon' as 30 days, which would not come back.
 _PG_TYPES = {
     16: "bool", 17: "bytea", 18: '"char"', 19: "name", 20: "int8", 21: "int2", 23: "int4",
     25: "text", 700: "float4", 701: "float8", 1042: "bpchar", 1043: "varchar", 1082: "date",
-    1083: "time", 1114: "timestamp", 1184: "timestamptz", 1186: "interval", 1266: "timetz",
+    1083: "time", 1114: "timestamp", 1184: "timestamptz", 1266: "timetz",
     1700: "numeric", 2950: "uuid",
 }  # fmt: skip
 
@@ -95,8 +96,10 @@ class Deferred:
         self, name: str, subplan: Subplan, result: Result
     ) -> tuple[exp.Expr, dict[str, Any]]:
         width = len(result.types)
-        names = list(result.names) if subplan.named else [f"c{j + 1}" for j in range(width)]
-        columns = ", ".join(f'"{n}"' for n in names)
+        names = list(result.names)
+        if len(set(names)) < len(names):  # a column list cannot name two columns alike
+            names = [f"c{j + 1}" for j in range(width)]
+        columns = ", ".join('"' + n.replace('"', '""') + '"' for n in names)
         values: dict[str, Any] = {}
         if self.dialect == "postgres":
             arrays = []
@@ -118,7 +121,8 @@ class Deferred:
                 )
             values[name] = json.dumps([list(row) for row in result.rows])
             picks = ", ".join(
-                f"json_extract(value, '$[{j}]') AS \"{n}\"" for j, n in enumerate(names)
+                f"json_extract(value, '$[{j}]') AS \"" + n.replace('"', '""') + '"'
+                for j, n in enumerate(names)
             )
             sql = f"SELECT {picks} FROM json_each(:{name})"
         return sqlglot.parse_one(sql, read=self.dialect), values

@@ -22,16 +22,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
 from shardq.merge.steps import Call, Const, Expr, MergePlan, Param, SortKey
-from shardq.sql.analyze import normalize, own_aggregates
-from shardq.sql.locality import Catalog, check_local
+from shardq.sql.analyze import own_aggregates
+from shardq.sql.locality import Catalog, Relation, check_local, input_column, key_relation
 from shardq.sql.parse import placeholder_value
 from shardq.sql.rewrite.aggregates import decompose
+from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import Window, push_window, split_window
 from shardq.sql.rewrite.order import sort_terms
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.sql.analyze import Analysis
 
-__all__ = ["Distributed", "distribute", "positional_as_named", "shard_key_column"]
+__all__ = ["Distributed", "distribute", "positional_as_named"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,64 +78,34 @@ class Distributed:
         return merge
 
 
+def _param_type(value: object) -> int | None:
+    """The type PostgreSQL gives a parameter psycopg binds from ``value``."""
+    if isinstance(value, bool):
+        return 16
+    if isinstance(value, int):
+        for bits, oid in ((16, 21), (32, 23), (64, 20)):
+            if -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+                return oid
+        return 1700
+    if isinstance(value, float):
+        return 701
+    if isinstance(value, Decimal):
+        return 1700
+    return 25 if isinstance(value, str) else None
+
+
 def _bind(expr: Expr, params: object) -> Expr:
     if isinstance(expr, Param):
-        return Const(placeholder_value(exp.Placeholder(this=expr.name), params))
+        value = placeholder_value(exp.Placeholder(this=expr.name), params)
+        return Const(value, _param_type(value))
     if isinstance(expr, Call):
         return Call(expr.op, tuple(_bind(a, params) for a in expr.args))
     return expr
 
 
-def shard_key_column(node: exp.Expr, analysis: Analysis) -> bool:
-    """Whether ``node`` is the shard-key column of a distributed table of the query.
-
-    An unqualified name equal to a distributed table's key names that key:
-    any other table with such a column would make the name ambiguous, which
-    the database refuses.
-    """
-    if not isinstance(node, exp.Column) or not isinstance(node.this, exp.Identifier):
-        return False
-    dialect = analysis.parsed.dialect
-    name = normalize(node.this, dialect)
-    qualifier = normalize(node.args["table"], dialect) if node.table else None
-    return any(
-        name == ref.table.shard_key
-        and not ref.renames_columns
-        and (qualifier is None or qualifier == ref.alias)
-        for ref in analysis.distributed
-    )
-
-
-def _group_expressions(select: exp.Select, analysis: Analysis) -> list[exp.Expr]:
-    """The GROUP BY terms, ordinals and select-list aliases resolved to expressions."""
-    dialect = analysis.parsed.dialect
-    group = select.args.get("group")
-    if group is None:
-        return []
-    items = select.expressions
-    aliases = {
-        normalize(i.args["alias"], dialect): i.this for i in items if isinstance(i, exp.Alias)
-    }
-    resolved = []
-    for node in group.expressions:
-        if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
-            position = int(node.name) - 1
-            if 0 <= position < len(items):
-                item = items[position]
-                resolved.append(item.this if isinstance(item, exp.Alias) else item)
-        elif isinstance(node, exp.Column) and not node.table:
-            # A bare name is an input column first; if it is an alias of a key
-            # column, either reading names the key.
-            resolved.append(node)
-            alias = aliases.get(normalize(node.this, dialect))
-            if alias is not None and not shard_key_column(node, analysis):
-                resolved[-1] = alias
-        else:
-            resolved.append(node)
-    return resolved
-
-
-def _check_windows(select: exp.Select, analysis: Analysis, allowed: bool) -> bool:
+def _check_windows(
+    select: exp.Select, analysis: Analysis, relations: list[Relation], allowed: bool
+) -> bool:
     """Refuse window functions unless each partition lies on one shard."""
     dialect = analysis.parsed.dialect
     found = False
@@ -142,7 +114,7 @@ def _check_windows(select: exp.Select, analysis: Analysis, allowed: bool) -> boo
             continue
         found = True
         partition = window.args.get("partition_by") or []
-        if not allowed or not any(shard_key_column(p, analysis) for p in partition):
+        if not allowed or not any(key_relation(p, relations, dialect) for p in partition):
             raise UnsupportedQueryError(
                 f"the window function {window.sql(dialect)} across shards",
                 "its partitions may span shards; shardq runs a window function on the "
@@ -153,7 +125,7 @@ def _check_windows(select: exp.Select, analysis: Analysis, allowed: bool) -> boo
 
 def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = None) -> Distributed:
     """Rewrite a read that runs on several shards (see the module docstring)."""
-    check_local(analysis, config, catalog)
+    relations = check_local(analysis, config, catalog)
     select = analysis.parsed.expression
     assert isinstance(select, exp.Select)
     dialect = analysis.parsed.dialect
@@ -165,7 +137,9 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
             "to one shard",
         )
     window = split_window(select)
-    groups = _group_expressions(select, analysis)
+    groups = group_terms(
+        select, dialect, analysis.parsed.source, input_column(analysis, config, catalog)
+    )
     aggregates = [
         a
         for part in (*select.expressions, select.args.get("having"), select.args.get("order"))
@@ -173,10 +147,10 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
         for a in own_aggregates(part, select)
     ]
     if (groups or aggregates or select.args.get("having")) and not any(
-        shard_key_column(g, analysis) for g in groups
+        key_relation(g, relations, dialect) for g in groups
     ):
-        _check_windows(select, analysis, allowed=False)
-        d = decompose(select, dialect, analysis.parsed.source)
+        _check_windows(select, analysis, relations, allowed=False)
+        d = decompose(select, dialect, analysis.parsed.source, groups)
         merge = MergePlan(
             aggregate=d.aggregation,
             having=d.having,
@@ -187,7 +161,7 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
         )
         strategy = "partial aggregates on each shard, regrouped after the merge"
         return Distributed(d.shard.sql(dialect), merge, window, strategy, d.params)
-    _check_windows(select, analysis, allowed=True)
+    _check_windows(select, analysis, relations, allowed=True)
     return _rows(select, analysis, window, grouped=bool(groups))
 
 

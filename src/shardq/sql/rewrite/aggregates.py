@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
-from shardq.merge.evaluate import BOOL, INT4, INT8, NUMERIC
+from shardq.merge.evaluate import BOOL, INT4, INT8, NUMERIC, TEXT
 from shardq.merge.steps import (
     Aggregation,
     Call,
@@ -44,7 +44,7 @@ from shardq.merge.steps import (
     SortKey,
     TypeRule,
 )
-from shardq.sql.analyze import is_aggregate, normalize, own_aggregates
+from shardq.sql.analyze import is_aggregate, own_aggregates
 from shardq.sql.rewrite.names import output_name
 from shardq.sql.rewrite.order import is_star, sort_terms
 
@@ -54,7 +54,10 @@ __all__ = ["Decomposed", "decompose", "is_aggregate", "own_aggregates"]
 VOLATILE = frozenset(
     {"random", "rand", "randomblob", "nextval", "setval", "clock_timestamp", "timeofday",
      "gen_random_uuid", "uuid_generate_v4", "txid_current", "pg_backend_pid", "changes",
-     "last_insert_rowid", "random_normal"}
+     "last_insert_rowid", "random_normal",
+     # Stable within one transaction, but every shard runs its own.
+     "now", "current_timestamp", "currenttimestamp", "statement_timestamp",
+     "transaction_timestamp", "localtimestamp", "current_time", "currenttime", "localtime"}
 )  # fmt: skip
 
 _COMBINES: dict[type[exp.Expr], Combine] = {
@@ -99,15 +102,19 @@ def _is_volatile(node: exp.Expr) -> bool:
 
 def _literal(node: exp.Expr) -> Const | None:
     if isinstance(node, exp.Null):
-        return Const(None)
+        return Const(None, TEXT)  # an untyped NULL in a select list is text
     if isinstance(node, exp.Boolean):
         return Const(bool(node.this), BOOL)
     if isinstance(node, exp.Literal):
         if node.is_string:
-            return Const(node.this)
+            return Const(node.this, TEXT)
         text = node.name
         if text.isdigit():
             value = int(text)
+            if value >= 2**63:  # too large for bigint: PostgreSQL reads it as numeric
+                from decimal import Decimal
+
+                return Const(Decimal(value), NUMERIC)
             return Const(value, INT4 if value < 2**31 else INT8)
         if all(c.isdigit() or c == "." for c in text) and text.count(".") == 1:
             from decimal import Decimal
@@ -158,52 +165,19 @@ class _Decomposer:
 
     # -- the group key
 
-    def add_groups(self) -> None:
+    def add_groups(self, terms: list[exp.Expr]) -> None:
         group = self.select.args.get("group")
-        if group is None:
-            return
-        for node in group.expressions:
+        for node in group.expressions if group is not None else []:
             if isinstance(node, exp.Rollup | exp.Cube | exp.GroupingSets):
                 raise UnsupportedQueryError(
                     f"GROUP BY {node.key.upper().replace('GROUPINGSETS', 'GROUPING SETS')} "
                     "across shards",
                     _NOT_DECOMPOSABLE,
                 )
-        items = self.select.expressions
-        aliases = {
-            normalize(item.args["alias"], self.dialect): item
-            for item in items
-            if isinstance(item, exp.Alias)
-        }
-        for node in group.expressions:
-            index = len(self.groups)
-            if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
-                position = int(node.name) - 1
-                if not 0 <= position < len(items) or isinstance(items[position], exp.Star):
-                    raise UnsupportedQueryError(
-                        f"GROUP BY {node.name}", "the ordinal does not name a select-list item"
-                    )
-                expr = items[position].this if isinstance(items[position], exp.Alias) else (
-                    items[position])  # fmt: skip
-                self.groups.append(exp.alias_(expr.copy(), f"_shardq_g{index}"))
-                self.group_by.append(expr.copy())
-                self.keys[self.text(expr)] = index
-            elif (
-                isinstance(node, exp.Column)
-                and not node.table
-                and normalize(node.this, self.dialect) in aliases
-            ):
-                # A select-list alias: keep the name so the shard resolves it as the
-                # database would (an input column of that name wins).
-                item = aliases[normalize(node.this, self.dialect)]
-                self.groups.append(item.copy())
-                self.group_by.append(node.copy())
-                self.keys[self.text(item.this)] = index
-                self.keys[self.text(node)] = index
-            else:
-                self.groups.append(exp.alias_(node.copy(), f"_shardq_g{index}"))
-                self.group_by.append(node.copy())
-                self.keys[self.text(node)] = index
+        for index, expression in enumerate(terms):
+            self.groups.append(exp.alias_(expression.copy(), f"_shardq_g{index}"))
+            self.group_by.append(expression.copy())
+            self.keys.setdefault(self.text(expression), index)
 
     # -- partial columns
 
@@ -329,7 +303,14 @@ class _Decomposer:
         )
 
 
-def decompose(select: exp.Select, dialect: str, source: str = "") -> Decomposed:
+def _plain_groups(select: exp.Select) -> list[exp.Expr]:
+    group = select.args.get("group")
+    return list(group.expressions) if group is not None else []
+
+
+def decompose(
+    select: exp.Select, dialect: str, source: str = "", groups: list[exp.Expr] | None = None
+) -> Decomposed:
     """Split the grouped query ``select`` (see the module docstring)."""
     for item in select.expressions:
         if is_star(item):
@@ -338,7 +319,7 @@ def decompose(select: exp.Select, dialect: str, source: str = "") -> Decomposed:
                 "shardq must know each column of a merged group; list the columns",
             )
     d = _Decomposer(select, dialect)
-    d.add_groups()
+    d.add_groups(groups if groups is not None else list(_plain_groups(select)))
     outputs = [
         Output(output_name(item, dialect, source), expr, type_of(expr))
         for item in select.expressions

@@ -18,6 +18,7 @@ groups.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlglot import exp
 
@@ -50,6 +51,9 @@ class Window:
         value = constant_value(node, params)
         if value is None:
             return None
+        if isinstance(value, Decimal | float) and not isinstance(value, bool):
+            # PostgreSQL casts a fractional LIMIT to bigint: halves away from zero.
+            value = int(Decimal(value).quantize(Decimal(1), ROUND_HALF_UP))
         if isinstance(value, bool) or not isinstance(value, int):
             raise DataError(f"{clause} must be an integer, not {value!r}")
         if value < 0:

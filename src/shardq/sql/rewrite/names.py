@@ -52,9 +52,14 @@ def _figure(node: exp.Expr, dialect: str) -> str | None:
         return "case"
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower()
+    if isinstance(node, exp.Connector | exp.Binary | exp.Predicate | exp.Unary):
+        return None  # operators (AND, =, +, NOT, ...) are ?column?
     if isinstance(node, exp.Func):
-        match = _CALL.match(node.sql(dialect))
-        return match.group(1).lower() if match else None
+        text = node.sql(dialect)
+        match = _CALL.match(text)
+        if match:
+            return match.group(1).lower()
+        return text.lower() if text.replace("_", "").isalpha() else None  # CURRENT_DATE
     return None
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from shardq.errors import UnsupportedQueryError
+from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.sql.analyze import normalize
 
 __all__ = ["SortTerm", "is_star", "sort_terms"]
@@ -49,6 +49,13 @@ def is_star(item: exp.Expr) -> bool:
     )
 
 
+def _output_name(item: exp.Expr, dialect: str) -> str:
+    from shardq.sql.rewrite.names import output_name
+
+    name = output_name(item, dialect)
+    return name.lower() if dialect == "sqlite" else name
+
+
 def _unaliased(item: exp.Expr) -> exp.Expr:
     return item.this if isinstance(item, exp.Alias) else item
 
@@ -75,11 +82,11 @@ def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
     items = select.expressions
     star = next((i for i, item in enumerate(items) if is_star(item)), None)
     visible = items if star is None else items[:star]
-    aliases = {
-        normalize(item.args["alias"], dialect): i
-        for i, item in enumerate(visible)
-        if isinstance(item, exp.Alias)
-    }
+    # A bare name is an output column first: an alias, or an implicit name
+    # (``count`` for count(*), ``upper`` for upper(g)), then an input column.
+    aliases: dict[str, int] = {}
+    for i, item in enumerate(visible):
+        aliases.setdefault(_output_name(item, dialect), i)
     texts = {_unaliased(item).sql(dialect): i for i, item in enumerate(visible)}
     terms = []
     for ordered in order.expressions:
@@ -87,6 +94,8 @@ def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
         target: int | exp.Expr
         if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
             position = int(node.name) - 1
+            if not 0 <= position < len(items):
+                raise ProgrammingError(f"ORDER BY position {node.name} is not in select list")
             if star is not None and position >= star:
                 raise UnsupportedQueryError(
                     f"ORDER BY {node.name} after a * in the select list",
