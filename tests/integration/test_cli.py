@@ -170,3 +170,27 @@ def test_check_against_postgres_with_passwords_from_the_environment(
     assert query.stdout.splitlines() == ["id", "5"]
     for password in env.values():
         assert password not in result.stdout + result.stderr + query.stdout + query.stderr
+
+
+def test_explain_shows_shards_sql_and_merge(demo_config: Path) -> None:
+    sql = (
+        "SELECT country, count(*) AS n FROM customers GROUP BY country "
+        "ORDER BY n DESC, country LIMIT 3"
+    )
+    plain = shardq_cli("explain", "-c", str(demo_config), sql)
+    assert plain.returncode == 0, plain.stderr
+    assert "Distributed query on 3 of 3 shards" in plain.stdout
+    assert "SELECT country AS _shardq_g0, COUNT(*) AS _shardq_a0 FROM customers" in plain.stdout
+    assert "regroup by column 1" in plain.stdout
+    assert "keep rows 1 to 3" in plain.stdout
+    analyzed = shardq_cli("explain", "-c", str(demo_config), "--analyze", sql)
+    assert analyzed.returncode == 0, analyzed.stderr
+    assert "Execution: 3 rows in" in analyzed.stdout
+    assert analyzed.stdout.count("rows received") == 3
+    pinned = shardq_cli("explain", "-c", str(demo_config), "-p", "5",
+                        "SELECT * FROM customers WHERE id = ?")  # fmt: skip
+    assert "Single-shard query" in pinned.stdout
+    refused = shardq_cli("explain", "-c", str(demo_config),
+                         "SELECT group_concat(name) FROM customers")  # fmt: skip
+    assert refused.returncode == 4
+    assert "GROUP_CONCAT" in refused.stderr
