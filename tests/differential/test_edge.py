@@ -144,7 +144,8 @@ CASES: list[tuple[str, bool]] = [
     ),
     ("SELECT id FROM odd ORDER BY f, id", True),
     ("SELECT id, f FROM odd ORDER BY f DESC NULLS LAST, id", True),
-    ("SELECT count(DISTINCT f), max(id) FROM odd", True),
+    ("SELECT count(DISTINCT f), max(id), max(f), min(f) FROM odd", True),
+    ("SELECT e IS NULL, max(f), min(f) FROM odd GROUP BY 1", False),
     ("SELECT count(*) + 9223372036854775808, 'x' AS c, NULL AS d FROM facts", True),
     (
         "SELECT round(sum(k), 1), round(count(*), 2), min(n) * 0, round(min(n) * 0.001, 2) "

@@ -55,8 +55,9 @@ def _fold_source(groups: int, combines: tuple[Combine, ...]) -> str:
         update = {
             Combine.COUNT: "t + v",
             Combine.SUM: "t + v",
-            Combine.MIN: "v if v < t else t",
-            Combine.MAX: "v if v > t else t",
+            # NaN is the greatest float to PostgreSQL: max keeps it, min drops it.
+            Combine.MIN: "v if v < t or t != t else t",
+            Combine.MAX: "v if v > t or v != v else t",
             Combine.BOOL_AND: "t and v",
             Combine.BOOL_OR: "t or v",
         }[combine]
