@@ -14,6 +14,7 @@ raises :class:`~shardq.errors.NotSupportedError`.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -315,7 +316,9 @@ class Connection:
 
     def __del__(self) -> None:
         portal = getattr(self, "_portal", None)
-        if portal is None or portal.closed:
+        if portal is None or portal.closed or sys.is_finalizing():
+            # At interpreter exit the portal's thread may be frozen already:
+            # waiting for it would never end, and the process is ending anyway.
             return
         try:
             self.close()  # closes the pools (sessions end cleanly), then the loop

@@ -151,7 +151,7 @@ class Engine:
                 )
                 rows = await result.fetchall()
             except ShardError as exc:
-                if exc.sqlstate == "42703" or "no such column" in str(exc):
+                if exc.sqlstate in ("42703", "42P01") or "no such column" in str(exc):
                     raise UnsupportedQueryError(
                         f"the subquery {subplan.sql}",
                         "run on its own it names a column it does not have, so it refers to "

@@ -154,6 +154,11 @@ CASES: list[tuple[str, bool]] = [
     ),
     ("SELECT min(k) > 0 AND max(k) < 100, count(*) > 0 OR false, CURRENT_DATE FROM facts", True),
     ("SELECT id FROM facts ORDER BY id LIMIT 2.5", True),
+    ("SELECT * FROM (SELECT grp, count(*), count(*) FROM facts GROUP BY grp) s", False),
+    (
+        "SELECT s.grp FROM (SELECT grp, count(*), count(*) FROM facts GROUP BY grp) s ORDER BY 1",
+        True,
+    ),
     # empty results keep their columns
     ("SELECT id, grp FROM facts WHERE k > 10000 ORDER BY id", True),
     ("SELECT grp, count(*) FROM facts WHERE k > 10000 GROUP BY grp", True),
@@ -230,6 +235,20 @@ REFUSED: list[tuple[str, str]] = [
         "type OID 1186",
     ),
     ("SELECT grp, now(), count(*) FROM facts GROUP BY grp", "volatile"),
+    # second review
+    (
+        "SELECT l.name, count(f.id) FROM labels l LEFT JOIN facts f ON f.label = l.code "
+        "WHERE NOT EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id) GROUP BY l.name",
+        "subquery may read",
+    ),
+    (
+        "SELECT l.name, count(f.id) FROM labels l LEFT JOIN facts f ON f.label = l.code "
+        "JOIN labels l2 ON l2.code = l.code AND f.id IS NULL GROUP BY l.name",
+        "repeated NULL",
+    ),
+    ("SELECT id, iv FROM odd ORDER BY iv, id", "type OID 1186"),
+    ("SELECT id, to_hex(k) FROM facts ORDER BY id LIMIT 3", "HEX"),
+    ("SELECT id, date_part('year', ts) FROM facts ORDER BY id LIMIT 2", "EXTRACT"),
 ]
 
 

@@ -194,3 +194,16 @@ def test_explain_shows_shards_sql_and_merge(demo_config: Path) -> None:
                          "SELECT group_concat(name) FROM customers")  # fmt: skip
     assert refused.returncode == 4
     assert "GROUP_CONCAT" in refused.stderr
+
+
+def test_a_connection_left_open_does_not_hang_the_interpreter_at_exit(demo_config: Path) -> None:
+    script = (
+        "import shardq\n"
+        f"conn = shardq.connect({str(demo_config)!r})\n"
+        "print(conn.execute('SELECT count(*) FROM customers').fetchall())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "300" in result.stdout

@@ -177,8 +177,9 @@ def test_a_subquery_that_is_not_local_runs_first(planner: Planner) -> None:
         [Result(("status", "total"), (25, 1700), [("a", 1), ("b", None)])], [10]
     )
     assert final == (
-        "WITH per AS (SELECT * FROM UNNEST(CAST(%(_shardq_m0_0)s AS TEXT[]), "
-        'CAST(%(_shardq_m0_1)s AS DECIMAL[])) AS _shardq_m0("status", "total")) '
+        'WITH per AS (SELECT c1 AS "status", c2 AS "total" FROM UNNEST('
+        "CAST(%(_shardq_m0_0)s AS TEXT[]), CAST(%(_shardq_m0_1)s AS DECIMAL[])) "
+        "AS _shardq_m0(c1, c2)) "
         "SELECT c.name, per.total FROM countries AS c JOIN per ON per.status = c.code "
         "WHERE per.total > %(_p0)s"
     )

@@ -35,9 +35,10 @@ POSTGRES_COLLATION_SQL = (
 TEXT_TYPES = frozenset({25, 1043, 1042, 19, 18})
 # The types whose order Python reproduces from the values the drivers return:
 # bool, bytea, integers, numeric, float4/8 (NaN handled), text, date, time,
-# timestamp(tz), interval and uuid.
+# timestamp(tz) and uuid. Not interval: psycopg reads a year as 365 days,
+# PostgreSQL compares it as 360.
 ORDERABLE_TYPES = TEXT_TYPES | frozenset(
-    {16, 17, 20, 21, 23, 26, 700, 701, 1700, 1082, 1083, 1114, 1184, 1186, 2950}
+    {16, 17, 20, 21, 23, 26, 700, 701, 1700, 1082, 1083, 1114, 1184, 2950}
 )
 _CODE_POINT = frozenset({"c", "posix", "c.utf8", "c.utf-8"})
 

@@ -243,11 +243,12 @@ class _Checker:
             if isinstance(t.this, exp.Identifier)
             else ""
             for t in body.find_all(exp.Table, exp.Subquery)
+            if t.parent_select is body
         }
         return any(
             normalize(c.args["table"], self.dialect) not in inner
             for c in body.find_all(exp.Column)
-            if c.table
+            if c.table and c.parent_select is body
         )
 
     def _ctes(self, statement: exp.Expr) -> dict[str, exp.Expr]:
@@ -607,12 +608,17 @@ class _Checker:
         parts += [i for i in select.expressions if not own_aggregates(i, select)]
         if select.args.get("where") is not None:
             parts.append(select.args["where"].this)
+        # Other joins' conditions decide which rows survive, as the WHERE does.
+        parts += [
+            j.args["on"]
+            for j in select.args.get("joins") or ()
+            if j is not join and j.args.get("on") is not None
+        ]
         for part in parts:
+            if any(True for _ in part.find_all(exp.Select)):
+                return "a subquery may read the repeated NULL rows"
             for column in part.find_all(exp.Column):
-                if (
-                    column.parent_select is select
-                    and self._side(column, nullable, select) != "kept"
-                ):
+                if self._side(column, nullable, select) != "kept":
                     return f"{column.sql(self.dialect)} may read the repeated NULL rows"
         return None
 

@@ -123,6 +123,15 @@ class Planner:
         Raises ``refusal`` when running subqueries first cannot make it local.
         """
         found = analysis.memo.get("deferred")
+        if found is None and self.config.dialect == "sqlite":
+            # SQLite compares by column affinity, which rows shipped back as
+            # parameters do not have: '010' = 10 would change its answer.
+            found = UnsupportedQueryError(
+                refusal.construct,
+                f"{refusal.reason}; on SQLite shards shardq does not run such a subquery "
+                "first, as SQLite compares by column affinity, which rows shipped back do "
+                "not have",
+            )
         if found is None:
             try:
                 first = run_first(analysis, self.config, self.catalog)
@@ -132,6 +141,7 @@ class Planner:
                         first,
                         self.config.dialect,
                         analysis.parsed.positional,
+                        analysis.parsed.source,
                     )
                     if first
                     else refusal

@@ -31,6 +31,7 @@ from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
 from shardq.sql.analyze import normalize
+from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite import positional_as_named
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Deferred:
     subplans: tuple[Subplan, ...]
     dialect: str
     positional: int
+    source: str = ""  # the text the statement was parsed from
 
     def substitute(self, results: Sequence[Result], params: object) -> tuple[str, object]:
         """The statement with the results in place, and its parameters."""
@@ -90,16 +92,19 @@ class Deferred:
             select, values = self._select(name, subplan, result)
             marks[name].replace(select)
             bound.update(values)
-        return statement.sql(self.dialect), bound
+        return regenerate(statement, self.source, self.dialect), bound
 
     def _select(
         self, name: str, subplan: Subplan, result: Result
     ) -> tuple[exp.Expr, dict[str, Any]]:
         width = len(result.types)
         names = list(result.names)
-        if len(set(names)) < len(names):  # a column list cannot name two columns alike
-            names = [f"c{j + 1}" for j in range(width)]
-        columns = ", ".join('"' + n.replace('"', '""') + '"' for n in names)
+        # The unnest alias names positions; the select list names the columns
+        # as the subquery did (duplicates allowed there, as in the subquery).
+        positions = ", ".join(f"c{j + 1}" for j in range(width))
+        outputs = ", ".join(
+            f'c{j + 1} AS "' + n.replace('"', '""') + '"' for j, n in enumerate(names)
+        )
         values: dict[str, Any] = {}
         if self.dialect == "postgres":
             arrays = []
@@ -113,7 +118,7 @@ class Deferred:
                     )
                 values[f"{name}_{j}"] = [row[j] for row in result.rows]
                 arrays.append(f"%({name}_{j})s::{type_name}[]")
-            sql = f"SELECT * FROM unnest({', '.join(arrays)}) AS {name}({columns})"
+            sql = f"SELECT {outputs} FROM unnest({', '.join(arrays)}) AS {name}({positions})"
         else:
             if any(isinstance(value, bytes | bytearray) for row in result.rows for value in row):
                 raise UnsupportedQueryError(
@@ -129,7 +134,7 @@ class Deferred:
 
 
 def defer(
-    statement: exp.Expr, first: Sequence[exp.Select], dialect: str, positional: int
+    statement: exp.Expr, first: Sequence[exp.Select], dialect: str, positional: int, source: str
 ) -> Deferred:
     """Build the :class:`Deferred` of ``statement`` whose subqueries ``first`` run first."""
     ctes = _cte_names(statement, dialect)
@@ -152,9 +157,9 @@ def defer(
         named = isinstance(body.parent, exp.CTE) or (
             isinstance(body.parent, exp.Subquery) and body.parent.args.get("alias") is not None
         )
-        subplans.append(Subplan(body.sql(dialect), named))
+        subplans.append(Subplan(regenerate(body, source, dialect), named))
         copies[id(body)].replace(exp.Placeholder(this=f"{_MARK}{i}"))
-    return Deferred(template, tuple(subplans), dialect, positional)
+    return Deferred(template, tuple(subplans), dialect, positional, source)
 
 
 def _cte_names(statement: exp.Expr, dialect: str) -> set[str]:

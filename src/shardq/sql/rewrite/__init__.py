@@ -32,6 +32,7 @@ from shardq.merge.steps import Call, Const, Expr, MergePlan, Param, SortKey
 from shardq.sql.analyze import own_aggregates
 from shardq.sql.locality import Catalog, Relation, check_local, input_column, key_relation
 from shardq.sql.parse import placeholder_value
+from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite.aggregates import decompose
 from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import Window, push_window, split_window
@@ -160,7 +161,8 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
             hidden=d.hidden,
         )
         strategy = "partial aggregates on each shard, regrouped after the merge"
-        return Distributed(d.shard.sql(dialect), merge, window, strategy, d.params)
+        sql = regenerate(d.shard, analysis.parsed.source, dialect)
+        return Distributed(sql, merge, window, strategy, d.params)
     _check_windows(select, analysis, relations, allowed=True)
     return _rows(select, analysis, window, grouped=bool(groups))
 
@@ -193,7 +195,8 @@ def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool)
     if keys:
         strategy += "; ORDER BY merged k-way"
     changed = bool(extra) or window.bounded
-    return Distributed(shard.sql(dialect) if changed else None, merge, window, strategy)
+    sql = regenerate(shard, analysis.parsed.source, dialect) if changed else None
+    return Distributed(sql, merge, window, strategy)
 
 
 def positional_as_named(params: object, count: int) -> object:

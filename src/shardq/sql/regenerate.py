@@ -1,0 +1,76 @@
+"""Regenerated SQL: what sqlglot writes for a rewritten tree, checked against the original.
+
+A rewritten statement is sent as sqlglot writes it, and sqlglot does not
+always write back what it read: PostgreSQL's ``to_hex`` comes back as
+``HEX``, ``date_part`` as ``EXTRACT`` (numeric, not float8), ``now()`` as
+``CURRENT_TIMESTAMP``. A word in the regenerated text that the original
+text does not have, and that shardq's own rewrite does not add, means the
+query may not mean the same any more: it is refused, never sent changed.
+
+>>> import sqlglot
+>>> tree = sqlglot.parse_one("SELECT to_hex(v) FROM t", read="postgres")
+>>> regenerate(tree, "SELECT to_hex(v) FROM t", "postgres")
+Traceback (most recent call last):
+...
+shardq.errors.UnsupportedQueryError: the query as shardq would send it (with HEX) ...
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import sqlglot
+from sqlglot import TokenType
+from sqlglot.errors import ParseError, TokenError
+
+from shardq.errors import UnsupportedQueryError
+
+if TYPE_CHECKING:
+    from sqlglot import exp
+
+__all__ = ["regenerate"]
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words shardq's rewrites add, and spellings sqlglot uses for the same thing.
+_OURS = frozenset(
+    {
+        "as", "select", "from", "where", "group", "by", "limit", "filter", "count", "sum",
+        "min", "max", "cast", "unnest", "json_extract", "json_each", "value", "and",
+        # type names in casts sqlglot spells differently (numeric -> DECIMAL, ...)
+        "decimal", "int", "bigint", "smallint", "double", "precision", "varchar", "char",
+        "text", "boolean", "timestamptz", "timestamp", "date", "time", "uuid", "bytea",
+        "real", "float", "interval", "inner", "join", "on", "nulls", "first", "last",
+        "year", "month", "week", "day", "hour", "minute", "second", "s",
+    }
+)  # fmt: skip
+
+
+def _words(text: str, dialect: str) -> set[str]:
+    """The words of ``text`` outside strings and comments, lower case."""
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(text)
+    except (TokenError, ParseError):
+        return {w.lower() for w in _WORD.findall(text)}
+    return {
+        t.text.lower()
+        for t in tokens
+        if t.token_type not in (TokenType.STRING, TokenType.NATIONAL_STRING)
+        and _WORD.fullmatch(t.text)
+    }
+
+
+def regenerate(expression: exp.Expr, original: str, dialect: str) -> str:
+    """``expression`` as SQL of ``dialect``, refused if it reads differently from ``original``."""
+    sql = expression.sql(dialect)
+    new = _words(sql, dialect) - _words(original, dialect) - _OURS
+    new = {w for w in new if not w.startswith("_shardq_") and not re.fullmatch(r"_p\d+|c\d+", w)}
+    if new:
+        shown = ", ".join(sorted(w.upper() for w in new))
+        raise UnsupportedQueryError(
+            f"the query as shardq would send it (with {shown})",
+            "a query merged across shards is rewritten and written back by sqlglot, which "
+            "would write this one with words it did not have, and so perhaps another "
+            "meaning; pin the query to one shard",
+        )
+    return sql
