@@ -26,6 +26,7 @@ from shardq.results import AsyncResult
 from shardq.rows import tuple_row
 from shardq.sql.explain import Analyzed, ShardRun, explain
 from shardq.sql.plan import Planner, QueryPlan
+from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import positional_as_named
 from shardq.sql.subplans import Result
 
@@ -144,11 +145,13 @@ class Engine:
 
         params = positional_as_named(plan.params, deferred.positional)
         results = []
+        escaped = plan.params is not None
         for subplan in deferred.subplans:
+            sub_sql = subplan.sql
+            if self.config.dialect == "postgres" and escaped:
+                sub_sql = for_psycopg(sub_sql, strings_escaped=True)  # its "%" operators
             try:
-                result = await self.execute(
-                    subplan.sql, params, timeout=left(), row_factory=tuple_row
-                )
+                result = await self.execute(sub_sql, params, timeout=left(), row_factory=tuple_row)
                 rows = await result.fetchall()
             except ShardError as exc:
                 if exc.sqlstate in ("42703", "42P01") or "no such column" in str(exc):
@@ -169,6 +172,8 @@ class Engine:
                 )
             )
         sql, bound = deferred.substitute(results, plan.params)
+        if self.config.dialect == "postgres":
+            sql = for_psycopg(sql, strings_escaped=escaped)
         return await self.execute(sql, bound, timeout=left(), row_factory=row_factory)
 
     async def _learn_text_order(self, shards: tuple[str, ...]) -> None:

@@ -159,6 +159,14 @@ CASES: list[tuple[str, bool]] = [
         "SELECT s.grp FROM (SELECT grp, count(*), count(*) FROM facts GROUP BY grp) s ORDER BY 1",
         True,
     ),
+    # a literal % in rewritten statements, with and without parameters (below)
+    ("SELECT id, grp FROM facts WHERE grp LIKE 'a%' OR k % 2 = 1 ORDER BY id LIMIT 9", True),
+    ("SELECT k % 3, count(*) FROM facts WHERE label LIKE '%' GROUP BY 1 ORDER BY 1", True),
+    (
+        "SELECT l.name FROM labels l WHERE l.code LIKE '%' AND l.code IN "
+        "(SELECT label FROM facts WHERE k % 2 = 0) ORDER BY 1",
+        True,
+    ),
     # empty results keep their columns
     ("SELECT id, grp FROM facts WHERE k > 10000 ORDER BY id", True),
     ("SELECT grp, count(*) FROM facts WHERE k > 10000 GROUP BY grp", True),
@@ -185,6 +193,16 @@ def test_parameters_in_limit_and_having(edge: Edge, conn: shardq.Connection) -> 
     sql = "SELECT k, count(*) FROM facts GROUP BY k HAVING count(*) >= %(n)s ORDER BY k"
     for n in [0, 20, 10_000]:
         same_result(conn, edge.dsn, sql, {"n": n}, ordered=True)
+
+
+def test_a_literal_percent_with_parameters(edge: Edge, conn: shardq.Connection) -> None:
+    for sql in [
+        "SELECT id FROM facts WHERE grp LIKE 'a%%' AND k %% 2 = %s ORDER BY id LIMIT 5",
+        "SELECT k %% 3, count(*) FROM facts WHERE k > %s GROUP BY 1 ORDER BY 1",
+        "SELECT l.name FROM labels l WHERE l.code LIKE '%%' AND l.code IN "
+        "(SELECT label FROM facts WHERE k %% 2 = %s) ORDER BY 1",
+    ]:
+        same_result(conn, edge.dsn, sql, [0], ordered=True)
 
 
 def test_a_limit_stops_reading_the_shards(conn: shardq.Connection) -> None:

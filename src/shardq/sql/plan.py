@@ -18,6 +18,7 @@ from shardq.merge.steps import MergePlan
 from shardq.sql.analyze import Analysis, StatementKind, analyze
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.parse import parse
+from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
 from shardq.sql.route import Route, RouteKind, route
 from shardq.sql.subplans import Deferred, defer
@@ -186,11 +187,9 @@ class Planner:
         merge = rewritten.bind(params)
         if rewritten.sql is None:
             return QueryPlan(sql, params, analysis.kind, target, merge, rewritten.strategy)
-        return QueryPlan(
-            rewritten.sql,
-            positional_as_named(params, analysis.parsed.positional),
-            analysis.kind,
-            target,
-            merge,
-            rewritten.strategy,
-        )
+        sql, bound = rewritten.sql, positional_as_named(params, analysis.parsed.positional)
+        if self.config.dialect == "postgres":
+            # Sent with parameters always, so that psycopg reads every "%%" alike.
+            sql = for_psycopg(sql, strings_escaped=params is not None)
+            bound = {} if bound is None else bound
+        return QueryPlan(sql, bound, analysis.kind, target, merge, rewritten.strategy)

@@ -17,6 +17,7 @@ shardq.errors.UnsupportedQueryError: the query as shardq would send it (with HEX
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from shardq.errors import UnsupportedQueryError
 if TYPE_CHECKING:
     from sqlglot import exp
 
-__all__ = ["regenerate"]
+__all__ = ["for_psycopg", "regenerate"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words shardq's rewrites add, and spellings sqlglot uses for the same thing.
@@ -73,4 +74,48 @@ def regenerate(expression: exp.Expr, original: str, dialect: str) -> str:
             "would write this one with words it did not have, and so perhaps another "
             "meaning; pin the query to one shard",
         )
+    return sql
+
+
+@functools.lru_cache(maxsize=1024)
+def for_psycopg(sql: str, strings_escaped: bool) -> str:
+    """``sql`` as psycopg reads it with parameters: every literal ``%`` doubled.
+
+    A regenerated statement is always sent with parameters, so psycopg reads
+    ``%%`` as ``%`` and ``%(name)s`` as a parameter. The modulo operator is
+    doubled; so is a ``%`` in a string, unless the strings were written for
+    parameters already (``strings_escaped``: the caller passed parameters, so
+    they hold ``%%``).
+
+    >>> for_psycopg("SELECT a % 2 FROM t WHERE b LIKE 'x%' AND c = %(_p0)s", False)
+    "SELECT a %% 2 FROM t WHERE b LIKE 'x%%' AND c = %(_p0)s"
+    >>> for_psycopg("SELECT 1 FROM t WHERE b LIKE 'x%%' AND c = %(_p0)s", True)
+    "SELECT 1 FROM t WHERE b LIKE 'x%%' AND c = %(_p0)s"
+    """
+    tokens = sqlglot.Dialect.get_or_raise("postgres").tokenize(sql)
+    edits: list[tuple[int, int, str]] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.token_type == TokenType.MOD:
+            follows = tokens[i + 1 : i + 5]
+            placeholder = (
+                len(follows) == 4
+                and follows[0].token_type == TokenType.L_PAREN
+                and follows[0].start == token.end + 1
+                and follows[2].token_type == TokenType.R_PAREN
+                and follows[3].text == "s"
+                and follows[3].start == follows[2].end + 1
+            )
+            if placeholder:
+                i += 5
+                continue
+            edits.append((token.start, token.end + 1, "%%"))
+        elif token.token_type == TokenType.STRING and not strings_escaped:
+            text = sql[token.start : token.end + 1]
+            if "%" in text:
+                edits.append((token.start, token.end + 1, text.replace("%", "%%")))
+        i += 1
+    for start, end, text in reversed(edits):
+        sql = sql[:start] + text + sql[end:]
     return sql
