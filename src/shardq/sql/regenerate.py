@@ -37,7 +37,7 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OURS = frozenset(
     {
         "as", "select", "from", "where", "group", "by", "limit", "filter", "count", "sum",
-        "min", "max", "cast", "unnest", "json_extract", "json_each", "value", "and",
+        "min", "max", "cast", "unnest", "and",
         # type names in casts sqlglot spells differently (numeric -> DECIMAL, ...)
         "decimal", "int", "bigint", "smallint", "double", "precision", "varchar", "char",
         "text", "boolean", "timestamptz", "timestamp", "date", "time", "uuid", "bytea",

@@ -5,7 +5,8 @@ its query (a CTE grouped by a non-key column, an uncorrelated ``IN
 (SELECT ...)`` under a query of reference tables, a scalar subquery) is run
 first as a distributed query of its own, as Citus's recursive planning does.
 Its rows then replace it, shipped as bound parameters: one array per column,
-read back with ``unnest`` (PostgreSQL) or ``json_each`` (SQLite)::
+read back with ``unnest`` (PostgreSQL; SQLite shards refuse such queries,
+as rows shipped back lose the column affinity SQLite compares by)::
 
     WITH revenue AS (SELECT * FROM unnest(%(_shardq_m0_0)s::int4[],
                                           %(_shardq_m0_1)s::numeric[])
@@ -21,7 +22,6 @@ as parameters) and there is nothing to clean up afterwards.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -106,30 +106,20 @@ class Deferred:
             f'c{j + 1} AS "' + n.replace('"', '""') + '"' for j, n in enumerate(names)
         )
         values: dict[str, Any] = {}
-        if self.dialect == "postgres":
-            arrays = []
-            for j, type_code in enumerate(result.types):
-                type_name = _PG_TYPES.get(type_code)
-                if type_name is None:
-                    raise UnsupportedQueryError(
-                        f"a subquery result column of type OID {type_code}",
-                        "shardq ships the results of subqueries it runs first as arrays of "
-                        "built-in scalar types only",
-                    )
-                values[f"{name}_{j}"] = [row[j] for row in result.rows]
-                arrays.append(f"%({name}_{j})s::{type_name}[]")
-            sql = f"SELECT {outputs} FROM unnest({', '.join(arrays)}) AS {name}({positions})"
-        else:
-            if any(isinstance(value, bytes | bytearray) for row in result.rows for value in row):
+        # PostgreSQL only: on SQLite the planner does not run subqueries first,
+        # since rows shipped back lose their column affinity.
+        arrays = []
+        for j, type_code in enumerate(result.types):
+            type_name = _PG_TYPES.get(type_code)
+            if type_name is None:
                 raise UnsupportedQueryError(
-                    "a subquery result with BLOBs", "it cannot be shipped to a SQLite shard"
+                    f"a subquery result column of type OID {type_code}",
+                    "shardq ships the results of subqueries it runs first as arrays of "
+                    "built-in scalar types only",
                 )
-            values[name] = json.dumps([list(row) for row in result.rows])
-            picks = ", ".join(
-                f"json_extract(value, '$[{j}]') AS \"" + n.replace('"', '""') + '"'
-                for j, n in enumerate(names)
-            )
-            sql = f"SELECT {picks} FROM json_each(:{name})"
+            values[f"{name}_{j}"] = [row[j] for row in result.rows]
+            arrays.append(f"%({name}_{j})s::{type_name}[]")
+        sql = f"SELECT {outputs} FROM unnest({', '.join(arrays)}) AS {name}({positions})"
         return sqlglot.parse_one(sql, read=self.dialect), values
 
 
