@@ -220,7 +220,8 @@ def test_subqueries_run_first_on_every_backend(backend: Backend) -> None:
 def test_an_empty_result_still_has_its_columns(backend: Backend) -> None:
     with backend.connect() as conn:
         for sql in ["SELECT id, grp FROM items WHERE id = 100000",  # one shard
-                    "SELECT id, grp FROM items WHERE val < 0 ORDER BY id"]:  # fmt: skip
+                    "SELECT id, grp FROM items WHERE val < 0 ORDER BY id",
+                    "SELECT id, grp FROM items WHERE val < 0; -- no rows"]:  # fmt: skip
             cur = conn.execute(sql)
             assert cur.description is not None
             assert [d.name for d in cur.description] == ["id", "grp"]

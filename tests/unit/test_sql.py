@@ -542,3 +542,11 @@ def test_colocated_tables_must_share_their_key_type() -> None:
                 },
             }
         )
+
+
+def test_a_trailing_semicolon_and_comment_are_one_statement() -> None:
+    for sql in ["SELECT * FROM orders WHERE customer_id = 1;",
+                "SELECT * FROM orders WHERE customer_id = 1; -- trailing"]:  # fmt: skip
+        assert P.plan(sql).route.kind is RouteKind.SHARDS
+    with pytest.raises(shardq.ProgrammingError, match="2 statements"):
+        P.plan("SELECT 1; SELECT 2")

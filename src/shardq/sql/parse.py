@@ -178,7 +178,11 @@ def parse(text: str, dialect: str) -> Parsed:
             renamed, count, names = _rename_postgres(text, tokens)
         else:
             renamed, count, names = _rename_sqlite(text, tokens)
-        statements = [s for s in sqlglot.parse(renamed, read=dialect) if s is not None]
+        statements = [
+            s
+            for s in sqlglot.parse(renamed, read=dialect)
+            if s is not None and not isinstance(s, exp.Semicolon)  # "; -- a comment"
+        ]
     except (ParseError, TokenError) as exc:
         try:  # report positions in the text as given, not the renamed copy
             sqlglot.parse(text, read=dialect)

@@ -19,6 +19,7 @@ must fail fast with the shard's own connection error.
 from __future__ import annotations
 
 import contextlib
+import re
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,10 @@ async def _grouped(rows: AsyncIterator[Row], size: int) -> AsyncIterator[list[Ro
             await rows.aclose()
 
 
+# A statement's closing semicolon and a comment after it, which cannot be wrapped.
+_TRAILING_END = re.compile(r"(;\s*(--[^\n]*)?\s*)+$")
+
+
 def _sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None)
 
@@ -151,7 +156,7 @@ class _Stream:
         row came, so the statement is described again, wrapped in ``LIMIT 0``:
         the server plans it but reads no row.
         """
-        body = sql.rstrip().rstrip(";")
+        body = _TRAILING_END.sub("", sql)
         query: Any = f"SELECT * FROM (\n{body}\n) AS _shardq_described LIMIT 0"
         bound: Any = params
         try:
