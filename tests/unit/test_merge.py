@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import shardq
 from shardq.merge.aggregate import Regroup
 from shardq.merge.drive import drive_sync
-from shardq.merge.evaluate import compile_expr, numeric_div, numeric_round, semantics
+from shardq.merge.evaluate import compile_expr, semantics
+from shardq.merge.numeric import numeric_div, numeric_round
 from shardq.merge.order import kway, sort_key
 from shardq.merge.pipeline import merger
 from shardq.merge.steps import Aggregation, Call, Col, Combine, Const, MergePlan, SortKey

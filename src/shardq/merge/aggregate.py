@@ -12,7 +12,7 @@ from __future__ import annotations
 import decimal
 from typing import TYPE_CHECKING, Any
 
-from shardq.merge.evaluate import EXACT
+from shardq.merge.numeric import EXACT
 from shardq.merge.steps import Aggregation, Combine
 
 if TYPE_CHECKING:

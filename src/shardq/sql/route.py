@@ -18,7 +18,7 @@ from sqlglot import exp
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date, text_pins
 from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize
-from shardq.sql.locality import joined_on_keys
+from shardq.sql.colocation import joined_on_keys
 from shardq.sql.parse import placeholder_value
 
 if TYPE_CHECKING:
