@@ -170,7 +170,6 @@ def test_a_subquery_that_is_not_local_runs_first(planner: Planner) -> None:
     assert plan.deferred is not None
     (first,) = plan.deferred.subplans
     assert first.sql == "SELECT status, SUM(total) AS total FROM orders GROUP BY status"
-    assert first.named
     text = explain(plan, ("s0",), total=3)
     assert "Runs first, each planned and merged on its own:" in text
     final, params = plan.deferred.substitute(

@@ -52,10 +52,9 @@ _PG_TYPES = {
 
 @dataclass(frozen=True, slots=True)
 class Subplan:
-    """One subquery to run first: its SQL, standalone, and how it is referenced."""
+    """One subquery to run first: its SQL, standalone."""
 
     sql: str
-    named: bool  # a CTE or derived table: its columns keep their names
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +86,14 @@ class Deferred:
             for node in statement.find_all(exp.Placeholder)
             if node.name.startswith(_MARK)
         }
-        for i, (subplan, result) in enumerate(zip(self.subplans, results, strict=True)):
+        for i, (_, result) in enumerate(zip(self.subplans, results, strict=True)):
             name = f"{_MARK}{i}"
-            select, values = self._select(name, subplan, result)
+            select, values = self._select(name, result)
             marks[name].replace(select)
             bound.update(values)
         return regenerate(statement, self.source, self.dialect), bound
 
-    def _select(
-        self, name: str, subplan: Subplan, result: Result
-    ) -> tuple[exp.Expr, dict[str, Any]]:
+    def _select(self, name: str, result: Result) -> tuple[exp.Expr, dict[str, Any]]:
         width = len(result.types)
         names = list(result.names)
         # The unnest alias names positions; the select list names the columns
@@ -144,10 +141,7 @@ def defer(
                 "shardq runs such a subquery first and on its own, where the CTE is not "
                 "defined; write the CTE's query into the subquery",
             )
-        named = isinstance(body.parent, exp.CTE) or (
-            isinstance(body.parent, exp.Subquery) and body.parent.args.get("alias") is not None
-        )
-        subplans.append(Subplan(regenerate(body, source, dialect), named))
+        subplans.append(Subplan(regenerate(body, source, dialect)))
         copies[id(body)].replace(exp.Placeholder(this=f"{_MARK}{i}"))
     return Deferred(template, tuple(subplans), dialect, positional, source)
 
