@@ -225,6 +225,8 @@ def test_an_ordinal_out_of_range_is_an_error(conn: shardq.Connection) -> None:
 def test_merge_errors_are_the_databases(conn: shardq.Connection) -> None:
     with pytest.raises(shardq.DataError, match="division by zero"):
         conn.execute("SELECT sum(k) / 0 FROM facts").fetchall()
+    with pytest.raises(shardq.DataError, match="integer out of range"):
+        conn.execute("SELECT max(k) + 2147483647 FROM facts").fetchall()
     with pytest.raises(shardq.DataError, match="LIMIT must not be negative"):
         conn.execute("SELECT id FROM facts ORDER BY id LIMIT %s", [-1])
 

@@ -28,7 +28,7 @@ from shardq.merge.evaluate import (
     output_type,
 )
 from shardq.merge.order import kway, sort_key
-from shardq.merge.steps import Call, Combine, Const
+from shardq.merge.steps import Call, Col, Combine, Const
 
 if TYPE_CHECKING:
     from shardq.merge.steps import MergePlan
@@ -152,18 +152,7 @@ def _in_memory(
         compute = compile_row([o.expr for o in plan.outputs], sem)
         rows = [compute(row) for row in rows]
         if types is not None:
-            # A computed column has one type, whatever each row's value came from
-            # (coalesce(sum(n), -1) is numeric even where it is -1). Columns and
-            # arithmetic already come typed; coalesce and constants may not.
-            wanted = [
-                (i, output_type(o.type, types, sem))
-                for i, o in enumerate(plan.outputs)
-                if isinstance(o.expr, Const)
-                or (isinstance(o.expr, Call) and o.expr.op == "coalesce")
-            ]
-            casts = [(i, t) for i, t in wanted if t in _CASTABLE]
-            if casts:
-                rows = [_cast(row, casts) for row in rows]
+            rows = _typed(rows, plan, types, sem)
     if plan.distinct:
         width = -plan.hidden or None
         firsts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -188,6 +177,28 @@ def _in_memory(
 
 _CASTABLE = frozenset({NUMERIC, FLOAT4, FLOAT8})
 _RANGED = frozenset({INT2, INT4})  # computed smallint and integer results: range-checked
+
+
+def _typed(rows: Rows, plan: MergePlan, types: Sequence[Any], sem: Semantics) -> Rows:
+    """Computed columns as the database types them.
+
+    A computed column has one type, whatever each row's value came from
+    (``coalesce(sum(n), -1)`` is numeric even where it is -1), and a smallint or
+    integer result out of its range is the database's error. Columns and
+    arithmetic already come typed; coalesce and constants may not.
+    """
+    assert plan.outputs is not None
+    casts = []
+    for i, output in enumerate(plan.outputs):
+        if isinstance(output.expr, Col):
+            continue
+        type_code = output_type(output.type, types, sem)
+        untyped = isinstance(output.expr, Const) or (
+            isinstance(output.expr, Call) and output.expr.op == "coalesce"
+        )
+        if type_code in _RANGED or (type_code in _CASTABLE and untyped):
+            casts.append((i, type_code))
+    return [_cast(row, casts) for row in rows] if casts else rows
 
 
 def _cast(row: tuple[Any, ...], casts: list[tuple[int, Any]]) -> tuple[Any, ...]:
