@@ -224,3 +224,24 @@ def test_the_catalog_tells_an_outer_column_from_the_subquerys_own() -> None:
         planner.plan(
             "SELECT count(*) FROM orders WHERE EXISTS (SELECT * FROM lines WHERE l_qty = o_status)"
         )
+
+
+def test_groups_ordered_by_their_key_are_merged_as_they_close(planner: Planner) -> None:
+    from shardq.merge.drive import drive_sync
+    from shardq.merge.evaluate import semantics
+    from shardq.merge.pipeline import merger
+
+    plan = planner.plan(
+        "SELECT status, count(*) FROM orders GROUP BY status ORDER BY status DESC LIMIT 2"
+    )
+    assert plan.sql.endswith("GROUP BY status ORDER BY 1 DESC")  # NULLS FIRST: the default
+    assert plan.merge.aggregate is not None
+    assert plan.merge.aggregate.sorted
+    # Each shard's partial rows, sorted on the key, in batches.
+    shards = [[[("c", 1), ("b", 2)], [("a", 5)]], [[("c", 3)], [("a", 1)]]]
+    rows = drive_sync(merger(plan.merge, 2, semantics("postgres")), shards)  # type: ignore[arg-type]
+    assert rows == [("c", 4), ("b", 2)]
+    # Ordered by something else, the groups are merged in memory and sorted.
+    other = planner.plan("SELECT status, count(*) FROM orders GROUP BY status ORDER BY 2")
+    assert other.merge.aggregate is not None
+    assert not other.merge.aggregate.sorted

@@ -103,6 +103,19 @@ class Regroup:
         with decimal.localcontext(EXACT):
             self._fold(rows, self._groups)
 
+    def complete(self) -> list[tuple[Any, ...]]:
+        """Take the groups before the last one, when rows arrive sorted on the key.
+
+        Every group but the newest is complete: no later row can belong to it.
+        """
+        if len(self._groups) < 2:
+            return []
+        last = next(reversed(self._groups))
+        kept = self._groups.pop(last)
+        done = self.rows()
+        self._groups = {last: kept}
+        return done
+
     def rows(self) -> list[tuple[Any, ...]]:
         """The merged groups: key columns, then the folded partials."""
         combines = self.spec.combines

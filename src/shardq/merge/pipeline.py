@@ -63,6 +63,10 @@ def merger(
         return inner
     if plan.streaming:
         return _through(inner, _streaming(plan))
+    aggregate = plan.aggregate
+    if aggregate is not None and aggregate.sorted and not (floats & set(range(aggregate.groups))):
+        # NaN keys would not compare equal in Python: those take the hash path.
+        return _sorted_groups(inner, plan, sem, types)
     return _in_memory(inner, plan, sem, types)
 
 
@@ -128,6 +132,51 @@ def _streaming(plan: MergePlan) -> Transform:
         return rows, left == 0
 
     return transform
+
+
+def _sorted_groups(
+    inner: Merger, plan: MergePlan, sem: Semantics, types: Sequence[Any] | None
+) -> Merger:
+    """Regroup partial rows that arrive sorted on the group key, emitting each group as it closes.
+
+    Memory holds one group; a LIMIT stops reading the shards.
+    """
+    assert plan.aggregate is not None
+    assert plan.outputs is not None
+    regroup = Regroup(plan.aggregate)
+    keep = compile_expr(plan.having, sem) if plan.having is not None else None
+    compute = compile_row([o.expr for o in plan.outputs], sem)
+    skip, left = plan.offset, plan.limit
+    finished = False
+
+    def finish(groups: Rows) -> tuple[Rows, bool]:
+        nonlocal skip, left, finished
+        if keep is not None:
+            groups = [row for row in groups if keep(row) is True]
+        rows = [compute(row) for row in groups]
+        if types is not None:
+            rows = _typed(rows, plan, types, sem)
+        if skip:
+            taken = rows[:skip]
+            rows = rows[skip:]
+            skip -= len(taken)
+        if left is not None:
+            rows = rows[:left]
+            left -= len(rows)
+        if plan.hidden:
+            rows = [row[: -plan.hidden] for row in rows]
+        finished = left == 0
+        return rows, finished
+
+    def transform(rows: Rows) -> tuple[Rows, bool]:
+        regroup.feed(rows)
+        return finish(regroup.complete())
+
+    yield from _through(inner, transform)
+    if not finished:
+        rows, _ = finish(regroup.rows())
+        for start in range(0, len(rows), _CHUNK):
+            yield rows[start : start + _CHUNK]
 
 
 def _in_memory(

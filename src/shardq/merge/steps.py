@@ -69,6 +69,9 @@ class Aggregation:
     groups: int
     combines: tuple[Combine, ...]
     scalar: bool = False  # no GROUP BY: exactly one row, even from no rows
+    # The shards send their partial rows sorted on the group key (``order``), in
+    # the order the result wants: groups are merged and emitted as they close.
+    sorted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,8 @@ def merge_steps(merge: MergePlan) -> list[str]:
             f"column {spec.groups + i + 1} = {_COMBINE_WORDS[c]}"
             for i, c in enumerate(spec.combines)
         )
-        steps.append(f"regroup by {keys}: {parts}")
+        how = ", each group as it closes (rows arrive sorted on it)" if spec.sorted else ""
+        steps.append(f"regroup by {keys}{how}: {parts}")
     if merge.having is not None:
         steps.append(f"HAVING {_show(merge.having)}")
     names = None

@@ -42,7 +42,8 @@ _OURS = frozenset(
         "decimal", "int", "bigint", "smallint", "double", "precision", "varchar", "char",
         "text", "boolean", "timestamptz", "timestamp", "date", "time", "uuid", "bytea",
         "real", "float", "interval", "inner", "join", "on", "nulls", "first", "last",
-        "year", "month", "week", "day", "hour", "minute", "second", "s",
+        "year", "month", "week", "day", "hour", "minute", "second", "s", "order", "desc",
+        "asc",
     }
 )  # fmt: skip
 

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
-from shardq.merge.steps import Call, Const, Expr, MergePlan, Param, SortKey
+from shardq.merge.steps import Call, Col, Const, Expr, MergePlan, Param, SortKey
 from shardq.sql.analyze import own_aggregates
 from shardq.sql.locality import Catalog, Relation, check_local, input_column, key_relation
 from shardq.sql.parse import placeholder_value
 from shardq.sql.regenerate import regenerate
-from shardq.sql.rewrite.aggregates import decompose
+from shardq.sql.rewrite.aggregates import Decomposed, decompose
 from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import Window, push_window, split_window
 from shardq.sql.rewrite.order import sort_terms
@@ -152,8 +152,20 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
     ):
         _check_windows(select, analysis, relations, allowed=False)
         d = decompose(select, dialect, analysis.parsed.source, groups)
+        order = _group_order(d) if distinct is None else ()
+        aggregation = d.aggregation
+        if order:
+            # The result is ordered by the group key: the shards sort their
+            # partial rows so, and the merge emits each group as it closes.
+            aggregation = dataclasses.replace(aggregation, sorted=True)
+            d.shard.set("order", exp.Order(expressions=[
+                exp.Ordered(this=exp.Literal.number(k.column + 1), desc=k.descending,
+                            nulls_first=k.nulls_first)
+                for k in order
+            ]))  # fmt: skip
         merge = MergePlan(
-            aggregate=d.aggregation,
+            order=order,
+            aggregate=aggregation,
             having=d.having,
             outputs=d.outputs,
             distinct=distinct is not None,
@@ -197,6 +209,27 @@ def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool)
     changed = bool(extra) or window.bounded
     sql = regenerate(shard, analysis.parsed.source, dialect) if changed else None
     return Distributed(sql, merge, window, strategy)
+
+
+def _group_order(d: Decomposed) -> tuple[SortKey, ...]:
+    """The shard-row sort keys that give the result's order, if it is by the group key.
+
+    When the ORDER BY starts with every group column (each once, any order),
+    rows sorted on those columns are in the result's order, and a group's
+    partial rows are adjacent.
+    """
+    groups = d.aggregation.groups
+    if not groups or len(d.sort) < groups:
+        return ()
+    keys = []
+    for key in d.sort[:groups]:
+        expr = d.outputs[key.column].expr
+        if not isinstance(expr, Col) or expr.index >= groups or key.code_point:
+            return ()
+        keys.append(SortKey(expr.index, key.descending, key.nulls_first))
+    if len({k.column for k in keys}) != groups:
+        return ()
+    return tuple(keys)
 
 
 def positional_as_named(params: object, count: int) -> object:
