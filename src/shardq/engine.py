@@ -116,6 +116,18 @@ class Engine:
         if plan.deferred is not None:
             return await self._execute_deferred(plan, timeout=timeout, row_factory=row_factory)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        scatter, types = await self._start(plan, shards, timeout)
+        merge = merger(plan.merge, len(shards), self._semantics, types)
+        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+
+    async def _start(
+        self, plan: QueryPlan, shards: tuple[str, ...], timeout: float | None
+    ) -> tuple[Scatter, list[Any]]:
+        """Start ``plan`` on ``shards``; return the scatter and the shards' column types.
+
+        A merge that orders values is refused here, before any row is merged,
+        when the shards order them otherwise than the merge would.
+        """
         if plan.merge.compares:
             await self._learn_text_order(shards)
         scatter = Scatter(self.pools, shards, timeout)
@@ -129,8 +141,7 @@ class Engine:
             except BaseException:
                 await scatter.close()
                 raise
-        merge = merger(plan.merge, len(shards), self._semantics, types)
-        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        return scatter, types
 
     async def _execute_deferred(
         self, plan: QueryPlan, *, timeout: float | None, row_factory: RowFactory
@@ -237,15 +248,9 @@ class Engine:
         received = [0] * len(shards)
         done: list[float | None] = [None] * len(shards)
         waited = 0.0
-        if plan.merge.compares:
-            await self._learn_text_order(shards)
-        scatter = Scatter(self.pools, shards, timeout)
+        scatter, types = await self._start(plan, shards, timeout)
         try:
-            await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size)
             started = time.perf_counter()
-            types = [c.type_code for c in scatter.description or ()]
-            if plan.merge.compares:
-                self._check_text_order(plan, shards, types)
 
             async def fetch(source: int) -> Rows:
                 nonlocal waited

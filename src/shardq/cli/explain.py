@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import shardq
 from shardq.cli.exit_codes import ExitCode
+from shardq.cli.query import add_statement_arguments
 
 if TYPE_CHECKING:
     import argparse
@@ -21,20 +22,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Show how shardq runs a statement: the shards it goes to, the exact SQL "
         "each runs, and how their results are merged.",
     )
-    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
-    parser.add_argument("sql", help="the statement, or - to read it from standard input")
+    add_statement_arguments(parser)
     parser.add_argument(
         "--analyze", action="store_true", help="also run it (reads only): rows and times per shard"
     )
-    parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="VALUE",
-        help="a value for the next positional placeholder (repeatable; bound as text)",
-    )
-    parser.add_argument("-t", "--timeout", type=float, default=None, help="seconds")
     parser.set_defaults(run=run)
 
 

@@ -12,7 +12,7 @@ from shardq.cli.output import FORMATS, write_rows
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "add_statement_arguments", "run"]
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,9 +21,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run one SQL statement on the shards and print the result",
         description="Run one SQL statement on the shards and print the result.",
     )
+    add_statement_arguments(parser)
+    parser.add_argument("-f", "--format", choices=FORMATS, default="table")
+    parser.set_defaults(run=run)
+
+
+def add_statement_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a command that takes one statement: config, SQL, parameters, timeout."""
     parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
     parser.add_argument("sql", help="the statement, or - to read it from standard input")
-    parser.add_argument("-f", "--format", choices=FORMATS, default="table")
     parser.add_argument(
         "-p",
         "--param",
@@ -33,7 +39,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a value for the next positional placeholder (repeatable; bound as text)",
     )
     parser.add_argument("-t", "--timeout", type=float, default=None, help="seconds")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from shardq.merge.numeric import (
     numeric_avg,
     numeric_div,
     numeric_round,
+    unsigned_zero,
 )
 from shardq.merge.steps import Col, Const, Expr, Param, TypeRule
 
@@ -105,12 +106,7 @@ class Semantics:
 
     def _numeric(self, op: str, a: Decimal, b: Decimal) -> Decimal | None:
         result = self._numeric_raw(op, a, b)
-        # PostgreSQL's numeric has no negative zero.
-        return (
-            result.copy_abs()
-            if result is not None and not result and result.is_signed()
-            else result
-        )
+        return None if result is None else unsigned_zero(result)
 
     def _numeric_raw(self, op: str, a: Decimal, b: Decimal) -> Decimal | None:
         if op == "+":

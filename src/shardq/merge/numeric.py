@@ -28,7 +28,7 @@ from shardq.errors import DataError, NotSupportedError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["CASTS", "EXACT", "numeric_avg", "numeric_div", "numeric_round"]
+__all__ = ["CASTS", "EXACT", "numeric_avg", "numeric_div", "numeric_round", "unsigned_zero"]
 
 EXACT = decimal.Context(prec=100_000, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 _INT8 = (-(2**63), 2**63 - 1)
@@ -98,7 +98,17 @@ def numeric_div(a: Decimal | int, b: Decimal | int) -> Decimal:
     scale = min(max(scale, scale1, scale2, 0), _MAX_DISPLAY_SCALE)
     if not a:
         return Decimal(0).scaleb(-scale, EXACT)
-    precision = max(adjusted1 - adjusted2 + 1, 0) + scale + 2
+    return _divide(Decimal(a), Decimal(b), adjusted1 - adjusted2, scale)
+
+
+def _divide(a: Decimal, b: Decimal, magnitude: int, scale: int) -> Decimal:
+    """``a / b`` to ``scale`` digits, halves away from zero.
+
+    ``magnitude`` is ``a.adjusted() - b.adjusted()``. The quotient is truncated
+    two digits beyond the scale, then rounded: truncation never turns a value
+    below a half into a half.
+    """
+    precision = max(magnitude + 1, 0) + scale + 2
     context = _TRUNCATING.get(precision)
     if context is None:
         context = decimal.Context(
@@ -109,10 +119,12 @@ def numeric_div(a: Decimal | int, b: Decimal | int) -> Decimal:
     quantum = _QUANTA.get(scale)
     if quantum is None:
         quantum = _QUANTA[scale] = Decimal(1).scaleb(-scale)
-    quotient = context.divide(Decimal(a), Decimal(b)).quantize(
-        quantum, decimal.ROUND_HALF_UP, EXACT
-    )
-    return quotient.copy_abs() if not quotient and quotient.is_signed() else quotient
+    return unsigned_zero(context.divide(a, b).quantize(quantum, decimal.ROUND_HALF_UP, EXACT))
+
+
+def unsigned_zero(value: Decimal) -> Decimal:
+    """``value``, with a negative zero made positive: PostgreSQL's numeric has no -0."""
+    return value.copy_abs() if not value and value.is_signed() else value
 
 
 _THRESHOLDS: dict[tuple[int, int], Decimal] = {}
@@ -144,19 +156,7 @@ def numeric_avg(total: Decimal, count: int) -> Decimal:
         if len(_SCALE_OF) < 8:
             _SCALE_OF.append((Decimal(1).scaleb(-scale1), scale1))
     scale = min(max(_MIN_SIG_DIGITS - qweight * _NBASE_DIGITS, scale1, 0), _MAX_DISPLAY_SCALE)
-    precision = max(adjusted1 - adjusted2 + 1, 0) + scale + 2
-    context = _TRUNCATING.get(precision)
-    if context is None:
-        context = decimal.Context(
-            prec=precision, rounding=decimal.ROUND_DOWN, Emax=decimal.MAX_EMAX,
-            Emin=decimal.MIN_EMIN,
-        )  # fmt: skip
-        _TRUNCATING[precision] = context
-    step = _QUANTA.get(scale)
-    if step is None:
-        step = _QUANTA[scale] = Decimal(1).scaleb(-scale)
-    result = context.divide(total, Decimal(count)).quantize(step, decimal.ROUND_HALF_UP, EXACT)
-    return result.copy_abs() if not result and result.is_signed() else result
+    return _divide(total, Decimal(count), adjusted1 - adjusted2, scale)
 
 
 def numeric_round(value: Decimal, digits: int) -> Decimal:
@@ -164,7 +164,7 @@ def numeric_round(value: Decimal, digits: int) -> Decimal:
     rounded = value.quantize(Decimal(1).scaleb(-digits), decimal.ROUND_HALF_UP, EXACT)
     if digits < 0:
         rounded = rounded.quantize(Decimal(1), context=EXACT)
-    return rounded.copy_abs() if not rounded and rounded.is_signed() else rounded
+    return unsigned_zero(rounded)
 
 
 def _is_number(value: object) -> bool:

@@ -104,14 +104,34 @@ def _through(inner: Merger, transform: Transform) -> Merger:
         inner.close()
 
 
+class _Window:
+    """OFFSET and LIMIT over rows that arrive in order, and the helper columns dropped."""
+
+    def __init__(self, plan: MergePlan):
+        self._skip = plan.offset
+        self._left = plan.limit
+        self._hidden = plan.hidden
+
+    def __call__(self, rows: Rows) -> tuple[Rows, bool]:
+        """The rows of this batch inside the window, and whether the window is full."""
+        if self._skip:
+            taken = rows[: self._skip]
+            rows = rows[self._skip :]
+            self._skip -= len(taken)
+        if self._left is not None:
+            rows = rows[: self._left]
+            self._left -= len(rows)
+        if self._hidden:
+            rows = [row[: -self._hidden] for row in rows]
+        return rows, self._left == 0
+
+
 def _streaming(plan: MergePlan) -> Transform:
-    skip = plan.offset
-    left = plan.limit
+    window = _Window(plan)
     width = -plan.hidden or None
     seen: set[tuple[Any, ...]] | None = set() if plan.distinct else None
 
     def transform(rows: Rows) -> tuple[Rows, bool]:
-        nonlocal skip, left
         if seen is not None:
             fresh = []
             for row in rows:
@@ -120,16 +140,7 @@ def _streaming(plan: MergePlan) -> Transform:
                     seen.add(visible)
                     fresh.append(row)
             rows = fresh
-        if skip:
-            taken = rows[:skip]
-            rows = rows[skip:]
-            skip -= len(taken)
-        if left is not None:
-            rows = rows[:left]
-            left -= len(rows)
-        if width is not None:
-            rows = [row[:width] for row in rows]
-        return rows, left == 0
+        return window(rows)
 
     return transform
 
@@ -146,26 +157,17 @@ def _sorted_groups(
     regroup = Regroup(plan.aggregate)
     keep = compile_expr(plan.having, sem) if plan.having is not None else None
     compute = compile_row([o.expr for o in plan.outputs], sem)
-    skip, left = plan.offset, plan.limit
+    window = _Window(plan)
     finished = False
 
     def finish(groups: Rows) -> tuple[Rows, bool]:
-        nonlocal skip, left, finished
+        nonlocal finished
         if keep is not None:
             groups = [row for row in groups if keep(row) is True]
         rows = [compute(row) for row in groups]
         if types is not None:
             rows = _typed(rows, plan, types, sem)
-        if skip:
-            taken = rows[:skip]
-            rows = rows[skip:]
-            skip -= len(taken)
-        if left is not None:
-            rows = rows[:left]
-            left -= len(rows)
-        if plan.hidden:
-            rows = [row[: -plan.hidden] for row in rows]
-        finished = left == 0
+        rows, finished = window(rows)
         return rows, finished
 
     def transform(rows: Rows) -> tuple[Rows, bool]:
