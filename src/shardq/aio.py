@@ -16,22 +16,28 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from shardq.config import Config, load_config
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
 from shardq.errors import InterfaceError, ProgrammingError
+from shardq.execute.batch import ExecutionResult, Progress, run_batch
+from shardq.execute.lanes import Lanes
 from shardq.health import CheckReport, check
 from shardq.rows import RowFactory, tuple_row
+from shardq.statements import as_statement, compiler, is_many
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from shardq.execute.driver import Column
-    from shardq.results import AsyncResult
+    from shardq.results import AsyncResult, ResultSet
 
-__all__ = ["AsyncConnection", "AsyncCursor", "connect_async"]
+__all__ = ["DEFAULT_CONCURRENCY", "AsyncConnection", "AsyncCursor", "connect_async"]
+
+#: Statements in flight at once in a batch, unless told otherwise.
+DEFAULT_CONCURRENCY = 100
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Config
 
@@ -104,18 +110,38 @@ class AsyncCursor:
 
     async def executemany(
         self,
-        sql: str,
-        params_seq: Iterable[Sequence[Any] | Mapping[str, Any]],
+        sql: Any,
+        params_seq: Iterable[Sequence[Any] | Mapping[str, Any]] | AsyncIterable[Any],
         *,
         timeout: float | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
-        """Run ``sql`` once per parameter set, each routed to its own shard."""
+        """Run ``sql`` once per parameter set, each routed to its own shard.
+
+        The statements run concurrently (``concurrency`` at most at once,
+        prepared once per connection), through the batch machinery of
+        :meth:`AsyncConnection.execute_concurrent_with_args`; each shard runs
+        its own statements in the order given, so writes to one key apply in
+        order. The first failure stops the rest and is raised; statements on
+        other shards may have run by then (each commits on its own).
+        :attr:`rowcount` is the total of rows written.
+        """
+        self._check_open()
+        await self._discard()
         total = 0
-        for params in params_seq:
-            await self.execute(sql, params, timeout=timeout)
-            if self.rowcount > 0:
-                total += self.rowcount
-            await self._discard()
+        async for outcome in self.connection._with_args(
+            sql,
+            params_seq,
+            concurrency=concurrency,
+            raise_on_first_error=True,
+            window=None,
+            timeout=timeout,
+            progress=None,
+            row_factory=self.row_factory,
+            ordered=True,
+        ):
+            if outcome.result_or_exc.rowcount > 0:
+                total += outcome.result_or_exc.rowcount
         self._rowcount = total
 
     async def _discard(self) -> None:
@@ -238,13 +264,245 @@ class AsyncConnection:
 
     async def execute(
         self,
-        sql: str,
-        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        sql: Any,
+        params: Any = None,
         *,
         timeout: float | None = None,
-    ) -> AsyncCursor:
-        """Run a statement on a new cursor and return the cursor (as psycopg does)."""
+    ) -> Any:
+        """Run a statement on a new cursor and return the cursor (as psycopg does).
+
+        Given a list of statements (and optionally a list of their parameter
+        sets, one per statement), run them concurrently as :meth:`gather`
+        does and return the list of their :class:`~shardq.ResultSet`, in order.
+        """
+        if is_many(sql):
+            if params is None:
+                queries = list(sql)
+            else:
+                if not is_many(params) or len(params) != len(sql):
+                    raise ProgrammingError(
+                        "execute() of a list of statements takes a list of parameter sets "
+                        f"of the same length ({len(sql)}), or none"
+                    )
+                queries = list(zip(sql, params, strict=True))
+            return await self.gather(queries, timeout=timeout)
         return await self.cursor().execute(sql, params, timeout=timeout)
+
+    async def execute_concurrent(
+        self,
+        statements_and_params: Iterable[Any] | AsyncIterable[Any],
+        concurrency: int = DEFAULT_CONCURRENCY,
+        raise_on_first_error: bool = True,
+        results_generator: bool = False,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[Progress], object] | None = None,
+        row_factory: RowFactory | None = None,
+    ) -> Any:
+        """Run many statements concurrently; one :class:`ExecutionResult` each, in input order.
+
+        Each statement is planned as :meth:`execute` plans it: routed to one
+        shard when its parameters pin the shard key, scattered and merged
+        otherwise. Each shard's statements run on connections held for the
+        batch, reads sent as pipelines (one round trip for many statements).
+        Results are read whole.
+
+        Args:
+            statements_and_params: SQL text, SQLAlchemy statements, or
+                ``(statement, parameters)`` pairs; an iterator is consumed as
+                the batch goes, so it may be endless.
+            concurrency: the most statements in flight at once over the whole
+                batch; each shard also opens at most its ``pool_max_size``
+                connections.
+            raise_on_first_error: the first failure stops the batch (nothing
+                new starts, what is in flight is cancelled on the servers) and
+                is raised, noted with the statement's index. With False every
+                statement runs and a failure is ``ExecutionResult(False, exc)``.
+            results_generator: return an async iterator yielding results in
+                order as they become available, with at most ``2 *
+                concurrency`` statements started and not yet yielded: a batch
+                of millions runs in constant memory. Close it (``aclose()``)
+                to stop the batch early.
+            timeout: seconds each statement may take from its start
+                (default: the connection's ``timeout``).
+            progress: called with a :class:`Progress` after each statement.
+            row_factory: how rows are built (default: the connection's).
+
+        Returns:
+            a list of :class:`ExecutionResult` (or an async iterator of them).
+        """
+        self._check_open()
+        items, total = self._batch_items(statements_and_params, raise_on_first_error)
+        results = self._batch(
+            items,
+            concurrency=concurrency,
+            raise_on_first_error=raise_on_first_error,
+            window=2 * concurrency if results_generator else None,
+            timeout=timeout,
+            progress=progress,
+            row_factory=row_factory,
+            total=total,
+        )
+        if results_generator:
+            return results
+        return [outcome async for outcome in results]
+
+    async def execute_concurrent_with_args(
+        self,
+        statement: Any,
+        parameters: Iterable[Any] | AsyncIterable[Any],
+        concurrency: int = DEFAULT_CONCURRENCY,
+        raise_on_first_error: bool = True,
+        results_generator: bool = False,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[Progress], object] | None = None,
+        row_factory: RowFactory | None = None,
+    ) -> Any:
+        """:meth:`execute_concurrent` of one statement with each parameter set in turn.
+
+        The statement is parsed and planned once, and prepared once per
+        shard connection. A SQLAlchemy statement is compiled once; each
+        parameter set is then a mapping of its bound parameters' names.
+        """
+        self._check_open()
+        results = self._with_args(
+            statement,
+            parameters,
+            concurrency=concurrency,
+            raise_on_first_error=raise_on_first_error,
+            window=2 * concurrency if results_generator else None,
+            timeout=timeout,
+            progress=progress,
+            row_factory=row_factory,
+        )
+        if results_generator:
+            return results
+        return [outcome async for outcome in results]
+
+    async def gather(
+        self,
+        queries: Iterable[Any],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = None,
+        row_factory: RowFactory | None = None,
+    ) -> list[ResultSet]:
+        """Run several queries at once (each may be distributed); their results, in order.
+
+        ``queries`` holds SQL text, SQLAlchemy statements or ``(statement,
+        parameters)`` pairs. The first failure cancels the others and is raised.
+        """
+        results = await self.execute_concurrent(
+            queries, concurrency, True, timeout=timeout, row_factory=row_factory
+        )
+        return [outcome.result_or_exc for outcome in results]
+
+    def _batch_items(
+        self, statements: Iterable[Any] | AsyncIterable[Any], check_first: bool
+    ) -> tuple[Iterable[Any] | AsyncIterable[Any], int | None]:
+        """The statements of a batch, and their number when known.
+
+        A list checked before anything runs, when one error stops the batch:
+        each distinct text is parsed, so bad SQL fails before any shard is
+        touched, as for a single statement.
+        """
+        if not isinstance(statements, Sequence) or isinstance(statements, (str, bytes)):
+            if isinstance(statements, (str, bytes)):
+                raise ProgrammingError(
+                    "execute_concurrent() takes a list of statements, not one statement"
+                )
+            return statements, None
+        if not check_first:
+            return statements, len(statements)
+        dialect = self.config.dialect
+        items = []
+        seen: set[str] = set()
+        for index, item in enumerate(statements):
+            try:
+                sql, params = as_statement(item, dialect)
+                if sql not in seen:
+                    seen.add(sql)
+                    self._engine.planner.analyze(sql)
+            except Exception as exc:
+                exc.add_note(f"(statement {index} of the batch, counting from 0)")
+                raise
+            items.append((sql, params))
+        return items, len(items)
+
+    def _with_args(
+        self,
+        statement: Any,
+        parameters: Iterable[Any] | AsyncIterable[Any],
+        *,
+        ordered: bool = False,
+        **options: Any,
+    ) -> AsyncIterator[ExecutionResult]:
+        """The batch of one statement with each parameter set (prepared on the servers)."""
+        if isinstance(statement, str):
+            self._engine.planner.analyze(statement)  # bad SQL fails before any shard is touched
+
+            def bind(params: Any) -> tuple[str, Any]:
+                return statement, params
+        else:
+            bind = compiler(statement, self.config.dialect)
+        items: Iterable[Any] | AsyncIterable[Any]
+        if hasattr(parameters, "__aiter__"):
+
+            async def each() -> AsyncIterator[tuple[str, Any]]:
+                async for params in parameters:
+                    yield bind(params)
+
+            items = each()
+            total = None
+        else:
+            items = (bind(params) for params in parameters)
+            total = len(parameters) if isinstance(parameters, Sequence) else None
+        return self._batch(items, total=total, prepare=True, ordered=ordered, **options)
+
+    async def _batch(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int,
+        raise_on_first_error: bool,
+        window: int | None,
+        timeout: float | None,
+        progress: Callable[[Progress], object] | None,
+        row_factory: RowFactory | None,
+        total: int | None,
+        prepare: bool = False,
+        ordered: bool = False,
+    ) -> AsyncIterator[ExecutionResult]:
+        engine = self._engine
+        dialect = self.config.dialect
+        factory = row_factory or self.row_factory
+        if timeout is None:
+            timeout = self.timeout
+        lanes = Lanes(engine.pools, prepare=prepare, ordered=ordered)
+
+        async def run(item: Any) -> ResultSet:
+            self._check_open()
+            sql, params = (
+                item
+                if type(item) is tuple and len(item) == 2 and type(item[0]) is str
+                else as_statement(item, dialect)
+            )
+            return await engine.run(sql, params, lanes=lanes, timeout=timeout, row_factory=factory)
+
+        try:
+            async for outcome in run_batch(
+                run,
+                items,
+                concurrency=concurrency,
+                raise_on_first_error=raise_on_first_error,
+                window=window,
+                progress=progress,
+                total=total,
+            ):
+                yield outcome
+        finally:
+            await lanes.close()
 
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""

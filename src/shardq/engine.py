@@ -6,12 +6,13 @@ sit between planning and execution.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import ConfigError, ProgrammingError, ShardError, UnsupportedQueryError
-from shardq.execute.driver import ShardPool, get_driver
+from shardq.execute.driver import Row, ShardPool, Statement, get_driver
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
@@ -19,11 +20,11 @@ from shardq.execute.textorder import (
     code_point_order,
     collation_name,
 )
-from shardq.merge.drive import drive
+from shardq.merge.drive import drive, drive_sync
 from shardq.merge.evaluate import semantics
-from shardq.merge.pipeline import compared_columns, merger
-from shardq.results import AsyncResult
-from shardq.rows import tuple_row
+from shardq.merge.pipeline import compared_columns, describe, merger
+from shardq.results import AsyncResult, ResultSet
+from shardq.rows import is_tuple_factory, tuple_row
 from shardq.sql.explain import Analyzed, ShardRun, explain
 from shardq.sql.plan import Planner, QueryPlan
 from shardq.sql.regenerate import for_psycopg
@@ -31,15 +32,27 @@ from shardq.sql.rewrite import positional_as_named
 from shardq.sql.subplans import Result
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from shardq.config import Config
+    from shardq.execute.driver import Outcome
+    from shardq.execute.lanes import Lanes
     from shardq.merge import Rows
     from shardq.rows import RowFactory
 
 __all__ = ["DEFAULT_FETCH_SIZE", "Engine"]
 
 DEFAULT_FETCH_SIZE = 2000
+
+
+async def _all(runs: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
+    """Await ``runs`` together; the first failure withdraws the others and is raised."""
+    tasks = [asyncio.ensure_future(run) for run in runs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class Engine:
@@ -79,28 +92,44 @@ class Engine:
         """Plan a statement; raises on bad SQL before any shard is contacted."""
         return self.planner.plan(sql, params)
 
-    async def plan_async(self, sql: str, params: object = None) -> QueryPlan:
+    async def plan_async(
+        self, sql: str, params: object = None, lanes: Lanes | None = None
+    ) -> QueryPlan:
         """Plan a statement, reading the catalog first if its subqueries need it."""
         if self.planner.wants_catalog(sql):
-            await self._load_catalog()
+            await self._load_catalog(lanes)
         return self.planner.plan(sql, params)
 
-    async def _load_catalog(self) -> None:
+    async def _query(self, shard: str, sql: str, params: object, lanes: Lanes | None) -> list[Row]:
+        """The rows of a small query of shardq's own on ``shard``.
+
+        In a batch it goes through the batch's lanes, which may hold every
+        connection the pool has.
+        """
+        if lanes is not None:
+            outcome = await lanes.run(shard, Statement(sql, params), deadline=None, timeout=None)
+            return outcome.rows
+        async with self.pools[shard].connection() as conn:
+            stream = await conn.execute(sql, params, fetch_size=10_000)
+            rows: list[Row] = []
+            try:
+                while batch := await stream.fetch():
+                    rows += batch
+            finally:
+                await stream.aclose()
+        return rows
+
+    async def _load_catalog(self, lanes: Lanes | None = None) -> None:
         """Read the declared tables' columns from the first shard, once."""
-        pool = self.pools[self.config.shard_names[0]]
+        first = self.config.shard_names[0]
+        pool = self.pools[first]
         catalog: dict[str, frozenset[str]] = {}
-        async with pool.connection() as conn:
-            for table in self.config.tables:
-                stream = await conn.execute(*pool.columns_query(table), fetch_size=10_000)
-                names: list[str] = []
-                try:
-                    while batch := await stream.fetch():
-                        names += [str(row[0]) for row in batch]
-                finally:
-                    await stream.aclose()
-                if names:
-                    fold = self.config.dialect == "sqlite"  # SQLite names ignore case
-                    catalog[table] = frozenset(n.lower() if fold else n for n in names)
+        for table in self.config.tables:
+            rows = await self._query(first, *pool.columns_query(table), lanes)
+            names = [str(row[0]) for row in rows]
+            if names:
+                fold = self.config.dialect == "sqlite"  # SQLite names ignore case
+                catalog[table] = frozenset(n.lower() if fold else n for n in names)
         self.planner.set_catalog(catalog)
 
     async def execute(
@@ -119,6 +148,82 @@ class Engine:
         scatter, types = await self._start(plan, shards, timeout)
         merge = merger(plan.merge, len(shards), self._semantics, types)
         return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+
+    async def run(
+        self,
+        sql: str,
+        params: object = None,
+        *,
+        lanes: Lanes,
+        timeout: float | None,
+        row_factory: RowFactory,
+    ) -> ResultSet:
+        """Run one statement of a batch through ``lanes`` and read its whole result.
+
+        The plan and the merge are those of :meth:`execute`; the shards' rows
+        are gathered whole by the lanes' workers, then merged in memory.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plan = await self.plan_async(sql, params, lanes)
+        if plan.deferred is not None:
+            return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
+        shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        statement = Statement(plan.sql, plan.params, plan.kind.is_write)
+        if len(shards) == 1:
+            outcomes = [await lanes.run(shards[0], statement, deadline=deadline, timeout=timeout)]
+        else:
+            if plan.merge.compares:
+                await self._learn_text_order(shards, lanes)
+            outcomes = await _all(
+                lanes.run(shard, statement, deadline=deadline, timeout=timeout) for shard in shards
+            )
+        description = next((o.description for o in outcomes if o.description is not None), None)
+        if plan.merge.trivial:
+            rows: list[Any] = [row for o in outcomes for row in o.rows]
+            counts = [o.rowcount for o in outcomes]
+            rowcount = (
+                len(rows) if description is not None else (-1 if -1 in counts else sum(counts))
+            )
+        else:
+            types = [c.type_code for c in description or ()]
+            if plan.merge.compares:
+                self._check_text_order(plan, shards, types)
+            merge = merger(plan.merge, len(shards), self._semantics, types)
+            rows = drive_sync(merge, [[o.rows] for o in outcomes])
+            description = describe(plan.merge, description, self._semantics)
+            rowcount = len(rows)
+        if description is not None and not is_tuple_factory(row_factory):
+            make = row_factory(description)
+            rows = [make(row) for row in rows]
+        return ResultSet(description, rows, rowcount, shards)
+
+    async def _run_deferred(
+        self,
+        plan: QueryPlan,
+        lanes: Lanes,
+        timeout: float | None,
+        deadline: float | None,
+        row_factory: RowFactory,
+    ) -> ResultSet:
+        """:meth:`_execute_deferred` for a batch: each step through the lanes."""
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        async def step(sql: str, params: object, factory: RowFactory) -> ResultSet:
+            return await self.run(sql, params, lanes=lanes, timeout=left(), row_factory=factory)
+
+        async def subquery(sql: str, params: object) -> Result:
+            result = await step(sql, params, tuple_row)
+            description = result.description or ()
+            return Result(
+                tuple(c.name for c in description),
+                tuple(c.type_code for c in description),
+                result.rows,
+            )
+
+        sql, bound = await self._substitute(plan, subquery)
+        return await step(sql, bound, row_factory)
 
     async def _start(
         self, plan: QueryPlan, shards: tuple[str, ...], timeout: float | None
@@ -147,13 +252,30 @@ class Engine:
         self, plan: QueryPlan, *, timeout: float | None, row_factory: RowFactory
     ) -> AsyncResult:
         """Run a plan's subqueries first, then the statement with their results in place."""
-        assert plan.deferred is not None
-        deferred = plan.deferred
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
+        async def subquery(sql: str, params: object) -> Result:
+            result = await self.execute(sql, params, timeout=left(), row_factory=tuple_row)
+            rows = await result.fetchall()
+            description = result.description or ()
+            return Result(
+                tuple(c.name for c in description),
+                tuple(c.type_code for c in description),
+                rows,
+            )
+
+        sql, bound = await self._substitute(plan, subquery)
+        return await self.execute(sql, bound, timeout=left(), row_factory=row_factory)
+
+    async def _substitute(
+        self, plan: QueryPlan, subquery: Callable[[str, object], Awaitable[Result]]
+    ) -> tuple[str, object]:
+        """Run a deferred plan's subqueries with ``subquery``; return the statement to run."""
+        assert plan.deferred is not None
+        deferred = plan.deferred
         params = positional_as_named(plan.params, deferred.positional)
         results = []
         escaped = plan.params is not None
@@ -162,8 +284,7 @@ class Engine:
             if self.config.dialect == "postgres" and escaped:
                 sub_sql = for_psycopg(sub_sql, strings_escaped=True)  # its "%" operators
             try:
-                result = await self.execute(sub_sql, params, timeout=left(), row_factory=tuple_row)
-                rows = await result.fetchall()
+                results.append(await subquery(sub_sql, params))
             except ShardError as exc:
                 if exc.sqlstate in ("42703", "42P01") or "no such column" in str(exc):
                     raise UnsupportedQueryError(
@@ -174,35 +295,21 @@ class Engine:
                         "shard key, with the outer column qualified",
                     ) from exc
                 raise
-            description = result.description or ()
-            results.append(
-                Result(
-                    tuple(c.name for c in description),
-                    tuple(c.type_code for c in description),
-                    rows,
-                )
-            )
         sql, bound = deferred.substitute(results, plan.params)
         if self.config.dialect == "postgres":
             sql = for_psycopg(sql, strings_escaped=escaped)
-        return await self.execute(sql, bound, timeout=left(), row_factory=row_factory)
+        return sql, bound
 
-    async def _learn_text_order(self, shards: tuple[str, ...]) -> None:
+    async def _learn_text_order(self, shards: tuple[str, ...], lanes: Lanes | None = None) -> None:
         """Ask each shard not asked before how it orders text (see :mod:`.textorder`)."""
         for shard in shards:
             if shard in self._text_order:
                 continue
-            pool = self.pools[shard]
-            sql = getattr(pool, "collation_sql", None)
+            sql = getattr(self.pools[shard], "collation_sql", None)
             if sql is None:
                 self._text_order[shard] = "code point"
                 continue
-            async with pool.connection() as conn:
-                stream = await conn.execute(sql, None, fetch_size=10)
-                try:
-                    rows = await stream.fetch()
-                finally:
-                    await stream.aclose()
+            rows = await self._query(shard, sql, None, lanes)
             row = rows[0] if rows else ()
             self._text_order[shard] = "code point" if code_point_order(row) else collation_name(row)
 

@@ -12,7 +12,7 @@ from shardq.merge.pipeline import describe
 from shardq.rows import RowFactory, RowMaker, is_tuple_factory
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from shardq.execute.driver import Column
     from shardq.execute.scatter import Scatter
@@ -20,7 +20,59 @@ if TYPE_CHECKING:
     from shardq.merge.evaluate import Semantics
     from shardq.merge.steps import MergePlan
 
-__all__ = ["AsyncResult"]
+__all__ = ["AsyncResult", "ResultSet"]
+
+
+class ResultSet:
+    """The whole result of one statement of a batch, already read.
+
+    A sequence of its rows (built by the connection's row factory), with the
+    cursor's attributes beside them:
+
+    >>> from shardq.execute.driver import Column
+    >>> result = ResultSet((Column("n"),), [(1,), (2,)], 2, ("s1", "s2"))
+    >>> len(result), result[0], [row[0] for row in result]
+    (2, (1,), [1, 2])
+    >>> result
+    <shardq.ResultSet rows=2 columns=['n'] shards=['s1', 's2']>
+
+    Attributes:
+        description: the columns (PEP 249), or ``None`` for a statement without rows.
+        rows: the rows, in the order the statement returns them.
+        rowcount: rows written by a write, rows returned by a read.
+        shards: the shards the statement ran on.
+    """
+
+    __slots__ = ("description", "rowcount", "rows", "shards")
+
+    def __init__(
+        self,
+        description: tuple[Column, ...] | None,
+        rows: list[Any],
+        rowcount: int,
+        shards: tuple[str, ...],
+    ):
+        self.description = description
+        self.rows = rows
+        self.rowcount = rowcount
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.rows[index]
+
+    def __repr__(self) -> str:
+        if self.description is None:
+            return f"<shardq.ResultSet rowcount={self.rowcount} shards={list(self.shards)}>"
+        names = [c.name for c in self.description]
+        shards = list(self.shards)
+        return f"<shardq.ResultSet rows={len(self.rows)} columns={names} shards={shards}>"
+
 
 _abandoned: set[asyncio.Task[None]] = set()  # strong references until they finish
 

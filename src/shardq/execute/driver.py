@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from shardq.errors import ShardError, category_of, shard_error
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from shardq.config import Config, ShardConfig
@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 __all__ = [
     "Column",
     "Driver",
+    "Outcome",
     "Row",
     "ShardConnection",
     "ShardPool",
     "ShardStream",
+    "Statement",
     "get_driver",
     "register_driver",
+    "run_statements",
     "translate_error",
 ]
 
@@ -55,6 +58,23 @@ class Column(NamedTuple):
     precision: int | None = None
     scale: int | None = None
     null_ok: bool | None = None
+
+
+class Statement(NamedTuple):
+    """One statement of a batch, as one shard runs it."""
+
+    sql: str
+    params: object = None
+    #: A write: it runs alone, never in a group that could be retried.
+    write: bool = False
+
+
+class Outcome(NamedTuple):
+    """The whole result of one statement on one shard."""
+
+    description: tuple[Column, ...] | None
+    rows: list[Row]
+    rowcount: int
 
 
 class ShardStream(Protocol):
@@ -97,6 +117,10 @@ class ShardPool(Protocol):
 
     name: str
 
+    @property
+    def max_size(self) -> int:
+        """The most connections the pool opens at once."""
+
     def connection(self) -> AbstractAsyncContextManager[ShardConnection]:
         """Lend a connection for the duration of a ``async with`` block."""
 
@@ -112,6 +136,48 @@ class ShardPool(Protocol):
 
     async def close(self) -> None:
         """Close every connection the pool opened."""
+
+
+# Rows read per round trip when a batch statement's whole result is gathered.
+_GATHER_SIZE = 10_000
+
+
+async def run_statements(
+    conn: ShardConnection, statements: Sequence[Statement], *, prepare: bool = False
+) -> list[Outcome | ShardError]:
+    """Run ``statements`` on ``conn`` in order, each as its own transaction; read them whole.
+
+    A failing statement does not stop the others: its error takes its place
+    in the list. A connection may offer a faster ``run(statements, prepare=)``
+    with the same contract (PostgreSQL pipelines reads; the threaded drivers
+    run the whole list in one call to their thread); this is the fallback.
+    ``prepare`` asks for server-side prepared statements where the client has
+    them (the same statement text is about to run many times).
+    """
+    run = getattr(conn, "run", None)
+    if run is not None:
+        outcomes: list[Outcome | ShardError] = await run(statements, prepare=prepare)
+        return outcomes
+    out: list[Outcome | ShardError] = []
+    for statement in statements:
+        try:
+            stream = await conn.execute(
+                statement.sql,
+                statement.params,
+                fetch_size=_GATHER_SIZE,
+                stream=not statement.write,
+            )
+            try:
+                rows: list[Row] = []
+                while batch := await stream.fetch():
+                    rows += batch
+            finally:
+                await stream.aclose()
+        except ShardError as exc:
+            out.append(exc)
+            continue
+        out.append(Outcome(stream.description, rows, stream.rowcount))
+    return out
 
 
 class Driver(Protocol):

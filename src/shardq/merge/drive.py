@@ -1,4 +1,4 @@
-"""Drivers of mergers: async over live shard streams, sync over lists (for tests)."""
+"""Drivers of mergers: async over live shard streams, sync over lists (a batch's results)."""
 
 from __future__ import annotations
 
@@ -33,16 +33,24 @@ async def drive(merger: Merger, fetch: Callable[[int], Awaitable[Rows]]) -> Asyn
     except StopIteration:
         return
     except (TypeError, decimal.InvalidOperation) as exc:
-        raise NotSupportedError(
-            f"shardq cannot merge these values across shards ({exc}); merges compare and "
-            "group built-in scalar types: cast the column, or pin the query to one shard"
-        ) from exc
+        raise _unmergeable(exc) from exc
     finally:
         merger.close()
 
 
+def _unmergeable(exc: Exception) -> NotSupportedError:
+    return NotSupportedError(
+        f"shardq cannot merge these values across shards ({exc}); merges compare and "
+        "group built-in scalar types: cast the column, or pin the query to one shard"
+    )
+
+
 def drive_sync(merger: Merger, sources: list[list[Rows]]) -> Rows:
-    """Run ``merger`` over in-memory sources (lists of batches); return all rows emitted."""
+    """Run ``merger`` over in-memory sources (lists of batches); return all rows emitted.
+
+    Values that cannot be merged raise :class:`~shardq.errors.NotSupportedError`, as in
+    :func:`drive`.
+    """
     queues = [list(batches) for batches in sources]
     out: Rows = []
     try:
@@ -56,3 +64,7 @@ def drive_sync(merger: Merger, sources: list[list[Rows]]) -> Rows:
                 request = merger.send(None)
     except StopIteration:
         return out
+    except (TypeError, decimal.InvalidOperation) as exc:
+        raise _unmergeable(exc) from exc
+    finally:
+        merger.close()

@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from shardq.execute.driver import Column, Row, translate_error
+from shardq.execute.driver import Column, Outcome, Row, Statement, translate_error
 from shardq.execute.pool import LazyPool
 from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
     from shardq.config import Config, ShardConfig
     from shardq.dsn import Secrets
+    from shardq.errors import ShardError
 
 __all__ = ["PsycopgPool"]
 
@@ -244,6 +245,14 @@ class _Stream:
                 raise self._error(exc) from exc
 
 
+async def _outcome(cursor: psycopg.AsyncCursor[Any]) -> Outcome:
+    """The whole result held by ``cursor`` after a (non-streamed) execute."""
+    description = _description(cursor)
+    # The result is in memory already: fetchall() loads it without IO.
+    rows = await cursor.fetchall() if description is not None else []
+    return Outcome(description, rows, cursor.rowcount)
+
+
 class _Connection:
     """A pooled psycopg connection."""
 
@@ -261,6 +270,69 @@ class _Connection:
         else:
             await result.run(self.conn.cursor(), sql, params)
         return result
+
+    async def run(
+        self, statements: Sequence[Statement], *, prepare: bool = False
+    ) -> list[Outcome | ShardError]:
+        """Run ``statements`` in order, each its own transaction (see :func:`run_statements`).
+
+        Consecutive reads are sent as one pipeline: all of them, then one
+        Sync, so the group costs one round trip instead of one per statement.
+        Statements between two Syncs share one implicit transaction, which is
+        harmless for reads but not for writes (a failure would undo the writes
+        before it), so each write runs alone. When a read in a pipeline fails,
+        the server skips the rest of the group; every read without a result is
+        then run again alone, so each gets its own result or its own error.
+        """
+        out: list[Outcome | ShardError] = []
+        i = 0
+        while i < len(statements):
+            j = i
+            while j < len(statements) and not statements[j].write:
+                j += 1
+            if j - i > 1:
+                out += await self._pipeline(statements[i:j], prepare)
+                i = j
+            else:
+                out.append(await self._run_one(statements[i], prepare))
+                i += 1
+        return out
+
+    async def _run_one(self, statement: Statement, prepare: bool) -> Outcome | ShardError:
+        cursor = self.conn.cursor()
+        query: Any = statement.sql
+        params: Any = statement.params
+        try:
+            await cursor.execute(query, params, prepare=prepare or None)
+            return await _outcome(cursor)
+        except psycopg.Error as exc:
+            return translate_error(self._shard, exc, self._secrets, sqlstate_of=_sqlstate)
+
+    async def _pipeline(
+        self, statements: Sequence[Statement], prepare: bool
+    ) -> list[Outcome | ShardError]:
+        conn = self.conn
+        cursors: list[psycopg.AsyncCursor[Any]] = []
+        try:
+            async with conn.pipeline() as pipeline:
+                for statement in statements:
+                    cursor = conn.cursor()
+                    cursors.append(cursor)
+                    query: Any = statement.sql
+                    params: Any = statement.params
+                    await cursor.execute(query, params, prepare=prepare or None)
+                await pipeline.sync()
+        except psycopg.Error:
+            if conn.broken or conn.closed:
+                raise
+            out: list[Outcome | ShardError] = []
+            for k, statement in enumerate(statements):
+                done = k < len(cursors) and cursors[k].pgresult is not None
+                out.append(
+                    await _outcome(cursors[k]) if done else await self._run_one(statement, prepare)
+                )
+            return out
+        return [await _outcome(cursor) for cursor in cursors]
 
     @property
     def reusable(self) -> bool:
@@ -302,6 +374,10 @@ class PsycopgPool:
 
     def __repr__(self) -> str:
         return f"<PsycopgPool shard={self.name!r} open={self._pool.size}/{self._pool.max_size}>"
+
+    @property
+    def max_size(self) -> int:
+        return self._pool.max_size
 
     def _error(self, exc: BaseException) -> Exception:
         return translate_error(self.name, exc, self._secrets, sqlstate_of=_sqlstate)

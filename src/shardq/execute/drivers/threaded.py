@@ -17,13 +17,14 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shardq.execute.driver import Column, Row, translate_error
+from shardq.execute.driver import Column, Outcome, Row, Statement, translate_error
 from shardq.execute.pool import LazyPool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from shardq.dsn import Secrets
+    from shardq.errors import ShardError
 
 __all__ = ["ThreadedConnection", "ThreadedPool"]
 
@@ -41,6 +42,11 @@ def _tuples(rows: list[Any]) -> list[Row]:
     if isinstance(rows[0], Mapping):
         return [tuple(r.values()) for r in rows]
     return [tuple(r) for r in rows]
+
+
+def _columns(raw: Any) -> tuple[Column, ...] | None:
+    """A PEP 249 ``description`` as shardq's columns."""
+    return None if raw is None else tuple(Column(str(d[0]), *tuple(d[1:7])) for d in raw)
 
 
 class ThreadedConnection:
@@ -74,7 +80,7 @@ class ThreadedConnection:
         """Whether the connection may be lent again (opened, not closed)."""
         return self._conn is not None
 
-    def error(self, exc: BaseException) -> Exception:
+    def error(self, exc: BaseException) -> ShardError:
         return translate_error(self.shard, exc, self._secrets)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -148,6 +154,37 @@ class ThreadedConnection:
             await result.finish()
         return result
 
+    def _run(self, statements: Sequence[Statement]) -> list[Outcome | BaseException]:
+        out: list[Outcome | BaseException] = []
+        for statement in statements:
+            try:
+                cursor, rows = self._execute(statement.sql, statement.params, 10_000)
+                ok = False
+                try:
+                    description = _columns(cursor.description)
+                    if description is not None and not self._buffered:
+                        rows += _tuples(cursor.fetchall())
+                    rowcount = len(rows) if description is not None else cursor.rowcount
+                    ok = True
+                finally:
+                    self._end(cursor, ok)
+            except Exception as exc:
+                out.append(exc)
+                continue
+            out.append(Outcome(description, rows, rowcount))
+        return out
+
+    async def run(
+        self, statements: Sequence[Statement], *, prepare: bool = False
+    ) -> list[Outcome | ShardError]:
+        """Run ``statements`` in one call to the connection's thread (see ``run_statements``).
+
+        Each statement is its own transaction, as with :meth:`execute`.
+        ``prepare`` is not needed: the clients cache their prepared statements.
+        """
+        results = await self.call(self._run, statements)
+        return [r if isinstance(r, Outcome) else self.error(r) for r in results]
+
     async def close(self) -> None:
         if self._conn is not None and self._owned:
             with contextlib.suppress(Exception):
@@ -162,10 +199,7 @@ class _ThreadedStream:
         self._cursor: Any = cursor
         self._pending = first
         self._fetch_size = fetch_size
-        raw = cursor.description
-        self.description = (
-            None if raw is None else tuple(Column(str(d[0]), *tuple(d[1:7])) for d in raw)
-        )
+        self.description = _columns(cursor.description)
         self._received = len(first)
         self.rowcount = cursor.rowcount if self.description is None else -1
 
@@ -234,6 +268,10 @@ class ThreadedPool:
 
     def __repr__(self) -> str:
         return f"<ThreadedPool shard={self.name!r} open={self._pool.size}/{self._pool.max_size}>"
+
+    @property
+    def max_size(self) -> int:
+        return self._pool.max_size
 
     async def _open(self) -> ThreadedConnection:
         conn = self._factory()
