@@ -45,6 +45,8 @@ from shardq.errors import (
     UnsupportedQueryError,
     Warning,
 )
+from shardq.execute.batch import ExecutionResult, Progress
+from shardq.results import ResultSet
 from shardq.rows import dict_row, namedtuple_row, tuple_row
 
 __version__ = "0.1.0.dev0"
@@ -75,13 +77,16 @@ __all__ = [
     "Date",
     "DateFromTicks",
     "Error",
+    "ExecutionResult",
     "IntegrityError",
     "InterfaceError",
     "InternalError",
     "NotSupportedError",
     "OperationalError",
     "ProgrammingError",
+    "Progress",
     "QueryTimeoutError",
+    "ResultSet",
     "SQLSyntaxError",
     "ShardConfig",
     "ShardError",

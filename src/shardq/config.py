@@ -104,15 +104,14 @@ class Config:
     source: str | None = None
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
+    #: The shards' names, in order.
+    shard_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement", Placement.uniform([s.name for s in self.shards]))
         dsns = [s.dsn for s in self.shards] + [r for s in self.shards for r in s.replicas]
         object.__setattr__(self, "secrets", Secrets.of(*dsns))
-
-    @property
-    def shard_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.shards)
+        object.__setattr__(self, "shard_names", tuple(s.name for s in self.shards))
 
     def shard(self, name: str) -> ShardConfig:
         for shard in self.shards:

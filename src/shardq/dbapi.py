@@ -17,21 +17,24 @@ import datetime as dt
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from shardq import errors
 from shardq._portal import Portal
-from shardq.aio import AsyncConnection, AsyncCursor, ConfigSource
+from shardq.aio import DEFAULT_CONCURRENCY, AsyncConnection, AsyncCursor, ConfigSource
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
 from shardq.errors import InterfaceError, NotSupportedError
 from shardq.rows import RowFactory, tuple_row
+from shardq.statements import is_many
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from shardq.execute.batch import ExecutionResult, Progress
     from shardq.execute.driver import Column
     from shardq.health import CheckReport
+    from shardq.results import ResultSet
 
 __all__ = [
     "BINARY",
@@ -128,12 +131,24 @@ class Cursor:
         return batch
 
     def executemany(
-        self, sql: str, params_seq: Iterable[Params], *, timeout: float | None = None
+        self,
+        sql: Any,
+        params_seq: Iterable[Params],
+        *,
+        timeout: float | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
-        """Run ``sql`` once per parameter set, each routed to its own shard."""
+        """Run ``sql`` once per parameter set, concurrently, each routed to its own shard.
+
+        See :meth:`shardq.aio.AsyncCursor.executemany`. ``params_seq`` is read
+        as the statements start (on the connection's event loop thread), so
+        it may be a generator too large for memory.
+        """
         self._local.clear()
         self._drained = True
-        self._portal.call(self._inner.executemany, sql, list(params_seq), timeout=timeout)
+        self._portal.call(
+            self._inner.executemany, sql, params_seq, timeout=timeout, concurrency=concurrency
+        )
 
     def _check_readable(self) -> None:
         # Raises as the async cursor would: closed cursor, nothing executed, no rows.
@@ -264,13 +279,126 @@ class Connection:
     def cursor(self, *, row_factory: RowFactory | None = None) -> Cursor:
         return Cursor(self, self._inner.cursor(row_factory=row_factory))
 
-    def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Cursor:
-        """Run a statement on a new cursor and return it (as psycopg does)."""
+    def execute(self, sql: Any, params: Any = None, *, timeout: float | None = None) -> Any:
+        """Run a statement on a new cursor and return it (as psycopg does).
+
+        Given a list of statements (and optionally a list of parameter sets),
+        run them concurrently and return their :class:`~shardq.ResultSet`
+        list, as :meth:`shardq.aio.AsyncConnection.execute` does.
+        """
+        if is_many(sql):
+            return self._portal.call(self._inner.execute, sql, params, timeout=timeout)
         return self.cursor().execute(sql, params, timeout=timeout)
 
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""
         return self._inner.shard_for(table, key_value)
+
+    def execute_concurrent(
+        self,
+        statements_and_params: Iterable[Any],
+        concurrency: int = DEFAULT_CONCURRENCY,
+        raise_on_first_error: bool = True,
+        results_generator: bool = False,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[Progress], object] | None = None,
+        row_factory: RowFactory | None = None,
+    ) -> Any:
+        """Run many statements concurrently; one :class:`ExecutionResult` each, in order.
+
+        See :meth:`shardq.aio.AsyncConnection.execute_concurrent`. With
+        ``results_generator=True`` this returns a generator; results cross
+        from the event loop in chunks of up to ``concurrency``. ``progress``
+        is called on the connection's event loop thread.
+        """
+        results = self._portal.call(
+            self._inner.execute_concurrent,
+            statements_and_params,
+            concurrency,
+            raise_on_first_error,
+            results_generator,
+            timeout=timeout,
+            progress=progress,
+            row_factory=row_factory,
+        )
+        return self._iterate(results, concurrency) if results_generator else results
+
+    def execute_concurrent_with_args(
+        self,
+        statement: Any,
+        parameters: Iterable[Any],
+        concurrency: int = DEFAULT_CONCURRENCY,
+        raise_on_first_error: bool = True,
+        results_generator: bool = False,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[Progress], object] | None = None,
+        row_factory: RowFactory | None = None,
+    ) -> Any:
+        """See :meth:`shardq.aio.AsyncConnection.execute_concurrent_with_args`."""
+        results = self._portal.call(
+            self._inner.execute_concurrent_with_args,
+            statement,
+            parameters,
+            concurrency,
+            raise_on_first_error,
+            results_generator,
+            timeout=timeout,
+            progress=progress,
+            row_factory=row_factory,
+        )
+        return self._iterate(results, concurrency) if results_generator else results
+
+    def gather(
+        self,
+        queries: Iterable[Any],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = None,
+        row_factory: RowFactory | None = None,
+    ) -> list[ResultSet]:
+        """See :meth:`shardq.aio.AsyncConnection.gather`."""
+        return self._portal.call(
+            self._inner.gather,
+            queries,
+            concurrency=concurrency,
+            timeout=timeout,
+            row_factory=row_factory,
+        )
+
+    def _iterate(
+        self, results: AsyncIterator[ExecutionResult], chunk: int
+    ) -> Iterator[ExecutionResult]:
+        """A batch's async iterator as a generator: one call into the loop per chunk."""
+
+        async def take() -> tuple[list[ExecutionResult], BaseException | None]:
+            out: list[ExecutionResult] = []
+            try:
+                async for outcome in results:
+                    out.append(outcome)
+                    if len(out) >= chunk:
+                        break
+            except Exception as exc:  # after the results before it are handed out
+                return out, exc
+            return out, None
+
+        finished = False
+        try:
+            while True:
+                outcomes, error = self._portal.call(take)
+                yield from outcomes
+                if error is not None:
+                    finished = True
+                    raise error
+                if not outcomes:
+                    finished = True
+                    return
+        finally:
+            if not finished and not self._portal.closed:
+                aclose = getattr(results, "aclose", None)
+                if aclose is not None:
+                    self._portal.call(aclose)  # stop the batch: the caller left early
 
     def explain(
         self,

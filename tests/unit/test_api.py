@@ -16,9 +16,9 @@ def test_exported_members() -> None:
     assert set(shardq.__all__) == {
         "BINARY", "DATETIME", "NUMBER", "ROWID", "STRING", "AsyncConnection", "AsyncCursor",
         "Binary", "Config", "ConfigError", "Connection", "Cursor", "DataError", "DatabaseError",
-        "Date", "DateFromTicks", "Error", "IntegrityError", "InterfaceError", "InternalError",
-        "NotSupportedError", "OperationalError", "ProgrammingError", "QueryTimeoutError",
-        "SQLSyntaxError", "ShardConfig", "ShardError", "TableConfig", "Time", "TimeFromTicks",
+        "Date", "DateFromTicks", "Error", "ExecutionResult", "IntegrityError", "InterfaceError", "InternalError",
+        "NotSupportedError", "OperationalError", "ProgrammingError", "Progress", "QueryTimeoutError",
+        "ResultSet", "SQLSyntaxError", "ShardConfig", "ShardError", "TableConfig", "Time", "TimeFromTicks",
         "Timestamp", "TimestampFromTicks", "UndeclaredTableError", "UnsupportedQueryError",
         "Warning", "apilevel", "connect", "connect_async", "dict_row", "from_connections",
         "load_config", "namedtuple_row", "paramstyle", "threadsafety", "tuple_row",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -41,6 +40,8 @@ __all__ = ["DEFAULT_DEPTH", "Lanes"]
 
 #: The most statements a worker sends to its shard as one group.
 DEFAULT_DEPTH = 32
+#: Seconds an idle worker keeps its connection, waiting for more statements.
+LINGER = 0.02
 
 
 class _Job:
@@ -61,19 +62,27 @@ class _Lane:
         self.shard = pool.name
         self.queue: deque[_Job] = deque()
         self.workers: set[asyncio.Task[None]] = set()
+        self.active = 0  # workers that will still take jobs
+        self.idle = 0  # of which waiting for one
+        self.wake = asyncio.Event()
         self.max_workers = 1 if ordered else max(1, pool.max_size)
         self.depth = depth
         self.prepare = prepare
 
     def submit(self, job: _Job) -> None:
         self.queue.append(job)
-        if len(self.workers) < self.max_workers:
+        if self.idle:
+            self.wake.set()
+        elif self.active < self.max_workers:
+            # Counted now, not when the task starts or ends: a worker that has
+            # decided to stop no longer counts, so no job is left without one.
+            self.active += 1
             task = asyncio.ensure_future(self._work())
             self.workers.add(task)
             task.add_done_callback(self.workers.discard)
 
     def _take(self) -> list[_Job]:
-        """The next group: consecutive reads (a fair share of the queue), or one write."""
+        """The next group: consecutive reads (as many as ``depth``), or one write."""
         queue = self.queue
         now = time.monotonic()
         while queue and (queue[0].future.done() or _expired(queue[0], now)):
@@ -82,9 +91,8 @@ class _Lane:
             return []
         if queue[0].statement.write:
             return [queue.popleft()]
-        share = min(self.depth, math.ceil(len(queue) / max(1, len(self.workers))))
         group: list[_Job] = []
-        while queue and len(group) < share and not queue[0].statement.write:
+        while queue and len(group) < self.depth and not queue[0].statement.write:
             job = queue.popleft()
             if not job.future.done():
                 group.append(job)
@@ -92,11 +100,18 @@ class _Lane:
 
     async def _work(self) -> None:
         group: list[_Job] = []
+        counted = True
         try:
             async with self.pool.connection() as conn:
-                while group := self._take():
-                    await self._run(conn, group)
-                    group = []
+                while True:
+                    group = self._take()
+                    if not group and not await self._linger():
+                        counted = False
+                        self.active -= 1  # synchronously with finding the queue empty
+                        break
+                    if group:
+                        await self._run(conn, group)
+                        group = []
         except asyncio.CancelledError:
             _fail(group, asyncio.CancelledError)
             raise
@@ -106,6 +121,28 @@ class _Lane:
             _fail(group, exc)
             while self.queue:
                 _fail([self.queue.popleft()], exc)
+        finally:
+            if counted:
+                self.active -= 1
+
+    async def _linger(self) -> bool:
+        """Wait a moment for more work, holding the connection; whether some came.
+
+        The batch refills the queues as results come back, a few event-loop
+        turns after a group ends; a worker that left at once would make the
+        next statement open (or check out) a connection again.
+        """
+        self.idle += 1
+        try:
+            async with asyncio.timeout(LINGER):
+                while not self.queue:
+                    self.wake.clear()
+                    await self.wake.wait()
+        except TimeoutError:
+            return bool(self.queue)
+        finally:
+            self.idle -= 1
+        return True
 
     async def _run(self, conn: object, group: list[_Job]) -> None:
         deadlines = [job.deadline for job in group if job.deadline is not None]

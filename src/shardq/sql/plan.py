@@ -84,14 +84,16 @@ class Planner:
         if self.catalog is not None:
             return False
         analysis = self.analyze(sql)
-        statement = analysis.parsed.expression
-        if not analysis.distributed:
-            return False
-        return (
-            any(ref.node.parent_select is not statement for ref in analysis.distributed)
-            or any(join.side for join in statement.find_all(exp.Join))
-            or statement.args.get("group") is not None  # a name may be a column or an alias
-        )
+        wanted: bool | None = analysis.memo.get("wants-catalog")
+        if wanted is None:
+            statement = analysis.parsed.expression
+            wanted = bool(analysis.distributed) and (
+                any(ref.node.parent_select is not statement for ref in analysis.distributed)
+                or any(join.side for join in statement.find_all(exp.Join))
+                or statement.args.get("group") is not None  # a name: a column or an alias?
+            )
+            analysis.memo["wants-catalog"] = wanted
+        return wanted
 
     def analyze(self, sql: str) -> Analysis:
         """Parse and analyse ``sql`` (cached). Raises before any shard is contacted."""

@@ -209,6 +209,25 @@ def _shards_of(
 
 
 def _read_route(analysis: Analysis, params: object, config: Config) -> Route:
+    # The common case, a read of one distributed table, decided once per text:
+    # only the key values change from call to call.
+    single: tuple[list[KeyTerm], str | None] | None = analysis.memo.get("single-table-terms")
+    if single is not None:
+        shards = _shards_of(single[0], params, config, single[1])
+        return ALL if shards is None else Route(RouteKind.SHARDS, shards)
+    distributed = analysis.distributed
+    statement = analysis.parsed.expression
+    if (
+        len(distributed) == 1
+        and isinstance(statement, exp.Select)
+        and distributed[0].node.parent_select is statement
+    ):
+        ref = distributed[0]
+        analysis.memo["single-table-terms"] = (_terms(analysis, ref), ref.table.key_type)
+    return _read_route_of(analysis, params, config)
+
+
+def _read_route_of(analysis: Analysis, params: object, config: Config) -> Route:
     distributed = analysis.distributed
     if not distributed:
         return ANY

@@ -114,6 +114,11 @@ def _description(cursor: psycopg.AsyncCursor[Any]) -> tuple[Column, ...] | None:
     )
 
 
+# Loading a result held in memory without fetchall()'s awaits needs the
+# cursor's transformer; without it fetchall() is used.
+_LOAD_ROWS = all(hasattr(psycopg.AsyncCursor, a) for a in ("_tx", "_pos", "_make_row"))
+
+
 class _Stream:
     """A statement's result, read in chunks from the server."""
 
@@ -245,12 +250,46 @@ class _Stream:
                 raise self._error(exc) from exc
 
 
-async def _outcome(cursor: psycopg.AsyncCursor[Any]) -> Outcome:
-    """The whole result held by ``cursor`` after a (non-streamed) execute."""
-    description = _description(cursor)
-    # The result is in memory already: fetchall() loads it without IO.
-    rows = await cursor.fetchall() if description is not None else []
+async def _outcome(
+    cursor: psycopg.AsyncCursor[Any], description: tuple[Column, ...] | bool | None = False
+) -> Outcome:
+    """The whole result held by ``cursor`` after a (non-streamed) execute.
+
+    ``description``, when given, is the result's known columns (the other
+    sets of one executemany() have the same), which psycopg would rebuild.
+    """
+    if description is False:
+        description = _description(cursor)
+    assert description is not True
+    rows: list[Row] = []
+    if description is not None:
+        pgresult = cursor.pgresult
+        if _LOAD_ROWS and pgresult is not None and cursor._pos == 0:
+            # The result is in memory: load it whole, as fetchall() does, minus its awaits.
+            tx: Any = cursor._tx
+            rows = tx.load_rows(0, pgresult.ntuples, cursor._make_row)
+            cursor._pos = pgresult.ntuples
+        else:
+            rows = await cursor.fetchall()
     return Outcome(description, rows, cursor.rowcount)
+
+
+async def _outcomes(cursor: psycopg.AsyncCursor[Any], count: int) -> list[Outcome]:
+    """The ``count`` results held by ``cursor`` (an execute, or an executemany's sets)."""
+    first = await _outcome(cursor)
+    out = [first]
+    for _ in range(count - 1):
+        cursor.nextset()
+        out.append(await _outcome(cursor, first.description))
+    return out
+
+
+def _received(cursor: psycopg.AsyncCursor[Any]) -> int:
+    """How many results ``cursor`` holds."""
+    results: Any = getattr(cursor, "_results", None)
+    if results is not None:
+        return len(results)
+    return 0 if cursor.pgresult is None else 1
 
 
 class _Connection:
@@ -312,27 +351,56 @@ class _Connection:
         self, statements: Sequence[Statement], prepare: bool
     ) -> list[Outcome | ShardError]:
         conn = self.conn
+        # Runs of one text go as one executemany(): psycopg's fastest way to
+        # send many statements (one cursor, the query converted once).
+        runs: list[tuple[str, list[Any]]] = []
+        for statement in statements:
+            if runs and runs[-1][0] == statement.sql:
+                runs[-1][1].append(statement.params)
+            else:
+                runs.append((statement.sql, [statement.params]))
         cursors: list[psycopg.AsyncCursor[Any]] = []
         try:
             async with conn.pipeline() as pipeline:
-                for statement in statements:
+                for sql, params_seq in runs:
                     cursor = conn.cursor()
                     cursors.append(cursor)
-                    query: Any = statement.sql
-                    params: Any = statement.params
-                    await cursor.execute(query, params, prepare=prepare or None)
+                    query: Any = sql
+                    if len(params_seq) == 1:
+                        await cursor.execute(query, params_seq[0], prepare=prepare or None)
+                    else:
+                        await cursor.executemany(query, params_seq, returning=True)
                 await pipeline.sync()
         except psycopg.Error:
             if conn.broken or conn.closed:
                 raise
-            out: list[Outcome | ShardError] = []
-            for k, statement in enumerate(statements):
-                done = k < len(cursors) and cursors[k].pgresult is not None
-                out.append(
-                    await _outcome(cursors[k]) if done else await self._run_one(statement, prepare)
-                )
-            return out
-        return [await _outcome(cursor) for cursor in cursors]
+            return await self._recover(runs, cursors, prepare)
+        out: list[Outcome | ShardError] = []
+        for cursor, (_, params_seq) in zip(cursors, runs, strict=True):
+            out += await _outcomes(cursor, len(params_seq))
+        return out
+
+    async def _recover(
+        self,
+        runs: list[tuple[str, list[Any]]],
+        cursors: list[psycopg.AsyncCursor[Any]],
+        prepare: bool,
+    ) -> list[Outcome | ShardError]:
+        """After a failed pipeline: keep the results that came, run the rest alone.
+
+        The server skipped every statement after the failing one; each is run
+        again on its own (reads only: nothing is done twice), so every
+        statement gets its own result or its own error.
+        """
+        out: list[Outcome | ShardError] = []
+        for k, (sql, params_seq) in enumerate(runs):
+            cursor = cursors[k] if k < len(cursors) else None
+            if cursor is not None and _received(cursor) == len(params_seq):
+                out += await _outcomes(cursor, len(params_seq))
+                continue
+            for params in params_seq:
+                out.append(await self._run_one(Statement(sql, params), prepare))
+        return out
 
     @property
     def reusable(self) -> bool:
