@@ -354,6 +354,30 @@ def test_casts_that_keep_the_value_still_pin() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "pinned"),
+    [(42, True), (None, True), ("42", False), (42.0, False), (True, False)],
+)
+def test_a_cast_placeholder_pins_when_its_value_is_of_the_casts_kind(
+    value: object, pinned: bool
+) -> None:
+    # SQLAlchemy's psycopg dialect writes "%(id_1)s::INTEGER" for a typed column.
+    sql = "SELECT * FROM orders WHERE orders.customer_id = %(k)s::INTEGER"
+    shards = shards_of(sql, {"k": value})
+    if pinned and value is not None:
+        assert shards == (P.config.shard_for("orders", value),)
+    elif pinned:
+        assert shards != "all"  # key = NULL matches no row: one shard answers
+    else:
+        assert shards == "all"
+    insert = "INSERT INTO orders (order_id, customer_id) VALUES (1, %(k)s::INTEGER)"
+    if pinned and value is not None:
+        assert P.plan(insert, {"k": value}).route.shards == (P.config.shard_for("orders", value),)
+    elif not pinned:
+        with pytest.raises(shardq.UnsupportedQueryError, match="once cast"):
+            P.plan(insert, {"k": value})
+
+
 def test_quoted_identifiers_and_other_schemas_are_not_confused() -> None:
     # "O" (quoted) is orders; the unquoted o is countries: o.customer_id does not pin orders.
     sql = 'SELECT * FROM orders "O" JOIN countries o ON true WHERE o.customer_id = 42'

@@ -72,7 +72,9 @@ def _safe_cast(node: exp.Cast) -> bool:
     target = node.to.this.value.lower() if isinstance(node.to, exp.DataType) else ""
     inner = node.this
     if isinstance(inner, exp.Placeholder):
-        return False  # the bound value's own type may differ from the cast's
+        # The bound value's own type may differ from the cast's: checked once
+        # it is known (see constant_value). SQLAlchemy writes such casts.
+        return target in _INTEGER_CASTS or (target in _TEXT_CASTS and not node.to.expressions)
     if isinstance(inner, exp.Literal) and inner.is_string:
         if target in _TEXT_CASTS:
             return not node.to.expressions  # varchar(3) would truncate
@@ -102,8 +104,23 @@ def _constant(node: exp.Expr) -> bool:
     return isinstance(node, exp.Literal | exp.Placeholder)
 
 
+class UnpinnedValue(ValueError):
+    """A bound value whose cast may change which key it is (``%s::int`` given ``'7'``)."""
+
+
 def constant_value(node: exp.Expr, params: object, percent_escapes: bool = False) -> object:
-    """Evaluate a constant expression accepted by :func:`find_key_terms`."""
+    """Evaluate a constant expression accepted by :func:`find_key_terms`.
+
+    Raises:
+        UnpinnedValue: a cast placeholder's value is not of the cast's kind.
+    """
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Placeholder):
+        value = placeholder_value(node.this, params)
+        target = node.to.this.value.lower() if isinstance(node.to, exp.DataType) else ""
+        integral = isinstance(value, int) and not isinstance(value, bool)
+        if value is None or (integral if target in _INTEGER_CASTS else isinstance(value, str)):
+            return value
+        raise UnpinnedValue(f"{value!r} cast to {target}")
     if isinstance(node, exp.Cast | exp.Paren):
         return constant_value(node.this, params, percent_escapes)
     if isinstance(node, exp.Neg):
@@ -189,7 +206,10 @@ def _shards_of(
     for term in terms:
         shards = set()
         for node in term.values:
-            value = constant_value(node, params, escapes)
+            try:
+                value = constant_value(node, params, escapes)
+            except UnpinnedValue:
+                return None  # the database may read it as another key value
             if value is None:
                 continue  # key = NULL matches no row
             if isinstance(value, str) and not text_pins(value, key_type):
@@ -285,7 +305,14 @@ def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
                 f"INSERT with {node.sql(analysis.parsed.dialect)!r} as the shard key",
                 "the shard key of an inserted row must be a literal or a bound parameter",
             )
-        value = constant_value(node, params, params is not None and dialect == "postgres")
+        try:
+            value = constant_value(node, params, params is not None and dialect == "postgres")
+        except UnpinnedValue as exc:
+            raise UnsupportedQueryError(
+                f"INSERT with {node.sql(dialect)!r} as the shard key",
+                f"the value bound ({exc}) may become another key once cast; bind a value "
+                "of the cast's type",
+            ) from None
         if isinstance(value, str) and not text_pins(value, ref.table.key_type):
             raise UnsupportedQueryError(
                 f"INSERT with the text {value!r} as a {ref.table.key_type} shard key",
