@@ -14,14 +14,15 @@ from shardq.merge.drive import drive_sync
 
 def test_exported_members() -> None:
     assert set(shardq.__all__) == {
-        "BINARY", "DATETIME", "NUMBER", "ROWID", "STRING", "AsyncConnection", "AsyncCursor",
-        "Binary", "Config", "ConfigError", "Connection", "Cursor", "DataError", "DatabaseError",
-        "Date", "DateFromTicks", "Error", "ExecutionResult", "IntegrityError", "InterfaceError", "InternalError",
-        "NotSupportedError", "OperationalError", "ProgrammingError", "Progress", "QueryTimeoutError",
-        "ResultSet", "SQLSyntaxError", "ShardConfig", "ShardError", "TableConfig", "Time", "TimeFromTicks",
-        "Timestamp", "TimestampFromTicks", "UndeclaredTableError", "UnsupportedQueryError",
-        "Warning", "apilevel", "connect", "connect_async", "dict_row", "from_connections",
-        "load_config", "namedtuple_row", "paramstyle", "threadsafety", "tuple_row",
+        "AsyncConnection", "AsyncCursor", "BINARY", "Binary", "Config", "ConfigError",
+        "Connection", "Cursor", "DATETIME", "DataError", "DatabaseError", "Date", "DateFromTicks",
+        "Error", "ExecutionResult", "IntegrityError", "InterfaceError", "InternalError", "NUMBER",
+        "NotSupportedError", "OperationalError", "ProgrammingError", "Progress",
+        "QueryTimeoutError", "ROWID", "ResultSet", "SQLSyntaxError", "STRING", "ShardConfig",
+        "ShardError", "TableConfig", "Time", "TimeFromTicks", "Timestamp", "TimestampFromTicks",
+        "UndeclaredTableError", "UnsupportedQueryError", "Warning", "apilevel", "connect",
+        "connect_async", "dict_row", "from_connections", "load_config", "namedtuple_row",
+        "paramstyle", "threadsafety", "tuple_row",
     }  # fmt: skip
     for name in shardq.__all__:
         assert hasattr(shardq, name), name

@@ -1,0 +1,860 @@
+"""Batch throughput: shardq's concurrent batch API against hand-written clients.
+
+A table ``kv (id bigint primary key, v text)`` of ``--rows`` rows (100,000 by
+default) is spread over 4 shards, one database on each of 4 throw-away
+PostgreSQL clusters, by shardq's own placement (``Config.shard_for("kv", id)``,
+what ``conn.shard_for`` answers; declared ``[tables.kv] shard_key = "id"``).
+The ids are distinct random 62-bit integers and each ``v`` is random text,
+both from a fixed seed, so a wrong row cannot pass for the right one. Rows are
+loaded with ``COPY`` per shard (``--load executemany`` or ``--load concurrent``
+loads them through shardq's own batch API instead, and prints how long that
+took).
+
+The workload is ``--lookups`` point lookups (20,000 by default)
+
+    SELECT v FROM kv WHERE id = %s
+
+for random existing keys (distinct while there are enough rows), the same keys
+for every contender, with at most ``--concurrency`` (100) statements in flight.
+The contenders:
+
+1. shardq async, ``await conn.execute_concurrent_with_args(sql, [(k,) for k in
+   keys], concurrency=100)`` on a :class:`shardq.AsyncConnection` whose shards
+   have ``pool_max_size = --pool-size`` (default concurrency / 4 = 25);
+2. shardq async, the general form ``execute_concurrent([(sql, (k,)) for k in
+   keys], concurrency=100)`` on the same connection;
+3. shardq sync, ``shardq.connect(config).execute_concurrent_with_args(...)``
+   (skipped, with a note, while the DB-API facade lacks the method);
+4. psycopg 3 async pipeline mode, one connection per shard: each shard's
+   lookups are sent in chunks of concurrency / 4 (``cursor.executemany(...,
+   returning=True)`` inside ``conn.pipeline()``, then a Sync), the results
+   read set by set, all shards at once with ``asyncio.gather``;
+5. psycopg 3 async, concurrency / 4 worker tasks per shard, each holding its
+   own connection and pulling keys from its shard's queue;
+6. the same with asyncpg (``$1`` placeholders, its statement cache);
+7. a ``ThreadPoolExecutor`` of ``--threads`` (20) threads, each holding its own
+   psycopg2 connection to every shard (thread-local), mapped over the keys;
+8. a serial loop: one psycopg 3 sync connection per shard, one lookup at a time;
+
+and, as an extra line, contender 1 on a connection with shardq's default pool
+size (4 connections per shard).
+
+The hand-written contenders route each key to its shard inside the timed
+region with shardq's placement (``placement.shard_for``, the function
+``conn.shard_for`` calls); the time that routing takes alone is printed.
+Every connection is in autocommit mode. Each contender runs the whole
+workload once untimed first (connections opened, statements prepared), then
+``--repeat`` (5) timed runs, the contenders taking turns in an order rotated
+by one each round, so drift in the machine's load affects them all alike. Each
+run is timed end to end with :func:`time.perf_counter` (inside the event loop
+for asyncio contenders), from the keys to every answer in memory, in input
+order. Every run's answers are then checked, untimed, against the rows loaded:
+one row per key holding the right ``v`` (and, for shardq, run on the key's
+shard alone). The table gives each contender's median statements per second,
+its ratio to the best hand-written asyncio contender (the fastest of 4, 5 and
+6) and to the thread pool (7), and "ok" or "WRONG" beside it; then the aims
+("shardq async at least 90 % of the best hand-written figure", "at least 1.4 x
+the thread pool"). The aims are informational: the script exits 0 either way.
+
+Four throw-away PostgreSQL clusters are started with the test suite's helper
+(``tests.fixtures.servers.start_pg_clusters``) and stopped by pid at the end,
+whatever happens (SIGTERM, as sent by ``timeout``, is handled like Ctrl-C).
+
+Run it from anywhere (it needs the PostgreSQL server programs, psycopg 3,
+psycopg2, asyncpg and shardq installed)::
+
+    python benchmarks/batch.py
+    python benchmarks/batch.py --quick
+    python benchmarks/batch.py --lookups 50000 --repeat 9 --pool-size 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import platform
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import psycopg
+import psycopg2
+
+import shardq
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Sequence
+    from types import FrameType
+
+    from tests.fixtures.servers import PgCluster
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARDS = 4
+DBNAME = "bench_batch"
+SEED = 20240607
+SQL = "SELECT v FROM kv WHERE id = %s"
+SQL_ASYNCPG = "SELECT v FROM kv WHERE id = $1"
+INSERT_SQL = "INSERT INTO kv (id, v) VALUES (%s, %s)"
+COPY_CHUNK = 50_000  # lines per COPY write
+DEFAULT_POOL = 4  # shardq's pool_max_size when the configuration says nothing
+MAX_CONNECTIONS = 200  # tests/fixtures/servers.py starts every cluster with this
+RESERVED_CONNECTIONS = 10  # the loader, psql checks, superuser_reserved_connections
+SHARE_AIM = 0.9  # of the best hand-written figure
+THREADS_AIM = 1.4  # times the thread pool's figure
+
+SHARDQ_ARGS = "shardq async with_args"
+SHARDQ_GENERAL = "shardq async execute_concurrent"
+SHARDQ_SYNC = "shardq sync with_args (DB-API)"
+SHARDQ_POOL4 = f"shardq async with_args, pool {DEFAULT_POOL}"
+PIPELINE = "psycopg pipeline, 1 conn/shard"
+WORKERS = "psycopg workers"
+ASYNCPG = "asyncpg workers"
+THREADS = "psycopg2 thread pool"
+SERIAL = "psycopg serial loop"
+HAND_WRITTEN_ASYNC = (PIPELINE, WORKERS, ASYNCPG)
+SHARDQ_ASYNC = (SHARDQ_ARGS, SHARDQ_GENERAL)
+
+Row = tuple[Any, ...]
+Run = Callable[[], "tuple[float, list[Any], list[str]]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """The rows loaded: ``expected[id] = v``, and the keys to look up."""
+
+    expected: dict[int, str]
+    keys: list[int]
+    shard_rows: dict[str, int]
+    generate_seconds: float
+    load_seconds: float
+    load_how: str
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one contender did: its timed runs, and what was wrong with its answers."""
+
+    name: str
+    label: str
+    samples: list[float] = field(default_factory=list)
+    runs_checked: int = 0
+    wrong: list[str] = field(default_factory=list)
+    failure: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def answers(self) -> str:
+        if not self.wrong:
+            return f"ok ({self.runs_checked} runs checked)"
+        return f"WRONG in {len(self.wrong)} of {self.runs_checked} runs: {self.wrong[0]}"
+
+
+# --------------------------------------------------------------------------- servers and data
+
+
+def start_clusters() -> list[PgCluster]:
+    """Start the 4 shard clusters with the test suite's helper."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from tests.fixtures.servers import start_pg_clusters
+
+    return start_pg_clusters(SHARDS, prefix="bench-batch")
+
+
+def shardq_config(dsns: Sequence[str], pool_size: int | None) -> dict[str, Any]:
+    """The shardq configuration; ``pool_size=None`` leaves shardq's default."""
+    shards: list[dict[str, Any]] = []
+    for i, dsn in enumerate(dsns):
+        shard: dict[str, Any] = {"name": f"s{i}", "dsn": dsn}
+        if pool_size is not None:
+            shard["pool_max_size"] = pool_size
+        shards.append(shard)
+    return {
+        "dialect": "postgres",
+        "driver": "psycopg",
+        "shards": shards,
+        "tables": {"kv": {"shard_key": "id"}},
+    }
+
+
+def generate(rows: int, lookups: int) -> tuple[dict[int, str], list[int]]:
+    """The rows (``id -> v``) and the keys to look up, from the fixed seed."""
+    rng = random.Random(SEED)
+    ids = rng.sample(range(1, 2**62), rows)
+    expected = {id_: f"v-{rng.getrandbits(64):016x}" for id_ in ids}
+    keys = rng.sample(ids, lookups) if lookups <= rows else rng.choices(ids, k=lookups)
+    return expected, keys
+
+
+def _copy_into(dsn: str, lines: Sequence[str]) -> None:
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        conn.cursor() as cur,
+        cur.copy("COPY kv (id, v) FROM STDIN") as copy,
+    ):
+        for start in range(0, len(lines), COPY_CHUNK):
+            copy.write("".join(lines[start : start + COPY_CHUNK]))
+
+
+async def _load_with_shardq(config: dict[str, Any], rows: list[Row], how: str) -> None:
+    async with shardq.AsyncConnection(config) as conn:
+        if how == "executemany":
+            await conn.cursor().executemany(INSERT_SQL, rows)
+        else:
+            await conn.execute_concurrent_with_args(INSERT_SQL, rows)
+
+
+def prepare(clusters: Sequence[PgCluster], args: argparse.Namespace) -> tuple[list[str], Dataset]:
+    """Create ``kv`` on every shard and load it; return the shard DSNs and what was loaded."""
+    began = time.perf_counter()
+    expected, keys = generate(args.rows, args.lookups)
+    generated = time.perf_counter() - began
+    for cluster in clusters:
+        cluster.create_database(DBNAME)
+        cluster.execute("CREATE TABLE kv (id bigint PRIMARY KEY, v text NOT NULL)", DBNAME)
+    dsns = [cluster.dsn(DBNAME) for cluster in clusters]
+    config = shardq_config(dsns, args.pool_size)
+    placed = shardq.load_config(config)  # conn.shard_for("kv", id) answers from this
+    began = time.perf_counter()
+    if args.load == "copy":
+        lines: dict[str, list[str]] = {name: [] for name in placed.shard_names}
+        for id_, v in expected.items():
+            lines[placed.shard_for("kv", id_)].append(f"{id_}\t{v}\n")
+        with ThreadPoolExecutor(max_workers=SHARDS) as pool:
+            futures = [
+                pool.submit(_copy_into, dsn, lines[name])
+                for name, dsn in zip(placed.shard_names, dsns, strict=True)
+            ]
+            for future in futures:
+                future.result()
+        how = "COPY per shard, rows split by shard_for"
+    else:
+        asyncio.run(_load_with_shardq(config, list(expected.items()), args.load))
+        how = {
+            "executemany": "shardq cursor.executemany of INSERTs",
+            "concurrent": "shardq execute_concurrent_with_args of INSERTs",
+        }[args.load]
+    loaded = time.perf_counter() - began
+    shard_rows = {}
+    for name, cluster in zip(placed.shard_names, clusters, strict=True):
+        cluster.execute("VACUUM (ANALYZE) kv", DBNAME)
+        shard_rows[name] = int(cluster.execute("SELECT count(*) FROM kv", DBNAME)[0][0])
+    return dsns, Dataset(expected, keys, shard_rows, generated, loaded, how)
+
+
+# --------------------------------------------------------------------------- checking answers
+
+
+def check_values(keys: Sequence[int], got: Sequence[Any], expected: dict[int, str]) -> str | None:
+    """None if ``got[i]`` is the ``v`` of ``keys[i]`` for every i; else what is wrong."""
+    if len(got) != len(keys):
+        return f"{len(got):,} answers for {len(keys):,} keys"
+    bad = [
+        i for i, (key, value) in enumerate(zip(keys, got, strict=True)) if value != expected[key]
+    ]
+    if not bad:
+        return None
+    i = bad[0]
+    return (
+        f"{len(bad):,} of {len(keys):,} answers wrong, "
+        f"e.g. key {keys[i]}: {got[i]!r} instead of {expected[keys[i]]!r}"
+    )
+
+
+_NO_ROW = "<no row>"
+
+
+def _only_value(rows: Sequence[Row]) -> Any:
+    """The one value of a one-row, one-column result; else a marker that is never right."""
+    if len(rows) == 1 and len(rows[0]) == 1:
+        return rows[0][0]
+    return _NO_ROW if not rows else f"<{len(rows)} rows: {list(rows)[:3]!r}>"
+
+
+def shardq_values(results: Sequence[Any], key_shards: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """The values of shardq's ExecutionResults, and any result not on its key's shard alone."""
+    values: list[Any] = []
+    problems: list[str] = []
+    misrouted = failed = 0
+    for result, shard in zip(results, key_shards, strict=False):
+        if not result.success:
+            failed += 1
+            values.append(f"<failed: {result.result_or_exc!r}>")
+            continue
+        values.append(_only_value(result.result_or_exc.rows))
+        if tuple(result.result_or_exc.shards) != (shard,):
+            misrouted += 1
+    if failed:
+        problems.append(f"{failed:,} statements failed")
+    if misrouted:
+        problems.append(f"{misrouted:,} statements not run on their key's shard alone")
+    return values, problems
+
+
+# --------------------------------------------------------------------------- the contenders
+
+
+class Bench:
+    """The contenders, their connections open while in use."""
+
+    def __init__(
+        self, dsns: Sequence[str], data: Dataset, args: argparse.Namespace, runner: asyncio.Runner
+    ):
+        self.dsns = list(dsns)
+        self.data = data
+        self.keys = data.keys
+        self.concurrency: int = args.concurrency
+        self.per_shard = max(1, args.concurrency // SHARDS)
+        self.pool_size: int = args.pool_size
+        self.threads: int = args.threads
+        self.runner = runner
+        self.config = shardq_config(self.dsns, self.pool_size)
+        placed = shardq.load_config(self.config)
+        self.placement = placed.placement
+        self.shard_names = list(placed.shard_names)
+        self.key_shards = [placed.shard_for("kv", key) for key in self.keys]
+        self.skipped: dict[str, str] = {}
+        self._sync_stack = contextlib.ExitStack()
+        self._async_stack = contextlib.AsyncExitStack()
+        self._aconn: shardq.AsyncConnection | None = None
+        self._aconn4: shardq.AsyncConnection | None = None
+        self._sconn: shardq.Connection | None = None
+        self._pipe: list[psycopg.AsyncConnection[Row]] = []
+        self._workers: list[list[psycopg.AsyncConnection[Row]]] = []
+        self._asyncpg: list[list[asyncpg.Connection]] = []
+        self._serial: list[psycopg.Connection[Row]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._thread_conns: list[Any] = []
+        self._thread_lock = threading.Lock()
+
+    # -- lifecycle
+
+    def open(self) -> None:
+        try:
+            self._open_sync()
+            self.runner.run(self._open_async())
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_sync(self) -> None:
+        stack = self._sync_stack
+        sconn = stack.enter_context(shardq.connect(self.config))
+        if hasattr(sconn, "execute_concurrent_with_args"):
+            self._sconn = sconn
+        else:
+            self.skipped[SHARDQ_SYNC] = (
+                "shardq.Connection (the DB-API facade) has no execute_concurrent_with_args yet"
+            )
+        for dsn in self.dsns:
+            conn = stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            self._serial.append(conn)
+        self._executor = stack.enter_context(
+            ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="bench-lookup")
+        )
+        stack.callback(self._close_thread_conns)  # after the executor's threads have ended
+        # Start every thread and open its connections now, not in a timed run:
+        # the barrier makes each of the threads take exactly one of these tasks.
+        barrier = threading.Barrier(self.threads)
+
+        def open_connections(_: int) -> None:
+            self._thread_connections()
+            barrier.wait(timeout=60)
+
+        list(self._executor.map(open_connections, range(self.threads)))
+
+    async def _open_async(self) -> None:
+        stack = self._async_stack
+        self._aconn = await stack.enter_async_context(shardq.AsyncConnection(self.config))
+        self._aconn4 = await stack.enter_async_context(
+            shardq.AsyncConnection(shardq_config(self.dsns, None))
+        )
+        for dsn in self.dsns:
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            stack.push_async_callback(conn.close)
+            self._pipe.append(conn)
+            workers = await asyncio.gather(
+                *(
+                    psycopg.AsyncConnection.connect(dsn, autocommit=True)
+                    for _ in range(self.per_shard)
+                )
+            )
+            for conn in workers:
+                stack.push_async_callback(conn.close)
+            self._workers.append(list(workers))
+            pg_workers = await asyncio.gather(
+                *(asyncpg.connect(dsn) for _ in range(self.per_shard))
+            )
+            for pg_conn in pg_workers:
+                stack.push_async_callback(pg_conn.close)
+            self._asyncpg.append(list(pg_workers))
+
+    def close(self) -> None:
+        try:
+            self.runner.run(self._async_stack.aclose())
+        finally:
+            self._sync_stack.close()
+
+    def _thread_connections(self) -> list[Any]:
+        """This thread's psycopg2 connection to each shard, opened on first use."""
+        conns: list[Any] | None = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = []
+            for dsn in self.dsns:
+                conn = psycopg2.connect(dsn)
+                conn.autocommit = True
+                conns.append(conn)
+                with self._thread_lock:
+                    self._thread_conns.append(conn)
+            self._local.conns = conns
+        return conns
+
+    def _close_thread_conns(self) -> None:
+        with self._thread_lock:
+            conns, self._thread_conns = self._thread_conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # -- the contenders: each runs the workload once, returning (seconds, values, problems)
+
+    def contenders(self) -> dict[str, tuple[str, Run]]:
+        """``name -> (label, run)`` in the order of the table."""
+        n = self.per_shard
+        out: dict[str, tuple[str, Run]] = {
+            SHARDQ_ARGS: (
+                f"{SHARDQ_ARGS} (pool {self.pool_size}/shard)",
+                lambda: self._shardq_async(self._shardq_with_args, self._aconn),
+            ),
+            SHARDQ_GENERAL: (
+                f"{SHARDQ_GENERAL} (pool {self.pool_size}/shard)",
+                lambda: self._shardq_async(self._shardq_general, self._aconn),
+            ),
+            SHARDQ_SYNC: (f"{SHARDQ_SYNC} (pool {self.pool_size}/shard)", self._shardq_sync),
+            PIPELINE: (
+                f"{PIPELINE} (chunks of {n})",
+                lambda: self._timed_async(self._pipeline),
+            ),
+            WORKERS: (f"{WORKERS}, {n}/shard", lambda: self._timed_async(self._psycopg_workers)),
+            ASYNCPG: (f"{ASYNCPG}, {n}/shard", lambda: self._timed_async(self._asyncpg_workers)),
+            THREADS: (f"{THREADS}, {self.threads} threads", self._thread_pool),
+            SERIAL: (f"{SERIAL}, 1 conn/shard", self._serial_loop),
+            SHARDQ_POOL4: (
+                f"{SHARDQ_POOL4} (the default)",
+                lambda: self._shardq_async(self._shardq_with_args, self._aconn4),
+            ),
+        }
+        for name in self.skipped:
+            del out[name]
+        return out
+
+    def _route(self) -> list[list[tuple[int, int]]]:
+        """Each shard's ``(position, key)`` pairs, by shardq's placement."""
+        index = {name: i for i, name in enumerate(self.shard_names)}
+        shard_for = self.placement.shard_for
+        per_shard: list[list[tuple[int, int]]] = [[] for _ in self.shard_names]
+        for position, key in enumerate(self.keys):
+            per_shard[index[shard_for(key)]].append((position, key))
+        return per_shard
+
+    def routing_seconds(self) -> float:
+        """The time :meth:`_route` takes alone (median of 5)."""
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            self._route()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    def _timed_async(
+        self, run: Callable[[], Awaitable[list[Any]]]
+    ) -> tuple[float, list[Any], list[str]]:
+        async def timed() -> tuple[float, list[Any]]:
+            # Timed inside the loop: entering asyncio.Runner.run is not the contender's cost.
+            start = time.perf_counter()
+            values = await run()
+            return time.perf_counter() - start, values
+
+        elapsed, values = self.runner.run(timed())
+        return elapsed, values, []
+
+    def _shardq_async(
+        self,
+        run: Callable[[shardq.AsyncConnection], Awaitable[list[Any]]],
+        conn: shardq.AsyncConnection | None,
+    ) -> tuple[float, list[Any], list[str]]:
+        assert conn is not None
+        elapsed, results, _ = self._timed_async(lambda: run(conn))
+        values, problems = shardq_values(results, self.key_shards)
+        return elapsed, values, problems
+
+    async def _shardq_with_args(self, conn: shardq.AsyncConnection) -> list[Any]:
+        results: list[Any] = await conn.execute_concurrent_with_args(
+            SQL, [(k,) for k in self.keys], concurrency=self.concurrency
+        )
+        return results
+
+    async def _shardq_general(self, conn: shardq.AsyncConnection) -> list[Any]:
+        results: list[Any] = await conn.execute_concurrent(
+            [(SQL, (k,)) for k in self.keys], concurrency=self.concurrency
+        )
+        return results
+
+    def _shardq_sync(self) -> tuple[float, list[Any], list[str]]:
+        conn: Any = self._sconn
+        start = time.perf_counter()
+        results = conn.execute_concurrent_with_args(
+            SQL, [(k,) for k in self.keys], concurrency=self.concurrency
+        )
+        results = list(results)
+        elapsed = time.perf_counter() - start
+        values, problems = shardq_values(results, self.key_shards)
+        return elapsed, values, problems
+
+    async def _pipeline(self) -> list[Any]:
+        out: list[Any] = [_NO_ROW] * len(self.keys)
+        chunk = self.per_shard
+
+        async def shard(conn: psycopg.AsyncConnection[Row], items: list[tuple[int, int]]) -> None:
+            cur = conn.cursor()
+            async with conn.pipeline() as pipeline:
+                for start in range(0, len(items), chunk):
+                    part = items[start : start + chunk]
+                    # In a pipeline, executemany sends the chunk's statements
+                    # back to back and reads their results, one per set.
+                    await cur.executemany(SQL, [(key,) for _, key in part], returning=True)
+                    for position, _ in part:
+                        row = await cur.fetchone()
+                        if row is not None:
+                            out[position] = row[0]
+                        cur.nextset()
+                    await pipeline.sync()
+
+        await asyncio.gather(
+            *(shard(conn, items) for conn, items in zip(self._pipe, self._route(), strict=True))
+        )
+        return out
+
+    async def _psycopg_workers(self) -> list[Any]:
+        out: list[Any] = [_NO_ROW] * len(self.keys)
+
+        async def worker(conn: psycopg.AsyncConnection[Row], queue: Any) -> None:
+            # The shard's queue is an iterator shared by its workers: on one
+            # event loop, next() needs no lock.
+            for position, key in queue:
+                cur = await conn.execute(SQL, (key,))
+                row = await cur.fetchone()
+                if row is not None:
+                    out[position] = row[0]
+
+        tasks = []
+        for conns, items in zip(self._workers, self._route(), strict=True):
+            queue = iter(items)
+            tasks += [worker(conn, queue) for conn in conns]
+        await asyncio.gather(*tasks)
+        return out
+
+    async def _asyncpg_workers(self) -> list[Any]:
+        out: list[Any] = [_NO_ROW] * len(self.keys)
+
+        async def worker(conn: asyncpg.Connection, queue: Any) -> None:
+            for position, key in queue:
+                row = await conn.fetchrow(SQL_ASYNCPG, key)
+                if row is not None:
+                    out[position] = row[0]
+
+        tasks = []
+        for conns, items in zip(self._asyncpg, self._route(), strict=True):
+            queue = iter(items)
+            tasks += [worker(conn, queue) for conn in conns]
+        await asyncio.gather(*tasks)
+        return out
+
+    def _thread_pool(self) -> tuple[float, list[Any], list[str]]:
+        assert self._executor is not None
+        index = {name: i for i, name in enumerate(self.shard_names)}
+        shard_for = self.placement.shard_for
+
+        def lookup(key: int) -> Any:
+            conn = self._thread_connections()[index[shard_for(key)]]
+            with conn.cursor() as cur:
+                cur.execute(SQL, (key,))
+                row = cur.fetchone()
+            return _NO_ROW if row is None else row[0]
+
+        start = time.perf_counter()
+        values = list(self._executor.map(lookup, self.keys))
+        return time.perf_counter() - start, values, []
+
+    def _serial_loop(self) -> tuple[float, list[Any], list[str]]:
+        index = {name: i for i, name in enumerate(self.shard_names)}
+        shard_for = self.placement.shard_for
+        conns = self._serial
+        start = time.perf_counter()
+        values: list[Any] = []
+        for key in self.keys:
+            row = conns[index[shard_for(key)]].execute(SQL, (key,)).fetchone()
+            values.append(_NO_ROW if row is None else row[0])
+        return time.perf_counter() - start, values, []
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure(bench: Bench, repeat: int) -> list[Tally]:
+    """One untimed run of every contender, then ``repeat`` timed rounds in rotating order.
+
+    Every run's answers are checked. A contender that raises is dropped and
+    its error kept.
+    """
+    contenders = bench.contenders()
+    tallies = {name: Tally(name, label) for name, (label, _) in contenders.items()}
+    names = list(contenders)
+
+    def run(name: str, timed: bool) -> None:
+        tally = tallies[name]
+        if tally.failure is not None:
+            return
+        gc.collect()
+        try:
+            elapsed, values, problems = contenders[name][1]()
+        except Exception as exc:
+            tally.failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return
+        tally.runs_checked += 1
+        wrong = check_values(bench.keys, values, bench.data.expected)
+        issues = [wrong] if wrong else []
+        issues += problems
+        if issues:
+            tally.wrong.append("; ".join(issues))
+        if timed:
+            tally.samples.append(elapsed)
+
+    print("warming up (one untimed run each)...", flush=True)
+    for name in names:
+        run(name, timed=False)
+    for round_ in range(repeat):
+        print(f"round {round_ + 1} of {repeat}...", flush=True)
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            run(name, timed=True)
+    return list(tallies.values())
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def report_machine() -> None:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs (nproc {affinity}), "
+        f"{platform.system()} {platform.release()}"
+    )
+    print(
+        f"python {platform.python_version()} ({platform.python_implementation()}), "
+        f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()}), "
+        f"psycopg2 {psycopg2.__version__.split()[0]}, asyncpg {asyncpg.__version__}, "
+        f"shardq {shardq.__version__}"
+    )
+
+
+def report_data(data: Dataset, server_version: str, routing: float) -> None:
+    rows = len(data.expected)
+    rate = rows / data.load_seconds if data.load_seconds else float("inf")
+    print(
+        f"PostgreSQL {server_version}: generated {rows:,} rows in {data.generate_seconds:.2f} s; "
+        f"loaded in {data.load_seconds:.2f} s ({rate:,.0f} rows/s; {data.load_how})"
+    )
+    for name, count in data.shard_rows.items():
+        print(f"  shard {name}: {count:>9,} rows")
+    if sum(data.shard_rows.values()) != rows:
+        print("  WARNING: the shards' row counts do not add up to --rows")
+    print(
+        f"routing {len(data.keys):,} keys with placement.shard_for alone: {routing * 1e3:.1f} ms "
+        "(inside the hand-written contenders' times)"
+    )
+
+
+def report(tallies: Sequence[Tally], bench: Bench, args: argparse.Namespace) -> None:
+    lookups = len(bench.keys)
+    title = (
+        f"{lookups:,} lookups {SQL!r} over {SHARDS} shards, concurrency {args.concurrency}; "
+        f"median of {args.repeat} runs after 1 warm-up run"
+    )
+    print(f"\n{title}\n{'=' * len(title)}")
+    rates = {t.name: lookups / t.median for t in tallies if t.samples}
+    measured = [n for n in HAND_WRITTEN_ASYNC if n in rates]
+    best_name = max(measured, key=lambda n: rates[n]) if measured else None
+    best = rates.get(best_name) if best_name else None
+    threads = rates.get(THREADS)
+    header = (
+        f"{'contender':<52} {'median s':>9} {'min-max s':>13} {'stmts/s':>8} "
+        f"{'x best hand':>11} {'x threads':>9}  answers"
+    )
+    print(header)
+    print("-" * len(header))
+    for t in tallies:
+        if not t.samples:
+            continue
+        rate = rates[t.name]
+        x_best = f"{rate / best:>11.2f}" if best else f"{'-':>11}"
+        x_threads = f"{rate / threads:>9.2f}" if threads else f"{'-':>9}"
+        spread = f"{min(t.samples):.3f}-{max(t.samples):.3f}"
+        print(
+            f"{t.label:<52} {t.median:>9.3f} {spread:>13} {rate:>8,.0f} {x_best} {x_threads}  "
+            f"{t.answers}"
+        )
+    for t in tallies:
+        if t.failure is not None:
+            print(f"{t.label:<52} FAILED: {t.failure}")
+    for name, why in bench.skipped.items():
+        print(f"{name:<52} skipped: {why}")
+    if best_name:
+        print(f"\nbest hand-written asyncio contender: {best_name} ({best:,.0f} statements/s)")
+    print()
+    for name in SHARDQ_ASYNC:
+        got = rates.get(name)
+        aims = [
+            (f"{name} >= {SHARE_AIM:.0%} of the best hand-written", best, SHARE_AIM),
+            (f"{name} >= {THREADS_AIM:g} x the thread pool", threads, THREADS_AIM),
+        ]
+        for aim, base, factor in aims:
+            if got is None or base is None:
+                print(f"  ----  {aim} (not measured)")
+                continue
+            verdict = "PASS" if got >= factor * base else "MISS"
+            print(f"  {verdict}  {aim} ({got / base:.2f} x: {got:,.0f} vs {base:,.0f} stmts/s)")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=f"Time {SQL!r} point lookups on 4 shards: shardq's batch API against "
+        "hand-written clients."
+    )
+    parser.add_argument(
+        "--lookups", type=int, default=None, metavar="N", help="lookups per run (default 20,000)"
+    )
+    parser.add_argument(
+        "--rows", type=int, default=None, metavar="N", help="rows in kv (default 100,000)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, metavar="N", help="timed runs per contender (default 5)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=100,
+        metavar="N",
+        help="statements in flight (default 100); the hand-written contenders use N/4 per shard",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="shardq's pool_max_size per shard (default concurrency / 4)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=20, metavar="N", help="thread pool size (default 20)"
+    )
+    parser.add_argument(
+        "--load",
+        choices=("copy", "executemany", "concurrent"),
+        default="copy",
+        help="load the rows with COPY (default), or through shardq's cursor.executemany "
+        "or execute_concurrent_with_args",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2,000 lookups, 20,000 rows, 3 timed runs (explicit options win)",
+    )
+    args = parser.parse_args(argv)
+    defaults = (2_000, 20_000, 3) if args.quick else (20_000, 100_000, 5)
+    for option, default in zip(("lookups", "rows", "repeat"), defaults, strict=True):
+        if getattr(args, option) is None:
+            setattr(args, option, default)
+    if args.concurrency < SHARDS:
+        parser.error(f"--concurrency must be at least {SHARDS} (one per shard)")
+    if args.pool_size is None:
+        args.pool_size = args.concurrency // SHARDS
+    for option in ("lookups", "rows", "repeat", "pool_size", "threads"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    per_shard = args.concurrency // SHARDS
+    # Per cluster: two shardq pools, the default-sized one, the pipeline's,
+    # two sets of workers, one per thread, the serial loop's.
+    needed = 2 * args.pool_size + DEFAULT_POOL + 1 + 2 * per_shard + args.threads + 1
+    if needed > MAX_CONNECTIONS - RESERVED_CONNECTIONS:
+        parser.error(
+            f"these options open {needed} connections per cluster; the clusters allow "
+            f"{MAX_CONNECTIONS} (keep 2 x pool size + concurrency / 2 + threads + "
+            f"{DEFAULT_POOL + 2} at most {MAX_CONNECTIONS - RESERVED_CONNECTIONS})"
+        )
+    return args
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
+    """Load the data, then time, check and report every contender."""
+    print(f"loading {args.rows:,} rows...", flush=True)
+    dsns, data = prepare(clusters, args)
+    version = clusters[0].execute("SHOW server_version")[0][0]
+    with asyncio.Runner() as runner:
+        bench = Bench(dsns, data, args, runner)
+        report_data(data, str(version), bench.routing_seconds())
+        bench.open()
+        try:
+            tallies = measure(bench, args.repeat)
+        finally:
+            bench.close()
+        report(tallies, bench, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    report_machine()
+    began = time.perf_counter()
+    print(f"starting {SHARDS} PostgreSQL clusters...", flush=True)
+    clusters = start_clusters()
+    pids = [cluster.pid for cluster in clusters]
+    print(f"  postmaster pids: {', '.join(map(str, pids))}", flush=True)
+    try:
+        run(clusters, args)
+    finally:
+        for cluster in clusters:
+            try:
+                cluster.stop()
+            except Exception as exc:
+                print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
+        print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
+        print(f"wall time {time.perf_counter() - began:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
