@@ -144,11 +144,12 @@ _GATHER_SIZE = 10_000
 
 async def run_statements(
     conn: ShardConnection, statements: Sequence[Statement], *, prepare: bool = False
-) -> list[Outcome | ShardError]:
+) -> list[Outcome | ShardError | None]:
     """Run ``statements`` on ``conn`` in order, each as its own transaction; read them whole.
 
-    A failing statement does not stop the others: its error takes its place
-    in the list. A connection may offer a faster ``run(statements, prepare=)``
+    A failing statement's error takes its place in the list. Reads after a
+    failing one may come back as None: not run (a pipeline stops at its first
+    failure), to be sent again. A connection may offer a faster ``run(statements, prepare=)``
     with the same contract (PostgreSQL pipelines reads; the threaded drivers
     run the whole list in one call to their thread); this is the fallback.
     ``prepare`` asks for server-side prepared statements where the client has
@@ -156,9 +157,9 @@ async def run_statements(
     """
     run = getattr(conn, "run", None)
     if run is not None:
-        outcomes: list[Outcome | ShardError] = await run(statements, prepare=prepare)
+        outcomes: list[Outcome | ShardError | None] = await run(statements, prepare=prepare)
         return outcomes
-    out: list[Outcome | ShardError] = []
+    out: list[Outcome | ShardError | None] = []
     for statement in statements:
         try:
             stream = await conn.execute(

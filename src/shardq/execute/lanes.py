@@ -159,8 +159,11 @@ class _Lane:
                 elif not job.future.done():
                     self.queue.appendleft(job)  # a read: run it again with the next group
             return
+        skipped = [job for job, outcome in zip(group, outcomes, strict=True) if outcome is None]
+        self.queue.extendleft(reversed(skipped))  # not run: first in line again
         for job, outcome in zip(group, outcomes, strict=True):
-            _settle(job, outcome)
+            if outcome is not None:
+                _settle(job, outcome)
 
 
 def _expired(job: _Job, now: float) -> bool:

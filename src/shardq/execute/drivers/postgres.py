@@ -312,7 +312,7 @@ class _Connection:
 
     async def run(
         self, statements: Sequence[Statement], *, prepare: bool = False
-    ) -> list[Outcome | ShardError]:
+    ) -> list[Outcome | ShardError | None]:
         """Run ``statements`` in order, each its own transaction (see :func:`run_statements`).
 
         Consecutive reads are sent as one pipeline: all of them, then one
@@ -320,10 +320,10 @@ class _Connection:
         Statements between two Syncs share one implicit transaction, which is
         harmless for reads but not for writes (a failure would undo the writes
         before it), so each write runs alone. When a read in a pipeline fails,
-        the server skips the rest of the group; every read without a result is
-        then run again alone, so each gets its own result or its own error.
+        the server skips the rest of the group: those come back as None, for
+        the caller to send again.
         """
-        out: list[Outcome | ShardError] = []
+        out: list[Outcome | ShardError | None] = []
         i = 0
         while i < len(statements):
             j = i
@@ -349,7 +349,7 @@ class _Connection:
 
     async def _pipeline(
         self, statements: Sequence[Statement], prepare: bool
-    ) -> list[Outcome | ShardError]:
+    ) -> list[Outcome | ShardError | None]:
         conn = self.conn
         # Runs of one text go as one executemany(): psycopg's fastest way to
         # send many statements (one cursor, the query converted once).
@@ -371,11 +371,11 @@ class _Connection:
                     else:
                         await cursor.executemany(query, params_seq, returning=True)
                 await pipeline.sync()
-        except psycopg.Error:
+        except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 raise
-            return await self._recover(runs, cursors, prepare)
-        out: list[Outcome | ShardError] = []
+            return await self._recover(runs, cursors, prepare, exc)
+        out: list[Outcome | ShardError | None] = []
         for cursor, (_, params_seq) in zip(cursors, runs, strict=True):
             out += await _outcomes(cursor, len(params_seq))
         return out
@@ -385,21 +385,38 @@ class _Connection:
         runs: list[tuple[str, list[Any]]],
         cursors: list[psycopg.AsyncCursor[Any]],
         prepare: bool,
-    ) -> list[Outcome | ShardError]:
-        """After a failed pipeline: keep the results that came, run the rest alone.
+        error: psycopg.Error,
+    ) -> list[Outcome | ShardError | None]:
+        """After a failed pipeline: keep the results that came, find the failure.
 
-        The server skipped every statement after the failing one; each is run
-        again on its own (reads only: nothing is done twice), so every
-        statement gets its own result or its own error.
+        The server ran the statements in order up to the failing one and
+        skipped the rest. The results received are kept; the failing statement
+        gets its error (a run of one text is run again alone, up to its first
+        failure, to tell which statement failed); every statement after it is
+        returned as None, not run, for the caller to send again.
         """
-        out: list[Outcome | ShardError] = []
+        out: list[Outcome | ShardError | None] = []
+        failed = False
         for k, (sql, params_seq) in enumerate(runs):
             cursor = cursors[k] if k < len(cursors) else None
-            if cursor is not None and _received(cursor) == len(params_seq):
+            if failed:
+                out += [None] * len(params_seq)
+            elif cursor is not None and _received(cursor) == len(params_seq):
                 out += await _outcomes(cursor, len(params_seq))
-                continue
-            for params in params_seq:
-                out.append(await self._run_one(Statement(sql, params), prepare))
+            elif len(params_seq) == 1:
+                failed = True
+                out.append(
+                    translate_error(self._shard, error, self._secrets, sqlstate_of=_sqlstate)
+                )
+            else:
+                for params in params_seq:
+                    if failed:
+                        out.append(None)
+                        continue
+                    outcome = await self._run_one(Statement(sql, params), prepare)
+                    failed = not isinstance(outcome, Outcome)
+                    out.append(outcome)
+                failed = True  # the server stopped somewhere in this run
         return out
 
     @property
