@@ -207,3 +207,40 @@ def test_a_connection_left_open_does_not_hang_the_interpreter_at_exit(demo_confi
     )
     assert result.returncode == 0, result.stderr
     assert "300" in result.stdout
+
+
+def test_batch_runs_a_file_in_order_with_progress(demo_config: Path, tmp_path: Path) -> None:
+    statements = tmp_path / "statements.sql"
+    lookups = [f"SELECT name FROM customers WHERE id = {i};" for i in range(1, 41)]
+    statements.write_text(
+        "-- a dashboard's queries, and lookups\n"
+        "SELECT count(*) AS n FROM customers;\n" + "\n".join(lookups) + "\nSELECT ';' AS semi;\n"
+    )
+    done = shardq_cli("batch", "-c", str(demo_config), str(statements), "-j", "8", "--progress")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["statement"] for line in lines] == list(range(42))
+    assert lines[0]["columns"] == ["n"]
+    assert [line["rows"] for line in lines[1:41]] == [[[f"customer {i}"]] for i in range(1, 41)]
+    assert lines[41]["rows"] == [[";"]]
+    assert "42/42 done, 0 failed" in done.stderr
+    assert "42 statements, 42 ok, 0 failed" in done.stderr
+
+
+def test_batch_errors_stop_or_are_reported_in_place(demo_config: Path, tmp_path: Path) -> None:
+    statements = tmp_path / "statements.sql"
+    statements.write_text("SELECT 1 AS one;\nSELECT * FROM customers WHERE (;\nSELECT 2 AS two;")
+    stopped = shardq_cli("batch", "-c", str(demo_config), str(statements))
+    assert stopped.returncode == 4  # refused before running, as for one statement
+    assert "syntax error" in stopped.stderr
+    assert "statement 1 of the batch" in stopped.stderr
+    assert stopped.stdout == ""  # a list is checked before any statement runs
+    kept = shardq_cli(
+        "batch", "-c", str(demo_config), "--continue-on-error", "-", stdin=statements.read_text()
+    )
+    assert kept.returncode == 1
+    lines = [json.loads(line) for line in kept.stdout.splitlines()]
+    assert [line["ok"] for line in lines] == [True, False, True]
+    assert lines[1]["error"] == "SQLSyntaxError"
+    assert lines[2]["rows"] == [[2]]
+    assert "3 statements, 2 ok, 1 failed" in kept.stderr
