@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args))
     except Error as exc:
         print(f"shardq: error: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):  # e.g. which statement of a batch
+            print(f"shardq: {note}", file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt:
         print("shardq: interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ import sqlglot
 from sqlglot import TokenType
 
 import shardq
-from shardq.cli.exit_codes import ExitCode, exit_code_for
+from shardq.cli.exit_codes import ExitCode
 from shardq.cli.output import _json_default
 from shardq.errors import Error
 
@@ -136,14 +136,11 @@ def run(args: argparse.Namespace) -> int:
                     failed += 1
                 if not args.quiet:
                     print(json.dumps(_line(index, outcome), default=_json_default))
-        except Error as exc:
+        except Error:
             if bar is not None:
                 bar(last, force=True)
                 sys.stderr.write("\n")
-            print(f"shardq: error: {exc}", file=sys.stderr)
-            for note in getattr(exc, "__notes__", ()):
-                print(f"shardq: {note}", file=sys.stderr)
-            return exit_code_for(exc)
+            raise
         if bar is not None:
             bar(last, force=True)
             sys.stderr.write("\n")
