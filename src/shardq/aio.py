@@ -361,8 +361,9 @@ class AsyncConnection:
     ) -> Any:
         """:meth:`execute_concurrent` of one statement with each parameter set in turn.
 
-        The statement is parsed and planned once, and prepared once per
-        shard connection. A SQLAlchemy statement is compiled once; each
+        The statement is parsed once (its analysis and rewrite are cached per
+        text; only the routing is redone for each parameter set), and prepared
+        on each shard connection that runs it. A SQLAlchemy statement is compiled once; each
         parameter set is then a mapping of its bound parameters' names.
         """
         self._check_open()
