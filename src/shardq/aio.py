@@ -484,11 +484,7 @@ class AsyncConnection:
 
         async def run(item: Any) -> ResultSet:
             self._check_open()
-            sql, params = (
-                item
-                if type(item) is tuple and len(item) == 2 and type(item[0]) is str
-                else as_statement(item, dialect)
-            )
+            sql, params = as_statement(item, dialect)
             return await engine.run(sql, params, lanes=lanes, timeout=timeout, row_factory=factory)
 
         try:

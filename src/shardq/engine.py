@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import ConfigError, ProgrammingError, ShardError, UnsupportedQueryError
-from shardq.execute.driver import Row, ShardPool, Statement, get_driver
+from shardq.execute.driver import Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
@@ -110,14 +110,7 @@ class Engine:
             outcome = await lanes.run(shard, Statement(sql, params), deadline=None, timeout=None)
             return outcome.rows
         async with self.pools[shard].connection() as conn:
-            stream = await conn.execute(sql, params, fetch_size=10_000)
-            rows: list[Row] = []
-            try:
-                while batch := await stream.fetch():
-                    rows += batch
-            finally:
-                await stream.aclose()
-        return rows
+            return (await read_whole(conn, sql, params)).rows
 
     async def _load_catalog(self, lanes: Lanes | None = None) -> None:
         """Read the declared tables' columns from the first shard, once."""

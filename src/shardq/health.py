@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shardq.errors import Error
+from shardq.execute.driver import read_whole
 
 if TYPE_CHECKING:
     from shardq.engine import Engine
-    from shardq.execute.driver import Row, ShardConnection
 
 __all__ = ["CheckReport", "ShardReport", "check"]
 
@@ -39,17 +39,6 @@ class CheckReport:
         return not self.problems
 
 
-async def _rows(conn: ShardConnection, sql: str, params: object) -> list[Row]:
-    stream = await conn.execute(sql, params, fetch_size=10_000)
-    rows: list[Row] = []
-    try:
-        while batch := await stream.fetch():
-            rows += batch
-    finally:
-        await stream.aclose()
-    return rows
-
-
 async def _inspect(engine: Engine, shard: str) -> ShardReport:
     """Ask one shard, over one connection, for its version and the declared tables' columns."""
     pool = engine.pools[shard]
@@ -57,10 +46,10 @@ async def _inspect(engine: Engine, shard: str) -> ShardReport:
     try:
         async with pool.connection() as conn:
             start = time.perf_counter()
-            version = await _rows(conn, pool.info_sql, None)
+            version = (await read_whole(conn, pool.info_sql, None)).rows
             round_trip = time.perf_counter() - start
             for name in engine.config.tables:
-                columns = await _rows(conn, *pool.columns_query(name))
+                columns = (await read_whole(conn, *pool.columns_query(name))).rows
                 tables[name] = [(str(r[0]), str(r[1])) for r in columns] or None
     except Error as exc:
         return ShardReport(shard, error=str(exc))

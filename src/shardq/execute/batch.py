@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 __all__ = ["ExecutionResult", "Progress", "run_batch"]
 
@@ -52,6 +53,15 @@ class _Stop(NamedTuple):
 
 
 _STOPPED = ExecutionResult(False, _Stop())
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 async def run_batch(
@@ -86,12 +96,13 @@ async def run_batch(
     futures: dict[int, asyncio.Future[ExecutionResult]] = {}
     tasks: set[asyncio.Task[None]] = set()
     arrived = asyncio.Event()
-    counts = [0, 0]  # completed, failed
-    state: dict[str, Any] = {"total": total, "failure": None, "dispatched": 0}
+    completed = failed = 0
+    failure: BaseException | None = None
 
     def stop(exc: BaseException) -> None:
-        if state["failure"] is None:
-            state["failure"] = exc
+        nonlocal failure
+        if failure is None:
+            failure = exc
         dispatcher.cancel()
         for task in tasks:
             task.cancel()
@@ -101,6 +112,7 @@ async def run_batch(
         arrived.set()
 
     async def one(index: int, item: T, future: asyncio.Future[ExecutionResult]) -> None:
+        nonlocal completed, failed
         try:
             outcome = ExecutionResult(True, await run(item))
         except asyncio.CancelledError:
@@ -112,9 +124,9 @@ async def run_batch(
             outcome = ExecutionResult(False, exc)
         finally:
             slots.release()
-        counts[0] += 1
+        completed += 1
         if not outcome.success:
-            counts[1] += 1
+            failed += 1
         if not future.done():
             future.set_result(outcome)
         if not outcome.success and raise_on_first_error:
@@ -122,7 +134,7 @@ async def run_batch(
             return
         if progress is not None:
             try:
-                progress(Progress(counts[0], counts[1], state["total"]))
+                progress(Progress(completed, failed, total))
             except Exception as exc:
                 stop(exc)
 
@@ -132,30 +144,21 @@ async def run_batch(
         task = loop.create_task(one(index, item, future))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        state["dispatched"] = index + 1
         arrived.set()
 
     async def dispatch() -> None:
+        nonlocal total
         index = 0
         try:
-            if hasattr(items, "__aiter__"):
-                async for item in items:
-                    if room is not None:
-                        await room.acquire()
-                    await slots.acquire()
-                    start(index, item)
-                    index += 1
-            else:
-                for item in items:
-                    if room is not None:
-                        await room.acquire()
-                    await slots.acquire()
-                    start(index, item)
-                    index += 1
+            async for item in _aiter(items):
+                if room is not None:
+                    await room.acquire()
+                await slots.acquire()
+                start(index, item)
+                index += 1
         finally:
-            if state["total"] is None:
-                state["total"] = index
-            state["done"] = True
+            if total is None:
+                total = index
             arrived.set()
 
     dispatcher = loop.create_task(dispatch())
@@ -163,14 +166,13 @@ async def run_batch(
         index = 0
         while True:
             future = futures.get(index)
-            if future is None:
-                if state["failure"] is not None:
-                    raise state["failure"]
+            if future is None:  # not started yet, or never will be
+                if failure is not None:
+                    raise failure
                 if dispatcher.done():
                     if not dispatcher.cancelled() and dispatcher.exception() is not None:
                         raise dispatcher.exception()  # type: ignore[misc]  # the items' own error
-                    if index >= state["dispatched"]:
-                        return
+                    return
                 arrived.clear()
                 await arrived.wait()
                 continue
@@ -180,7 +182,6 @@ async def run_batch(
             if room is not None:
                 room.release()
             if outcome is _STOPPED or (not outcome.success and raise_on_first_error):
-                failure = state["failure"]
                 raise failure if failure is not None else outcome.result_or_exc
             yield outcome
     finally:

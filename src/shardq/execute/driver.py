@@ -40,6 +40,7 @@ __all__ = [
     "ShardStream",
     "Statement",
     "get_driver",
+    "read_whole",
     "register_driver",
     "run_statements",
     "translate_error",
@@ -162,23 +163,26 @@ async def run_statements(
     out: list[Outcome | ShardError | None] = []
     for statement in statements:
         try:
-            stream = await conn.execute(
-                statement.sql,
-                statement.params,
-                fetch_size=_GATHER_SIZE,
-                stream=not statement.write,
+            out.append(
+                await read_whole(conn, statement.sql, statement.params, stream=not statement.write)
             )
-            try:
-                rows: list[Row] = []
-                while batch := await stream.fetch():
-                    rows += batch
-            finally:
-                await stream.aclose()
         except ShardError as exc:
             out.append(exc)
-            continue
-        out.append(Outcome(stream.description, rows, stream.rowcount))
     return out
+
+
+async def read_whole(
+    conn: ShardConnection, sql: str, params: object, *, stream: bool = True
+) -> Outcome:
+    """Run one statement on ``conn`` and read its whole result (``stream=False``: a write)."""
+    result = await conn.execute(sql, params, fetch_size=_GATHER_SIZE, stream=stream)
+    rows: list[Row] = []
+    try:
+        while batch := await result.fetch():
+            rows += batch
+    finally:
+        await result.aclose()
+    return Outcome(result.description, rows, result.rowcount)
 
 
 class Driver(Protocol):

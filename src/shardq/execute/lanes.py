@@ -113,14 +113,14 @@ class _Lane:
                         await self._run(conn, group)
                         group = []
         except asyncio.CancelledError:
-            _fail(group, asyncio.CancelledError)
+            _fail(group, None)
             raise
         except Exception as exc:
             # No connection (the shard is down), or it broke mid-group: the
             # statements waiting here would meet the same error.
             _fail(group, exc)
-            while self.queue:
-                _fail([self.queue.popleft()], exc)
+            _fail(list(self.queue), exc)
+            self.queue.clear()
         finally:
             if counted:
                 self.active -= 1
@@ -188,14 +188,14 @@ def _settle(job: _Job, outcome: Outcome | BaseException) -> None:
         job.future.set_result(outcome)
 
 
-def _fail(group: list[_Job], exc: BaseException | type[BaseException]) -> None:
-    for job in group:
+def _fail(jobs: list[_Job], exc: BaseException | None) -> None:
+    """Settle ``jobs`` with ``exc``, or cancel them (None)."""
+    for job in jobs:
         if job.future.done():
             continue
-        if exc is asyncio.CancelledError:
+        if exc is None:
             job.future.cancel()
         else:
-            assert isinstance(exc, BaseException)
             job.future.set_exception(exc)
 
 
@@ -255,7 +255,7 @@ class Lanes:
         for task in workers:
             task.cancel()
         for lane in self._lanes.values():
-            _fail(list(lane.queue), asyncio.CancelledError)
+            _fail(list(lane.queue), None)
             lane.queue.clear()
         if workers:
             with contextlib.suppress(Exception):
