@@ -16,7 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, Self
 
 from shardq.config import Config, load_config
@@ -461,7 +468,7 @@ class AsyncConnection:
             total = len(parameters) if isinstance(parameters, Sequence) else None
         return self._batch(items, total=total, prepare=True, ordered=ordered, **options)
 
-    async def _batch(
+    def _batch(
         self,
         items: Iterable[Any] | AsyncIterable[Any],
         *,
@@ -475,6 +482,7 @@ class AsyncConnection:
         prepare: bool = False,
         ordered: bool = False,
     ) -> AsyncIterator[ExecutionResult]:
+        """The results of a batch, in order, as they come (its lanes closed at the end)."""
         engine = self._engine
         dialect = self.config.dialect
         factory = row_factory or self.row_factory
@@ -482,24 +490,31 @@ class AsyncConnection:
             timeout = self.timeout
         lanes = Lanes(engine.pools, prepare=prepare, ordered=ordered)
 
-        async def run(item: Any) -> ResultSet:
+        def start(item: Any, done: Callable[[Any, BaseException | None], None]) -> Any:
             self._check_open()
             sql, params = as_statement(item, dialect)
-            return await engine.run(sql, params, lanes=lanes, timeout=timeout, row_factory=factory)
-
-        try:
-            async for outcome in run_batch(
-                run,
-                items,
-                concurrency=concurrency,
-                raise_on_first_error=raise_on_first_error,
-                window=window,
-                progress=progress,
-                total=total,
+            if engine.submit(
+                sql, params, lanes=lanes, timeout=timeout, row_factory=factory, done=done
             ):
-                yield outcome
-        finally:
-            await lanes.close()
+                return None  # the lane's worker calls done
+            return engine.run(sql, params, lanes=lanes, timeout=timeout, row_factory=factory)
+
+        async def results() -> AsyncIterator[ExecutionResult]:
+            try:
+                async for outcome in run_batch(
+                    start,
+                    items,
+                    concurrency=concurrency,
+                    raise_on_first_error=raise_on_first_error,
+                    window=window,
+                    progress=progress,
+                    total=total,
+                ):
+                    yield outcome
+            finally:
+                await lanes.close()
+
+        return results()
 
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import ConfigError, ProgrammingError, ShardError, UnsupportedQueryError
-from shardq.execute.driver import Row, ShardPool, Statement, get_driver, read_whole
+from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
@@ -55,6 +55,22 @@ async def _all(runs: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
             task.cancel()
 
 
+def _result(
+    description: tuple[Column, ...] | None,
+    rows: list[Any],
+    rowcount: int,
+    shards: tuple[str, ...],
+    row_factory: RowFactory,
+) -> ResultSet:
+    """A batch statement's :class:`ResultSet` from its (merged) rows."""
+    if description is not None:
+        rowcount = len(rows)
+        if not is_tuple_factory(row_factory):
+            make = row_factory(description)
+            rows = [make(row) for row in rows]
+    return ResultSet(description, rows, rowcount, shards)
+
+
 class Engine:
     """Runs statements for one configuration over one pool per shard."""
 
@@ -76,6 +92,7 @@ class Engine:
         self._text_order: dict[str, str] = {}
         # Reads of reference tables only go to one shard, taken in turn.
         self._turn = itertools.cycle(config.shard_names)
+        self._recent_router: tuple[str, Callable[[object], str | None] | None] | None = None
 
     @classmethod
     def from_config(cls, config: Config, *, fetch_size: int = DEFAULT_FETCH_SIZE) -> Engine:
@@ -142,6 +159,49 @@ class Engine:
         merge = merger(plan.merge, len(shards), self._semantics, types)
         return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
 
+    def submit(
+        self,
+        sql: str,
+        params: object,
+        *,
+        lanes: Lanes,
+        timeout: float | None,
+        row_factory: RowFactory,
+        done: Callable[[Any, BaseException | None], None],
+    ) -> bool:
+        """Queue a statement of a batch that goes to one shard unchanged; whether it could.
+
+        The quick path of a batch of lookups: the planner's per-text router
+        picks the shard from the parameters, and the lane's worker builds the
+        :class:`ResultSet` and calls ``done`` with it (or with the error),
+        with no task and no plan object. A statement the router cannot place
+        (False) goes through :meth:`run`.
+        """
+        recent = self._recent_router
+        if recent is not None and recent[0] == sql:
+            router = recent[1]  # a batch mostly repeats one text
+        else:
+            router = self.planner.router(sql)
+            self._recent_router = (sql, router)
+        shard = None if router is None else router(params)
+        if shard is None:
+            return False
+        shards = (shard,)
+
+        def result(outcome: Outcome) -> ResultSet:
+            return _result(outcome.description, outcome.rows, outcome.rowcount, shards, row_factory)
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lanes.submit(
+            shard,
+            Statement(sql, params),
+            deadline=deadline,
+            timeout=timeout,
+            convert=result,
+            done=done,
+        )
+        return True
+
     async def run(
         self,
         sql: str,
@@ -174,9 +234,7 @@ class Engine:
         if plan.merge.trivial:
             rows: list[Any] = [row for o in outcomes for row in o.rows]
             counts = [o.rowcount for o in outcomes]
-            rowcount = (
-                len(rows) if description is not None else (-1 if -1 in counts else sum(counts))
-            )
+            rowcount = -1 if -1 in counts else sum(counts)
         else:
             types = [c.type_code for c in description or ()]
             if plan.merge.compares:
@@ -185,10 +243,7 @@ class Engine:
             rows = drive_sync(merge, [[o.rows] for o in outcomes])
             description = describe(plan.merge, description, self._semantics)
             rowcount = len(rows)
-        if description is not None and not is_tuple_factory(row_factory):
-            make = row_factory(description)
-            rows = [make(row) for row in rows]
-        return ResultSet(description, rows, rowcount, shards)
+        return _result(description, rows, rowcount, shards, row_factory)
 
     async def _run_deferred(
         self,

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
+    #: Called once when a statement ends: with its result, or with what it raised.
+    Done = Callable[[Any, BaseException | None], None]
+
 __all__ = ["ExecutionResult", "Progress", "run_batch"]
 
 T = TypeVar("T")
@@ -55,17 +58,179 @@ class _Stop(NamedTuple):
 _STOPPED = ExecutionResult(False, _Stop())
 
 
-async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
+class _Batch:
+    """The state of one batch: slots, finished results, and who waits for what."""
+
+    def __init__(
+        self,
+        start: Callable[[Any, Done], Awaitable[Any] | None],
+        concurrency: int,
+        raise_on_first_error: bool,
+        window: int | None,
+        progress: Callable[[Progress], object] | None,
+        total: int | None,
+    ):
+        self.start = start
+        self.free = concurrency  # slots: statements that may still start
+        self.window = window
+        self.raise_on_first_error = raise_on_first_error
+        self.progress = progress
+        self.total = total
+        self.started = 0  # statements started (the next one's index)
+        self.taken = 0  # results handed out (the next one's index)
+        self.finished: dict[int, ExecutionResult] = {}  # finished, not yet taken
+        self.completed = self.failed = 0
+        self.failure: BaseException | None = None
+        self.exhausted = False  # no statement will start any more
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.dispatcher: asyncio.Task[None] | None = None
+        self.wait_room: asyncio.Future[None] | None = None  # the dispatcher waits
+        self.wait_result: asyncio.Future[None] | None = None  # the consumer waits
+
+    def _wake_consumer(self) -> None:
+        waiter = self.wait_result
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_dispatcher(self) -> None:
+        waiter = self.wait_room
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _has_room(self) -> bool:
+        return self.free > 0 and (self.window is None or self.started - self.taken < self.window)
+
+    def stop(self, exc: BaseException) -> None:
+        """No new statement starts, those running are cancelled; ``exc`` will be raised."""
+        if self.failure is None:
+            self.failure = exc
+        self.exhausted = True
+        if self.dispatcher is not None:
+            self.dispatcher.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        self._wake_consumer()
+
+    def done(self, index: int, result: Any, exc: BaseException | None) -> None:
+        """Statement ``index`` ended (called once for each)."""
+        self.free += 1
+        if isinstance(exc, asyncio.CancelledError):
+            outcome = _STOPPED  # withdrawn: the batch is over
+        else:
+            self.completed += 1
+            if exc is None:
+                outcome = ExecutionResult(True, result)
+            else:
+                self.failed += 1
+                exc.add_note(f"(statement {index} of the batch, counting from 0)")
+                outcome = ExecutionResult(False, exc)
+        self.finished[index] = outcome
+        if index == self.taken:
+            self._wake_consumer()
+        self._wake_dispatcher()
+        if outcome is _STOPPED:
+            return
+        if exc is not None and self.raise_on_first_error:
+            self.stop(exc)
+        elif self.progress is not None:
+            try:
+                self.progress(Progress(self.completed, self.failed, self.total))
+            except Exception as error:
+                self.stop(error)
+
+    def _launch(self, item: Any) -> None:
+        index = self.started
+        self.started += 1
+        self.free -= 1
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            self.done(index, result, exc)
+
+        try:
+            awaitable = self.start(item, done)
+        except Exception as exc:
+            done(None, exc)
+            return
+        if awaitable is not None:
+            task = asyncio.ensure_future(self._follow(awaitable, done))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _follow(awaitable: Awaitable[Any], done: Done) -> None:
+        try:
+            result = await awaitable
+        except BaseException as exc:  # CancelledError too: the statement is withdrawn
+            done(None, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            done(result, None)
+
+    async def _room(self) -> None:
+        while not self._has_room():
+            self.wait_room = asyncio.get_running_loop().create_future()
+            await self.wait_room
+
+    async def dispatch(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        try:
+            if isinstance(items, AsyncIterable):
+                async for item in items:
+                    await self._room()
+                    self._launch(item)
+                    if self.failure is not None:
+                        break
+            else:
+                for item in items:  # read on the event loop's thread: see the README
+                    if not self._has_room():
+                        await self._room()
+                    self._launch(item)
+                    if self.failure is not None:
+                        break
+        finally:
+            self.exhausted = True
+            if self.total is None:
+                self.total = self.started
+            self._wake_consumer()
+
+    async def results(self) -> AsyncIterator[ExecutionResult]:
+        finished = self.finished
+        while True:
+            outcome = finished.pop(self.taken, None)
+            if outcome is None:
+                if self.failure is not None:
+                    raise self.failure
+                if self.exhausted and self.taken >= self.started:
+                    dispatcher = self.dispatcher
+                    if dispatcher is not None and dispatcher.done() and not dispatcher.cancelled():
+                        error = dispatcher.exception()
+                        if error is not None:
+                            raise error  # the items' own error
+                    if self.taken >= self.started:
+                        return
+                self.wait_result = asyncio.get_running_loop().create_future()
+                await self.wait_result
+                continue
+            self.taken += 1
+            if self.window is not None:
+                self._wake_dispatcher()
+            if outcome is _STOPPED or (not outcome.success and self.raise_on_first_error):
+                raise self.failure if self.failure is not None else outcome.result_or_exc
+            yield outcome
+
+    async def close(self) -> None:
+        pending: list[asyncio.Future[Any]] = list(self.tasks)
+        if self.dispatcher is not None:
+            self.dispatcher.cancel()
+            pending.append(self.dispatcher)
+        for task in self.tasks:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def run_batch(
-    run: Callable[[T], Awaitable[Any]],
+    start: Callable[[Any, Done], Awaitable[Any] | None],
     items: Iterable[T] | AsyncIterable[T],
     *,
     concurrency: int,
@@ -74,10 +239,14 @@ async def run_batch(
     progress: Callable[[Progress], object] | None = None,
     total: int | None = None,
 ) -> AsyncIterator[ExecutionResult]:
-    """Run ``run(item)`` for every item, ``concurrency`` at most at once; yield in order.
+    """Start every item, ``concurrency`` at most at once; yield the results in order.
 
     Args:
-        run: runs one item; what it returns is the item's result.
+        start: ``start(item, done)`` starts one item. It either returns an
+            awaitable of the item's result (a coroutine: run as a task), or
+            returns None and calls ``done(result, None)`` or ``done(None,
+            exc)`` once, now or later, without a task of the batch's own (a
+            lane's worker calls it). Raising is the item's failure.
         items: the statements, consumed as they are started.
         concurrency: the most items in flight at once.
         raise_on_first_error: stop at the first failure and raise it; else
@@ -90,104 +259,10 @@ async def run_batch(
         raise ValueError("concurrency must be at least 1")
     if window is not None and window < concurrency:
         raise ValueError("window must be at least concurrency")
-    loop = asyncio.get_running_loop()
-    slots = asyncio.Semaphore(concurrency)
-    room = asyncio.Semaphore(window) if window is not None else None
-    futures: dict[int, asyncio.Future[ExecutionResult]] = {}
-    tasks: set[asyncio.Task[None]] = set()
-    arrived = asyncio.Event()
-    completed = failed = 0
-    failure: BaseException | None = None
-
-    def stop(exc: BaseException) -> None:
-        nonlocal failure
-        if failure is None:
-            failure = exc
-        dispatcher.cancel()
-        for task in tasks:
-            task.cancel()
-        for future in futures.values():
-            if not future.done():
-                future.set_result(_STOPPED)
-        arrived.set()
-
-    async def one(index: int, item: T, future: asyncio.Future[ExecutionResult]) -> None:
-        nonlocal completed, failed
-        try:
-            outcome = ExecutionResult(True, await run(item))
-        except asyncio.CancelledError:
-            if not future.done():
-                future.set_result(_STOPPED)
-            raise
-        except Exception as exc:
-            exc.add_note(f"(statement {index} of the batch, counting from 0)")
-            outcome = ExecutionResult(False, exc)
-        finally:
-            slots.release()
-        completed += 1
-        if not outcome.success:
-            failed += 1
-        if not future.done():
-            future.set_result(outcome)
-        if not outcome.success and raise_on_first_error:
-            stop(outcome.result_or_exc)
-            return
-        if progress is not None:
-            try:
-                progress(Progress(completed, failed, total))
-            except Exception as exc:
-                stop(exc)
-
-    def start(index: int, item: T) -> None:
-        future = loop.create_future()
-        futures[index] = future
-        task = loop.create_task(one(index, item, future))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        arrived.set()
-
-    async def dispatch() -> None:
-        nonlocal total
-        index = 0
-        try:
-            async for item in _aiter(items):
-                if room is not None:
-                    await room.acquire()
-                await slots.acquire()
-                start(index, item)
-                index += 1
-        finally:
-            if total is None:
-                total = index
-            arrived.set()
-
-    dispatcher = loop.create_task(dispatch())
+    batch = _Batch(start, concurrency, raise_on_first_error, window, progress, total)
+    batch.dispatcher = asyncio.get_running_loop().create_task(batch.dispatch(items))
     try:
-        index = 0
-        while True:
-            future = futures.get(index)
-            if future is None:  # not started yet, or never will be
-                if failure is not None:
-                    raise failure
-                if dispatcher.done():
-                    if not dispatcher.cancelled() and dispatcher.exception() is not None:
-                        raise dispatcher.exception()  # type: ignore[misc]  # the items' own error
-                    return
-                arrived.clear()
-                await arrived.wait()
-                continue
-            outcome = await future
-            del futures[index]
-            index += 1
-            if room is not None:
-                room.release()
-            if outcome is _STOPPED or (not outcome.success and raise_on_first_error):
-                raise failure if failure is not None else outcome.result_or_exc
+        async for outcome in batch.results():
             yield outcome
     finally:
-        dispatcher.cancel()
-        pending = [dispatcher, *tasks]
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*pending, return_exceptions=True)
+        await batch.close()

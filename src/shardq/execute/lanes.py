@@ -9,6 +9,17 @@ A worker takes a group of queued statements and runs it with
 :func:`~shardq.execute.driver.run_statements`: on PostgreSQL consecutive reads
 go as one pipeline, one round trip for the group.
 
+A pipeline runs its statements one after the other on the server, so how
+many go in one group, and how many workers a lane starts, follow what the
+statements cost. Each lane keeps a running estimate of the seconds one
+statement takes (a group's time over its size). A group holds as many
+statements as run in about :data:`GROUP_TIME` (at most ``depth``), and the
+first group of a lane, before anything is known, holds one. A lane starts
+with one worker and starts more (up to the pool's size) only when a
+statement has waited :data:`GROUP_TIME` in its queue with no worker free:
+cheap lookups then flow through one connection per shard in deep pipelines,
+while slow queries each get a connection of their own and run side by side.
+
 Every statement has a deadline. A group runs under the earliest deadline of
 its statements; when it passes, the group is cancelled on the server, the
 statements out of time fail with :class:`~shardq.errors.QueryTimeoutError`
@@ -26,32 +37,59 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shardq.errors import QueryTimeoutError
 from shardq.execute.driver import Outcome, Statement, run_statements
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from shardq.execute.driver import ShardPool
 
-__all__ = ["DEFAULT_DEPTH", "Lanes"]
+__all__ = ["DEFAULT_DEPTH", "GROUP_TIME", "Lanes"]
 
 #: The most statements a worker sends to its shard as one group.
-DEFAULT_DEPTH = 32
+DEFAULT_DEPTH = 64
+#: Seconds of server time a group aims at; also how long a statement may wait
+#: in a lane's queue, with every worker busy, before the lane starts another.
+GROUP_TIME = 0.02
 #: Seconds an idle worker keeps its connection, waiting for more statements.
 LINGER = 0.02
 
 
 class _Job:
-    __slots__ = ("deadline", "future", "statement", "timeout")
+    """A statement waiting for, or running on, a lane's worker.
 
-    def __init__(self, statement: Statement, deadline: float | None, timeout: float | None):
+    Its end is told either through ``future`` (which the caller may cancel to
+    withdraw it) or, without a future, through the ``done`` callback, called
+    once.
+    """
+
+    __slots__ = ("convert", "deadline", "done", "future", "queued", "statement", "timeout")
+
+    def __init__(
+        self,
+        statement: Statement,
+        deadline: float | None,
+        timeout: float | None,
+        convert: Callable[[Outcome], Any] | None,
+        done: Callable[[Any, BaseException | None], None] | None,
+    ):
         self.statement = statement
         self.deadline = deadline
         self.timeout = timeout  # what the deadline was made of, for the error
-        self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.convert = convert  # applied to the outcome before it is told
+        self.queued = 0.0  # time.monotonic() when it entered the queue
+        self.done = done
+        self.future: asyncio.Future[Any] | None = (
+            asyncio.get_running_loop().create_future() if done is None else None
+        )
+
+    @property
+    def settled(self) -> bool:
+        """Told its end, or withdrawn."""
+        return self.done is None if self.future is None else self.future.done()
 
 
 class _Lane:
@@ -63,38 +101,80 @@ class _Lane:
         self.queue: deque[_Job] = deque()
         self.workers: set[asyncio.Task[None]] = set()
         self.active = 0  # workers that will still take jobs
-        self.idle = 0  # of which waiting for one
-        self.wake = asyncio.Event()
+        self.idle: deque[asyncio.Future[None]] = deque()  # workers waiting for a job
         self.max_workers = 1 if ordered else max(1, pool.max_size)
         self.depth = depth
         self.prepare = prepare
+        self.cost: float | None = None  # estimated seconds per statement
+        self.first_run: float | None = None  # when the first group started
+        self.timer: asyncio.TimerHandle | None = None  # the next look at the queue
 
     def submit(self, job: _Job) -> None:
+        job.queued = time.monotonic()
         self.queue.append(job)
-        if self.idle:
-            self.wake.set()
-        elif self.active < self.max_workers:
-            # Counted now, not when the task starts or ends: a worker that has
-            # decided to stop no longer counts, so no job is left without one.
-            self.active += 1
-            task = asyncio.ensure_future(self._work())
-            self.workers.add(task)
-            task.add_done_callback(self.workers.discard)
+        while self.idle:
+            waiter = self.idle.popleft()
+            if not waiter.done():  # else its worker has just stopped waiting
+                waiter.set_result(None)
+                return
+        if not self.active:
+            self._start_worker()
+        elif self.timer is None and self.active < self.max_workers:
+            self.timer = asyncio.get_running_loop().call_later(GROUP_TIME, self._grow)
+
+    def _start_worker(self) -> None:
+        # Counted now, not when the task starts or ends: a worker that has
+        # decided to stop no longer counts, so no job is left without one.
+        self.active += 1
+        task = asyncio.ensure_future(self._work())
+        self.workers.add(task)
+        task.add_done_callback(self.workers.discard)
+
+    def _grow(self) -> None:
+        """Start workers for statements that waited too long with every worker busy.
+
+        Only when waiting is the statements' own doing: when what they cost
+        keeps groups smaller than the queue, or the lane's first statement
+        has been running for :data:`GROUP_TIME`. Cheap statements queued
+        behind a busy worker are better sent in its next, deeper, pipeline.
+        """
+        self.timer = None
+        queue = self.queue
+        if not queue or self.idle or self.active >= self.max_workers:
+            return
+        now = time.monotonic()
+        if now - queue[0].queued >= GROUP_TIME:
+            if self.cost is None:
+                slow = self.first_run is not None and now - self.first_run >= GROUP_TIME
+            else:
+                slow = self._group_size() < len(queue)
+            if slow:
+                wanted = -(-len(queue) // self._group_size())  # the groups waiting
+                for _ in range(min(wanted, self.max_workers - self.active)):
+                    self._start_worker()
+        if self.active < self.max_workers:
+            self.timer = asyncio.get_running_loop().call_later(GROUP_TIME, self._grow)
+
+    def _group_size(self) -> int:
+        if self.cost is None:
+            return 1  # nothing known yet: one statement tells what one costs
+        return max(1, min(self.depth, int(GROUP_TIME / self.cost) if self.cost else self.depth))
 
     def _take(self) -> list[_Job]:
-        """The next group: consecutive reads (as many as ``depth``), or one write."""
+        """The next group: consecutive reads (a group's worth), or one write."""
         queue = self.queue
         now = time.monotonic()
-        while queue and (queue[0].future.done() or _expired(queue[0], now)):
+        while queue and (queue[0].settled or _expired(queue[0], now)):
             queue.popleft()  # withdrawn by its statement, or out of time before it ran
         if not queue:
             return []
         if queue[0].statement.write:
             return [queue.popleft()]
+        size = self._group_size()
         group: list[_Job] = []
-        while queue and len(group) < self.depth and not queue[0].statement.write:
+        while queue and len(group) < size and not queue[0].statement.write:
             job = queue.popleft()
-            if not job.future.done():
+            if not job.settled:
                 group.append(job)
         return group
 
@@ -130,40 +210,51 @@ class _Lane:
 
         The batch refills the queues as results come back, a few event-loop
         turns after a group ends; a worker that left at once would make the
-        next statement open (or check out) a connection again.
+        next statement open (or check out) a connection again. A new
+        statement wakes one waiting worker, the one waiting longest.
         """
-        self.idle += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.idle.append(waiter)
         try:
             async with asyncio.timeout(LINGER):
-                while not self.queue:
-                    self.wake.clear()
-                    await self.wake.wait()
+                await waiter
         except TimeoutError:
-            return bool(self.queue)
+            pass
         finally:
-            self.idle -= 1
-        return True
+            if waiter in self.idle:  # not woken: the timeout cancelled it
+                self.idle.remove(waiter)
+        return bool(self.queue)
 
     async def _run(self, conn: object, group: list[_Job]) -> None:
         deadlines = [job.deadline for job in group if job.deadline is not None]
         deadline = min(deadlines) if deadlines else None
         statements = [job.statement for job in group]
+        started = time.monotonic()
+        if self.first_run is None:
+            self.first_run = started
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 outcomes = await run_statements(conn, statements, prepare=self.prepare)  # type: ignore[arg-type]
         except TimeoutError:
             now = time.monotonic()
+            self._learn(now - started, 1)  # at least that slow, as far as we know
             for job in reversed(group):
                 if job.deadline is not None and job.deadline <= now:
                     _settle(job, QueryTimeoutError(job.timeout or 0.0, (self.shard,)))
-                elif not job.future.done():
+                elif not job.settled:
                     self.queue.appendleft(job)  # a read: run it again with the next group
             return
+        self._learn(time.monotonic() - started, len(group))
         skipped = [job for job, outcome in zip(group, outcomes, strict=True) if outcome is None]
         self.queue.extendleft(reversed(skipped))  # not run: first in line again
         for job, outcome in zip(group, outcomes, strict=True):
             if outcome is not None:
                 _settle(job, outcome)
+
+    def _learn(self, elapsed: float, statements: int) -> None:
+        each = elapsed / statements
+        # Mostly the latest group: a lane's statements change as a batch goes.
+        self.cost = each if self.cost is None else 0.5 * self.cost + 0.5 * each
 
 
 def _expired(job: _Job, now: float) -> bool:
@@ -180,23 +271,37 @@ def _loop_time(deadline: float | None) -> float | None:
 
 
 def _settle(job: _Job, outcome: Outcome | BaseException) -> None:
-    if job.future.done():
-        return
+    """Tell ``job``'s end (once): its converted outcome, or an exception."""
+    result: Any = None
+    exc: BaseException | None = None
     if isinstance(outcome, BaseException):
-        job.future.set_exception(outcome)
+        exc = outcome
+    elif job.convert is None:
+        result = outcome
     else:
-        job.future.set_result(outcome)
+        try:
+            result = job.convert(outcome)
+        except Exception as error:
+            exc = error
+    future, done = job.future, job.done
+    if future is not None:
+        if future.done():
+            return  # withdrawn
+        if isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        elif exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    elif done is not None:
+        job.done = None
+        done(result, exc)
 
 
 def _fail(jobs: list[_Job], exc: BaseException | None) -> None:
     """Settle ``jobs`` with ``exc``, or cancel them (None)."""
     for job in jobs:
-        if job.future.done():
-            continue
-        if exc is None:
-            job.future.cancel()
-        else:
-            job.future.set_exception(exc)
+        _settle(job, asyncio.CancelledError() if exc is None else exc)
 
 
 class Lanes:
@@ -225,13 +330,25 @@ class Lanes:
         self._ordered = ordered
         self.closed = False
 
-    async def run(
-        self, shard: str, statement: Statement, *, deadline: float | None, timeout: float | None
-    ) -> Outcome:
-        """Run ``statement`` on ``shard`` by its deadline (``time.monotonic()`` seconds).
+    def submit(
+        self,
+        shard: str,
+        statement: Statement,
+        *,
+        deadline: float | None,
+        timeout: float | None,
+        convert: Callable[[Outcome], Any] | None = None,
+        done: Callable[[Any, BaseException | None], None] | None = None,
+    ) -> asyncio.Future[Any] | None:
+        """Queue ``statement`` on ``shard``; its outcome (``convert``-ed) is told when it ends.
 
-        Cancelling the caller withdraws the statement; one already sent is
-        finished by its worker, and its result dropped.
+        ``deadline`` is in ``time.monotonic()`` seconds; ``timeout`` is what
+        it was made of, for the error. With ``done``, the worker calls
+        ``done(result, None)`` or ``done(None, exc)`` (a
+        :class:`asyncio.CancelledError` when the lanes close first), and
+        None is returned: no future, no task. Without, a future is returned;
+        cancelling it withdraws the statement (one already sent is finished
+        by its worker, and its result dropped).
         """
         lane = self._lanes.get(shard)
         if lane is None:
@@ -240,17 +357,32 @@ class Lanes:
             lane = self._lanes[shard] = _Lane(
                 self._pools[shard], self._depth, self._prepare, self._ordered
             )
-        job = _Job(statement, deadline, timeout)
+        job = _Job(statement, deadline, timeout, convert, done)
         lane.submit(job)
+        return job.future
+
+    async def run(
+        self, shard: str, statement: Statement, *, deadline: float | None, timeout: float | None
+    ) -> Outcome:
+        """Run ``statement`` on ``shard`` by its deadline: :meth:`submit`, awaited.
+
+        Cancelling the caller withdraws the statement.
+        """
+        future = self.submit(shard, statement, deadline=deadline, timeout=timeout)
+        assert future is not None
         try:
-            return await job.future
+            outcome: Outcome = await future
+            return outcome
         finally:
-            if not job.future.done():
-                job.future.cancel()
+            if not future.done():
+                future.cancel()
 
     async def close(self) -> None:
         """Cancel every worker (their statements on the servers) and return the connections."""
         self.closed = True
+        for lane in self._lanes.values():
+            if lane.timer is not None:
+                lane.timer.cancel()
         workers = [task for lane in self._lanes.values() for task in lane.workers]
         for task in workers:
             task.cancel()

@@ -15,15 +15,18 @@ from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import MergePlan
+from shardq.placement import text_pins
 from shardq.sql.analyze import Analysis, StatementKind, analyze
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.parse import parse
 from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
-from shardq.sql.route import Route, RouteKind, route
+from shardq.sql.route import Route, RouteKind, pinning_placeholder, route
 from shardq.sql.subplans import Deferred, defer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shardq.config import Config
 
 __all__ = ["Planner", "QueryPlan"]
@@ -106,6 +109,44 @@ class Planner:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return analysis
+
+    def router(self, sql: str) -> Callable[[object], str | None] | None:
+        """A quick router for many parameter sets of ``sql`` (memoized per text), or None.
+
+        Given a parameter set, it returns the one shard the statement runs on
+        unchanged (what :meth:`plan` would choose, with the SQL and the
+        parameters passed through), or None: that parameter set takes the
+        general path. Only one-table reads pinned by one placeholder have a
+        router: a batch of lookups by key spends its time on the shards, not
+        planning.
+        """
+        analysis = self.analyze(sql)
+        memo = analysis.memo
+        if "router" in memo:
+            router: Callable[[object], str | None] | None = memo["router"]
+            return router
+        router = None
+        found = pinning_placeholder(analysis)
+        if found is not None and not analysis.parsed.hidden_placeholders:
+            name, position, key_type = found
+            shard_for = self.config.placement.shard_for
+
+            def router(params: object) -> str | None:
+                if position is not None and type(params) in (tuple, list):
+                    if position >= len(params):  # type: ignore[arg-type]
+                        return None
+                    value = params[position]  # type: ignore[index]
+                elif type(params) is dict:
+                    value = params.get(name)
+                else:
+                    return None
+                kind = type(value)
+                if kind is int or (kind is str and text_pins(value, key_type)):
+                    return shard_for(value)
+                return None  # None, a cast, another type: the general path decides
+
+        memo["router"] = router
+        return router
 
     def distributed(self, analysis: Analysis) -> Distributed:
         """The multi-shard rewrite of a read (cached; refusals too)."""

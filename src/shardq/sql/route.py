@@ -19,12 +19,12 @@ from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date, text_pins
 from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize
 from shardq.sql.colocation import joined_on_keys
-from shardq.sql.parse import placeholder_value
+from shardq.sql.parse import POSITIONAL_PREFIX, placeholder_value
 
 if TYPE_CHECKING:
     from shardq.config import Config
 
-__all__ = ["KeyTerm", "Route", "RouteKind", "find_key_terms", "route"]
+__all__ = ["KeyTerm", "Route", "RouteKind", "find_key_terms", "pinning_placeholder", "route"]
 
 
 class RouteKind(enum.Enum):
@@ -245,6 +245,36 @@ def _read_route(analysis: Analysis, params: object, config: Config) -> Route:
         ref = distributed[0]
         analysis.memo["single-table-terms"] = (_terms(analysis, ref), ref.table.key_type)
     return _read_route_of(analysis, params, config)
+
+
+def pinning_placeholder(analysis: Analysis) -> tuple[str, int | None, str | None] | None:
+    """The one placeholder that pins a one-table read to one shard, if it has that shape.
+
+    For ``SELECT ... FROM t WHERE k = %s AND ...`` (one distributed table,
+    one key term, its value a bare placeholder): the placeholder's name, its
+    position (None for a named one) and the key's declared type. A batch then
+    routes each parameter set by that value alone, without the general path
+    (:func:`route` gives the same answer).
+    """
+    distributed = analysis.distributed
+    statement = analysis.parsed.expression
+    if (
+        analysis.kind is not StatementKind.READ
+        or len(distributed) != 1
+        or not isinstance(statement, exp.Select)
+        or distributed[0].node.parent_select is not statement
+    ):
+        return None
+    terms = _terms(analysis, distributed[0])
+    if len(terms) != 1 or len(terms[0].values) != 1:
+        return None
+    node = terms[0].values[0]
+    if not isinstance(node, exp.Placeholder):
+        return None
+    name = node.name
+    digits = name[len(POSITIONAL_PREFIX) :]
+    position = int(digits) if name.startswith(POSITIONAL_PREFIX) and digits.isdigit() else None
+    return name, position, distributed[0].table.key_type
 
 
 def _read_route_of(analysis: Analysis, params: object, config: Config) -> Route:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from shardq.execute.driver import Column, Outcome, Row, Statement, translate_error
+from shardq.execute.drivers import pgpipeline
 from shardq.execute.pool import LazyPool
 from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 
@@ -274,24 +275,6 @@ async def _outcome(
     return Outcome(description, rows, cursor.rowcount)
 
 
-async def _outcomes(cursor: psycopg.AsyncCursor[Any], count: int) -> list[Outcome]:
-    """The ``count`` results held by ``cursor`` (an execute, or an executemany's sets)."""
-    first = await _outcome(cursor)
-    out = [first]
-    for _ in range(count - 1):
-        cursor.nextset()
-        out.append(await _outcome(cursor, first.description))
-    return out
-
-
-def _received(cursor: psycopg.AsyncCursor[Any]) -> int:
-    """How many results ``cursor`` holds."""
-    results: Any = getattr(cursor, "_results", None)
-    if results is not None:
-        return len(results)
-    return 0 if cursor.pgresult is None else 1
-
-
 class _Connection:
     """A pooled psycopg connection."""
 
@@ -299,6 +282,7 @@ class _Connection:
         self.conn = conn
         self._shard = shard
         self._secrets = secrets
+        self._pipeline: pgpipeline.Pipeline | None = None  # made on first use
 
     async def execute(
         self, sql: str, params: object, *, fetch_size: int, stream: bool = True
@@ -315,7 +299,8 @@ class _Connection:
     ) -> list[Outcome | ShardError | None]:
         """Run ``statements`` in order, each its own transaction (see :func:`run_statements`).
 
-        Consecutive reads are sent as one pipeline: all of them, then one
+        Consecutive reads are sent as one pipeline (see
+        :mod:`~shardq.execute.drivers.pgpipeline`): all of them, then one
         Sync, so the group costs one round trip instead of one per statement.
         Statements between two Syncs share one implicit transaction, which is
         harmless for reads but not for writes (a failure would undo the writes
@@ -329,13 +314,22 @@ class _Connection:
             j = i
             while j < len(statements) and not statements[j].write:
                 j += 1
-            if j - i > 1:
-                out += await self._pipeline(statements[i:j], prepare)
+            if j > i and pgpipeline.AVAILABLE:
+                if self._pipeline is None:
+                    self._pipeline = pgpipeline.Pipeline(self.conn)
+                try:
+                    outcomes = await self._pipeline.run(statements[i:j], prepare=prepare)
+                except psycopg.Error as exc:  # the connection broke
+                    raise self._error(exc) from exc
+                out += [self._error(o) if isinstance(o, Exception) else o for o in outcomes]
                 i = j
             else:
                 out.append(await self._run_one(statements[i], prepare))
                 i += 1
         return out
+
+    def _error(self, exc: BaseException) -> ShardError:
+        return translate_error(self._shard, exc, self._secrets, sqlstate_of=_sqlstate)
 
     async def _run_one(self, statement: Statement, prepare: bool) -> Outcome | ShardError:
         cursor = self.conn.cursor()
@@ -345,79 +339,7 @@ class _Connection:
             await cursor.execute(query, params, prepare=prepare or None)
             return await _outcome(cursor)
         except psycopg.Error as exc:
-            return translate_error(self._shard, exc, self._secrets, sqlstate_of=_sqlstate)
-
-    async def _pipeline(
-        self, statements: Sequence[Statement], prepare: bool
-    ) -> list[Outcome | ShardError | None]:
-        conn = self.conn
-        # Runs of one text go as one executemany(): psycopg's fastest way to
-        # send many statements (one cursor, the query converted once).
-        runs: list[tuple[str, list[Any]]] = []
-        for statement in statements:
-            if runs and runs[-1][0] == statement.sql:
-                runs[-1][1].append(statement.params)
-            else:
-                runs.append((statement.sql, [statement.params]))
-        cursors: list[psycopg.AsyncCursor[Any]] = []
-        try:
-            async with conn.pipeline() as pipeline:
-                for sql, params_seq in runs:
-                    cursor = conn.cursor()
-                    cursors.append(cursor)
-                    query: Any = sql
-                    if len(params_seq) == 1:
-                        await cursor.execute(query, params_seq[0], prepare=prepare or None)
-                    else:
-                        await cursor.executemany(query, params_seq, returning=True)
-                await pipeline.sync()
-        except psycopg.Error as exc:
-            if conn.broken or conn.closed:
-                raise
-            return await self._recover(runs, cursors, prepare, exc)
-        out: list[Outcome | ShardError | None] = []
-        for cursor, (_, params_seq) in zip(cursors, runs, strict=True):
-            out += await _outcomes(cursor, len(params_seq))
-        return out
-
-    async def _recover(
-        self,
-        runs: list[tuple[str, list[Any]]],
-        cursors: list[psycopg.AsyncCursor[Any]],
-        prepare: bool,
-        error: psycopg.Error,
-    ) -> list[Outcome | ShardError | None]:
-        """After a failed pipeline: keep the results that came, find the failure.
-
-        The server ran the statements in order up to the failing one and
-        skipped the rest. The results received are kept; the failing statement
-        gets its error (a run of one text is run again alone, up to its first
-        failure, to tell which statement failed); every statement after it is
-        returned as None, not run, for the caller to send again.
-        """
-        out: list[Outcome | ShardError | None] = []
-        failed = False
-        for k, (sql, params_seq) in enumerate(runs):
-            cursor = cursors[k] if k < len(cursors) else None
-            if failed:
-                out += [None] * len(params_seq)
-            elif cursor is not None and _received(cursor) == len(params_seq):
-                out += await _outcomes(cursor, len(params_seq))
-            elif len(params_seq) == 1:
-                failed = True
-                out.append(
-                    translate_error(self._shard, error, self._secrets, sqlstate_of=_sqlstate)
-                )
-            else:
-                for params in params_seq:
-                    if failed:
-                        out.append(None)
-                        continue
-                    outcome = await self._run_one(Statement(sql, params), prepare)
-                    failed = not isinstance(outcome, Outcome)
-                    out.append(outcome)
-                failed = True  # the server stopped somewhere in this run
-        return out
+            return self._error(exc)
 
     @property
     def reusable(self) -> bool:

@@ -1,0 +1,278 @@
+"""A batch's reads sent to PostgreSQL as one libpq pipeline, below psycopg's cursors.
+
+A batch of lookups is bound by the client's CPU, and psycopg's own pipeline
+mode (``cursor.executemany(..., returning=True)`` inside ``conn.pipeline()``)
+spends about 45 µs of it per statement here, in cursor and result
+bookkeeping. The same protocol driven through psycopg's libpq wrapper
+(:mod:`psycopg.pq`), with psycopg's own query conversion, adapters and row
+loader, spends about 13 µs: the statements are sent back to back, then one
+Sync, and the results read in order as they arrive.
+
+The values are those psycopg would return: parameters are converted and
+dumped by :class:`psycopg.adapt.Transformer` as a cursor would, results come
+in text format and are loaded by the same transformer, and each result's
+``description`` is built by :class:`psycopg.Column`.
+
+Statements between two Syncs share one implicit transaction; the caller sends
+reads only. When one fails, the server skips the rest: their outcomes are None.
+A pipeline left early (cancelled, or its connection broke) is cancelled on the
+server and drained; if that fails too, the connection is closed, so that its
+pool drops it.
+
+This leans on three psycopg names outside its documented API
+(``psycopg._queries.PostgresQuery``, ``psycopg.errors.error_from_result`` and
+the ``Column(cursor, index)`` constructor). :data:`AVAILABLE` is False when
+one is missing or libpq lacks pipeline mode; the driver then runs statements
+one at a time through cursors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import pq
+
+from shardq.execute.driver import Column, Outcome, Row
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from shardq.execute.driver import Statement
+
+__all__ = ["AVAILABLE", "Pipeline"]
+
+try:
+    from psycopg._queries import PostgresQuery
+    from psycopg.adapt import Transformer
+    from psycopg.errors import error_from_result
+
+    AVAILABLE = psycopg.capabilities.has_pipeline()
+except (ImportError, AttributeError):  # pragma: no cover - another psycopg
+    AVAILABLE = False
+
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
+_FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
+#: The most statements prepared on one connection; more run unprepared.
+MAX_PREPARED = 256
+#: Seconds given to cancel and drain a pipeline left early, before closing its connection.
+ABANDON_TIMEOUT = 5.0
+
+
+class _Described:
+    """What :class:`psycopg.Column` reads from a cursor: the result and its context."""
+
+    __slots__ = ("_encoding", "adapters", "pgresult")
+
+    def __init__(self, pgresult: Any, encoding: str, adapters: Any):
+        self.pgresult = pgresult
+        self._encoding = encoding
+        self.adapters = adapters
+
+
+class Pipeline:
+    """Runs groups of reads on one psycopg connection, each group as one pipeline.
+
+    Args:
+        conn: an async connection in autocommit mode, held by the caller.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]):
+        self.conn = conn
+        self._tx = Transformer(conn)
+        self._prepared: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+        self._names = itertools.count()
+
+    async def run(
+        self, statements: Sequence[Statement], *, prepare: bool
+    ) -> list[Outcome | Exception | None]:
+        """Each read's outcome, its error, or None if the server skipped it."""
+        conn = self.conn
+        pgconn = conn.pgconn
+        out: list[Outcome | Exception | None] = [None] * len(statements)
+        async with conn.lock:
+            pgconn.enter_pipeline_mode()
+            synced = False
+            try:
+                sent = self._send(statements, prepare, out)
+                pgconn.pipeline_sync()
+                synced = True
+                await self._flush()
+                results = await self._receive()
+            except BaseException:
+                await self._abandon(synced)
+                raise
+            pgconn.exit_pipeline_mode()
+        self._outcomes(statements, sent, results, out)
+        return out
+
+    def _send(
+        self, statements: Sequence[Statement], prepare: bool, out: list[Outcome | Exception | None]
+    ) -> list[tuple[int, Any]]:
+        """Send every statement; what each result to come answers, in order.
+
+        An entry is ``(index, None)`` for the execution of statement
+        ``index``, or ``(index, key)`` for preparing it as ``key``. A
+        statement whose parameters cannot be adapted is not sent: its error
+        goes to ``out``.
+        """
+        pgconn = self.conn.pgconn
+        query = PostgresQuery(self._tx)
+        sent: list[tuple[int, Any]] = []
+        last: str | None = None
+        for index, statement in enumerate(statements):
+            try:
+                if statement.params is None:
+                    # Sent as written, as psycopg does: no placeholder, "%%" kept.
+                    query.convert(statement.sql, None)
+                    last = None
+                elif statement.sql == last:
+                    query.dump(statement.params)  # type: ignore[arg-type]
+                else:
+                    last = None
+                    query.convert(statement.sql, statement.params)  # type: ignore[arg-type]
+                    last = statement.sql
+            except Exception as exc:  # a value psycopg cannot adapt, a missing parameter
+                out[index] = exc
+                continue
+            name = None
+            if prepare:
+                key = (query.query, query.types)
+                name = self._prepared.get(key)
+                if name is None and len(self._prepared) < MAX_PREPARED:
+                    name = b"_shardq_%d" % next(self._names)
+                    pgconn.send_prepare(name, query.query, param_types=query.types)
+                    self._prepared[key] = name
+                    sent.append((index, key))
+            if name is not None:
+                pgconn.send_query_prepared(name, query.params, param_formats=query.formats)
+            else:
+                pgconn.send_query_params(
+                    query.query, query.params, param_types=query.types, param_formats=query.formats
+                )
+            sent.append((index, None))
+        return sent
+
+    async def _flush(self) -> None:
+        pgconn = self.conn.pgconn
+        while pgconn.flush():
+            # The server may answer before it has read everything: read too,
+            # or both sides could wait on full buffers.
+            if await _ready(pgconn.socket, write=True):
+                pgconn.consume_input()
+
+    async def _receive(self) -> list[Any]:
+        """The results up to the Sync, one per entry sent."""
+        pgconn = self.conn.pgconn
+        results: list[Any] = []
+        while True:
+            while pgconn.is_busy():
+                await _ready(pgconn.socket, write=False)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                continue  # the end of one statement's results
+            if result.status == _SYNC:
+                return results
+            results.append(result)
+
+    def _outcomes(
+        self,
+        statements: Sequence[Statement],
+        sent: list[tuple[int, Any]],
+        results: list[Any],
+        out: list[Outcome | Exception | None],
+    ) -> None:
+        encoding = self.conn.info.encoding
+        described: dict[str, tuple[Column, ...]] = {}
+        tx = self._tx
+        for (index, key), result in zip(sent, results, strict=True):
+            status = result.status
+            if key is not None:  # a prepare
+                if status != _COMMAND_OK:
+                    del self._prepared[key]
+                    if status == _FATAL_ERROR:
+                        out[index] = error_from_result(result, encoding)
+                continue
+            if status == _TUPLES_OK:
+                text = statements[index].sql
+                description = described.get(text)
+                if description is None or len(description) != result.nfields:
+                    description = described[text] = self._describe(result, encoding)
+                tx.set_pgresult(result)
+                rows: list[Row] = tx.load_rows(0, result.ntuples, tuple)
+                out[index] = Outcome(description, rows, len(rows))
+            elif status == _COMMAND_OK:
+                count = result.command_tuples
+                out[index] = Outcome(None, [], -1 if count is None else count)
+            elif status == _ABORTED:
+                pass  # skipped, or its prepare failed (that error is kept)
+            elif status == _FATAL_ERROR:
+                out[index] = error_from_result(result, encoding)
+            else:
+                out[index] = psycopg.ProgrammingError(
+                    f"unexpected result from a pipelined read: {pq.ExecStatus(status).name}"
+                )
+
+    def _describe(self, result: Any, encoding: str) -> tuple[Column, ...]:
+        source: Any = _Described(result, encoding, self.conn.adapters)
+        columns = [psycopg.Column(source, i) for i in range(result.nfields)]
+        return tuple(
+            Column(c.name, c.type_code, c.display_size, c.internal_size, c.precision, c.scale, None)
+            for c in columns
+        )
+
+    async def _abandon(self, synced: bool) -> None:
+        """After leaving a pipeline early: cancel it on the server and read it to its end.
+
+        If that does not work in :data:`ABANDON_TIMEOUT` seconds (or is
+        cancelled in turn), the connection is closed instead; the caller
+        raises what made it leave.
+        """
+        conn = self.conn
+        pgconn = conn.pgconn
+        try:
+            async with asyncio.timeout(ABANDON_TIMEOUT):
+                if pgconn.status == pq.ConnStatus.OK:
+                    await conn.cancel_safe()
+                    if not synced:
+                        pgconn.pipeline_sync()
+                    await self._flush()
+                    await self._receive()
+                    pgconn.exit_pipeline_mode()
+                    return
+        except asyncio.CancelledError:
+            pgconn.finish()
+            raise
+        except Exception:
+            pass
+        pgconn.finish()
+
+
+async def _ready(fileno: int, *, write: bool) -> bool:
+    """Wait until ``fileno`` can be read (or, with ``write``, read or written); whether readable."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bool] = loop.create_future()
+
+    def readable() -> None:
+        if not future.done():
+            future.set_result(True)
+
+    def writable() -> None:
+        if not future.done():
+            future.set_result(False)
+
+    loop.add_reader(fileno, readable)
+    if write:
+        loop.add_writer(fileno, writable)
+    try:
+        return await future
+    finally:
+        loop.remove_reader(fileno)
+        if write:
+            loop.remove_writer(fileno)
