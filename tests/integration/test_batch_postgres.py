@@ -7,14 +7,20 @@ from timings.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import random
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
 import shardq
+from shardq.execute.driver import Outcome, Statement
+from shardq.execute.drivers import pgpipeline
 from tests.fixtures.shards import PG_DATABASE, pg_config
 from tests.integration.test_postgres import activity, one_key_per_shard, wait_until
 
@@ -228,4 +234,106 @@ def test_a_failure_inside_a_pipeline_fails_that_statement_only(
         assert isinstance(results[12].result_or_exc, shardq.DataError)
         assert [r.result_or_exc.rows for r in results if r.success] == [
             [(key * 10,)] for i, key in enumerate(keys) if i != 12
+        ]
+
+
+# Values of many types, literal and bound, read back by a batch (libpq pipelines)
+# and by a cursor: the same rows, the same description.
+TYPED_SQL = (
+    "SELECT id, val, 1::int2 AS i2, 2::int4 AS i4, 3::int8 AS i8, 1.50::numeric(5, 2) AS n, "
+    "0.25::float8 AS f, 'x'::text AS t, 'ab'::varchar(5) AS vc, '\\x0001'::bytea AS b, "
+    "true AS bo, DATE '2024-02-29' AS d, TIME '10:11:12' AS ti, "
+    "TIMESTAMP '2024-01-01 10:00' AS ts, TIMESTAMPTZ '2024-01-01 10:00+02' AS tz, "
+    "INTERVAL '1 year 2 days 3 hours' AS iv, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u, "
+    "'{\"k\": [1, null]}'::jsonb AS j, ARRAY[1, 2] AS arr, ARRAY['a', NULL] AS tarr, "
+    "NULL::int AS nothing, %s AS p_num, %s AS p_date, %s AS p_bytes, %s AS p_uuid, "
+    "%s AS p_text FROM items WHERE id = %s"
+)
+
+
+def typed_params(key: int) -> list[Any]:
+    return [
+        decimal.Decimal("2.5"),
+        datetime.date(2024, 3, 1),
+        b"\x00\xff",
+        uuid.UUID(int=key),
+        f"k{key} %% 'q'",
+        key,
+    ]
+
+
+@pytest.mark.parametrize("form", ["execute_concurrent", "with_args"])
+def test_pipelined_reads_return_what_a_cursor_returns(
+    pg_dataset: list[PgCluster], form: str
+) -> None:
+    # One connection per shard: every shard's statements go as pipelines.
+    with shardq.connect(pg_config(pg_dataset, pool_max_size=1)) as conn:
+        keys = keys_on(conn, conn.config.shard_names[2], 40)
+        params = [typed_params(k) for k in keys]
+        if form == "with_args":  # prepared on the server
+            results = conn.execute_concurrent_with_args(TYPED_SQL, params)
+        else:
+            results = conn.execute_concurrent([(TYPED_SQL, p) for p in params])
+        for key, p, outcome in zip(keys, params, results, strict=True):
+            cursor = conn.execute(TYPED_SQL, p)
+            expected = cursor.fetchall()
+            assert outcome.result_or_exc.rows == expected
+            assert outcome.result_or_exc.description == cursor.description
+            assert expected[0][0] == key
+        assert all(r.result_or_exc.shards == (conn.config.shard_names[2],) for r in results)
+
+
+def test_a_value_that_cannot_be_sent_fails_its_statement_only(pg_dataset: list[PgCluster]) -> None:
+    with shardq.connect(pg_config(pg_dataset, pool_max_size=1)) as conn:
+        keys = keys_on(conn, conn.config.shard_names[0], 10)
+        sql = "SELECT val, %s AS extra FROM items WHERE id = %s"
+        items: list[Any] = [(sql, [object() if i == 4 else i, k]) for i, k in enumerate(keys)]
+        results = conn.execute_concurrent(items, raise_on_first_error=False)
+        assert [r.success for r in results] == [i != 4 for i in range(10)]
+        with pytest.raises(type(results[4].result_or_exc)):
+            conn.execute(*items[4])
+        assert [r.result_or_exc.rows for r in results if r.success] == [
+            [(k * 10, i)] for i, k in enumerate(keys) if i != 4
+        ]
+
+
+async def test_a_pipeline_left_early_is_cancelled_and_its_connection_kept(
+    pg_dataset: list[PgCluster],
+) -> None:
+    cluster = pg_dataset[0]
+    async with await psycopg.AsyncConnection.connect(
+        cluster.dsn(PG_DATABASE), autocommit=True
+    ) as conn:
+        pipeline = pgpipeline.Pipeline(conn)
+        sleeping = [
+            Statement("SELECT 1"),
+            Statement("SELECT pg_sleep(60) AS left_early_probe"),
+            Statement("SELECT 2"),
+        ]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await pipeline.run(sleeping, prepare=False)
+        await asyncio.to_thread(
+            wait_until, lambda: not activity(cluster, "left_early_probe"), "cancelled"
+        )
+        assert not conn.closed
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        again = await pipeline.run([Statement("SELECT %s::int", (3,))], prepare=True)
+        assert isinstance(again[0], Outcome)
+        assert again[0].rows == [(3,)]
+
+
+def test_without_libpq_pipelines_statements_run_one_by_one(
+    pg_dataset: list[PgCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgpipeline, "AVAILABLE", False)
+    with shardq.connect(pg_config(pg_dataset, pool_max_size=1)) as conn:
+        keys = keys_on(conn, conn.config.shard_names[1], 20)
+        items: list[Any] = [("SELECT val FROM items WHERE id = %s", [k]) for k in keys]
+        items[7] = ("SELECT val / 0 FROM items WHERE id = %s", [keys[7]])
+        results = conn.execute_concurrent(items, raise_on_first_error=False)
+        assert [r.success for r in results] == [i != 7 for i in range(20)]
+        assert isinstance(results[7].result_or_exc, shardq.DataError)
+        assert [r.result_or_exc.rows for r in results if r.success] == [
+            [(k * 10,)] for i, k in enumerate(keys) if i != 7
         ]

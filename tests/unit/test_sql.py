@@ -574,3 +574,76 @@ def test_a_trailing_semicolon_and_comment_are_one_statement() -> None:
         assert P.plan(sql).route.kind is RouteKind.SHARDS
     with pytest.raises(shardq.ProgrammingError, match="2 statements"):
         P.plan("SELECT 1; SELECT 2")
+
+
+def _router_planner() -> Planner:
+    tables = {
+        "orders": {"shard_key": "customer_id"},  # no declared type: text taken as written
+        "accounts": {"shard_key": "id", "key_type": "integer"},
+        "countries": {"reference": True},
+    }
+    shards = [{"name": f"s{i}", "dsn": "host=x"} for i in range(4)]
+    return Planner(load_config({"dialect": "postgres", "shards": shards, "tables": tables}))
+
+
+ROUTED = _router_planner()
+_VALUES = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.text(alphabet="0123456789-ab ", max_size=6),
+    st.uuids(),
+    st.dates(),
+)
+
+
+@given(
+    st.sampled_from(
+        [
+            "SELECT * FROM orders WHERE customer_id = %s",
+            "SELECT * FROM accounts WHERE id = %s AND 1 = 1",
+            "SELECT * FROM orders WHERE customer_id = %(key)s",
+            "SELECT * FROM accounts WHERE %s = id",
+        ]
+    ),
+    _VALUES,
+    st.sampled_from(["tuple", "list", "dict", "short"]),
+)
+def test_the_batch_router_agrees_with_the_planner(sql: str, value: object, shape: str) -> None:
+    # The quick router of a batch may decline (None: the general path plans
+    # it), but whatever shard it names is the plan's one shard, the SQL and
+    # the parameters passed through unchanged.
+    params: Any
+    if "%(key)s" in sql:
+        params = {"key": value} if shape != "short" else {}
+    else:
+        params = {"tuple": (value,), "list": [value], "dict": {"key": value}, "short": ()}[shape]
+    router = ROUTED.router(sql)
+    assert router is not None
+    shard = router(params)
+    if shard is None:
+        return
+    plan = ROUTED.plan(sql, params)
+    assert plan.route.shards == (shard,)
+    assert (plan.sql, plan.params) == (sql, params)
+    assert plan.merge.trivial
+    assert plan.deferred is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM orders WHERE customer_id IN (%s, %s)",  # two values
+        "SELECT * FROM orders WHERE customer_id = %s AND customer_id = %s",  # two terms
+        "SELECT * FROM orders WHERE customer_id = %s::int",  # a cast
+        "SELECT * FROM orders WHERE customer_id = 7",  # a literal
+        "SELECT count(*) FROM orders",  # no key term
+        "SELECT * FROM countries WHERE code = %s",  # a reference table
+        "UPDATE orders SET total = 1 WHERE customer_id = %s",  # a write
+        "SELECT * FROM orders o JOIN items i ON i.customer_id = o.customer_id "
+        "WHERE o.customer_id = %s",  # two distributed tables
+    ],
+)
+def test_other_shapes_have_no_batch_router(sql: str) -> None:
+    assert P.router(sql) is None
