@@ -337,3 +337,31 @@ def test_without_libpq_pipelines_statements_run_one_by_one(
         assert [r.result_or_exc.rows for r in results if r.success] == [
             [(k * 10,)] for i, k in enumerate(keys) if i != 7
         ]
+
+
+async def test_a_statement_run_often_is_prepared_as_psycopg_would(
+    pg_dataset: list[PgCluster],
+) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        pg_dataset[0].dsn(PG_DATABASE), autocommit=True
+    ) as conn:
+        pipeline = pgpipeline.Pipeline(conn)
+
+        async def prepared() -> list[str]:
+            cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
+            return [str(row[0]) for row in await cursor.fetchall()]
+
+        lookup = "SELECT %s::int + 1 AS often"
+        runs = [Statement(lookup, (i,)) for i in range(pgpipeline.PREPARE_THRESHOLD - 1)]
+        outcomes = await pipeline.run(runs, prepare=False)
+        assert [o.rows for o in outcomes if isinstance(o, Outcome)] == [
+            [(i + 1,)] for i in range(len(runs))
+        ]
+        assert await prepared() == []
+        once_more = await pipeline.run([Statement(lookup, (41,))], prepare=False)
+        assert isinstance(once_more[0], Outcome)
+        assert once_more[0].rows == [(42,)]
+        assert await prepared() == ["SELECT $1::int + 1 AS often"]
+        # prepare=True prepares at once (a batch of one statement with many parameter sets).
+        await pipeline.run([Statement("SELECT %s::text AS at_once", ("x",))], prepare=True)
+        assert "SELECT $1::text AS at_once" in await prepared()

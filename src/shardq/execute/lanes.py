@@ -16,9 +16,17 @@ statement takes (a group's time over its size). A group holds as many
 statements as run in about :data:`GROUP_TIME` (at most ``depth``), and the
 first group of a lane, before anything is known, holds one. A lane starts
 with one worker and starts more (up to the pool's size) only when a
-statement has waited :data:`GROUP_TIME` in its queue with no worker free:
-cheap lookups then flow through one connection per shard in deep pipelines,
-while slow queries each get a connection of their own and run side by side.
+statement has waited :data:`GROUP_TIME` in its queue with no worker free,
+and the waiting is the statements' own doing (groups are kept smaller than
+the queue by what they cost, or the lane's first statement is still running
+after :data:`GROUP_TIME`). Cheap lookups then flow through one connection per
+shard in deep pipelines, while slow queries each get a connection of their
+own and run side by side.
+
+A statement is queued with a future (:meth:`Lanes.run`, :meth:`Lanes.submit`
+without ``done``) or with a ``done`` callback, which the worker calls with
+the result: a batch of lookups then costs no task and no future per
+statement.
 
 Every statement has a deadline. A group runs under the earliest deadline of
 its statements; when it passes, the group is cancelled on the server, the

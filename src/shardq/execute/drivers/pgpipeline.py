@@ -13,6 +13,10 @@ dumped by :class:`psycopg.adapt.Transformer` as a cursor would, results come
 in text format and are loaded by the same transformer, and each result's
 ``description`` is built by :class:`psycopg.Column`.
 
+A statement is prepared on the server once it has run
+:data:`PREPARE_THRESHOLD` times on a connection (psycopg's own default), or at
+once with ``prepare=True``; at most :data:`MAX_PREPARED` per connection.
+
 Statements between two Syncs share one implicit transaction; the caller sends
 reads only. When one fails, the server skips the rest: their outcomes are None.
 A pipeline left early (cancelled, or its connection broke) is cancelled on the
@@ -60,6 +64,11 @@ _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 #: The most statements prepared on one connection; more run unprepared.
 MAX_PREPARED = 256
+#: Runs of one statement (text and parameter types) after which it is prepared,
+#: as psycopg's ``prepare_threshold`` (5) does; ``prepare=True`` prepares at once.
+PREPARE_THRESHOLD = 5
+#: The most statements whose runs are counted before the counts start again.
+MAX_COUNTED = 1024
 #: Seconds given to cancel and drain a pipeline left early, before closing its connection.
 ABANDON_TIMEOUT = 5.0
 
@@ -86,6 +95,7 @@ class Pipeline:
         self.conn = conn
         self._tx = Transformer(conn)
         self._prepared: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+        self._seen: dict[tuple[bytes, tuple[int, ...]], int] = {}  # runs of texts not prepared
         self._names = itertools.count()
 
     async def run(
@@ -110,6 +120,18 @@ class Pipeline:
             pgconn.exit_pipeline_mode()
         self._outcomes(statements, sent, results, out)
         return out
+
+    def _often(self, key: tuple[bytes, tuple[int, ...]]) -> bool:
+        """Count a run of ``key``; whether it has now run :data:`PREPARE_THRESHOLD` times."""
+        seen = self._seen
+        count = seen.get(key, 0) + 1
+        if count < PREPARE_THRESHOLD:
+            if len(seen) >= MAX_COUNTED:
+                seen.clear()  # many texts, each seldom: start counting again
+            seen[key] = count
+            return False
+        seen.pop(key, None)
+        return True
 
     def _send(
         self, statements: Sequence[Statement], prepare: bool, out: list[Outcome | Exception | None]
@@ -140,15 +162,14 @@ class Pipeline:
             except Exception as exc:  # a value psycopg cannot adapt, a missing parameter
                 out[index] = exc
                 continue
-            name = None
-            if prepare:
-                key = (query.query, query.types)
-                name = self._prepared.get(key)
-                if name is None and len(self._prepared) < MAX_PREPARED:
-                    name = b"_shardq_%d" % next(self._names)
-                    pgconn.send_prepare(name, query.query, param_types=query.types)
-                    self._prepared[key] = name
-                    sent.append((index, key))
+            key = (query.query, query.types)
+            name = self._prepared.get(key)
+            wanted = name is None and (prepare or self._often(key))
+            if wanted and len(self._prepared) < MAX_PREPARED:
+                name = b"_shardq_%d" % next(self._names)
+                pgconn.send_prepare(name, query.query, param_types=query.types)
+                self._prepared[key] = name
+                sent.append((index, key))
             if name is not None:
                 pgconn.send_query_prepared(name, query.params, param_formats=query.formats)
             else:
