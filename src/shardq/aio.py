@@ -500,17 +500,19 @@ class AsyncConnection:
             return engine.run(sql, params, lanes=lanes, timeout=timeout, row_factory=factory)
 
         async def results() -> AsyncIterator[ExecutionResult]:
+            batch = run_batch(
+                start,
+                items,
+                concurrency=concurrency,
+                raise_on_first_error=raise_on_first_error,
+                window=window,
+                progress=progress,
+                total=total,
+            )
             try:
-                async for outcome in run_batch(
-                    start,
-                    items,
-                    concurrency=concurrency,
-                    raise_on_first_error=raise_on_first_error,
-                    window=window,
-                    progress=progress,
-                    total=total,
-                ):
-                    yield outcome
+                async with contextlib.aclosing(batch):  # closed now, not when collected
+                    async for outcome in batch:
+                        yield outcome
             finally:
                 await lanes.close()
 

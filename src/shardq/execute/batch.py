@@ -21,7 +21,7 @@ from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 
     #: Called once when a statement ends: with its result, or with what it raised.
     Done = Callable[[Any, BaseException | None], None]
@@ -160,10 +160,11 @@ class _Batch:
     async def _follow(awaitable: Awaitable[Any], done: Done) -> None:
         try:
             result = await awaitable
-        except BaseException as exc:  # CancelledError too: the statement is withdrawn
+        except asyncio.CancelledError as exc:  # withdrawn: the batch is over
             done(None, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            raise
+        except Exception as exc:
+            done(None, exc)
         else:
             done(result, None)
 
@@ -238,7 +239,7 @@ async def run_batch(
     window: int | None = None,
     progress: Callable[[Progress], object] | None = None,
     total: int | None = None,
-) -> AsyncIterator[ExecutionResult]:
+) -> AsyncGenerator[ExecutionResult, None]:
     """Start every item, ``concurrency`` at most at once; yield the results in order.
 
     Args:
