@@ -365,3 +365,51 @@ async def test_a_statement_run_often_is_prepared_as_psycopg_would(
         # prepare=True prepares at once (a batch of one statement with many parameter sets).
         await pipeline.run([Statement("SELECT %s::text AS at_once", ("x",))], prepare=True)
         assert "SELECT $1::text AS at_once" in await prepared()
+
+
+async def test_a_prepare_cut_short_is_forgotten(pg_dataset: list[PgCluster]) -> None:
+    # The prepare after the cancelled statement never ran: the next run of its
+    # text must prepare it again, not use a name the server does not know.
+    async with await psycopg.AsyncConnection.connect(
+        pg_dataset[0].dsn(PG_DATABASE), autocommit=True
+    ) as conn:
+        pipeline = pgpipeline.Pipeline(conn)
+        lookup = Statement("SELECT %s::int + 1 AS cut_short", (1,))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await pipeline.run([Statement("SELECT pg_sleep(2)"), lookup], prepare=True)
+        again = await pipeline.run([lookup], prepare=True)
+        assert isinstance(again[0], Outcome)
+        assert again[0].rows == [(2,)]
+
+
+async def test_each_result_is_described_and_loaded_on_its_own(
+    pg_dataset: list[PgCluster],
+) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        pg_dataset[0].dsn(PG_DATABASE), autocommit=True
+    ) as conn:
+        pipeline = pgpipeline.Pipeline(conn)
+        # One text, parameters of three types: three column types, as a cursor says.
+        values = [1, "a", 10**10]
+        outcomes = await pipeline.run(
+            [Statement("SELECT %s AS x", (v,)) for v in values], prepare=False
+        )
+        for value, outcome in zip(values, outcomes, strict=True):
+            cursor = await conn.execute("SELECT %s AS x", (value,))
+            assert isinstance(outcome, Outcome)
+            assert outcome.description is not None
+            assert outcome.description[0].type_code == cursor.description[0].type_code
+            assert outcome.rows == [(value,)]
+        # A value psycopg cannot load fails its own statement only.
+        mixed = [
+            Statement("SELECT 1"),
+            Statement("SELECT 'infinity'::date"),
+            Statement("SELECT 2"),
+        ]
+        first, bad, last = await pipeline.run(mixed, prepare=False)
+        assert isinstance(bad, psycopg.DataError)
+        assert isinstance(first, Outcome)
+        assert first.rows == [(1,)]
+        assert isinstance(last, Outcome)
+        assert last.rows == [(2,)]

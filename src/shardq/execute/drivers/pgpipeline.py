@@ -105,20 +105,26 @@ class Pipeline:
         conn = self.conn
         pgconn = conn.pgconn
         out: list[Outcome | Exception | None] = [None] * len(statements)
+        sent: list[tuple[int, bool, Any]] = []
         async with conn.lock:
             pgconn.enter_pipeline_mode()
             synced = False
             try:
-                sent = self._send(statements, prepare, out)
+                self._send(statements, prepare, out, sent)
                 pgconn.pipeline_sync()
                 synced = True
                 await self._flush()
                 results = await self._receive()
             except BaseException:
+                # Whether the prepares sent took effect is unknown: forget them
+                # (a name never comes back, so one that did exist is never reused).
+                for _, preparing, key in sent:
+                    if preparing:
+                        self._prepared.pop(key, None)
                 await self._abandon(synced)
                 raise
             pgconn.exit_pipeline_mode()
-        self._outcomes(statements, sent, results, out)
+        self._outcomes(sent, results, out)
         return out
 
     def _often(self, key: tuple[bytes, tuple[int, ...]]) -> bool:
@@ -134,18 +140,21 @@ class Pipeline:
         return True
 
     def _send(
-        self, statements: Sequence[Statement], prepare: bool, out: list[Outcome | Exception | None]
-    ) -> list[tuple[int, Any]]:
-        """Send every statement; what each result to come answers, in order.
+        self,
+        statements: Sequence[Statement],
+        prepare: bool,
+        out: list[Outcome | Exception | None],
+        sent: list[tuple[int, bool, Any]],
+    ) -> None:
+        """Send every statement, noting in ``sent`` what each result to come answers.
 
-        An entry is ``(index, None)`` for the execution of statement
-        ``index``, or ``(index, key)`` for preparing it as ``key``. A
-        statement whose parameters cannot be adapted is not sent: its error
-        goes to ``out``.
+        An entry is ``(index, preparing, key)``: the preparation (``preparing``)
+        or the execution of statement ``index``, whose text and parameter
+        types are ``key``. A statement whose parameters cannot be adapted is
+        not sent: its error goes to ``out``.
         """
         pgconn = self.conn.pgconn
         query = PostgresQuery(self._tx)
-        sent: list[tuple[int, Any]] = []
         last: str | None = None
         for index, statement in enumerate(statements):
             try:
@@ -167,17 +176,16 @@ class Pipeline:
             wanted = name is None and (prepare or self._often(key))
             if wanted and len(self._prepared) < MAX_PREPARED:
                 name = b"_shardq_%d" % next(self._names)
-                pgconn.send_prepare(name, query.query, param_types=query.types)
                 self._prepared[key] = name
-                sent.append((index, key))
+                sent.append((index, True, key))
+                pgconn.send_prepare(name, query.query, param_types=query.types)
+            sent.append((index, False, key))
             if name is not None:
                 pgconn.send_query_prepared(name, query.params, param_formats=query.formats)
             else:
                 pgconn.send_query_params(
                     query.query, query.params, param_types=query.types, param_formats=query.formats
                 )
-            sent.append((index, None))
-        return sent
 
     async def _flush(self) -> None:
         pgconn = self.conn.pgconn
@@ -204,29 +212,32 @@ class Pipeline:
 
     def _outcomes(
         self,
-        statements: Sequence[Statement],
-        sent: list[tuple[int, Any]],
+        sent: list[tuple[int, bool, Any]],
         results: list[Any],
         out: list[Outcome | Exception | None],
     ) -> None:
         encoding = self.conn.info.encoding
-        described: dict[str, tuple[Column, ...]] = {}
+        # The columns of one text with the same parameter types are the same.
+        described: dict[Any, tuple[Column, ...]] = {}
         tx = self._tx
-        for (index, key), result in zip(sent, results, strict=True):
+        for (index, preparing, key), result in zip(sent, results, strict=True):
             status = result.status
-            if key is not None:  # a prepare
+            if preparing:
                 if status != _COMMAND_OK:
-                    del self._prepared[key]
+                    self._prepared.pop(key, None)
                     if status == _FATAL_ERROR:
                         out[index] = error_from_result(result, encoding)
                 continue
             if status == _TUPLES_OK:
-                text = statements[index].sql
-                description = described.get(text)
-                if description is None or len(description) != result.nfields:
-                    description = described[text] = self._describe(result, encoding)
-                tx.set_pgresult(result)
-                rows: list[Row] = tx.load_rows(0, result.ntuples, tuple)
+                try:
+                    description = described.get(key)
+                    if description is None:
+                        description = described[key] = self._describe(result, encoding)
+                    tx.set_pgresult(result)
+                    rows: list[Row] = tx.load_rows(0, result.ntuples, tuple)
+                except Exception as exc:  # a value psycopg cannot load ('infinity'::date)
+                    out[index] = exc
+                    continue
                 out[index] = Outcome(description, rows, len(rows))
             elif status == _COMMAND_OK:
                 count = result.command_tuples
