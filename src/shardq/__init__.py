@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from shardq.adapter import from_connections
 from shardq.aio import AsyncConnection, AsyncCursor, connect_async
+from shardq.cache import CacheRegion
 from shardq.config import Config, ShardConfig, TableConfig, load_config
 from shardq.dbapi import (
     BINARY,
@@ -68,6 +69,7 @@ __all__ = [
     "AsyncConnection",
     "AsyncCursor",
     "Binary",
+    "CacheRegion",
     "Config",
     "ConfigError",
     "Connection",

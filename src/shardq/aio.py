@@ -26,18 +26,21 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Self
 
+from shardq.cache.regions import CacheChoice, Regions
 from shardq.config import Config, load_config
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
 from shardq.errors import InterfaceError, ProgrammingError
 from shardq.execute.batch import ExecutionResult, Progress, run_batch
 from shardq.execute.lanes import Lanes
 from shardq.health import CheckReport, check
+from shardq.results import StoredResult
 from shardq.rows import RowFactory, tuple_row
 from shardq.statements import as_statement, compiler, is_many
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from shardq.cache.backend import Result
     from shardq.execute.driver import Column
     from shardq.results import AsyncResult, ResultSet
 
@@ -57,7 +60,7 @@ class AsyncCursor:
     def __init__(self, connection: AsyncConnection, row_factory: RowFactory):
         self.connection = connection
         self.row_factory = row_factory
-        self._result: AsyncResult | None = None
+        self._result: AsyncResult | StoredResult | None = None
         self._rowcount = -1
         self.closed = False
 
@@ -93,6 +96,8 @@ class AsyncCursor:
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        cache: CacheChoice = None,
+        cache_key: str | None = None,
     ) -> Self:
         """Run one statement on the shards that can hold its rows.
 
@@ -103,16 +108,42 @@ class AsyncCursor:
                 its last row; on expiry it is cancelled on the servers and
                 :class:`~shardq.errors.QueryTimeoutError` is raised. Defaults
                 to the connection's ``timeout``.
+            cache: serve a read from the result cache (see
+                :mod:`shardq.cache`): True for the default region, a region's
+                name, a :class:`~shardq.cache.CacheRegion`, or False; None
+                (the default) follows the connection's ``cache``. A cached
+                read is received whole.
+            cache_key: the cache key to use instead of the statement and its
+                parameters (still kept apart per user and shards).
         """
         self._check_open()
         await self._discard()
+        connection = self.connection
         if timeout is None:
-            timeout = self.connection.timeout
-        self._result = await self.connection._engine.execute(
+            timeout = connection.timeout
+        engine = connection._engine
+        caches = connection._caches
+        region = caches.pick(cache)
+        if region is not None:
+
+            async def compute() -> Result:
+                return await engine.read_all(sql, params, timeout=timeout)
+
+            cached = await caches.read(region, engine.planner, sql, params, cache_key, compute)
+            if cached is not None:
+                self._result = StoredResult(*cached, self.row_factory)
+                return self
+            if cache is not None and cache is not False:
+                raise ProgrammingError(
+                    "only reads are cached: this statement writes (leave cache= unset)"
+                )
+        self._result = await engine.execute(
             sql, params, timeout=timeout, row_factory=self.row_factory
         )
         if not self._result.closed:
-            self.connection._open_results.add(self._result)
+            connection._open_results.add(self._result)
+        if caches.configured:
+            await caches.invalidate(caches.written(engine.planner, sql))
         return self
 
     async def executemany(
@@ -156,7 +187,7 @@ class AsyncCursor:
         if result is not None:
             await result.close()
 
-    def _current(self) -> AsyncResult:
+    def _current(self) -> AsyncResult | StoredResult:
         self._check_open()
         if self._result is None:
             raise ProgrammingError("no statement has been executed")
@@ -224,6 +255,7 @@ class AsyncConnection:
         row_factory: RowFactory = tuple_row,
         timeout: float | None = None,
         fetch_size: int = DEFAULT_FETCH_SIZE,
+        cache: CacheChoice = None,
     ):
         engine = (
             config
@@ -235,6 +267,7 @@ class AsyncConnection:
         self.row_factory = row_factory
         self.timeout = timeout
         self.closed = False
+        self._caches = Regions(engine.config, cache)
         # Results still holding shard connections, closed with the connection.
         self._open_results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
 
@@ -246,9 +279,12 @@ class AsyncConnection:
         row_factory: RowFactory = tuple_row,
         timeout: float | None = None,
         fetch_size: int = DEFAULT_FETCH_SIZE,
+        cache: CacheChoice = None,
     ) -> Self:
         """Validate ``config`` (a TOML path, a dict or a Config) and open a connection."""
-        return cls(config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size)
+        return cls(
+            config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -275,12 +311,15 @@ class AsyncConnection:
         params: Any = None,
         *,
         timeout: float | None = None,
+        cache: CacheChoice = None,
+        cache_key: str | None = None,
     ) -> Any:
         """Run a statement on a new cursor and return the cursor (as psycopg does).
 
-        Given a list of statements (and optionally a list of their parameter
-        sets, one per statement), run them concurrently as :meth:`gather`
-        does and return the list of their :class:`~shardq.ResultSet`, in order.
+        ``cache`` and ``cache_key`` are :meth:`AsyncCursor.execute`'s. Given a
+        list of statements (and optionally a list of their parameter sets, one
+        per statement), run them concurrently as :meth:`gather` does and
+        return the list of their :class:`~shardq.ResultSet`, in order.
         """
         if is_many(sql):
             if params is None:
@@ -293,7 +332,9 @@ class AsyncConnection:
                     )
                 queries = list(zip(sql, params, strict=True))
             return await self.gather(queries, timeout=timeout)
-        return await self.cursor().execute(sql, params, timeout=timeout)
+        return await self.cursor().execute(
+            sql, params, timeout=timeout, cache=cache, cache_key=cache_key
+        )
 
     async def execute_concurrent(
         self,
@@ -556,7 +597,10 @@ class AsyncConnection:
             for result in list(self._open_results):
                 with contextlib.suppress(Exception):
                     await result.close()
-            await self._engine.close()
+            try:
+                await self._caches.close()
+            finally:
+                await self._engine.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -573,8 +617,9 @@ async def connect_async(
     row_factory: RowFactory = tuple_row,
     timeout: float | None = None,
     fetch_size: int = DEFAULT_FETCH_SIZE,
+    cache: CacheChoice = None,
 ) -> AsyncConnection:
     """Open an :class:`AsyncConnection` over the shards of ``config``."""
     return await AsyncConnection.connect(
-        config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size
+        config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
     )

@@ -53,7 +53,8 @@ DIALECTS: tuple[Dialect, ...] = ("postgres", "sqlite")
 DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
-_TOP_KEYS = frozenset({"dialect", "driver", "shards", "tables"})
+_TOP_KEYS = frozenset({"dialect", "driver", "shards", "tables", "cache"})
+_CACHE_KEYS = frozenset({"url", "ttl", "grace", "prefix", "lock_timeout", "max_bytes", "regions"})
 _SHARD_KEYS = frozenset({"name", "dsn", "replicas", "pool_min_size", "pool_max_size"})
 _TABLE_KEYS = frozenset({"shard_key", "key_type", "reference", "colocate_with"})
 _ENV = re.compile(r"\$\{([^}]*)\}")
@@ -94,6 +95,26 @@ class TableConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The result cache (``[cache]``): where it lives and how long results stay.
+
+    ``regions`` are named regions (``[cache.regions.NAME]``), each with the
+    same keys, unset ones taken from ``[cache]``.
+    """
+
+    url: str = "memory://"  #: ``memory://``, ``redis://...`` or ``rediss://...``
+    ttl: float = 60.0  #: seconds a result is fresh
+    grace: float = 0.0  #: seconds a stale result is still served while one caller refreshes it
+    prefix: str = "shardq:"  #: of every Redis key
+    lock_timeout: float = 10.0  #: seconds before others take over from a computer that died
+    max_bytes: int = 64 * 1024 * 1024  #: the memory backend's bound
+    regions: Mapping[str, CacheConfig] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the URL may hold a password
+        return f"CacheConfig(url={redact(self.url)!r}, ttl={self.ttl}, grace={self.grace})"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A validated configuration. Build it with :func:`load_config`."""
 
@@ -102,6 +123,7 @@ class Config:
     tables: Mapping[str, TableConfig]
     driver: str
     source: str | None = None
+    cache: CacheConfig | None = None
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -110,6 +132,8 @@ class Config:
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement", Placement.uniform([s.name for s in self.shards]))
         dsns = [s.dsn for s in self.shards] + [r for s in self.shards for r in s.replicas]
+        if self.cache is not None:
+            dsns += [self.cache.url, *(r.url for r in self.cache.regions.values())]
         object.__setattr__(self, "secrets", Secrets.of(*dsns))
         object.__setattr__(self, "shard_names", tuple(s.name for s in self.shards))
 
@@ -249,6 +273,49 @@ class _Reader:
             pool_max_size=max_size,
         )
 
+    def seconds(self, raw: object, where: str, *, positive: bool) -> float:
+        number = isinstance(raw, int | float) and not isinstance(raw, bool)
+        if not number or raw < 0 or (positive and raw == 0):  # type: ignore[operator]
+            kind = "a positive" if positive else "a non-negative"
+            raise self.error(f"expected {kind} number of seconds, got {raw!r}", where)
+        return float(raw)  # type: ignore[arg-type]
+
+    def cache(self, raw: object, where: str, parent: CacheConfig | None = None) -> CacheConfig:
+        entry = self.mapping(raw, where)
+        self.check_keys(entry, _CACHE_KEYS if parent is None else _CACHE_KEYS - {"regions"}, where)
+        base = parent or CacheConfig()
+        url = base.url
+        if "url" in entry:
+            url = _interpolate(
+                self.string(entry["url"], f"{where}.url"), file=self.file, where=where
+            )
+            scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+            if scheme not in ("memory", "redis", "rediss", "unix"):
+                raise self.error(
+                    f"expected memory://, redis://... or rediss://..., got {redact(url)!r}",
+                    f"{where}.url",
+                )
+        out = CacheConfig(
+            url=url,
+            ttl=self.seconds(entry.get("ttl", base.ttl), f"{where}.ttl", positive=True),
+            grace=self.seconds(entry.get("grace", base.grace), f"{where}.grace", positive=False),
+            prefix=self.string(entry.get("prefix", base.prefix), f"{where}.prefix"),
+            lock_timeout=self.seconds(
+                entry.get("lock_timeout", base.lock_timeout), f"{where}.lock_timeout", positive=True
+            ),
+            max_bytes=self.size(entry.get("max_bytes", base.max_bytes), f"{where}.max_bytes", 1),
+        )
+        if parent is None:
+            regions_raw = self.mapping(entry.get("regions", {}), f"{where}.regions")
+            regions = {
+                name: self.cache(value, f"{where}.regions.{name}", out)
+                for name, value in regions_raw.items()
+            }
+            out = CacheConfig(
+                out.url, out.ttl, out.grace, out.prefix, out.lock_timeout, out.max_bytes, regions
+            )
+        return out
+
     def table(self, name: str, raw: object) -> TableConfig:
         where = f"tables.{name}"
         entry = self.mapping(raw, where)
@@ -329,12 +396,14 @@ class _Reader:
                     "types may be equal on different shards",
                     where,
                 )
+        cache = self.cache(raw["cache"], "cache") if "cache" in raw else None
         return Config(
             dialect=dialect,
             shards=tuple(shards),
             tables=tables,
             driver=driver,
             source=self.file,
+            cache=cache,
         )
 
 

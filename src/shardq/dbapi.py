@@ -31,6 +31,7 @@ from shardq.statements import is_many
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from shardq.cache.regions import CacheChoice
     from shardq.execute.batch import ExecutionResult, Progress
     from shardq.execute.driver import Column
     from shardq.health import CheckReport
@@ -101,21 +102,36 @@ class Cursor:
         """Not available across shards (PEP 249 allows ``None``); use RETURNING."""
         return None
 
-    def execute(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Self:
+    def execute(
+        self,
+        sql: str,
+        params: Params = None,
+        *,
+        timeout: float | None = None,
+        cache: CacheChoice = None,
+        cache_key: str | None = None,
+    ) -> Self:
         """Run one statement (see :meth:`shardq.aio.AsyncCursor.execute`).
 
         The first batch of rows comes back with the same call into the
         event loop, so a small result costs one crossing, not two.
         """
         self._local.clear()
-        rows, self._drained = self._portal.call(self._execute, sql, params, timeout)
+        rows, self._drained = self._portal.call(
+            self._execute, sql, params, timeout, cache, cache_key
+        )
         self._local.extend(rows)
         return self
 
     async def _execute(
-        self, sql: str, params: Params, timeout: float | None
+        self,
+        sql: str,
+        params: Params,
+        timeout: float | None,
+        cache: CacheChoice,
+        cache_key: str | None,
     ) -> tuple[list[Any], bool]:
-        await self._inner.execute(sql, params, timeout=timeout)
+        await self._inner.execute(sql, params, timeout=timeout, cache=cache, cache_key=cache_key)
         if self._inner.description is None:
             return [], True
         if self._inner.in_memory:
@@ -279,7 +295,15 @@ class Connection:
     def cursor(self, *, row_factory: RowFactory | None = None) -> Cursor:
         return Cursor(self, self._inner.cursor(row_factory=row_factory))
 
-    def execute(self, sql: Any, params: Any = None, *, timeout: float | None = None) -> Any:
+    def execute(
+        self,
+        sql: Any,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        cache: CacheChoice = None,
+        cache_key: str | None = None,
+    ) -> Any:
         """Run a statement on a new cursor and return it (as psycopg does).
 
         Given a list of statements (and optionally a list of parameter sets),
@@ -288,7 +312,7 @@ class Connection:
         """
         if is_many(sql):
             return self._portal.call(self._inner.execute, sql, params, timeout=timeout)
-        return self.cursor().execute(sql, params, timeout=timeout)
+        return self.cursor().execute(sql, params, timeout=timeout, cache=cache, cache_key=cache_key)
 
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""
@@ -460,6 +484,7 @@ def connect(
     row_factory: RowFactory = tuple_row,
     timeout: float | None = None,
     fetch_size: int = DEFAULT_FETCH_SIZE,
+    cache: CacheChoice = None,
 ) -> Connection:
     """Open a PEP 249 :class:`Connection` over the shards of ``config``.
 
@@ -468,11 +493,13 @@ def connect(
         row_factory: how rows are built (:mod:`shardq.rows`); tuples by default.
         timeout: default seconds per statement (``None``: no limit).
         fetch_size: rows fetched from a shard per round trip.
+        cache: cache every read in the result cache (see :mod:`shardq.cache`):
+            True for the default region, a region's name, or a CacheRegion.
     """
 
     async def make() -> AsyncConnection:
         return AsyncConnection(
-            config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size
+            config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
         )
 
     return Connection(make)

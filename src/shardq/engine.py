@@ -11,6 +11,7 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
+from shardq.cache.backend import Result as CachedResult
 from shardq.errors import ConfigError, ProgrammingError, ShardError, UnsupportedQueryError
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.scatter import Scatter
@@ -141,6 +142,15 @@ class Engine:
                 fold = self.config.dialect == "sqlite"  # SQLite names ignore case
                 catalog[table] = frozenset(n.lower() if fold else n for n in names)
         self.planner.set_catalog(catalog)
+
+    async def read_all(self, sql: str, params: object, *, timeout: float | None) -> CachedResult:
+        """Run a read and receive it whole, rows as tuples (what the cache stores)."""
+        result = await self.execute(sql, params, timeout=timeout, row_factory=tuple_row)
+        try:
+            rows = await result.fetchall()
+        finally:
+            await result.close()
+        return CachedResult(result.description, rows, len(rows), result.shards)
 
     async def execute(
         self,

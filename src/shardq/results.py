@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from shardq.merge.evaluate import Semantics
     from shardq.merge.steps import MergePlan
 
-__all__ = ["AsyncResult", "ResultSet"]
+__all__ = ["AsyncResult", "ResultSet", "StoredResult"]
 
 
 class ResultSet:
@@ -90,7 +90,81 @@ def _close_abandoned(scatter: Scatter, batches: AsyncIterator[Rows]) -> None:
     task.add_done_callback(_abandoned.discard)
 
 
-class AsyncResult:
+class _Fetching:
+    """The cursor's fetch methods over ``next_batch()`` and a buffer of rows."""
+
+    _buffer: deque[Any]
+
+    async def next_batch(self) -> list[Any]:
+        raise NotImplementedError
+
+    async def _fill(self) -> bool:
+        if not self._buffer:
+            self._buffer.extend(await self.next_batch())
+        return bool(self._buffer)
+
+    async def fetchone(self) -> Any | None:
+        if await self._fill():
+            return self._buffer.popleft()
+        return None
+
+    async def fetchmany(self, size: int) -> list[Any]:
+        rows: list[Any] = []
+        while len(rows) < size and await self._fill():
+            take = min(size - len(rows), len(self._buffer))
+            rows += [self._buffer.popleft() for _ in range(take)]
+        return rows
+
+    async def fetchall(self) -> list[Any]:
+        rows = list(self._buffer)
+        self._buffer.clear()
+        while batch := await self.next_batch():
+            rows += batch
+        return rows
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while await self._fill():
+            while self._buffer:
+                yield self._buffer.popleft()
+
+
+class StoredResult(_Fetching):
+    """A result already whole in memory (a cache hit), read through the cursor.
+
+    It holds no shard connection: ``closed`` and ``in_memory`` are True from
+    the start.
+    """
+
+    closed = True
+    in_memory = True
+
+    def __init__(
+        self,
+        description: tuple[Column, ...] | None,
+        rows: list[tuple[Any, ...]],
+        rowcount: int,
+        shards: tuple[str, ...],
+        row_factory: RowFactory,
+    ):
+        self.description = description
+        self.rowcount = rowcount
+        self.shards = shards
+        if description is not None and not is_tuple_factory(row_factory):
+            make = row_factory(description)
+            self._buffer = deque(make(row) for row in rows)
+        else:
+            self._buffer = deque(rows)
+
+    async def next_batch(self) -> list[Any]:
+        rows = list(self._buffer)
+        self._buffer.clear()
+        return rows
+
+    async def close(self) -> None:
+        self._buffer.clear()
+
+
+class AsyncResult(_Fetching):
     """The rows of one statement, merged from its shards as they arrive.
 
     Rows are pulled from the shards one batch at a time, so a result larger
@@ -170,35 +244,6 @@ class AsyncResult:
             raise
         self._received += len(batch)
         return [self._make(row) for row in batch] if self._convert else batch
-
-    async def _fill(self) -> bool:
-        if not self._buffer:
-            self._buffer.extend(await self.next_batch())
-        return bool(self._buffer)
-
-    async def fetchone(self) -> Any | None:
-        if await self._fill():
-            return self._buffer.popleft()
-        return None
-
-    async def fetchmany(self, size: int) -> list[Any]:
-        rows: list[Any] = []
-        while len(rows) < size and await self._fill():
-            take = min(size - len(rows), len(self._buffer))
-            rows += [self._buffer.popleft() for _ in range(take)]
-        return rows
-
-    async def fetchall(self) -> list[Any]:
-        rows = list(self._buffer)
-        self._buffer.clear()
-        while batch := await self.next_batch():
-            rows += batch
-        return rows
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        while await self._fill():
-            while self._buffer:
-                yield self._buffer.popleft()
 
     def __del__(self) -> None:
         # A result dropped unread still holds shard connections: give them back.

@@ -14,7 +14,8 @@ from shardq.merge.drive import drive_sync
 
 def test_exported_members() -> None:
     assert set(shardq.__all__) == {
-        "AsyncConnection", "AsyncCursor", "BINARY", "Binary", "Config", "ConfigError",
+        "AsyncConnection", "AsyncCursor", "BINARY", "Binary", "CacheRegion", "Config",
+        "ConfigError",
         "Connection", "Cursor", "DATETIME", "DataError", "DatabaseError", "Date", "DateFromTicks",
         "Error", "ExecutionResult", "IntegrityError", "InterfaceError", "InternalError", "NUMBER",
         "NotSupportedError", "OperationalError", "ProgrammingError", "Progress",

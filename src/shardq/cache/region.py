@@ -1,0 +1,239 @@
+"""Cache regions: dogpile.cache's algorithm, async, over a shared backend.
+
+A region holds results for ``ttl`` seconds. A lookup is one of:
+
+- a **hit**: the entry is fresh and no table it read was written since;
+- **stale**: past ``ttl`` but within ``grace``: the old result is returned at
+  once and one background task computes the new one;
+- a **miss**: one computation for the key, however many callers ask. In this
+  process they share one task; across processes the backend's lock picks one
+  computer, and the others wait to be told it is done (Redis pub/sub, no
+  polling), then read its result. If the computer dies, its lock expires and
+  a waiter takes over.
+
+If the backend fails (Redis down, a timeout), a warning is logged once, the
+query runs uncached, and the caller never sees the error; a notice is logged
+when the backend answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from shardq.cache.backend import BackendUnavailable, Entry
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from shardq.cache.backend import Backend, Held, Result
+
+__all__ = ["CacheRegion", "backend_from_url"]
+
+logger = logging.getLogger("shardq.cache")
+
+
+class CacheRegion:
+    """A named cache with its backend, time to live and grace period.
+
+    Args:
+        backend: a :class:`~shardq.cache.memory.MemoryBackend`, a
+            :class:`~shardq.cache.redis.RedisBackend`, or a URL for one
+            (``memory://``, ``redis://...``, ``rediss://...``).
+        ttl: seconds a result is served as fresh.
+        grace: seconds after ``ttl`` during which the stale result is served
+            at once while one caller refreshes it (0: none).
+        name: for logs and ``shardq cache stats``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str = "memory://",
+        *,
+        ttl: float = 60.0,
+        grace: float = 0.0,
+        name: str = "default",
+    ):
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        if grace < 0:
+            raise ValueError("grace must not be negative")
+        self.backend: Backend = backend_from_url(backend) if isinstance(backend, str) else backend
+        self.ttl = ttl
+        self.grace = grace
+        self.name = name
+        self._computing: dict[str, asyncio.Task[Result | None]] = {}
+        self._background: set[asyncio.Task[Result | None]] = set()
+        self._down = False
+
+    def __repr__(self) -> str:
+        return f"<CacheRegion {self.name!r} ttl={self.ttl} grace={self.grace} {self.backend!r}>"
+
+    async def get_or_create(
+        self, key: str, tables: tuple[str, ...], creator: Callable[[], Awaitable[Result]]
+    ) -> Result:
+        """The result cached under ``key``, computed by ``creator()`` when there is none.
+
+        ``tables`` are the tables the result reads: a write to one of them
+        (through :meth:`invalidate`) makes the entry unservable.
+        """
+        backend = self.backend
+        try:
+            entry, versions = await backend.get(key, tables)
+            await backend.count("lookup")
+        except BackendUnavailable as exc:
+            self._unavailable(exc)
+            return await creator()
+        self._available()
+        if entry is not None and entry.versions == versions:
+            now = time.time()
+            if entry.fresh(now):
+                return entry.result
+            if entry.stale(now):
+                await self._count("stale")
+                if key not in self._computing:
+                    self._start(key, tables, creator, wait=False, background=True)
+                return entry.result
+        while True:
+            task = self._computing.get(key)
+            if task is None:
+                task = self._start(key, tables, creator, wait=True, background=False)
+            result = await asyncio.shield(task)
+            if result is not None:
+                return result
+            # That was a background refresh that found another process at it.
+
+    def _start(
+        self,
+        key: str,
+        tables: tuple[str, ...],
+        creator: Callable[[], Awaitable[Result]],
+        *,
+        wait: bool,
+        background: bool,
+    ) -> asyncio.Task[Result | None]:
+        """The one task of this process computing ``key``."""
+        task = asyncio.get_running_loop().create_task(self._compute(key, tables, creator, wait))
+
+        def finished(done: asyncio.Task[Result | None]) -> None:
+            if self._computing.get(key) is done:
+                del self._computing[key]
+            self._background.discard(done)
+            if background and not done.cancelled() and done.exception() is not None:
+                logger.warning(
+                    "cache %s: refreshing a stale result failed: %s", self.name, done.exception()
+                )
+
+        self._computing[key] = task
+        if background:
+            self._background.add(task)
+        task.add_done_callback(finished)
+        return task
+
+    async def _compute(
+        self,
+        key: str,
+        tables: tuple[str, ...],
+        creator: Callable[[], Awaitable[Result]],
+        wait: bool,
+    ) -> Result | None:
+        """Compute ``key`` under the backend's lock; None if not waiting and it is taken."""
+        backend = self.backend
+        held: Held | None = None
+        try:
+            while True:
+                held = await backend.acquire(key)
+                if held is not None:
+                    break
+                if not wait:
+                    return None
+                await backend.wait(key)
+                entry, versions = await backend.get(key, tables)
+                if entry is not None and entry.versions == versions and entry.fresh(time.time()):
+                    return entry.result
+            # Between the miss and the lock another process may have stored it.
+            entry, versions = await backend.get(key, tables)
+            if entry is not None and entry.versions == versions and entry.fresh(time.time()):
+                return entry.result
+            await self._count("miss")
+        except BackendUnavailable as exc:
+            self._unavailable(exc)
+            if held is not None:
+                await self._release(held)
+            return await creator()
+        try:
+            result = await creator()
+            now = time.time()
+            # The versions read before computing: a write since then makes it unservable.
+            entry = Entry(result, now + self.ttl, now + self.ttl + self.grace, versions)
+            try:
+                await backend.set(key, entry)
+            except BackendUnavailable as exc:
+                self._unavailable(exc)
+            return result
+        finally:
+            await self._release(held)
+
+    async def _release(self, held: Held) -> None:
+        try:
+            await held.release()
+        except BackendUnavailable as exc:
+            self._unavailable(exc)
+
+    async def _count(self, event: str) -> None:
+        with contextlib.suppress(BackendUnavailable):
+            await self.backend.count(event)
+
+    def _unavailable(self, exc: BaseException) -> None:
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "cache %s: the backend failed (%s); queries run uncached until it answers",
+                self.name,
+                exc,
+            )
+
+    def _available(self) -> None:
+        if self._down:
+            self._down = False
+            logger.warning("cache %s: the backend answers again", self.name)
+
+    async def invalidate(self, tables: tuple[str, ...]) -> None:
+        """Make every result that read one of ``tables`` unservable (a write did)."""
+        if not tables:
+            return
+        try:
+            await self.backend.bump(tables)
+        except BackendUnavailable as exc:
+            self._unavailable(exc)
+
+    async def clear(self) -> int:
+        """Drop every entry of the backend; how many."""
+        return await self.backend.clear()
+
+    async def stats(self) -> dict[str, int]:
+        """The backend's counters (lookups, misses, stale) and size."""
+        return await self.backend.stats()
+
+    async def close(self) -> None:
+        """Wait for background refreshes, then release the backend."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.backend.close()
+
+
+def backend_from_url(url: str, **options: object) -> Backend:
+    """The backend a URL names: ``memory://`` or ``redis://``/``rediss://``."""
+    from shardq.cache.memory import MemoryBackend
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return MemoryBackend(**options)  # type: ignore[arg-type]
+    if scheme in ("redis", "rediss", "unix"):
+        from shardq.cache.redis import RedisBackend
+
+        return RedisBackend(url, **options)  # type: ignore[arg-type]
+    raise ValueError(f"a cache URL starts with memory://, redis:// or rediss://, not {scheme!r}")
