@@ -530,10 +530,14 @@ class AsyncConnection:
         if timeout is None:
             timeout = self.timeout
         lanes = Lanes(engine.pools, prepare=prepare, ordered=ordered)
+        caches = self._caches
+        written: set[str] = set()  # tables the batch's writes touch: bumped at its end
 
         def start(item: Any, done: Callable[[Any, BaseException | None], None]) -> Any:
             self._check_open()
             sql, params = as_statement(item, dialect)
+            if caches.configured:
+                written.update(caches.written(engine.planner, sql))
             if engine.submit(
                 sql, params, lanes=lanes, timeout=timeout, row_factory=factory, done=done
             ):
@@ -556,6 +560,8 @@ class AsyncConnection:
                         yield outcome
             finally:
                 await lanes.close()
+                if written:
+                    await caches.invalidate(tuple(sorted(written)))
 
         return results()
 

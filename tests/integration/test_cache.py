@@ -444,3 +444,22 @@ def _toml(config: dict[str, Any]) -> str:
     lines.append("[cache]")
     lines += [f"{k} = {json.dumps(v)}" for k, v in config["cache"].items()]
     return "\n".join(lines) + "\n"
+
+
+async def test_writes_in_a_batch_invalidate_at_its_end(
+    notes: list[PgCluster], redis_server: RedisServer, prefix: str
+) -> None:
+    config = cached_config(notes, redis_server.url, prefix)
+    read = f"SELECT count(*) FROM {NOTES}"
+    async with shardq.AsyncConnection(config, cache=True) as conn:
+        before = (await (await conn.execute(read)).fetchall())[0][0]
+        insert = f"INSERT INTO {NOTES} (id, body) VALUES (%s, %s)"
+        await conn.cursor().executemany(insert, [(i, "b") for i in range(100, 110)])
+        assert await (await conn.execute(read)).fetchall() == [(before + 10,)]
+        deletes = [(f"DELETE FROM {NOTES} WHERE id = %s", [i]) for i in range(100, 105)]
+        await conn.execute_concurrent(deletes)
+        assert await (await conn.execute(read)).fetchall() == [(before + 5,)]
+        await conn.execute_concurrent_with_args(
+            f"DELETE FROM {NOTES} WHERE id = %s", [(i,) for i in range(105, 110)]
+        )
+        assert await (await conn.execute(read)).fetchall() == [(before,)]
