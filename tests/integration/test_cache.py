@@ -103,6 +103,13 @@ async def test_a_write_to_a_table_read_makes_the_entry_unservable(region: CacheR
     assert (await region.get_or_create("k", ("a", "b"), creator)).rows == [(2,)]
 
 
+async def test_clear_drops_what_this_process_holds_too(region: CacheRegion) -> None:
+    creator = Counting()
+    await region.get_or_create("k", (), creator)
+    assert await region.clear() == 1
+    assert (await region.get_or_create("k", (), creator)).rows == [(2,)]
+
+
 async def test_stale_results_are_served_while_one_refresh_runs(
     redis_server: RedisServer, prefix: str
 ) -> None:

@@ -124,6 +124,7 @@ class _Notifier:
     """One pub/sub connection per backend, shared by every waiting caller."""
 
     def __init__(self, client: redis.asyncio.Redis, idle_channel: str):
+        self._client = client
         self._pubsub = client.pubsub()
         self._idle = idle_channel  # always subscribed: the reader never runs out of channels
         self._subscribed: dict[str, list[asyncio.Future[None]]] = {}
@@ -131,9 +132,14 @@ class _Notifier:
         self._reader: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
-        if self._reader is None or self._reader.done():
-            await self._pubsub.subscribe(self._idle)
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+        if self._reader is not None and not self._reader.done():
+            return
+        if self._reader is not None:  # it died with its connection: start afresh
+            with contextlib.suppress(*_errors()):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = self._client.pubsub()
+        await self._pubsub.subscribe(self._idle)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
         try:
@@ -393,18 +399,24 @@ class RedisBackend:
             raise BackendUnavailable(str(exc)) from exc
 
     async def clear(self) -> int:
+        # Tags too: a process holding a decoded entry serves it while its tag is there.
+        entry = f"{self.prefix}e:".encode()
         dropped = 0
         try:
-            batch: list[Any] = []
-            async for name in self._client.scan_iter(match=f"{self.prefix}e:*", count=500):
+            batch: list[bytes] = []
+            async for name in self._client.scan_iter(match=f"{self.prefix}[et]:*", count=500):
                 batch.append(name)
                 if len(batch) >= 500:
-                    dropped += await self._client.unlink(*batch)
+                    await self._client.unlink(*batch)
+                    dropped += sum(n.startswith(entry) for n in batch)
                     batch = []
             if batch:
-                dropped += await self._client.unlink(*batch)
+                await self._client.unlink(*batch)
+                dropped += sum(n.startswith(entry) for n in batch)
         except _errors() as exc:
             raise BackendUnavailable(str(exc)) from exc
+        self._near.clear()
+        self._near_bytes = 0
         return dropped
 
     async def count(self, event: str) -> None:
