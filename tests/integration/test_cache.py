@@ -470,3 +470,21 @@ async def test_writes_in_a_batch_invalidate_at_its_end(
             f"DELETE FROM {NOTES} WHERE id = %s", [(i,) for i in range(105, 110)]
         )
         assert await (await conn.execute(read)).fetchall() == [(before,)]
+
+
+async def test_redis_over_tls_with_a_password(prefix: str) -> None:
+    server = RedisServer(tls=True)
+    await asyncio.to_thread(server.start)
+    try:
+        assert server.url.startswith("rediss://")
+        region = CacheRegion(RedisBackend(server.url, prefix=prefix), ttl=60)
+        try:
+            creator = Counting()
+            await region.get_or_create("k", ("t",), creator)
+            assert (await region.get_or_create("k", ("t",), creator)).rows == [(1,)]
+            assert creator.calls == 1
+            assert server.password not in repr(region)
+        finally:
+            await region.close()
+    finally:
+        await asyncio.to_thread(server.stop)
