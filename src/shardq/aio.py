@@ -137,13 +137,16 @@ class AsyncCursor:
                 raise ProgrammingError(
                     "only reads are cached: this statement writes (leave cache= unset)"
                 )
-        self._result = await engine.execute(
-            sql, params, timeout=timeout, row_factory=self.row_factory
-        )
+        written = caches.written(engine.planner, sql) if caches.configured else ()
+        try:
+            self._result = await engine.execute(
+                sql, params, timeout=timeout, row_factory=self.row_factory
+            )
+        finally:
+            if written:  # even when it failed: it may have committed before the error
+                await caches.invalidate(written)
         if not self._result.closed:
             connection._open_results.add(self._result)
-        if caches.configured:
-            await caches.invalidate(caches.written(engine.planner, sql))
         return self
 
     async def executemany(

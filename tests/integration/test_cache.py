@@ -24,7 +24,7 @@ import redis
 
 import shardq
 from shardq.cache import CacheRegion, MemoryBackend, RedisBackend
-from shardq.cache.backend import Result
+from shardq.cache.backend import Entry, Result
 from tests.fixtures.servers import RedisServer
 from tests.fixtures.shards import PG_DATABASE, pg_config
 
@@ -156,7 +156,7 @@ STAMPEDE = """
 import asyncio, sys, time, json
 import redis.asyncio
 from shardq.cache import CacheRegion, RedisBackend
-from shardq.cache.backend import Result
+from shardq.cache.backend import Entry, Result
 
 url, prefix, start, callers = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 
@@ -208,7 +208,7 @@ def test_four_processes_share_one_computation(redis_server: RedisServer, prefix:
 HOLDER = """
 import asyncio, sys
 from shardq.cache import CacheRegion, RedisBackend
-from shardq.cache.backend import Result
+from shardq.cache.backend import Entry, Result
 
 url, prefix = sys.argv[1], sys.argv[2]
 
@@ -488,3 +488,143 @@ async def test_redis_over_tls_with_a_password(prefix: str) -> None:
             await region.close()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+# ------------------------------------------------------------ found by review: races
+
+
+async def test_a_result_stored_between_the_miss_and_the_lock_releases_the_lock() -> None:
+    class Racing(MemoryBackend):
+        """Another process stores the key just before this one takes its lock."""
+
+        raced = False
+
+        async def acquire(self, key: str) -> Any:
+            if not self.raced:
+                self.raced = True
+                now = time.time()
+                await self.set(key, Entry(result(0), now + 60, now + 60, ()))
+            return await super().acquire(key)
+
+    backend = Racing()
+    region = CacheRegion(backend, ttl=60)
+    creator = Counting()
+    assert (await region.get_or_create("k", (), creator)).rows == [(0,)]
+    assert creator.calls == 0
+    held = await backend.acquire("default:k")  # the lock was given back
+    assert held is not None
+    await held.release()
+
+
+async def test_many_keys_waited_on_at_once_share_one_notifier(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # Another process (a backend of its own) holds 20 keys' locks; this one
+    # waits on all 20 at once, then reads what the other stored.
+    other = RedisBackend(redis_server.url, prefix=prefix)
+    region = CacheRegion(RedisBackend(redis_server.url, prefix=prefix), ttl=60)
+    keys = [f"default:k{i}" for i in range(20)]
+    try:
+        held = [await other.acquire(k) for k in keys]
+        creator = Counting()
+        waiting = asyncio.gather(*(region.get_or_create(k[8:], (), creator) for k in keys))
+        await asyncio.sleep(0.3)
+        now = time.time()
+        for key, lock in zip(keys, held, strict=True):
+            await other.set(key, Entry(result(key), now + 60, now + 60, ()))
+            assert lock is not None
+            await lock.release()
+        found = await asyncio.wait_for(waiting, timeout=10)
+        assert [r.rows[0][0] for r in found] == keys
+        assert creator.calls == 0  # every waiter was told, none computed
+    finally:
+        await region.close()
+        await other.close()
+
+
+async def test_a_computation_begun_before_a_write_is_not_shared_after_it() -> None:
+    region = CacheRegion(MemoryBackend(), ttl=60)
+    release = asyncio.Event()
+    calls = 0
+
+    async def creator() -> Result:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()  # the first computation read the table before the write
+        return result(calls)
+
+    first = asyncio.ensure_future(region.get_or_create("k", ("t",), creator))
+    await asyncio.sleep(0.05)
+    await region.invalidate(("t",))
+    second = asyncio.ensure_future(region.get_or_create("k", ("t",), creator))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert (await first).rows == [(1,)]
+    assert (await second).rows == [(2,)]  # computed after the write, not the older result
+
+
+async def test_regions_sharing_a_backend_keep_their_own_time_to_live() -> None:
+    backend = MemoryBackend()
+    long = CacheRegion(backend, ttl=3600, name="long")
+    short = CacheRegion(backend, ttl=60, name="short")
+    creator = Counting()
+    await long.get_or_create("k", (), creator)
+    assert (await short.get_or_create("k", (), creator)).rows == [(2,)]
+
+
+async def test_a_caller_changing_its_rows_does_not_change_the_cache(region: CacheRegion) -> None:
+    async def creator() -> Result:
+        return Result(None, [({"tags": ["a"]}, [1])], 1, ("s0",))
+
+    mine = await region.get_or_create("k", (), creator)
+    mine.rows[0][0]["tags"].append("changed")
+    mine.rows[0][1].append(2)
+    again = await region.get_or_create("k", (), creator)
+    again.rows[0][0]["tags"].append("changed again")
+    assert (await region.get_or_create("k", (), creator)).rows == [({"tags": ["a"]}, [1])]
+
+
+async def test_connections_of_one_process_share_its_memory_cache(
+    notes: list[PgCluster],
+) -> None:
+    config = pg_config(notes)
+    config["tables"] = {**config["tables"], NOTES: {"shard_key": "id"}}
+    read = f"SELECT count(*) FROM {NOTES}"
+    async with (
+        shardq.AsyncConnection(config, cache=True) as reader,
+        shardq.AsyncConnection(config, cache=True) as writer,
+    ):
+        before = (await (await reader.execute(read)).fetchall())[0][0]
+        await writer.execute(f"INSERT INTO {NOTES} (id, body) VALUES (%s, %s)", [500, "m"])
+        assert await (await reader.execute(read)).fetchall() == [(before + 1,)]
+        await writer.execute(f"DELETE FROM {NOTES} WHERE id = %s", [500])
+
+
+async def test_parameters_the_cache_cannot_key_run_uncached(
+    pg_dataset: list[PgCluster],
+) -> None:
+    from psycopg.types.json import Jsonb
+
+    async with shardq.AsyncConnection(pg_config(pg_dataset), cache=True) as conn:
+        cursor = await conn.execute("SELECT %s::jsonb -> 'a' AS a", [Jsonb({"a": 1})])
+        assert await cursor.fetchall() == [(1,)]
+
+
+def test_connections_given_as_objects_never_share_cached_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    region = CacheRegion(MemoryBackend(), ttl=60)
+    answers = []
+    for name in ("alice", "bob"):
+        path = tmp_path / f"{name}.db"
+        with sqlite3.connect(path) as setup:
+            setup.execute("CREATE TABLE who (name TEXT)")
+            setup.execute("INSERT INTO who VALUES (?)", [name])
+        raw = sqlite3.connect(path, check_same_thread=False)
+        with shardq.from_connections(
+            [raw], tables={"who": {"reference": True}}, dialect="sqlite"
+        ) as conn:
+            answers.append(conn.execute("SELECT name FROM who", cache=region).fetchall())
+        raw.close()
+    assert answers == [[("alice",)], [("bob",)]]

@@ -506,3 +506,19 @@ def test_decoding_imports_nothing() -> None:
     decodes_or_refuses(crafted(["v", [["os", "system"]]]))
     decode(SAMPLE)
     assert set(sys.modules) == before
+
+
+def test_crafted_sizes_are_refused_before_they_allocate() -> None:
+    import zlib
+
+    from shardq.cache import codec
+
+    header = encode(None, [], 0, ())[:4]
+    # Rows without columns cost no bytes to send: a huge count is refused.
+    empty = json.dumps([None, 0, [], 2**40, []]).encode()
+    with pytest.raises(CodecError, match="without columns"):
+        decode(header + b"\x00" + empty)
+    # A compressed body may not inflate past the bound.
+    bomb = zlib.compress(b" " * (codec.MAX_DECODED + 1), 9)
+    with pytest.raises(CodecError, match="inflates beyond"):
+        decode(header + bytes([1]) + bomb)

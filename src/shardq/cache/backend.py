@@ -12,12 +12,13 @@ processes on several machines.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from shardq.execute.driver import Column
 
-__all__ = ["Backend", "BackendUnavailable", "Entry", "Held", "Result"]
+__all__ = ["Backend", "BackendUnavailable", "Entry", "Held", "Result", "holds_mutable", "shared"]
 
 
 class Result(NamedTuple):
@@ -43,6 +44,23 @@ class Entry(NamedTuple):
     def stale(self, now: float) -> bool:
         """Past its time to live, within its grace period."""
         return self.fresh_until <= now < self.stale_until
+
+
+def shared(entry: Entry, mutable: bool) -> Entry:
+    """``entry`` to hand to a caller; ``mutable`` is :func:`holds_mutable` of its rows.
+
+    The rows list is always a new one; rows holding a JSON object or an array
+    (a dict, a list), which one caller could change under every later one,
+    are copied deeply.
+    """
+    result = entry.result
+    rows = copy.deepcopy(result.rows) if mutable else list(result.rows)
+    return entry._replace(result=result._replace(rows=rows))
+
+
+def holds_mutable(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether a value in ``rows`` can be changed in place (checked once, when stored)."""
+    return any(isinstance(v, dict | list) for row in rows for v in row)
 
 
 class BackendUnavailable(Exception):

@@ -80,6 +80,10 @@ _VERSION = 1
 _HEADER = b"SQC" + bytes([_VERSION])
 _PARAMS_HEADER = b"SQP" + bytes([_VERSION])
 _ZLIB = 1
+#: The most bytes a compressed result may inflate to (untrusted input).
+MAX_DECODED = 256 * 1024 * 1024
+#: The most rows of a result without columns (they take no bytes to send).
+MAX_EMPTY_ROWS = 10_000_000
 # Measured on a 100-row result: zlib (level 1) would take it from 6.9 to 3.3 KB but
 # add half to its encode time (+120 us) and 15% to decode. Above this, bytes win.
 _COMPRESS_ABOVE = 32 * 1024
@@ -104,7 +108,7 @@ _UNFOLD = bytes(i & 127 for i in range(256))
 # ArithmeticError decimal's InvalidOperation and OverflowError.
 _DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError)
 _DECODE_ERRORS += (AttributeError, ArithmeticError, RecursionError, OSError)
-_DECODE_ERRORS += (struct.error, zlib.error)
+_DECODE_ERRORS += (struct.error, zlib.error, MemoryError)
 
 
 def _b64(data: bytes | bytearray | array[Any]) -> str:
@@ -390,10 +394,16 @@ def decode(
         if flags & ~_ZLIB:
             raise CodecError(f"unknown flags {flags:#x}")
         if flags & _ZLIB:
-            body = zlib.decompress(body)
+            inflate = zlib.decompressobj()
+            body = inflate.decompress(body, MAX_DECODED)
+            if inflate.unconsumed_tail:
+                raise CodecError(f"the result inflates beyond {MAX_DECODED} bytes")
         description, rowcount, shards, nrows, entries = json.loads(body)
         if type(rowcount) is not int or type(nrows) is not int or nrows < 0:
             raise CodecError("the row counts are not ints")
+        if not entries and nrows > MAX_EMPTY_ROWS:
+            # Rows without columns cost no bytes here: bound what they allocate.
+            raise CodecError(f"{nrows} rows without columns")
         if type(shards) is not list or not set(map(type, shards)) <= {str}:
             raise CodecError("the shard names are not a list of str")
         if type(entries) is not list:

@@ -26,7 +26,10 @@ or, for a key the caller supplies, the identity and that key.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import os
+import secrets
 from typing import TYPE_CHECKING
 
 from shardq.cache import codec
@@ -40,12 +43,29 @@ __all__ = ["identity", "key", "statement_prefix", "user_prefix"]
 _VERSION = b"shardq-cache-1\0"
 
 
+# What libpq takes from the environment when a DSN leaves it out: the user
+# (and so the privileges) may come from there.
+_LIBPQ_ENV = ("PGUSER", "PGHOST", "PGPORT", "PGDATABASE", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS")
+
+
 def identity(config: Config) -> bytes:
-    """Who asks, and of which databases: the same for the same user on the same shards."""
+    """Who asks, and of which databases: the same for the same user on the same shards.
+
+    Shards given as ready connections (the PEP 249 adapter) carry no DSN to
+    tell who they are: their identity is unique to the configuration object,
+    so their results are shared by no other connection.
+    """
     h = hashlib.blake2b(_VERSION, digest_size=16)
     h.update(config.dialect.encode() + b"\0")
+    if config.driver == "pep249":
+        h.update(b"adapter\0" + secrets.token_bytes(16))
     for shard in config.shards:
         h.update(f"{shard.name}\0{redact(shard.dsn)}\0".encode())
+    if config.dialect == "postgres":
+        # libpq's defaults: the operating-system user, then its environment.
+        h.update(f"{getpass.getuser()}\0".encode())
+        for name in _LIBPQ_ENV:
+            h.update(f"{name}={os.environ.get(name, '')}\0".encode())
     return h.digest()
 
 

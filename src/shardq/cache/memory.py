@@ -10,11 +10,13 @@ another process does not reach this cache (use Redis for that).
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from shardq.cache import codec
+from shardq.cache.backend import holds_mutable, shared
 
 if TYPE_CHECKING:
     from shardq.cache.backend import Entry
@@ -47,7 +49,8 @@ class MemoryBackend:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[Entry, int]] = OrderedDict()
+        # key -> (entry, its encoded size, whether its rows hold mutable values)
+        self._entries: OrderedDict[str, tuple[Entry, int, bool]] = OrderedDict()
         self._bytes = 0
         self._versions: dict[str, int] = {}
         self._locks: dict[str, asyncio.Event] = {}
@@ -66,7 +69,7 @@ class MemoryBackend:
             self._drop(key)
             return None, versions
         self._entries.move_to_end(key)
-        return entry, versions
+        return shared(entry, found[2]), versions
 
     async def set(self, key: str, entry: Entry) -> None:
         result = entry.result
@@ -79,7 +82,10 @@ class MemoryBackend:
         if size > self.max_bytes:
             return
         self._drop(key)
-        self._entries[key] = (entry, size)
+        mutable = holds_mutable(result.rows)
+        if mutable:  # the caller that computed it holds the same objects
+            entry = copy.deepcopy(entry)
+        self._entries[key] = (entry, size, mutable)
         self._bytes += size
         while self._bytes > self.max_bytes:
             oldest = next(iter(self._entries))

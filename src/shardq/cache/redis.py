@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import secrets
 import struct
 import time
@@ -34,7 +35,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from shardq.cache import codec
-from shardq.cache.backend import BackendUnavailable, Entry, Result
+from shardq.cache.backend import BackendUnavailable, Entry, Result, holds_mutable, shared
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -102,13 +103,15 @@ class _Held:
     async def _renew(self) -> None:
         backend = self._backend
         every = backend.lock_timeout / 3
-        with contextlib.suppress(*_errors()):
-            while True:
-                await asyncio.sleep(every)
-                keys = [backend._lock_key(self._key)]
-                ms = int(backend.lock_timeout * 1000)
+        keys = [backend._lock_key(self._key)]
+        ms = int(backend.lock_timeout * 1000)
+        while True:
+            await asyncio.sleep(every)
+            try:
                 if not await backend._renew_script(keys=keys, args=[self._token, ms]):
                     return  # lost (expired while this process stalled): nothing to renew
+            except _errors():
+                continue  # one failed call: the lock still has two thirds of its time
 
     async def release(self) -> None:
         self._renewal.cancel()
@@ -130,8 +133,13 @@ class _Notifier:
         self._subscribed: dict[str, list[asyncio.Future[None]]] = {}
         self._released: dict[str, list[asyncio.Future[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
 
     async def _start(self) -> None:
+        async with self._starting:  # one reader: two would read one connection at once
+            await self._start_reader()
+
+    async def _start_reader(self) -> None:
         if self._reader is not None and not self._reader.done():
             return
         if self._reader is not None:  # it died with its connection: start afresh
@@ -259,8 +267,9 @@ class RedisBackend:
         self._notifier: _Notifier | None = None
         self._location = _location(url)
         self._counts: dict[str, int] = {}
-        # Entries this process decoded, by key: (Redis's tag for it, entry, size).
-        self._near: OrderedDict[str, tuple[bytes, Entry, int]] = OrderedDict()
+        # Entries this process decoded, by key: (Redis's tag for it, entry, size,
+        # whether its rows hold mutable values).
+        self._near: OrderedDict[str, tuple[bytes, Entry, int, bool]] = OrderedDict()
         self._near_bytes = 0
         self._near_max = near_bytes
         self._flushed = 0.0
@@ -321,7 +330,7 @@ class RedisBackend:
             near = self._near.get(key)
             if near is not None and near[0] == tag:
                 self._near.move_to_end(key)
-                return near[1], versions
+                return shared(near[1], near[3]), versions
             tag, data = await self._command("MGET", self._tag_key(key), self._entry_key(key))
         except _errors() as exc:
             raise BackendUnavailable(str(exc)) from exc
@@ -331,18 +340,25 @@ class RedisBackend:
             entry = unpack(data)
         except codec.CodecError:
             return None, versions  # written by another version of shardq, or damaged
-        self._keep(key, tag, entry, len(data))
-        return entry, versions
+        mutable = self._keep(key, tag, entry, len(data))
+        return shared(entry, mutable), versions
 
-    def _keep(self, key: str, tag: bytes, entry: Entry, size: int) -> None:
-        """Hold a decoded entry in this process, under the tag Redis has for it."""
+    def _keep(self, key: str, tag: bytes, entry: Entry, size: int) -> bool:
+        """Hold a decoded entry in this process, under the tag Redis has for it.
+
+        Returns whether its rows hold values a caller could change in place.
+        """
         self._drop_near(key)
+        mutable = holds_mutable(entry.result.rows)
         if size > self._near_max:
-            return
-        self._near[key] = (tag, entry, size)
+            return mutable
+        if mutable:  # the caller that computed or decoded it may hold the same objects
+            entry = copy.deepcopy(entry)
+        self._near[key] = (tag, entry, size, mutable)
         self._near_bytes += size
         while self._near_bytes > self._near_max:
             self._drop_near(next(iter(self._near)))
+        return mutable
 
     def _drop_near(self, key: str) -> None:
         found = self._near.pop(key, None)

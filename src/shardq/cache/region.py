@@ -11,9 +11,9 @@ A region holds results for ``ttl`` seconds. A lookup is one of:
   polling), then read its result. If the computer dies, its lock expires and
   a waiter takes over.
 
-If the backend fails (Redis down, a timeout), a warning is logged once, the
-query runs uncached, and the caller never sees the error; a notice is logged
-when the backend answers again.
+If the backend fails (Redis down, a timeout), a warning is logged once (and
+not again within a minute), the query runs uncached, and the caller never
+sees the error; a notice is logged (at INFO) when the backend answers again.
 """
 
 from __future__ import annotations
@@ -34,6 +34,20 @@ if TYPE_CHECKING:
 __all__ = ["CacheRegion", "backend_from_url"]
 
 logger = logging.getLogger("shardq.cache")
+
+#: Seconds between two warnings that the backend failed.
+_WARN_EVERY = 60.0
+
+
+class _Computing:
+    """This process's computation of one key, and the table versions it computes as of."""
+
+    __slots__ = ("task", "versions")
+
+    task: asyncio.Task[Result | None]
+
+    def __init__(self) -> None:
+        self.versions: tuple[int, ...] | None = None  # known once it has the lock
 
 
 class CacheRegion:
@@ -65,9 +79,10 @@ class CacheRegion:
         self.ttl = ttl
         self.grace = grace
         self.name = name
-        self._computing: dict[str, asyncio.Task[Result | None]] = {}
+        self._computing: dict[str, _Computing] = {}
         self._background: set[asyncio.Task[Result | None]] = set()
         self._down = False
+        self._warned = -_WARN_EVERY
 
     def __repr__(self) -> str:
         return f"<CacheRegion {self.name!r} ttl={self.ttl} grace={self.grace} {self.backend!r}>"
@@ -80,28 +95,35 @@ class CacheRegion:
         ``tables`` are the tables the result reads: a write to one of them
         (through :meth:`invalidate`) makes the entry unservable.
         """
+        # Entries are the region's own: regions sharing a backend keep their ttl.
+        key = f"{self.name}:{key}"
         backend = self.backend
-        try:
-            entry, versions = await backend.get(key, tables)
-            await backend.count("lookup")
-        except BackendUnavailable as exc:
-            self._unavailable(exc)
-            return await creator()
-        self._available()
-        if entry is not None and entry.versions == versions:
-            now = time.time()
-            if entry.fresh(now):
-                return entry.result
-            if entry.stale(now):
-                await self._count("stale")
-                if key not in self._computing:
-                    self._start(key, tables, creator, wait=False, background=True)
-                return entry.result
         while True:
-            task = self._computing.get(key)
-            if task is None:
-                task = self._start(key, tables, creator, wait=True, background=False)
-            result = await asyncio.shield(task)
+            try:
+                entry, versions = await backend.get(key, tables)
+                await backend.count("lookup")
+            except BackendUnavailable as exc:
+                self._unavailable(exc)
+                return await creator()
+            self._available()
+            if entry is not None and entry.versions == versions:
+                now = time.time()
+                if entry.fresh(now):
+                    return entry.result
+                if entry.stale(now):
+                    await self._count("stale")
+                    if key not in self._computing:
+                        self._start(key, tables, creator, wait=False, background=True)
+                    return entry.result
+            computing = self._computing.get(key)
+            if computing is None:
+                computing = self._start(key, tables, creator, wait=True, background=False)
+            elif computing.versions is not None and computing.versions != versions:
+                # It read the tables before a write this caller has seen: its
+                # result may be older than that write. Let it end, then look again.
+                await asyncio.wait([computing.task])
+                continue
+            result = await asyncio.shield(computing.task)
             if result is not None:
                 return result
             # That was a background refresh that found another process at it.
@@ -114,12 +136,15 @@ class CacheRegion:
         *,
         wait: bool,
         background: bool,
-    ) -> asyncio.Task[Result | None]:
+    ) -> _Computing:
         """The one task of this process computing ``key``."""
-        task = asyncio.get_running_loop().create_task(self._compute(key, tables, creator, wait))
+        computing = _Computing()
+        computing.task = asyncio.get_running_loop().create_task(
+            self._compute(key, tables, creator, wait, computing)
+        )
 
         def finished(done: asyncio.Task[Result | None]) -> None:
-            if self._computing.get(key) is done:
+            if self._computing.get(key) is computing:
                 del self._computing[key]
             self._background.discard(done)
             if background and not done.cancelled() and done.exception() is not None:
@@ -127,11 +152,11 @@ class CacheRegion:
                     "cache %s: refreshing a stale result failed: %s", self.name, done.exception()
                 )
 
-        self._computing[key] = task
+        self._computing[key] = computing
         if background:
-            self._background.add(task)
-        task.add_done_callback(finished)
-        return task
+            self._background.add(computing.task)
+        computing.task.add_done_callback(finished)
+        return computing
 
     async def _compute(
         self,
@@ -139,6 +164,7 @@ class CacheRegion:
         tables: tuple[str, ...],
         creator: Callable[[], Awaitable[Result]],
         wait: bool,
+        computing: _Computing,
     ) -> Result | None:
         """Compute ``key`` under the backend's lock; None if not waiting and it is taken."""
         backend = self.backend
@@ -158,24 +184,23 @@ class CacheRegion:
             entry, versions = await backend.get(key, tables)
             if entry is not None and entry.versions == versions and entry.fresh(time.time()):
                 return entry.result
+            computing.versions = versions  # read before computing: what the result is as of
             await self._count("miss")
-        except BackendUnavailable as exc:
-            self._unavailable(exc)
-            if held is not None:
-                await self._release(held)
-            return await creator()
-        try:
             result = await creator()
             now = time.time()
-            # The versions read before computing: a write since then makes it unservable.
+            # A write since the versions were read makes the entry unservable.
             entry = Entry(result, now + self.ttl, now + self.ttl + self.grace, versions)
             try:
                 await backend.set(key, entry)
             except BackendUnavailable as exc:
                 self._unavailable(exc)
             return result
+        except BackendUnavailable as exc:
+            self._unavailable(exc)
+            return await creator()
         finally:
-            await self._release(held)
+            if held is not None:
+                await self._release(held)
 
     async def _release(self, held: Held) -> None:
         try:
@@ -188,18 +213,22 @@ class CacheRegion:
             await self.backend.count(event)
 
     def _unavailable(self, exc: BaseException) -> None:
-        if not self._down:
-            self._down = True
+        # Once per outage, and not again within a minute of the last warning,
+        # so that a backend failing on and off does not flood the log.
+        now = time.monotonic()
+        if not self._down and now - self._warned >= _WARN_EVERY:
             logger.warning(
                 "cache %s: the backend failed (%s); queries run uncached until it answers",
                 self.name,
                 exc,
             )
+            self._warned = now
+        self._down = True
 
     def _available(self) -> None:
         if self._down:
             self._down = False
-            logger.warning("cache %s: the backend answers again", self.name)
+            logger.info("cache %s: the backend answers again", self.name)
 
     async def invalidate(self, tables: tuple[str, ...]) -> None:
         """Make every result that read one of ``tables`` unservable (a write did)."""

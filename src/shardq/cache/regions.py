@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shardq.cache import keys
+from shardq.cache import codec, keys
+from shardq.cache.memory import MemoryBackend
 from shardq.cache.region import CacheRegion, backend_from_url
 from shardq.config import CacheConfig
 from shardq.errors import ProgrammingError
@@ -37,6 +38,9 @@ __all__ = ["CacheChoice", "Regions"]
 CacheChoice = bool | str | CacheRegion | None
 
 DEFAULT = "default"
+
+# The memory backends of this process, by size (see Regions._backend).
+_MEMORY: dict[int, MemoryBackend] = {}
 
 
 class Regions:
@@ -103,7 +107,11 @@ class Regions:
         backend = self._backends.get(place)
         if backend is None:
             if settings.url.startswith("memory:"):
-                backend = backend_from_url(settings.url, max_bytes=settings.max_bytes)
+                # One per process and size, shared by its connections, so that a
+                # write through one connection reaches what another cached.
+                backend = _MEMORY.get(settings.max_bytes)
+                if backend is None:
+                    backend = _MEMORY[settings.max_bytes] = MemoryBackend(settings.max_bytes)
             else:
                 backend = backend_from_url(
                     settings.url, prefix=settings.prefix, lock_timeout=settings.lock_timeout
@@ -141,7 +149,14 @@ class Regions:
         compute: Callable[[], Awaitable[Result]],
     ) -> Result | None:
         """The result of a read through ``region``; None if ``sql`` is a write."""
-        found = self.key(planner, sql, params, user_key)
+        try:
+            found = self.key(planner, sql, params, user_key)
+        except codec.CodecError:
+            # A parameter the cache cannot key (an enum, a driver's wrapper):
+            # run it uncached rather than fail.
+            if planner.analyze(sql).kind is not StatementKind.READ:
+                return None
+            return await compute()
         if found is None:
             return None
         key, tables = found
