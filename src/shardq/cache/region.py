@@ -60,7 +60,13 @@ class CacheRegion:
         ttl: seconds a result is served as fresh.
         grace: seconds after ``ttl`` during which the stale result is served
             at once while one caller refreshes it (0: none).
-        name: for logs and ``shardq cache stats``.
+        name: for logs and ``shardq cache stats``; also part of every key, so
+            that regions sharing a backend keep their own entries.
+
+    A region object (its Redis connections) belongs to the event loop that
+    first uses it: share one between asyncio connections of one loop. Sync
+    connections each run their own loop: give them ``cache=True`` or a
+    region's name, and each makes its own (sharing the server's entries).
     """
 
     def __init__(
