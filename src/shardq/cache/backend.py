@@ -80,6 +80,9 @@ class Backend(Protocol):
     Every method may raise :class:`BackendUnavailable`.
     """
 
+    #: Whether a call is a round trip (callers asking at once then share one).
+    remote: bool
+
     async def get(self, key: str, tables: tuple[str, ...]) -> tuple[Entry | None, tuple[int, ...]]:
         """The entry under ``key`` (None if absent) and the tables' current versions."""
 

@@ -45,6 +45,8 @@ class MemoryBackend:
         max_bytes: the most bytes of encoded results held at once.
     """
 
+    remote = False
+
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")

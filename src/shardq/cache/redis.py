@@ -235,6 +235,8 @@ class RedisBackend:
         options: more keyword arguments for the redis-py connection pool.
     """
 
+    remote = True
+
     def __init__(
         self,
         url: str,

@@ -11,6 +11,12 @@ A region holds results for ``ttl`` seconds. A lookup is one of:
   polling), then read its result. If the computer dies, its lock expires and
   a waiter takes over.
 
+Callers of this process asking for one key at once share one lookup (one
+round trip), and a caller finding the key being computed here joins that
+computation without asking the backend first, unless this process has
+written to a table since it began: a burst of callers then costs one lookup,
+not one each queued before the computer's lock request.
+
 If the backend fails (Redis down, a timeout), a warning is logged once (and
 not again within a minute), the query runs uncached, and the caller never
 sees the error; a notice is logged (at INFO) when the backend answers again.
@@ -20,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from shardq.cache.backend import BackendUnavailable, Entry
+from shardq.cache.backend import BackendUnavailable, Entry, holds_mutable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -35,6 +42,8 @@ __all__ = ["CacheRegion", "backend_from_url"]
 
 logger = logging.getLogger("shardq.cache")
 
+Versions = tuple[int, ...]
+
 #: Seconds between two warnings that the backend failed.
 _WARN_EVERY = 60.0
 
@@ -42,11 +51,12 @@ _WARN_EVERY = 60.0
 class _Computing:
     """This process's computation of one key, and the table versions it computes as of."""
 
-    __slots__ = ("task", "versions")
+    __slots__ = ("epoch", "task", "versions")
 
     task: asyncio.Task[Result | None]
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch  # the region's count of invalidations when it began
         self.versions: tuple[int, ...] | None = None  # known once it has the lock
 
 
@@ -86,9 +96,12 @@ class CacheRegion:
         self.grace = grace
         self.name = name
         self._computing: dict[str, _Computing] = {}
+        # Lookups under way, by key, with the invalidation count they began at.
+        self._lookups: dict[str, tuple[asyncio.Future[tuple[Entry | None, Versions]], int]] = {}
         self._background: set[asyncio.Task[Result | None]] = set()
         self._down = False
         self._warned = -_WARN_EVERY
+        self._epoch = 0
 
     def __repr__(self) -> str:
         return f"<CacheRegion {self.name!r} ttl={self.ttl} grace={self.grace} {self.backend!r}>"
@@ -104,9 +117,20 @@ class CacheRegion:
         # Entries are the region's own: regions sharing a backend keep their ttl.
         key = f"{self.name}:{key}"
         backend = self.backend
+        computing = self._computing.get(key)
+        if computing is not None and computing.epoch == self._epoch:
+            # Being computed here, since this process's last write to a table:
+            # join it at once, without a round trip to the backend (a burst of
+            # callers would otherwise queue its lock request behind their lookups).
+            result = await asyncio.shield(computing.task)
+            if result is not None:
+                return result
         while True:
             try:
-                entry, versions = await backend.get(key, tables)
+                if backend.remote:
+                    entry, versions = await self._lookup(key, tables)
+                else:  # answers without a round trip: nothing to share
+                    entry, versions = await backend.get(key, tables)
                 await backend.count("lookup")
             except BackendUnavailable as exc:
                 self._unavailable(exc)
@@ -134,6 +158,41 @@ class CacheRegion:
                 return result
             # That was a background refresh that found another process at it.
 
+    async def _lookup(self, key: str, tables: tuple[str, ...]) -> tuple[Entry | None, Versions]:
+        """The backend's answer for ``key``, one round trip for the callers asking at once."""
+        pending = self._lookups.get(key)
+        if pending is not None and pending[1] == self._epoch:
+            future = pending[0]
+            try:
+                entry, versions = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    raise  # this caller was cancelled
+                return await self._lookup(key, tables)  # the one asking was: ask again
+            if entry is not None:  # its rows are the asker's: these are this caller's
+                result = entry.result
+                rows = result.rows
+                rows = copy.deepcopy(rows) if holds_mutable(rows) else list(rows)
+                entry = entry._replace(result=result._replace(rows=rows))
+            return entry, versions
+        future = asyncio.get_running_loop().create_future()
+        self._lookups[key] = (future, self._epoch)
+        try:
+            found = await self.backend.get(key, tables)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no waiter may be there to read it
+            raise
+        else:
+            future.set_result(found)
+            return found
+        finally:
+            if self._lookups.get(key, (None, 0))[0] is future:
+                del self._lookups[key]
+
     def _start(
         self,
         key: str,
@@ -144,7 +203,7 @@ class CacheRegion:
         background: bool,
     ) -> _Computing:
         """The one task of this process computing ``key``."""
-        computing = _Computing()
+        computing = _Computing(self._epoch)
         computing.task = asyncio.get_running_loop().create_task(
             self._compute(key, tables, creator, wait, computing)
         )
@@ -236,9 +295,16 @@ class CacheRegion:
             self._down = False
             logger.info("cache %s: the backend answers again", self.name)
 
-    async def invalidate(self, tables: tuple[str, ...]) -> None:
-        """Make every result that read one of ``tables`` unservable (a write did)."""
+    async def invalidate(self, tables: tuple[str, ...], *, bump: bool = True) -> None:
+        """Make every result that read one of ``tables`` unservable (a write did).
+
+        ``bump=False``: another region on the same backend bumps the versions;
+        this one only stops joining computations begun before the write.
+        """
         if not tables:
+            return
+        self._epoch += 1  # computations begun before this are not joined blindly
+        if not bump:
             return
         try:
             await self.backend.bump(tables)

@@ -183,9 +183,9 @@ class Regions:
         regions += self._used
         seen: set[int] = set()
         for region in regions:
-            if id(region.backend) not in seen:
-                seen.add(id(region.backend))
-                await region.invalidate(tables)
+            first = id(region.backend) not in seen  # one bump per backend
+            seen.add(id(region.backend))
+            await region.invalidate(tables, bump=first)
 
     async def close(self) -> None:
         """Wait for background refreshes and close the backends made here."""
