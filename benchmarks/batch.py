@@ -56,6 +56,11 @@ its ratio to the best hand-written asyncio contender (the fastest of 4, 5 and
 ("shardq async at least 90 % of the best hand-written figure", "at least 1.4 x
 the thread pool"). The aims are informational: the script exits 0 either way.
 
+``--json PATH`` also writes the results, after the run, to PATH as JSON (the
+scenario, the command, the machine, one table of statements per second: each
+measured contender's median, its min-max over the runs and whether its answers
+were right, and every aim with its verdict), printing nothing more.
+
 Four throw-away PostgreSQL clusters are started with the test suite's helper
 (``tests.fixtures.servers.start_pg_clusters``) and stopped by pid at the end,
 whatever happens (SIGTERM, as sent by ``timeout``, is handled like Ctrl-C).
@@ -66,6 +71,7 @@ psycopg2, asyncpg and shardq installed)::
     python benchmarks/batch.py
     python benchmarks/batch.py --quick
     python benchmarks/batch.py --lookups 50000 --repeat 9 --pool-size 10
+    python benchmarks/batch.py --quick --json batch.json
 """
 
 from __future__ import annotations
@@ -73,10 +79,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import gc
+import json
 import os
 import platform
 import random
+import shlex
 import signal
 import statistics
 import sys
@@ -125,6 +134,7 @@ THREADS = "psycopg2 thread pool"
 SERIAL = "psycopg serial loop"
 HAND_WRITTEN_ASYNC = (PIPELINE, WORKERS, ASYNCPG)
 SHARDQ_ASYNC = (SHARDQ_ARGS, SHARDQ_GENERAL)
+SHARDQ_LINES = (*SHARDQ_ASYNC, SHARDQ_SYNC, SHARDQ_POOL4)
 
 Row = tuple[Any, ...]
 Run = Callable[[], "tuple[float, list[Any], list[str]]"]
@@ -691,7 +701,10 @@ def report_data(data: Dataset, server_version: str, routing: float) -> None:
     )
 
 
-def report(tallies: Sequence[Tally], bench: Bench, args: argparse.Namespace) -> None:
+def report(
+    tallies: Sequence[Tally], bench: Bench, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Print the table and the aims; return the aims as in the ``--json`` file."""
     lookups = len(bench.keys)
     title = (
         f"{lookups:,} lookups {SQL!r} over {SHARDS} shards, concurrency {args.concurrency}; "
@@ -728,6 +741,7 @@ def report(tallies: Sequence[Tally], bench: Bench, args: argparse.Namespace) -> 
     if best_name:
         print(f"\nbest hand-written asyncio contender: {best_name} ({best:,.0f} statements/s)")
     print()
+    verdicts: list[dict[str, Any]] = []
     for name in SHARDQ_ASYNC:
         got = rates.get(name)
         aims = [
@@ -737,9 +751,74 @@ def report(tallies: Sequence[Tally], bench: Bench, args: argparse.Namespace) -> 
         for aim, base, factor in aims:
             if got is None or base is None:
                 print(f"  ----  {aim} (not measured)")
+                verdicts.append({"text": aim, "passed": False, "detail": "not measured"})
                 continue
-            verdict = "PASS" if got >= factor * base else "MISS"
-            print(f"  {verdict}  {aim} ({got / base:.2f} x: {got:,.0f} vs {base:,.0f} stmts/s)")
+            passed = got >= factor * base
+            detail = f"{got / base:.2f} x: {got:,.0f} vs {base:,.0f} stmts/s"
+            print(f"  {'PASS' if passed else 'MISS'}  {aim} ({detail})")
+            verdicts.append({"text": aim, "passed": passed, "detail": detail})
+    return verdicts
+
+
+def results_file(
+    tallies: Sequence[Tally], aims: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """What ``--json`` writes: the measured lines of the table, and the aims.
+
+    Contenders that failed or were skipped have no figure, and are left out.
+    """
+    lookups = args.lookups
+    return {
+        "scenario": "batch",
+        "title": f"Point lookups: {lookups:,} lookups by shard key over {SHARDS} shards, "
+        f"concurrency {args.concurrency}",
+        "command": command_line(args.argv),
+        "quick": args.quick,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "tables": [
+            {
+                "title": f"statements per second (median of {args.repeat} runs)",
+                "metric": "statements/s",
+                "higher_is_better": True,
+                "results": [
+                    {
+                        "contender": t.label,
+                        "shardq": t.name in SHARDQ_LINES,
+                        "case": None,
+                        "value": round(lookups / t.median, 1),
+                        "spread": [
+                            round(lookups / max(t.samples), 1),
+                            round(lookups / min(t.samples), 1),
+                        ],
+                        "correct": not t.wrong,
+                        "note": f"median {t.median:.3f} s; answers {t.answers}",
+                    }
+                    for t in tallies
+                    if t.samples
+                ],
+            }
+        ],
+        "aims": aims,
+    }
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """How this run was started, without its ``--json PATH``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith("--json="):
+            skip = False
+        elif arg == "--json":
+            skip = True
+        else:
+            kept.append(arg)
+    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *kept])
 
 
 # --------------------------------------------------------------------------- main
@@ -788,7 +867,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="2,000 lookups, 20,000 rows, 3 timed runs (explicit options win)",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the results to PATH as JSON, after the run",
+    )
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: no directory {str(args.json.parent)!r}")
     defaults = (2_000, 20_000, 3) if args.quick else (20_000, 100_000, 5)
     for option, default in zip(("lookups", "rows", "repeat"), defaults, strict=True):
         if getattr(args, option) is None:
@@ -830,7 +919,10 @@ def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
             tallies = measure(bench, args.repeat)
         finally:
             bench.close()
-        report(tallies, bench, args)
+        aims = report(tallies, bench, args)
+    if args.json is not None:
+        with args.json.open("w", encoding="utf-8") as file:
+            json.dump(results_file(tallies, aims, args), file, indent=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,6 +90,12 @@ comparable with dogpile's ``region.get_or_create``; the ``conn.execute`` lines
 are printed beside them for reference); and for each shardq stampede variant
 exactly 1 computation, 0 errors and every caller served within 0.6 s.
 
+``--json PATH`` also writes the results, after the run, to PATH as JSON (the
+scenario, the command, the machine, a table of hit p50s in microseconds, their
+p99s in the notes, a table of the stampedes' max waits in seconds, their
+computations, errors and wait p50s in the notes, and every aim with its
+verdict), printing nothing more.
+
 The servers are started with the test suite's helpers
 (``tests.fixtures.servers.start_pg_clusters``, ``RedisServer``) and stopped
 with their ``stop()`` (by pid) at the end, whatever happens (SIGTERM, as sent
@@ -101,6 +107,7 @@ psycopg 3, redis-py, dogpile.cache and shardq installed)::
     python benchmarks/cache.py
     python benchmarks/cache.py --quick
     python benchmarks/cache.py --calls 20000 --callers 400
+    python benchmarks/cache.py --quick --json cache.json
 """
 
 from __future__ import annotations
@@ -114,6 +121,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import signal
 import statistics
 import subprocess
@@ -177,6 +185,7 @@ DOGPILE_REDIS = "dogpile Redis: region.get_or_create"
 UNCACHED = "shardq async uncached: conn.execute + fetchall"
 MEMORY_LINES = (ASYNC_MEM, ASYNC_MEM_BARE, SYNC_MEM)
 REDIS_LINES = (ASYNC_REDIS, ASYNC_REDIS_BARE, SYNC_REDIS)
+DOGPILE_LINES = (DOGPILE_MEM, DOGPILE_REDIS)
 
 Row = tuple[Any, ...]
 
@@ -1005,8 +1014,10 @@ def report_stampedes(tallies: Sequence[Stampede], callers: int, cold_pools: bool
     )
 
 
-def report_aims(hits: Sequence[Latency], storms: Sequence[Stampede]) -> None:
+def report_aims(hits: Sequence[Latency], storms: Sequence[Stampede]) -> list[dict[str, Any]]:
+    """Print the aims; return them as in the ``--json`` file."""
     by_name = {t.name: t for t in hits if t.samples}
+    verdicts: list[dict[str, Any]] = []
     print("\nAims (hit aims judged on the bare region.get_or_create lines)")
     for line, reference, dogpile_name, limit in (
         (ASYNC_MEM_BARE, ASYNC_MEM, DOGPILE_MEM, MEMORY_AIM_US),
@@ -1016,12 +1027,12 @@ def report_aims(hits: Sequence[Latency], storms: Sequence[Stampede]) -> None:
         aim = f"{line} p50 <= {dogpile_name} p50 and < {limit:g} us"
         if got is None or base is None:
             print(f"  ----  {aim} (not measured)")
+            verdicts.append({"text": aim, "passed": False, "detail": "not measured"})
             continue
         met = got.p50 <= base.p50 and got.p50 * 1e6 < limit and not got.wrong
-        print(
-            f"  {'PASS' if met else 'MISS'}  {aim} "
-            f"({_us(got.p50)} us vs dogpile {_us(base.p50)} us)"
-        )
+        detail = f"{_us(got.p50)} us vs dogpile {_us(base.p50)} us"
+        print(f"  {'PASS' if met else 'MISS'}  {aim} ({detail})")
+        verdicts.append({"text": aim, "passed": met, "detail": detail})
         if user is not None:
             print(
                 f"        for reference, {reference}: p50 {_us(user.p50)} us "
@@ -1038,11 +1049,103 @@ def report_aims(hits: Sequence[Latency], storms: Sequence[Stampede]) -> None:
             and top <= WAIT_AIM
             and len(t.answers) == 1
         )
-        print(
-            f"  {'PASS' if met else 'MISS'}  {t.label}: 1 computation, 0 errors, every caller "
-            f"served within {WAIT_AIM} s ({t.computations} computations, {len(t.errors)} errors, "
-            f"{t.served}/{t.callers} served, max wait {top:.3f} s)"
+        aim = f"{t.label}: 1 computation, 0 errors, every caller served within {WAIT_AIM} s"
+        detail = (
+            f"{t.computations} computations, {len(t.errors)} errors, "
+            f"{t.served}/{t.callers} served, max wait {top:.3f} s"
         )
+        print(f"  {'PASS' if met else 'MISS'}  {aim} ({detail})")
+        verdicts.append({"text": aim, "passed": met, "detail": detail})
+    return verdicts
+
+
+def results_file(
+    hits: Sequence[Latency],
+    storms: Sequence[Stampede],
+    aims: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """What ``--json`` writes: the measured lines of both tables, and the aims.
+
+    Contenders that failed, and stampede variants that served no caller, have
+    no figure, and are left out.
+    """
+
+    def backend(name: str) -> str | None:
+        if name in (*MEMORY_LINES, DOGPILE_MEM):
+            return "memory"
+        return "Redis" if name in (*REDIS_LINES, DOGPILE_REDIS) else None
+
+    hit_results = [
+        {
+            "contender": t.label,
+            "shardq": t.name not in DOGPILE_LINES,
+            "case": backend(t.name),
+            "value": round(t.p50 * 1e6, 2),
+            "spread": None,
+            "correct": not t.wrong,
+            "note": f"p99 {_us(t.p99)} us",
+        }
+        for t in hits
+        if t.samples
+    ]
+    storm_results = [
+        {
+            "contender": t.label,
+            "shardq": t.shardq,
+            "case": None,
+            "value": round(t.max, 4),
+            "spread": None,
+            "correct": t.computations <= 1 and len(t.answers) <= 1,
+            "note": f"{t.computations} computations, {len(t.errors)} errors, "
+            f"{t.served}/{t.callers} served, {len(t.answers)} distinct answers, "
+            f"wait p50 {t.p50:.3f} s",
+        }
+        for t in storms
+        if t.max is not None and t.p50 is not None
+    ]
+    return {
+        "scenario": "cache",
+        "title": f"Result cache: hits on a {HIT_ROWS}-row read over {SHARDS} shards, and "
+        f"{args.callers} callers stampeding a cold key",
+        "command": command_line(args.argv),
+        "quick": args.quick,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "tables": [
+            {
+                "title": f"hit latency p50 ({args.calls:,} calls each, {HIT_ROWS} rows)",
+                "metric": "us",
+                "higher_is_better": False,
+                "results": hit_results,
+            },
+            {
+                "title": f"stampede: max wait of {args.callers} callers, a {SLEEP} s computation",
+                "metric": "s",
+                "higher_is_better": False,
+                "results": storm_results,
+            },
+        ],
+        "aims": aims,
+    }
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """How this run was started, without its ``--json PATH``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith("--json="):
+            skip = False
+        elif arg == "--json":
+            skip = True
+        else:
+            kept.append(arg)
+    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *kept])
 
 
 # --------------------------------------------------------------------------- main
@@ -1077,8 +1180,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="warm each stampede process with one read of another key, not a burst of as many "
         "concurrent reads as it has callers (its Redis pools then grow during the stampede)",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the results to PATH as JSON, after the run",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: no directory {str(args.json.parent)!r}")
     defaults = (1_000, 50) if args.quick else (5_000, 200)
     for option, default in zip(("calls", "warmup"), defaults, strict=True):
         if getattr(args, option) is None:
@@ -1121,7 +1234,10 @@ def run(clusters: Sequence[PgCluster], redis_server: RedisServer, args: argparse
     storms = stampedes(clusters, dsns, redis_server, prefix, args.callers, args.cold_pools)
     report_hits(latencies, args, hits)
     report_stampedes(storms, args.callers, args.cold_pools)
-    report_aims(latencies, storms)
+    aims = report_aims(latencies, storms)
+    if args.json is not None:
+        with args.json.open("w", encoding="utf-8") as file:
+            json.dump(results_file(latencies, storms, aims, args), file, indent=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,13 @@ elsewhere), and the peak of :mod:`tracemalloc` (Python allocations only, all
 threads) in another run. Memory the allocator kept from earlier work can be
 reused without growing the RSS, so the RSS figure is a lower bound.
 
+With ``--json PATH`` the script also writes, after the run, the results as
+JSON: a table of median wall times in seconds (lower is better) with a result
+per method and statement (case "ORDER BY merge", "GROUP BY regroup";
+``correct`` from the check against the single node, null where there is
+none), a table of the ORDER BY memory (RSS peak growth in MB), and every aim
+printed. The printed output is the same.
+
 Five throw-away PostgreSQL clusters are started with the test suite's helper
 (``tests.fixtures.servers.start_pg_clusters``) and stopped by pid at the end,
 whatever happens (SIGTERM, as sent by ``timeout``, is handled like Ctrl-C).
@@ -58,6 +65,7 @@ shardq installed)::
 
     python benchmarks/merge.py
     python benchmarks/merge.py --quick
+    python benchmarks/merge.py --quick --json /tmp/merge.json
     python benchmarks/merge.py --rows 2000000 --groups 200000 --repeat 9
 """
 
@@ -67,11 +75,14 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import datetime
 import gc
+import json
 import os
 import platform
 import random
 import resource
+import shlex
 import signal
 import statistics
 import sys
@@ -82,7 +93,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
@@ -90,7 +101,7 @@ import shardq
 from shardq.engine import DEFAULT_FETCH_SIZE
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterator, Sequence
+    from collections.abc import Awaitable, Iterable, Iterator, Sequence
     from types import FrameType
 
     from tests.fixtures.servers import PgCluster
@@ -113,9 +124,17 @@ RAW = "raw gather, 4 shards (psycopg 3)"
 HAND = "raw gather + dict merge"
 DICT_ONLY = "dict merge only (in memory)"
 SINGLE = "single node (psycopg 3)"
+SAME = "= single node"  # how a verdict that shardq's answer is right begins
 
 Row = tuple[Any, ...]
 Method = Callable[[], float]
+Memory = dict[str, tuple[int, int, int]]
+
+
+class Aim(NamedTuple):
+    text: str
+    passed: bool | None  # None: not measured
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +176,19 @@ class Dataset:
     @property
     def every_group_everywhere(self) -> bool:
         return all(n == self.groups for n in self.shard_groups.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What was measured and printed for one statement (kept for ``--json``)."""
+
+    case: str
+    results: Sequence[Stats]
+    failed: dict[str, str]
+    answers: dict[str, str]  # as printed, a wrong row count included
+    correct: dict[str, bool | None]
+    rows: dict[str, int] | None
+    aims: list[Aim]
 
 
 # --------------------------------------------------------------------------- servers and data
@@ -580,7 +612,7 @@ def compare_sequences(got: Sequence[Row], expected: Sequence[Row]) -> str:
         a == b and list(map(type, a)) == list(map(type, b))
         for a, b in zip(got, expected, strict=True)
     ):
-        return "= single node"
+        return SAME
     for i, (a, b) in enumerate(zip(got, expected, strict=False)):
         if a != b:
             return f"DIFFERS at row {i:,}: {a!r} vs {b!r} ({len(got):,} vs {len(expected):,} rows)"
@@ -620,7 +652,7 @@ def compare_groups(got: Sequence[Row], expected: Sequence[Row]) -> str:
             f"e.g. g={g}: {got_by[g]!r} vs {want_by[g]!r}"
         )
     if not problems:
-        return f"= single node ({len(common):,} groups, Decimal digits equal)"
+        return f"{SAME} ({len(common):,} groups, Decimal digits equal)"
     return "DIFFERS: " + "; ".join(problems)
 
 
@@ -660,13 +692,13 @@ def measure(
     return stats, failed
 
 
-def measure_memory(methods: dict[str, Method]) -> dict[str, tuple[int, int, int]]:
+def measure_memory(methods: dict[str, Method]) -> Memory:
     """Each method once with the RSS sampled, once under tracemalloc.
 
     Returns:
         per method, the RSS at the start, its peak growth, and the traced peak (bytes).
     """
-    out: dict[str, tuple[int, int, int]] = {}
+    out: Memory = {}
     for name, method in methods.items():
         try:
             with RssPeak() as rss:
@@ -686,15 +718,36 @@ def _title(text: str) -> None:
     print(f"\n{text}\n{'=' * len(text)}")
 
 
+def printed_answers(answers: dict[str, str], problems: dict[str, str]) -> dict[str, str]:
+    """The answer column: each method's verdict, after its wrong row count if any."""
+    out = dict(answers)
+    for method, problem in problems.items():
+        out[method] = f"WRONG ROW COUNT: {problem}; {answers.get(method, '-')}"
+    return out
+
+
+def correctness(
+    methods: Iterable[str], answers: dict[str, str], problems: dict[str, str]
+) -> dict[str, bool | None]:
+    """Each answer right or wrong against the single node (a wrong row count is wrong), or None."""
+    out: dict[str, bool | None] = {}
+    for method in methods:
+        verdict = answers.get(method, "")
+        if method in problems or verdict.startswith("DIFFERS"):
+            out[method] = False
+        else:
+            out[method] = True if verdict.startswith(SAME) else None
+    return out
+
+
 def report(
     title: str,
     results: Sequence[Stats],
     failed: dict[str, str],
     answers: dict[str, str],
-    problems: dict[str, str],
     rows: dict[str, int] | None,
 ) -> dict[str, float]:
-    """Print the table of one statement; return the median of each method."""
+    """Print the table of one statement (``answers`` from printed_answers); return the medians."""
     _title(title)
     medians = {s.method: s.median for s in results}
     raw = medians.get(RAW)
@@ -710,8 +763,6 @@ def report(
         ratio_single = f"{s.median / single:>8.3f}" if single else f"{'-':>8}"
         rate = f" {rows[s.method] / s.median:>11,.0f}" if rows is not None else ""
         answer = answers.get(s.method, "-")
-        if s.method in problems:
-            answer = f"WRONG ROW COUNT: {problems[s.method]}; {answer}"
         print(
             f"{s.method:<33} {s.median:>9.3f} {s.p90:>8.3f}{rate} {ratio_raw} {ratio_single}  "
             f"{answer}"
@@ -721,22 +772,27 @@ def report(
     return medians
 
 
-def report_aims(medians: dict[str, float], baseline: str) -> None:
+def report_aims(medians: dict[str, float], baseline: str) -> list[Aim]:
+    """Print the aims of one statement; return them."""
     raw = medians.get(RAW)
-    print()
+    aims = []
     for method in (SHARDQ_ASYNC, SHARDQ_SYNC):
         got = medians.get(method)
         aim = f"{method} at most {RATIO_AIM:g} x {baseline}"
         if got is None or raw is None:
-            print(f"  ----  {aim} (not measured)")
+            aims.append(Aim(aim, None, "not measured"))
             continue
         ratio = got / raw
         extra = (got - raw) * 1e3
-        verdict = "PASS" if ratio <= RATIO_AIM else "MISS"
-        print(f"  {verdict}  {aim} ({ratio:.3f} x, {extra:+,.0f} ms)")
+        aims.append(Aim(aim, ratio <= RATIO_AIM, f"{ratio:.3f} x, {extra:+,.0f} ms"))
+    print()
+    for aim in aims:
+        verdict = {True: "PASS", False: "MISS", None: "----"}[aim.passed]
+        print(f"  {verdict}  {aim.text} ({aim.detail})")
+    return aims
 
 
-def report_memory(memory: dict[str, tuple[int, int, int]]) -> None:
+def report_memory(memory: Memory) -> None:
     how = "sampled every 5 ms" if _current_rss() is not None else "ru_maxrss"
     print(f"\nmemory of one untimed run each (RSS {how}; tracemalloc in a second run):")
     header = (
@@ -810,6 +866,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="200,000 rows, 20,000 groups, 3 timed runs (explicit options win)",
     )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH"
+    )
     args = parser.parse_args(argv)
     defaults = (200_000, 20_000, 3) if args.quick else (1_000_000, 100_000, 5)
     for option, default in zip(("rows", "groups", "repeat"), defaults, strict=True):
@@ -821,6 +880,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--warmup must be at least 1 (it fills shardq's lazy pools)")
     if args.groups < 1 or args.rows < SHARDS * args.groups:
         parser.error("--groups must be positive and --rows at least 4 x --groups")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: no directory {str(args.json.parent)!r}")
     return args
 
 
@@ -828,8 +889,10 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
-    """Load the data, then time, check and report both statements."""
+def run(
+    clusters: Sequence[PgCluster], args: argparse.Namespace
+) -> tuple[Dataset, list[Outcome], Memory]:
+    """Load the data, then time, check and report both statements; return what was measured."""
     shard_dsns, single_dsn, data = prepare(clusters, args.rows, args.groups)
     version = clusters[0].execute("SHOW server_version")[0][0]
     report_data(data, str(version))
@@ -842,41 +905,143 @@ def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
             methods = bench.order_methods()
             results, failed = measure(methods, args.repeat, args.warmup)
             memory = measure_memory({n: m for n, m in methods.items() if n not in failed})
-            answers = bench.order_answers()
+            verdicts = bench.order_answers()
+            answers = printed_answers(verdicts, bench.problems)
+            rows = dict.fromkeys(methods, data.rows)
             medians = report(
                 f"ORDER BY merge: {ORDER_SQL!r}, {data.rows:,} rows from 4 shards; {runs}",
                 results,
                 failed,
                 answers,
-                bench.problems,
-                dict.fromkeys(methods, data.rows),
+                rows,
             )
-            report_aims(medians, "the raw fetch")
+            aims = report_aims(medians, "the raw fetch")
             report_memory(memory)
+            correct = correctness(methods, verdicts, bench.problems)
+            order = Outcome("ORDER BY merge", results, failed, answers, correct, rows, aims)
             bench.problems = {}
 
             partial = bench.partial_sql(GROUP_SQL)
             print(f"\ntiming {GROUP_SQL!r}...", flush=True)
             methods = bench.group_methods()
             results, failed = measure(methods, args.repeat, args.warmup)
-            answers = bench.group_answers()
+            verdicts = bench.group_answers()
+            answers = printed_answers(verdicts, bench.problems)
             medians = report(
                 f"GROUP BY regroup: {GROUP_SQL!r}, {data.groups:,} groups, "
                 f"{data.partial_rows:,} partial rows; {runs}",
                 results,
                 failed,
                 answers,
-                bench.problems,
                 None,
             )
             print(f"\nper-shard statement (from shardq's planner): {partial}")
-            report_aims(medians, "the raw partial fetch")
+            aims = report_aims(medians, "the raw partial fetch")
+            correct = correctness(methods, verdicts, bench.problems)
+            group = Outcome("GROUP BY regroup", results, failed, answers, correct, None, aims)
         finally:
             bench.close()
+    return data, [order, group], memory
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """How the script was run, without ``--json PATH``."""
+    words: list[str] = []
+    skip = False
+    for word in argv:
+        if not skip and word != "--json" and not word.startswith("--json="):
+            words.append(word)
+        skip = word == "--json"
+    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *words])
+
+
+def results_json(
+    args: argparse.Namespace,
+    command: str,
+    data: Dataset,
+    outcomes: Sequence[Outcome],
+    memory: Memory,
+) -> dict[str, Any]:
+    """The ``--json`` document: each statement's timings and aims, and the ORDER BY memory."""
+    timings = []
+    for outcome in outcomes:
+        for s in outcome.results:
+            rate = f", {outcome.rows[s.method] / s.median:,.0f} rows/s" if outcome.rows else ""
+            answer = outcome.answers.get(s.method, "-")
+            timings.append(
+                {
+                    "contender": s.method,
+                    "shardq": s.method in (SHARDQ_ASYNC, SHARDQ_SYNC),
+                    "case": outcome.case,
+                    "value": s.median,
+                    "spread": [min(s.samples), max(s.samples)] if len(s.samples) > 1 else None,
+                    "correct": outcome.correct.get(s.method),
+                    "note": f"p90 {s.p90:.3f} s{rate}; answer: {answer}",
+                }
+            )
+        timings += [
+            {
+                "contender": method,
+                "shardq": method in (SHARDQ_ASYNC, SHARDQ_SYNC),
+                "case": outcome.case,
+                "value": None,
+                "spread": None,
+                "correct": None,
+                "note": f"FAILED: {error}",
+            }
+            for method, error in outcome.failed.items()
+        ]
+    memory_results = [
+        {
+            "contender": method,
+            "shardq": method in (SHARDQ_ASYNC, SHARDQ_SYNC),
+            "case": outcomes[0].case,
+            "value": growth / 2**20,
+            "spread": None,
+            "correct": None,
+            "note": f"RSS at start {start / 2**20:.1f} MB, "
+            f"tracemalloc peak {traced / 2**20:.1f} MB",
+        }
+        for method, (start, growth, traced) in memory.items()
+    ]
+    runs = f"median of {args.repeat} runs after {args.warmup} warm-up run(s)"
+    return {
+        "scenario": "merge",
+        "title": f"Merge throughput: ORDER BY merge of {data.rows:,} rows and GROUP BY regroup "
+        f"of {data.groups:,} groups from 4 shards, against the raw fetch and a single node",
+        "command": command,
+        "quick": args.quick,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "tables": [
+            {
+                "title": f"wall time of each statement ({runs})",
+                "metric": "s",
+                "higher_is_better": False,
+                "results": timings,
+            },
+            {
+                "title": "RSS peak growth in one untimed run of the ORDER BY statement",
+                "metric": "MB",
+                "higher_is_better": False,
+                "results": memory_results,
+            },
+        ],
+        "aims": [
+            {"text": aim.text, "passed": aim.passed is True, "detail": aim.detail}
+            for outcome in outcomes
+            for aim in outcome.aims
+        ],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    command = command_line(sys.argv[1:] if argv is None else argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     report_machine()
@@ -886,7 +1051,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pids = [cluster.pid for cluster in clusters]
     print(f"  postmaster pids: {', '.join(map(str, pids))}", flush=True)
     try:
-        run(clusters, args)
+        data, outcomes, memory = run(clusters, args)
     finally:
         for cluster in clusters:
             try:
@@ -895,6 +1060,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
         print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
         print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {_maxrss() / 2**20:.0f} MB)")
+    if args.json is not None:
+        with args.json.open("w", encoding="utf-8") as out:
+            json.dump(results_json(args, command, data, outcomes, memory), out, indent=2)
+            out.write("\n")
     return 0
 
 

@@ -27,6 +27,14 @@ median and p90 wall time of each method, its ratio to the raw gather's
 median and the difference in milliseconds, then the aims being checked
 ("shardq async within 1 ms of raw gather", "shardq sync no slower than
 threads"). The aims are informational: the script exits 0 either way.
+``--quick`` makes 5 timed runs after 1 warm-up run (explicit options win),
+in well under a minute.
+
+With ``--json PATH`` the script also writes, after the run, the results as
+JSON: one table of median latencies in ms (lower is better) with a result per
+method and shard count (case "4 shards", "16 shards"; ``spread`` the fastest
+and slowest run, ``correct`` true as every run returned one row per shard),
+and every aim printed, per shard count. The printed output is the same.
 
 Four throw-away PostgreSQL clusters are started with the test suite's helper
 (``tests.fixtures.servers.start_pg_clusters``) and stopped at the end, whatever
@@ -37,6 +45,7 @@ Run it from anywhere (it needs the PostgreSQL server programs, psycopg 3,
 psycopg2 and shardq installed)::
 
     python benchmarks/scatter_latency.py
+    python benchmarks/scatter_latency.py --quick --json /tmp/scatter_latency.json
     python benchmarks/scatter_latency.py --repeat 50 --warmup 5 --shards 4 16
 """
 
@@ -45,13 +54,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 import psycopg2
@@ -75,6 +89,12 @@ THREADS = "psycopg2 thread per shard"
 ASYNC_AIM_MS = 1.0
 
 Row = tuple[Any, ...]
+
+
+class Aim(NamedTuple):
+    text: str
+    passed: bool
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +295,8 @@ def measure(bench: Bench, repeat: int, warmup: int) -> list[Stats]:
     return [Stats(name, tuple(samples[name])) for name in names]
 
 
-def report(shards: int, results: Sequence[Stats], repeat: int, warmup: int) -> None:
+def report(shards: int, results: Sequence[Stats], repeat: int, warmup: int) -> list[Aim]:
+    """Print the table and the aims of one shard count; return the aims."""
     by_name = {s.method: s for s in results}
     raw = by_name[RAW].median
     title = f"{shards} shards: {SQL!r}, median and p90 of {repeat} runs after {warmup} warm-up runs"
@@ -292,12 +313,12 @@ def report(shards: int, results: Sequence[Stats], repeat: int, warmup: int) -> N
     sync_ms = by_name[SHARDQ_SYNC].median * 1e3
     threads_ms = by_name[THREADS].median * 1e3
     aims = [
-        (
+        Aim(
             f"shardq async within {ASYNC_AIM_MS:g} ms of raw gather",
             async_gap <= ASYNC_AIM_MS,
             f"{async_gap:+.2f} ms",
         ),
-        (
+        Aim(
             "shardq sync no slower than threads",
             sync_ms <= threads_ms,
             f"{sync_ms:.2f} ms vs {threads_ms:.2f} ms",
@@ -306,6 +327,71 @@ def report(shards: int, results: Sequence[Stats], repeat: int, warmup: int) -> N
     print()
     for aim, met, detail in aims:
         print(f"  {'PASS' if met else 'MISS'}  {aim} ({detail})")
+    return aims
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """How the script was run, without ``--json PATH``."""
+    words: list[str] = []
+    skip = False
+    for word in argv:
+        if not skip and word != "--json" and not word.startswith("--json="):
+            words.append(word)
+        skip = word == "--json"
+    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *words])
+
+
+def results_json(
+    args: argparse.Namespace,
+    command: str,
+    measured: Sequence[tuple[int, Sequence[Stats], Sequence[Aim]]],
+) -> dict[str, Any]:
+    """The ``--json`` document: per shard count, each method's timings and the aims."""
+    results = []
+    aims = []
+    for shards, stats, shard_aims in measured:
+        raw = next(s.median for s in stats if s.method == RAW)
+        results += [
+            {
+                "contender": s.method,
+                "shardq": s.method in (SHARDQ_ASYNC, SHARDQ_SYNC),
+                "case": f"{shards} shards",
+                "value": s.median * 1e3,
+                "spread": [min(s.samples) * 1e3, max(s.samples) * 1e3]
+                if len(s.samples) > 1
+                else None,
+                "correct": True,  # check_rows() raises on a wrong row count
+                "note": f"p90 {s.p90 * 1e3:.2f} ms, {s.median / raw:.3f} x raw",
+            }
+            for s in stats
+        ]
+        aims += [
+            {"text": f"{shards} shards: {aim.text}", "passed": aim.passed, "detail": aim.detail}
+            for aim in shard_aims
+        ]
+    counts = " / ".join(map(str, args.shards))
+    return {
+        "scenario": "scatter_latency",
+        "title": f"Scatter latency: {SQL!r} (one row per shard) on {counts} shards",
+        "command": command,
+        "quick": args.quick,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "tables": [
+            {
+                "title": f"median latency (median of {args.repeat} runs "
+                f"after {args.warmup} warm-up runs)",
+                "metric": "ms",
+                "higher_is_better": False,
+                "results": results,
+            }
+        ],
+        "aims": aims,
+    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -313,10 +399,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=f"Time {SQL!r} on N shards: shardq against hand-written clients."
     )
     parser.add_argument(
-        "--repeat", type=int, default=30, metavar="N", help="timed runs per method (default 30)"
+        "--repeat", type=int, default=None, metavar="N", help="timed runs per method (default 30)"
     )
     parser.add_argument(
-        "--warmup", type=int, default=3, metavar="N", help="untimed runs first (default 3)"
+        "--warmup", type=int, default=None, metavar="N", help="untimed runs first (default 3)"
     )
     parser.add_argument(
         "--shards",
@@ -326,18 +412,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="shard counts to measure (default: 4 16)",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="5 timed runs after 1 warm-up run (explicit options win)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH"
+    )
     args = parser.parse_args(argv)
+    defaults = (5, 1) if args.quick else (30, 3)
+    for option, default in zip(("repeat", "warmup"), defaults, strict=True):
+        if getattr(args, option) is None:
+            setattr(args, option, default)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.warmup < 1:
         parser.error("--warmup must be at least 1 (it fills shardq's lazy pools)")
     if min(args.shards) < 1:
         parser.error("--shards must be positive")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: no directory {str(args.json.parent)!r}")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    command = command_line(sys.argv[1:] if argv is None else argv)
+    measured = []
     print(f"starting {CLUSTERS} PostgreSQL clusters...", flush=True)
     clusters = start_clusters()
     try:
@@ -350,10 +452,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results = measure(bench, args.repeat, args.warmup)
                 finally:
                     bench.close()
-                report(shards, results, args.repeat, args.warmup)
+                aims = report(shards, results, args.repeat, args.warmup)
+                measured.append((shards, results, aims))
     finally:
         for cluster in clusters:
             cluster.stop()
+    if args.json is not None:
+        with args.json.open("w", encoding="utf-8") as out:
+            json.dump(results_json(args, command, measured), out, indent=2)
+            out.write("\n")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""shardq's benchmarks: scripts, and ``python -m benchmarks`` to run them all."""
