@@ -6,6 +6,8 @@ suite's helpers, and stops them by pid whatever happens), shows its output
 as it goes, and collects what each wrote with ``--json``:
 
 - ``scatter``: ``scatter_latency.py``, ``pg_sleep(0.05)`` on 4 and 16 shards;
+- ``tpch``: ``tpch.py``, TPC-H Q1, Q3, Q5, Q6, Q10, Q18 at scale factor 0.1,
+  next to the slowest shard's own time for its per-shard SQL;
 - ``merge``: ``merge.py``, an ORDER BY merge and a GROUP BY over 1,000,000 rows;
 - ``batch``: ``batch.py``, 20,000 point lookups by key, concurrency 100;
 - ``cache``: ``cache.py``, cache hits and a 200-caller stampede.
@@ -40,6 +42,7 @@ REPO = HERE.parent
 #: The scenarios, in the order they run: name -> script.
 SCENARIOS = {
     "scatter": "scatter_latency.py",
+    "tpch": "tpch.py",
     "merge": "merge.py",
     "batch": "batch.py",
     "cache": "cache.py",
