@@ -25,16 +25,16 @@ run: missed aims are reported, not errors.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks._common import stamp
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -192,12 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     combined = {
         "command": "python -m benchmarks" + (" --quick" if args.quick else ""),
         "quick": args.quick,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        **stamp(),
         "seconds": round(time.monotonic() - began, 1),
         "failed": failed,
         "scenarios": done,

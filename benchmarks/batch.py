@@ -79,14 +79,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import gc
 import json
 import os
 import platform
 import random
-import shlex
-import signal
 import statistics
 import sys
 import threading
@@ -100,12 +97,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import psycopg
 import psycopg2
+from _common import command_line, interrupt_on_sigterm, stamp
 
 import shardq
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
-    from types import FrameType
 
     from tests.fixtures.servers import PgCluster
 
@@ -772,14 +769,9 @@ def results_file(
         "scenario": "batch",
         "title": f"Point lookups: {lookups:,} lookups by shard key over {SHARDS} shards, "
         f"concurrency {args.concurrency}",
-        "command": command_line(args.argv),
+        "command": command_line(__file__, args.argv),
         "quick": args.quick,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        **stamp(),
         "tables": [
             {
                 "title": f"statements per second (median of {args.repeat} runs)",
@@ -805,20 +797,6 @@ def results_file(
         ],
         "aims": aims,
     }
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """How this run was started, without its ``--json PATH``."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip or arg.startswith("--json="):
-            skip = False
-        elif arg == "--json":
-            skip = True
-        else:
-            kept.append(arg)
-    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *kept])
 
 
 # --------------------------------------------------------------------------- main
@@ -902,10 +880,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
     """Load the data, then time, check and report every contender."""
     print(f"loading {args.rows:,} rows...", flush=True)
@@ -927,8 +901,7 @@ def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    interrupt_on_sigterm()
     report_machine()
     began = time.perf_counter()
     print(f"starting {SHARDS} PostgreSQL clusters...", flush=True)

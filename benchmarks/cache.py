@@ -121,8 +121,6 @@ import json
 import os
 import platform
 import random
-import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -139,6 +137,7 @@ from typing import TYPE_CHECKING, Any
 import dogpile
 import psycopg
 import redis
+from _common import command_line, interrupt_on_sigterm, stamp
 from dogpile.cache import make_region
 
 import shardq
@@ -146,7 +145,6 @@ from shardq.cache import CacheRegion, MemoryBackend, RedisBackend, Result
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import FrameType
 
     from tests.fixtures.servers import PgCluster, RedisServer
 
@@ -1108,14 +1106,9 @@ def results_file(
         "scenario": "cache",
         "title": f"Result cache: hits on a {HIT_ROWS}-row read over {SHARDS} shards, and "
         f"{args.callers} callers stampeding a cold key",
-        "command": command_line(args.argv),
+        "command": command_line(__file__, args.argv),
         "quick": args.quick,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        **stamp(),
         "tables": [
             {
                 "title": f"hit latency p50 ({args.calls:,} calls each, {HIT_ROWS} rows)",
@@ -1132,20 +1125,6 @@ def results_file(
         ],
         "aims": aims,
     }
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """How this run was started, without its ``--json PATH``."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip or arg.startswith("--json="):
-            skip = False
-        elif arg == "--json":
-            skip = True
-        else:
-            kept.append(arg)
-    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *kept])
 
 
 # --------------------------------------------------------------------------- main
@@ -1207,10 +1186,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(clusters: Sequence[PgCluster], redis_server: RedisServer, args: argparse.Namespace) -> None:
     """Load the data, then measure and report hits and stampedes."""
     print(f"loading {args.rows:,} rows...", flush=True)
@@ -1244,8 +1219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    interrupt_on_sigterm()
     report_machine()
     began = time.perf_counter()
     print("starting Redis and 4 PostgreSQL clusters...", flush=True)

@@ -75,15 +75,11 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import datetime
 import gc
 import json
 import os
 import platform
 import random
-import resource
-import shlex
-import signal
 import statistics
 import sys
 import threading
@@ -96,13 +92,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
+from _common import command_line, interrupt_on_sigterm, maxrss, stamp
 
 import shardq
 from shardq.engine import DEFAULT_FETCH_SIZE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable, Iterator, Sequence
-    from types import FrameType
 
     from tests.fixtures.servers import PgCluster
 
@@ -308,12 +304,6 @@ def _current_rss() -> int | None:
         return None
 
 
-def _maxrss() -> int:
-    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS)."""
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 def _trim_heap() -> None:
     """Give the heap's free memory back to the OS (glibc only), so the RSS is what is in use."""
     with contextlib.suppress(OSError, AttributeError):
@@ -337,7 +327,7 @@ class RssPeak:
     def __enter__(self) -> RssPeak:
         gc.collect()
         _trim_heap()
-        self.start = (_current_rss() if self._sampled else _maxrss()) or 0
+        self.start = (_current_rss() if self._sampled else maxrss()) or 0
         self.peak = self.start
         if self._sampled:
             self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
@@ -350,7 +340,7 @@ class RssPeak:
             self._thread.join()
             self.peak = max(self.peak, _current_rss() or 0)
         else:
-            self.peak = max(self.peak, _maxrss())
+            self.peak = max(self.peak, maxrss())
 
     @property
     def growth(self) -> int:
@@ -885,10 +875,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(
     clusters: Sequence[PgCluster], args: argparse.Namespace
 ) -> tuple[Dataset, list[Outcome], Memory]:
@@ -942,17 +928,6 @@ def run(
         finally:
             bench.close()
     return data, [order, group], memory
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """How the script was run, without ``--json PATH``."""
-    words: list[str] = []
-    skip = False
-    for word in argv:
-        if not skip and word != "--json" and not word.startswith("--json="):
-            words.append(word)
-        skip = word == "--json"
-    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *words])
 
 
 def results_json(
@@ -1011,12 +986,7 @@ def results_json(
         f"of {data.groups:,} groups from 4 shards, against the raw fetch and a single node",
         "command": command,
         "quick": args.quick,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        **stamp(),
         "tables": [
             {
                 "title": f"wall time of each statement ({runs})",
@@ -1041,9 +1011,8 @@ def results_json(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = command_line(sys.argv[1:] if argv is None else argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    command = command_line(__file__, sys.argv[1:] if argv is None else argv)
+    interrupt_on_sigterm()
     report_machine()
     began = time.perf_counter()
     print(f"starting {SHARDS + 1} PostgreSQL clusters...", flush=True)
@@ -1059,7 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:
                 print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
         print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
-        print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {_maxrss() / 2**20:.0f} MB)")
+        print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {maxrss() / 2**20:.0f} MB)")
     if args.json is not None:
         with args.json.open("w", encoding="utf-8") as out:
             json.dump(results_json(args, command, data, outcomes, memory), out, indent=2)

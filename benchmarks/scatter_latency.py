@@ -99,11 +99,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -116,6 +112,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import asyncpg
 import psycopg
 import psycopg2
+from _common import command_line, stamp
 from parallel_connection.parallel_connection import ParallelConnection
 from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.ext.horizontal_shard import ShardedSession
@@ -539,17 +536,6 @@ def report(shards: int, results: Sequence[Stats], repeat: int, warmup: int) -> l
     return aims
 
 
-def command_line(argv: Sequence[str]) -> str:
-    """How the script was run, without ``--json PATH``."""
-    words: list[str] = []
-    skip = False
-    for word in argv:
-        if not skip and word != "--json" and not word.startswith("--json="):
-            words.append(word)
-        skip = word == "--json"
-    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *words])
-
-
 def results_json(
     args: argparse.Namespace,
     command: str,
@@ -585,12 +571,7 @@ def results_json(
         "title": f"Scatter latency: {SQL!r} (one row per shard) on {counts} shards",
         "command": command,
         "quick": args.quick,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        **stamp(),
         "tables": [
             {
                 "title": f"median latency (median of {args.repeat} runs "
@@ -648,7 +629,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = command_line(sys.argv[1:] if argv is None else argv)
+    command = command_line(__file__, sys.argv[1:] if argv is None else argv)
     measured = []
     print(f"starting {CLUSTERS + 1} PostgreSQL clusters (shards and single node)...", flush=True)
     clusters = start_clusters()

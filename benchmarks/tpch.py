@@ -86,20 +86,15 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import datetime
 import io
 import json
 import os
 import platform
-import resource
-import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +103,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from _common import command_line, interrupt_on_sigterm, maxrss, stamp
 
 import shardq
 from shardq.sql.plan import Planner
@@ -121,7 +117,6 @@ from tests.fixtures.tpch import DATABASE, DISTRIBUTED, SCHEMA, TABLES  # noqa: E
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import FrameType
 
     from tests.fixtures.servers import PgCluster
 
@@ -759,14 +754,9 @@ def results_file(
         "scenario": "tpch",
         "title": f"Analytical: TPC-H {', '.join(QUERIES)} at scale factor {args.scale:g} "
         f"on {SHARDS} shards",
-        "command": command_line(args.argv),
+        "command": command_line(__file__, args.argv),
         "quick": args.quick,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        **stamp(),
         "tables": [
             {
                 "title": f"median seconds per query ({runs})",
@@ -783,26 +773,6 @@ def results_file(
         ],
         "aims": aims,
     }
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """How this run was started, without its ``--json PATH``."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip or arg.startswith("--json="):
-            skip = False
-        elif arg == "--json":
-            skip = True
-        else:
-            kept.append(arg)
-    return shlex.join(["python", f"benchmarks/{Path(__file__).name}", *kept])
-
-
-def _maxrss() -> int:
-    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS)."""
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 # --------------------------------------------------------------------------- main
@@ -853,10 +823,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
     """Load the data, then time, check and report every query."""
     print(f"generating and loading TPC-H at scale factor {args.scale:g}...", flush=True)
@@ -885,8 +851,7 @@ def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    interrupt_on_sigterm()
     report_machine()
     began = time.perf_counter()
     print(f"starting {SHARDS + 1} PostgreSQL clusters...", flush=True)
@@ -902,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:
                 print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
         print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
-        print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {_maxrss() / 2**20:.0f} MB)")
+        print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {maxrss() / 2**20:.0f} MB)")
     return 0
 
 
