@@ -17,7 +17,17 @@ from shardq.merge.evaluate import compile_expr, semantics
 from shardq.merge.numeric import numeric_div, numeric_round
 from shardq.merge.order import kway, sort_key
 from shardq.merge.pipeline import merger
-from shardq.merge.steps import Aggregation, Call, Col, Combine, Const, MergePlan, SortKey
+from shardq.merge.steps import (
+    Aggregation,
+    Call,
+    Col,
+    Combine,
+    Const,
+    MergePlan,
+    Output,
+    SortKey,
+    TypeRule,
+)
 
 PG = semantics("postgres")
 
@@ -82,6 +92,44 @@ def test_kway_merge_of_sorted_shards_is_sorted(
     assert _ordering(got, terms) == _ordering(_reference_sorted(everything, terms), terms)
 
 
+@given(
+    parts=st.lists(rows, min_size=1, max_size=4),
+    terms=keys,
+    limit=st.one_of(st.none(), st.integers(0, 12)),
+    offset=st.integers(0, 3),
+    computed=st.booleans(),
+)
+def test_sorting_after_the_merge_orders_as_postgresql(
+    parts: list[list[Any]],
+    terms: list[SortKey],
+    limit: int | None,
+    offset: int,
+    computed: bool,
+) -> None:
+    # ORDER BY over rows the merge holds (as after a regroup): one term or
+    # several, NULLs first or last, a full sort or a heap for a small LIMIT,
+    # on output columns that are columns of the rows (columns swapped here,
+    # sorted before they are taken) or computed ones.
+    columns = (Col(1), Call("coalesce", (Col(0), Const(None)))) if computed else (Col(1), Col(0))
+    plan = MergePlan(
+        outputs=tuple(Output(f"c{i}", e, TypeRule()) for i, e in enumerate(columns)),
+        sort=tuple(terms),
+        offset=offset,
+        limit=limit,
+    )
+    got = drive_sync(merger(plan, len(parts), PG), [[part] for part in parts])
+    swapped = [(r[1], r[0]) for part in parts for r in part]
+    end = None if limit is None else offset + limit
+    expected = _reference_sorted(swapped, terms)[offset:end]
+    assert _ordering(got, terms) == _ordering(expected, terms)
+    # Rows tied at the LIMIT's edge may be any of the tied ones: each row
+    # returned must be a row of the input, used once.
+    unused = list(swapped)
+    for row in got:
+        unused.remove(row)
+    assert len(got) == len(expected)
+
+
 def test_limit_stops_asking_the_shards() -> None:
     plan = MergePlan(order=(SortKey(0),), limit=2)
     asked: list[int] = []
@@ -117,6 +165,48 @@ def test_regroup_folds_partials_and_keeps_empty_scalar_rows() -> None:
     )
     scalar = Regroup(Aggregation(0, (Combine.COUNT, Combine.SUM, Combine.SET), scalar=True))
     assert scalar.rows() == [(0, None, set())]
+
+
+_key_values = st.one_of(
+    st.none(),
+    st.integers(-2, 2),
+    st.sampled_from([1.0, -0.0, 0.0, float("nan"), Decimal("1"), Decimal("1.0"), True]),
+    st.sampled_from(["a", "b", "ab"]),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(_key_values, _key_values, _key_values, st.one_of(st.none(), st.integers(0, 9))),
+        max_size=40,
+    ),
+    st.integers(1, 5),
+)
+def test_regroup_on_several_keys_groups_as_a_dict_of_whole_keys(
+    partials: list[tuple[Any, ...]], batches: int
+) -> None:
+    # Several key columns are grouped by the first column, then the rest
+    # compared (the split store): the groups must be those of a plain dict
+    # keyed by the whole key (identity, then ==: NaN objects stay apart, 1,
+    # 1.0, True and Decimal("1.0") meet), whichever batches the rows come in.
+    expected: dict[tuple[Any, ...], list[Any]] = {}
+    for *key, count, total in [(*r[:3], 1, r[3]) for r in partials]:
+        state = expected.setdefault(tuple(key), [0, None])
+        state[0] += count
+        if total is not None:
+            state[1] = total if state[1] is None else state[1] + total
+    regroup = Regroup(Aggregation(3, (Combine.COUNT, Combine.SUM)))
+    rows_with_count = [(*r[:3], 1, r[3]) for r in partials]
+    size = max(1, len(rows_with_count) // batches)
+    for start in range(0, len(rows_with_count), size):
+        regroup.feed(rows_with_count[start : start + size])
+    got = regroup.rows()
+    assert len(got) == len(expected)
+    for row in got:
+        state = expected[row[:3]]
+        assert list(row[3:]) == state
+        first_key = next(k for k in expected if k == row[:3])  # the values seen first
+        assert all(a is b for a, b in zip(row[:3], first_key, strict=True))
 
 
 def test_numeric_sums_are_exact_beyond_28_digits() -> None:

@@ -9,7 +9,9 @@ after regrouping holds the groups (never the rows) until the shards are done.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shardq.execute.driver import Column
@@ -29,7 +31,7 @@ from shardq.merge.evaluate import (
     output_type,
 )
 from shardq.merge.order import kway, sort_key
-from shardq.merge.steps import Call, Col, Combine, Const
+from shardq.merge.steps import Call, Col, Combine, Const, Output, SortKey
 
 if TYPE_CHECKING:
     from shardq.merge.steps import MergePlan
@@ -200,38 +202,75 @@ def _in_memory(
     if plan.having is not None:
         keep = compile_expr(plan.having, sem)
         rows = [row for row in rows if keep(row) is True]
-    if plan.outputs is not None:
-        compute = compile_row([o.expr for o in plan.outputs], sem)
-        rows = [compute(row) for row in rows]
-        if types is not None:
-            rows = _typed(rows, plan, types, sem)
-    if plan.distinct:
-        width = -plan.hidden or None
-        firsts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        for row in rows:
-            firsts.setdefault(row[:width] if width is not None else row, row)
-        rows = list(firsts.values())
-    if plan.sort:
-        out_types = (
-            [output_type(o.type, types, sem) for o in plan.outputs]
-            if plan.outputs is not None and types is not None
-            else None
-        )
-        key, reverse = sort_key(plan.sort, _float_columns(out_types))
-        end = None if plan.limit is None else plan.offset + plan.limit
-        if end is not None and end * _TOP_K_RATIO < len(rows):
-            # The first rows of many (TPC-H Q10: 20 of ~4,000 groups): a heap
-            # selection, which heapq defines as sorted(...)[:end], ties included.
-            pick = heapq.nlargest if reverse else heapq.nsmallest
-            rows = pick(end, rows, key=key)
-        else:
-            rows.sort(key=key, reverse=reverse)
+    outputs = plan.outputs
+    if outputs is not None and plan.sort and not plan.distinct and _columns_only(outputs):
+        # The output columns are columns of these rows: sort these rows by the
+        # same columns, and take the output columns of the rows kept only.
+        sort = tuple(replace(k, column=_column(outputs[k.column])) for k in plan.sort)
+        rows = _ordered(rows, sort, plan, _float_columns(types))
+        take = compile_row([o.expr for o in outputs], sem)
+        rows = [take(row) for row in rows]
+    else:
+        if outputs is not None:
+            compute = compile_row([o.expr for o in outputs], sem)
+            rows = [compute(row) for row in rows]
+            if types is not None:
+                rows = _typed(rows, plan, types, sem)
+        if plan.distinct:
+            width = -plan.hidden or None
+            firsts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+            for row in rows:
+                firsts.setdefault(row[:width] if width is not None else row, row)
+            rows = list(firsts.values())
+        if plan.sort:
+            out_types = (
+                [output_type(o.type, types, sem) for o in outputs]
+                if outputs is not None and types is not None
+                else None
+            )
+            rows = _ordered(rows, plan.sort, plan, _float_columns(out_types))
     end = None if plan.limit is None else plan.offset + plan.limit
     rows = rows[plan.offset : end]
     if plan.hidden:
         rows = [row[: -plan.hidden] for row in rows]
     for start in range(0, len(rows), _CHUNK):
         yield rows[start : start + _CHUNK]
+
+
+def _columns_only(outputs: Sequence[Output]) -> bool:
+    return all(isinstance(o.expr, Col) for o in outputs)
+
+
+def _column(output: Output) -> int:
+    assert isinstance(output.expr, Col)
+    return output.expr.index
+
+
+def _ordered(rows: Rows, sort: Sequence[SortKey], plan: MergePlan, floats: frozenset[int]) -> Rows:
+    """``rows`` in the ORDER BY's order; only the first OFFSET + LIMIT of them when that is set."""
+    end = None if plan.limit is None else plan.offset + plan.limit
+    if len(sort) == 1 and sort[0].column not in floats:
+        # One term: the NULLs apart, the values by the column itself (a C-level
+        # key, no tuple per row). NaN, which needs a key of its own, takes the general way.
+        term = sort[0]
+        nulls = [row for row in rows if row[term.column] is None]
+        if nulls:
+            rows = [row for row in rows if row[term.column] is not None]
+        ordered = _pick(rows, end, operator.itemgetter(term.column), term.descending)
+        return nulls + ordered if term.nulls_first else ordered + nulls
+    key, reverse = sort_key(sort, floats)
+    return _pick(rows, end, key, reverse)
+
+
+def _pick(rows: Rows, end: int | None, key: Callable[[Any], Any], reverse: bool) -> Rows:
+    """``rows`` sorted by ``key`` (at least their first ``end``), ties in their order."""
+    if end is not None and end * _TOP_K_RATIO < len(rows):
+        # The first rows of many (TPC-H Q10: 20 of ~4,000 groups): a heap
+        # selection, which heapq defines as sorted(...)[:end], ties included.
+        pick = heapq.nlargest if reverse else heapq.nsmallest
+        return pick(end, rows, key=key)
+    rows.sort(key=key, reverse=reverse)
+    return rows
 
 
 #: A LIMIT below this fraction of the rows is selected with a heap, not a full sort.
