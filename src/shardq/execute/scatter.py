@@ -163,6 +163,10 @@ class Scatter:
         stream = lease.stream
         if stream is None:
             return []
+        if index not in self._ahead and not stream.holds_connection:
+            # The rest of the result is in memory: no I/O, no task (most
+            # results of a scatter are whole after start()).
+            return await stream.fetch()
         try:
             ahead = self._ahead.pop(index, None)
             if ahead is None:
