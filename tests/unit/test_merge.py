@@ -175,38 +175,71 @@ _key_values = st.one_of(
 )
 
 
-@given(
-    st.lists(
-        st.tuples(_key_values, _key_values, _key_values, st.one_of(st.none(), st.integers(0, 9))),
-        max_size=40,
-    ),
-    st.integers(1, 5),
-)
-def test_regroup_on_several_keys_groups_as_a_dict_of_whole_keys(
-    partials: list[tuple[Any, ...]], batches: int
-) -> None:
-    # Several key columns are grouped by the first column, then the rest
-    # compared (the split store): the groups must be those of a plain dict
-    # keyed by the whole key (identity, then ==: NaN objects stay apart, 1,
-    # 1.0, True and Decimal("1.0") meet), whichever batches the rows come in.
+_partial = st.one_of(st.none(), st.integers(0, 9))
+
+
+def _reference_regroup(
+    partials: list[tuple[Any, ...]], width: int, combines: tuple[Combine, ...]
+) -> dict[tuple[Any, ...], list[Any]]:
+    """The regroup written plainly: a dict keyed by the whole key, one fold per combine."""
     expected: dict[tuple[Any, ...], list[Any]] = {}
-    for *key, count, total in [(*r[:3], 1, r[3]) for r in partials]:
-        state = expected.setdefault(tuple(key), [0, None])
-        state[0] += count
-        if total is not None:
-            state[1] = total if state[1] is None else state[1] + total
-    regroup = Regroup(Aggregation(3, (Combine.COUNT, Combine.SUM)))
-    rows_with_count = [(*r[:3], 1, r[3]) for r in partials]
-    size = max(1, len(rows_with_count) // batches)
-    for start in range(0, len(rows_with_count), size):
-        regroup.feed(rows_with_count[start : start + size])
+    for row in partials:
+        key, values = row[:width], row[width:]
+        state = expected.get(key)
+        if state is None:
+            expected[key] = [
+                (set() if v is None else {v}) if c is Combine.SET else v
+                for c, v in zip(combines, values, strict=True)
+            ]
+            continue
+        for i, (c, v) in enumerate(zip(combines, values, strict=True)):
+            if v is None:
+                continue
+            if c is Combine.SET:
+                state[i].add(v)
+            elif state[i] is None:
+                state[i] = v
+            else:
+                fold = {Combine.MIN: min, Combine.MAX: max}.get(c, lambda a, b: a + b)
+                state[i] = fold(state[i], v)
+    for state in expected.values():
+        for i, c in enumerate(combines):
+            if c is Combine.COUNT and state[i] is None:
+                state[i] = 0
+    return expected
+
+
+@given(
+    width=st.integers(1, 3),
+    combines=st.lists(
+        st.sampled_from([Combine.COUNT, Combine.SUM, Combine.MIN, Combine.MAX, Combine.SET]),
+        min_size=1,
+        max_size=3,
+    ),
+    data=st.data(),
+    batches=st.integers(1, 5),
+)
+def test_regroup_groups_as_a_dict_of_whole_keys(
+    width: int, combines: list[Combine], data: st.DataObject, batches: int
+) -> None:
+    # With several key columns the groups are found by the first column, then
+    # the rest compared; a group seen once is its row until a second comes.
+    # The groups must be a plain dict's keyed by the whole key (identity, then
+    # ==: NaN objects stay apart; 1, 1.0, True and Decimal("1.0") meet), with
+    # the key values seen first, whichever batches the rows come in.
+    row = st.tuples(*[_key_values] * width, *[_partial] * len(combines))
+    partials = data.draw(st.lists(row, max_size=40))
+    expected = _reference_regroup(partials, width, tuple(combines))
+    regroup = Regroup(Aggregation(width, tuple(combines)))
+    size = max(1, len(partials) // batches)
+    for start in range(0, len(partials), size):
+        regroup.feed(partials[start : start + size])
     got = regroup.rows()
     assert len(got) == len(expected)
-    for row in got:
-        state = expected[row[:3]]
-        assert list(row[3:]) == state
-        first_key = next(k for k in expected if k == row[:3])  # the values seen first
-        assert all(a is b for a, b in zip(row[:3], first_key, strict=True))
+    for merged in got:
+        assert list(merged[width:]) == expected[merged[:width]]
+        first_key = next(k for k in expected if k == merged[:width])  # the values seen first
+        assert all(a is b for a, b in zip(merged[:width], first_key, strict=True))
 
 
 def test_numeric_sums_are_exact_beyond_28_digits() -> None:

@@ -20,6 +20,12 @@ from shardq.merge.steps import Aggregation, Combine
 __all__ = ["Regroup"]
 
 
+class _State(list[Any]):
+    """A group's folded partials (after the key's rest, when split): see :func:`_regroup_source`."""
+
+    __slots__ = ()
+
+
 def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> str:
     """Python source of ``feed``, folding rows into group states, and ``emit``, the merged rows.
 
@@ -36,13 +42,20 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
     with the same first column goes to ``others``, keyed by its whole key,
     with ``None`` in that first slot. Equality is the same as a dict's of
     whole keys: each value compared by identity, then ``==``.
+
+    Unless a partial gathers a set, a group seen in one row only is that row:
+    it is stored as it came and emitted as it is (most groups of a regroup,
+    when the key is spread over the shards), and becomes a ``_State`` list
+    when a second row of its group comes.
     """
+    g = int(groups)
+    raw = Combine.SET not in combines
     base = 1 if split else 0
-    key = "r[0]" if groups == 1 else f"r[:{int(groups)}]" if groups else "()"
-    fresh = [f"r[1:{int(groups)}]"] if split else []
+    key = "r[0]" if g == 1 else f"r[:{g}]" if g else "()"
+    fresh = []
     fold = []
     for i, combine in enumerate(combines):
-        c = int(groups + i)
+        c = g + i
         fresh.append(
             f"set() if r[{c}] is None else {{nans.setdefault(type(r[{c}]), r[{c}]) "
             f"if r[{c}] != r[{c}] else r[{c}]}}"
@@ -51,7 +64,7 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
         )
         if combine is Combine.ANY:
             continue
-        slot = int(base + i)
+        slot = base + i
         fold.append(f"        v = r[{c}]")
         fold.append("        if v is not None:")
         if combine is Combine.SET:
@@ -72,41 +85,83 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
             Combine.BOOL_OR: "t or v",
         }[combine]
         fold.append(f"            s[{slot}] = v if t is None else {update}")
-    if split:
+    fresh_state = ", ".join(fresh)
+    if split and raw:
         find = [
             "        s = get(r[0])",
             "        if s is None:",
-            f"            groups[r[0]] = [{', '.join(fresh)}]",
+            "            groups[r[0]] = r",
             "            continue",
-            f"        if s[0] != r[1:{int(groups)}]:",
+            "        if s.__class__ is not State:",
+            f"            if s[1:{g}] == r[1:{g}]:",
+            f"                s = groups[r[0]] = State((s[1:{g}], *s[{g}:]))",
+            "            else:",
+            "                s = None",
+            f"        elif s[0] != r[1:{g}]:",
+            "            s = None",
+            "        if s is None:",
             f"            k = {key}",
             "            s = others.get(k)",
             "            if s is None:",
-            f"                others[k] = [None, {', '.join(fresh[1:])}]",
+            "                others[k] = r",
             "                continue",
+            "            if s.__class__ is not State:",
+            f"                s = others[k] = State((None, *s[{g}:]))",
+        ]
+    elif split:
+        find = [
+            "        s = get(r[0])",
+            "        if s is None:",
+            f"            groups[r[0]] = [r[1:{g}], {fresh_state}]",
+            "            continue",
+            f"        if s[0] != r[1:{g}]:",
+            f"            k = {key}",
+            "            s = others.get(k)",
+            "            if s is None:",
+            f"                others[k] = [None, {fresh_state}]",
+            "                continue",
+        ]
+    elif raw:
+        find = [
+            f"        k = {key}",
+            "        s = get(k)",
+            "        if s is None:",
+            "            groups[k] = r",
+            "            continue",
+            "        if s.__class__ is not State:",
+            f"            s = groups[k] = State(s[{g}:])",
         ]
     else:
         find = [
             f"        k = {key}",
             "        s = get(k)",
             "        if s is None:",
-            f"            groups[k] = [{', '.join(fresh)}]",
+            f"            groups[k] = [{fresh_state}]",
             "            continue",
         ]
     # The merged rows: key columns, then the partials (a count of no rows is 0).
+    counts = [g + i for i, combine in enumerate(combines) if combine is Combine.COUNT]
     values = [
-        f"0 if s[{int(base + i)}] is None else s[{int(base + i)}]"
+        f"0 if s[{base + i}] is None else s[{base + i}]"
         if combine is Combine.COUNT
-        else f"s[{int(base + i)}]"
+        else f"s[{base + i}]"
         for i, combine in enumerate(combines)
     ]
-    head = "k, *s[0]" if split else "k" if groups == 1 else "*k"
+    head = "k, *s[0]" if split else "k" if g == 1 else "*k"
+    row = "s if s.__class__ is not State else " if raw else ""
     emit = [
         "def emit(groups, others):",
-        f"    out = [({', '.join([head, *values])},) for k, s in groups.items()]",
+        f"    out = [{row}({', '.join([head, *values])},) for k, s in groups.items()]",
     ]
     if split:
-        emit.append(f"    out += [({', '.join(['*k', *values])},) for k, s in others.items()]")
+        emit.append(f"    out += [{row}({', '.join(['*k', *values])},) for k, s in others.items()]")
+    if raw and counts:
+        width = g + len(combines)
+        whole = ", ".join(
+            f"0 if r[{j}] is None else r[{j}]" if j in counts else f"r[{j}]" for j in range(width)
+        )
+        known = " and ".join(f"r[{j}] is not None" for j in counts)
+        emit.append(f"    out = [r if {known} else ({whole},) for r in out]")
     emit.append("    return out")
     return "\n".join(
         [
@@ -133,7 +188,7 @@ def _compiled(groups: int, combines: tuple[Combine, ...], split: bool) -> tuple[
     Compiling costs about as much as regrouping a few hundred rows; a plan
     run again (the planner caches plans) reuses the functions.
     """
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"State": _State}
     exec(_regroup_source(groups, combines, split), namespace)
     return namespace["feed"], namespace["emit"]
 
