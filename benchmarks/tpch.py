@@ -16,7 +16,7 @@ The queries are the differential tests' (``tests/differential/tpch/q*.sql``,
 the specification's validation parameters), run as written.
 
 Each query is timed end to end with :func:`time.perf_counter` (statement sent
-to every row received), four ways:
+to every row received), five ways:
 
 - ``shardq async``: ``cur = await conn.execute(sql)`` and
   ``await cur.fetchall()`` on a :class:`shardq.AsyncConnection`;
@@ -31,7 +31,17 @@ to every row received), four ways:
   time counted from the common start to its last row; the floor is the
   slowest shard's time. shardq cannot beat it: it waits for that same shard,
   then merges;
-- ``single node``: the original query with psycopg 3 on the single node.
+- ``single node``: the original query with psycopg 3 on the single node;
+- ``SQLAlchemy ShardedSession``: SQLAlchemy's horizontal sharding extension,
+  a ``ShardedSession`` over one ``Engine`` per shard (psycopg 3 driver,
+  ``AUTOCOMMIT``, the engine's pool) whose ``execute_chooser`` returns every
+  shard, as a chooser does for a statement it cannot route; per run a new
+  session executes ``text(sql)``, the original query, and ``.all()``. The
+  extension runs the statement on each shard in turn and returns the shards'
+  rows one shard after another (``Result.merge``): nothing is regrouped,
+  ordered or limited across shards, so its answers are per-shard partial
+  results, listed as WRONG with what is wrong, and its time is the sum of the
+  shards' times.
 
 The coordination overhead of a query is shardq's median over the floor's
 median; in the ``--json`` file its spread is the range of the per-round
@@ -55,8 +65,12 @@ Correctness is checked in separate, untimed runs, as the differential tests
 check it (``tests/differential/compare.py``): both shardq APIs' column names
 and type codes equal the single node's, and their rows equal it row by row,
 in order, value for value with the same Python types (a ``Decimal`` with the
-same scale; floats to 1e-9 relative). The answers are checked with ``assert``,
-so the script refuses to run under ``python -O``.
+same scale; floats to 1e-9 relative). SQLAlchemy's answer is checked the same
+way, column names only (its ``Result`` has no type codes); when it is wrong,
+the note says what its concatenation misses of the merge shardq's plan does
+(e.g. "16 rows, expected 4: per-shard partial aggregates, not regrouped").
+The answers are checked with ``assert``, so the script refuses to run under
+``python -O``.
 
 The 5 clusters are started with the test suite's helper
 (``tests.fixtures.servers.start_pg_clusters``: ``shared_buffers`` 32 MB,
@@ -64,15 +78,16 @@ The 5 clusters are started with the test suite's helper
 included, which the script prints) and stopped by pid at the end, whatever
 happens (SIGTERM, as sent by ``timeout``, is handled like Ctrl-C).
 
-The full run times 11 rounds after 1 warm-up round (under 2 minutes on a
-2-core machine, a fifth of it generating and loading the data); ``--quick``
-uses scale factor 0.01 and 5 rounds (about 15 seconds). With ``--json PATH`` the
-script also writes, after the run, the results to PATH as JSON (the scenario,
-the command, the machine, a table of median seconds per query and one of the
-overhead ratios, and every aim); what it prints stays the same.
+The full run times 11 rounds after 1 warm-up round (under 3 minutes on a
+2-core machine: a sixth of it generating and loading the data, some 35 s
+SQLAlchemy's runs); ``--quick`` uses scale factor 0.01 and 5 rounds (about 15
+seconds). With ``--json PATH`` the script also writes, after the run, the
+results to PATH as JSON (the scenario, the command, the machine, a table of
+median seconds per query and one of the overhead ratios, and every aim); what
+it prints stays the same.
 
 Run it from anywhere (it needs the PostgreSQL server programs, psycopg 3,
-``tpchgen-cli`` and shardq installed)::
+SQLAlchemy 2, ``tpchgen-cli`` and shardq installed)::
 
     python benchmarks/tpch.py
     python benchmarks/tpch.py --quick
@@ -103,7 +118,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import sqlalchemy
 from _common import command_line, interrupt_on_sigterm, maxrss, stamp
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.ext.horizontal_shard import ShardedSession
+from sqlalchemy.orm import sessionmaker
 
 import shardq
 from shardq.sql.plan import Planner
@@ -118,8 +137,11 @@ from tests.fixtures.tpch import DATABASE, DISTRIBUTED, SCHEMA, TABLES  # noqa: E
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Mapper
     from tests.fixtures.servers import PgCluster
 
+    from shardq.merge.steps import MergePlan
     from shardq.sql.plan import QueryPlan
 
 SHARDS = 4
@@ -134,11 +156,14 @@ SHARDQ_ASYNC = "shardq async"
 SHARDQ_SYNC = "shardq sync"
 FLOOR = "slowest shard (floor)"
 SINGLE = "single node"
-METHODS = (SHARDQ_ASYNC, SHARDQ_SYNC, FLOOR, SINGLE)
+SQLALCHEMY = "SQLAlchemy ShardedSession"
+METHODS = (SHARDQ_ASYNC, SHARDQ_SYNC, FLOOR, SINGLE, SQLALCHEMY)
 SHARDQ_METHODS = (SHARDQ_ASYNC, SHARDQ_SYNC)
+CHECKED = (*SHARDQ_METHODS, SQLALCHEMY)  # the methods whose answers are checked
 
 Row = tuple[Any, ...]
 Method = Callable[[], float]
+Answer = tuple[list[str], list[Any] | None, list[Any]]  # column names, type codes, rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,16 +368,33 @@ class Bench:
         self._sconn: shardq.Connection | None = None
         self._raw: dict[str, psycopg.AsyncConnection[Row]] = {}
         self._single: psycopg.AsyncConnection[Row] | None = None
+        self._sessions: sessionmaker[ShardedSession] | None = None
 
     # -- lifecycle
 
     def open(self) -> None:
         try:
             self._sconn = self._sync_stack.enter_context(shardq.connect(self.config))
+            self._open_sqlalchemy()
             self.runner.run(self._open_async())
         except BaseException:
             self.close()
             raise
+
+    def _open_sqlalchemy(self) -> None:
+        engines: dict[str, Engine] = {}
+        for name, dsn in zip(self.shard_names, self.shard_dsns, strict=True):
+            url = make_url(dsn).set(drivername="postgresql+psycopg")
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            self._sync_stack.callback(engine.dispose)
+            engines[name] = engine
+        self._sessions = sessionmaker(
+            class_=ShardedSession,
+            shards=engines,
+            shard_chooser=self._shard_chooser,
+            identity_chooser=self._every_shard,
+            execute_chooser=self._every_shard,
+        )
 
     async def _open_async(self) -> None:
         stack = self._async_stack
@@ -385,6 +427,14 @@ class Bench:
     def single(self) -> psycopg.AsyncConnection[Row]:
         assert self._single is not None
         return self._single
+
+    # -- SQLAlchemy's choosers: no statement here names a shard, so each runs on all of them
+
+    def _shard_chooser(self, mapper: Mapper[Any] | None, instance: Any, clause: Any = None) -> str:
+        raise LookupError("shard_chooser: nothing is written here, so no row needs a shard")
+
+    def _every_shard(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.shard_names
 
     # -- planning
 
@@ -430,6 +480,7 @@ class Bench:
             shards = plan.route.resolve(tuple(self.shard_names), self.shard_names[0])
             out[FLOOR] = lambda: self.runner.run(self._floor(outcome, plan, shards))
         out[SINGLE] = lambda: self._timed_async(self._single_node(sql))
+        out[SQLALCHEMY] = lambda: self._timed(lambda: self._sharded_session(sql))
         return out
 
     def _timed(self, run: Callable[[], object]) -> float:
@@ -461,6 +512,13 @@ class Bench:
         cur = await self.single.execute(query)
         return await cur.fetchall()
 
+    def _sharded_session(self, sql: str) -> Answer:
+        """``sql`` through SQLAlchemy's ShardedSession: column names, no type codes, rows."""
+        assert self._sessions is not None
+        with self._sessions() as session:
+            result = session.execute(text(sql))
+            return list(result.keys()), None, list(result.all())
+
     async def _floor(self, outcome: Outcome, plan: QueryPlan, shards: Sequence[str]) -> float:
         """Run the per-shard SQL on ``shards`` at once; the slowest one's time."""
         query: Any = plan.sql
@@ -480,46 +538,89 @@ class Bench:
 
     # -- answers, untimed
 
-    def answers(self, outcome: Outcome) -> None:
-        """Check both shardq APIs' answers against the single node's, as the differential
-        tests do; record "ok", "WRONG: ..." or "FAILED: ..." per API."""
+    def answers(self, outcome: Outcome, plan: QueryPlan | None) -> None:
+        """Check the answers of both shardq APIs (unless shardq refused the query) and of
+        SQLAlchemy against the single node's, as the differential tests do; record "ok",
+        "WRONG: ..." or "FAILED: ..." per method."""
         want_description, want = single_node(self.single_dsn, outcome.sql)
         outcome.rows = len(want)
+        want_names = [name for name, _ in want_description]
+        want_types = [type_code for _, type_code in want_description]
 
-        async def from_async() -> tuple[list[Any], list[Row]]:
+        async def from_async() -> Answer:
             cur = await self.aconn.execute(outcome.sql)
             rows = await cur.fetchall()
-            return _description(cur.description), rows
+            return (*_description(cur.description), rows)
 
-        def from_sync() -> tuple[list[Any], list[Row]]:
+        def from_sync() -> Answer:
             cur = self.sconn.execute(outcome.sql)
             rows = cur.fetchall()
-            return _description(cur.description), rows
+            return (*_description(cur.description), rows)
 
-        fetches: dict[str, Callable[[], tuple[list[Any], list[Row]]]] = {
-            SHARDQ_ASYNC: lambda: self.runner.run(from_async()),
-            SHARDQ_SYNC: from_sync,
-        }
+        fetches: dict[str, Callable[[], Answer]] = {}
+        if outcome.refused is None:
+            fetches[SHARDQ_ASYNC] = lambda: self.runner.run(from_async())
+            fetches[SHARDQ_SYNC] = from_sync
+        fetches[SQLALCHEMY] = lambda: self._sharded_session(outcome.sql)
         for method, fetch in fetches.items():
             try:
-                description, rows = fetch()
+                names, types, rows = fetch()
             except Exception as exc:
                 outcome.answers[method] = f"FAILED: {type(exc).__name__}: {exc}"
                 continue
             try:
-                assert description == want_description, (
-                    f"columns {description!r}, expected {want_description!r}"
-                )
+                assert names == want_names, f"columns {names!r}, expected {want_names!r}"
+                if types is not None:
+                    assert types == want_types, f"type codes {types!r}, expected {want_types!r}"
                 same_rows(rows, want, ordered=True)
             except AssertionError as exc:
-                outcome.answers[method] = f"WRONG: {exc}"
+                wrong = str(exc)
+                if method == SQLALCHEMY:
+                    flaw = concatenation_flaw(plan.merge if plan else None)
+                    wrong = f"{how_rows_differ(rows, want)}: {flaw}"
+                outcome.answers[method] = f"WRONG: {wrong}"
             else:
                 outcome.answers[method] = "ok"
 
 
-def _description(columns: Sequence[Any] | None) -> list[Any]:
-    """``(name, type_code)`` pairs, as ``compare.single_node`` returns them."""
-    return [(c.name, c.type_code) for c in columns or ()]
+def _description(columns: Sequence[Any] | None) -> tuple[list[str], list[Any]]:
+    """Column names and type codes, as ``compare.single_node`` returns them in pairs."""
+    return [c.name for c in columns or ()], [c.type_code for c in columns or ()]
+
+
+def how_rows_differ(got: Sequence[Sequence[Any]], want: list[Row]) -> str:
+    """How rows that are not the expected ones differ from them, in a few words.
+
+    >>> how_rows_differ([(2,), (1,)], [(1,), (2,)])
+    'the expected 2 rows, in another order'
+    """
+    if len(got) != len(want):
+        return f"{len(got)} rows, expected {len(want)}"
+    try:
+        same_rows([tuple(row) for row in got], want, ordered=False)
+    except AssertionError:
+        return f"{len(got)} rows, not the expected ones"
+    return f"the expected {len(got)} rows, in another order"
+
+
+def concatenation_flaw(merge: MergePlan | None) -> str:
+    """What the shards' rows one shard after another lack of the merge a query needs.
+
+    >>> from shardq.merge.steps import MergePlan
+    >>> concatenation_flaw(MergePlan(limit=10))
+    "each shard's own LIMIT 10, one shard after another"
+    """
+    if merge is None:
+        return "the shards' rows one shard after another"
+    if merge.aggregate is not None:
+        return "per-shard partial aggregates, not regrouped"
+    if merge.limit is not None:
+        return f"each shard's own LIMIT {merge.limit}, one shard after another"
+    if merge.order or merge.sort:
+        return "one shard's rows after another, not in ORDER BY order"
+    if merge.distinct:
+        return "rows found on several shards repeated"
+    return "the shards' rows one shard after another"
 
 
 # --------------------------------------------------------------------------- measuring
@@ -570,15 +671,22 @@ def _ratio(value: float | None, width: int) -> str:
     return f"{value:>{width - 1}.3f}x" if value is not None else f"{'-':>{width}}"
 
 
-def _answer(outcome: Outcome) -> str:
-    if outcome.refused is not None:
-        return "refused"
-    verdicts = [outcome.answers.get(m) for m in SHARDQ_METHODS]
+def _verdict(verdicts: Sequence[str | None]) -> str:
+    """One word for the verdicts of some methods on a query."""
     if all(v == "ok" for v in verdicts):
         return "ok"
     if any(v is not None and v.startswith("WRONG") for v in verdicts):
         return "WRONG"
     return "FAILED"
+
+
+def _answers(outcome: Outcome) -> str:
+    """The answer column: shardq's verdict (both APIs), then SQLAlchemy's."""
+    if outcome.refused is not None:
+        shardq_word = "refused"
+    else:
+        shardq_word = _verdict([outcome.answers.get(m) for m in SHARDQ_METHODS])
+    return f"shardq {shardq_word}, SQLAlchemy {_verdict([outcome.answers.get(SQLALCHEMY)])}"
 
 
 def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -589,7 +697,8 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> list[dict[s
     )
     header = (
         f"{'query':<6} {'shardq async s':>14} {'shardq sync s':>14} {'slowest shard s':>16} "
-        f"{'single node s':>14} {'async/shard':>12} {'sync/shard':>11}  answer"
+        f"{'single node s':>14} {'SQLAlchemy s':>13} {'async/shard':>12} {'sync/shard':>11}  "
+        "answers"
     )
     print(header)
     print("-" * len(header))
@@ -597,12 +706,13 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> list[dict[s
         print(
             f"{o.name:<6} {_seconds(o.median(SHARDQ_ASYNC), 14)} "
             f"{_seconds(o.median(SHARDQ_SYNC), 14)} {_seconds(o.median(FLOOR), 16)} "
-            f"{_seconds(o.median(SINGLE), 14)} {_ratio(o.overhead(SHARDQ_ASYNC), 12)} "
-            f"{_ratio(o.overhead(SHARDQ_SYNC), 11)}  {_answer(o)}"
+            f"{_seconds(o.median(SINGLE), 14)} {_seconds(o.median(SQLALCHEMY), 13)} "
+            f"{_ratio(o.overhead(SHARDQ_ASYNC), 12)} {_ratio(o.overhead(SHARDQ_SYNC), 11)}  "
+            f"{_answers(o)}"
         )
     print(
         "\nasync/shard, sync/shard: shardq's median over the slowest shard's (its coordination "
-        "overhead)"
+        "overhead); SQLAlchemy: its ShardedSession, the shards one after another"
     )
 
     print("\nper query: each shard's median s (in the floor's runs), rows, shardq's planning")
@@ -618,7 +728,7 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> list[dict[s
             )
         rows = "rows unknown" if o.rows is None else f"{o.rows} row{'' if o.rows == 1 else 's'}"
         print(f"  {o.name:<4} {shards or 'no shard timings'}; {rows}{plan}")
-        for method in SHARDQ_METHODS:
+        for method in CHECKED:
             verdict = o.answers.get(method, "")
             if verdict and verdict != "ok":
                 print(f"       {method}: {verdict}")
@@ -664,7 +774,7 @@ def report_machine() -> None:
     print(
         f"python {platform.python_version()} ({platform.python_implementation()}), "
         f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()}), "
-        f"shardq {shardq.__version__}"
+        f"SQLAlchemy {sqlalchemy.__version__}, shardq {shardq.__version__}"
     )
 
 
@@ -723,6 +833,8 @@ def results_file(
                 note = "the original query on one PostgreSQL holding every row (the reference)"
             else:
                 note = f"answer against the single node's: {o.answers.get(method, 'not checked')}"
+                if method == SQLALCHEMY:
+                    note = f"the original query on each shard in turn; {note}"
             medians.append(
                 {
                     "contender": method,
@@ -730,7 +842,7 @@ def results_file(
                     "case": o.name,
                     "value": round(statistics.median(samples), 6),
                     "spread": [round(min(samples), 6), round(max(samples), 6)],
-                    "correct": o.correct(method) if method in SHARDQ_METHODS else None,
+                    "correct": o.correct(method) if method in CHECKED else None,
                     "note": note,
                 }
             )
@@ -838,8 +950,7 @@ def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
                 outcome = Outcome(name, (QUERY_DIR / f"{stem}.sql").read_text())
                 plan = bench.plan(outcome)
                 measure(outcome, bench.methods(outcome, plan), args.repeat, args.warmup)
-                if outcome.refused is None:
-                    bench.answers(outcome)
+                bench.answers(outcome, plan)
                 outcomes.append(outcome)
         finally:
             bench.close()
