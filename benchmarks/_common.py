@@ -6,6 +6,8 @@ with this folder first on ``sys.path``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
 import os
 import platform
@@ -21,7 +23,16 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
-__all__ = ["command_line", "interrupt_on_sigterm", "maxrss", "stamp"]
+__all__ = [
+    "command_line",
+    "interrupt_on_sigterm",
+    "maxrss",
+    "peak_rss",
+    "reset_peak_rss",
+    "rss",
+    "stamp",
+    "trim_heap",
+]
 
 
 def command_line(script: str, argv: Sequence[str]) -> str:
@@ -51,6 +62,48 @@ def maxrss() -> int:
     """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS)."""
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def rss() -> int | None:
+    """The resident set size of this process in bytes, or None without ``/proc``."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss() -> int:
+    """The peak RSS in bytes since the process started or :func:`reset_peak_rss` was called.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, not ``ru_maxrss``, which survives
+    ``exec`` (a child started from a large process reports the parent's size).
+    Elsewhere :func:`maxrss`.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return maxrss()
+
+
+def reset_peak_rss() -> bool:
+    """Restart :func:`peak_rss` from the current RSS (Linux 4.0+); whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def trim_heap() -> None:
+    """Give the heap's free memory back to the OS (glibc only), so the RSS is what is in use."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

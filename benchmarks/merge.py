@@ -1,130 +1,248 @@
-"""Merge throughput: what shardq's k-way ORDER BY merge and GROUP BY regroup cost.
+"""Merge throughput: 5,000,000 rows streamed through shardq's ORDER BY merge, and its regroup.
 
-A table ``t (id bigint primary key, g integer, v bigint, x numeric(12,2))`` of
-``--rows`` rows (1,000,000 by default) is spread over 4 shards by shardq's own
-placement (``load_config(config).placement.shard_for(id)``), one database on
-each of 4 throw-away PostgreSQL clusters, and a 5th cluster, the single node,
-holds all the rows. Rows are loaded with ``COPY``. ``v`` is drawn from
-``[0, rows)`` (so many rows tie on ``v`` and ``id`` breaks the ties) and ``x``
-from ``[-10,000,000.00, 10,000,000.00)``, from a fixed seed. ``g`` takes
-``--groups`` values (100,000 by default) and every group is on every shard:
-the k-th row of a shard (by id) has ``g = k % groups``. (``g = id % groups``
-would not do: with 10 rows per group a group is missing from a given shard
-with probability (3/4)**10, about 5.6%.) The script checks this on each shard
-and prints it.
+Two tables are spread over 4 shards by shardq's own placement
+(``load_config(config).placement.shard_for(id)``), one database on each of 4
+throw-away PostgreSQL clusters, and a 5th cluster, the single node, holds all
+the rows of both. Rows are generated from a fixed seed and loaded with
+``COPY ... (FREEZE)``:
 
-Two statements are timed end to end with :func:`time.perf_counter`, rows
-counted and dropped as they arrive:
+- ``t (id bigint primary key, v bigint)``, ``--rows`` rows (5,000,000 by
+  default), ``v`` drawn from ``[0, rows)`` (so many rows tie on ``v`` and
+  ``id`` breaks the ties);
+- ``tg (id bigint primary key, g integer, v bigint, x numeric(12,2))``,
+  ``--group-rows`` rows (1,000,000 by default: the regroup is not what the
+  streaming scenario is about, and at 5,000,000 rows it would double the run),
+  ``v`` as above and ``x`` from ``[-10,000,000.00, 10,000,000.00)``. ``g``
+  takes ``--groups`` values (100,000 by default) and every group is on every
+  shard: the k-th row of a shard (by id) has ``g = k % groups``. (``g = id %
+  groups`` would not do: with 10 rows per group a group is missing from a
+  given shard with probability (3/4)**10, about 5.6%.) The script checks this
+  on each shard and prints it.
 
-1. ORDER BY merge, ``SELECT id, v FROM t ORDER BY v, id`` (every row):
-   shardq's async API (``await cur.next_batch()`` until it is empty), shardq's
-   DB-API facade (``cur.fetchmany(10000)`` until it is empty), the raw fetch
-   of the same statement from the 4 shards (psycopg 3, ``asyncio.gather`` over
-   one async connection per shard, ``cursor.stream(sql, size=2000)`` as
-   shardq's driver does, no merging) and the single node running it.
-2. GROUP BY re-aggregation, ``SELECT g, count(*), sum(v), avg(x) FROM t GROUP
-   BY g``: shardq async and sync, the raw fetch of the per-shard partial
-   statement shardq sends (taken from its planner, ``Engine.plan(sql).sql``),
+1. Streaming ORDER BY merge, ``SELECT id, v FROM t ORDER BY v, id`` (every
+   row): rows per second and peak RSS of each contender, rows handed on in
+   batches and dropped as they arrive:
+
+   - shardq's async API (``await cur.next_batch()`` until it is empty);
+   - shardq's DB-API facade (``cur.fetchmany(10000)`` until it is empty);
+   - psycopg serial loop: one psycopg 3 connection per shard, each shard's
+     sorted rows fetched in turn with ``fetchall()``, then ``heapq.merge`` on
+     ``(v, id)``: what a careful user writes;
+   - psycopg2 thread per shard: ``fetchall()`` in a thread per shard (a
+     ``ThreadPoolExecutor`` whose threads are started beforehand), then
+     ``heapq.merge`` on ``(v, id)``: the classic approach;
+   - the ``parallel-connection`` package (0.1.2) itself: a
+     ``ParallelConnection`` over one psycopg2 connection per shard, per run
+     ``cursor()``, ``execute(sql)``, ``fetchall()``, ``close()``. Its
+     ``fetchall`` concatenates the shards' results, so its answer is out of
+     order and listed WRONG;
+   - SQLAlchemy's horizontal sharding extension: a ``ShardedSession`` over one
+     ``Engine`` per shard (psycopg2 driver, ``AUTOCOMMIT``), ``t`` mapped,
+     choosers placing rows by shardq's placement and an ``execute_chooser``
+     returning every shard; per run a new session executes
+     ``select(id, v).order_by(v, id)`` and reads it by ``partitions()``.
+     SQLAlchemy runs it on each shard in turn and concatenates the results
+     (``Result.merge``), so its answer is out of order too: WRONG;
+   - raw gather, psycopg 3: ``asyncio.gather`` over one async connection per
+     shard, ``cursor.stream(sql, size=2000)`` as shardq's driver does, no
+     merge: the ceiling for the driver shardq uses, its row count checked only;
+   - raw gather, asyncpg: one connection per shard, a server-side cursor each
+     (in a transaction, as asyncpg's cursors need) read by ``fetch(2000)``, no
+     merge: the ceiling for the fastest driver, its row count checked only
+     (``fetch`` in batches: iterating the cursor row by row with a prefetch of
+     2,000 is about twice as slow);
+   - the single node running the statement (psycopg 3 stream, as above).
+
+   Every contender runs in a worker process of its own, started with
+   :mod:`multiprocessing`'s "spawn" method while this process generates the
+   rows (a fresh interpreter: it imports this script, i.e. psycopg 3 and
+   shardq, and its contender's library, and connects) and driven over a pipe;
+   it times its runs itself. Its memory is then its own: the RSS just before
+   its first run (after a garbage collection and ``malloc_trim``), and the
+   peak RSS of its runs (the process's ``VmHWM``, reset to the current RSS
+   before the first run through ``/proc/self/clear_refs``; ``ru_maxrss``
+   where there is no ``/proc``: on Linux it survives ``exec``, so a spawned
+   child reports at least its parent's size). Both are printed: the peak
+   (absolute, MB, imports included) and its growth over the RSS before the
+   first run. shardq opens its pools in its first run, so their connections
+   count in its growth. The ``fetchall`` contenders hold every row; shardq
+   streams. (No :mod:`tracemalloc` figure: tracing the allocations of
+   5,000,000 rows would take a run of its own per contender, several times
+   slower.)
+
+2. GROUP BY regroup, ``SELECT g, count(*), sum(v), avg(x) FROM tg GROUP BY
+   g``: shardq async and sync, the raw fetch of the per-shard partial
+   statement shardq sends (taken from its planner, ``Planner.plan(sql).sql``),
    the same raw fetch folding the partial rows into a Python dict as they
    arrive (a hand-written merge), the dict merge alone over partial rows
    already in memory, and the single node running the original statement.
+   These run in this process, after the workers have stopped.
 
-Every connection is in autocommit mode and opened (or, for shardq's lazy
-pools, filled by the warm-up runs) before timing starts. The methods take
+Runs are timed end to end with :func:`time.perf_counter`. Every connection is
+in autocommit mode (asyncpg's, outside its cursors' transactions, commit each
+statement) and opened (or, for shardq's lazy pools and SQLAlchemy's engine
+pools, filled by the warm-up run) before timing starts. The contenders take
 turns within each repetition, in a rotating order, so drift in the machine's
-load affects them all alike. For each statement the script prints the median
-and p90 wall time of each method, rows per second (ORDER BY), the ratio to the
-raw fetch and to the single node, and the aim being checked ("shardq at most
-1.3 times the raw fetch"). The aims are informational: the script exits 0
-either way.
+load affects them all alike: ``--warmup`` untimed runs (1 by default), then
+``--repeat`` timed runs (3 by default). A full run took 6.5 minutes on a
+2-core machine (generating and loading the 12,000,000 rows about 40 s of it,
+the ORDER BY runs 5 minutes, SQLAlchemy's 16 s each the slowest); ``--quick``
+(100,000 rows of ``t``, 200,000 of ``tg``, 20,000 groups) about 25 s. For
+each statement the script prints the median and p90 wall time of
+each contender, rows per second (ORDER BY), the ratio to the raw fetch and to
+the single node, the peak RSS (ORDER BY), the answer's check, and the aims
+being checked ("shardq at most 1.3 times the raw fetch"). The aims are
+informational: the script exits 0 either way. A contender that raises is
+reported as FAILED and dropped; the others go on.
 
-Correctness is checked in separate, untimed runs: shardq's answer must equal
-the single node's (ORDER BY: the sequence of ``(id, v)``; GROUP BY: the rows
-by ``g``, the numeric ``avg`` equal as a :class:`~decimal.Decimal` and written
-with the same digits). Memory is measured for the ORDER BY statement in
-separate, untimed runs too: the peak resident set size of the process above
-its size at the start of the run (sampled from ``/proc/self/statm`` every
-5 ms, after ``malloc_trim`` has returned the heap's free memory; ``ru_maxrss``
-elsewhere), and the peak of :mod:`tracemalloc` (Python allocations only, all
-threads) in another run. Memory the allocator kept from earlier work can be
-reused without growing the RSS, so the RSS figure is a lower bound.
+Correctness is checked in the first warm-up run, which is not timed, against
+the single node's answer. ORDER BY: the exact sequence of rows, as a
+:class:`Fingerprint` taken in the worker as the rows arrive, in constant
+memory (their count, a digest of their values as 8-byte integers row after
+row, the value types of each batch's first row, and the first row whose ``v``
+is below the previous row's, which names what is wrong with a concatenated
+answer); the raw gathers are unmerged, so only their row count is checked.
+GROUP BY: shardq's rows by ``g``, the numeric ``avg`` equal as a
+:class:`~decimal.Decimal` and written with the same digits. Every run's row
+count is checked too. A fast wrong answer is listed as WRONG.
 
 With ``--json PATH`` the script also writes, after the run, the results as
-JSON: a table of median wall times in seconds (lower is better) with a result
-per method and statement (case "ORDER BY merge", "GROUP BY regroup";
-``correct`` from the check against the single node, null where there is
-none), a table of the ORDER BY memory (RSS peak growth in MB), and every aim
-printed. The printed output is the same.
+JSON: a table of ORDER BY rows per second (the median run; higher is better), a
+table of the ORDER BY contenders' peak RSS in MB (the note gives the growth),
+a table of GROUP BY median wall times in seconds, ``correct`` from the check
+against the single node (null where there is none: the reference itself and
+the row-count-only contenders), and every aim printed. The printed output is
+the same.
 
 Five throw-away PostgreSQL clusters are started with the test suite's helper
 (``tests.fixtures.servers.start_pg_clusters``) and stopped by pid at the end,
-whatever happens (SIGTERM, as sent by ``timeout``, is handled like Ctrl-C).
+whatever happens (SIGTERM, as sent by ``timeout``, is handled like Ctrl-C); the
+worker processes are stopped by the script (terminated by pid if they do not
+exit).
 
-Run it from anywhere (it needs the PostgreSQL server programs, psycopg 3 and
-shardq installed)::
+Run it from anywhere (it needs the PostgreSQL server programs, psycopg 3,
+psycopg2, asyncpg, SQLAlchemy 2, parallel-connection and shardq installed:
+``pip install -e '.[bench]'``)::
 
     python benchmarks/merge.py
     python benchmarks/merge.py --quick
     python benchmarks/merge.py --quick --json /tmp/merge.json
-    python benchmarks/merge.py --rows 2000000 --groups 200000 --repeat 9
+    python benchmarks/merge.py --rows 10000000 --group-rows 2000000 --groups 200000 --repeat 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
-import ctypes
+import functools
 import gc
+import hashlib
+import heapq
+import itertools
 import json
+import multiprocessing
+import operator
 import os
 import platform
 import random
+import signal
 import statistics
+import struct
 import sys
-import threading
 import time
-import tracemalloc
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import psycopg
-from _common import command_line, interrupt_on_sigterm, maxrss, stamp
+from _common import (
+    command_line,
+    interrupt_on_sigterm,
+    maxrss,
+    peak_rss,
+    reset_peak_rss,
+    rss,
+    stamp,
+    trim_heap,
+)
+from psycopg import sql as pgsql
 
 import shardq
 from shardq.engine import DEFAULT_FETCH_SIZE
+from shardq.sql.plan import Planner
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from multiprocessing.connection import Connection as Pipe
+    from multiprocessing.context import SpawnContext, SpawnProcess
+    from typing import TypeAlias
 
     from tests.fixtures.servers import PgCluster
+
+    Sink: TypeAlias = Callable[[Sequence["Row"]], object]  # where a run hands its rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 4
 DBNAME = "bench_merge"
 SEED = 20240531
 ORDER_SQL = "SELECT id, v FROM t ORDER BY v, id"
-GROUP_SQL = "SELECT g, count(*), sum(v), avg(x) FROM t GROUP BY g"
-FETCH_SIZE = DEFAULT_FETCH_SIZE  # rows per batch, shardq's default
-SYNC_FETCHMANY = 10_000
+MERGE_KEY = itemgetter(1, 0)  # (v, id) of a row (id, v): ORDER_SQL's sort key
+CHECK_KEY = itemgetter(1)  # v: cheaper to check than (v, id); the digest sees the rest
+GROUP_SQL = "SELECT g, count(*), sum(v), avg(x) FROM tg GROUP BY g"
+TABLES = {  # created without their primary key, added after COPY
+    "t": "CREATE TABLE t (id bigint, v bigint)",
+    "tg": "CREATE TABLE tg (id bigint, g integer, v bigint, x numeric(12,2))",
+}
+FETCH_SIZE = DEFAULT_FETCH_SIZE  # rows per batch read from a shard, shardq's default
+BATCH = 10_000  # rows per fetchmany() of the DB-API, and per batch of a merged list
 COPY_CHUNK = 50_000  # lines per COPY write
 RATIO_AIM = 1.3
-RSS_INTERVAL = 0.005
+MB = 2**20
 
 SHARDQ_ASYNC = "shardq async"
 SHARDQ_SYNC = "shardq sync (DB-API)"
+SERIAL = "psycopg serial loop + heapq.merge"
+THREADS = "psycopg2 thread per shard + heapq.merge"
+PARALLEL = "parallel-connection"
+SQLALCHEMY = "SQLAlchemy ShardedSession"
 RAW = "raw gather, 4 shards (psycopg 3)"
+ASYNCPG = "raw gather, 4 shards (asyncpg)"
 HAND = "raw gather + dict merge"
 DICT_ONLY = "dict merge only (in memory)"
 SINGLE = "single node (psycopg 3)"
-SAME = "= single node"  # how a verdict that shardq's answer is right begins
+SHARDQ = (SHARDQ_ASYNC, SHARDQ_SYNC)
 
 Row = tuple[Any, ...]
-Method = Callable[[], float]
-Memory = dict[str, tuple[int, int, int]]
+T = TypeVar("T")
+
+
+class Run(NamedTuple):
+    """One run of a contender: its wall time in seconds and the rows it got."""
+
+    seconds: float
+    rows: int
+
+
+class Memory(NamedTuple):
+    """A worker's RSS just before its first run and its peak over its runs, in bytes."""
+
+    before: int
+    peak: int
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+
+class Verdict(NamedTuple):
+    """A contender's answer checked: right, wrong or not checked (None), and how."""
+
+    correct: bool | None
+    text: str
 
 
 class Aim(NamedTuple):
@@ -135,7 +253,7 @@ class Aim(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """The timings of one method on one statement, in seconds."""
+    """The timings of one contender on one statement, in seconds."""
 
     method: str
     samples: tuple[float, ...]
@@ -153,13 +271,16 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
-    """What was loaded: the rows and distinct groups of each shard, and the timings."""
+    """What was loaded, per table, shard and single node, and how long it took."""
 
     rows: int
+    group_rows: int
     groups: int
     shard_rows: dict[str, int]
+    shard_group_rows: dict[str, int]
     shard_groups: dict[str, int]
     single_rows: int
+    single_group_rows: int
     single_groups: int
     generate_seconds: float
     load_seconds: float
@@ -179,12 +300,13 @@ class Outcome:
     """What was measured and printed for one statement (kept for ``--json``)."""
 
     case: str
+    title: str
     results: Sequence[Stats]
     failed: dict[str, str]
-    answers: dict[str, str]  # as printed, a wrong row count included
-    correct: dict[str, bool | None]
-    rows: dict[str, int] | None
+    verdicts: dict[str, Verdict]
     aims: list[Aim]
+    rows: int | None = None  # rows of every answer, for rows/s (ORDER BY)
+    memory: dict[str, Memory] = field(default_factory=dict)  # ORDER BY
 
 
 # --------------------------------------------------------------------------- servers and data
@@ -203,8 +325,14 @@ def shardq_config(dsns: Sequence[str]) -> dict[str, Any]:
     return {
         "dialect": "postgres",
         "shards": [{"name": f"s{i}", "dsn": dsn} for i, dsn in enumerate(dsns)],
-        "tables": {"t": {"shard_key": "id"}},
+        "tables": {"t": {"shard_key": "id"}, "tg": {"shard_key": "id"}},
     }
+
+
+def _placement() -> Any:
+    """shardq's placement of 4 shards (the DSNs play no part in it)."""
+    dsns = [f"postgresql://u@127.0.0.1:1/d{i}" for i in range(SHARDS)]
+    return shardq.load_config(shardq_config(dsns)).placement
 
 
 def _numeric_text(cents: int) -> str:
@@ -213,62 +341,85 @@ def _numeric_text(cents: int) -> str:
     return f"{sign}{whole}.{frac:02d}"
 
 
-def generate(rows: int, groups: int, shard_names: Sequence[str]) -> dict[str, list[str]]:
-    """The COPY text lines of each shard, placed by shardq's placement rule.
+def generate(
+    rows: int, group_rows: int, groups: int, shard_names: Sequence[str]
+) -> dict[str, dict[str, list[str]]]:
+    """The COPY text lines of ``t`` and ``tg`` on each shard, placed by shardq's rule.
 
     Raises:
-        RuntimeError: a shard got fewer rows than there are groups.
+        RuntimeError: a shard got fewer ``tg`` rows than there are groups.
     """
-    placement = shardq.load_config(
-        shardq_config([f"postgresql://u@127.0.0.1:1/d{i}" for i in range(len(shard_names))])
-    ).placement
+    placement = _placement()
     ids: dict[str, list[int]] = {name: [] for name in shard_names}
-    for id_ in range(1, rows + 1):
-        ids[placement.shard_for(id_)].append(id_)
-    short = {name: len(keys) for name, keys in ids.items() if len(keys) < groups}
+    keys = range(1, max(rows, group_rows) + 1)
+    for id_, shard in zip(keys, map(placement.shard_for, keys), strict=True):
+        ids[shard].append(id_)
+    # Each shard's ids are ascending: those of a table of n rows are a prefix.
+    t_ids = {name: own[: bisect.bisect_right(own, rows)] for name, own in ids.items()}
+    tg_ids = {name: own[: bisect.bisect_right(own, group_rows)] for name, own in ids.items()}
+    short = {name: len(own) for name, own in tg_ids.items() if len(own) < groups}
     if short:
         raise RuntimeError(
-            f"shards {short} hold fewer rows than --groups ({groups}): "
-            "every group cannot be on every shard; use more rows or fewer groups"
+            f"shards {short} hold fewer rows than --groups ({groups}): every group cannot "
+            "be on every shard; use more --group-rows or fewer --groups"
         )
     rng = random.Random(SEED)
-    lines: dict[str, list[str]] = {}
-    for name, keys in ids.items():
-        lines[name] = [
-            f"{id_}\t{k % groups}\t{rng.randrange(rows)}\t"
-            f"{_numeric_text(rng.randrange(-(10**9), 10**9))}\n"
-            for k, id_ in enumerate(keys)
-        ]
+    lines: dict[str, dict[str, list[str]]] = {}
+    for name in shard_names:
+        lines[name] = {
+            "t": [f"{id_}\t{rng.randrange(rows)}\n" for id_ in t_ids[name]],
+            "tg": [
+                f"{id_}\t{k % groups}\t{rng.randrange(group_rows)}\t"
+                f"{_numeric_text(rng.randrange(-(10**9), 10**9))}\n"
+                for k, id_ in enumerate(tg_ids[name])
+            ],
+        }
     return lines
 
 
-def load(dsn: str, lines: Sequence[str]) -> tuple[int, int]:
-    """Create ``t`` and COPY ``lines`` into it; return its row and distinct-group counts."""
+def load(dsn: str, tables: Mapping[str, Sequence[str]]) -> dict[str, tuple[int, int]]:
+    """Create the tables and COPY their lines in; each table's row and distinct-``g`` counts."""
+    counts = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE t (id bigint, g integer, v bigint, x numeric(12,2))")
-        with conn.cursor() as cur, cur.copy("COPY t (id, g, v, x) FROM STDIN") as copy:
-            for start in range(0, len(lines), COPY_CHUNK):
-                copy.write("".join(lines[start : start + COPY_CHUNK]))
-        conn.execute("ALTER TABLE t ADD PRIMARY KEY (id)")
-        conn.execute("VACUUM (ANALYZE) t")
-        row = conn.execute("SELECT count(*), count(DISTINCT g) FROM t").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+        for table, lines in tables.items():
+            name = pgsql.Identifier(table)
+            copy = pgsql.SQL("COPY {} FROM STDIN (FREEZE)").format(name)
+            # FREEZE (the table is new in this transaction): rows written frozen and
+            # all-visible, so neither VACUUM nor the first reads set their hint bits.
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(TABLES[table])
+                with cur.copy(copy) as cp:
+                    for start in range(0, len(lines), COPY_CHUNK):
+                        cp.write("".join(lines[start : start + COPY_CHUNK]))
+            conn.execute(pgsql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(name))
+            conn.execute(pgsql.SQL("VACUUM (ANALYZE) {}").format(name))
+            groups = "count(DISTINCT g)" if table == "tg" else "0"
+            query = pgsql.SQL("SELECT count(*), {} FROM {}").format(pgsql.SQL(groups), name)
+            row = conn.execute(query).fetchone()
+            assert row is not None
+            counts[table] = (int(row[0]), int(row[1]))
+    return counts
 
 
-def prepare(
-    clusters: Sequence[PgCluster], rows: int, groups: int
-) -> tuple[list[str], str, Dataset]:
-    """Generate and load the data; return the shard DSNs, the single node's and what was loaded."""
-    names = [f"s{i}" for i in range(SHARDS)]
-    began = time.perf_counter()
-    lines = generate(rows, groups, names)
-    generated = time.perf_counter() - began
+def create_databases(clusters: Sequence[PgCluster]) -> tuple[list[str], str]:
+    """Create the (empty) database on every cluster; the shards' DSNs and the single node's."""
     for cluster in clusters:
         cluster.create_database(DBNAME)
     dsns = [cluster.dsn(DBNAME) for cluster in clusters]
-    shard_dsns, single_dsn = dsns[:SHARDS], dsns[SHARDS]
-    everything = [line for name in names for line in lines[name]]
+    return dsns[:SHARDS], dsns[SHARDS]
+
+
+def load_data(
+    shard_dsns: Sequence[str], single_dsn: str, rows: int, group_rows: int, groups: int
+) -> Dataset:
+    """Generate the rows and load them into the shards and the single node."""
+    names = [f"s{i}" for i in range(SHARDS)]
+    began = time.perf_counter()
+    lines = generate(rows, group_rows, groups, names)
+    everything = {
+        table: [line for name in names for line in lines[name][table]] for table in TABLES
+    }
+    generated = time.perf_counter() - began
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=SHARDS + 1) as pool:
         futures = [
@@ -279,303 +430,106 @@ def prepare(
     loaded = time.perf_counter() - began
     del lines, everything
     gc.collect()
-    dataset = Dataset(
+    shards = dict(zip(names, counts[:SHARDS], strict=True))
+    single = counts[SHARDS]
+    return Dataset(
         rows=rows,
+        group_rows=group_rows,
         groups=groups,
-        shard_rows={name: c[0] for name, c in zip(names, counts[:SHARDS], strict=True)},
-        shard_groups={name: c[1] for name, c in zip(names, counts[:SHARDS], strict=True)},
-        single_rows=counts[-1][0],
-        single_groups=counts[-1][1],
+        shard_rows={name: c["t"][0] for name, c in shards.items()},
+        shard_group_rows={name: c["tg"][0] for name, c in shards.items()},
+        shard_groups={name: c["tg"][1] for name, c in shards.items()},
+        single_rows=single["t"][0],
+        single_group_rows=single["tg"][0],
+        single_groups=single["tg"][1],
         generate_seconds=generated,
         load_seconds=loaded,
     )
-    return shard_dsns, single_dsn, dataset
 
 
-# --------------------------------------------------------------------------- memory
+# --------------------------------------------------------------------------- answers
 
 
-def _current_rss() -> int | None:
-    """The resident set size of this process in bytes, or None without /proc."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A sequence of rows in brief: equal answers are the same rows in the same order."""
+
+    rows: int
+    digest: str | None  # None: not all values were 64-bit integers
+    types: tuple[tuple[str, ...], ...]  # the value types of each batch's first row, distinct
+    disorder: str | None = field(compare=False)  # the first row out of order, if any
 
 
-def _trim_heap() -> None:
-    """Give the heap's free memory back to the OS (glibc only), so the RSS is what is in use."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+class Fingerprint:
+    """An :class:`Answer` taken from rows of integers as they arrive, in constant memory.
+
+    The digest is BLAKE2b over the rows' values as 8-byte integers, row after
+    row: exact for ``bigint`` columns (what ``ORDER_SQL`` returns), whatever
+    the batches (a value that is not a 64-bit integer leaves no digest). The
+    value types of each batch's first row are kept too (``True`` packs as
+    ``1``). ``key`` names the first row out of order: the first whose key is
+    below the previous row's.
+
+    >>> a, b = Fingerprint(CHECK_KEY), Fingerprint(CHECK_KEY)
+    >>> a.add([(1, 5), (2, 5)]); a.add([(0, 6)])
+    >>> b.add([(1, 5)]); b.add([(2, 5), (0, 6)])
+    >>> a.answer() == b.answer(), a.answer().disorder
+    (True, None)
+    >>> c = Fingerprint(CHECK_KEY)
+    >>> c.add([(0, 6), (1, 5), (2, 5)])
+    >>> c.answer() == a.answer(), c.answer().disorder
+    (False, 'row 1 (1, 5) after (0, 6)')
+    """
+
+    def __init__(self, key: Callable[[Row], Any]) -> None:
+        self._key = key
+        self._hash: hashlib.blake2b | None = hashlib.blake2b(digest_size=16)
+        self._types: dict[tuple[str, ...], None] = {}
+        self._last: Row | None = None
+        self._disorder: str | None = None
+        self.rows = 0
+
+    def add(self, batch: Sequence[Row]) -> None:
+        if not batch:
+            return
+        if self._hash is not None:
+            values = list(itertools.chain.from_iterable(batch))
+            try:
+                self._hash.update(struct.pack(f"{len(values)}q", *values))
+            except struct.error:
+                self._hash = None
+        self._types[tuple(type(value).__name__ for value in batch[0])] = None
+        if self._disorder is None:
+            run = batch if self._last is None else [self._last, *batch]
+            keys = list(map(self._key, run))
+            if not all(map(operator.le, keys, keys[1:])):
+                i = next(i for i in range(1, len(keys)) if keys[i] < keys[i - 1])
+                index = self.rows + i - (len(run) - len(batch))
+                self._disorder = f"row {index:,} {tuple(run[i])!r} after {tuple(run[i - 1])!r}"
+            self._last = batch[-1]
+        self.rows += len(batch)
+
+    def answer(self) -> Answer:
+        digest = None if self._hash is None else self._hash.hexdigest()
+        return Answer(self.rows, digest, tuple(self._types), self._disorder)
 
 
-class RssPeak:
-    """Samples the RSS in a thread while in use; ``growth`` is its peak above the start."""
-
-    def __init__(self) -> None:
-        self.start = 0
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._sampled = _current_rss() is not None
-
-    def _sample(self) -> None:
-        while not self._stop.wait(RSS_INTERVAL):
-            self.peak = max(self.peak, _current_rss() or 0)
-
-    def __enter__(self) -> RssPeak:
-        gc.collect()
-        _trim_heap()
-        self.start = (_current_rss() if self._sampled else maxrss()) or 0
-        self.peak = self.start
-        if self._sampled:
-            self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _current_rss() or 0)
-        else:
-            self.peak = max(self.peak, maxrss())
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
-
-
-@contextlib.contextmanager
-def traced_peak() -> Iterator[list[int]]:
-    """Trace Python allocations; the yielded list gets the peak (bytes) at the end."""
-    gc.collect()
-    out: list[int] = []
-    tracemalloc.start()
-    try:
-        yield out
-    finally:
-        out.append(tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-
-
-# --------------------------------------------------------------------------- the methods
-
-
-class Bench:
-    """The methods over the 4 shards and the single node, their connections open while in use."""
-
-    def __init__(
-        self, shard_dsns: Sequence[str], single_dsn: str, runner: asyncio.Runner, data: Dataset
-    ):
-        self.config = shardq_config(shard_dsns)
-        self.shard_dsns = list(shard_dsns)
-        self.single_dsn = single_dsn
-        self.runner = runner
-        self.data = data
-        self.problems: dict[str, str] = {}
-        self._sync_stack = contextlib.ExitStack()
-        self._async_stack = contextlib.AsyncExitStack()
-        self._aconn: shardq.AsyncConnection | None = None
-        self._sconn: shardq.Connection | None = None
-        self._raw: list[psycopg.AsyncConnection[Row]] = []
-        self._single: psycopg.AsyncConnection[Row] | None = None
-        self._partials: list[list[Row]] = []
-
-    # -- lifecycle
-
-    def open(self) -> None:
-        try:
-            self._sconn = self._sync_stack.enter_context(shardq.connect(self.config))
-            self.runner.run(self._open_async())
-        except BaseException:
-            self.close()
-            raise
-
-    async def _open_async(self) -> None:
-        stack = self._async_stack
-        self._aconn = await shardq.AsyncConnection.connect(self.config)
-        stack.push_async_callback(self._aconn.close)
-        for dsn in self.shard_dsns:
-            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-            stack.push_async_callback(conn.close)
-            self._raw.append(conn)
-        self._single = await psycopg.AsyncConnection.connect(self.single_dsn, autocommit=True)
-        stack.push_async_callback(self._single.close)
-
-    def close(self) -> None:
-        try:
-            self.runner.run(self._async_stack.aclose())
-        finally:
-            self._sync_stack.close()
-
-    @property
-    def aconn(self) -> shardq.AsyncConnection:
-        assert self._aconn is not None
-        return self._aconn
-
-    @property
-    def sconn(self) -> shardq.Connection:
-        assert self._sconn is not None
-        return self._sconn
-
-    @property
-    def single(self) -> psycopg.AsyncConnection[Row]:
-        assert self._single is not None
-        return self._single
-
-    def partial_sql(self, sql: str) -> str:
-        """The statement shardq sends to each shard for ``sql``."""
-        return self.aconn._engine.plan(sql).sql
-
-    # -- timing
-
-    def _check(self, method: str, counted: int, expected: int) -> None:
-        if counted != expected and method not in self.problems:
-            self.problems[method] = f"counted {counted:,} rows, expected {expected:,}"
-
-    def _timed(self, method: str, run: Callable[[], int], expected: int) -> float:
-        start = time.perf_counter()
-        counted = run()
-        elapsed = time.perf_counter() - start
-        self._check(method, counted, expected)
-        return elapsed
-
-    def _timed_async(self, method: str, run: Callable[[], Awaitable[int]], expected: int) -> float:
-        async def timed() -> tuple[float, int]:
-            # Timed inside the loop: entering asyncio.Runner.run is not the method's cost.
-            start = time.perf_counter()
-            counted = await run()
-            return time.perf_counter() - start, counted
-
-        elapsed, counted = self.runner.run(timed())
-        self._check(method, counted, expected)
-        return elapsed
-
-    # -- what each method runs; each returns the number of rows it got
-
-    async def _shardq_async(self, sql: str) -> int:
-        cur = await self.aconn.execute(sql)
-        count = 0
-        while batch := await cur.next_batch():
-            count += len(batch)
-        return count
-
-    def _shardq_sync(self, sql: str) -> int:
-        cur = self.sconn.execute(sql)
-        count = 0
-        while rows := cur.fetchmany(SYNC_FETCHMANY):
-            count += len(rows)
-        return count
-
-    @staticmethod
-    async def _stream_count(conn: psycopg.AsyncConnection[Row], sql: str) -> int:
-        count = 0
-        async for _ in conn.cursor().stream(sql, size=FETCH_SIZE):
-            count += 1
-        return count
-
-    async def _raw_gather(self, sql: str) -> int:
-        counts = await asyncio.gather(*(self._stream_count(c, sql) for c in self._raw))
-        return sum(counts)
-
-    async def _single_node(self, sql: str) -> int:
-        return await self._stream_count(self.single, sql)
-
-    async def _raw_merge(self, sql: str) -> int:
-        groups: dict[Any, list[Any]] = {}
-
-        async def one(conn: psycopg.AsyncConnection[Row]) -> None:
-            async for row in conn.cursor().stream(sql, size=FETCH_SIZE):
-                fold(groups, row)
-
-        await asyncio.gather(*(one(c) for c in self._raw))
-        return len(finish(groups))
-
-    def _dict_merge(self) -> int:
-        groups: dict[Any, list[Any]] = {}
-        for rows in self._partials:
-            for row in rows:
-                fold(groups, row)
-        return len(finish(groups))
-
-    async def _fetch_partials(self, sql: str) -> list[list[Row]]:
-        async def one(conn: psycopg.AsyncConnection[Row]) -> list[Row]:
-            cur = await conn.execute(sql)
-            return await cur.fetchall()
-
-        return list(await asyncio.gather(*(one(c) for c in self._raw)))
-
-    # -- the two statements
-
-    def order_methods(self) -> dict[str, Method]:
-        n = self.data.rows
-        sql = ORDER_SQL
-        return {
-            SHARDQ_ASYNC: lambda: self._timed_async(
-                SHARDQ_ASYNC, lambda: self._shardq_async(sql), n
-            ),
-            SHARDQ_SYNC: lambda: self._timed(SHARDQ_SYNC, lambda: self._shardq_sync(sql), n),
-            RAW: lambda: self._timed_async(RAW, lambda: self._raw_gather(sql), n),
-            SINGLE: lambda: self._timed_async(SINGLE, lambda: self._single_node(sql), n),
-        }
-
-    def group_methods(self) -> dict[str, Method]:
-        groups = self.data.groups
-        partial = self.partial_sql(GROUP_SQL)
-        self._partials = self.runner.run(self._fetch_partials(partial))
-        return {
-            SHARDQ_ASYNC: lambda: self._timed_async(
-                SHARDQ_ASYNC, lambda: self._shardq_async(GROUP_SQL), groups
-            ),
-            SHARDQ_SYNC: lambda: self._timed(
-                SHARDQ_SYNC, lambda: self._shardq_sync(GROUP_SQL), groups
-            ),
-            RAW: lambda: self._timed_async(
-                RAW, lambda: self._raw_gather(partial), self.data.partial_rows
-            ),
-            HAND: lambda: self._timed_async(HAND, lambda: self._raw_merge(partial), groups),
-            DICT_ONLY: lambda: self._timed(DICT_ONLY, self._dict_merge, groups),
-            SINGLE: lambda: self._timed_async(SINGLE, lambda: self._single_node(GROUP_SQL), groups),
-        }
-
-    # -- answers, untimed
-
-    def order_answers(self) -> dict[str, str]:
-        """Compare shardq's ORDER BY answers with the single node's."""
-        expected = self.runner.run(self._fetchall_single(ORDER_SQL))
-        verdicts = {SINGLE: "reference", RAW: "row count only (unmerged)"}
-        got_async = self.runner.run(self._fetchall_shardq(ORDER_SQL))
-        verdicts[SHARDQ_ASYNC] = compare_sequences(got_async, expected)
-        del got_async
-        got_sync = self.sconn.execute(ORDER_SQL).fetchall()
-        verdicts[SHARDQ_SYNC] = compare_sequences(got_sync, expected)
-        return verdicts
-
-    def group_answers(self) -> dict[str, str]:
-        """Compare shardq's GROUP BY answers with the single node's."""
-        expected = self.runner.run(self._fetchall_single(GROUP_SQL))
-        verdicts = {
-            SINGLE: "reference",
-            RAW: "row count only (partials)",
-            HAND: "not checked (reference)",
-            DICT_ONLY: "not checked (reference)",
-        }
-        got_async = self.runner.run(self._fetchall_shardq(GROUP_SQL))
-        verdicts[SHARDQ_ASYNC] = compare_groups(got_async, expected)
-        got_sync = self.sconn.execute(GROUP_SQL).fetchall()
-        verdicts[SHARDQ_SYNC] = compare_groups(got_sync, expected)
-        return verdicts
-
-    async def _fetchall_single(self, sql: str) -> list[Row]:
-        cur = await self.single.execute(sql)
-        return await cur.fetchall()
-
-    async def _fetchall_shardq(self, sql: str) -> list[Row]:
-        cur = await self.aconn.execute(sql)
-        rows: list[Row] = await cur.fetchall()
-        return rows
+def order_verdict(answer: Answer, reference: Answer) -> Verdict:
+    """Whether an ORDER BY answer is the single node's, and if not how it differs."""
+    if reference.digest is None:
+        return Verdict(None, "not checked: the single node's values are not all integers")
+    if answer == reference:
+        return Verdict(True, "= single node")
+    problems = []
+    if answer.rows != reference.rows:
+        problems.append(f"{answer.rows:,} rows, the single node {reference.rows:,}")
+    if answer.disorder is not None:
+        problems.append(f"out of ORDER BY order from {answer.disorder}")
+    if answer.types != reference.types:
+        problems.append(f"value types {answer.types}, the single node {reference.types}")
+    if not problems:
+        problems.append("other rows, or in another order, than the single node's")
+    return Verdict(False, "WRONG: " + "; ".join(problems))
 
 
 def fold(groups: dict[Any, list[Any]], row: Row) -> None:
@@ -596,23 +550,8 @@ def finish(groups: dict[Any, list[Any]]) -> list[Row]:
     return [(g, c, sv, sx / cx if cx else None) for g, (c, sv, sx, cx) in groups.items()]
 
 
-def compare_sequences(got: Sequence[Row], expected: Sequence[Row]) -> str:
-    """``"= single node"``, or where the two sequences of rows first differ."""
-    if len(got) == len(expected) and all(
-        a == b and list(map(type, a)) == list(map(type, b))
-        for a, b in zip(got, expected, strict=True)
-    ):
-        return SAME
-    for i, (a, b) in enumerate(zip(got, expected, strict=False)):
-        if a != b:
-            return f"DIFFERS at row {i:,}: {a!r} vs {b!r} ({len(got):,} vs {len(expected):,} rows)"
-    if len(got) != len(expected):
-        return f"DIFFERS: {len(got):,} rows vs {len(expected):,}"
-    return "DIFFERS in value types"
-
-
-def compare_groups(got: Sequence[Row], expected: Sequence[Row]) -> str:
-    """``"= single node"``, or how the rows by group key differ (values, digits, types)."""
+def group_verdict(got: Sequence[Row], expected: Sequence[Row]) -> Verdict:
+    """Whether GROUP BY rows are the single node's by group key (values, digits, types)."""
     got_by = {row[0]: row for row in got}
     want_by = {row[0]: row for row in expected}
     problems = []
@@ -641,64 +580,647 @@ def compare_groups(got: Sequence[Row], expected: Sequence[Row]) -> str:
             f"{len(spelled):,} groups equal in value but not in type or digits, "
             f"e.g. g={g}: {got_by[g]!r} vs {want_by[g]!r}"
         )
-    if not problems:
-        return f"{SAME} ({len(common):,} groups, Decimal digits equal)"
-    return "DIFFERS: " + "; ".join(problems)
+    if problems:
+        return Verdict(False, "WRONG: " + "; ".join(problems))
+    return Verdict(True, f"= single node ({len(common):,} groups, Decimal digits equal)")
+
+
+# --------------------------------------------------------------------------- the contenders
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a contender runs where (picklable: it is sent to a worker process)."""
+
+    sql: str
+    shard_dsns: tuple[str, ...]
+    single_dsn: str
+
+
+def _discard(batch: Sequence[Row]) -> None:
+    """The sink of a timed run: rows are counted by the contender and dropped."""
+
+
+def feed(rows: Iterable[Row], sink: Sink) -> int:
+    """Hand ``rows`` to ``sink`` in lists of :data:`BATCH`; return how many there were."""
+    it = iter(rows)
+    count = 0
+    while batch := list(itertools.islice(it, BATCH)):
+        sink(batch)
+        count += len(batch)
+    return count
+
+
+class Contender:
+    """One way of running ``target.sql``; ``run`` hands its rows to a sink in batches.
+
+    ``open`` connects (what it opens goes on ``stack`` or ``astack``, which
+    ``close`` closes); ``run`` returns the wall time and the row count.
+    """
+
+    merged: ClassVar[bool] = True  # False: rows come unmerged, only their count is checked
+
+    def __init__(self, target: Target, runner: asyncio.Runner) -> None:
+        self.target = target
+        self.runner = runner
+        self.stack = contextlib.ExitStack()
+        self.astack = contextlib.AsyncExitStack()
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def run(self, sink: Sink) -> Run:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self.runner.run(self.astack.aclose())
+        finally:
+            self.stack.close()
+
+
+class SyncContender(Contender):
+    """A contender whose ``fetch`` blocks; timed around it."""
+
+    def run(self, sink: Sink) -> Run:
+        start = time.perf_counter()
+        rows = self.fetch(sink)
+        return Run(time.perf_counter() - start, rows)
+
+    def fetch(self, sink: Sink) -> int:
+        raise NotImplementedError
+
+
+class AsyncContender(Contender):
+    """A contender whose ``fetch`` is a coroutine, run on the runner's loop and timed there."""
+
+    def open(self) -> None:
+        self.runner.run(self.aopen())
+
+    async def aopen(self) -> None:
+        raise NotImplementedError
+
+    def run(self, sink: Sink) -> Run:
+        async def timed() -> Run:
+            # Timed inside the loop: entering asyncio.Runner.run is not the method's cost.
+            start = time.perf_counter()
+            rows = await self.fetch(sink)
+            return Run(time.perf_counter() - start, rows)
+
+        return self.runner.run(timed())
+
+    async def fetch(self, sink: Sink) -> int:
+        raise NotImplementedError
+
+    async def connect_psycopg(self, dsn: str) -> psycopg.AsyncConnection[Row]:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        self.astack.push_async_callback(conn.close)
+        return conn
+
+
+class ShardqAsync(AsyncContender):
+    """shardq's async API: ``next_batch()`` until it is empty."""
+
+    conn: shardq.AsyncConnection
+
+    async def aopen(self) -> None:
+        self.conn = await shardq.AsyncConnection.connect(shardq_config(self.target.shard_dsns))
+        self.astack.push_async_callback(self.conn.close)
+
+    async def fetch(self, sink: Sink) -> int:
+        cur = await self.conn.execute(self.target.sql)
+        count = 0
+        while batch := await cur.next_batch():
+            sink(batch)
+            count += len(batch)
+        return count
+
+
+class ShardqSync(SyncContender):
+    """shardq's DB-API facade: ``fetchmany(BATCH)`` until it is empty."""
+
+    conn: shardq.Connection
+
+    def open(self) -> None:
+        self.conn = self.stack.enter_context(shardq.connect(shardq_config(self.target.shard_dsns)))
+
+    def fetch(self, sink: Sink) -> int:
+        cur = self.conn.execute(self.target.sql)
+        count = 0
+        while rows := cur.fetchmany(BATCH):
+            sink(rows)
+            count += len(rows)
+        return count
+
+
+class SerialLoop(SyncContender):
+    """One psycopg 3 connection per shard, ``fetchall()`` from each in turn, ``heapq.merge``."""
+
+    conns: list[psycopg.Connection[Row]]
+
+    def open(self) -> None:
+        self.conns = [
+            self.stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            for dsn in self.target.shard_dsns
+        ]
+
+    def fetch(self, sink: Sink) -> int:
+        per_shard = [conn.execute(self.target.sql).fetchall() for conn in self.conns]
+        return feed(heapq.merge(*per_shard, key=MERGE_KEY), sink)
+
+
+def _psycopg2_connections(stack: contextlib.ExitStack, dsns: Iterable[str]) -> list[Any]:
+    import psycopg2
+
+    conns = []
+    for dsn in dsns:
+        conn = psycopg2.connect(dsn)
+        stack.callback(conn.close)
+        conn.autocommit = True
+        conns.append(conn)
+    return conns
+
+
+class ThreadPerShard(SyncContender):
+    """psycopg2, ``fetchall()`` in a thread per shard, then ``heapq.merge``."""
+
+    conns: list[Any]
+    pool: ThreadPoolExecutor
+
+    def open(self) -> None:
+        self.conns = _psycopg2_connections(self.stack, self.target.shard_dsns)
+        self.pool = self.stack.enter_context(
+            ThreadPoolExecutor(max_workers=len(self.conns), thread_name_prefix="shard")
+        )
+        # Start every thread now rather than in the first run.
+        list(self.pool.map(time.sleep, [0.01] * len(self.conns)))
+
+    def _fetchall(self, conn: Any) -> list[Row]:
+        with conn.cursor() as cur:
+            cur.execute(self.target.sql)
+            rows: list[Row] = cur.fetchall()
+            return rows
+
+    def fetch(self, sink: Sink) -> int:
+        per_shard = list(self.pool.map(self._fetchall, self.conns))
+        return feed(heapq.merge(*per_shard, key=MERGE_KEY), sink)
+
+
+class ParallelConnections(SyncContender):
+    """The ``parallel-connection`` package: its ``fetchall()`` concatenates the shards' rows."""
+
+    parallel: Any
+
+    def open(self) -> None:
+        from parallel_connection.parallel_connection import ParallelConnection
+
+        self.parallel = ParallelConnection(
+            _psycopg2_connections(self.stack, self.target.shard_dsns)
+        )
+
+    def fetch(self, sink: Sink) -> int:
+        cur = self.parallel.cursor()
+        try:
+            cur.execute(self.target.sql)
+            rows: list[Row] = cur.fetchall()
+        finally:
+            cur.close()
+        return feed(rows, sink)
+
+
+class ShardedSessions(SyncContender):
+    """SQLAlchemy's ``ShardedSession``: each shard in turn, the results concatenated."""
+
+    sessions: Callable[[], Any]
+    statement: Any
+
+    def open(self) -> None:
+        from sqlalchemy import BigInteger, create_engine, make_url, select
+        from sqlalchemy.ext.horizontal_shard import ShardedSession
+        from sqlalchemy.orm import DeclarativeBase, mapped_column, sessionmaker
+
+        class Base(DeclarativeBase):
+            pass
+
+        class OrderRow(Base):
+            __tablename__ = "t"
+            id = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+            v = mapped_column(BigInteger, nullable=False)
+
+        config = shardq.load_config(shardq_config(self.target.shard_dsns))
+        engines = {}
+        for shard, dsn in zip(config.shard_names, self.target.shard_dsns, strict=True):
+            url = make_url(dsn).set(drivername="postgresql+psycopg2")
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            self.stack.callback(engine.dispose)
+            engines[shard] = engine
+        self.sessions = sessionmaker(
+            class_=ShardedSession,
+            shards=engines,
+            shard_chooser=lambda mapper, instance, clause=None: config.shard_for("t", instance.id),
+            identity_chooser=lambda mapper, key, **kw: [config.shard_for("t", key[0])],
+            execute_chooser=lambda context: list(engines),
+        )
+        self.statement = select(OrderRow.id, OrderRow.v).order_by(OrderRow.v, OrderRow.id)
+
+    def fetch(self, sink: Sink) -> int:
+        count = 0
+        with self.sessions() as session:
+            for rows in session.execute(self.statement).partitions(BATCH):
+                sink(rows)
+                count += len(rows)
+        return count
+
+
+class RawGather(AsyncContender):
+    """psycopg 3, ``stream()`` from every shard at once, rows counted, not merged."""
+
+    merged = False
+    conns: list[psycopg.AsyncConnection[Row]]
+
+    async def aopen(self) -> None:
+        self.conns = [await self.connect_psycopg(dsn) for dsn in self.target.shard_dsns]
+
+    async def _count(self, conn: psycopg.AsyncConnection[Row]) -> int:
+        count = 0
+        async for _ in conn.cursor().stream(self.target.sql, size=FETCH_SIZE):
+            count += 1
+        return count
+
+    async def fetch(self, sink: Sink) -> int:
+        return sum(await asyncio.gather(*(self._count(conn) for conn in self.conns)))
+
+
+class AsyncpgGather(AsyncContender):
+    """asyncpg, a server-side cursor on every shard at once, rows counted, not merged."""
+
+    merged = False
+    conns: list[Any]
+
+    async def aopen(self) -> None:
+        import asyncpg
+
+        self.conns = []
+        for dsn in self.target.shard_dsns:
+            conn = await asyncpg.connect(dsn)
+            self.astack.push_async_callback(conn.close)
+            self.conns.append(conn)
+
+    async def _count(self, conn: Any) -> int:
+        count = 0
+        async with conn.transaction():
+            cursor = await conn.cursor(self.target.sql)
+            while rows := await cursor.fetch(FETCH_SIZE):
+                count += len(rows)
+        return count
+
+    async def fetch(self, sink: Sink) -> int:
+        return sum(await asyncio.gather(*(self._count(conn) for conn in self.conns)))
+
+
+class SingleNode(AsyncContender):
+    """The single node, ``stream()`` as the raw gather does, rows handed on in batches."""
+
+    conn: psycopg.AsyncConnection[Row]
+
+    async def aopen(self) -> None:
+        self.conn = await self.connect_psycopg(self.target.single_dsn)
+
+    async def fetch(self, sink: Sink) -> int:
+        count = 0
+        batch: list[Row] = []
+        async for row in self.conn.cursor().stream(self.target.sql, size=FETCH_SIZE):
+            batch.append(row)
+            if len(batch) == FETCH_SIZE:
+                sink(batch)
+                count += len(batch)
+                batch = []
+        sink(batch)
+        return count + len(batch)
+
+
+class GatherDictMerge(RawGather):
+    """The raw gather of the partial GROUP BY, folding each row into a dict as it arrives."""
+
+    async def fetch(self, sink: Sink) -> int:
+        groups: dict[Any, list[Any]] = {}
+
+        async def one(conn: psycopg.AsyncConnection[Row]) -> None:
+            async for row in conn.cursor().stream(self.target.sql, size=FETCH_SIZE):
+                fold(groups, row)
+
+        await asyncio.gather(*(one(conn) for conn in self.conns))
+        rows = finish(groups)
+        sink(rows)
+        return len(rows)
+
+
+class DictMergeOnly(SyncContender):
+    """The dict merge alone, over the partial GROUP BY rows fetched once at open."""
+
+    merged = False
+    partials: list[list[Row]]
+
+    def open(self) -> None:
+        self.partials = []
+        for dsn in self.target.shard_dsns:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                self.partials.append(conn.execute(self.target.sql).fetchall())
+
+    def fetch(self, sink: Sink) -> int:
+        groups: dict[Any, list[Any]] = {}
+        for rows in self.partials:
+            for row in rows:
+                fold(groups, row)
+        merged = finish(groups)
+        sink(merged)
+        return len(merged)
+
+
+#: The ORDER BY contenders, in the order they are printed; each runs in a worker process.
+ORDER_CONTENDERS: dict[str, type[Contender]] = {
+    SHARDQ_ASYNC: ShardqAsync,
+    SHARDQ_SYNC: ShardqSync,
+    SERIAL: SerialLoop,
+    THREADS: ThreadPerShard,
+    PARALLEL: ParallelConnections,
+    SQLALCHEMY: ShardedSessions,
+    RAW: RawGather,
+    ASYNCPG: AsyncpgGather,
+    SINGLE: SingleNode,
+}
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_CHECK, _RUN, _STOP = "check", "run", "stop"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def serve(name: str, target: Target, pipe: Pipe) -> None:
+    """A worker process: open one ORDER BY contender, then run it as the pipe says.
+
+    Every reply is ``(True, value)`` or ``(False, error)``: first None once the
+    contender is open, then per command a :class:`Run` (``run``), a :class:`Run`
+    and an :class:`Answer` (``check``), or the :class:`Memory` of the runs
+    (``stop``, None if there was no run).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    with asyncio.Runner() as runner:
+        contender = ORDER_CONTENDERS[name](target, runner)
+        try:
+            contender.open()
+        except Exception as exc:
+            contender.close()
+            pipe.send((False, _describe(exc)))
+            return
+        before: int | None = None
+        try:
+            pipe.send((True, None))
+            while (command := pipe.recv()) != _STOP:
+                if before is None:
+                    gc.collect()
+                    trim_heap()
+                    before = rss() or maxrss()
+                    reset_peak_rss()
+                try:
+                    if command == _CHECK:
+                        fingerprint = Fingerprint(CHECK_KEY)
+                        run = contender.run(fingerprint.add)
+                        reply: object = (run, fingerprint.answer())
+                    else:
+                        reply = contender.run(_discard)
+                except Exception as exc:
+                    pipe.send((False, _describe(exc)))
+                else:
+                    pipe.send((True, reply))
+            pipe.send((True, None if before is None else Memory(before, peak_rss())))
+        except EOFError:
+            pass  # the parent is gone
+        finally:
+            contender.close()
+
+
+class WorkerError(Exception):
+    """A worker could not do what it was told; the message is the worker's exception."""
+
+
+class Worker:
+    """An ORDER BY contender in a process of its own, so that its memory is its own."""
+
+    def __init__(self, context: SpawnContext, name: str, target: Target) -> None:
+        self.name = name
+        self._pipe, child_end = context.Pipe()
+        self._process: SpawnProcess = context.Process(
+            target=serve, args=(name, target, child_end), name=f"merge: {name}", daemon=True
+        )
+        self._child_end = child_end
+        self._waiting = False  # for a reply: the worker is busy
+
+    def start(self) -> None:
+        self._process.start()
+        self._child_end.close()
+        self._waiting = True
+
+    def _call(self, command: str | None) -> Any:
+        if command is not None:
+            self._pipe.send(command)
+            self._waiting = True
+        try:
+            ok, value = self._pipe.recv()
+        except EOFError:
+            self._process.join(timeout=5)
+            raise WorkerError(f"the worker exited (code {self._process.exitcode})") from None
+        self._waiting = False
+        if not ok:
+            raise WorkerError(value)
+        return value
+
+    def opened(self) -> None:
+        """Wait until the contender is open (raises WorkerError if it could not open)."""
+        self._call(None)
+
+    def check(self) -> tuple[Run, Answer]:
+        """One untimed run, its rows fingerprinted as they arrive."""
+        run, answer = self._call(_CHECK)
+        return run, answer
+
+    def run(self) -> Run:
+        """One run, its rows counted and dropped."""
+        run: Run = self._call(_RUN)
+        return run
+
+    def stop(self) -> Memory | None:
+        """Stop the worker; the memory of its runs, if it could tell."""
+        memory = None
+        try:
+            if self._waiting:  # in the middle of a run: this process was interrupted
+                self._process.terminate()  # by its pid
+            elif self._process.is_alive():
+                memory = self._call(_STOP)
+        except (OSError, WorkerError):
+            pass  # it died: its failure is reported already
+        finally:
+            self._process.join(timeout=30)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join()
+            self._pipe.close()
+        return memory
+
+
+def start_workers(target: Target) -> dict[str, Worker]:
+    """Start a worker process per ORDER BY contender; they import and connect meanwhile."""
+    context = multiprocessing.get_context("spawn")
+    workers = {name: Worker(context, name, target) for name in ORDER_CONTENDERS}
+    try:
+        for worker in workers.values():
+            worker.start()
+    except BaseException:
+        stop_workers(workers)
+        raise
+    return workers
+
+
+def stop_workers(workers: Mapping[str, Worker]) -> dict[str, Memory]:
+    """Stop the workers; the memory of each one that ran."""
+    memory = {}
+    for name, worker in workers.items():
+        if (used := worker.stop()) is not None:
+            memory[name] = used
+    return memory
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-def measure(
-    methods: dict[str, Method], repeat: int, warmup: int
-) -> tuple[list[Stats], dict[str, str]]:
-    """Warm every method up, then time ``repeat`` rounds, rotating the order each round.
+class Tally:
+    """The runs of one statement's contenders: timings, failures and wrong row counts."""
 
-    A method that raises is dropped; its exception is returned with its name.
-    """
-    names = list(methods)
-    failed: dict[str, str] = {}
+    def __init__(self, expected: Mapping[str, int]) -> None:
+        self.expected = dict(expected)
+        self.samples: dict[str, list[float]] = {name: [] for name in expected}
+        self.failed: dict[str, str] = {}
+        self.miscounts: dict[str, str] = {}
 
-    def run(name: str) -> float | None:
-        if name in failed:
+    def attempt(self, name: str, call: Callable[[], T]) -> T | None:
+        """``call()``, or None if the contender failed (now or before)."""
+        if name in self.failed:
             return None
         try:
-            return methods[name]()
+            return call()
         except Exception as exc:
-            failed[name] = f"{type(exc).__name__}: {exc}"
+            self.failed[name] = _describe(exc)
             return None
 
-    for _ in range(warmup):
-        for name in names:
-            run(name)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeat):
+    def counted(self, name: str, rows: int) -> None:
+        expected = self.expected[name]
+        if rows != expected and name not in self.miscounts:
+            self.miscounts[name] = f"counted {rows:,} rows, expected {expected:,}"
+
+    def stats(self) -> list[Stats]:
+        return [Stats(name, tuple(runs)) for name, runs in self.samples.items() if runs]
+
+
+def measure(tally: Tally, runs: Mapping[str, Callable[[], Run]], repeat: int, warmup: int) -> None:
+    """``warmup`` untimed rounds, then ``repeat`` timed rounds, rotating the order each round."""
+    names = list(runs)
+    for round_ in range(warmup + repeat):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            elapsed = run(name)
-            if elapsed is not None:
-                samples[name].append(elapsed)
-    stats = [Stats(name, tuple(samples[name])) for name in names if samples[name]]
-    return stats, failed
+            run = tally.attempt(name, runs[name])
+            if run is not None:
+                tally.counted(name, run.rows)
+                if round_ >= warmup:
+                    tally.samples[name].append(run.seconds)
 
 
-def measure_memory(methods: dict[str, Method]) -> Memory:
-    """Each method once with the RSS sampled, once under tracemalloc.
-
-    Returns:
-        per method, the RSS at the start, its peak growth, and the traced peak (bytes).
-    """
-    out: Memory = {}
-    for name, method in methods.items():
-        try:
-            with RssPeak() as rss:
-                method()
-            with traced_peak() as traced:
-                method()
-        except Exception:
-            continue  # reported by measure()
-        out[name] = (rss.start, rss.growth, traced[0])
+def _with_counts(verdicts: Mapping[str, Verdict], tally: Tally) -> dict[str, Verdict]:
+    """The verdicts, a wrong row count in any run making an answer wrong."""
+    out = dict(verdicts)
+    for name, problem in tally.miscounts.items():
+        out[name] = Verdict(False, f"WRONG ROW COUNT: {problem}; {out[name].text}")
     return out
+
+
+def order_by(
+    workers: Mapping[str, Worker], data: Dataset, args: argparse.Namespace
+) -> tuple[Tally, dict[str, Verdict]]:
+    """Check and time the ORDER BY contenders, each in its worker process."""
+    tally = Tally(dict.fromkeys(workers, data.rows))
+    began = time.perf_counter()
+    for name, worker in workers.items():
+        tally.attempt(name, worker.opened)
+    print("  checking every answer (the first warm-up run)...", flush=True)
+    answers: dict[str, Answer] = {}
+    for name, worker in workers.items():
+        checked = tally.attempt(name, worker.check)
+        if checked is not None:
+            tally.counted(name, checked[0].rows)
+            answers[name] = checked[1]
+    print(
+        f"  {time.perf_counter() - began:.0f} s; {args.warmup - 1} more warm-up and "
+        f"{args.repeat} timed rounds...",
+        flush=True,
+    )
+    began = time.perf_counter()
+    measure(tally, {n: w.run for n, w in workers.items()}, args.repeat, args.warmup - 1)
+    print(f"  {time.perf_counter() - began:.0f} s", flush=True)
+    verdicts = {name: Verdict(None, "-") for name in workers}
+    reference = answers.get(SINGLE)
+    for name, answer in answers.items():
+        if name == SINGLE:
+            verdicts[name] = Verdict(None, "reference")
+        elif not ORDER_CONTENDERS[name].merged:
+            verdicts[name] = Verdict(None, "row count only (unmerged)")
+        elif reference is not None:
+            verdicts[name] = order_verdict(answer, reference)
+    return tally, _with_counts(verdicts, tally)
+
+
+def group_by(
+    shard_dsns: Sequence[str], single_dsn: str, data: Dataset, args: argparse.Namespace
+) -> tuple[Tally, dict[str, Verdict], str]:
+    """Check and time the GROUP BY contenders in this process; the partial statement too."""
+    partial = Planner(shardq.load_config(shardq_config(shard_dsns))).plan(GROUP_SQL).sql
+    whole = Target(GROUP_SQL, tuple(shard_dsns), single_dsn)
+    partials = Target(partial, tuple(shard_dsns), single_dsn)
+    kinds: dict[str, tuple[type[Contender], Target, int]] = {
+        SHARDQ_ASYNC: (ShardqAsync, whole, data.groups),
+        SHARDQ_SYNC: (ShardqSync, whole, data.groups),
+        RAW: (RawGather, partials, data.partial_rows),
+        HAND: (GatherDictMerge, partials, data.groups),
+        DICT_ONLY: (DictMergeOnly, partials, data.groups),
+        SINGLE: (SingleNode, whole, data.groups),
+    }
+    tally = Tally({name: rows for name, (_, _, rows) in kinds.items()})
+    got: dict[str, list[Row]] = {}
+    with asyncio.Runner() as runner, contextlib.ExitStack() as stack:
+        contenders = {name: kind(target, runner) for name, (kind, target, _) in kinds.items()}
+        for name, contender in contenders.items():
+            stack.callback(contender.close)
+            tally.attempt(name, contender.open)
+        for name, contender in contenders.items():
+            rows: list[Row] = []
+            checked = tally.attempt(name, functools.partial(contender.run, rows.extend))
+            if checked is not None:
+                tally.counted(name, checked.rows)
+                got[name] = rows
+        runs = {name: (lambda c=c: c.run(_discard)) for name, c in contenders.items()}
+        measure(tally, runs, args.repeat, args.warmup - 1)
+    verdicts = {
+        SINGLE: Verdict(None, "reference"),
+        RAW: Verdict(None, "row count only (partials)"),
+        HAND: Verdict(None, "not checked (reference)"),
+        DICT_ONLY: Verdict(None, "not checked (reference)"),
+    }
+    for name in SHARDQ:
+        if name in got and SINGLE in got:
+            verdicts[name] = group_verdict(got[name], got[SINGLE])
+    return tally, _with_counts(verdicts, tally), partial
 
 
 # --------------------------------------------------------------------------- reporting
@@ -708,57 +1230,39 @@ def _title(text: str) -> None:
     print(f"\n{text}\n{'=' * len(text)}")
 
 
-def printed_answers(answers: dict[str, str], problems: dict[str, str]) -> dict[str, str]:
-    """The answer column: each method's verdict, after its wrong row count if any."""
-    out = dict(answers)
-    for method, problem in problems.items():
-        out[method] = f"WRONG ROW COUNT: {problem}; {answers.get(method, '-')}"
-    return out
-
-
-def correctness(
-    methods: Iterable[str], answers: dict[str, str], problems: dict[str, str]
-) -> dict[str, bool | None]:
-    """Each answer right or wrong against the single node (a wrong row count is wrong), or None."""
-    out: dict[str, bool | None] = {}
-    for method in methods:
-        verdict = answers.get(method, "")
-        if method in problems or verdict.startswith("DIFFERS"):
-            out[method] = False
-        else:
-            out[method] = True if verdict.startswith(SAME) else None
-    return out
-
-
-def report(
-    title: str,
-    results: Sequence[Stats],
-    failed: dict[str, str],
-    answers: dict[str, str],
-    rows: dict[str, int] | None,
-) -> dict[str, float]:
-    """Print the table of one statement (``answers`` from printed_answers); return the medians."""
-    _title(title)
-    medians = {s.method: s.median for s in results}
+def report(outcome: Outcome) -> dict[str, float]:
+    """Print the table of one statement; return the medians."""
+    _title(outcome.title)
+    medians = {s.method: s.median for s in outcome.results}
     raw = medians.get(RAW)
     single = medians.get(SINGLE)
-    rate = f" {'rows/s':>11}" if rows is not None else ""
+    rate = f" {'rows/s':>11}" if outcome.rows is not None else ""
+    memory = f" {'peak MB':>8} {'growth MB':>9}" if outcome.memory else ""
     header = (
-        f"{'method':<33} {'median s':>9} {'p90 s':>8}{rate} {'x raw':>7} {'x single':>8}  answer"
+        f"{'contender':<40} {'median s':>9} {'p90 s':>8}{rate} {'x raw':>7} {'x single':>8}"
+        f"{memory}  answer"
     )
     print(header)
     print("-" * len(header))
-    for s in results:
+    for s in outcome.results:
         ratio_raw = f"{s.median / raw:>7.3f}" if raw else f"{'-':>7}"
         ratio_single = f"{s.median / single:>8.3f}" if single else f"{'-':>8}"
-        rate = f" {rows[s.method] / s.median:>11,.0f}" if rows is not None else ""
-        answer = answers.get(s.method, "-")
+        rate = f" {outcome.rows / s.median:>11,.0f}" if outcome.rows is not None else ""
+        memory = ""
+        if outcome.memory:
+            used = outcome.memory.get(s.method)
+            memory = (
+                f" {used.peak / MB:>8.0f} {used.growth / MB:>+9.0f}"
+                if used
+                else f" {'-':>8} {'-':>9}"
+            )
+        verdict = outcome.verdicts.get(s.method, Verdict(None, "-"))
         print(
-            f"{s.method:<33} {s.median:>9.3f} {s.p90:>8.3f}{rate} {ratio_raw} {ratio_single}  "
-            f"{answer}"
+            f"{s.method:<40} {s.median:>9.3f} {s.p90:>8.3f}{rate} {ratio_raw} {ratio_single}"
+            f"{memory}  {verdict.text}"
         )
-    for name, error in failed.items():
-        print(f"{name:<33} FAILED: {error}")
+    for name, error in outcome.failed.items():
+        print(f"{name:<40} FAILED: {error}")
     return medians
 
 
@@ -766,35 +1270,20 @@ def report_aims(medians: dict[str, float], baseline: str) -> list[Aim]:
     """Print the aims of one statement; return them."""
     raw = medians.get(RAW)
     aims = []
-    for method in (SHARDQ_ASYNC, SHARDQ_SYNC):
+    for method in SHARDQ:
         got = medians.get(method)
-        aim = f"{method} at most {RATIO_AIM:g} x {baseline}"
+        text = f"{method} at most {RATIO_AIM:g} x {baseline}"
         if got is None or raw is None:
-            aims.append(Aim(aim, None, "not measured"))
+            aims.append(Aim(text, None, "not measured"))
             continue
         ratio = got / raw
         extra = (got - raw) * 1e3
-        aims.append(Aim(aim, ratio <= RATIO_AIM, f"{ratio:.3f} x, {extra:+,.0f} ms"))
+        aims.append(Aim(text, ratio <= RATIO_AIM, f"{ratio:.3f} x, {extra:+,.0f} ms"))
     print()
     for aim in aims:
         verdict = {True: "PASS", False: "MISS", None: "----"}[aim.passed]
         print(f"  {verdict}  {aim.text} ({aim.detail})")
     return aims
-
-
-def report_memory(memory: Memory) -> None:
-    how = "sampled every 5 ms" if _current_rss() is not None else "ru_maxrss"
-    print(f"\nmemory of one untimed run each (RSS {how}; tracemalloc in a second run):")
-    header = (
-        f"  {'method':<33} {'RSS at start MB':>16} {'RSS peak growth MB':>19} "
-        f"{'tracemalloc peak MB':>20}"
-    )
-    print(header)
-    print("  " + "-" * (len(header) - 2))
-    for name, (start, growth, traced) in memory.items():
-        print(
-            f"  {name:<33} {start / 2**20:>16.1f} {growth / 2**20:>19.1f} {traced / 2**20:>20.1f}"
-        )
 
 
 def report_machine() -> None:
@@ -812,23 +1301,28 @@ def report_machine() -> None:
 
 def report_data(data: Dataset, server_version: str) -> None:
     print(
-        f"PostgreSQL {server_version}: generated {data.rows:,} rows in "
-        f"{data.generate_seconds:.1f} s, loaded (COPY, primary key, VACUUM ANALYZE) "
-        f"into 4 shards + single node in {data.load_seconds:.1f} s"
+        f"PostgreSQL {server_version}: generated {data.rows:,} rows of t and "
+        f"{data.group_rows:,} of tg in {data.generate_seconds:.1f} s, loaded (COPY, primary "
+        f"key, VACUUM ANALYZE) into 4 shards + single node in {data.load_seconds:.1f} s"
     )
     for name in data.shard_rows:
         print(
-            f"  shard {name}: {data.shard_rows[name]:>9,} rows, "
-            f"{data.shard_groups[name]:>7,} distinct g"
+            f"  shard {name}: t {data.shard_rows[name]:>10,} rows, "
+            f"tg {data.shard_group_rows[name]:>9,} rows, {data.shard_groups[name]:>7,} distinct g"
         )
-    print(f"  single : {data.single_rows:>9,} rows, {data.single_groups:>7,} distinct g")
+    print(
+        f"  single  : t {data.single_rows:>10,} rows, tg {data.single_group_rows:>9,} rows, "
+        f"{data.single_groups:>7,} distinct g"
+    )
     everywhere = "yes" if data.every_group_everywhere else "NO"
     print(
         f"  every one of the {data.groups:,} groups on every shard: {everywhere} "
         f"({data.partial_rows:,} partial rows)"
     )
     if sum(data.shard_rows.values()) != data.rows or data.single_rows != data.rows:
-        print("  WARNING: the loaded row counts do not add up to --rows")
+        print("  WARNING: the loaded rows of t do not add up to --rows")
+    if data.single_group_rows != data.group_rows:
+        print("  WARNING: the loaded rows of tg do not add up to --group-rows")
 
 
 # --------------------------------------------------------------------------- main
@@ -836,169 +1330,196 @@ def report_data(data: Dataset, server_version: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time shardq's ORDER BY merge and GROUP BY regroup on 4 shards "
-        "against the raw fetch and a single node."
+        description="Stream an ORDER BY of N rows through shardq's merge and the alternatives "
+        "(rows/s, peak RSS, correctness), and time its GROUP BY regroup, on 4 shards."
     )
     parser.add_argument(
-        "--rows", type=int, default=None, metavar="N", help="rows in all (default 1,000,000)"
+        "--rows", type=int, default=None, metavar="N", help="rows of t (default 5,000,000)"
+    )
+    parser.add_argument(
+        "--group-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows of tg, for the GROUP BY (default 1,000,000)",
     )
     parser.add_argument(
         "--groups", type=int, default=None, metavar="N", help="distinct g (default 100,000)"
     )
     parser.add_argument(
-        "--repeat", type=int, default=None, metavar="N", help="timed runs per method (default 5)"
+        "--repeat", type=int, default=3, metavar="N", help="timed runs per contender (default 3)"
     )
     parser.add_argument(
-        "--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)"
+        "--warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="untimed runs first, the first checking the answer (default 1)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="200,000 rows, 20,000 groups, 3 timed runs (explicit options win)",
+        help="100,000 rows of t, 200,000 of tg, 20,000 groups (explicit options win)",
     )
     parser.add_argument(
         "--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH"
     )
     args = parser.parse_args(argv)
-    defaults = (200_000, 20_000, 3) if args.quick else (1_000_000, 100_000, 5)
-    for option, default in zip(("rows", "groups", "repeat"), defaults, strict=True):
+    defaults = (100_000, 200_000, 20_000) if args.quick else (5_000_000, 1_000_000, 100_000)
+    for option, default in zip(("rows", "group_rows", "groups"), defaults, strict=True):
         if getattr(args, option) is None:
             setattr(args, option, default)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.warmup < 1:
-        parser.error("--warmup must be at least 1 (it fills shardq's lazy pools)")
-    if args.groups < 1 or args.rows < SHARDS * args.groups:
-        parser.error("--groups must be positive and --rows at least 4 x --groups")
+        parser.error("--warmup must be at least 1 (it checks the answers, fills the pools)")
+    if args.rows < 1:
+        parser.error("--rows must be positive")
+    if args.groups < 1 or args.group_rows < SHARDS * args.groups:
+        parser.error("--groups must be positive and --group-rows at least 4 x --groups")
     if args.json is not None and not args.json.parent.is_dir():
         parser.error(f"--json: no directory {str(args.json.parent)!r}")
     return args
 
 
-def run(
-    clusters: Sequence[PgCluster], args: argparse.Namespace
-) -> tuple[Dataset, list[Outcome], Memory]:
-    """Load the data, then time, check and report both statements; return what was measured."""
-    shard_dsns, single_dsn, data = prepare(clusters, args.rows, args.groups)
-    version = clusters[0].execute("SHOW server_version")[0][0]
-    report_data(data, str(version))
+def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> list[Outcome]:
+    """Load the data, then check, time and report both statements; return what was measured."""
+    shard_dsns, single_dsn = create_databases(clusters)
+    # The workers import and connect while this process generates the rows.
+    print(f"starting {len(ORDER_CONTENDERS)} worker processes, one per ORDER BY contender")
+    workers = start_workers(Target(ORDER_SQL, tuple(shard_dsns), single_dsn))
+    try:
+        data = load_data(shard_dsns, single_dsn, args.rows, args.group_rows, args.groups)
+        version = clusters[0].execute("SHOW server_version")[0][0]
+        report_data(data, str(version))
+        print(f"\nORDER BY: {ORDER_SQL!r}", flush=True)
+        tally, verdicts = order_by(workers, data, args)
+    finally:
+        memory = stop_workers(workers)
     runs = f"median and p90 of {args.repeat} runs after {args.warmup} warm-up run(s)"
-    with asyncio.Runner() as runner:
-        bench = Bench(shard_dsns, single_dsn, runner, data)
-        bench.open()
-        try:
-            print(f"\ntiming {ORDER_SQL!r}...", flush=True)
-            methods = bench.order_methods()
-            results, failed = measure(methods, args.repeat, args.warmup)
-            memory = measure_memory({n: m for n, m in methods.items() if n not in failed})
-            verdicts = bench.order_answers()
-            answers = printed_answers(verdicts, bench.problems)
-            rows = dict.fromkeys(methods, data.rows)
-            medians = report(
-                f"ORDER BY merge: {ORDER_SQL!r}, {data.rows:,} rows from 4 shards; {runs}",
-                results,
-                failed,
-                answers,
-                rows,
-            )
-            aims = report_aims(medians, "the raw fetch")
-            report_memory(memory)
-            correct = correctness(methods, verdicts, bench.problems)
-            order = Outcome("ORDER BY merge", results, failed, answers, correct, rows, aims)
-            bench.problems = {}
+    order = Outcome(
+        "ORDER BY merge",
+        f"ORDER BY merge: {ORDER_SQL!r}, {data.rows:,} rows from 4 shards; {runs}",
+        tally.stats(),
+        tally.failed,
+        verdicts,
+        [],
+        data.rows,
+        memory,
+    )
+    medians = report(order)
+    order.aims.extend(report_aims(medians, "the raw fetch"))
+    print(
+        "\npeak MB: the worker process's peak RSS over its runs; growth: over its RSS before "
+        "the first run"
+    )
 
-            partial = bench.partial_sql(GROUP_SQL)
-            print(f"\ntiming {GROUP_SQL!r}...", flush=True)
-            methods = bench.group_methods()
-            results, failed = measure(methods, args.repeat, args.warmup)
-            verdicts = bench.group_answers()
-            answers = printed_answers(verdicts, bench.problems)
-            medians = report(
-                f"GROUP BY regroup: {GROUP_SQL!r}, {data.groups:,} groups, "
-                f"{data.partial_rows:,} partial rows; {runs}",
-                results,
-                failed,
-                answers,
-                None,
-            )
-            print(f"\nper-shard statement (from shardq's planner): {partial}")
-            aims = report_aims(medians, "the raw partial fetch")
-            correct = correctness(methods, verdicts, bench.problems)
-            group = Outcome("GROUP BY regroup", results, failed, answers, correct, None, aims)
-        finally:
-            bench.close()
-    return data, [order, group], memory
+    print(f"\nGROUP BY: {GROUP_SQL!r}", flush=True)
+    began = time.perf_counter()
+    tally, verdicts, partial = group_by(shard_dsns, single_dsn, data, args)
+    print(f"  {time.perf_counter() - began:.0f} s", flush=True)
+    group = Outcome(
+        "GROUP BY regroup",
+        f"GROUP BY regroup: {GROUP_SQL!r}, {data.group_rows:,} rows, {data.groups:,} groups, "
+        f"{data.partial_rows:,} partial rows; {runs}",
+        tally.stats(),
+        tally.failed,
+        verdicts,
+        [],
+    )
+    medians = report(group)
+    print(f"\nper-shard statement (from shardq's planner): {partial}")
+    group.aims.extend(report_aims(medians, "the raw partial fetch"))
+    return [order, group]
+
+
+def _result(
+    outcome: Outcome, method: str, value: float | None, spread: list[float] | None, note: str
+) -> dict[str, Any]:
+    return {
+        "contender": method,
+        "shardq": method in SHARDQ,
+        "case": outcome.case,
+        "value": value,
+        "spread": spread,
+        "correct": outcome.verdicts.get(method, Verdict(None, "")).correct,
+        "note": note,
+    }
 
 
 def results_json(
-    args: argparse.Namespace,
-    command: str,
-    data: Dataset,
-    outcomes: Sequence[Outcome],
-    memory: Memory,
+    args: argparse.Namespace, command: str, outcomes: Sequence[Outcome]
 ) -> dict[str, Any]:
-    """The ``--json`` document: each statement's timings and aims, and the ORDER BY memory."""
-    timings = []
-    for outcome in outcomes:
-        for s in outcome.results:
-            rate = f", {outcome.rows[s.method] / s.median:,.0f} rows/s" if outcome.rows else ""
-            answer = outcome.answers.get(s.method, "-")
-            timings.append(
-                {
-                    "contender": s.method,
-                    "shardq": s.method in (SHARDQ_ASYNC, SHARDQ_SYNC),
-                    "case": outcome.case,
-                    "value": s.median,
-                    "spread": [min(s.samples), max(s.samples)] if len(s.samples) > 1 else None,
-                    "correct": outcome.correct.get(s.method),
-                    "note": f"p90 {s.p90:.3f} s{rate}; answer: {answer}",
-                }
+    """The ``--json`` document: ORDER BY rows/s and peak RSS, GROUP BY wall time, the aims."""
+    order, group = outcomes
+    runs = f"median of {args.repeat} runs"
+    assert order.rows is not None
+    rates = []
+    for s in order.results:
+        verdict = order.verdicts.get(s.method, Verdict(None, "-")).text
+        rates.append(
+            _result(
+                order,
+                s.method,
+                order.rows / s.median,
+                [order.rows / max(s.samples), order.rows / min(s.samples)]
+                if len(s.samples) > 1
+                else None,
+                f"median {s.median:.3f} s, p90 {s.p90:.3f} s; answer: {verdict}",
             )
-        timings += [
-            {
-                "contender": method,
-                "shardq": method in (SHARDQ_ASYNC, SHARDQ_SYNC),
-                "case": outcome.case,
-                "value": None,
-                "spread": None,
-                "correct": None,
-                "note": f"FAILED: {error}",
-            }
+        )
+    peaks = [
+        _result(
+            order,
+            method,
+            used.peak / MB,
+            None,
+            f"growth {used.growth / MB:+.1f} MB over {used.before / MB:.1f} MB before the run",
+        )
+        for method, used in order.memory.items()
+    ]
+    times = []
+    for s in group.results:
+        verdict = group.verdicts.get(s.method, Verdict(None, "-")).text
+        times.append(
+            _result(
+                group,
+                s.method,
+                s.median,
+                [min(s.samples), max(s.samples)] if len(s.samples) > 1 else None,
+                f"p90 {s.p90:.3f} s; answer: {verdict}",
+            )
+        )
+    for outcome, table in ((order, rates), (group, times)):
+        table += [
+            _result(outcome, method, None, None, f"FAILED: {error}")
             for method, error in outcome.failed.items()
         ]
-    memory_results = [
-        {
-            "contender": method,
-            "shardq": method in (SHARDQ_ASYNC, SHARDQ_SYNC),
-            "case": outcomes[0].case,
-            "value": growth / 2**20,
-            "spread": None,
-            "correct": None,
-            "note": f"RSS at start {start / 2**20:.1f} MB, "
-            f"tracemalloc peak {traced / 2**20:.1f} MB",
-        }
-        for method, (start, growth, traced) in memory.items()
-    ]
-    runs = f"median of {args.repeat} runs after {args.warmup} warm-up run(s)"
     return {
         "scenario": "merge",
-        "title": f"Merge throughput: ORDER BY merge of {data.rows:,} rows and GROUP BY regroup "
-        f"of {data.groups:,} groups from 4 shards, against the raw fetch and a single node",
+        "title": f"Merge throughput: {order.rows:,} rows streamed through an ORDER BY merge "
+        f"from 4 shards, and a GROUP BY regroup, against the alternatives and a single node",
         "command": command,
         "quick": args.quick,
         **stamp(),
         "tables": [
             {
-                "title": f"wall time of each statement ({runs})",
-                "metric": "s",
-                "higher_is_better": False,
-                "results": timings,
+                "title": f"ORDER BY merge of {order.rows:,} rows: throughput ({runs})",
+                "metric": "rows/s",
+                "higher_is_better": True,
+                "results": rates,
             },
             {
-                "title": "RSS peak growth in one untimed run of the ORDER BY statement",
+                "title": "ORDER BY merge: peak RSS of each contender's process",
                 "metric": "MB",
                 "higher_is_better": False,
-                "results": memory_results,
+                "results": peaks,
+            },
+            {
+                "title": f"GROUP BY regroup of {args.group_rows:,} rows: wall time ({runs})",
+                "metric": "s",
+                "higher_is_better": False,
+                "results": times,
             },
         ],
         "aims": [
@@ -1020,7 +1541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pids = [cluster.pid for cluster in clusters]
     print(f"  postmaster pids: {', '.join(map(str, pids))}", flush=True)
     try:
-        data, outcomes, memory = run(clusters, args)
+        outcomes = run(clusters, args)
     finally:
         for cluster in clusters:
             try:
@@ -1028,10 +1549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:
                 print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
         print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
-        print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {maxrss() / 2**20:.0f} MB)")
+        print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {maxrss() / MB:.0f} MB)")
     if args.json is not None:
         with args.json.open("w", encoding="utf-8") as out:
-            json.dump(results_json(args, command, data, outcomes, memory), out, indent=2)
+            json.dump(results_json(args, command, outcomes), out, indent=2)
             out.write("\n")
     return 0
 
