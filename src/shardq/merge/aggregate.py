@@ -20,12 +20,6 @@ from shardq.merge.steps import Aggregation, Combine
 __all__ = ["Regroup"]
 
 
-class _State(list[Any]):
-    """A group's folded partials (after the key's rest, when split): see :func:`_regroup_source`."""
-
-    __slots__ = ()
-
-
 def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> str:
     """Python source of ``feed``, folding rows into group states, and ``emit``, the merged rows.
 
@@ -45,8 +39,11 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
 
     Unless a partial gathers a set, a group seen in one row only is that row:
     it is stored as it came and emitted as it is (most groups of a regroup,
-    when the key is spread over the shards), and becomes a ``_State`` list
-    when a second row of its group comes.
+    when the key is spread over the shards), and becomes a list of its
+    partials when a second row of its group comes. States are exact lists,
+    rows are tuples (the drivers make them so): the list's class tells them
+    apart, and an exact list keeps CPython's specialized indexing, which a
+    subclass would lose.
     """
     g = int(groups)
     raw = Combine.SET not in combines
@@ -86,15 +83,16 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
         }[combine]
         fold.append(f"            s[{slot}] = v if t is None else {update}")
     fresh_state = ", ".join(fresh)
+    partials = ", ".join(f"s[{g + i}]" for i in range(len(combines)))  # of a stored row
     if split and raw:
         find = [
             "        s = get(r[0])",
             "        if s is None:",
             "            groups[r[0]] = r",
             "            continue",
-            "        if s.__class__ is not State:",
+            "        if s.__class__ is not list:",
             f"            if s[1:{g}] == r[1:{g}]:",
-            f"                s = groups[r[0]] = State((s[1:{g}], *s[{g}:]))",
+            f"                s = groups[r[0]] = [s[1:{g}], {partials}]",
             "            else:",
             "                s = None",
             f"        elif s[0] != r[1:{g}]:",
@@ -105,8 +103,8 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
             "            if s is None:",
             "                others[k] = r",
             "                continue",
-            "            if s.__class__ is not State:",
-            f"                s = others[k] = State((None, *s[{g}:]))",
+            "            if s.__class__ is not list:",
+            f"                s = others[k] = [None, {partials}]",
         ]
     elif split:
         find = [
@@ -128,8 +126,8 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
             "        if s is None:",
             "            groups[k] = r",
             "            continue",
-            "        if s.__class__ is not State:",
-            f"            s = groups[k] = State(s[{g}:])",
+            "        if s.__class__ is not list:",
+            f"            s = groups[k] = [{partials}]",
         ]
     else:
         find = [
@@ -148,20 +146,21 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
         for i, combine in enumerate(combines)
     ]
     head = "k, *s[0]" if split else "k" if g == 1 else "*k"
-    row = "s if s.__class__ is not State else " if raw else ""
+    stored = "s"  # a group's one row, as it came (a count of no rows, NULL, made 0)
+    if counts:
+        known = " and ".join(f"s[{j}] is not None" for j in counts)
+        whole = ", ".join(
+            f"0 if s[{j}] is None else s[{j}]" if j in counts else f"s[{j}]"
+            for j in range(g + len(combines))
+        )
+        stored = f"(s if {known} else ({whole},))"
+    row = f"{stored} if s.__class__ is not list else " if raw else ""
     emit = [
         "def emit(groups, others):",
         f"    out = [{row}({', '.join([head, *values])},) for k, s in groups.items()]",
     ]
     if split:
         emit.append(f"    out += [{row}({', '.join(['*k', *values])},) for k, s in others.items()]")
-    if raw and counts:
-        width = g + len(combines)
-        whole = ", ".join(
-            f"0 if r[{j}] is None else r[{j}]" if j in counts else f"r[{j}]" for j in range(width)
-        )
-        known = " and ".join(f"r[{j}] is not None" for j in counts)
-        emit.append(f"    out = [r if {known} else ({whole},) for r in out]")
     emit.append("    return out")
     return "\n".join(
         [
@@ -188,7 +187,7 @@ def _compiled(groups: int, combines: tuple[Combine, ...], split: bool) -> tuple[
     Compiling costs about as much as regrouping a few hundred rows; a plan
     run again (the planner caches plans) reuses the functions.
     """
-    namespace: dict[str, Any] = {"State": _State}
+    namespace: dict[str, Any] = {}
     exec(_regroup_source(groups, combines, split), namespace)
     return namespace["feed"], namespace["emit"]
 
