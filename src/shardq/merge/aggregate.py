@@ -174,10 +174,12 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
     )
 
 
+#: A group's state: its one row as it came, or a list (see :func:`_regroup_source`).
+State = list[Any] | tuple[Any, ...]
 Fold = Callable[
-    [Iterable[tuple[Any, ...]], dict[Any, list[Any]], dict[Any, list[Any]], dict[type, Any]], None
+    [Iterable[tuple[Any, ...]], dict[Any, State], dict[Any, State], dict[type, Any]], None
 ]
-Emit = Callable[[dict[Any, list[Any]], dict[Any, list[Any]]], list[tuple[Any, ...]]]
+Emit = Callable[[dict[Any, State], dict[Any, State]], list[tuple[Any, ...]]]
 
 
 @functools.lru_cache(maxsize=256)
@@ -209,8 +211,8 @@ class Regroup:
         # Rows sorted on the key close their groups in order (complete()), which
         # needs one dict in arrival order: the split by first column is for the rest.
         self._split = spec.groups >= 2 and not spec.sorted
-        self._groups: dict[Any, list[Any]] = {}
-        self._others: dict[Any, list[Any]] = {}
+        self._groups: dict[Any, State] = {}
+        self._others: dict[Any, State] = {}
         self._nans: dict[type, Any] = {}  # the first NaN of each type: see _regroup_source
         self._fold, self._emit = _compiled(spec.groups, spec.combines, self._split)
 
