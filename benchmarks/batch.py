@@ -8,7 +8,10 @@ The ids are distinct random 62-bit integers and each ``v`` is random text,
 both from a fixed seed, so a wrong row cannot pass for the right one. Rows are
 loaded with ``COPY`` per shard (``--load executemany`` or ``--load concurrent``
 loads them through shardq's own batch API instead, and prints how long that
-took).
+took). A 5th cluster, the single node, holds the whole table: every row, the
+union of the shards' rows, loaded with one ``COPY`` after the shards (timed
+apart); its row count and an order-free checksum of its rows are checked
+against the shards' summed.
 
 The workload is ``--lookups`` point lookups (20,000 by default)
 
@@ -48,13 +51,20 @@ The contenders:
    the SELECT runs on, finds the key in the statement's ``id = ?`` condition
    (``Session.get`` passes it as a parameter) and returns its shard alone;
 
-and, as an extra line, contender 1 on a connection with shardq's default pool
-size (4 connections per shard).
+and two extra lines: contender 1 on a connection with shardq's default pool
+size (4 connections per shard); and, last, "single node, psycopg pipeline":
+contender 4's code run against the single node, one server holding all the
+data (what sharding is compared against), with as many connections as
+contender 4 has over the shards (4, all to the single node) and the same
+chunks of concurrency / 4, the keys dealt to the 4 connections round-robin in
+input order, so the client does the same work and only the server side
+differs. It is neither shardq nor a baseline of the aims.
 
 The hand-written contenders, and SQLAlchemy's choosers, route each key to its
 shard inside the timed region with shardq's placement (``placement.shard_for``,
 the function ``conn.shard_for`` calls); the time that routing takes alone is
-printed.
+printed. The single node needs no routing: its round-robin split of the keys
+is inside its time instead.
 Every connection is in autocommit mode. Each contender runs the whole
 workload once untimed first (connections opened, statements prepared), then
 ``--repeat`` (5) timed runs, the contenders taking turns in an order rotated
@@ -77,7 +87,8 @@ scenario, the command, the machine, one table of statements per second: each
 measured contender's median, its min-max over the runs and whether its answers
 were right, and every aim with its verdict), printing nothing more.
 
-Four throw-away PostgreSQL clusters are started with the test suite's helper
+Five throw-away PostgreSQL clusters (the 4 shards and the single node) are
+started with the test suite's helper
 (``tests.fixtures.servers.start_pg_clusters``) and stopped by pid at the end,
 whatever happens (SIGTERM, as sent by ``timeout``, is handled like Ctrl-C).
 
@@ -156,9 +167,16 @@ ASYNCPG = "asyncpg workers"
 THREADS = "psycopg2 thread pool"
 SERIAL = "psycopg serial loop"
 SQLALCHEMY = "SQLAlchemy ShardedSession"
+SINGLE_PIPELINE = "single node, psycopg pipeline"
 HAND_WRITTEN_ASYNC = (PIPELINE, WORKERS, ASYNCPG)
 SHARDQ_ASYNC = (SHARDQ_ARGS, SHARDQ_GENERAL)
 SHARDQ_LINES = (*SHARDQ_ASYNC, SHARDQ_SYNC, SHARDQ_POOL4)
+# A checksum of a node's kv rows that adds up over nodes: the union of the
+# shards' rows is the single node's when their counts and sums are equal.
+CHECKSUM_SQL = (
+    "SELECT count(*), coalesce(sum(('x' || left(md5(id::text || ':' || v), 15))::bit(60)"
+    "::bigint), 0) FROM kv"
+)
 # The slow contenders' timed runs (the others make --repeat): a run of SQLAlchemy's
 # takes some 25 s at the default --lookups.
 TIMED_RUNS = {SQLALCHEMY: 1}
@@ -177,6 +195,9 @@ class Dataset:
     generate_seconds: float
     load_seconds: float
     load_how: str
+    single_rows: int
+    single_load_seconds: float
+    single_is_union: bool  # the single node's count and checksum = the shards' summed
 
 
 @dataclass(slots=True)
@@ -250,12 +271,12 @@ def looked_up_id(orm_context: ORMExecuteState) -> int | None:
 
 
 def start_clusters() -> list[PgCluster]:
-    """Start the 4 shard clusters with the test suite's helper."""
+    """Start the 4 shard clusters and the single node (the last) with the test suite's helper."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from tests.fixtures.servers import start_pg_clusters
 
-    return start_pg_clusters(SHARDS, prefix="bench-batch")
+    return start_pg_clusters(SHARDS + 1, prefix="bench-batch")
 
 
 def shardq_config(dsns: Sequence[str], pool_size: int | None) -> dict[str, Any]:
@@ -301,14 +322,21 @@ async def _load_with_shardq(config: dict[str, Any], rows: list[Row], how: str) -
             await conn.execute_concurrent_with_args(INSERT_SQL, rows)
 
 
-def prepare(clusters: Sequence[PgCluster], args: argparse.Namespace) -> tuple[list[str], Dataset]:
-    """Create ``kv`` on every shard and load it; return the shard DSNs and what was loaded."""
+def prepare(
+    clusters: Sequence[PgCluster], args: argparse.Namespace
+) -> tuple[list[str], str, Dataset]:
+    """Create ``kv`` on every shard and the single node, and load them.
+
+    Return the shard DSNs, the single node's and what was loaded.
+    """
     began = time.perf_counter()
     expected, keys = generate(args.rows, args.lookups)
     generated = time.perf_counter() - began
     for cluster in clusters:
         cluster.create_database(DBNAME)
         cluster.execute("CREATE TABLE kv (id bigint PRIMARY KEY, v text NOT NULL)", DBNAME)
+    single = clusters[SHARDS]
+    clusters = clusters[:SHARDS]
     dsns = [cluster.dsn(DBNAME) for cluster in clusters]
     config = shardq_config(dsns, args.pool_size)
     placed = shardq.load_config(config)  # conn.shard_for("kv", id) answers from this
@@ -332,11 +360,31 @@ def prepare(clusters: Sequence[PgCluster], args: argparse.Namespace) -> tuple[li
             "concurrent": "shardq execute_concurrent_with_args of INSERTs",
         }[args.load]
     loaded = time.perf_counter() - began
+    # The single node: every row, loaded with COPY whatever --load says.
+    began = time.perf_counter()
+    _copy_into(single.dsn(DBNAME), [f"{id_}\t{v}\n" for id_, v in expected.items()])
+    single_loaded = time.perf_counter() - began
     shard_rows = {}
+    union = [0, 0]  # the shards' rows and checksums, summed
     for name, cluster in zip(placed.shard_names, clusters, strict=True):
         cluster.execute("VACUUM (ANALYZE) kv", DBNAME)
-        shard_rows[name] = int(cluster.execute("SELECT count(*) FROM kv", DBNAME)[0][0])
-    return dsns, Dataset(expected, keys, shard_rows, generated, loaded, how)
+        count, checksum = cluster.execute(CHECKSUM_SQL, DBNAME)[0]
+        shard_rows[name] = int(count)
+        union = [union[0] + int(count), union[1] + int(checksum)]
+    single.execute("VACUUM (ANALYZE) kv", DBNAME)
+    count, checksum = single.execute(CHECKSUM_SQL, DBNAME)[0]
+    data = Dataset(
+        expected,
+        keys,
+        shard_rows,
+        generated,
+        loaded,
+        how,
+        single_rows=int(count),
+        single_load_seconds=single_loaded,
+        single_is_union=[int(count), int(checksum)] == union,
+    )
+    return dsns, single.dsn(DBNAME), data
 
 
 # --------------------------------------------------------------------------- checking answers
@@ -395,9 +443,15 @@ class Bench:
     """The contenders, their connections open while in use."""
 
     def __init__(
-        self, dsns: Sequence[str], data: Dataset, args: argparse.Namespace, runner: asyncio.Runner
+        self,
+        dsns: Sequence[str],
+        single_dsn: str,
+        data: Dataset,
+        args: argparse.Namespace,
+        runner: asyncio.Runner,
     ):
         self.dsns = list(dsns)
+        self.single_dsn = single_dsn
         self.data = data
         self.keys = data.keys
         self.concurrency: int = args.concurrency
@@ -417,6 +471,7 @@ class Bench:
         self._aconn4: shardq.AsyncConnection | None = None
         self._sconn: shardq.Connection | None = None
         self._pipe: list[psycopg.AsyncConnection[Row]] = []
+        self._single_pipe: list[psycopg.AsyncConnection[Row]] = []  # SHARDS, to the single node
         self._workers: list[list[psycopg.AsyncConnection[Row]]] = []
         self._asyncpg: list[list[asyncpg.Connection]] = []
         self._serial: list[psycopg.Connection[Row]] = []
@@ -487,6 +542,13 @@ class Bench:
             for pg_conn in pg_workers:
                 stack.push_async_callback(pg_conn.close)
             self._asyncpg.append(list(pg_workers))
+        # As many connections as the pipeline has over the shards, all to the single node.
+        single = await asyncio.gather(
+            *(psycopg.AsyncConnection.connect(self.single_dsn, autocommit=True) for _ in self.dsns)
+        )
+        for conn in single:
+            stack.push_async_callback(conn.close)
+        self._single_pipe = list(single)
         engines = {}
         for name, dsn in zip(self.shard_names, self.dsns, strict=True):
             engine = create_async_engine(
@@ -570,7 +632,8 @@ class Bench:
             SHARDQ_SYNC: (f"{SHARDQ_SYNC} (pool {self.pool_size}/shard)", self._shardq_sync),
             PIPELINE: (
                 f"{PIPELINE} (chunks of {n})",
-                lambda: self._timed_async(self._pipeline),
+                # The keys are routed inside the timed region: run() is called there.
+                lambda: self._timed_async(lambda: self._pipeline(self._pipe, self._route())),
             ),
             WORKERS: (f"{WORKERS}, {n}/shard", lambda: self._timed_async(self._psycopg_workers)),
             ASYNCPG: (f"{ASYNCPG}, {n}/shard", lambda: self._timed_async(self._asyncpg_workers)),
@@ -583,6 +646,12 @@ class Bench:
             SHARDQ_POOL4: (
                 f"{SHARDQ_POOL4} (the default)",
                 lambda: self._shardq_async(self._shardq_with_args, self._aconn4),
+            ),
+            SINGLE_PIPELINE: (
+                f"{SINGLE_PIPELINE}, {len(self._single_pipe)} conns (chunks of {n})",
+                lambda: self._timed_async(
+                    lambda: self._pipeline(self._single_pipe, self._round_robin())
+                ),
             ),
         }
         for name in self.skipped:
@@ -597,6 +666,12 @@ class Bench:
         for position, key in enumerate(self.keys):
             per_shard[index[shard_for(key)]].append((position, key))
         return per_shard
+
+    def _round_robin(self) -> list[list[tuple[int, int]]]:
+        """The ``(position, key)`` pairs dealt to the single node's connections in turn."""
+        pairs = list(enumerate(self.keys))
+        n = len(self._single_pipe)
+        return [pairs[i::n] for i in range(n)]
 
     def routing_seconds(self) -> float:
         """The time :meth:`_route` takes alone (median of 5)."""
@@ -652,11 +727,20 @@ class Bench:
         values, problems = shardq_values(results, self.key_shards)
         return elapsed, values, problems
 
-    async def _pipeline(self) -> list[Any]:
+    async def _pipeline(
+        self, conns: Sequence[psycopg.AsyncConnection[Row]], groups: list[list[tuple[int, int]]]
+    ) -> list[Any]:
+        """Each connection runs its group of ``(position, key)`` pairs, all at once.
+
+        Over the shards, a shard's connection and the keys routed to it; on the
+        single node, its connections and the keys dealt to them.
+        """
         out: list[Any] = [_NO_ROW] * len(self.keys)
         chunk = self.per_shard
 
-        async def shard(conn: psycopg.AsyncConnection[Row], items: list[tuple[int, int]]) -> None:
+        async def lookups_on(
+            conn: psycopg.AsyncConnection[Row], items: list[tuple[int, int]]
+        ) -> None:
             cur = conn.cursor()
             async with conn.pipeline() as pipeline:
                 for start in range(0, len(items), chunk):
@@ -672,7 +756,7 @@ class Bench:
                     await pipeline.sync()
 
         await asyncio.gather(
-            *(shard(conn, items) for conn, items in zip(self._pipe, self._route(), strict=True))
+            *(lookups_on(conn, items) for conn, items in zip(conns, groups, strict=True))
         )
         return out
 
@@ -828,6 +912,15 @@ def report_data(data: Dataset, server_version: str, routing: float) -> None:
         print(f"  shard {name}: {count:>9,} rows")
     if sum(data.shard_rows.values()) != rows:
         print("  WARNING: the shards' row counts do not add up to --rows")
+    union = (
+        "the union of the shards' (count and checksum equal)"
+        if data.single_is_union
+        else "WARNING: not the union of the shards' rows (count or checksum differs)"
+    )
+    print(
+        f"  single node: {data.single_rows:>9,} rows, {union}; "
+        f"one COPY in {data.single_load_seconds:.2f} s"
+    )
     print(
         f"routing {len(data.keys):,} keys with placement.shard_for alone: {routing * 1e3:.1f} ms "
         "(inside the hand-written contenders' times)"
@@ -849,8 +942,9 @@ def report(
     best_name = max(measured, key=lambda n: rates[n]) if measured else None
     best = rates.get(best_name) if best_name else None
     threads = rates.get(THREADS)
+    width = max([52, *(len(t.label) for t in tallies)])
     header = (
-        f"{'contender':<52} {'median s':>9} {'min-max s':>13} {'stmts/s':>8} "
+        f"{'contender':<{width}} {'median s':>9} {'min-max s':>13} {'stmts/s':>8} "
         f"{'x best hand':>11} {'x threads':>9}  answers"
     )
     print(header)
@@ -863,17 +957,17 @@ def report(
         x_threads = f"{rate / threads:>9.2f}" if threads else f"{'-':>9}"
         spread = f"{min(t.samples):.3f}-{max(t.samples):.3f}"
         print(
-            f"{t.label:<52} {t.median:>9.3f} {spread:>13} {rate:>8,.0f} {x_best} {x_threads}  "
+            f"{t.label:<{width}} {t.median:>9.3f} {spread:>13} {rate:>8,.0f} {x_best} {x_threads}  "
             f"{t.answers}"
         )
     for t in tallies:
         if t.samples and len(t.samples) < args.repeat:
-            print(f"{t.label:<52} {t.timed_runs} only: its runs are slow")
+            print(f"{t.label:<{width}} {t.timed_runs} only: its runs are slow")
     for t in tallies:
         if t.failure is not None:
-            print(f"{t.label:<52} FAILED: {t.failure}")
+            print(f"{t.label:<{width}} FAILED: {t.failure}")
     for name, why in bench.skipped.items():
-        print(f"{name:<52} skipped: {why}")
+        print(f"{name:<{width}} skipped: {why}")
     if best_name:
         print(f"\nbest hand-written asyncio contender: {best_name} ({best:,.0f} statements/s)")
     print()
@@ -897,13 +991,14 @@ def report(
 
 
 def results_file(
-    tallies: Sequence[Tally], aims: list[dict[str, Any]], args: argparse.Namespace
+    tallies: Sequence[Tally], aims: list[dict[str, Any]], data: Dataset, args: argparse.Namespace
 ) -> dict[str, Any]:
     """What ``--json`` writes: the measured lines of the table, and the aims.
 
     Contenders that failed or were skipped have no figure, and are left out.
     """
     lookups = args.lookups
+    single = f"; one server holding all {len(data.expected):,} rows, no sharding"
     return {
         "scenario": "batch",
         "title": f"Point lookups: {lookups:,} lookups by shard key over {SHARDS} shards, "
@@ -927,7 +1022,8 @@ def results_file(
                             round(lookups / min(t.samples), 1),
                         ],
                         "correct": not t.wrong,
-                        "note": f"median {t.median:.3f} s of {t.timed_runs}; answers {t.answers}",
+                        "note": f"median {t.median:.3f} s of {t.timed_runs}; answers {t.answers}"
+                        + (single if t.name == SINGLE_PIPELINE else ""),
                     }
                     for t in tallies
                     if t.samples
@@ -1007,8 +1103,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     per_shard = args.concurrency // SHARDS
-    # Per cluster: two shardq pools, the default-sized one, the pipeline's, two
-    # sets of workers, SQLAlchemy's pool, one per thread, the serial loop's.
+    # Per shard cluster: two shardq pools, the default-sized one, the pipeline's,
+    # two sets of workers, SQLAlchemy's pool, one per thread, the serial loop's
+    # (the single node has SHARDS, the single-node pipeline's).
     needed = 2 * args.pool_size + DEFAULT_POOL + 1 + 3 * per_shard + args.threads + 1
     if needed > MAX_CONNECTIONS - RESERVED_CONNECTIONS:
         parser.error(
@@ -1022,10 +1119,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
     """Load the data, then time, check and report every contender."""
     print(f"loading {args.rows:,} rows...", flush=True)
-    dsns, data = prepare(clusters, args)
+    dsns, single_dsn, data = prepare(clusters, args)
     version = clusters[0].execute("SHOW server_version")[0][0]
     with asyncio.Runner() as runner:
-        bench = Bench(dsns, data, args, runner)
+        bench = Bench(dsns, single_dsn, data, args, runner)
         report_data(data, str(version), bench.routing_seconds())
         bench.open()
         try:
@@ -1035,7 +1132,7 @@ def run(clusters: Sequence[PgCluster], args: argparse.Namespace) -> None:
         aims = report(tallies, bench, args)
     if args.json is not None:
         with args.json.open("w", encoding="utf-8") as file:
-            json.dump(results_file(tallies, aims, args), file, indent=2)
+            json.dump(results_file(tallies, aims, data, args), file, indent=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1043,7 +1140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupt_on_sigterm()
     report_machine()
     began = time.perf_counter()
-    print(f"starting {SHARDS} PostgreSQL clusters...", flush=True)
+    print(
+        f"starting {SHARDS + 1} PostgreSQL clusters ({SHARDS} shards, 1 single node)...", flush=True
+    )
     clusters = start_clusters()
     pids = [cluster.pid for cluster in clusters]
     print(f"  postmaster pids: {', '.join(map(str, pids))}", flush=True)
