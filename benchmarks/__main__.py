@@ -20,7 +20,7 @@ date) and draws ``benchmarks/results.png`` (one panel per table, shardq's bars
 in colour, a wrong answer marked), and exits 0 unless a scenario failed to
 run: missed aims are reported, not errors.
 
-The full run took 866 s on a 2-core machine; ``--quick`` passes ``--quick`` to
+The full run took 910 s on a 2-core machine; ``--quick`` passes ``--quick`` to
 every scenario (136 s); ``--only batch,cache`` runs some of them.
 """
 
