@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
 
 def _key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple((v is None, str(type(v)), v if v is not None else 0) for v in row)
+    # NaN (float or Decimal) neither orders nor equals: it sorts as a flag, after the numbers.
+    return tuple(
+        (v is None, str(type(v)), _is_nan(v), 0 if v is None or _is_nan(v) else v) for v in row
+    )
+
+
+def _is_nan(v: Any) -> bool:
+    return (isinstance(v, float) and math.isnan(v)) or (hasattr(v, "is_nan") and bool(v.is_nan()))
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -28,6 +35,8 @@ def _same_value(a: Any, b: Any) -> bool:
         return False
     if isinstance(a, float):
         return a == b or math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+    if hasattr(a, "is_nan") and a.is_nan() and b.is_nan():
+        return True
     if hasattr(a, "as_tuple") and a == b:
         return bool(a.as_tuple().exponent == b.as_tuple().exponent)  # the same scale
     return bool(a == b)

@@ -146,6 +146,14 @@ CASES: list[tuple[str, bool]] = [
     ("SELECT id, f FROM odd ORDER BY f DESC NULLS LAST, id", True),
     ("SELECT count(DISTINCT f), max(id), max(f), min(f) FROM odd", True),
     ("SELECT e IS NULL, max(f), min(f) FROM odd GROUP BY 1", False),
+    # NaN on two shards is one group and one DISTINCT value, as in PostgreSQL
+    ("SELECT f, count(*) FROM odd GROUP BY f", False),
+    ("SELECT id % 2, f, count(*) FROM odd GROUP BY 1, 2", False),
+    ("SELECT e, f, count(*) FROM odd GROUP BY f, e", False),
+    ("SELECT n, count(*) FROM odd GROUP BY n", False),
+    ("SELECT DISTINCT f FROM odd", False),
+    ("SELECT DISTINCT f FROM odd ORDER BY f", True),
+    ("SELECT DISTINCT n FROM odd", False),
     ("SELECT count(*) + 9223372036854775808, 'x' AS c, NULL AS d FROM facts", True),
     (
         "SELECT round(sum(k), 1), round(count(*), 2), min(n) * 0, round(min(n) * 0.001, 2) "

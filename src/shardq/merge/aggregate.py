@@ -20,7 +20,9 @@ from shardq.merge.steps import Aggregation, Combine
 __all__ = ["Regroup"]
 
 
-def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> str:
+def _regroup_source(
+    groups: int, combines: tuple[Combine, ...], split: bool, nan_keys: tuple[int, ...]
+) -> str:
     """Python source of ``feed``, folding rows into group states, and ``emit``, the merged rows.
 
     Generated for one plan (as :func:`collections.namedtuple` generates its
@@ -44,6 +46,11 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
     rows are tuples (the drivers make them so): the list's class tells them
     apart, and an exact list keeps CPython's specialized indexing, which a
     subclass would lose.
+
+    NaN is not equal to itself in Python, and two NaN objects hash apart, but
+    PostgreSQL puts every NaN of a column in one group: a row with NaN in one
+    of the key columns ``nan_keys`` (those that can hold it: float and
+    numeric) has it replaced by the first NaN of its type seen.
     """
     g = int(groups)
     raw = Combine.SET not in combines
@@ -162,12 +169,20 @@ def _regroup_source(groups: int, combines: tuple[Combine, ...], split: bool) -> 
     if split:
         emit.append(f"    out += [{row}({', '.join(['*k', *values])},) for k, s in others.items()]")
     emit.append("    return out")
+    canonical = []
+    if nan_keys:
+        nan_test = " or ".join(f"r[{int(i)}] != r[{int(i)}]" for i in nan_keys)
+        canonical = [
+            f"        if {nan_test}:",
+            "            r = tuple([nans.setdefault(type(v), v) if v != v else v for v in r])",
+        ]
     return "\n".join(
         [
             *emit,
             "def feed(rows, groups, others, nans):",
             "    get = groups.get",
             "    for r in rows:",
+            *canonical,
             *find,
             *(fold or ["        pass"]),
         ]
@@ -183,14 +198,16 @@ Emit = Callable[[dict[Any, State], dict[Any, State]], list[tuple[Any, ...]]]
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(groups: int, combines: tuple[Combine, ...], split: bool) -> tuple[Fold, Emit]:
+def _compiled(
+    groups: int, combines: tuple[Combine, ...], split: bool, nan_keys: tuple[int, ...]
+) -> tuple[Fold, Emit]:
     """``feed`` and ``emit`` for one shape of partial rows, compiled once.
 
     Compiling costs about as much as regrouping a few hundred rows; a plan
     run again (the planner caches plans) reuses the functions.
     """
     namespace: dict[str, Any] = {}
-    exec(_regroup_source(groups, combines, split), namespace)
+    exec(_regroup_source(groups, combines, split, nan_keys), namespace)
     return namespace["feed"], namespace["emit"]
 
 
@@ -206,7 +223,8 @@ class Regroup:
     [('a', 6, 15, {1, 2}), ('b', 1, None, set())]
     """
 
-    def __init__(self, spec: Aggregation):
+    def __init__(self, spec: Aggregation, nan_keys: Iterable[int] | None = None):
+        """``nan_keys``: the key columns that can hold NaN (default: every one)."""
         self.spec = spec
         # Rows sorted on the key close their groups in order (complete()), which
         # needs one dict in arrival order: the split by first column is for the rest.
@@ -214,7 +232,8 @@ class Regroup:
         self._groups: dict[Any, State] = {}
         self._others: dict[Any, State] = {}
         self._nans: dict[type, Any] = {}  # the first NaN of each type: see _regroup_source
-        self._fold, self._emit = _compiled(spec.groups, spec.combines, self._split)
+        keys = tuple(range(spec.groups)) if nan_keys is None else tuple(sorted(set(nan_keys)))
+        self._fold, self._emit = _compiled(spec.groups, spec.combines, self._split, keys)
 
     def feed(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Fold a batch of partial rows in."""

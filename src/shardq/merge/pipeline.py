@@ -65,7 +65,7 @@ def merger(
     if plan.trivial:
         return inner
     if plan.streaming:
-        return _through(inner, _streaming(plan))
+        return _through(inner, _streaming(plan, _nan_columns(types)))
     aggregate = plan.aggregate
     if aggregate is not None and aggregate.sorted and not (floats & set(range(aggregate.groups))):
         # NaN keys would not compare equal in Python: those take the hash path.
@@ -129,16 +129,17 @@ class _Window:
         return rows, self._left == 0
 
 
-def _streaming(plan: MergePlan) -> Transform:
+def _streaming(plan: MergePlan, nan_columns: Sequence[int] | None) -> Transform:
     window = _Window(plan)
     width = -plan.hidden or None
     seen: set[tuple[Any, ...]] | None = set() if plan.distinct else None
+    canonical = _canonical_nans(nan_columns)
 
     def transform(rows: Rows) -> tuple[Rows, bool]:
         if seen is not None:
             fresh = []
             for row in rows:
-                visible = row[:width] if width is not None else row
+                visible = canonical(row[:width] if width is not None else row)
                 if visible not in seen:
                     seen.add(visible)
                     fresh.append(row)
@@ -157,7 +158,8 @@ def _sorted_groups(
     """
     assert plan.aggregate is not None
     assert plan.outputs is not None
-    regroup = Regroup(plan.aggregate)
+    regroup = _regroup(plan, types)
+    assert regroup is not None
     keep = compile_expr(plan.having, sem) if plan.having is not None else None
     compute = compile_row([o.expr for o in plan.outputs], sem)
     window = _Window(plan)
@@ -187,7 +189,7 @@ def _sorted_groups(
 def _in_memory(
     inner: Merger, plan: MergePlan, sem: Semantics, types: Sequence[Any] | None
 ) -> Merger:
-    regroup = Regroup(plan.aggregate) if plan.aggregate is not None else None
+    regroup = _regroup(plan, types)
     collected: Rows = []
 
     def collect(rows: Rows) -> tuple[Rows, bool]:
@@ -216,18 +218,19 @@ def _in_memory(
             rows = [compute(row) for row in rows]
             if types is not None:
                 rows = _typed(rows, plan, types, sem)
+        out_types = (
+            [output_type(o.type, types, sem) for o in outputs]
+            if outputs is not None and types is not None
+            else types
+        )
         if plan.distinct:
             width = -plan.hidden or None
+            canonical = _canonical_nans(_nan_columns(out_types))
             firsts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             for row in rows:
-                firsts.setdefault(row[:width] if width is not None else row, row)
+                firsts.setdefault(canonical(row[:width] if width is not None else row), row)
             rows = list(firsts.values())
         if plan.sort:
-            out_types = (
-                [output_type(o.type, types, sem) for o in outputs]
-                if outputs is not None and types is not None
-                else None
-            )
             rows = _ordered(rows, plan.sort, plan, _float_columns(out_types))
     end = None if plan.limit is None else plan.offset + plan.limit
     rows = rows[plan.offset : end]
@@ -235,6 +238,44 @@ def _in_memory(
         rows = [row[: -plan.hidden] for row in rows]
     for start in range(0, len(rows), _CHUNK):
         yield rows[start : start + _CHUNK]
+
+
+_NAN_TYPES = frozenset({FLOAT4, FLOAT8, NUMERIC})
+
+
+def _nan_columns(types: Sequence[Any] | None) -> tuple[int, ...] | None:
+    """The columns whose type can hold NaN (float, numeric); None when the types are unknown."""
+    if types is None:
+        return None
+    return tuple(i for i, t in enumerate(types) if t in _NAN_TYPES)
+
+
+def _regroup(plan: MergePlan, types: Sequence[Any] | None) -> Regroup | None:
+    if plan.aggregate is None:
+        return None
+    nan_columns = _nan_columns(types)
+    keys = None if nan_columns is None else [i for i in nan_columns if i < plan.aggregate.groups]
+    return Regroup(plan.aggregate, keys)
+
+
+def _canonical_nans(columns: Sequence[int] | None) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A function giving a row with each NaN replaced by the first NaN of its type seen.
+
+    NaN is not equal to itself in Python, and two NaN objects hash apart;
+    DISTINCT in PostgreSQL keeps one. ``columns`` are those that can hold NaN
+    (None: any); a row without NaN is returned as it is.
+    """
+    if columns is not None and not columns:
+        return lambda row: row
+    nans: dict[type, Any] = {}
+
+    def canonical(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        places = range(len(row)) if columns is None else columns
+        if not any(i < len(row) and row[i] != row[i] for i in places):
+            return row
+        return tuple(nans.setdefault(type(v), v) if v != v else v for v in row)
+
+    return canonical
 
 
 def _columns_only(outputs: Sequence[Output]) -> bool:
