@@ -149,7 +149,7 @@ CASES: list[tuple[str, bool]] = [
     # NaN on two shards is one group and one DISTINCT value, as in PostgreSQL
     ("SELECT f, count(*) FROM odd GROUP BY f", False),
     ("SELECT id % 2, f, count(*) FROM odd GROUP BY 1, 2", False),
-    ("SELECT e, f, count(*) FROM odd GROUP BY f, e", False),
+    ("SELECT f, n, count(*) FROM odd GROUP BY f, n", False),
     ("SELECT n, count(*) FROM odd GROUP BY n", False),
     ("SELECT DISTINCT f FROM odd", False),
     ("SELECT DISTINCT f FROM odd ORDER BY f", True),

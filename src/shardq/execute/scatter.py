@@ -165,7 +165,11 @@ class Scatter:
             return []
         if index not in self._ahead and not stream.holds_connection:
             # The rest of the result is in memory: no I/O, no task (most
-            # results of a scatter are whole after start()).
+            # results of a scatter are whole after start()). The deadline
+            # still bounds the statement to its last row, as on the I/O path.
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                await self._close_quietly()
+                raise self._timed_out([lease.shard])
             return await stream.fetch()
         try:
             ahead = self._ahead.pop(index, None)

@@ -223,12 +223,21 @@ class Regroup:
     [('a', 6, 15, {1, 2}), ('b', 1, None, set())]
     """
 
-    def __init__(self, spec: Aggregation, nan_keys: Iterable[int] | None = None):
-        """``nan_keys``: the key columns that can hold NaN (default: every one)."""
+    def __init__(
+        self, spec: Aggregation, nan_keys: Iterable[int] | None = None, scalar_keys: bool = False
+    ):
+        """``nan_keys``: the key columns that can hold NaN (default: every one).
+
+        ``scalar_keys``: the key columns after the first are known to hold
+        scalars whose ``==`` is the database's (text, numbers, dates, ...), which
+        the split by first column compares without hashing. Arrays or JSON,
+        compared so, would meet where the database keeps them apart (``[1]``
+        and ``[true]``); hashing them raises, which refuses the query.
+        """
         self.spec = spec
         # Rows sorted on the key close their groups in order (complete()), which
         # needs one dict in arrival order: the split by first column is for the rest.
-        self._split = spec.groups >= 2 and not spec.sorted
+        self._split = scalar_keys and spec.groups >= 2 and not spec.sorted
         self._groups: dict[Any, State] = {}
         self._others: dict[Any, State] = {}
         self._nans: dict[type, Any] = {}  # the first NaN of each type: see _regroup_source

@@ -19,11 +19,14 @@ from shardq.merge import Fetch, Merger, Rows
 from shardq.merge.aggregate import Regroup
 from shardq.merge.concat import concat
 from shardq.merge.evaluate import (
+    BOOL,
     FLOAT4,
     FLOAT8,
     INT2,
     INT4,
+    INT8,
     NUMERIC,
+    TEXT,
     Semantics,
     coerce,
     compile_expr,
@@ -241,21 +244,27 @@ def _in_memory(
 
 
 _NAN_TYPES = frozenset({FLOAT4, FLOAT8, NUMERIC})
+# Types whose Python values compare with == as the database compares them: bool,
+# integers, numeric, floats, text, varchar, char, name, date, timestamp(tz), uuid.
+_SCALAR_TYPES = frozenset({BOOL, INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, TEXT})
+_SCALAR_TYPES |= {1043, 1042, 19, 1082, 1114, 1184, 2950}
 
 
 def _nan_columns(types: Sequence[Any] | None) -> tuple[int, ...] | None:
-    """The columns whose type can hold NaN (float, numeric); None when the types are unknown."""
+    """The columns whose type can hold NaN (float, numeric, or unknown); None: every column."""
     if types is None:
         return None
-    return tuple(i for i, t in enumerate(types) if t in _NAN_TYPES)
+    return tuple(i for i, t in enumerate(types) if t is None or t in _NAN_TYPES)
 
 
 def _regroup(plan: MergePlan, types: Sequence[Any] | None) -> Regroup | None:
     if plan.aggregate is None:
         return None
+    groups = plan.aggregate.groups
     nan_columns = _nan_columns(types)
-    keys = None if nan_columns is None else [i for i in nan_columns if i < plan.aggregate.groups]
-    return Regroup(plan.aggregate, keys)
+    keys = None if nan_columns is None else [i for i in nan_columns if i < groups]
+    scalar = types is not None and all(types[i] in _SCALAR_TYPES for i in range(1, groups))
+    return Regroup(plan.aggregate, keys, scalar_keys=scalar)
 
 
 def _canonical_nans(columns: Sequence[int] | None) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
