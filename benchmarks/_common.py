@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
+    from tests.fixtures.servers import PgCluster
+
 __all__ = [
     "command_line",
     "interrupt_on_sigterm",
@@ -31,6 +33,7 @@ __all__ = [
     "reset_peak_rss",
     "rss",
     "stamp",
+    "stop_clusters",
     "trim_heap",
 ]
 
@@ -114,3 +117,14 @@ def interrupt_on_sigterm() -> None:
     """Handle SIGTERM (as ``timeout`` sends it) like Ctrl-C: the servers are stopped."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+
+
+def stop_clusters(clusters: Sequence[PgCluster]) -> None:
+    """Stop every cluster by its pid, each whatever the others do; say which were stopped."""
+    pids = [cluster.pid for cluster in clusters]
+    for cluster in clusters:
+        try:
+            cluster.stop()
+        except Exception as exc:
+            print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
+    print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")

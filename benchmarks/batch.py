@@ -126,7 +126,7 @@ import asyncpg
 import psycopg
 import psycopg2
 import sqlalchemy
-from _common import command_line, interrupt_on_sigterm, stamp
+from _common import command_line, interrupt_on_sigterm, stamp, stop_clusters
 from sqlalchemy import BigInteger, Select, make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.ext.horizontal_shard import ShardedSession
@@ -1149,12 +1149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(clusters, args)
     finally:
-        for cluster in clusters:
-            try:
-                cluster.stop()
-            except Exception as exc:
-                print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
-        print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
+        stop_clusters(clusters)
         print(f"wall time {time.perf_counter() - began:.1f} s")
     return 0
 

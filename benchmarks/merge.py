@@ -167,6 +167,7 @@ from _common import (
     reset_peak_rss,
     rss,
     stamp,
+    stop_clusters,
     trim_heap,
 )
 from psycopg import sql as pgsql
@@ -1543,12 +1544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcomes = run(clusters, args)
     finally:
-        for cluster in clusters:
-            try:
-                cluster.stop()
-            except Exception as exc:
-                print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
-        print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
+        stop_clusters(clusters)
         print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {maxrss() / MB:.0f} MB)")
     if args.json is not None:
         with args.json.open("w", encoding="utf-8") as out:

@@ -119,7 +119,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy
-from _common import command_line, interrupt_on_sigterm, maxrss, stamp
+from _common import command_line, interrupt_on_sigterm, maxrss, stamp, stop_clusters
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.ext.horizontal_shard import ShardedSession
 from sqlalchemy.orm import sessionmaker
@@ -972,12 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(clusters, args)
     finally:
-        for cluster in clusters:
-            try:
-                cluster.stop()
-            except Exception as exc:
-                print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
-        print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
+        stop_clusters(clusters)
         print(f"wall time {time.perf_counter() - began:.1f} s (maxrss {maxrss() / 2**20:.0f} MB)")
     return 0
 
