@@ -26,6 +26,7 @@ from shardq.merge.evaluate import semantics
 from shardq.merge.pipeline import compared_columns, describe, merger
 from shardq.results import AsyncResult, ResultSet
 from shardq.rows import is_tuple_factory, tuple_row
+from shardq.sql.catalog import ColumnInfo, Columns, sqlite_columns
 from shardq.sql.explain import Analyzed, ShardRun, explain
 from shardq.sql.plan import Planner, QueryPlan
 from shardq.sql.regenerate import for_psycopg
@@ -135,13 +136,20 @@ class Engine:
         first = self.config.shard_names[0]
         pool = self.pools[first]
         catalog: dict[str, frozenset[str]] = {}
+        columns: Columns = {}
+        sqlite = self.config.dialect == "sqlite"
         for table in self.config.tables:
             rows = await self._query(first, *pool.columns_query(table), lanes)
             names = [str(row[0]) for row in rows]
             if names:
-                fold = self.config.dialect == "sqlite"  # SQLite names ignore case
-                catalog[table] = frozenset(n.lower() if fold else n for n in names)
-        self.planner.set_catalog(catalog)
+                # SQLite names ignore case
+                catalog[table] = frozenset(n.lower() if sqlite else n for n in names)
+                columns[table] = (
+                    sqlite_columns(rows)
+                    if sqlite
+                    else tuple(ColumnInfo(str(r[0]), str(r[1] or "")) for r in rows)
+                )
+        self.planner.set_catalog(catalog, columns)
 
     async def read_all(self, sql: str, params: object, *, timeout: float | None) -> CachedResult:
         """Run a read and receive it whole, rows as tuples (what the cache stores)."""

@@ -33,6 +33,7 @@ from shardq.merge.evaluate import (
     compile_row,
     output_type,
 )
+from shardq.merge.final import final
 from shardq.merge.order import kway, sort_key
 from shardq.merge.steps import Call, Col, Combine, Const, Output, SortKey
 
@@ -61,6 +62,8 @@ def merger(
     >>> drive_sync(merger(plan, 2, semantics("postgres")), [[[(1,), (5,)]], [[(2,), (3,)]]])
     [(2,), (3,)]
     """
+    if plan.final is not None:
+        return final(concat(sources), plan.final)
     if plan.limit == 0:
         return _nothing()
     floats = _float_columns(types)
@@ -388,6 +391,8 @@ def describe(
     """The merged result's ``description``, from one shard's."""
     if shards is None:
         return None
+    if plan.final is not None:
+        return tuple(Column(name, None) for name in plan.final.names)
     if plan.outputs is None:
         columns = tuple(shards)
     else:

@@ -30,6 +30,7 @@ __all__ = [
     "Combine",
     "Const",
     "Expr",
+    "FinalStep",
     "MergePlan",
     "Output",
     "Param",
@@ -47,6 +48,9 @@ class SortKey:
     nulls_first: bool = False
     # The term says COLLATE "C": its text compares by code point on any database.
     code_point: bool = False
+    # SQLite shards: values compare as SQLite compares them (NULL, numbers, text,
+    # blobs), text under this collation ("binary", "nocase" or "rtrim").
+    collation: str | None = None
 
 
 class Combine(enum.Enum):
@@ -131,6 +135,23 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class FinalStep:
+    """The last step of a merge on SQLite shards, computed by SQLite itself.
+
+    The shards' rows are loaded into ``table`` (its ``columns`` definitions
+    give each the affinity and collation of what it holds) of an in-memory
+    SQLite database, and ``sql`` computes the result from them, with the
+    statement's parameters (see :mod:`shardq.sql.rewrite.sqlite`).
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    sql: str
+    names: tuple[str, ...]
+    params: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class MergePlan:
     """Everything the merger does, in order (see the module docstring).
 
@@ -147,11 +168,15 @@ class MergePlan:
     offset: int = 0
     limit: int | None = None
     hidden: int = 0
+    # SQLite shards: the merge ends in SQLite (then nothing above applies).
+    final: FinalStep | None = None
+    # SQLite shards: the collation of each column DISTINCT compares ("binary", "nocase", ...).
+    collations: tuple[str, ...] | None = None
 
     @property
     def streaming(self) -> bool:
         """Whether rows flow through without the whole result being held in memory."""
-        return self.aggregate is None and not self.sort
+        return self.aggregate is None and not self.sort and self.final is None
 
     @property
     def compares(self) -> bool:
@@ -173,4 +198,5 @@ class MergePlan:
             and not self.offset
             and self.limit is None
             and not self.hidden
+            and self.final is None
         )

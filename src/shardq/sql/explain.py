@@ -7,7 +7,8 @@ the rows received and when its last row arrived.
 
 >>> from shardq.config import load_config
 >>> from shardq.sql.plan import Planner
->>> cfg = load_config({"shards": [{"name": "a", "dsn": "a.db"}, {"name": "b", "dsn": "b.db"}],
+>>> shards = [{"name": "a", "dsn": "postgresql:///a"}, {"name": "b", "dsn": "postgresql:///b"}]
+>>> cfg = load_config({"dialect": "postgres", "shards": shards,
 ...                    "tables": {"t": {"shard_key": "k"}}})
 >>> plan = Planner(cfg).plan("SELECT g, count(*) AS n FROM t GROUP BY g ORDER BY n DESC LIMIT 3")
 >>> print(explain(plan, ("a", "b"), total=2))
@@ -18,8 +19,21 @@ Each shard runs:
 Merge:
   1. regroup by column 1: column 2 = count (sum of partials)
   2. compute: g = col1, n = col2
-  3. sort by n DESC NULLS LAST
+  3. sort by n DESC NULLS FIRST
   4. keep rows 1 to 3
+
+On SQLite shards the final step is SQLite's own:
+
+>>> cfg = load_config({"shards": [{"name": "a", "dsn": "a.db"}, {"name": "b", "dsn": "b.db"}],
+...                    "tables": {"t": {"shard_key": "k"}}})
+>>> plan = Planner(cfg).plan("SELECT g, count(*) AS n FROM t GROUP BY g ORDER BY n DESC LIMIT 3")
+>>> for line in explain(plan, ("a", "b"), total=2).splitlines()[2:]:
+...     print(line)
+Each shard runs:
+  SELECT g AS _shardq_g0, COUNT(*) AS _shardq_a0 FROM t GROUP BY g
+Merge:
+  1. load the shards' rows into an in-memory SQLite table _shardq_p(_shardq_g0, _shardq_a0)
+  2. compute there: SELECT _shardq_g0 AS "g", SUM(_shardq_a0) AS "n" FROM _shardq_p ...
 """
 
 from __future__ import annotations
@@ -97,6 +111,12 @@ def _sort(keys: tuple[SortKey, ...], names: list[str] | None) -> str:
 def merge_steps(merge: MergePlan) -> list[str]:
     """The merge plan as numbered sentences."""
     steps = []
+    if merge.final is not None:
+        columns = ", ".join(merge.final.columns)
+        return [
+            f"load the shards' rows into an in-memory SQLite table {merge.final.table}({columns})",
+            f"compute there: {merge.final.sql}",
+        ]
     if merge.trivial:
         return ["concatenate the shards' rows as they arrive"]
     if merge.order:

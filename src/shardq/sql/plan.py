@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from shardq.config import Config
+    from shardq.sql.catalog import Columns
 
 __all__ = ["Planner", "QueryPlan"]
 
@@ -71,10 +72,17 @@ class Planner:
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
         self.catalog: Catalog | None = None
+        self.columns: Columns = {}
 
-    def set_catalog(self, catalog: Catalog) -> None:
-        """Give the planner the declared tables' columns (plans made before are dropped)."""
+    def set_catalog(self, catalog: Catalog, columns: Columns | None = None) -> None:
+        """Give the planner the declared tables' columns (plans made before are dropped).
+
+        ``catalog`` holds each table's column names as the database resolves
+        them; ``columns`` the columns themselves, in order, with their
+        declared types (and, on SQLite, collations).
+        """
         self.catalog = catalog
+        self.columns = columns if columns is not None else {}
         self._cache.clear()
 
     def wants_catalog(self, sql: str) -> bool:
@@ -91,7 +99,9 @@ class Planner:
         if wanted is None:
             statement = analysis.parsed.expression
             wanted = bool(analysis.distributed) and (
-                any(ref.node.parent_select is not statement for ref in analysis.distributed)
+                # SQLite merges with the columns' affinities and collations.
+                self.config.dialect == "sqlite"
+                or any(ref.node.parent_select is not statement for ref in analysis.distributed)
                 or any(join.side for join in statement.find_all(exp.Join))
                 or statement.args.get("group") is not None  # a name: a column or an alias?
             )
@@ -153,7 +163,7 @@ class Planner:
         found = analysis.memo.get("distributed")
         if found is None:
             try:
-                found = distribute(analysis, self.config, self.catalog)
+                found = distribute(analysis, self.config, self.catalog, self.columns)
             except UnsupportedQueryError as exc:
                 found = exc
             analysis.memo["distributed"] = found

@@ -26,6 +26,7 @@ from sqlglot import TokenType
 from sqlglot.errors import ParseError, TokenError
 
 from shardq.errors import UnsupportedQueryError
+from shardq.sql.dialects import SQLITE_AFFINITY_WORDS, generate
 
 if TYPE_CHECKING:
     from sqlglot import exp
@@ -62,10 +63,18 @@ def _words(text: str, dialect: str) -> set[str]:
     }
 
 
-def regenerate(expression: exp.Expr, original: str, dialect: str) -> str:
-    """``expression`` as SQL of ``dialect``, refused if it reads differently from ``original``."""
-    sql = expression.sql(dialect)
-    new = _words(sql, dialect) - _words(original, dialect) - _OURS
+def regenerate(
+    expression: exp.Expr, original: str, dialect: str, extra: frozenset[str] = frozenset()
+) -> str:
+    """``expression`` as SQL of ``dialect``, refused if it reads differently from ``original``.
+
+    ``extra`` are more words (lower case) the caller's rewrite adds.
+    """
+    sql = generate(expression, dialect)
+    new = _words(sql, dialect) - _words(original, dialect) - _OURS - extra
+    if dialect == "sqlite":
+        # A CAST is written with its affinity's name; ifnull(a, b) is coalesce(a, b).
+        new -= SQLITE_AFFINITY_WORDS | {"coalesce"}
     new = {w for w in new if not w.startswith("_shardq_") and not re.fullmatch(r"_p\d+|c\d+", w)}
     if new:
         shown = ", ".join(sorted(w.upper() for w in new))

@@ -20,6 +20,7 @@ from typing import Any
 from shardq.dsn import Secrets
 from shardq.execute.drivers.threaded import ThreadedConnection, ThreadedPool
 from shardq.execute.textorder import POSTGRES_COLLATION_SQL
+from shardq.sql.catalog import sqlite_columns_query
 
 __all__ = ["adapter_pool"]
 
@@ -38,7 +39,7 @@ def _columns_sql(dialect: str) -> Any:
     def build(table: str) -> tuple[str, tuple[Any, ...]]:
         schema, _, name = table.rpartition(".")
         if dialect == "sqlite":
-            return "SELECT name, type FROM pragma_table_info(?)", (name,)
+            return sqlite_columns_query(table)
         return (
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_name = %s AND table_schema = COALESCE(%s, current_schema()) "

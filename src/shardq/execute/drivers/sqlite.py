@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.request import pathname2url
 
 from shardq.execute.drivers.threaded import ThreadedConnection, ThreadedPool
+from shardq.sql.catalog import sqlite_columns_query
 
 if TYPE_CHECKING:
     from shardq.config import Config, ShardConfig
@@ -32,13 +33,6 @@ def _interrupt(conn: Any) -> None:
     conn.interrupt()
 
 
-def _columns_sql(table: str) -> tuple[str, tuple[Any, ...]]:
-    schema, _, name = table.rpartition(".")
-    if schema:
-        return "SELECT name, type FROM pragma_table_info(?, ?)", (name, schema)
-    return "SELECT name, type FROM pragma_table_info(?)", (name,)
-
-
 def SQLitePool(config: Config, shard: ShardConfig) -> ThreadedPool:
     """Make the pool of one SQLite shard (the shard's ``dsn`` is the file's path)."""
     factory = partial(
@@ -55,5 +49,5 @@ def SQLitePool(config: Config, shard: ShardConfig) -> ThreadedPool:
         factory,
         max_size=shard.pool_max_size,
         info_sql="SELECT 'SQLite ' || sqlite_version()",
-        columns_query=_columns_sql,
+        columns_query=sqlite_columns_query,
     )

@@ -29,6 +29,7 @@ from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
 from shardq.merge.steps import Call, Col, Const, Expr, MergePlan, Param, SortKey
+from shardq.sql.affinity import Resolver
 from shardq.sql.analyze import own_aggregates
 from shardq.sql.locality import Catalog, Relation, check_local, input_column, key_relation
 from shardq.sql.parse import placeholder_value
@@ -37,10 +38,12 @@ from shardq.sql.rewrite.aggregates import Decomposed, decompose
 from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import Window, push_window, split_window
 from shardq.sql.rewrite.order import sort_terms
+from shardq.sql.rewrite.sqlite import finalize
 
 if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.sql.analyze import Analysis
+    from shardq.sql.catalog import Columns
 
 __all__ = ["Distributed", "distribute", "positional_as_named"]
 
@@ -65,6 +68,15 @@ class Distributed:
     def bind(self, params: object) -> MergePlan:
         """The merge plan with the statement's parameters bound."""
         merge = self.merge
+        if merge.final is not None:
+            if not self.has_params:
+                return merge
+            named = (
+                positional_as_named(params, len(params))
+                if isinstance(params, Sequence) and not isinstance(params, str | bytes)
+                else params
+            )
+            return dataclasses.replace(merge, final=dataclasses.replace(merge.final, params=named))
         if self.window.bounded:
             offset, limit = self.window.resolve(params)
             merge = dataclasses.replace(merge, offset=offset, limit=limit)
@@ -124,8 +136,17 @@ def _check_windows(
     return found
 
 
-def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = None) -> Distributed:
-    """Rewrite a read that runs on several shards (see the module docstring)."""
+def distribute(
+    analysis: Analysis,
+    config: Config,
+    catalog: Catalog | None = None,
+    columns: Columns | None = None,
+) -> Distributed:
+    """Rewrite a read that runs on several shards (see the module docstring).
+
+    ``catalog`` and ``columns`` describe the declared tables' columns (see
+    :mod:`shardq.sql.catalog`), when the engine has read them.
+    """
     relations = check_local(analysis, config, catalog)
     select = analysis.parsed.expression
     assert isinstance(select, exp.Select)
@@ -137,7 +158,7 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
             "which row of each set is kept depends on rows of every shard; pin the query "
             "to one shard",
         )
-    window = split_window(select)
+    window = split_window(select, dialect)
     groups = group_terms(
         select, dialect, analysis.parsed.source, input_column(analysis, config, catalog)
     )
@@ -151,6 +172,8 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
         key_relation(g, relations, dialect) for g in groups
     ):
         _check_windows(select, analysis, relations, allowed=False)
+        if dialect == "sqlite":
+            return _final_in_sqlite(select, analysis, groups, columns or {})
         d = decompose(select, dialect, analysis.parsed.source, groups)
         order = _group_order(d) if distinct is None else ()
         aggregation = d.aggregation
@@ -177,6 +200,20 @@ def distribute(analysis: Analysis, config: Config, catalog: Catalog | None = Non
         return Distributed(sql, merge, window, strategy, d.params)
     _check_windows(select, analysis, relations, allowed=True)
     return _rows(select, analysis, window, grouped=bool(groups))
+
+
+def _final_in_sqlite(
+    select: exp.Select, analysis: Analysis, groups: list[exp.Expr], columns: Columns
+) -> Distributed:
+    """A grouped read on SQLite shards: partials there, the final step in SQLite."""
+    resolver = Resolver(select, analysis, columns)
+    split = finalize(select, analysis.parsed.text, groups, resolver)
+    sql = regenerate(split.shard, analysis.parsed.source, "sqlite")
+    strategy = (
+        "partial aggregates on each shard; the final step computed by SQLite over them, "
+        "with SQLite's own arithmetic, collations and affinities"
+    )
+    return Distributed(sql, MergePlan(final=split.final), Window(), strategy, split.params)
 
 
 def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool) -> Distributed:

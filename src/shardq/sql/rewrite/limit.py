@@ -34,6 +34,8 @@ class Window:
 
     limit: exp.Expr | None = None
     offset: exp.Expr | None = None
+    # SQLite: a negative LIMIT means none, a negative OFFSET means 0.
+    negative_is_none: bool = False
 
     @property
     def bounded(self) -> bool:
@@ -41,11 +43,10 @@ class Window:
 
     def resolve(self, params: object) -> tuple[int, int | None]:
         """``(offset, limit)`` with the parameters bound; ``limit`` None for no limit."""
-        return (self._value(self.offset, params, "OFFSET") or 0,
+        return (max(self._value(self.offset, params, "OFFSET") or 0, 0),
                 self._value(self.limit, params, "LIMIT"))  # fmt: skip
 
-    @staticmethod
-    def _value(node: exp.Expr | None, params: object, clause: str) -> int | None:
+    def _value(self, node: exp.Expr | None, params: object, clause: str) -> int | None:
         if node is None or isinstance(node, exp.Null):
             return None
         value = constant_value(node, params)
@@ -57,6 +58,8 @@ class Window:
         if isinstance(value, bool) or not isinstance(value, int):
             raise DataError(f"{clause} must be an integer, not {value!r}")
         if value < 0:
+            if self.negative_is_none:
+                return None
             raise DataError(f"{clause} must not be negative")
         return value
 
@@ -66,6 +69,8 @@ def _operand(node: exp.Expr) -> exp.Expr | None:
         return None  # LIMIT ALL: no limit
     if isinstance(node, exp.Placeholder | exp.Literal | exp.Null):
         return node
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
+        return node  # LIMIT -1
     if isinstance(node, exp.Paren) and isinstance(node.this, exp.Literal | exp.Placeholder):
         return node.this
     raise UnsupportedQueryError(
@@ -74,7 +79,7 @@ def _operand(node: exp.Expr) -> exp.Expr | None:
     )
 
 
-def split_window(select: exp.Select) -> Window:
+def split_window(select: exp.Select, dialect: str = "postgres") -> Window:
     """Read a query's LIMIT and OFFSET (refusing what cannot be resolved to numbers)."""
     limit = select.args.get("limit")
     offset = select.args.get("offset")
@@ -87,20 +92,25 @@ def split_window(select: exp.Select) -> Window:
     return Window(
         _operand(limit.expression) if limit is not None else None,
         _operand(offset.expression) if offset is not None else None,
+        negative_is_none=dialect == "sqlite",
     )
 
 
 def push_window(select: exp.Select, window: Window) -> exp.Select:
     """Set ``select``'s per-shard LIMIT to ``limit + offset`` and drop its OFFSET."""
     select.set("offset", None)
-    if window.limit is None or isinstance(window.limit, exp.Null):
+    if window.limit is None or isinstance(window.limit, exp.Null | exp.Neg):
         select.set("limit", None)
         return select
     total: exp.Expr = window.limit.copy()
     if window.offset is not None and not isinstance(window.offset, exp.Null):
         both = (window.limit, window.offset)
-        if all(isinstance(n, exp.Literal) for n in both):
-            total = exp.Literal.number(sum(int(n.name) for n in both))
+        if not any(n.find(exp.Placeholder) for n in both):
+            offset, limit = window.resolve(None)
+            if limit is None:  # SQLite's negative LIMIT
+                select.set("limit", None)
+                return select
+            total = exp.Literal.number(limit + offset)
         else:
             total = exp.Add(this=window.limit.copy(), expression=window.offset.copy())
     select.set("limit", exp.Limit(expression=total))

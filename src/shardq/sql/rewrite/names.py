@@ -17,13 +17,23 @@ its text as written, which shardq takes from the parsed text.
 
 from __future__ import annotations
 
+import functools
 import re
 
-from sqlglot import exp
+import sqlglot
+from sqlglot import TokenType, exp
+from sqlglot.errors import ParseError, TokenError
 
 from shardq.sql.analyze import normalize
 
-__all__ = ["output_name"]
+__all__ = ["item_texts", "output_name"]
+
+# Tokens that end a select list at depth 0.
+_LIST_ENDS = frozenset(
+    {TokenType.FROM, TokenType.WHERE, TokenType.GROUP_BY, TokenType.HAVING, TokenType.ORDER_BY,
+     TokenType.LIMIT, TokenType.WINDOW, TokenType.UNION, TokenType.INTERSECT, TokenType.EXCEPT,
+     TokenType.SEMICOLON, TokenType.OFFSET}
+)  # fmt: skip
 
 _UNKNOWN = "?column?"
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
@@ -79,6 +89,59 @@ def _span(node: exp.Expr, source: str) -> str | None:
             return None
         end += 1
     return source[start:end] if depth == 0 else None
+
+
+@functools.lru_cache(maxsize=256)
+def item_texts(source: str, dialect: str) -> tuple[str, ...] | None:
+    """The text of each select-list item of the statement's main SELECT, as written.
+
+    SQLite names an unaliased result column by the text of its expression,
+    spaces inside kept; this finds that text from the tokens (None when the
+    text cannot be split so).
+
+    >>> item_texts("SELECT DISTINCT avg( id ) , CASE WHEN a THEN 'y' END, f(a, b) x FROM t",
+    ...            "sqlite")
+    ('avg( id )', "CASE WHEN a THEN 'y' END", 'f(a, b) x')
+    """
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(source)
+    except (TokenError, ParseError):
+        return None
+    depth = 0
+    start = None
+    for i, token in enumerate(tokens):
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        elif depth == 0 and token.token_type == TokenType.SELECT:
+            start = i + 1
+            break
+    if start is None:
+        return None
+    while start < len(tokens) and tokens[start].token_type in (TokenType.DISTINCT, TokenType.ALL):
+        start += 1
+    items: list[str] = []
+    first = start
+    depth = 0
+    for i in range(start, len(tokens) + 1):
+        kind = tokens[i].token_type if i < len(tokens) else None
+        if kind is not None:
+            if kind == TokenType.L_PAREN:
+                depth += 1
+                continue
+            if kind == TokenType.R_PAREN:
+                depth -= 1
+                continue
+            if depth or not (kind == TokenType.COMMA or kind in _LIST_ENDS):
+                continue
+        if first >= i:
+            return None
+        items.append(source[tokens[first].start : tokens[i - 1].end + 1])
+        if kind != TokenType.COMMA:
+            break
+        first = i + 1
+    return tuple(items)
 
 
 def output_name(node: exp.Expr, dialect: str, source: str = "") -> str:

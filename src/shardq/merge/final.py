@@ -1,0 +1,71 @@
+"""The final step of a merge on SQLite shards, computed by SQLite itself.
+
+The shards' partial rows are loaded into a table of a private in-memory
+SQLite database and the final statement runs over them (see
+:mod:`shardq.sql.rewrite.sqlite` for why). SQLite here is a calculator of
+the standard library, not a shard: nothing leaves the process.
+
+>>> from shardq.merge.drive import drive_sync
+>>> from shardq.merge.concat import concat
+>>> from shardq.merge.steps import FinalStep
+>>> sql = "SELECT g, SUM(a) * 1.0 / 3 AS s FROM p GROUP BY g"
+>>> step = FinalStep("p", ("g", "a"), sql, ("g", "s"))
+>>> drive_sync(final(concat(2), step), [[[("x", 1)]], [[("x", 2), ("y", 3)]]])
+[('x', 1.0), ('y', 1.0)]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shardq.errors import OperationalError
+from shardq.merge import Fetch, Merger, Rows
+
+if TYPE_CHECKING:
+    from shardq.merge.steps import FinalStep
+
+__all__ = ["final"]
+
+_CHUNK = 2000
+
+
+def final(inner: Merger, step: FinalStep) -> Merger:
+    """Collect ``inner``'s rows, then emit what ``step`` computes from them."""
+    collected: Rows = []
+    try:
+        request = next(inner)
+        while True:
+            if isinstance(request, Fetch):
+                request = inner.send((yield request))
+                continue
+            collected.extend(request)
+            request = inner.send(None)
+    except StopIteration:
+        pass
+    finally:
+        inner.close()
+    rows = compute(step, collected)
+    for start in range(0, len(rows), _CHUNK):
+        yield rows[start : start + _CHUNK]
+
+
+def compute(step: FinalStep, rows: Rows) -> Rows:
+    """The rows ``step`` computes from the shards' ``rows``."""
+    import sqlite3  # only when a merge needs it: ``import shardq`` loads no driver
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        columns = ", ".join(step.columns)
+        db.execute(f"CREATE TABLE {step.table} ({columns})")
+        if rows:
+            marks = ", ".join("?" * len(step.columns))
+            db.executemany(f"INSERT INTO {step.table} VALUES ({marks})", rows)
+        params = step.params if step.params is not None else ()
+        try:
+            return db.execute(step.sql, params).fetchall()
+        except sqlite3.Error as exc:
+            # What fails here is what one database would fail on over all the
+            # rows (an integer overflow of a merged sum, say): the same class.
+            raise OperationalError(f"{exc} (in the merge of the shards' results)") from exc
+    finally:
+        db.close()
