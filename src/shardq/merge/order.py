@@ -24,9 +24,44 @@ from shardq.merge import Fetch, Merger, Rows
 if TYPE_CHECKING:
     from shardq.merge.steps import SortKey
 
-__all__ = ["kway", "sort_key"]
+__all__ = ["kway", "sort_key", "sqlite_value"]
 
 KeyFn = Callable[[Sequence[Any]], Any]
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(collation: str) -> Callable[[str], str]:
+    if collation == "nocase":  # SQLite folds ASCII letters only
+        return lambda text: text.translate(_ASCII_LOWER)
+    if collation == "rtrim":  # trailing spaces are ignored
+        return lambda text: text.rstrip(" ")
+    return lambda text: text
+
+
+def sqlite_value(collation: str) -> Callable[[Any], tuple[int, Any]]:
+    """A key ordering values as SQLite does: NULL, numbers, text (collated), blobs.
+
+    Equal keys are values SQLite's DISTINCT and GROUP BY take as one.
+
+    >>> key = sqlite_value("nocase")
+    >>> sorted([b"x", "b", 2.5, "A", None, 1], key=key)
+    [None, 1, 2.5, 'A', 'b', b'x']
+    >>> key("ABC") == key("abc"), key("É") == key("é"), key(1) == key(1.0)
+    (True, False, True)
+    """
+    fold = _fold(collation)
+
+    def key(value: Any) -> tuple[int, Any]:
+        if value is None:
+            return (0, 0)
+        if isinstance(value, str):
+            return (2, fold(value))
+        if isinstance(value, bytes | bytearray | memoryview):
+            return (3, bytes(value))
+        return (1, value)
+
+    return key
 
 
 class _Descending:
@@ -50,8 +85,11 @@ def _component(key: SortKey, is_float: bool = False) -> KeyFn:
     """One term, for mixed directions: (where NULL goes, [is NaN,] the value), DESC inverted."""
     i = key.column
     null_last = not key.nulls_first
+    sqlite = sqlite_value(key.collation) if key.collation is not None else None
 
     def value(v: Any) -> Any:
+        if sqlite is not None:
+            return sqlite(v)
         return (v != v, v) if is_float else v  # NaN after every number
 
     if key.descending:
@@ -80,16 +118,21 @@ def sort_key(keys: Sequence[SortKey], floats: frozenset[int] = frozenset()) -> t
     reverse = all(k.descending for k in keys)
     if reverse or not any(k.descending for k in keys):
         parts = []
-        for k in keys:
+        namespace: dict[str, Any] = {}
+        for n, k in enumerate(keys):
             # In ascending terms (before any reversal), is NULL after the values?
             null_last = k.nulls_first if reverse else not k.nulls_first
             i = int(k.column)
             parts.append(f"r[{i}] is None" if null_last else f"r[{i}] is not None")
+            if k.collation is not None:  # SQLite: storage classes, then the collation
+                namespace[f"k{n}"] = sqlite_value(k.collation)
+                parts.append(f"k{n}(r[{i}])")
+                continue
             if i in floats:
                 parts.append(f"r[{i}] != r[{i}]")  # NaN: after every number
             parts.append(f"r[{i}]")
         # Only integers are formatted into the source: it cannot hold anything else.
-        return eval(f"lambda r: ({', '.join(parts)},)"), reverse
+        return eval(f"lambda r: ({', '.join(parts)},)", namespace), reverse
     components = [_component(k, k.column in floats) for k in keys]
     return (lambda row: tuple(c(row) for c in components)), False
 
@@ -119,7 +162,7 @@ def kway(sources: int, keys: Sequence[SortKey], floats: frozenset[int] = frozens
     """
     key, reverse = sort_key(keys, floats)
     same_way = reverse or not any(k.descending for k in keys)
-    nan_free = not any(k.column in floats for k in keys)
+    nan_free = not any(k.column in floats or k.collation is not None for k in keys)
     plain = operator.itemgetter(*(k.column for k in keys)) if same_way and nan_free else None
     columns = [operator.itemgetter(k.column) for k in keys]
     pending: dict[int, Rows] = {}

@@ -34,7 +34,7 @@ from shardq.merge.evaluate import (
     output_type,
 )
 from shardq.merge.final import final
-from shardq.merge.order import kway, sort_key
+from shardq.merge.order import kway, sort_key, sqlite_value
 from shardq.merge.steps import Call, Col, Combine, Const, Output, SortKey
 
 if TYPE_CHECKING:
@@ -140,6 +140,12 @@ def _streaming(plan: MergePlan, nan_columns: Sequence[int] | None) -> Transform:
     width = -plan.hidden or None
     seen: set[tuple[Any, ...]] | None = set() if plan.distinct else None
     canonical = _canonical_nans(nan_columns)
+    if plan.collations is not None:
+        # SQLite: values equal under the column's collation are one (1 and 1.0 too).
+        keys = [sqlite_value(c) for c in plan.collations]
+
+        def canonical(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(k(v) for k, v in zip(keys, row, strict=False))
 
     def transform(rows: Rows) -> tuple[Rows, bool]:
         if seen is not None:
@@ -302,7 +308,7 @@ def _column(output: Output) -> int:
 def _ordered(rows: Rows, sort: Sequence[SortKey], plan: MergePlan, floats: frozenset[int]) -> Rows:
     """``rows`` in the ORDER BY's order; only the first OFFSET + LIMIT of them when that is set."""
     end = None if plan.limit is None else plan.offset + plan.limit
-    if len(sort) == 1 and sort[0].column not in floats:
+    if len(sort) == 1 and sort[0].column not in floats and sort[0].collation is None:
         # One term: the NULLs apart, the values by the column itself (a C-level
         # key, no tuple per row). NaN, which needs a key of its own, takes the general way.
         term = sort[0]

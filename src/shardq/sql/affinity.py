@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis
     from shardq.sql.catalog import ColumnInfo, Columns
 
-__all__ = ["Collation", "Resolver"]
+__all__ = ["Collation", "Resolver", "from_sources"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +71,17 @@ class Resolver:
 
     def __init__(self, select: exp.Select, analysis: Analysis, columns: Columns):
         self.sources: dict[str, tuple[ColumnInfo, ...] | None] = {}
-        for source in _from_sources(select):
+        statement = analysis.parsed.expression
+        # ``select`` may be a rewritten copy of the statement: its tables are
+        # found by the names the query uses for them.
+        refs = {
+            r.alias.lower(): r for r in analysis.refs if r.node.parent_select is statement
+        }
+        for source in from_sources(select):
             alias = source.alias_or_name.lower()
             found = None
             if isinstance(source, exp.Table):
-                ref = next((r for r in analysis.refs if r.node is source), None)
+                ref = refs.get(alias)
                 if ref is not None and not ref.renames_columns:
                     found = columns.get(ref.table.name)
             self.sources[alias] = found
@@ -139,7 +145,8 @@ class Resolver:
         return text if text is not None else item.sql("sqlite")
 
 
-def _from_sources(select: exp.Select) -> list[exp.Expr]:
+def from_sources(select: exp.Select) -> list[exp.Expr]:
+    """The relations in ``select``'s FROM and joins, in order."""
     from_ = select.args.get("from_") or select.args.get("from")
     sources = [from_.this] if from_ is not None else []
     sources += [join.this for join in select.args.get("joins") or []]

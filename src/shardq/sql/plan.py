@@ -21,6 +21,7 @@ from shardq.sql.locality import Catalog, run_first
 from shardq.sql.parse import parse
 from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
+from shardq.sql.rewrite.order import is_star
 from shardq.sql.route import Route, RouteKind, pinning_placeholder, route
 from shardq.sql.subplans import Deferred, defer
 
@@ -104,6 +105,8 @@ class Planner:
                 or any(ref.node.parent_select is not statement for ref in analysis.distributed)
                 or any(join.side for join in statement.find_all(exp.Join))
                 or statement.args.get("group") is not None  # a name: a column or an alias?
+                # SELECT * ... ORDER BY 3: the columns * stands for
+                or any(is_star(item) for item in statement.expressions)
             )
             analysis.memo["wants-catalog"] = wanted
         return wanted
@@ -177,18 +180,18 @@ class Planner:
         Raises ``refusal`` when running subqueries first cannot make it local.
         """
         found = analysis.memo.get("deferred")
-        if found is None and self.config.dialect == "sqlite":
-            # SQLite compares by column affinity, which rows shipped back as
-            # parameters do not have: '010' = 10 would change its answer.
-            found = UnsupportedQueryError(
-                refusal.construct,
-                f"{refusal.reason}; on SQLite shards shardq does not run such a subquery "
-                "first, as SQLite compares by column affinity, which rows shipped back do "
-                "not have",
-            )
         if found is None:
             try:
                 first = run_first(analysis, self.config, self.catalog)
+                if first and self.config.dialect == "sqlite":
+                    # SQLite compares by column affinity, which rows shipped back as
+                    # parameters do not have: '010' = 10 would change its answer.
+                    raise UnsupportedQueryError(
+                        refusal.construct,
+                        f"{refusal.reason}; on SQLite shards shardq does not run such a "
+                        "subquery first, as SQLite compares by column affinity, which rows "
+                        "shipped back do not have",
+                    )
                 found = (
                     defer(
                         analysis.parsed.expression,

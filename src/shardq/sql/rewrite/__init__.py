@@ -29,7 +29,7 @@ from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
 from shardq.merge.steps import Call, Col, Const, Expr, MergePlan, Param, SortKey
-from shardq.sql.affinity import Resolver
+from shardq.sql.affinity import Resolver, from_sources
 from shardq.sql.analyze import own_aggregates
 from shardq.sql.locality import Catalog, Relation, check_local, input_column, key_relation
 from shardq.sql.parse import placeholder_value
@@ -37,7 +37,8 @@ from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite.aggregates import Decomposed, decompose
 from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import Window, push_window, split_window
-from shardq.sql.rewrite.order import sort_terms
+from shardq.sql.rewrite.names import item_texts
+from shardq.sql.rewrite.order import SQLITE_COLLATIONS, is_star, sort_terms
 from shardq.sql.rewrite.sqlite import finalize
 
 if TYPE_CHECKING:
@@ -151,6 +152,9 @@ def distribute(
     select = analysis.parsed.expression
     assert isinstance(select, exp.Select)
     dialect = analysis.parsed.dialect
+    if dialect == "sqlite":
+        select = _named_items(select, analysis.parsed.text)
+    select, expanded = _expand_stars(select, analysis, columns or {})
     distinct = select.args.get("distinct")
     if distinct is not None and distinct.args.get("on") is not None:
         raise UnsupportedQueryError(
@@ -173,7 +177,7 @@ def distribute(
     ):
         _check_windows(select, analysis, relations, allowed=False)
         if dialect == "sqlite":
-            return _final_in_sqlite(select, analysis, groups, columns or {})
+            return _final_in_sqlite(select, analysis, groups, columns or {}, expanded)
         d = decompose(select, dialect, analysis.parsed.source, groups)
         order = _group_order(d) if distinct is None else ()
         aggregation = d.aggregation
@@ -196,19 +200,24 @@ def distribute(
             hidden=d.hidden,
         )
         strategy = "partial aggregates on each shard, regrouped after the merge"
-        sql = regenerate(d.shard, analysis.parsed.source, dialect)
+        sql = regenerate(d.shard, analysis.parsed.source, dialect, expanded)
         return Distributed(sql, merge, window, strategy, d.params)
     _check_windows(select, analysis, relations, allowed=True)
-    return _rows(select, analysis, window, grouped=bool(groups))
+    return _rows(select, analysis, window, bool(groups), columns or {}, expanded)
 
 
 def _final_in_sqlite(
-    select: exp.Select, analysis: Analysis, groups: list[exp.Expr], columns: Columns
+    select: exp.Select,
+    analysis: Analysis,
+    groups: list[exp.Expr],
+    columns: Columns,
+    expanded: frozenset[str],
 ) -> Distributed:
     """A grouped read on SQLite shards: partials there, the final step in SQLite."""
     resolver = Resolver(select, analysis, columns)
     split = finalize(select, analysis.parsed.text, groups, resolver)
-    sql = regenerate(split.shard, analysis.parsed.source, "sqlite")
+    # avg() is taken apart into total() and count() on the shards.
+    sql = regenerate(split.shard, analysis.parsed.source, "sqlite", expanded | {"total"})
     strategy = (
         "partial aggregates on each shard; the final step computed by SQLite over them, "
         "with SQLite's own arithmetic, collations and affinities"
@@ -216,10 +225,19 @@ def _final_in_sqlite(
     return Distributed(sql, MergePlan(final=split.final), Window(), strategy, split.params)
 
 
-def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool) -> Distributed:
+def _rows(
+    select: exp.Select,
+    analysis: Analysis,
+    window: Window,
+    grouped: bool,
+    columns: Columns,
+    expanded: frozenset[str],
+) -> Distributed:
     dialect = analysis.parsed.dialect
     terms = sort_terms(select, dialect)
     extra = [t.target for t in terms if not isinstance(t.target, int)]
+    # SQLite: the merge compares as SQLite does, under each term's collation.
+    resolver = Resolver(select, analysis, columns) if dialect == "sqlite" else None
     keys = []
     helper = 0
     for term in terms:
@@ -228,14 +246,29 @@ def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool)
         else:
             column = helper - len(extra)  # helper columns are the last ones
             helper += 1
-        keys.append(SortKey(column, term.descending, term.nulls_first, term.code_point))
+        collation = None
+        if resolver is not None:
+            node = term.target
+            if isinstance(node, int):
+                node = _unaliased(select.expressions[node])
+            collation = _merged_collation(resolver, node, "ORDER BY")
+        keys.append(
+            SortKey(column, term.descending, term.nulls_first, term.code_point, collation)
+        )
     shard = select.copy()
     for i, node in enumerate(extra):
         shard.select(exp.alias_(node.copy(), f"_shardq_o{i}"), append=True, copy=False)
     if window.bounded:
         push_window(shard, window)
+    distinct = select.args.get("distinct") is not None
+    collations = None
+    if resolver is not None and distinct:
+        collations = tuple(
+            _merged_collation(resolver, _unaliased(item), "DISTINCT")
+            for item in select.expressions
+        )
     merge = MergePlan(
-        order=tuple(keys), distinct=select.args.get("distinct") is not None, hidden=len(extra)
+        order=tuple(keys), distinct=distinct, hidden=len(extra), collations=collations
     )
     if grouped:
         strategy = "the groups contain the shard key: each shard computes whole groups"
@@ -244,8 +277,106 @@ def _rows(select: exp.Select, analysis: Analysis, window: Window, grouped: bool)
     if keys:
         strategy += "; ORDER BY merged k-way"
     changed = bool(extra) or window.bounded
-    sql = regenerate(shard, analysis.parsed.source, dialect) if changed else None
+    sql = regenerate(shard, analysis.parsed.source, dialect, expanded) if changed else None
     return Distributed(sql, merge, window, strategy)
+
+
+def _unaliased(item: exp.Expr) -> exp.Expr:
+    return item.this if isinstance(item, exp.Alias) else item
+
+
+def _merged_collation(resolver: Resolver, node: exp.Expr, clause: str) -> str:
+    """The collation the merge compares ``node`` under (SQLite), refusing unknown ones."""
+    collation = resolver.collation(node).name
+    if collation not in SQLITE_COLLATIONS:
+        raise UnsupportedQueryError(
+            f"{clause} under the collation {collation.upper()} across shards",
+            "the merge compares text under SQLite's built-in collations BINARY, NOCASE and "
+            "RTRIM only; pin the query to one shard",
+        )
+    return collation
+
+
+def _named_items(select: exp.Select, text: str) -> exp.Select:
+    """``select`` with each unaliased expression named as SQLite names it: by its text.
+
+    A rewritten statement is written back by sqlglot, in other words than the
+    user's (``NOT x IS NULL`` for ``x IS NOT NULL``); the shards would name
+    its columns by those.
+    """
+    texts = item_texts(text, "sqlite")
+    items = select.expressions
+    if texts is None or len(texts) != len(items):
+        return select
+    named = []
+    for item, written in zip(items, texts, strict=True):
+        plain = isinstance(item, exp.Alias | exp.Star) or (
+            isinstance(_bare(item), exp.Column)
+        )
+        named.append(item if plain else exp.alias_(item.copy(), written, quoted=True))
+    if all(a is b for a, b in zip(named, items, strict=True)):
+        return select
+    select = select.copy()
+    select.set("expressions", named)
+    return select
+
+
+def _bare(node: exp.Expr) -> exp.Expr:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _expand_stars(
+    select: exp.Select, analysis: Analysis, columns: Columns
+) -> tuple[exp.Select, frozenset[str]]:
+    """``select`` with ``*`` and ``t.*`` written as the columns they stand for.
+
+    An ordinal after a ``*`` (``SELECT * ... ORDER BY 3``) and a merged
+    group need each column by position. The columns come from the catalog, in
+    the tables' order; when a source is not a declared table of known
+    columns, or a join has USING or NATURAL (its ``*`` merges columns), the
+    statement is returned as it is. Also returns the column names added.
+    """
+    items = select.expressions
+    if not columns or not any(is_star(i) for i in items):
+        return select, frozenset()
+    if select.args.get("order") is None and select.args.get("group") is None and not (
+        select.args.get("distinct")
+    ):
+        return select, frozenset()
+    joins = select.args.get("joins") or []
+    if any(j.args.get("using") or j.args.get("method") for j in joins):
+        return select, frozenset()
+    statement = analysis.parsed.expression
+    refs = {r.alias.lower(): r for r in analysis.refs if r.node.parent_select is statement}
+    sources: list[tuple[exp.Expr, tuple[str, ...]]] = []
+    for source in from_sources(select):
+        ref = refs.get(source.alias_or_name.lower()) if isinstance(source, exp.Table) else None
+        known = columns.get(ref.table.name) if ref is not None else None
+        if ref is None or ref.renames_columns or not known:
+            return select, frozenset()
+        alias = source.args.get("alias")
+        name = alias.this if alias is not None else source.this
+        sources.append((name, tuple(c.name for c in known)))
+    expanded: list[exp.Expr] = []
+    added: set[str] = set()
+    for item in items:
+        if not is_star(item):
+            expanded.append(item)
+            continue
+        table = item.table if isinstance(item, exp.Column) else ""
+        for name, names in sources:
+            if table and name.name.lower() != table.lower():
+                continue
+            for column in names:
+                expanded.append(
+                    exp.Column(this=exp.to_identifier(column, quoted=True), table=name.copy())
+                )
+                added.add(column.lower())
+    select = select.copy()
+    select.set("expressions", expanded)
+    return select, frozenset(added)
 
 
 def _group_order(d: Decomposed) -> tuple[SortKey, ...]:

@@ -60,12 +60,22 @@ def _unaliased(item: exp.Expr) -> exp.Expr:
     return item.this if isinstance(item, exp.Alias) else item
 
 
-def _check_collation(node: exp.Expr) -> exp.Expr:
+# SQLite's built-in collations, which the merge reproduces.
+SQLITE_COLLATIONS = frozenset({"binary", "nocase", "rtrim"})
+
+
+def _check_collation(node: exp.Expr, dialect: str) -> exp.Expr:
     if isinstance(node, exp.Collate):
         name = node.expression
-        text = (name.name if isinstance(name, exp.Column | exp.Identifier | exp.Literal)
+        text = (name.name if isinstance(name, exp.Column | exp.Identifier | exp.Literal | exp.Var)
                 else name.sql()).lower()  # fmt: skip
-        if text not in CODE_POINT_COLLATIONS:
+        if dialect == "sqlite" and text not in SQLITE_COLLATIONS:
+            raise UnsupportedQueryError(
+                f"ORDER BY ... COLLATE {name.sql()} across shards",
+                "the merge orders text under SQLite's built-in collations BINARY, NOCASE "
+                "and RTRIM only; sort on one shard",
+            )
+        if dialect != "sqlite" and text not in CODE_POINT_COLLATIONS:
             raise UnsupportedQueryError(
                 f"ORDER BY ... COLLATE {name.sql()} across shards",
                 "the merge compares text by code point, which is the order of the C "
@@ -90,7 +100,7 @@ def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
     texts = {_unaliased(item).sql(dialect): i for i, item in enumerate(visible)}
     terms = []
     for ordered in order.expressions:
-        node = _check_collation(ordered.this)
+        node = _check_collation(ordered.this, dialect)
         target: int | exp.Expr
         if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
             position = int(node.name) - 1
