@@ -144,7 +144,7 @@ class _Notifier:
             return
         if self._reader is not None:  # it died with its connection: start afresh
             with contextlib.suppress(*_errors()):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()
             self._pubsub = self._client.pubsub()
         await self._pubsub.subscribe(self._idle)
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -211,7 +211,7 @@ class _Notifier:
             with contextlib.suppress(BaseException):
                 await self._reader
         with contextlib.suppress(*_errors()):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
 
 
 class RedisBackend:
