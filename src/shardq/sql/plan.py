@@ -187,10 +187,12 @@ class Planner:
                     # SQLite compares by column affinity, which rows shipped back as
                     # parameters do not have: '010' = 10 would change its answer.
                     raise UnsupportedQueryError(
-                        refusal.construct,
-                        f"{refusal.reason}; on SQLite shards shardq does not run such a "
-                        "subquery first, as SQLite compares by column affinity, which rows "
-                        "shipped back do not have",
+                        f"the subquery ({first[0].sql('sqlite')}) across shards",
+                        "it is not tied to the outer row's shard, so it would have to run "
+                        "first on its own and its rows be shipped back to the shards; on "
+                        "SQLite shards shardq does not do that, as SQLite compares by column "
+                        "affinity, which shipped values do not have; run the subquery first "
+                        "yourself, or pin the query to one shard",
                     )
                 found = (
                     defer(

@@ -38,7 +38,12 @@ from shardq.sql.rewrite.aggregates import Decomposed, decompose
 from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import Window, push_window, split_window
 from shardq.sql.rewrite.names import item_texts
-from shardq.sql.rewrite.order import SQLITE_COLLATIONS, is_star, sort_terms
+from shardq.sql.rewrite.order import (
+    CODE_POINT_COLLATIONS,
+    SQLITE_COLLATIONS,
+    is_star,
+    sort_terms,
+)
 from shardq.sql.rewrite.sqlite import finalize
 
 if TYPE_CHECKING:
@@ -178,6 +183,7 @@ def distribute(
         _check_windows(select, analysis, relations, allowed=False)
         if dialect == "sqlite":
             return _final_in_sqlite(select, analysis, groups, columns or {}, expanded)
+        _check_collations(select, dialect)
         d = decompose(select, dialect, analysis.parsed.source, groups)
         order = _group_order(d) if distinct is None else ()
         aggregation = d.aggregation
@@ -203,6 +209,8 @@ def distribute(
         sql = regenerate(d.shard, analysis.parsed.source, dialect, expanded)
         return Distributed(sql, merge, window, strategy, d.params)
     _check_windows(select, analysis, relations, allowed=True)
+    if distinct is not None and dialect != "sqlite":
+        _check_collations(select, dialect)
     return _rows(select, analysis, window, bool(groups), columns or {}, expanded)
 
 
@@ -279,6 +287,33 @@ def _rows(
     changed = bool(extra) or window.bounded
     sql = regenerate(shard, analysis.parsed.source, dialect, expanded) if changed else None
     return Distributed(sql, merge, window, strategy)
+
+
+def _check_collations(select: exp.Select, dialect: str) -> None:
+    """Refuse a merge that would compare text under a collation shardq does not reproduce.
+
+    On PostgreSQL the merge groups, de-duplicates and takes min/max by code
+    point, the order of the C collation; an explicit COLLATE of another
+    collation in the select list or HAVING (``min(name COLLATE "de-x-icu")``,
+    a nondeterministic collation in GROUP BY) would be merged otherwise than
+    the database computes.
+    """
+    parts = [*select.expressions, select.args.get("having"), select.args.get("group")]
+    for part in parts:
+        if part is None:
+            continue
+        for node in part.find_all(exp.Collate):
+            if node.parent_select is not select:
+                continue
+            name = node.expression
+            text = (name.name if isinstance(name, exp.Column | exp.Identifier | exp.Literal)
+                    else name.sql()).lower()  # fmt: skip
+            if text not in CODE_POINT_COLLATIONS:
+                raise UnsupportedQueryError(
+                    f"{node.sql(dialect)} in a query merged across shards",
+                    "the merge groups, de-duplicates and compares text by code point, which "
+                    'is the C collation only; use COLLATE "C", or pin the query to one shard',
+                )
 
 
 def _unaliased(item: exp.Expr) -> exp.Expr:
