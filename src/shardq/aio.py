@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import weakref
 from collections.abc import (
@@ -545,7 +546,9 @@ class AsyncConnection:
                 sql, params, lanes=lanes, timeout=timeout, row_factory=factory, done=done
             ):
                 return None  # the lane's worker calls done
-            return engine.run(sql, params, lanes=lanes, timeout=timeout, row_factory=factory)
+            return functools.partial(
+                engine.run, sql, params, lanes=lanes, timeout=timeout, row_factory=factory
+            )
 
         async def results() -> AsyncIterator[ExecutionResult]:
             batch = run_batch(
