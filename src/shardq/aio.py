@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from shardq.cache.backend import Result
     from shardq.execute.driver import Column
     from shardq.results import AsyncResult, ResultSet
+    from shardq.statements import SQL
 
 __all__ = ["DEFAULT_CONCURRENCY", "AsyncConnection", "AsyncCursor", "connect_async"]
 
@@ -93,7 +94,7 @@ class AsyncCursor:
 
     async def execute(
         self,
-        sql: str,
+        sql: SQL,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
@@ -103,8 +104,12 @@ class AsyncCursor:
         """Run one statement on the shards that can hold its rows.
 
         Args:
-            sql: one statement in the configuration's dialect.
-            params: values for its placeholders, bound by the driver.
+            sql: one statement in the configuration's dialect, or a SQLAlchemy
+                Core statement (compiled for that dialect as a batch compiles
+                it, its bound values kept as parameters).
+            params: values for its placeholders, bound by the driver; for a
+                SQLAlchemy statement, a mapping of its bound parameters' names
+                to values, over those written in the statement.
             timeout: seconds the statement may take on the shards, from now to
                 its last row; on expiry it is cancelled on the servers and
                 :class:`~shardq.errors.QueryTimeoutError` is raised. Defaults
@@ -120,6 +125,7 @@ class AsyncCursor:
         self._check_open()
         await self._discard()
         connection = self.connection
+        sql, params = as_statement((sql, params), connection.config.dialect)
         if timeout is None:
             timeout = connection.timeout
         engine = connection._engine
@@ -152,13 +158,16 @@ class AsyncCursor:
 
     async def executemany(
         self,
-        sql: Any,
+        sql: SQL,
         params_seq: Iterable[Sequence[Any] | Mapping[str, Any]] | AsyncIterable[Any],
         *,
         timeout: float | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         """Run ``sql`` once per parameter set, each routed to its own shard.
+
+        ``sql`` is text or a SQLAlchemy Core statement (compiled once; each
+        parameter set is then a mapping of its bound parameters' names).
 
         The statements run concurrently (``concurrency`` at most at once,
         prepared once per connection), through the batch machinery of
@@ -577,7 +586,7 @@ class AsyncConnection:
 
     async def explain(
         self,
-        sql: str,
+        sql: SQL,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         analyze: bool = False,
@@ -585,10 +594,12 @@ class AsyncConnection:
     ) -> str:
         """Describe how ``sql`` runs: target shards, per-shard SQL, merge steps.
 
+        ``sql`` and ``params`` are as :meth:`AsyncCursor.execute` takes them.
         With ``analyze=True`` the statement (a read) runs too, and the text
         adds each shard's row count and time.
         """
         self._check_open()
+        sql, params = as_statement((sql, params), self.config.dialect)
         return await self._engine.explain(
             sql, params, analyze=analyze, timeout=timeout if timeout is not None else self.timeout
         )

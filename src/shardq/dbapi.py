@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from shardq.execute.driver import Column
     from shardq.health import CheckReport
     from shardq.results import ResultSet
+    from shardq.statements import SQL
 
 __all__ = [
     "BINARY",
@@ -104,14 +105,14 @@ class Cursor:
 
     def execute(
         self,
-        sql: str,
+        sql: SQL,
         params: Params = None,
         *,
         timeout: float | None = None,
         cache: CacheChoice = None,
         cache_key: str | None = None,
     ) -> Self:
-        """Run one statement (see :meth:`shardq.aio.AsyncCursor.execute`).
+        """Run one statement, text or SQLAlchemy (see :meth:`shardq.aio.AsyncCursor.execute`).
 
         The first batch of rows comes back with the same call into the
         event loop, so a small result costs one crossing, not two.
@@ -125,7 +126,7 @@ class Cursor:
 
     async def _execute(
         self,
-        sql: str,
+        sql: SQL,
         params: Params,
         timeout: float | None,
         cache: CacheChoice,
@@ -148,7 +149,7 @@ class Cursor:
 
     def executemany(
         self,
-        sql: Any,
+        sql: SQL,
         params_seq: Iterable[Params],
         *,
         timeout: float | None = None,
@@ -426,7 +427,7 @@ class Connection:
 
     def explain(
         self,
-        sql: str,
+        sql: SQL,
         params: Params = None,
         *,
         analyze: bool = False,
