@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Self
 from shardq.cache.regions import CacheChoice, Regions
 from shardq.config import Config, load_config
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
-from shardq.errors import InterfaceError, ProgrammingError
+from shardq.errors import InterfaceError, NotSupportedError, ProgrammingError
 from shardq.execute.batch import ExecutionResult, Progress, run_batch
 from shardq.execute.lanes import Lanes
 from shardq.health import CheckReport, check
@@ -609,8 +609,35 @@ class AsyncConnection:
         self._check_open()
         return await check(self._engine)
 
+    @property
+    def autocommit(self) -> bool:
+        """Always ``True``: each statement commits on its shards when it ends.
+
+        Setting it to True is accepted; setting it to False raises
+        :class:`~shardq.errors.NotSupportedError`: a transaction over several
+        shards needs two-phase commit, which shardq does not do yet.
+        """
+        return True
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        if not value:
+            raise NotSupportedError(
+                "shardq runs every statement in autocommit mode: a transaction over several "
+                "shards needs two-phase commit, which shardq does not do yet"
+            )
+
     async def commit(self) -> None:
         """Nothing to do: every statement commits on its shard when it ends (autocommit)."""
+        self._check_open()
+
+    async def rollback(self) -> None:
+        """Nothing to roll back: every statement commits on its shard when it ends (autocommit).
+
+        As psycopg's and sqlite3's ``rollback()`` in autocommit mode, this
+        undoes nothing and raises nothing on an open connection, so an error
+        handler calling it re-raises the real error.
+        """
         self._check_open()
 
     async def close(self) -> None:

@@ -7,8 +7,11 @@ batch of rows, not per row.
 
 Transactions: every statement runs on its shards in autocommit mode (a
 multi-shard transaction needs two-phase commit, which is not available yet),
-so :meth:`Connection.commit` has nothing to do and :meth:`Connection.rollback`
-raises :class:`~shardq.errors.NotSupportedError`.
+so :meth:`Connection.commit` and :meth:`Connection.rollback` have nothing to
+do, as in psycopg's and sqlite3's autocommit mode: ``except: conn.rollback();
+raise`` re-raises the real error, and rolls nothing back. Optional PEP 249
+methods shardq cannot honour (``callproc``) are left out, so ``hasattr``
+tells the truth.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from shardq import errors
 from shardq._portal import Portal
 from shardq.aio import DEFAULT_CONCURRENCY, AsyncConnection, AsyncCursor, ConfigSource
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
-from shardq.errors import InterfaceError, NotSupportedError
 from shardq.rows import RowFactory, tuple_row
 from shardq.statements import is_many
 
@@ -210,9 +212,6 @@ class Cursor:
                 return
             self._local.extend(batch)
 
-    def callproc(self, procname: str, parameters: Params = None) -> None:
-        raise NotSupportedError("callproc is not supported; use execute('SELECT f(...)')")
-
     def nextset(self) -> None:
         """Every statement has one result set: always ``None`` (PEP 249)."""
         return None
@@ -277,8 +276,16 @@ class Connection:
 
     @property
     def autocommit(self) -> bool:
-        """Always ``True``: each statement commits on its shards when it ends."""
-        return True
+        """Always ``True``: each statement commits on its shards when it ends.
+
+        Setting it to True is accepted; setting it to False raises
+        :class:`~shardq.errors.NotSupportedError` (there are no transactions).
+        """
+        return self._inner.autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self._inner.autocommit = value
 
     @property
     def row_factory(self) -> RowFactory:
@@ -442,13 +449,16 @@ class Connection:
 
     def commit(self) -> None:
         """Nothing to commit: statements commit on their shards as they end."""
-        if self.closed:
-            raise InterfaceError("the connection is closed")
+        self._inner._check_open()
 
     def rollback(self) -> None:
-        raise NotSupportedError(
-            "shardq runs each statement in autocommit mode; there is no transaction to roll back"
-        )
+        """Nothing to roll back: statements commit on their shards as they end (autocommit).
+
+        As psycopg's and sqlite3's ``rollback()`` in autocommit mode, this
+        undoes nothing and raises nothing on an open connection, so an error
+        handler calling it re-raises the real error.
+        """
+        self._inner._check_open()
 
     def close(self) -> None:
         """Close the shards' pools and stop the connection's loop thread."""

@@ -360,3 +360,60 @@ async def test_sqlalchemy_statements_run_through_async_execute(empty_writes: Bac
         )
         assert await cur.fetchall() == [("a4",)]
         assert "items" in await conn.explain(GROUPED)
+
+
+def _write_or_roll_back(conn: shardq.Connection, sql: str) -> None:
+    """The usual DB-API error handler: roll back, then let the error through."""
+    try:
+        conn.execute(sql)
+    except shardq.Error:
+        conn.rollback()
+        raise
+
+
+async def _write_or_roll_back_async(conn: shardq.AsyncConnection, sql: str) -> None:
+    try:
+        await conn.execute(sql)
+    except shardq.Error:
+        await conn.rollback()
+        raise
+
+
+def test_rollback_in_an_error_handler_lets_the_real_error_through(empty_writes: Backend) -> None:
+    backend = empty_writes
+    conn = backend.connect()
+    with conn:
+        assert conn.autocommit is True
+        conn.execute("INSERT INTO writes (id, note) VALUES (7, 'a')")
+        # The duplicate key must reach the caller, not an error of rollback().
+        with pytest.raises(shardq.IntegrityError):
+            _write_or_roll_back(conn, "INSERT INTO writes (id, note) VALUES (7, 'b')")
+        conn.rollback()
+        conn.commit()
+        # Autocommit: rollback() undid nothing, as in psycopg's and sqlite3's autocommit mode.
+        assert conn.execute("SELECT note FROM writes WHERE id = 7").fetchall() == [("a",)]
+        conn.autocommit = True
+        with pytest.raises(shardq.NotSupportedError, match="two-phase"):
+            conn.autocommit = False
+        assert conn.autocommit is True
+        assert not hasattr(conn.cursor(), "callproc")  # left out, not a method that raises
+    with pytest.raises(shardq.InterfaceError):
+        conn.rollback()
+
+
+async def test_async_rollback_and_autocommit(empty_writes: Backend) -> None:
+    backend = empty_writes
+    conn = await backend.connect_async()
+    async with conn:
+        assert conn.autocommit is True
+        await conn.execute("INSERT INTO writes (id, note) VALUES (8, 'a')")
+        with pytest.raises(shardq.IntegrityError):
+            await _write_or_roll_back_async(conn, "INSERT INTO writes (id, note) VALUES (8, 'b')")
+        await conn.commit()
+        cur = await conn.execute("SELECT note FROM writes WHERE id = 8")
+        assert await cur.fetchall() == [("a",)]
+        with pytest.raises(shardq.NotSupportedError):
+            conn.autocommit = False
+        assert not hasattr(conn.cursor(), "callproc")
+    with pytest.raises(shardq.InterfaceError):
+        await conn.rollback()

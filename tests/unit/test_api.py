@@ -67,6 +67,21 @@ def test_connection_exposes_the_exceptions() -> None:
         assert getattr(shardq.Connection, name) is getattr(shardq, name)
 
 
+def test_cursors_and_connections_have_what_they_honour_and_nothing_that_always_raises() -> None:
+    # PEP 249: an optional method that cannot be honoured is left out, so hasattr tells the truth.
+    cursor_members = (
+        "description", "rowcount", "arraysize", "close", "execute", "executemany",
+        "fetchone", "fetchmany", "fetchall", "setinputsizes", "setoutputsize",
+    )  # fmt: skip
+    for name in cursor_members:
+        assert hasattr(shardq.Cursor, name), name
+    for name in ("close", "commit", "rollback", "cursor", "autocommit"):
+        assert hasattr(shardq.Connection, name), name
+        assert hasattr(shardq.AsyncConnection, name), name
+    assert not hasattr(shardq.Cursor, "callproc")
+    assert not hasattr(shardq.AsyncCursor, "callproc")
+
+
 def test_type_objects_compare_with_postgres_type_codes() -> None:
     assert shardq.NUMBER == 23
     assert shardq.STRING == 25
