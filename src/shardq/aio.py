@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import weakref
 from collections.abc import (
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Self
 from shardq.cache.regions import CacheChoice, Regions
 from shardq.config import Config, load_config
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
-from shardq.errors import InterfaceError, ProgrammingError
+from shardq.errors import InterfaceError, NotSupportedError, ProgrammingError
 from shardq.execute.batch import ExecutionResult, Progress, run_batch
 from shardq.execute.lanes import Lanes
 from shardq.health import CheckReport, check
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from shardq.cache.backend import Result
     from shardq.execute.driver import Column
     from shardq.results import AsyncResult, ResultSet
+    from shardq.statements import SQL
 
 __all__ = ["DEFAULT_CONCURRENCY", "AsyncConnection", "AsyncCursor", "connect_async"]
 
@@ -92,7 +94,7 @@ class AsyncCursor:
 
     async def execute(
         self,
-        sql: str,
+        sql: SQL,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
@@ -102,8 +104,12 @@ class AsyncCursor:
         """Run one statement on the shards that can hold its rows.
 
         Args:
-            sql: one statement in the configuration's dialect.
-            params: values for its placeholders, bound by the driver.
+            sql: one statement in the configuration's dialect, or a SQLAlchemy
+                Core statement (compiled for that dialect as a batch compiles
+                it, its bound values kept as parameters).
+            params: values for its placeholders, bound by the driver; for a
+                SQLAlchemy statement, a mapping of its bound parameters' names
+                to values, over those written in the statement.
             timeout: seconds the statement may take on the shards, from now to
                 its last row; on expiry it is cancelled on the servers and
                 :class:`~shardq.errors.QueryTimeoutError` is raised. Defaults
@@ -119,6 +125,7 @@ class AsyncCursor:
         self._check_open()
         await self._discard()
         connection = self.connection
+        sql, params = as_statement((sql, params), connection.config.dialect)
         if timeout is None:
             timeout = connection.timeout
         engine = connection._engine
@@ -151,13 +158,16 @@ class AsyncCursor:
 
     async def executemany(
         self,
-        sql: Any,
+        sql: SQL,
         params_seq: Iterable[Sequence[Any] | Mapping[str, Any]] | AsyncIterable[Any],
         *,
         timeout: float | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         """Run ``sql`` once per parameter set, each routed to its own shard.
+
+        ``sql`` is text or a SQLAlchemy Core statement (compiled once; each
+        parameter set is then a mapping of its bound parameters' names).
 
         The statements run concurrently (``concurrency`` at most at once,
         prepared once per connection), through the batch machinery of
@@ -545,7 +555,9 @@ class AsyncConnection:
                 sql, params, lanes=lanes, timeout=timeout, row_factory=factory, done=done
             ):
                 return None  # the lane's worker calls done
-            return engine.run(sql, params, lanes=lanes, timeout=timeout, row_factory=factory)
+            return functools.partial(
+                engine.run, sql, params, lanes=lanes, timeout=timeout, row_factory=factory
+            )
 
         async def results() -> AsyncIterator[ExecutionResult]:
             batch = run_batch(
@@ -574,7 +586,7 @@ class AsyncConnection:
 
     async def explain(
         self,
-        sql: str,
+        sql: SQL,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         analyze: bool = False,
@@ -582,10 +594,12 @@ class AsyncConnection:
     ) -> str:
         """Describe how ``sql`` runs: target shards, per-shard SQL, merge steps.
 
+        ``sql`` and ``params`` are as :meth:`AsyncCursor.execute` takes them.
         With ``analyze=True`` the statement (a read) runs too, and the text
         adds each shard's row count and time.
         """
         self._check_open()
+        sql, params = as_statement((sql, params), self.config.dialect)
         return await self._engine.explain(
             sql, params, analyze=analyze, timeout=timeout if timeout is not None else self.timeout
         )
@@ -595,8 +609,35 @@ class AsyncConnection:
         self._check_open()
         return await check(self._engine)
 
+    @property
+    def autocommit(self) -> bool:
+        """Always ``True``: each statement commits on its shards when it ends.
+
+        Setting it to True is accepted; setting it to False raises
+        :class:`~shardq.errors.NotSupportedError`: a transaction over several
+        shards needs two-phase commit, which shardq does not do yet.
+        """
+        return True
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        if not value:
+            raise NotSupportedError(
+                "shardq runs every statement in autocommit mode: a transaction over several "
+                "shards needs two-phase commit, which shardq does not do yet"
+            )
+
     async def commit(self) -> None:
         """Nothing to do: every statement commits on its shard when it ends (autocommit)."""
+        self._check_open()
+
+    async def rollback(self) -> None:
+        """Nothing to roll back: every statement commits on its shard when it ends (autocommit).
+
+        As psycopg's and sqlite3's ``rollback()`` in autocommit mode, this
+        undoes nothing and raises nothing on an open connection, so an error
+        handler calling it re-raises the real error.
+        """
         self._check_open()
 
     async def close(self) -> None:

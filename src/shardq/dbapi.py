@@ -7,8 +7,11 @@ batch of rows, not per row.
 
 Transactions: every statement runs on its shards in autocommit mode (a
 multi-shard transaction needs two-phase commit, which is not available yet),
-so :meth:`Connection.commit` has nothing to do and :meth:`Connection.rollback`
-raises :class:`~shardq.errors.NotSupportedError`.
+so :meth:`Connection.commit` and :meth:`Connection.rollback` have nothing to
+do, as in psycopg's and sqlite3's autocommit mode: ``except: conn.rollback();
+raise`` re-raises the real error, and rolls nothing back. Optional PEP 249
+methods shardq cannot honour (``callproc``) are left out, so ``hasattr``
+tells the truth.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from shardq import errors
 from shardq._portal import Portal
 from shardq.aio import DEFAULT_CONCURRENCY, AsyncConnection, AsyncCursor, ConfigSource
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
-from shardq.errors import InterfaceError, NotSupportedError
 from shardq.rows import RowFactory, tuple_row
 from shardq.statements import is_many
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from shardq.execute.driver import Column
     from shardq.health import CheckReport
     from shardq.results import ResultSet
+    from shardq.statements import SQL
 
 __all__ = [
     "BINARY",
@@ -104,14 +107,14 @@ class Cursor:
 
     def execute(
         self,
-        sql: str,
+        sql: SQL,
         params: Params = None,
         *,
         timeout: float | None = None,
         cache: CacheChoice = None,
         cache_key: str | None = None,
     ) -> Self:
-        """Run one statement (see :meth:`shardq.aio.AsyncCursor.execute`).
+        """Run one statement, text or SQLAlchemy (see :meth:`shardq.aio.AsyncCursor.execute`).
 
         The first batch of rows comes back with the same call into the
         event loop, so a small result costs one crossing, not two.
@@ -125,7 +128,7 @@ class Cursor:
 
     async def _execute(
         self,
-        sql: str,
+        sql: SQL,
         params: Params,
         timeout: float | None,
         cache: CacheChoice,
@@ -148,7 +151,7 @@ class Cursor:
 
     def executemany(
         self,
-        sql: Any,
+        sql: SQL,
         params_seq: Iterable[Params],
         *,
         timeout: float | None = None,
@@ -208,9 +211,6 @@ class Cursor:
             if not batch:
                 return
             self._local.extend(batch)
-
-    def callproc(self, procname: str, parameters: Params = None) -> None:
-        raise NotSupportedError("callproc is not supported; use execute('SELECT f(...)')")
 
     def nextset(self) -> None:
         """Every statement has one result set: always ``None`` (PEP 249)."""
@@ -276,8 +276,16 @@ class Connection:
 
     @property
     def autocommit(self) -> bool:
-        """Always ``True``: each statement commits on its shards when it ends."""
-        return True
+        """Always ``True``: each statement commits on its shards when it ends.
+
+        Setting it to True is accepted; setting it to False raises
+        :class:`~shardq.errors.NotSupportedError` (there are no transactions).
+        """
+        return self._inner.autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self._inner.autocommit = value
 
     @property
     def row_factory(self) -> RowFactory:
@@ -426,7 +434,7 @@ class Connection:
 
     def explain(
         self,
-        sql: str,
+        sql: SQL,
         params: Params = None,
         *,
         analyze: bool = False,
@@ -441,13 +449,16 @@ class Connection:
 
     def commit(self) -> None:
         """Nothing to commit: statements commit on their shards as they end."""
-        if self.closed:
-            raise InterfaceError("the connection is closed")
+        self._inner._check_open()
 
     def rollback(self) -> None:
-        raise NotSupportedError(
-            "shardq runs each statement in autocommit mode; there is no transaction to roll back"
-        )
+        """Nothing to roll back: statements commit on their shards as they end (autocommit).
+
+        As psycopg's and sqlite3's ``rollback()`` in autocommit mode, this
+        undoes nothing and raises nothing on an open connection, so an error
+        handler calling it re-raises the real error.
+        """
+        self._inner._check_open()
 
     def close(self) -> None:
         """Close the shards' pools and stop the connection's loop thread."""

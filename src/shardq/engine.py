@@ -12,7 +12,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardq.cache.backend import Result as CachedResult
-from shardq.errors import ConfigError, ProgrammingError, ShardError, UnsupportedQueryError
+from shardq.errors import (
+    ConfigError,
+    ProgrammingError,
+    ShardError,
+    UnsupportedQueryError,
+    missing_dependency,
+)
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import (
@@ -103,6 +109,12 @@ class Engine:
             driver = get_driver(config.driver)
         except KeyError as exc:
             raise ConfigError(str(exc.args[0]), file=config.source, field="driver") from None
+        except ImportError as exc:
+            needed_for = f'dialect = "{config.dialect}" (its driver {config.driver!r})'
+            hint = missing_dependency(exc, needed_for)
+            if hint is None:
+                raise
+            raise hint from exc
         return cls(
             config, {s.name: driver(config, s) for s in config.shards}, fetch_size=fetch_size
         )

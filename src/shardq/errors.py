@@ -8,6 +8,7 @@ the PEP 249 category they belong to::
     Error
      +-- InterfaceError
      |    +-- ConfigError                 (also ValueError)
+     |    +-- MissingDependencyError      (also ModuleNotFoundError)
      +-- DatabaseError
           +-- DataError
           +-- OperationalError
@@ -36,6 +37,7 @@ __all__ = [
     "IntegrityError",
     "InterfaceError",
     "InternalError",
+    "MissingDependencyError",
     "NotSupportedError",
     "OperationalError",
     "ProgrammingError",
@@ -45,6 +47,7 @@ __all__ = [
     "UndeclaredTableError",
     "UnsupportedQueryError",
     "Warning",
+    "missing_dependency",
     "shard_error",
 ]
 
@@ -102,6 +105,50 @@ class ConfigError(InterfaceError, ValueError):
         self.field = field
         where = ": ".join(part for part in (file, field) if part)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class MissingDependencyError(InterfaceError, ModuleNotFoundError):
+    """What was asked for needs an optional dependency that is not installed.
+
+    Raised when the connection (or the cache backend) is made, not at
+    ``import shardq``. It is an :class:`InterfaceError`, not a
+    :class:`ConfigError`: the configuration is valid and works as written once
+    the extra is installed. It is also the ``ModuleNotFoundError`` raised
+    before it had a hint, so code catching that still does.
+
+    Attributes:
+        name: the missing top-level module (as ``ModuleNotFoundError.name``).
+        extra: the extra of shardq that installs it (``pip install 'shardq[extra]'``).
+    """
+
+    def __init__(self, module: str, extra: str, needed_for: str):
+        self.extra = extra
+        super().__init__(
+            f"{needed_for} needs the {module!r} package, which is not installed; "
+            f"install it with: pip install 'shardq[{extra}]'",
+            name=module,
+        )
+
+
+#: The extra of shardq that installs each optional top-level module.
+EXTRAS = {"psycopg": "postgres", "redis": "redis", "sqlalchemy": "sqlalchemy"}
+
+
+def missing_dependency(exc: ImportError, needed_for: str) -> MissingDependencyError | None:
+    """The hint for ``exc`` when it is a module one of shardq's extras installs, else None.
+
+    >>> exc = ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+    >>> err = missing_dependency(exc, "the postgres dialect")
+    >>> err.name, err.extra, isinstance(err, ModuleNotFoundError)
+    ('psycopg', 'postgres', True)
+    >>> str(err).endswith("install it with: pip install 'shardq[postgres]'")
+    True
+    >>> missing_dependency(ModuleNotFoundError("x", name="numpy"), "x") is None
+    True
+    """
+    module = (exc.name or "").partition(".")[0]
+    extra = EXTRAS.get(module)
+    return None if extra is None else MissingDependencyError(module, extra, needed_for)
 
 
 class SQLSyntaxError(ProgrammingError):

@@ -21,6 +21,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from sqlalchemy.sql.elements import ClauseElement
+
+    #: A statement as ``execute`` takes it: SQL text or a SQLAlchemy Core statement.
+    SQL = str | ClauseElement
+
 from shardq.errors import ProgrammingError
 
 __all__ = ["as_statement", "compiler"]

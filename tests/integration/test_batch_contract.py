@@ -8,13 +8,17 @@ and the PEP 249 adapter over psycopg2 and sqlite3.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import gc
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
 
 import shardq
 from tests.fixtures.shards import ITEMS, Backend
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def statements(backend: Backend) -> list[Any]:
@@ -217,3 +221,74 @@ async def test_async_iterables_and_generator_results(backend: Backend) -> None:
         )
         values = [r.result_or_exc.rows[0][0] async for r in results]
         assert values == [key * 10 for key in range(1, 21)]
+
+
+# A statement that fails in each way a batch can meet: refused by the planner,
+# not planned at all (bad SQL, undeclared table), or failing on a shard.
+FAILURES: dict[str, tuple[str, type[Exception]]] = {
+    "refusal": ("DELETE FROM writes", shardq.UnsupportedQueryError),
+    "syntax": ("SELECT * FROM items WHERE (", shardq.SQLSyntaxError),
+    "undeclared": ("SELECT * FROM nowhere_declared", shardq.UndeclaredTableError),
+    "shard": ("SELECT no_such_column FROM items", shardq.ShardError),
+}
+MERGED = "SELECT grp, count(*) FROM items GROUP BY grp ORDER BY grp"
+
+
+def _around(bad: str, at: int = 3, total: int = 40) -> Iterator[str]:
+    """Merged reads with ``bad`` at ``at``: an iterator, so nothing is checked up front."""
+    for index in range(total):
+        yield bad if index == at else MERGED
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+def test_a_failure_leaves_no_statement_unawaited_sync(backend: Backend, failure: str) -> None:
+    # Statements started but not yet running when the batch stopped used to be
+    # dropped as never-awaited coroutines ("coroutine 'Engine.run' was never
+    # awaited"): filterwarnings=error turns that warning into a failure here.
+    bad, error = FAILURES[failure]
+    with backend.connect() as conn:
+        with pytest.raises(error):
+            conn.execute_concurrent(_around(bad), concurrency=8)
+        with pytest.raises(error):
+            list(conn.execute_concurrent(_around(bad), concurrency=8, results_generator=True))
+        if failure == "shard":  # a list is checked first: only a shard error gets this far
+            with pytest.raises(error):
+                conn.execute_concurrent(list(_around(bad)), concurrency=8)
+        results = conn.execute_concurrent(_around(bad), concurrency=8, raise_on_first_error=False)
+        assert [r.success for r in results] == [i != 3 for i in range(40)]
+        assert isinstance(results[3].result_or_exc, error)
+        # Leaving a generator early withdraws the statements not yet running.
+        early = conn.execute_concurrent(
+            _around(bad, at=30), concurrency=8, raise_on_first_error=False, results_generator=True
+        )
+        assert next(early).success
+        early.close()
+        with pytest.raises(error):
+            conn.cursor().executemany(bad, [()] * 20)
+        assert conn.execute(MERGED).fetchall() == one_by_one(backend, [MERGED])[0]
+    gc.collect()  # a dropped coroutine warns when it is collected: now, within this test
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_a_failure_leaves_no_statement_unawaited_async(
+    backend: Backend, failure: str
+) -> None:
+    bad, error = FAILURES[failure]
+    async with await backend.connect_async() as conn:
+        with pytest.raises(error):
+            await conn.execute_concurrent(_around(bad), concurrency=8)
+        results = await conn.execute_concurrent(
+            _around(bad), concurrency=8, raise_on_first_error=False
+        )
+        assert [r.success for r in results] == [i != 3 for i in range(40)]
+        streamed = await conn.execute_concurrent(
+            _around(bad), concurrency=8, results_generator=True
+        )
+        with pytest.raises(error):
+            async for _ in streamed:
+                pass
+        with pytest.raises(error):
+            await conn.cursor().executemany(bad, [()] * 20)
+        with pytest.raises(error):
+            await conn.gather(_around(bad))
+    gc.collect()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import sqlalchemy as sa
 
 import shardq
 from tests.fixtures.shards import ITEMS, KINDS, Backend
@@ -286,3 +287,133 @@ def test_timeout_interrupts_the_statement(backend: Backend) -> None:
                     "AND query LIKE '%AS endless%' AND pid <> pg_backend_pid()"
                 )
                 assert rows == [(0,)]
+
+
+ITEMS_TABLE = sa.table("items", sa.column("id"), sa.column("grp"), sa.column("val"))
+WRITES_TABLE = sa.table("writes", sa.column("id"), sa.column("note"))
+BY_KEY = sa.select(ITEMS_TABLE.c.id, ITEMS_TABLE.c.val).where(
+    ITEMS_TABLE.c.id == sa.bindparam("key")
+)
+GROUPED = (
+    sa.select(ITEMS_TABLE.c.grp, sa.func.count().label("n"))
+    .where(ITEMS_TABLE.c.val > sa.bindparam("floor", 1500))
+    .group_by(ITEMS_TABLE.c.grp)
+    .order_by(ITEMS_TABLE.c.grp)
+)
+GROUPED_TEXT = "SELECT grp, count(*) AS n FROM items WHERE val > {} GROUP BY grp ORDER BY grp"
+
+
+def test_sqlalchemy_statements_run_through_execute(empty_writes: Backend) -> None:
+    backend = empty_writes
+    with backend.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(BY_KEY, {"key": 7})
+        assert cur.fetchall() == [(7, 70)]
+        assert cur.shards == (conn.shard_for("items", 7),)  # routed by the bound value
+        cur.execute(sa.select(ITEMS_TABLE.c.id).where(ITEMS_TABLE.c.id == 9))
+        assert cur.fetchall() == [(9,)]
+        assert cur.shards == (conn.shard_for("items", 9),)
+        expected = conn.execute(backend.sql(GROUPED_TEXT), [1500]).fetchall()
+        assert conn.execute(GROUPED).fetchall() == expected  # the default bound value
+        above = conn.execute(GROUPED, {"floor": 1900}).fetchall()
+        assert above == [(f"g{k}", 2) for k in range(5)]  # ids 191..200
+        assert [c.name for c in cur.execute(GROUPED).description or ()] == ["grp", "n"]
+        cur.execute(sa.insert(WRITES_TABLE).values(id=5, note="five"))
+        assert cur.rowcount == 1
+        cur.executemany(
+            sa.insert(WRITES_TABLE), [{"id": i, "note": f"n{i}"} for i in range(10, 20)]
+        )
+        assert cur.rowcount == 10
+        update = (
+            sa.update(WRITES_TABLE)
+            .where(WRITES_TABLE.c.id == sa.bindparam("key"))
+            .values(note=sa.bindparam("new"))
+        )
+        cur.execute(update, {"key": 12, "new": "twelve"})
+        assert cur.rowcount == 1
+        plan = conn.explain(BY_KEY, {"key": 3})
+        assert plan.startswith(f"Single-shard query on {conn.shard_for('items', 3)}\n")
+        with pytest.raises(shardq.ProgrammingError, match="mapping"):
+            cur.execute(BY_KEY, [7])
+        with pytest.raises(shardq.ProgrammingError, match="SQL text, a SQLAlchemy statement"):
+            cur.execute(object())
+    home = backend.shard_names.index(conn.shard_for("writes", 12))
+    assert backend.direct(home, "SELECT note FROM writes WHERE id = 12") == [("twelve",)]
+    total = sum(len(backend.direct(i, "SELECT id FROM writes")) for i in range(4))
+    assert total == 11
+
+
+async def test_sqlalchemy_statements_run_through_async_execute(empty_writes: Backend) -> None:
+    backend = empty_writes
+    async with await backend.connect_async() as conn:
+        cur = await conn.execute(BY_KEY, {"key": 11})
+        assert await cur.fetchall() == [(11, 110)]
+        assert cur.shards == (conn.shard_for("items", 11),)
+        cur = conn.cursor()
+        await cur.executemany(
+            sa.insert(WRITES_TABLE), [{"id": i, "note": f"a{i}"} for i in range(1, 6)]
+        )
+        assert cur.rowcount == 5
+        await cur.execute(
+            sa.select(WRITES_TABLE.c.note).where(WRITES_TABLE.c.id == sa.bindparam("key")),
+            {"key": 4},
+        )
+        assert await cur.fetchall() == [("a4",)]
+        assert "items" in await conn.explain(GROUPED)
+
+
+def _write_or_roll_back(conn: shardq.Connection, sql: str) -> None:
+    """The usual DB-API error handler: roll back, then let the error through."""
+    try:
+        conn.execute(sql)
+    except shardq.Error:
+        conn.rollback()
+        raise
+
+
+async def _write_or_roll_back_async(conn: shardq.AsyncConnection, sql: str) -> None:
+    try:
+        await conn.execute(sql)
+    except shardq.Error:
+        await conn.rollback()
+        raise
+
+
+def test_rollback_in_an_error_handler_lets_the_real_error_through(empty_writes: Backend) -> None:
+    backend = empty_writes
+    conn = backend.connect()
+    with conn:
+        assert conn.autocommit is True
+        conn.execute("INSERT INTO writes (id, note) VALUES (7, 'a')")
+        # The duplicate key must reach the caller, not an error of rollback().
+        with pytest.raises(shardq.IntegrityError):
+            _write_or_roll_back(conn, "INSERT INTO writes (id, note) VALUES (7, 'b')")
+        conn.rollback()
+        conn.commit()
+        # Autocommit: rollback() undid nothing, as in psycopg's and sqlite3's autocommit mode.
+        assert conn.execute("SELECT note FROM writes WHERE id = 7").fetchall() == [("a",)]
+        conn.autocommit = True
+        with pytest.raises(shardq.NotSupportedError, match="two-phase"):
+            conn.autocommit = False
+        assert conn.autocommit is True
+        assert not hasattr(conn.cursor(), "callproc")  # left out, not a method that raises
+    with pytest.raises(shardq.InterfaceError):
+        conn.rollback()
+
+
+async def test_async_rollback_and_autocommit(empty_writes: Backend) -> None:
+    backend = empty_writes
+    conn = await backend.connect_async()
+    async with conn:
+        assert conn.autocommit is True
+        await conn.execute("INSERT INTO writes (id, note) VALUES (8, 'a')")
+        with pytest.raises(shardq.IntegrityError):
+            await _write_or_roll_back_async(conn, "INSERT INTO writes (id, note) VALUES (8, 'b')")
+        await conn.commit()
+        cur = await conn.execute("SELECT note FROM writes WHERE id = 8")
+        assert await cur.fetchall() == [("a",)]
+        with pytest.raises(shardq.NotSupportedError):
+            conn.autocommit = False
+        assert not hasattr(conn.cursor(), "callproc")
+    with pytest.raises(shardq.InterfaceError):
+        await conn.rollback()

@@ -18,7 +18,8 @@ def test_exported_members() -> None:
         "ConfigError",
         "Connection", "Cursor", "DATETIME", "DataError", "DatabaseError", "Date", "DateFromTicks",
         "Error", "ExecutionResult", "IntegrityError", "InterfaceError", "InternalError", "NUMBER",
-        "NotSupportedError", "OperationalError", "ProgrammingError", "Progress",
+        "MissingDependencyError", "NotSupportedError", "OperationalError", "ProgrammingError",
+        "Progress",
         "QueryTimeoutError", "ROWID", "ResultSet", "SQLSyntaxError", "STRING", "ShardConfig",
         "ShardError", "TableConfig", "Time", "TimeFromTicks", "Timestamp", "TimestampFromTicks",
         "UndeclaredTableError", "UnsupportedQueryError", "Warning", "apilevel", "connect",
@@ -50,6 +51,8 @@ def test_pep249_globals() -> None:
         (shardq.NotSupportedError, shardq.DatabaseError),
         (shardq.ConfigError, shardq.InterfaceError),
         (shardq.ConfigError, ValueError),
+        (shardq.MissingDependencyError, shardq.InterfaceError),
+        (shardq.MissingDependencyError, ModuleNotFoundError),
         (shardq.SQLSyntaxError, shardq.ProgrammingError),
         (shardq.UndeclaredTableError, shardq.ProgrammingError),
         (shardq.UnsupportedQueryError, shardq.NotSupportedError),
@@ -65,6 +68,21 @@ def test_exception_hierarchy(child: type, parent: type) -> None:
 def test_connection_exposes_the_exceptions() -> None:
     for name in ("Error", "ProgrammingError", "OperationalError", "NotSupportedError"):
         assert getattr(shardq.Connection, name) is getattr(shardq, name)
+
+
+def test_cursors_and_connections_have_what_they_honour_and_nothing_that_always_raises() -> None:
+    # PEP 249: an optional method that cannot be honoured is left out, so hasattr tells the truth.
+    cursor_members = (
+        "description", "rowcount", "arraysize", "close", "execute", "executemany",
+        "fetchone", "fetchmany", "fetchall", "setinputsizes", "setoutputsize",
+    )  # fmt: skip
+    for name in cursor_members:
+        assert hasattr(shardq.Cursor, name), name
+    for name in ("close", "commit", "rollback", "cursor", "autocommit"):
+        assert hasattr(shardq.Connection, name), name
+        assert hasattr(shardq.AsyncConnection, name), name
+    assert not hasattr(shardq.Cursor, "callproc")
+    assert not hasattr(shardq.AsyncCursor, "callproc")
 
 
 def test_type_objects_compare_with_postgres_type_codes() -> None:

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.cache import codec
 from shardq.cache.backend import BackendUnavailable, Entry, Result, holds_mutable, shared
+from shardq.errors import missing_dependency
 
 if TYPE_CHECKING:
     import redis.asyncio
 
-__all__ = ["RedisBackend"]
+__all__ = ["RedisBackend", "require_redis"]
 
 _HEADER = struct.Struct("<4sddH")
 _MAGIC = b"SQE1"
@@ -61,6 +62,17 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def require_redis() -> None:
+    """Import redis-py, or raise :class:`~shardq.errors.MissingDependencyError` naming the extra."""
+    try:
+        import redis.asyncio  # noqa: F401  (imported to learn whether it can be)
+    except ImportError as exc:
+        hint = missing_dependency(exc, "the Redis cache backend")
+        if hint is None:
+            raise
+        raise hint from exc
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -248,6 +260,7 @@ class RedisBackend:
         near_bytes: int = 32 * 1024 * 1024,
         **options: Any,
     ):
+        require_redis()
         import redis.asyncio
 
         if lock_timeout <= 0:

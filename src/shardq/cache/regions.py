@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.cache import codec, keys
 from shardq.cache.memory import MemoryBackend
+from shardq.cache.redis import require_redis
 from shardq.cache.region import CacheRegion, backend_from_url
 from shardq.config import CacheConfig
 from shardq.errors import ProgrammingError
@@ -56,6 +57,11 @@ class Regions:
         self._identity = keys.identity(config)
         if isinstance(default, str) and default != DEFAULT:
             self.named(default)  # an unknown name fails now, not at the first read
+        settings = self._settings
+        if settings is not None:
+            urls = (settings.url, *(r.url for r in settings.regions.values()))
+            if any(not url.startswith("memory:") for url in urls):
+                require_redis()  # a missing extra fails now, not at the first read or write
 
     @property
     def configured(self) -> bool:

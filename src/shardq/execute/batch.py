@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     #: Called once when a statement ends: with its result, or with what it raised.
     Done = Callable[[Any, BaseException | None], None]
+    #: Makes the awaitable of one statement's result: called in its task, when the task runs.
+    Run = Callable[[], Awaitable[Any]]
 
 __all__ = ["ExecutionResult", "Progress", "run_batch"]
 
@@ -63,7 +65,7 @@ class _Batch:
 
     def __init__(
         self,
-        start: Callable[[Any, Done], Awaitable[Any] | None],
+        start: Callable[[Any, Done], Run | None],
         concurrency: int,
         raise_on_first_error: bool,
         window: int | None,
@@ -147,19 +149,22 @@ class _Batch:
             self.done(index, result, exc)
 
         try:
-            awaitable = self.start(item, done)
+            run = self.start(item, done)
         except Exception as exc:
             done(None, exc)
             return
-        if awaitable is not None:
-            task = asyncio.ensure_future(self._follow(awaitable, done))
+        if run is not None:
+            task = asyncio.ensure_future(self._follow(run, done))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     @staticmethod
-    async def _follow(awaitable: Awaitable[Any], done: Done) -> None:
+    async def _follow(run: Run, done: Done) -> None:
+        # The statement's coroutine is made here, in the task, not by start(): a
+        # task cancelled before its first step (the batch stopped) never runs its
+        # body, and a coroutine made outside it would be dropped unawaited.
         try:
-            result = await awaitable
+            result = await run()
         except asyncio.CancelledError as exc:  # withdrawn: the batch is over
             done(None, exc)
             raise
@@ -231,7 +236,7 @@ class _Batch:
 
 
 async def run_batch(
-    start: Callable[[Any, Done], Awaitable[Any] | None],
+    start: Callable[[Any, Done], Run | None],
     items: Iterable[T] | AsyncIterable[T],
     *,
     concurrency: int,
@@ -243,11 +248,14 @@ async def run_batch(
     """Start every item, ``concurrency`` at most at once; yield the results in order.
 
     Args:
-        start: ``start(item, done)`` starts one item. It either returns an
-            awaitable of the item's result (a coroutine: run as a task), or
-            returns None and calls ``done(result, None)`` or ``done(None,
-            exc)`` once, now or later, without a task of the batch's own (a
-            lane's worker calls it). Raising is the item's failure.
+        start: ``start(item, done)`` starts one item. It either returns a
+            function of no argument that makes the awaitable of the item's
+            result (called in a task of the batch's own when that task runs,
+            so an item withdrawn before it runs leaves no coroutine
+            unawaited), or returns None and calls ``done(result, None)`` or
+            ``done(None, exc)`` once, now or later, without a task of the
+            batch's own (a lane's worker calls it). Raising is the item's
+            failure.
         items: the statements, consumed as they are started.
         concurrency: the most items in flight at once.
         raise_on_first_error: stop at the first failure and raise it; else

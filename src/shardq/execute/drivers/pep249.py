@@ -22,7 +22,10 @@ from shardq.execute.drivers.threaded import ThreadedConnection, ThreadedPool
 from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 from shardq.sql.catalog import sqlite_columns_query
 
-__all__ = ["adapter_pool"]
+__all__ = ["DRIVER_DIALECTS", "adapter_pool", "driver_of"]
+
+#: The dialect of the connections of each PEP 249 driver shardq knows, by top-level module.
+DRIVER_DIALECTS = {"sqlite3": "sqlite", "psycopg2": "postgres", "psycopg": "postgres"}
 
 _INFO_SQL = {"postgres": "SELECT version()", "sqlite": "SELECT 'SQLite ' || sqlite_version()"}
 
@@ -32,6 +35,23 @@ def _interrupt_of(conn: Any) -> Any:
         method = getattr(type(conn), name, None)
         if callable(method):
             return lambda c, _name=name: getattr(c, _name)()
+    return None
+
+
+def driver_of(conn: object) -> str | None:
+    """The known driver module defining ``conn``'s class or a base of it, or None.
+
+    >>> import sqlite3
+    >>> class Mine(sqlite3.Connection): ...
+    >>> conn = Mine(":memory:")
+    >>> driver_of(conn), driver_of(object())
+    ('sqlite3', None)
+    >>> conn.close()
+    """
+    for cls in type(conn).__mro__:
+        module = cls.__module__.partition(".")[0]
+        if module in DRIVER_DIALECTS:
+            return module
     return None
 
 
@@ -55,7 +75,7 @@ def adapter_pool(name: str, conn: Any, dialect: str) -> ThreadedPool:
     # psycopg2 and psycopg say autocommit=True; sqlite3 says isolation_level=None
     # (psycopg2's isolation_level is None too, meaning "the server's default").
     autocommit = getattr(conn, "autocommit", None) is True or (
-        type(conn).__module__ == "sqlite3" and conn.isolation_level is None
+        driver_of(conn) == "sqlite3" and conn.isolation_level is None
     )
     factory = partial(
         ThreadedConnection,

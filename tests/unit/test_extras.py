@@ -1,0 +1,129 @@
+"""A missing extra is named when the connection is made, with the pip command that installs it.
+
+Each case runs in a fresh interpreter in which the optional package cannot be
+imported (``sys.modules[name] = None`` before ``import shardq``), as if it
+had never been installed; nothing is uninstalled.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Runs ``body`` with ``blocked`` unimportable; prints what it raised, as JSON.
+PRELUDE = """
+import json, sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+import shardq
+
+def report(exc):
+    print(json.dumps({{
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "interface": isinstance(exc, shardq.InterfaceError),
+        "config": isinstance(exc, shardq.ConfigError),
+        "not_found": isinstance(exc, ModuleNotFoundError),
+        "name": getattr(exc, "name", None),
+        "extra": getattr(exc, "extra", None),
+        "cause": type(exc.__cause__).__name__,
+    }}))
+
+try:
+{body}
+except Exception as exc:
+    report(exc)
+else:
+    print(json.dumps(None))
+"""
+
+
+def run_without(blocked: list[str], body: str) -> Any:
+    code = PRELUDE.format(blocked=blocked, body=textwrap.indent(textwrap.dedent(body), "    "))
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+POSTGRES = {
+    "dialect": "postgres",
+    "shards": [{"name": "s0", "dsn": "postgresql://localhost:9/nowhere"}],
+    "tables": {"t": {"shard_key": "id"}},
+}
+
+
+def _expect(raised: Any, module: str, extra: str) -> None:
+    assert raised is not None, "nothing was raised"
+    assert raised["type"] == "MissingDependencyError"
+    assert raised["message"].endswith(f"install it with: pip install 'shardq[{extra}]'")
+    assert raised["interface"]
+    assert not raised["config"]  # the configuration is fine; the environment lacks a package
+    assert raised["not_found"]  # still what `except ModuleNotFoundError` caught before
+    assert raised["name"] == module
+    assert raised["extra"] == extra
+    assert raised["cause"] == "ModuleNotFoundError"
+
+
+def test_postgres_without_psycopg_names_the_postgres_extra() -> None:
+    # No server is needed: the driver is imported when the connection is made,
+    # before any shard is contacted.
+    raised = run_without(["psycopg"], f"shardq.connect({POSTGRES!r})")
+    _expect(raised, "psycopg", "postgres")
+    assert raised["message"].startswith('dialect = "postgres"')
+
+
+def test_postgres_without_psycopg_async() -> None:
+    body = f"""
+    import asyncio
+    asyncio.run(shardq.connect_async({POSTGRES!r}))
+    """
+    _expect(run_without(["psycopg"], body), "psycopg", "postgres")
+
+
+def test_redis_cache_without_redis_names_the_redis_extra(tmp_path: Path) -> None:
+    config = {
+        "dialect": "sqlite",
+        "shards": [{"name": "s0", "dsn": str(tmp_path / "s0.db")}],
+        "tables": {},
+        "cache": {"url": "redis://localhost:9"},
+    }
+    # At connect, not at the first cached read or the first write.
+    raised = run_without(["redis"], f"shardq.connect({config!r})")
+    _expect(raised, "redis", "redis")
+    assert raised["message"].startswith("the Redis cache backend needs")
+    raised = run_without(["redis"], "shardq.CacheRegion('redis://localhost:9')")
+    _expect(raised, "redis", "redis")
+
+
+@pytest.mark.parametrize("blocked", [["psycopg"], ["redis"], ["sqlalchemy"]])
+def test_sqlite_shards_need_no_extra(tmp_path: Path, blocked: list[str]) -> None:
+    # SQLAlchemy is imported only to compile a statement the user built with
+    # it, so it is never missing on that path; SQL text needs none of them.
+    config = {
+        "dialect": "sqlite",
+        "shards": [{"name": f"s{i}", "dsn": str(tmp_path / f"s{i}.db")} for i in range(2)],
+        "tables": {"t": {"shard_key": "id"}},
+    }
+    body = f"""
+    import sqlite3
+    for shard in {config["shards"]!r}:
+        with sqlite3.connect(shard["dsn"]) as db:
+            db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+        db.close()
+    with shardq.connect({config!r}) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO t (id, v) VALUES (?, ?)", [(i, i) for i in range(10)]
+        )
+        assert conn.execute("SELECT count(*), sum(v) FROM t").fetchall() == [(10, 45)]
+    """
+    assert run_without(blocked, body) is None
