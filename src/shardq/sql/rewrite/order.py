@@ -84,6 +84,16 @@ def _check_collation(node: exp.Expr, dialect: str) -> exp.Expr:
     return node
 
 
+def _code_point(node: exp.Expr) -> bool:
+    """Whether ``node`` is ``x COLLATE`` a code-point collation."""
+    if not isinstance(node, exp.Collate):
+        return False
+    name = node.expression
+    text = (name.name if isinstance(name, exp.Column | exp.Identifier | exp.Literal | exp.Var)
+            else name.sql()).lower()  # fmt: skip
+    return text in CODE_POINT_COLLATIONS
+
+
 def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
     """Resolve ``select``'s ORDER BY terms against its select list."""
     order = select.args.get("order")
@@ -124,5 +134,5 @@ def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
             target = node
         terms.append(SortTerm(target, bool(ordered.args.get("desc")),
                               bool(ordered.args.get("nulls_first")),
-                              isinstance(node, exp.Collate)))  # fmt: skip
+                              _code_point(node)))  # fmt: skip
     return terms

@@ -134,9 +134,12 @@ class _Finalizer:
             count = self._filtered(exp.Count(this=args[0].copy()), condition)
             total_column = self.add_column("a", total, typed=False)
             count_column = self.add_column("a", count, typed=False)
+            # typed and safe: SQLite's own division, which sqlglot writes as it is.
             return exp.Div(
                 this=exp.func("TOTAL", exp.column(total_column)),
                 expression=exp.func("SUM", exp.column(count_column)),
+                typed=True,
+                safe=True,
             )
         if name in ("min", "max") and len(args) == 1:
             self.min_max += 1
@@ -189,6 +192,11 @@ class _Finalizer:
         """
 
         def replace(n: exp.Expr) -> exp.Expr:
+            if isinstance(n, exp.Identifier | exp.DataType | exp.Var):
+                return n  # parts of names and types, never values
+            if isinstance(n, exp.Column) and not n.table and isinstance(n.this, exp.Identifier):
+                if normalize(n.this, "sqlite") in aliases:
+                    return n  # an output name, resolved by the final step as by SQLite
             if isinstance(n, exp.Collate):
                 key = self.keys.get(self.text(_strip_collate(n)))
                 if key is not None:
@@ -204,9 +212,6 @@ class _Finalizer:
             ):
                 return self._shard_computed(n)
             if isinstance(n, exp.Column) and isinstance(n.this, exp.Identifier):
-                name = normalize(n.this, "sqlite")
-                if not n.table and name in aliases:
-                    return n  # an output name, resolved by the final step as by SQLite
                 column = self.add_column("b", n, typed=True)
                 self.bare.append(self.text(n))
                 return exp.column(column)
