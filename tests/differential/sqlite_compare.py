@@ -26,7 +26,9 @@ loosely, through a :data:`Fold` that maps every acceptable value to one:
   group: compared as a number (:func:`number`).
 
 A column can also be loose only in its *order* (``tie``): rows that ORDER BY
-``x COLLATE NOCASE`` finds equal may come in any order. Then the rows are
+``x COLLATE NOCASE`` finds equal may come in any order (as may rows whose
+only difference is ``0`` against ``0.0``: every column is compared as a number
+for the order). Then the rows are
 compared in order with those columns folded (ties form groups), and as a
 multiset without folding them, so each tie group must hold the same rows.
 With a LIMIT that cuts through a tie group the rows kept are arbitrary too:
@@ -124,6 +126,11 @@ def _fold(row: Row, folds: Mapping[int, Fold]) -> Row:
     return tuple(folds[i](v) if i in folds else v for i, v in enumerate(row))
 
 
+def _order_fold(row: Row, folds: Mapping[int, Fold]) -> Row:
+    # ORDER BY never tells 0 from 0.0 (or 1 from 1.0): such rows tie, in any order.
+    return tuple(number(v) for v in _fold(row, folds))
+
+
 def _same_list(got: list[Row], want: list[Row], what: str) -> None:
     assert len(got) == len(want), f"{len(got)} rows, expected {len(want)}"
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -152,13 +159,25 @@ def same_rows(
     order_folds = {**(tie or {}), **loose}
     if ordered:
         _same_list(
-            [_fold(r, order_folds) for r in got], [_fold(r, order_folds) for r in want], "row"
+            [_order_fold(r, order_folds) for r in got],
+            [_order_fold(r, order_folds) for r in want],
+            "row",
         )
     _same_list(
         sorted((_fold(r, loose) for r in got), key=_sort_key),
         sorted((_fold(r, loose) for r in want), key=_sort_key),
         "row (sorted)",
     )
+
+
+class Twin:
+    """A SQLite file in shardq's place: the comparison's own check (see sqlite_edge's twin)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def execute(self, sql: str, params: Any = None) -> sqlite3.Cursor:
+        return self.db.execute(sql, params or ())
 
 
 @dataclass(frozen=True)
@@ -177,8 +196,8 @@ def single_file(db: sqlite3.Connection, sql: str, params: Any = ()) -> Answer:
     return Answer([d[0] for d in cur.description], rows)
 
 
-def through_shardq(conn: shardq.Connection, sql: str, params: Any = ()) -> Answer:
-    """Run ``sql`` through shardq (rows as tuples)."""
+def through_shardq(conn: shardq.Connection | Twin, sql: str, params: Any = ()) -> Answer:
+    """Run ``sql`` through shardq (rows as tuples), or on a :class:`Twin`."""
     cur = conn.execute(sql, params or None)
     rows = [tuple(r) for r in cur.fetchall()]
     assert cur.description is not None
@@ -186,7 +205,7 @@ def through_shardq(conn: shardq.Connection, sql: str, params: Any = ()) -> Answe
 
 
 def same_answer(
-    conn: shardq.Connection,
+    conn: shardq.Connection | Twin,
     db: sqlite3.Connection,
     sql: str,
     params: Any = (),
