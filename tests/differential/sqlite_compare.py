@@ -158,11 +158,11 @@ def same_rows(
     loose = loose or {}
     order_folds = {**(tie or {}), **loose}
     if ordered:
-        _same_list(
-            [_order_fold(r, order_folds) for r in got],
-            [_order_fold(r, order_folds) for r in want],
-            "row",
-        )
+        folded_got = [_order_fold(r, order_folds) for r in got]
+        folded_want = [_order_fold(r, order_folds) for r in want]
+        for i, (g, w) in enumerate(zip(folded_got, folded_want, strict=False)):
+            same = len(g) == len(w) and all(same_value(a, b) for a, b in zip(g, w, strict=True))
+            assert same, f"row {i}: {got[i]!r} != expected {want[i]!r} (the order differs)"
     _same_list(
         sorted((_fold(r, loose) for r in got), key=_sort_key),
         sorted((_fold(r, loose) for r in want), key=_sort_key),
