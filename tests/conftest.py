@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.shards",
     "tests.fixtures.tpch",
     "tests.fixtures.edge",
+    "tests.fixtures.sqlite_edge",
 ]
