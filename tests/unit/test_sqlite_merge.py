@@ -94,10 +94,14 @@ def test_sqlite_arithmetic_and_functions_after_the_merge(planner: Planner) -> No
     # Per shard: count(*), total(grp), count(grp), sum(amount), sum(grp), group_concat.
     shard_rows = [(2, 7.0, 2, 12.5, 7, "a-b"), (1, 2.0, 1, 1.0, 2, None)]
     ((third, truncated, modulo, rounded, kind, total, joined),) = compute(final, shard_rows)
-    assert third == 1.0 and isinstance(third, float)
+    assert third == 1.0
+    assert isinstance(third, float)
     assert truncated == 3  # avg 3.0: CAST truncates
     assert modulo == 6.0  # 13.5 % 7 in SQLite: integer remainder of the truncated operands, a real
-    assert rounded == 3.0 and kind == "integer" and total == 9.0 and joined == "a-b"
+    assert rounded == 3.0
+    assert kind == "integer"
+    assert total == 9.0
+    assert joined == "a-b"
 
 
 def test_bare_columns_follow_the_one_min_or_max(planner: Planner) -> None:
@@ -131,9 +135,7 @@ def test_a_group_key_shown_without_its_collation(planner: Planner) -> None:
     # SQLite shows some row's name for a group formed under NOCASE.
     plan = planner.plan("SELECT note, count(*) FROM ev GROUP BY note COLLATE NOCASE ORDER BY note")
     assert plan.merge.final is not None
-    assert plan.merge.final.sql.endswith(
-        "GROUP BY _shardq_g0 COLLATE NOCASE ORDER BY note"
-    )
+    assert plan.merge.final.sql.endswith("GROUP BY _shardq_g0 COLLATE NOCASE ORDER BY note")
 
 
 def test_rows_merge_in_sqlite_order_and_collation(planner: Planner) -> None:

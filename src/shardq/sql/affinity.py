@@ -74,9 +74,7 @@ class Resolver:
         statement = analysis.parsed.expression
         # ``select`` may be a rewritten copy of the statement: its tables are
         # found by the names the query uses for them.
-        refs = {
-            r.alias.lower(): r for r in analysis.refs if r.node.parent_select is statement
-        }
+        refs = {r.alias.lower(): r for r in analysis.refs if r.node.parent_select is statement}
         for source in from_sources(select):
             alias = source.alias_or_name.lower()
             found = None

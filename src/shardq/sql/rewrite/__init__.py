@@ -260,9 +260,7 @@ def _rows(
             if isinstance(node, int):
                 node = _unaliased(select.expressions[node])
             collation = _merged_collation(resolver, node, "ORDER BY")
-        keys.append(
-            SortKey(column, term.descending, term.nulls_first, term.code_point, collation)
-        )
+        keys.append(SortKey(column, term.descending, term.nulls_first, term.code_point, collation))
     shard = select.copy()
     for i, node in enumerate(extra):
         shard.select(exp.alias_(node.copy(), f"_shardq_o{i}"), append=True, copy=False)
@@ -272,8 +270,7 @@ def _rows(
     collations = None
     if resolver is not None and distinct:
         collations = tuple(
-            _merged_collation(resolver, _unaliased(item), "DISTINCT")
-            for item in select.expressions
+            _merged_collation(resolver, _unaliased(item), "DISTINCT") for item in select.expressions
         )
     merge = MergePlan(
         order=tuple(keys), distinct=distinct, hidden=len(extra), collations=collations
@@ -345,9 +342,7 @@ def _named_items(select: exp.Select, text: str) -> exp.Select:
         return select
     named = []
     for item, written in zip(items, texts, strict=True):
-        plain = isinstance(item, exp.Alias | exp.Star) or (
-            isinstance(_bare(item), exp.Column)
-        )
+        plain = isinstance(item, exp.Alias | exp.Star) or (isinstance(_bare(item), exp.Column))
         named.append(item if plain else exp.alias_(item.copy(), written, quoted=True))
     if all(a is b for a, b in zip(named, items, strict=True)):
         return select
@@ -376,8 +371,10 @@ def _expand_stars(
     items = select.expressions
     if not columns or not any(is_star(i) for i in items):
         return select, frozenset()
-    if select.args.get("order") is None and select.args.get("group") is None and not (
-        select.args.get("distinct")
+    if (
+        select.args.get("order") is None
+        and select.args.get("group") is None
+        and not (select.args.get("distinct"))
     ):
         return select, frozenset()
     joins = select.args.get("joins") or []

@@ -194,9 +194,13 @@ class _Finalizer:
         def replace(n: exp.Expr) -> exp.Expr:
             if isinstance(n, exp.Identifier | exp.DataType | exp.Var):
                 return n  # parts of names and types, never values
-            if isinstance(n, exp.Column) and not n.table and isinstance(n.this, exp.Identifier):
-                if normalize(n.this, "sqlite") in aliases:
-                    return n  # an output name, resolved by the final step as by SQLite
+            if (
+                isinstance(n, exp.Column)
+                and not n.table
+                and isinstance(n.this, exp.Identifier)
+                and normalize(n.this, "sqlite") in aliases
+            ):
+                return n  # an output name, resolved by the final step as by SQLite
             if isinstance(n, exp.Collate):
                 key = self.keys.get(self.text(_strip_collate(n)))
                 if key is not None:
