@@ -21,6 +21,7 @@ import sqlglot
 from sqlglot import TokenType
 
 import shardq
+from shardq.cli.arguments import add_config_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.output import _json_default
 from shardq.errors import Error
@@ -40,7 +41,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "one JSON line per statement, in the file's order."
         ),
     )
-    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+    add_config_argument(parser)
     parser.add_argument("file", help="the statements, or - to read them from standard input")
     parser.add_argument(
         "-j", "--concurrency", type=int, default=100, help="statements in flight (default 100)"
@@ -109,7 +110,7 @@ class _Bar:
 
 def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
-    with shardq.connect(args.config, timeout=args.timeout) as conn:
+    with shardq.connect(config_path(args), timeout=args.timeout) as conn:
         text = sys.stdin.read() if args.file == "-" else _read(args.file)
         statements = split_statements(text, conn.config.dialect)
         show = sys.stderr.isatty() if args.progress is None else args.progress
