@@ -269,7 +269,7 @@ def test_no_configuration_anywhere_names_the_three_places(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["SELECT * FORM customers"], 4, "syntax error at line 1"),
+        (["SELECT * FORM customers"], 4, 'near "customers": syntax error (line 1, column 15)'),
         (["SELECT * FROM nope"], 4, "'nope' is not declared"),
         (["SELECT string_agg(name, ',') FROM customers"], 4, "not supported"),
         (["SELECT missing_column FROM customers WHERE id = 1"], 1, "shard 's"),
@@ -290,6 +290,29 @@ def test_query_exit_codes(demo_config: Path, args: list[str], code: int, message
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        (
+            "SELECT * FROM orders WHERE customer_id = %s",
+            'near "%": syntax error (line 1, column 42); SQLite shards take ? placeholders',
+        ),
+        ("SELECT * FROM orders WHERE (", "incomplete input (line 1, column 28)"),
+        (
+            "SELECT name FROM customers\nWHERE id = = 3",
+            'near "=": syntax error (line 2, column 12)',
+        ),
+        ("SELECT 'abc FROM customers", 'unrecognized token: "\'abc FROM customers" (line 1'),
+    ],
+)
+def test_syntax_errors_read_like_sqlites_own(demo_config: Path, sql: str, message: str) -> None:
+    result = shardq_cli("query", "-c", str(demo_config), "-p", "42", sql)
+    assert result.returncode == 4
+    assert result.stderr.startswith(f"shardq: error: {message}")
+    for leak in ("sqlglot", "Required keyword", "<class", "Traceback"):
+        assert leak not in result.stderr
 
 
 def test_config_and_usage_exit_codes(tmp_path: Path) -> None:
