@@ -200,16 +200,19 @@ def _syntax_error(
         offset = _unterminated(text, dialect)
         if offset is None:
             return SQLSyntaxError("syntax error: the text cannot be split into SQL tokens")
-        line, column = _position(text, offset)
+        at_line, at_column = _position(text, offset)
         fragment = _shown(text[offset:])
         if dialect == "sqlite":
             message = f'unrecognized token: "{fragment}"'
         else:
             kind = "identifier" if text[offset] == '"' else "string"
             message = f'unterminated quoted {kind} at or near "{fragment}"'
-        return SQLSyntaxError(f"{message} (line {line}, column {column})", line=line, column=column)
+        return SQLSyntaxError(
+            f"{message} (line {at_line}, column {at_column})", line=at_line, column=at_column
+        )
     first = exc.errors[0] if exc.errors else {}
-    line, column = first.get("line"), first.get("col")
+    line: int | None = first.get("line")
+    column: int | None = first.get("col")
     near = (first.get("highlight") or "").strip() or None
     description = first.get("description") or ""
     missing = description.startswith(("Required keyword", "Expected", "Expecting"))
