@@ -437,7 +437,7 @@ def test_batch_errors_stop_or_are_reported_in_place(demo_config: Path, tmp_path:
     statements.write_text("SELECT 1 AS one;\nSELECT * FROM customers WHERE (;\nSELECT 2 AS two;")
     stopped = shardq_cli("batch", "-c", str(demo_config), str(statements))
     assert stopped.returncode == 4  # refused before running, as for one statement
-    assert "syntax error" in stopped.stderr
+    assert "incomplete input (line 1, column 31)" in stopped.stderr  # as SQLite says it
     assert "statement 1 of the batch" in stopped.stderr
     assert stopped.stdout == ""  # a list is checked before any statement runs
     kept = shardq_cli(
@@ -449,3 +449,60 @@ def test_batch_errors_stop_or_are_reported_in_place(demo_config: Path, tmp_path:
     assert lines[1]["error"] == "SQLSyntaxError"
     assert lines[2]["rows"] == [[2]]
     assert "3 statements, 2 ok, 1 failed" in kept.stderr
+
+
+def test_a_failure_stops_the_batch_after_printing_every_statement_that_ran(
+    tmp_path: Path,
+) -> None:
+    config = create_dataset(tmp_path / "d", shards=3, customers=30)
+    lookups = [f"SELECT name FROM customers WHERE id = {i};" for i in range(1, 6)]
+    inserts = [
+        f"INSERT INTO customers (id, name, country, signed_up) VALUES ({i}, 'n', 'DE', '2024');"
+        for i in (100, 101, 102)
+    ]
+    statements = tmp_path / "statements.sql"
+    statements.write_text(
+        "\n".join([*lookups, "SELECT nope FROM customers WHERE id = 3;", *inserts])
+    )
+    # One at a time: the five lookups, then the failure; the inserts never start.
+    one = shardq_cli("batch", "-c", str(config), "-j", "1", str(statements))
+    assert one.returncode == 1, one.stderr
+    lines = [json.loads(line) for line in one.stdout.splitlines()]
+    assert [line["statement"] for line in lines] == list(range(6))
+    assert [line["rows"] for line in lines[:5]] == [[[f"customer {i}"]] for i in range(1, 6)]
+    assert lines[5]["ok"] is False
+    assert "no such column: nope" in lines[5]["message"]
+    assert one.stderr.startswith("shardq: error: shard 's")
+    assert "(statement 5 of the batch, counting from 0)" in one.stderr
+    assert "stopped at the first failure: 6 of 9 statements ran (5 ok, 1 failed), 3 not run" in (
+        one.stderr
+    )
+    counted = shardq_cli("query", "-c", str(config), "-f", "csv",
+                         "SELECT count(*) AS n FROM customers WHERE id >= 100")  # fmt: skip
+    assert counted.stdout.splitlines() == ["n", "0"]
+    # All at once: every statement ran before the failure was known; all are printed, in order.
+    many = shardq_cli("batch", "-c", str(config), str(statements))
+    assert many.returncode == 1, many.stderr
+    lines = [json.loads(line) for line in many.stdout.splitlines()]
+    assert [line["statement"] for line in lines] == list(range(len(lines)))
+    assert [line["ok"] for line in lines[:6]] == [True] * 5 + [False]
+    assert all(line["ok"] for line in lines[6:])
+    ran = len(lines)
+    assert f"{ran} of 9 statements ran ({ran - 1} ok, 1 failed)" in many.stderr
+
+
+def test_a_refusal_stops_the_batch_without_a_coroutine_left_unawaited(
+    demo_config: Path,
+) -> None:
+    sql = "SELECT 1 AS one;\nSELECT group_concat(name) FROM customers;\nSELECT 2 AS two;"
+    for args in ([], ["-j", "1"]):
+        result = shardq_cli("batch", "-c", str(demo_config), *args, "-", stdin=sql,
+                            env={"PYTHONWARNINGS": "error::RuntimeWarning"})  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert lines[0] == {"statement": 0, "ok": True, "rowcount": 1, "columns": ["one"],
+                            "rows": [[1]]}  # fmt: skip
+        assert lines[1]["error"] == "UnsupportedQueryError"
+        assert "never awaited" not in result.stderr
+        assert "RuntimeWarning" not in result.stderr
+        assert "GROUP_CONCAT" in result.stderr
