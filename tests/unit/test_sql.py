@@ -92,6 +92,45 @@ def test_syntax_errors_carry_the_position(sql: str, line: int, column: int) -> N
     assert f"line {line}" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("sql", "dialect", "message"),
+    [
+        ("SELECT * FORM t", "postgres", 'syntax error at or near "t" (line 1, column 15)'),
+        ("SELECT 1 +", "postgres", "syntax error at end of input (line 1, column 10)"),
+        ("SELECT a IN (1, 2", "postgres", "syntax error at end of input (line 1, column 17)"),
+        ("SELECT a\nWHERE b ==== 3", "postgres", 'at or near "==" (line 2, column 11)'),
+        ("SELECT 'it''s' || 'abc", "postgres", 'unterminated quoted string at or near "\'abc"'),
+        ('SELECT a,\n "abc', "postgres", 'unterminated quoted identifier at or near ""abc"'),
+        ("SELECT * FORM t", "sqlite", 'near "t": syntax error (line 1, column 15)'),
+        ("SELECT * FROM t WHERE (", "sqlite", "incomplete input (line 1, column 23)"),
+        ("SELECT 'abc", "sqlite", 'unrecognized token: "\'abc" (line 1, column 8)'),
+        ("SELECT * FROM t WHERE a = %(a)s", "sqlite", 'near "%": syntax error (line 1, column 27)'),
+    ],
+)
+def test_syntax_errors_are_worded_as_the_database_words_them(
+    sql: str, dialect: str, message: str
+) -> None:
+    with pytest.raises(shardq.SQLSyntaxError) as info:
+        parse(sql, dialect)
+    assert message in str(info.value)
+    assert "sqlglot" not in str(info.value)
+    assert "Required keyword" not in str(info.value)
+    assert info.value.line is not None
+    assert info.value.column is not None
+
+
+def test_a_psycopg_placeholder_on_sqlite_gets_a_hint() -> None:
+    with pytest.raises(shardq.SQLSyntaxError) as info:
+        parse("SELECT * FROM orders WHERE customer_id = %s", "sqlite")
+    assert str(info.value) == (
+        'near "%": syntax error (line 1, column 42); '
+        "SQLite shards take ? placeholders (or :name), not %s"
+    )
+    assert (info.value.line, info.value.column) == (1, 42)
+    # a modulo by a column named s is not a placeholder
+    assert parse("SELECT a %s FROM t", "sqlite").positional == 0
+
+
 def test_unparseable_statements_and_several_statements_are_refused() -> None:
     with pytest.raises(shardq.SQLSyntaxError, match="VACUUM"):
         parse("VACUUM orders", "postgres")

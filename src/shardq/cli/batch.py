@@ -7,11 +7,18 @@ Each statement's result is printed as it comes, in the file's order::
 
 A progress bar (completed, failed, total) is drawn on standard error when it
 is a terminal, or with ``--progress``; a summary line ends the run there.
+
+Without ``--continue-on-error`` every statement is parsed before any runs, so
+bad SQL stops the batch with nothing done, and the first failure while running
+(a shard's error, a refusal found while planning) stops the batch: no new
+statement starts, the statements already running finish, and every statement
+that ran is printed, in the file's order, before the error.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -21,12 +28,18 @@ import sqlglot
 from sqlglot import TokenType
 
 import shardq
-from shardq.cli.exit_codes import ExitCode
+from shardq.cli.arguments import add_config_argument, config_path
+from shardq.cli.exit_codes import ExitCode, exit_code_for
 from shardq.cli.output import _json_default
 from shardq.errors import Error
+from shardq.sql.analyze import analyze
+from shardq.sql.parse import parse
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from typing import TextIO
+
+    from shardq.config import Config
 
 __all__ = ["add_parser", "run", "split_statements"]
 
@@ -40,7 +53,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "one JSON line per statement, in the file's order."
         ),
     )
-    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+    add_config_argument(parser)
     parser.add_argument("file", help="the statements, or - to read them from standard input")
     parser.add_argument(
         "-j", "--concurrency", type=int, default=100, help="statements in flight (default 100)"
@@ -107,49 +120,119 @@ class _Bar:
         self.stream.flush()
 
 
+class _Gate:
+    """Hands the statements to the batch one by one, and none after a failure.
+
+    A statement is handed out only when the batch has room for it (fewer than
+    ``concurrency`` running, fewer than ``2 * concurrency`` started and not
+    yet printed, the batch's own bounds), so that once a statement fails,
+    none is waiting inside the batch to start: those running finish, and
+    nothing else runs.
+    """
+
+    def __init__(self, statements: list[str], concurrency: int, stop_on_error: bool):
+        self.statements = statements
+        self.concurrency = concurrency
+        self.stop_on_error = stop_on_error
+        self.handed = self.completed = self.printed = 0
+        self.stopped = False
+        self._room = asyncio.Event()
+
+    def finished(self, progress: shardq.Progress) -> None:
+        self.completed = progress.completed
+        if progress.failed and self.stop_on_error:
+            self.stopped = True
+        self._room.set()
+
+    def took(self) -> None:
+        self.printed += 1
+        self._room.set()
+
+    def _full(self) -> bool:
+        running = self.handed - self.completed
+        return running >= self.concurrency or self.handed - self.printed >= 2 * self.concurrency
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        for sql in self.statements:
+            while not self.stopped and self._full():
+                self._room.clear()
+                await self._room.wait()
+            if self.stopped:
+                return
+            self.handed += 1
+            yield sql
+
+
+def check_statements(statements: list[str], config: Config) -> None:
+    """Parse every distinct statement: bad SQL stops the batch before anything runs."""
+    seen: set[str] = set()
+    for index, sql in enumerate(statements):
+        if sql in seen:
+            continue
+        seen.add(sql)
+        try:
+            analyze(parse(sql, config.dialect), config)
+        except Error as exc:
+            exc.add_note(f"(statement {index} of the batch, counting from 0)")
+            raise
+
+
 def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
     began = time.monotonic()
-    with shardq.connect(args.config, timeout=args.timeout) as conn:
+    async with shardq.AsyncConnection(config_path(args), timeout=args.timeout) as conn:
         text = sys.stdin.read() if args.file == "-" else _read(args.file)
         statements = split_statements(text, conn.config.dialect)
+        if not args.continue_on_error:
+            check_statements(statements, conn.config)
         show = sys.stderr.isatty() if args.progress is None else args.progress
         bar = _Bar(sys.stderr, len(statements)) if show else None
+        gate = _Gate(statements, args.concurrency, not args.continue_on_error)
         failed = 0
+        first_error: BaseException | None = None
         last = shardq.Progress(0, 0, len(statements))
 
         def progress(p: shardq.Progress) -> None:
             nonlocal last
             last = p
+            gate.finished(p)
             if bar is not None:
                 bar(p)
 
-        results = conn.execute_concurrent(
-            statements,
-            args.concurrency,
-            not args.continue_on_error,
-            True,
-            progress=progress,
+        results = await conn.execute_concurrent(
+            gate, args.concurrency, False, True, progress=progress
         )
-        try:
-            for index, outcome in enumerate(results):
-                if not outcome.success:
-                    failed += 1
-                if not args.quiet:
-                    print(json.dumps(_line(index, outcome), default=_json_default))
-        except Error:
-            if bar is not None:
-                bar(last, force=True)
-                sys.stderr.write("\n")
-            raise
+        index = 0
+        async for outcome in results:
+            gate.took()
+            if not outcome.success:
+                failed += 1
+                first_error = first_error or outcome.result_or_exc
+            if not args.quiet:
+                print(json.dumps(_line(index, outcome), default=_json_default))
+            index += 1
         if bar is not None:
-            bar(last, force=True)
+            bar(shardq.Progress(last.completed, last.failed, len(statements)), force=True)
             sys.stderr.write("\n")
     seconds = time.monotonic() - began
-    print(
-        f"shardq: {len(statements)} statements, {len(statements) - failed} ok, {failed} failed "
-        f"in {seconds:.2f} s",
-        file=sys.stderr,
-    )
+    ran = f"{index - failed} ok, {failed} failed"
+    if first_error is not None and not args.continue_on_error:
+        sys.stdout.flush()  # the statements that ran come before the error that stopped them
+        print(f"shardq: error: {first_error}", file=sys.stderr)
+        for note in getattr(first_error, "__notes__", ()):
+            print(f"shardq: {note}", file=sys.stderr)
+        print(
+            f"shardq: stopped at the first failure: {index} of {len(statements)} statements "
+            f"ran ({ran}), {len(statements) - index} not run, in {seconds:.2f} s",
+            file=sys.stderr,
+        )
+        if isinstance(first_error, Error):
+            return exit_code_for(first_error)
+        return ExitCode.FAILED
+    print(f"shardq: {len(statements)} statements, {ran} in {seconds:.2f} s", file=sys.stderr)
     return ExitCode.FAILED if failed else ExitCode.OK
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from shardq.cache.backend import BackendUnavailable
 from shardq.cache.regions import DEFAULT, Regions
+from shardq.cli.arguments import add_config_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.config import load_config
 from shardq.errors import ProgrammingError
@@ -43,7 +44,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only results that read table T (repeatable): they stop being served",
     )
     for sub in (stats, clear):
-        sub.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+        add_config_argument(sub)
         sub.add_argument(
             "--region", default=DEFAULT, help="a region of [cache.regions] (default: the default)"
         )
@@ -51,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(config_path(args))
     if config.cache is None or config.cache.url.startswith("memory:"):
         print(
             "shardq: error: the configuration has no shared cache ([cache] url = "

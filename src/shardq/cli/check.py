@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import shardq
+from shardq.cli.arguments import add_config_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -22,12 +23,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "verify that every declared table exists on every shard with the same columns."
         ),
     )
-    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+    add_config_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with shardq.connect(args.config) as conn:
+    with shardq.connect(config_path(args)) as conn:
         report = conn.check()
     for shard in report.shards:
         if shard.error is not None:

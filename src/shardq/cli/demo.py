@@ -1,21 +1,26 @@
 """``shardq demo``: a sharded sample dataset in SQLite files, and queries over it.
 
 Needs no server and no configuration: it writes a few SQLite shard files and
-a ``shardq.toml`` into a folder (a temporary one unless ``--dir`` is given),
-places every row with the same hash placement shardq uses, and runs showcase
-queries, printing each one's result, the shards it ran on and its time.
+a ``shardq.toml`` into a folder (``./shardq-demo`` unless ``--dir`` is
+given), places every row with the same hash placement shardq uses, and runs
+showcase queries, printing each one's result, the shards it ran on and its
+time. The folder stays, to be explored with the commands printed at the end;
+a second run reuses it (``--fresh`` rebuilds it).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import os
 import random
+import re
+import shlex
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import shardq
 from shardq.cli.exit_codes import ExitCode
@@ -23,9 +28,13 @@ from shardq.cli.output import write_rows
 from shardq.config import load_config
 
 if TYPE_CHECKING:
-    import argparse
+    from shardq.config import Config
 
-__all__ = ["SCHEMA", "add_parser", "create_dataset", "run"]
+__all__ = ["DEFAULT_DIR", "SCHEMA", "add_parser", "create_dataset", "find_dataset", "run"]
+
+DEFAULT_DIR = Path("shardq-demo")
+#: A query the closing hint prints: plain enough to paste into any POSIX shell.
+TRY_SQL = "SELECT country, count(*) AS n FROM customers GROUP BY country ORDER BY n DESC"
 
 SCHEMA = """
 CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT NOT NULL);
@@ -48,7 +57,7 @@ COUNTRIES = [
     ("NZ", "New Zealand"),
 ]
 _CONFIG = """\
-# Written by `shardq demo`: {shards} SQLite shards beside this file.
+# Written by `shardq demo`: {shards} SQLite shards, {customers} customers, seed {seed}.
 dialect = "sqlite"
 {shard_entries}
 [tables.customers]
@@ -100,16 +109,82 @@ SHOWCASE: list[tuple[str, str, tuple[Any, ...]]] = [
 ]
 
 
+_MARKER = re.compile(
+    r"# Written by `shardq demo`: (\d+) SQLite shards, (\d+) customers, seed (\d+)\."
+)
+
+
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "demo",
         help="create SQLite shards with sample data and run showcase queries",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=(
+            "Create a sharded sample dataset in SQLite files (no server needed), run showcase "
+            "queries over it, and leave it in a folder to explore. A second run reuses the "
+            "folder when it holds the same demo."
+        ),
     )
-    parser.add_argument("--dir", type=Path, help="folder for the shard files (default: temporary)")
-    parser.add_argument("--shards", type=int, default=4, help="number of shards (default 4)")
-    parser.add_argument("--customers", type=int, default=2000, help="customers (default 2000)")
-    parser.set_defaults(run=run)
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_DIR,
+        help=f"folder for the shard files and shardq.toml (default: ./{DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--shards", type=_at_least_one, default=4, metavar="N", help="number of shards (default 4)"
+    )
+    parser.add_argument(
+        "--customers",
+        type=_at_least_one,
+        default=2000,
+        metavar="N",
+        help="customers, each with 1 to 9 orders (default 2000)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rebuild the dataset even if the folder already holds this demo",
+    )
+    parser.set_defaults(run=run, parser=parser)
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    """Exit as argparse does for a bad argument: usage, message, exit code 2."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def find_dataset(folder: Path) -> tuple[int, int, int] | None:
+    """The (shards, customers, seed) of the demo ``folder`` holds, complete, or None.
+
+    Raises:
+        FileExistsError: ``folder`` has a ``shardq.toml`` that ``shardq demo``
+            did not write: it must not be overwritten.
+    """
+    config_path = folder / "shardq.toml"
+    try:
+        first = config_path.read_text(encoding="utf-8").partition("\n")[0]
+    except FileNotFoundError:
+        return None
+    if not first.startswith("# Written by `shardq demo`"):
+        raise FileExistsError(f"{config_path} exists and was not written by shardq demo")
+    found = _MARKER.fullmatch(first)
+    if found is None:  # written by an older shardq: rebuild it
+        return None
+    shards, customers, seed = (int(g) for g in found.groups())
+    if not all((folder / f"demo-s{i}.sqlite").is_file() for i in range(shards)):
+        return None
+    return shards, customers, seed
 
 
 def create_dataset(folder: Path, shards: int = 4, customers: int = 2000, seed: int = 7) -> Path:
@@ -121,7 +196,8 @@ def create_dataset(folder: Path, shards: int = 4, customers: int = 2000, seed: i
         f'\n[[shards]]\nname = "s{i}"\ndsn = "demo-s{i}.sqlite"\n' for i in range(shards)
     )
     config_path = folder / "shardq.toml"
-    config_path.write_text(_CONFIG.format(shards=shards, shard_entries=entries))
+    text = _CONFIG.format(shards=shards, customers=customers, seed=seed, shard_entries=entries)
+    config_path.write_text(text, encoding="utf-8")
     config = load_config(config_path)
     rng = random.Random(seed)
     rows: dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = {
@@ -151,30 +227,83 @@ def create_dataset(folder: Path, shards: int = 4, customers: int = 2000, seed: i
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="shardq-demo-") as tmp:
-        folder = args.dir or Path(tmp)
-        began = time.perf_counter()
-        config_path = create_dataset(folder, args.shards, args.customers)
+    folder: Path = args.dir
+    wanted = (args.shards, args.customers, 7)
+    shown = _shown(folder)
+    try:
+        found = find_dataset(folder)
+    except FileExistsError as exc:
+        _usage_error(args, f"{exc}; choose another folder with --dir")
+    except OSError as exc:
+        _usage_error(args, f"cannot use {shown} for the demo: {exc.strerror}; choose --dir")
+    if found == wanted and not args.fresh:
+        config_path = folder / "shardq.toml"
         print(
-            f"Created {args.shards} SQLite shards with {args.customers} customers in {folder} "
-            f"({(time.perf_counter() - began) * 1000:.0f} ms)"
+            f"Reusing the demo in {shown}: {args.shards} SQLite shards, {args.customers} "
+            "customers (built by an earlier run; --fresh rebuilds it)"
         )
-        with shardq.connect(config_path) as conn:
-            print(f"customer 42 lives on shard {conn.shard_for('customers', 42)}\n")
-            for title, sql, params in SHOWCASE:
-                print(f"-- {title}\n{sql}" + (f"  -- params {list(params)}" if params else ""))
-                began = time.perf_counter()
-                try:
-                    cur = conn.execute(sql, params or None)
-                    assert cur.description is not None
-                    rows = cur.fetchall()
-                except shardq.UnsupportedQueryError as exc:
-                    print(f"refused: {exc}\n")
-                    continue
-                elapsed = (time.perf_counter() - began) * 1000
-                write_rows(sys.stdout, "table", [c.name for c in cur.description], rows[:10])
-                more = f", first 10 of {len(rows)} shown" if len(rows) > 10 else ""
-                print(f"ran on {', '.join(cur.shards)} in {elapsed:.1f} ms{more}\n")
-        if args.dir:
-            print(f'Query it yourself: shardq query -c {config_path} "SELECT ..."')
+    else:
+        began = time.perf_counter()
+        try:
+            if (folder / "shardq.toml").exists():  # an earlier demo's: none of its files stays
+                for stale in folder.glob("demo-s*.sqlite"):
+                    stale.unlink()
+            config_path = create_dataset(folder, args.shards, args.customers)
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            _usage_error(
+                args,
+                f"cannot write the demo into {shown}: {reason}; choose --dir",
+            )
+        verb = "Created" if found is None else "Rebuilt"
+        print(
+            f"{verb} {args.shards} SQLite shards with {args.customers} customers in {shown} "
+            f"({(time.perf_counter() - began) * 1000:.0f} ms)"
+            + (f"; it held {found[0]} shards and {found[1]} customers" if found else "")
+        )
+    with shardq.connect(config_path) as conn:
+        _showcase(conn.config, conn)
+    _next_steps(folder, args.shards)
     return ExitCode.OK
+
+
+def _showcase(config: Config, conn: shardq.Connection) -> None:
+    print(f"customer 42 lives on shard {config.shard_for('customers', 42)}\n")
+    for title, sql, params in SHOWCASE:
+        print(f"-- {title}\n{sql}" + (f"  -- params {list(params)}" if params else ""))
+        began = time.perf_counter()
+        try:
+            cur = conn.execute(sql, params or None)
+            assert cur.description is not None
+            rows = cur.fetchall()
+        except shardq.UnsupportedQueryError as exc:
+            print(f"refused: {exc}\n")
+            continue
+        elapsed = (time.perf_counter() - began) * 1000
+        write_rows(sys.stdout, "table", [c.name for c in cur.description], rows[:10])
+        more = f", first 10 of {len(rows)} shown" if len(rows) > 10 else ""
+        print(f"ran on {', '.join(cur.shards)} in {elapsed:.1f} ms{more}\n")
+
+
+def _shown(folder: Path) -> str:
+    """``folder`` as the user can type it here: relative below the current directory."""
+    absolute = folder.resolve()
+    try:
+        relative = absolute.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return str(absolute)
+    return str(relative) if str(relative) != "." else "."
+
+
+def _next_steps(folder: Path, shards: int) -> None:
+    where = _shown(folder)
+    config = shlex.quote(os.path.join(where, "shardq.toml"))
+    print(
+        f"The demo stays in {where} (shardq.toml and {shards} shard files); "
+        "run shardq demo again to reuse it, with --fresh to rebuild it.\n"
+        "Query it yourself, from this directory:\n"
+        f'  shardq query -c {config} "{TRY_SQL}"\n'
+        "or from inside the folder, where shardq finds ./shardq.toml by itself:\n"
+        f"  cd {shlex.quote(where)}\n"
+        f'  shardq explain -p 42 "SELECT * FROM orders WHERE customer_id = ?"'
+    )

@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import shardq
+from shardq.cli.arguments import config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.query import add_statement_arguments
 
@@ -31,6 +32,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     sql = sys.stdin.read() if args.sql == "-" else args.sql
-    with shardq.connect(args.config, timeout=args.timeout) as conn:
+    with shardq.connect(config_path(args), timeout=args.timeout) as conn:
         print(conn.explain(sql, args.param or None, analyze=args.analyze))
     return ExitCode.OK

@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import shardq
+from shardq.cli.arguments import add_config_argument, add_param_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.output import FORMATS, write_rows
 
@@ -22,29 +23,31 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run one SQL statement on the shards and print the result.",
     )
     add_statement_arguments(parser)
-    parser.add_argument("-f", "--format", choices=FORMATS, default="table")
+    parser.add_argument(
+        "-f", "--format", choices=FORMATS, default="table", help="how rows print (default: table)"
+    )
     parser.set_defaults(run=run)
 
 
 def add_statement_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of a command that takes one statement: config, SQL, parameters, timeout."""
-    parser.add_argument("-c", "--config", required=True, help="path of shardq.toml")
+    add_config_argument(parser)
     parser.add_argument("sql", help="the statement, or - to read it from standard input")
+    add_param_argument(parser)
     parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="VALUE",
-        help="a value for the next positional placeholder (repeatable; bound as text)",
+        "-t",
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cancel the statement on the shards after this long (default: no limit)",
     )
-    parser.add_argument("-t", "--timeout", type=float, default=None, help="seconds")
 
 
 def run(args: argparse.Namespace) -> int:
     sql = sys.stdin.read() if args.sql == "-" else args.sql
     params = args.param or None
-    with shardq.connect(args.config, timeout=args.timeout) as conn:
+    with shardq.connect(config_path(args), timeout=args.timeout) as conn:
         cur = conn.execute(sql, params)
         if cur.description is None:
             print(f"OK, {cur.rowcount} row{'s' if cur.rowcount != 1 else ''} affected")

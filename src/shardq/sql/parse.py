@@ -20,6 +20,7 @@ a plan rewrites the query.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -139,19 +140,99 @@ def _rename_sqlite(text: str, tokens: list[Token]) -> tuple[str, int, set[str]]:
     return "".join(out), count, names
 
 
-def _syntax_error(exc: ParseError | TokenError, text: str) -> SQLSyntaxError:
-    if isinstance(exc, ParseError) and exc.errors:
-        first = exc.errors[0]
-        line, col = first.get("line"), first.get("col")
-        description = first.get("description") or "invalid syntax"
-        context = (first.get("start_context", "") + first.get("highlight", "")).strip()
-        near = f" near {context[-40:]!r}" if context else ""
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """The 1-based line and column of ``offset`` in ``text``."""
+    return text.count("\n", 0, offset) + 1, offset - text.rfind("\n", 0, offset)
+
+
+def _as_database_says(dialect: str, near: str | None, line: int, column: int) -> str:
+    """A syntax error worded as the dialect's own database words it, with the position.
+
+    >>> _as_database_says("postgres", "FORM", 1, 10)
+    'syntax error at or near "FORM" (line 1, column 10)'
+    >>> _as_database_says("sqlite", None, 2, 5)
+    'incomplete input (line 2, column 5)'
+    """
+    where = f"(line {line}, column {column})"
+    if dialect == "sqlite":
+        return f'near "{near}": syntax error {where}' if near else f"incomplete input {where}"
+    return (
+        f'syntax error at or near "{near}" {where}'
+        if near
+        else f"syntax error at end of input {where}"
+    )
+
+
+def _shown(fragment: str) -> str:
+    fragment = fragment.strip()
+    return fragment if len(fragment) <= 40 else fragment[:37] + "..."
+
+
+def _foreign_placeholder(text: str, tokens: list[Token], dialect: str) -> Token | None:
+    """A psycopg ``%s`` (or ``%(name)s``) written for SQLite, which takes ``?``."""
+    if dialect != "sqlite":
+        return None
+    for tok, nxt in itertools.pairwise(tokens):
+        adjacent = tok.token_type == TokenType.MOD and _adjacent(tok, nxt)
+        if adjacent and (nxt.text in _PSYCOPG_FORMATS or nxt.token_type == TokenType.L_PAREN):
+            return tok
+    return None
+
+
+def _unterminated(text: str, dialect: str) -> int | None:
+    """The offset of the quote that opens an unterminated literal, if that is the error."""
+    tokenizer = sqlglot.Dialect.get_or_raise(dialect).tokenizer()
+    for offset in range(len(text) - 1, -1, -1):
+        if text[offset] in "'\"`":
+            try:
+                tokenizer.tokenize(text[:offset])
+            except TokenError:
+                continue
+            return offset
+    return None
+
+
+def _syntax_error(
+    exc: ParseError | TokenError, text: str, dialect: str, tokens: list[Token] | None
+) -> SQLSyntaxError:
+    """``exc`` from sqlglot as the database would report it: no parser internals in it."""
+    if isinstance(exc, TokenError):
+        offset = _unterminated(text, dialect)
+        if offset is None:
+            return SQLSyntaxError("syntax error: the text cannot be split into SQL tokens")
+        at_line, at_column = _position(text, offset)
+        fragment = _shown(text[offset:])
+        if dialect == "sqlite":
+            message = f'unrecognized token: "{fragment}"'
+        else:
+            kind = "identifier" if text[offset] == '"' else "string"
+            message = f'unterminated quoted {kind} at or near "{fragment}"'
         return SQLSyntaxError(
-            f"syntax error at line {line}, column {col}{near}: {description}",
-            line=line,
-            column=col,
+            f"{message} (line {at_line}, column {at_column})", line=at_line, column=at_column
         )
-    return SQLSyntaxError(f"syntax error: {exc}")
+    first = exc.errors[0] if exc.errors else {}
+    line: int | None = first.get("line")
+    column: int | None = first.get("col")
+    near = (first.get("highlight") or "").strip() or None
+    description = first.get("description") or ""
+    missing = description.startswith(("Required keyword", "Expected", "Expecting"))
+    if near is not None and missing and not (first.get("end_context") or "").strip():
+        near = None  # something is missing and nothing follows: the input ended early
+    hint = ""
+    foreign = _foreign_placeholder(text, tokens or [], dialect)
+    if foreign is not None:
+        line, column = _position(text, foreign.start)
+        near = "%"
+        hint = "; SQLite shards take ? placeholders (or :name), not %s"
+    elif near is not None and column is not None:
+        column = max(1, column - len(near) + 1)  # sqlglot points at the token's last character
+    if line is None or column is None:
+        return SQLSyntaxError(f"syntax error near {near!r}" if near else "syntax error")
+    return SQLSyntaxError(
+        _as_database_says(dialect, near and _shown(near), line, column) + hint,
+        line=line,
+        column=column,
+    )
 
 
 def parse(text: str, dialect: str) -> Parsed:
@@ -170,8 +251,13 @@ def parse(text: str, dialect: str) -> Parsed:
     >>> parse("SELECT * FORM t", "postgres")
     Traceback (most recent call last):
     ...
-    shardq.errors.SQLSyntaxError: syntax error at line 1, column 15 near 'SELECT * FORM t': ...
+    shardq.errors.SQLSyntaxError: syntax error at or near "t" (line 1, column 15)
+    >>> parse("SELECT * FROM t WHERE a = %s", "sqlite")
+    Traceback (most recent call last):
+    ...
+    shardq.errors.SQLSyntaxError: near "%": syntax error (line 1, column 27); SQLite shards take ...
     """
+    tokens: list[Token] | None = None
     try:
         tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(text)
         if dialect == "postgres":
@@ -187,8 +273,8 @@ def parse(text: str, dialect: str) -> Parsed:
         try:  # report positions in the text as given, not the renamed copy
             sqlglot.parse(text, read=dialect)
         except (ParseError, TokenError) as original:
-            raise _syntax_error(original, text) from None
-        raise _syntax_error(exc, text) from None
+            raise _syntax_error(original, text, dialect, tokens) from None
+        raise _syntax_error(exc, text, dialect, tokens) from None
     if not statements:
         raise ProgrammingError("the SQL text holds no statement")
     if len(statements) > 1:
