@@ -197,8 +197,9 @@ def queries(draw: st.DrawFn) -> Query:
     loose = folds if picks else grouped_by
     if picks:
         loose = _joint(loose, columns[: len(keys)] if grouped else columns)
-    # DISTINCT and GROUP BY keep one of equal values, and 0 equals 0.0: either may show.
-    numbers = range(len(columns)) if distinct else range(len(keys))
+    # DISTINCT and GROUP BY keep one of equal values, and 0 equals 0.0: either may show;
+    # so may a LIMIT or OFFSET that cuts between rows tied but for 0 against 0.0.
+    numbers = range(len(columns)) if distinct or window else range(len(keys))
     loose = {**dict.fromkeys(numbers, number), **loose}
     return Query(sql + window, params, not concatenated, loose, folds,
                  tuple(e for e, _ in columns))  # fmt: skip

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis
     from shardq.sql.catalog import ColumnInfo, Columns
 
-__all__ = ["Collation", "Resolver", "from_sources"]
+__all__ = ["Collation", "Resolver", "from_sources", "shippable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,7 @@ class Resolver:
         # ``select`` may be a rewritten copy of the statement: its tables are
         # found by the names the query uses for them.
         refs = {r.alias.lower(): r for r in analysis.refs if r.node.parent_select is statement}
+        refs.update((r.alias.lower(), r) for r in analysis.refs if r.node.parent_select is select)
         for source in from_sources(select):
             alias = source.alias_or_name.lower()
             found = None
@@ -149,3 +150,25 @@ def from_sources(select: exp.Select) -> list[exp.Expr]:
     sources = [from_.this] if from_ is not None else []
     sources += [join.this for join in select.args.get("joins") or []]
     return sources
+
+
+def shippable(select: exp.Select, analysis: Analysis, columns: Columns) -> bool:
+    """Whether ``select``'s rows compare the same when shipped back as parameters.
+
+    On SQLite a parameter has no affinity and the BINARY collation: so must
+    every column of a subquery whose rows shardq ships back in its place.
+    """
+    if not isinstance(select, exp.Select):
+        return False
+    resolver = Resolver(select, analysis, columns)
+    for item in select.expressions:
+        node = item.this if isinstance(item, exp.Alias) else item
+        if isinstance(node, exp.Star) or (
+            isinstance(node, exp.Column) and isinstance(node.this, exp.Star)
+        ):
+            return False
+        if isinstance(node, exp.Column) and resolver.column(node) is None:
+            return False  # a column of a derived table: its affinity is not known here
+        if resolver.affinity(node) != "BLOB" or resolver.collation(node) != _BINARY:
+            return False
+    return True

@@ -16,6 +16,7 @@ from sqlglot import exp
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import MergePlan
 from shardq.placement import text_pins
+from shardq.sql.affinity import shippable
 from shardq.sql.analyze import Analysis, StatementKind, analyze
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.parse import parse
@@ -183,16 +184,20 @@ class Planner:
         if found is None:
             try:
                 first = run_first(analysis, self.config, self.catalog)
-                if first and self.config.dialect == "sqlite":
+                if first and self.config.dialect == "sqlite" and not all(
+                    shippable(body, analysis, self.columns) for body in first
+                ):
                     # SQLite compares by column affinity, which rows shipped back as
                     # parameters do not have: '010' = 10 would change its answer.
+                    body = next(b for b in first if not shippable(b, analysis, self.columns))
                     raise UnsupportedQueryError(
-                        f"the subquery ({first[0].sql('sqlite')}) across shards",
+                        f"the subquery ({body.sql('sqlite')}) across shards",
                         "it is not tied to the outer row's shard, so it would have to run "
                         "first on its own and its rows be shipped back to the shards; on "
-                        "SQLite shards shardq does not do that, as SQLite compares by column "
-                        "affinity, which shipped values do not have; run the subquery first "
-                        "yourself, or pin the query to one shard",
+                        "SQLite shards shardq does that only for columns without affinity "
+                        "or collation (aggregates, arithmetic), as SQLite compares by them "
+                        "and shipped values have neither; run the subquery first yourself, "
+                        "or pin the query to one shard",
                     )
                 found = (
                     defer(
@@ -201,6 +206,7 @@ class Planner:
                         self.config.dialect,
                         analysis.parsed.positional,
                         analysis.parsed.source,
+                        analysis.parsed.text,
                     )
                     if first
                     else refusal

@@ -5,8 +5,9 @@ its query (a CTE grouped by a non-key column, an uncorrelated ``IN
 (SELECT ...)`` under a query of reference tables, a scalar subquery) is run
 first as a distributed query of its own, as Citus's recursive planning does.
 Its rows then replace it, shipped as bound parameters: one array per column,
-read back with ``unnest`` (PostgreSQL; SQLite shards refuse such queries,
-as rows shipped back lose the column affinity SQLite compares by)::
+read back with ``unnest`` (PostgreSQL), or as a ``VALUES`` list of
+parameters (SQLite, where only results whose columns have no affinity are
+shipped: rows shipped back lose the column affinity SQLite compares by)::
 
     WITH revenue AS (SELECT * FROM unnest(%(_shardq_m0_0)s::int4[],
                                           %(_shardq_m0_1)s::numeric[])
@@ -33,6 +34,7 @@ from shardq.errors import UnsupportedQueryError
 from shardq.sql.analyze import normalize
 from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite import positional_as_named
+from shardq.sql.rewrite.names import named_items
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -91,7 +93,10 @@ class Deferred:
             select, values = self._select(name, result)
             marks[name].replace(select)
             bound.update(values)
-        return regenerate(statement, self.source, self.dialect), bound
+        # The words of the VALUES lists shardq writes on SQLite (column1, ...).
+        ours = frozenset({"values", "null", "where", *(f"column{j + 1}" for r in results
+                                                       for j in range(len(r.names)))})  # fmt: skip
+        return regenerate(statement, self.source, self.dialect, ours), bound
 
     def _select(self, name: str, result: Result) -> tuple[exp.Expr, dict[str, Any]]:
         width = len(result.types)
@@ -103,8 +108,8 @@ class Deferred:
             f'c{j + 1} AS "' + n.replace('"', '""') + '"' for j, n in enumerate(names)
         )
         values: dict[str, Any] = {}
-        # PostgreSQL only: on SQLite the planner does not run subqueries first,
-        # since rows shipped back lose their column affinity.
+        if self.dialect == "sqlite":
+            return self._sqlite_select(name, result)
         arrays = []
         for j, type_code in enumerate(result.types):
             type_name = _PG_TYPES.get(type_code)
@@ -120,10 +125,57 @@ class Deferred:
         return sqlglot.parse_one(sql, read=self.dialect), values
 
 
+    def _sqlite_select(self, name: str, result: Result) -> tuple[exp.Expr, dict[str, Any]]:
+        """The rows as a VALUES list of parameters (SQLite has no arrays).
+
+        The planner runs first on SQLite only subqueries whose columns have no
+        affinity and the BINARY collation, as VALUES columns and parameters
+        do: the rows compare in their place exactly as they did.
+        """
+        width = len(result.names)
+        count = width * len(result.rows)
+        if count > _SQLITE_MAX_PARAMETERS:
+            raise UnsupportedQueryError(
+                f"a subquery result of {len(result.rows)} rows run first on SQLite shards",
+                f"shardq ships such rows back as parameters, and SQLite takes at most "
+                f"{_SQLITE_MAX_PARAMETERS} in one statement; pin the query to one shard",
+            )
+        values: dict[str, Any] = {}
+        outputs = ", ".join(
+            f'column{j + 1} AS "' + n.replace('"', '""') + '"' for j, n in enumerate(result.names)
+        )
+        if not result.rows:
+            nulls = ", ".join('NULL AS "' + n.replace('"', '""') + '"' for n in result.names)
+            return sqlglot.parse_one(f"SELECT {nulls} WHERE 0", read="sqlite"), values
+        tuples = []
+        for i, row in enumerate(result.rows):
+            marks = []
+            for j in range(width):
+                key = f"{name}_{i}_{j}"
+                values[key] = row[j]
+                marks.append(f":{key}")
+            tuples.append(f"({', '.join(marks)})")
+        sql = f"SELECT {outputs} FROM (VALUES {', '.join(tuples)})"
+        return sqlglot.parse_one(sql, read="sqlite"), values
+
+
+#: SQLite's default SQLITE_MAX_VARIABLE_NUMBER (3.32 and later).
+_SQLITE_MAX_PARAMETERS = 32766
+
+
 def defer(
-    statement: exp.Expr, first: Sequence[exp.Select], dialect: str, positional: int, source: str
+    statement: exp.Expr,
+    first: Sequence[exp.Select],
+    dialect: str,
+    positional: int,
+    source: str,
+    text: str = "",
 ) -> Deferred:
-    """Build the :class:`Deferred` of ``statement`` whose subqueries ``first`` run first."""
+    """Build the :class:`Deferred` of ``statement`` whose subqueries ``first`` run first.
+
+    ``source`` is the text the statement was parsed from, ``text`` the text as
+    given (SQLite names result columns by it).
+    """
     ctes = _cte_names(statement, dialect)
     # The template is a copy in which each subquery is replaced by a marker.
     template = statement.copy()
@@ -143,6 +195,9 @@ def defer(
             )
         subplans.append(Subplan(regenerate(body, source, dialect)))
         copies[id(body)].replace(exp.Placeholder(this=f"{_MARK}{i}"))
+    if dialect == "sqlite" and isinstance(template, exp.Select) and text:
+        # Written back by sqlglot, SQLite would name its columns by sqlglot's words.
+        template = named_items(template, text)
     return Deferred(template, tuple(subplans), dialect, positional, source)
 
 

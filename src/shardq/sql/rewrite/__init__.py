@@ -37,7 +37,7 @@ from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite.aggregates import Decomposed, decompose
 from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import Window, push_window, split_window
-from shardq.sql.rewrite.names import item_texts
+from shardq.sql.rewrite.names import named_items
 from shardq.sql.rewrite.order import (
     CODE_POINT_COLLATIONS,
     SQLITE_COLLATIONS,
@@ -158,7 +158,7 @@ def distribute(
     assert isinstance(select, exp.Select)
     dialect = analysis.parsed.dialect
     if dialect == "sqlite":
-        select = _named_items(select, analysis.parsed.text)
+        select = named_items(select, analysis.parsed.text)
     select, expanded = _expand_stars(select, analysis, columns or {})
     distinct = select.args.get("distinct")
     if distinct is not None and distinct.args.get("on") is not None:
@@ -327,34 +327,6 @@ def _merged_collation(resolver: Resolver, node: exp.Expr, clause: str) -> str:
             "RTRIM only; pin the query to one shard",
         )
     return collation
-
-
-def _named_items(select: exp.Select, text: str) -> exp.Select:
-    """``select`` with each unaliased expression named as SQLite names it: by its text.
-
-    A rewritten statement is written back by sqlglot, in other words than the
-    user's (``NOT x IS NULL`` for ``x IS NOT NULL``); the shards would name
-    its columns by those.
-    """
-    texts = item_texts(text, "sqlite")
-    items = select.expressions
-    if texts is None or len(texts) != len(items):
-        return select
-    named = []
-    for item, written in zip(items, texts, strict=True):
-        plain = isinstance(item, exp.Alias | exp.Star) or (isinstance(_bare(item), exp.Column))
-        named.append(item if plain else exp.alias_(item.copy(), written, quoted=True))
-    if all(a is b for a, b in zip(named, items, strict=True)):
-        return select
-    select = select.copy()
-    select.set("expressions", named)
-    return select
-
-
-def _bare(node: exp.Expr) -> exp.Expr:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    return node
 
 
 def _expand_stars(

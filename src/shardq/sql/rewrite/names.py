@@ -26,7 +26,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from shardq.sql.analyze import normalize
 
-__all__ = ["item_texts", "output_name"]
+__all__ = ["item_texts", "named_items", "output_name"]
 
 # Tokens that end a select list at depth 0.
 _LIST_ENDS = frozenset(
@@ -157,3 +157,31 @@ def output_name(node: exp.Expr, dialect: str, source: str = "") -> str:
             return str(node.name)
         return _span(node, source) or node.sql("sqlite")
     return _figure(node, dialect) or _UNKNOWN
+
+
+def named_items(select: exp.Select, text: str) -> exp.Select:
+    """``select`` with each unaliased expression named as SQLite names it: by its text.
+
+    A rewritten statement is written back by sqlglot, in other words than the
+    user's (``NOT x IS NULL`` for ``x IS NOT NULL``); the shards would name
+    its columns by those.
+    """
+    texts = item_texts(text, "sqlite")
+    items = select.expressions
+    if texts is None or len(texts) != len(items):
+        return select
+    named = []
+    for item, written in zip(items, texts, strict=True):
+        plain = isinstance(item, exp.Alias | exp.Star) or (isinstance(_bare(item), exp.Column))
+        named.append(item if plain else exp.alias_(item.copy(), written, quoted=True))
+    if all(a is b for a, b in zip(named, items, strict=True)):
+        return select
+    select = select.copy()
+    select.set("expressions", named)
+    return select
+
+
+def _bare(node: exp.Expr) -> exp.Expr:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node

@@ -80,8 +80,14 @@ class _Finalizer:
     def text(self, node: exp.Expr) -> str:
         return node.sql("sqlite")
 
-    def add_column(self, prefix: str, node: exp.Expr, typed: bool) -> str:
-        """A column of the table holding ``node`` as each shard computes it."""
+    def add_column(
+        self, prefix: str, node: exp.Expr, typed: bool, like: exp.Expr | None = None
+    ) -> str:
+        """A column of the table holding ``node`` as each shard computes it.
+
+        The column has ``node``'s affinity if ``typed``, and the collation of
+        ``like`` (min and max compare under their argument's), else ``node``'s.
+        """
         text = f"{prefix}:{self.text(node)}"
         found = self.seen.get(text)
         if found is not None:
@@ -93,7 +99,7 @@ class _Finalizer:
         affinity = self.resolver.affinity(node) if typed else "BLOB"
         if affinity != "BLOB":
             definition += f" {affinity}"
-        collation = self.resolver.collation(node)
+        collation = self.resolver.collation(like if like is not None else node)
         if not collation.explicit and collation.name != "binary":
             definition += f" COLLATE {collation.name.upper()}"
         self.columns.append(definition)
@@ -143,7 +149,7 @@ class _Finalizer:
             )
         if name in ("min", "max") and len(args) == 1:
             self.min_max += 1
-            partial = self.add_column("a", node, typed=False)
+            partial = self.add_column("a", node, typed=False, like=args[0])
             return exp.func(name.upper(), self.reference(partial, args[0]))
         if name == "group_concat" and len(args) in (1, 2):
             if len(args) == 2 and not _constant(args[1]):
