@@ -184,8 +184,10 @@ class Planner:
         if found is None:
             try:
                 first = run_first(analysis, self.config, self.catalog)
-                if first and self.config.dialect == "sqlite" and not all(
-                    shippable(body, analysis, self.columns) for body in first
+                if (
+                    first
+                    and self.config.dialect == "sqlite"
+                    and not all(shippable(body, analysis, self.columns) for body in first)
                 ):
                     # SQLite compares by column affinity, which rows shipped back as
                     # parameters do not have: '010' = 10 would change its answer.

@@ -124,7 +124,6 @@ class Deferred:
         sql = f"SELECT {outputs} FROM unnest({', '.join(arrays)}) AS {name}({positions})"
         return sqlglot.parse_one(sql, read=self.dialect), values
 
-
     def _sqlite_select(self, name: str, result: Result) -> tuple[exp.Expr, dict[str, Any]]:
         """The rows as a VALUES list of parameters (SQLite has no arrays).
 

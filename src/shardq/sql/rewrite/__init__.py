@@ -343,11 +343,10 @@ def _expand_stars(
     items = select.expressions
     if not columns or not any(is_star(i) for i in items):
         return select, frozenset()
-    if (
-        select.args.get("order") is None
-        and select.args.get("group") is None
-        and not (select.args.get("distinct"))
-    ):
+    grouped = select.args.get("group") is not None and analysis.parsed.dialect == "sqlite"
+    if select.args.get("order") is None and not grouped and not select.args.get("distinct"):
+        # (On PostgreSQL, SELECT * of a grouped query stays refused: each of its
+        # columns must be grouped, which the merge would not check.)
         return select, frozenset()
     joins = select.args.get("joins") or []
     if any(j.args.get("using") or j.args.get("method") for j in joins):
