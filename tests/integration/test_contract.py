@@ -203,10 +203,6 @@ def test_subqueries_run_first_on_every_backend(backend: Backend) -> None:
     vals = [v for _, _, v in ITEMS]
     mean = sum(vals) / len(vals)
     with backend.connect() as conn:
-        if backend.dialect == "sqlite":
-            with pytest.raises(shardq.UnsupportedQueryError, match="affinity"):
-                conn.execute("SELECT count(*) FROM items WHERE val > (SELECT avg(val) FROM items)")
-            return
         sql = "SELECT count(*) FROM items WHERE val > (SELECT avg(val) FROM items)"
         assert conn.execute(sql).fetchall() == [(sum(1 for v in vals if v > mean),)]
         sql = "SELECT count(*) FROM kinds WHERE length(code) IN (SELECT count(*) / 200 FROM items)"
@@ -215,6 +211,11 @@ def test_subqueries_run_first_on_every_backend(backend: Backend) -> None:
             "SELECT code FROM kinds WHERE code IN (SELECT grp FROM items WHERE val < {}) "
             "ORDER BY code"
         )
+        if backend.dialect == "sqlite":
+            # grp is a TEXT column: its values compare by an affinity shipped rows lack.
+            with pytest.raises(shardq.UnsupportedQueryError, match="affinity"):
+                conn.execute(sql, [0])
+            return
         assert conn.execute(sql, [0]).fetchall() == []
 
 
