@@ -467,3 +467,22 @@ def test_a_batch_after_a_scattered_read_on_one_connection(pg_dataset: list[PgClu
         assert one.rows == [(1,)]
         lookups = conn.gather([("SELECT val FROM items WHERE id = %s", [k]) for k in (1, 2, 3)])
         assert [r.rows for r in lookups] == [[(10,)], [(20,)], [(30,)]]
+
+
+async def test_a_pipeline_cancelled_before_its_first_result_keeps_its_connection(
+    pg_dataset: list[PgCluster],
+) -> None:
+    # Cancelled at its first wait: neither the opening Sync's result nor the
+    # statements' have been read. Both are drained and the connection kept.
+    async with await psycopg.AsyncConnection.connect(
+        pg_dataset[0].dsn(PG_DATABASE), autocommit=True
+    ) as conn:
+        pipeline = pgpipeline.Pipeline(conn)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0):
+                await pipeline.run([Statement("SELECT 1"), Statement("SELECT 2")], prepare=False)
+        assert not conn.closed
+        assert conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+        again = await pipeline.run([Statement("SELECT 3")], prepare=False)
+        assert isinstance(again[0], Outcome)
+        assert again[0].rows == [(3,)]
