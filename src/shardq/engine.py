@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from shardq.cache.backend import Result as CachedResult
@@ -101,6 +102,12 @@ class Engine:
         # Reads of reference tables only go to one shard, taken in turn.
         self._turn = itertools.cycle(config.shard_names)
         self._recent_router: tuple[str, Callable[[object], str | None] | None] | None = None
+        # Results still reading shards where such a reader makes a write wait
+        # (SQLite's locks): read into memory before a write, see _before_write.
+        self._readers_block_writers = any(
+            getattr(pool, "readers_block_writers", False) for pool in self.pools.values()
+        )
+        self._reading: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
 
     @classmethod
     def from_config(cls, config: Config, *, fetch_size: int = DEFAULT_FETCH_SIZE) -> Engine:
@@ -185,9 +192,28 @@ class Engine:
         if plan.deferred is not None:
             return await self._execute_deferred(plan, timeout=timeout, row_factory=row_factory)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        if plan.kind.is_write:
+            await self._before_write()
         scatter, types = await self._start(plan, shards, timeout)
         merge = merger(plan.merge, len(shards), self._semantics, types)
-        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        result = await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        if self._readers_block_writers and not result.in_memory:
+            self._reading.add(result)
+        return result
+
+    async def _before_write(self) -> None:
+        """Read into memory the results still reading shards where they would block a write.
+
+        On SQLite a statement not read to its end holds its file's lock, and
+        a write on another connection waits for it, then fails ("database is
+        locked"): reading a result while writing, a common loop, must work.
+        The result keeps the rows it started with, as PostgreSQL's snapshot
+        does; memory holds the rest of it, only in this case.
+        """
+        if self._readers_block_writers:
+            for result in list(self._reading):
+                if not result.in_memory:
+                    await result.receive()
 
     def submit(
         self,
@@ -251,6 +277,8 @@ class Engine:
         if plan.deferred is not None:
             return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        if plan.kind.is_write:
+            await self._before_write()
         statement = Statement(plan.sql, plan.params, plan.kind.is_write)
         if len(shards) == 1:
             outcomes = [await lanes.run(shards[0], statement, deadline=deadline, timeout=timeout)]

@@ -225,6 +225,14 @@ class AsyncResult(_Fetching):
     def closed(self) -> bool:
         return self._batches is None
 
+    async def receive(self) -> None:
+        """Read the rest of the shards' rows into memory, giving their connections back.
+
+        Reading goes on as before, from memory (see :meth:`Scatter.receive`).
+        """
+        if self._batches is not None:
+            await self._scatter.receive()
+
     async def next_batch(self) -> list[Any]:
         """Return the next rows (what is buffered, or one more merged batch); [] at the end."""
         if self._buffer:

@@ -433,3 +433,56 @@ async def test_each_result_is_described_and_loaded_on_its_own(
         assert first.rows == [(1,)]
         assert isinstance(last, Outcome)
         assert last.rows == [(2,)]
+
+
+@pytest.mark.parametrize("size", [1, 7], ids=["single-row", "chunked"])
+async def test_a_pipeline_after_a_stream_reads_one_result_per_statement(
+    pg_dataset: list[PgCluster], size: int
+) -> None:
+    # libpq keeps a stream's row-by-row mode after the stream ends, and the
+    # first statement queued in pipeline mode inherits it (issue 14).
+    async with await psycopg.AsyncConnection.connect(
+        pg_dataset[0].dsn(PG_DATABASE), autocommit=True
+    ) as conn:
+        cursor = conn.cursor()
+        streamed = [row async for row in cursor.stream("SELECT generate_series(1, 9)", size=size)]
+        assert streamed == [(i,) for i in range(1, 10)]
+        pipeline = pgpipeline.Pipeline(conn)
+        first, second = await pipeline.run(
+            [Statement("SELECT generate_series(1, 3)"), Statement("SELECT 'x'")], prepare=False
+        )
+        assert isinstance(first, Outcome)
+        assert first.rows == [(1,), (2,), (3,)]
+        assert isinstance(second, Outcome)
+        assert second.rows == [("x",)]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_batch_after_a_scattered_read_on_one_connection(pg_dataset: list[PgCluster]) -> None:
+    # The report of issue 14: every shard's one connection has streamed the
+    # count, then the batch's statement goes to one of them as a pipeline.
+    with shardq.connect(pg_config(pg_dataset, pool_max_size=1)) as conn:
+        assert conn.cursor().execute("SELECT count(*) FROM items").fetchall() == [(200,)]
+        (one,) = conn.gather(["SELECT 1"])
+        assert one.rows == [(1,)]
+        lookups = conn.gather([("SELECT val FROM items WHERE id = %s", [k]) for k in (1, 2, 3)])
+        assert [r.rows for r in lookups] == [[(10,)], [(20,)], [(30,)]]
+
+
+async def test_a_pipeline_cancelled_before_its_first_result_keeps_its_connection(
+    pg_dataset: list[PgCluster],
+) -> None:
+    # Cancelled at its first wait: neither the opening Sync's result nor the
+    # statements' have been read. Both are drained and the connection kept.
+    async with await psycopg.AsyncConnection.connect(
+        pg_dataset[0].dsn(PG_DATABASE), autocommit=True
+    ) as conn:
+        pipeline = pgpipeline.Pipeline(conn)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0):
+                await pipeline.run([Statement("SELECT 1"), Statement("SELECT 2")], prepare=False)
+        assert not conn.closed
+        assert conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+        again = await pipeline.run([Statement("SELECT 3")], prepare=False)
+        assert isinstance(again[0], Outcome)
+        assert again[0].rows == [(3,)]

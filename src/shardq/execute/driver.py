@@ -135,6 +135,11 @@ class ShardPool(Protocol):
     #: default text order, or None where text always compares by code point.
     collation_sql: str | None
 
+    # Optional: ``readers_block_writers = True`` says a statement still being
+    # read holds a lock that makes a write on another connection to the shard
+    # wait (SQLite). The engine then reads open results into memory before a
+    # write (see Engine.execute). Read with getattr: drivers may leave it out.
+
     async def close(self) -> None:
         """Close every connection the pool opened."""
 

@@ -54,6 +54,14 @@ class _Lease:
             self._cm = None
             await cm.__aexit__(None, None, None)
 
+    async def keep(self, rows: list[Row]) -> None:
+        """Hold the rest of the result as ``rows`` (read whole) and give the connection back."""
+        assert self.stream is not None
+        self.stream = _Received(self.stream, rows)
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
     async def close(self) -> None:
         stream, self.stream = self.stream, None
         cm, self._cm = self._cm, None
@@ -63,6 +71,24 @@ class _Lease:
         finally:
             if cm is not None:
                 await cm.__aexit__(None, None, None)
+
+
+class _Received:
+    """The rest of a shard's result, read into memory: a stream that holds no connection."""
+
+    holds_connection = False
+
+    def __init__(self, stream: ShardStream, rows: list[Row]):
+        self.description = stream.description
+        self.rowcount = stream.rowcount
+        self._rows = rows
+
+    async def fetch(self) -> list[Row]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def aclose(self) -> None:
+        self._rows = []
 
 
 def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -86,6 +112,8 @@ class Scatter:
         self._ahead: dict[int, asyncio.Future[list[Row]]] = {}
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._failure: BaseException | None = None  # met by receive(), raised by fetch()
+        self._receiving: asyncio.Future[None] | None = None
         self.closed = False
 
     @property
@@ -159,6 +187,11 @@ class Scatter:
         in the background, so that every shard keeps sending while the merge
         works on what has arrived.
         """
+        receiving = self._receiving
+        if receiving is not None and not receiving.done():
+            await asyncio.shield(receiving)  # the rows are coming into memory
+        if self._failure is not None:
+            raise self._failure
         lease = self._leases[index]
         stream = lease.stream
         if stream is None:
@@ -190,6 +223,45 @@ class Scatter:
             await self._close_quietly()
             raise
 
+    async def receive(self) -> None:
+        """Read the rest of every shard's rows into memory and give the connections back.
+
+        For a statement that the open one would block (see
+        :class:`~shardq.execute.driver.ShardPool`'s ``readers_block_writers``):
+        the rows stay those of the statement as it started, as a database
+        reading a snapshot would return them. The deadline still applies. A
+        failure is the reader's: it is raised by the next :meth:`fetch`, not
+        here, and the shards are released all the same.
+
+        One task reads, whoever asks (the writes of a batch ask together), and
+        it goes on if the caller is cancelled: rows read are never dropped.
+        """
+        if self.closed:
+            return
+        if self._receiving is None:
+            self._receiving = asyncio.ensure_future(self._receive())
+        await asyncio.shield(self._receiving)
+
+    async def _receive(self) -> None:
+        lease: _Lease | None = None
+        try:
+            async with asyncio.timeout_at(self._loop_deadline()):
+                for index, lease in enumerate(self._leases):
+                    stream = lease.stream
+                    if stream is None or not stream.holds_connection:
+                        continue
+                    ahead = self._ahead.pop(index, None)
+                    rows: list[Row] = [] if ahead is None else await ahead
+                    while stream.holds_connection:
+                        rows += await stream.fetch()
+                    await lease.keep(rows)
+        except TimeoutError:
+            self._failure = self._timed_out([] if lease is None else [lease.shard])
+        except Exception as exc:
+            self._failure = exc
+        if self._failure is not None:
+            await self._close_quietly()
+
     async def _close_quietly(self) -> None:
         """Close while another error is being raised: that error is the one to report."""
         with contextlib.suppress(Exception):
@@ -200,6 +272,11 @@ class Scatter:
         if self.closed:
             return
         self.closed = True
+        receiving = self._receiving
+        if receiving is not None and not receiving.done():
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
         ahead, self._ahead = list(self._ahead.values()), {}
         for task in ahead:
             task.cancel()

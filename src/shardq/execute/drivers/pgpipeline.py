@@ -19,6 +19,18 @@ once with ``prepare=True``; at most :data:`MAX_PREPARED` per connection.
 
 Statements between two Syncs share one implicit transaction; the caller sends
 reads only. When one fails, the server skips the rest: their outcomes are None.
+
+A pipeline opens with a Sync of its own. libpq keeps the row-by-row mode
+(chunked or single-row) that a streamed statement asked for after that
+statement ends; only its next send outside pipeline mode, or its pipeline
+queue moving on to another entry, clears it. The first statement queued on
+entering pipeline mode does neither, so after a stream on the same connection
+its result would come in chunks (``TUPLES_CHUNK`` results, then an empty
+``TUPLES_OK``), one result too many for the statements sent. Reading the
+opening Sync's result moves the queue on, which clears the mode: every
+statement then answers with one result. It costs no round trip, but about
+20 µs (a quarter of a one-statement pipeline), so the caller may say that the
+connection has not streamed since (``after_stream=False``) to leave it out.
 A pipeline left early (cancelled, or its connection broke) is cancelled on the
 server and drained; if that fails too, the connection is closed, so that its
 pool drops it.
@@ -99,9 +111,13 @@ class Pipeline:
         self._names = itertools.count()
 
     async def run(
-        self, statements: Sequence[Statement], *, prepare: bool
+        self, statements: Sequence[Statement], *, prepare: bool, after_stream: bool = True
     ) -> list[Outcome | Exception | None]:
-        """Each read's outcome, its error, or None if the server skipped it."""
+        """Each read's outcome, its error, or None if the server skipped it.
+
+        ``after_stream=False`` promises that no statement has been streamed on
+        the connection since its last pipeline: the opening Sync is left out.
+        """
         conn = self.conn
         pgconn = conn.pgconn
         out: list[Outcome | Exception | None] = [None] * len(statements)
@@ -109,11 +125,22 @@ class Pipeline:
         async with conn.lock:
             pgconn.enter_pipeline_mode()
             synced = False
+            pending = 0  # Syncs sent whose results are not read yet
             try:
+                if after_stream:
+                    # The opening Sync: reading its result clears a row-by-row
+                    # mode left by an earlier stream (see the module's docstring).
+                    pgconn.pipeline_sync()
+                    pending += 1
                 self._send(statements, prepare, out, sent)
                 pgconn.pipeline_sync()
+                pending += 1
                 synced = True
                 await self._flush()
+                if after_stream:
+                    if await self._receive():
+                        raise psycopg.InterfaceError("results came before a pipeline's statements")
+                    pending -= 1
                 results = await self._receive()
             except BaseException:
                 # Whether the prepares sent took effect is unknown: forget them
@@ -121,7 +148,7 @@ class Pipeline:
                 for _, preparing, key in sent:
                     if preparing:
                         self._prepared.pop(key, None)
-                await self._abandon(synced)
+                await self._abandon(synced, pending)
                 raise
             pgconn.exit_pipeline_mode()
         self._outcomes(sent, results, out)
@@ -259,12 +286,13 @@ class Pipeline:
             for c in columns
         )
 
-    async def _abandon(self, synced: bool) -> None:
+    async def _abandon(self, synced: bool, pending: int) -> None:
         """After leaving a pipeline early: cancel it on the server and read it to its end.
 
-        If that does not work in :data:`ABANDON_TIMEOUT` seconds (or is
-        cancelled in turn), the connection is closed instead; the caller
-        raises what made it leave.
+        ``synced`` tells whether the closing Sync was sent, ``pending`` how
+        many Syncs sent have results not read yet. If reading them does not
+        work in :data:`ABANDON_TIMEOUT` seconds (or is cancelled in turn),
+        the connection is closed instead; the caller raises what made it leave.
         """
         conn = self.conn
         pgconn = conn.pgconn
@@ -274,8 +302,10 @@ class Pipeline:
                     await conn.cancel_safe()
                     if not synced:
                         pgconn.pipeline_sync()
+                        pending += 1
                     await self._flush()
-                    await self._receive()
+                    for _ in range(pending):
+                        await self._receive()
                     pgconn.exit_pipeline_mode()
                     return
         except asyncio.CancelledError:

@@ -283,12 +283,16 @@ class _Connection:
         self._shard = shard
         self._secrets = secrets
         self._pipeline: pgpipeline.Pipeline | None = None  # made on first use
+        # Whether a statement was streamed since the last pipeline: libpq then
+        # still has its row-by-row mode set (see pgpipeline's docstring).
+        self._streamed = True
 
     async def execute(
         self, sql: str, params: object, *, fetch_size: int, stream: bool = True
     ) -> _Stream:
         result = _Stream(self._shard, self._secrets, fetch_size)
         if stream:
+            self._streamed = True
             await result.start(self.conn.cursor(), sql, params)
         else:
             await result.run(self.conn.cursor(), sql, params)
@@ -318,9 +322,12 @@ class _Connection:
                 if self._pipeline is None:
                     self._pipeline = pgpipeline.Pipeline(self.conn)
                 try:
-                    outcomes = await self._pipeline.run(statements[i:j], prepare=prepare)
+                    outcomes = await self._pipeline.run(
+                        statements[i:j], prepare=prepare, after_stream=self._streamed
+                    )
                 except psycopg.Error as exc:  # the connection broke
                     raise self._error(exc) from exc
+                self._streamed = False
                 out += [self._error(o) if isinstance(o, Exception) else o for o in outcomes]
                 i = j
             else:

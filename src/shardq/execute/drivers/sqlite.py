@@ -50,4 +50,8 @@ def SQLitePool(config: Config, shard: ShardConfig) -> ThreadedPool:
         max_size=shard.pool_max_size,
         info_sql="SELECT 'SQLite ' || sqlite_version()",
         columns_query=sqlite_columns_query,
+        # A SELECT not read to its end holds its file's shared lock, and a
+        # write commits only once no other connection holds one (rollback
+        # journal): it would wait out busy_timeout, then fail as "locked".
+        readers_block_writers=True,
     )

@@ -241,7 +241,12 @@ class _ThreadedStream:
 
 
 class ThreadedPool:
-    """Up to ``max_size`` threaded connections to one shard, opened on demand."""
+    """Up to ``max_size`` threaded connections to one shard, opened on demand.
+
+    ``readers_block_writers``: a statement still being read makes a write on
+    another of the pool's connections wait for it (see
+    :class:`~shardq.execute.driver.ShardPool`).
+    """
 
     def __init__(
         self,
@@ -252,9 +257,11 @@ class ThreadedPool:
         info_sql: str,
         columns_query: Callable[[str], tuple[str, object]],
         collation_sql: str | None = None,
+        readers_block_writers: bool = False,
     ):
         self.name = name
         self.collation_sql = collation_sql
+        self.readers_block_writers = readers_block_writers
         self._factory = factory
         self.info_sql = info_sql
         self._columns_query = columns_query
