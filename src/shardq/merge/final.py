@@ -1,7 +1,8 @@
 """The final step of a merge on SQLite shards, computed by SQLite itself.
 
-The shards' partial rows are loaded into a table of a private in-memory
-SQLite database and the final statement runs over them (see
+The shards' partial rows are loaded, batch by batch as they arrive, into a
+table of a private in-memory SQLite database, and the final statement runs
+over them (see
 :mod:`shardq.sql.rewrite.sqlite` for why). SQLite here is a calculator of
 the standard library, not a shard: nothing leaves the process.
 
@@ -30,42 +31,66 @@ _CHUNK = 2000
 
 
 def final(inner: Merger, step: FinalStep) -> Merger:
-    """Collect ``inner``'s rows, then emit what ``step`` computes from them."""
-    collected: Rows = []
+    """Load ``inner``'s rows as they arrive, then emit what ``step`` computes from them."""
+    table = _Table(step)
     try:
-        request = next(inner)
-        while True:
-            if isinstance(request, Fetch):
-                request = inner.send((yield request))
-                continue
-            collected.extend(request)
-            request = inner.send(None)
-    except StopIteration:
-        pass
+        try:
+            request = next(inner)
+            while True:
+                if isinstance(request, Fetch):
+                    request = inner.send((yield request))
+                    continue
+                table.load(request)
+                request = inner.send(None)
+        except StopIteration:
+            pass
+        finally:
+            inner.close()
+        rows = table.compute()
     finally:
-        inner.close()
-    rows = compute(step, collected)
+        table.close()
     for start in range(0, len(rows), _CHUNK):
         yield rows[start : start + _CHUNK]
 
 
 def compute(step: FinalStep, rows: Rows) -> Rows:
     """The rows ``step`` computes from the shards' ``rows``."""
-    import sqlite3  # only when a merge needs it: ``import shardq`` loads no driver
-
-    db = sqlite3.connect(":memory:", isolation_level=None)
+    table = _Table(step)
     try:
-        columns = ", ".join(step.columns)
-        db.execute(f"CREATE TABLE {step.table} ({columns})")
+        table.load(rows)
+        return table.compute()
+    finally:
+        table.close()
+
+
+class _Table:
+    """The in-memory database of one merge, its table filled in one transaction."""
+
+    def __init__(self, step: FinalStep):
+        import sqlite3  # only when a merge needs it: ``import shardq`` loads no driver
+
+        self._step = step
+        self._error = sqlite3.Error
+        self._db = sqlite3.connect(":memory:", isolation_level=None)
+        self._db.execute(f"CREATE TABLE {step.table} ({', '.join(step.columns)})")
+        # One transaction for every row: committing each INSERT would cost more than it.
+        self._db.execute("BEGIN")
+        marks = ", ".join("?" * len(step.columns))
+        self._insert = f"INSERT INTO {step.table} VALUES ({marks})"
+
+    def load(self, rows: Rows) -> None:
         if rows:
-            marks = ", ".join("?" * len(step.columns))
-            db.executemany(f"INSERT INTO {step.table} VALUES ({marks})", rows)
-        params = step.params if step.params is not None else ()
+            self._db.executemany(self._insert, rows)
+
+    def compute(self) -> Rows:
+        self._db.execute("COMMIT")
+        params = self._step.params if self._step.params is not None else ()
         try:
-            return db.execute(step.sql, params).fetchall()
-        except sqlite3.Error as exc:
+            return self._db.execute(self._step.sql, params).fetchall()
+        except self._error as exc:
             # What fails here is what one database would fail on over all the
             # rows (an integer overflow of a merged sum, say): the same class.
             raise OperationalError(f"{exc} (in the merge of the shards' results)") from exc
-    finally:
-        db.close()
+
+    def close(self) -> None:
+        self._db.close()
