@@ -128,7 +128,7 @@ class _Finalizer:
         name = str(agg.this).lower() if isinstance(agg, exp.Anonymous) else _NAMES.get(
             agg.key, agg.key)  # fmt: skip
         args = _arguments(agg)
-        distinct = isinstance(agg.this, exp.Distinct)
+        distinct = _is_distinct(agg)
         if distinct:
             return self._distinct(node, agg, name, args, condition)
         if name in ("count", "sum", "total"):
@@ -248,9 +248,20 @@ def _strip_collate(node: exp.Expr) -> exp.Expr:
     return node
 
 
+def _is_distinct(agg: exp.Expr) -> bool:
+    """Whether ``agg`` aggregates distinct values, ``total(DISTINCT x)`` included."""
+    if isinstance(agg, exp.Anonymous):
+        # sqlglot does not know total(): its DISTINCT is the call's first argument.
+        return bool(agg.expressions) and isinstance(agg.expressions[0], exp.Distinct)
+    return isinstance(agg.this, exp.Distinct)
+
+
 def _arguments(agg: exp.Expr) -> list[exp.Expr]:
     if isinstance(agg, exp.Anonymous):
-        return list(agg.expressions)
+        args = list(agg.expressions)
+        if args and isinstance(args[0], exp.Distinct):
+            return [*args[0].expressions, *args[1:]]
+        return args
     first = agg.this
     if isinstance(first, exp.Distinct):
         return list(first.expressions)
