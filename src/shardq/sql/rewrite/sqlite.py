@@ -325,10 +325,12 @@ def finalize(
     final = exp.Select(expressions=final_items).from_(TABLE)
     if groups:
         final.set("group", exp.Group(expressions=[f.translate(g) for g in groups]))
+    # SQLite resolves a name in HAVING, or inside an ORDER BY expression, to an input
+    # column first, then to an output name; a whole ORDER BY term that is a name, to
+    # an output name first.
+    inputs = {n for n in aliases if resolver.has_input_column(n)}
     having = select.args.get("having")
     if having is not None:
-        # SQLite resolves a name in HAVING to an input column first, then to an output name.
-        inputs = {n for n in aliases if resolver.has_input_column(n)}
         final.set("having", exp.Having(this=f.translate(having.this, aliases - inputs)))
     order = select.args.get("order")
     if order is not None:
@@ -337,7 +339,8 @@ def finalize(
             term = ordered.copy()
             target = term.this
             if not (isinstance(target, exp.Literal) and not target.is_string):
-                term.set("this", f.translate(target, aliases))
+                named = isinstance(_strip_collate(target), exp.Column)
+                term.set("this", f.translate(target, aliases if named else aliases - inputs))
             terms.append(term)
         final.set("order", exp.Order(expressions=terms))
     for arg in ("limit", "offset", "distinct"):
