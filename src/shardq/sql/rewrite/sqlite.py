@@ -75,7 +75,8 @@ class _Finalizer:
     keys: dict[str, str] = field(default_factory=dict)  # key text -> its column
     seen: dict[str, str] = field(default_factory=dict)  # shard expression text -> its column
     bare: list[str] = field(default_factory=list)
-    min_max: int = 0
+    # The distinct min() and max() aggregates (SQLite counts one written twice once).
+    min_max: set[str] = field(default_factory=set)
 
     def text(self, node: exp.Expr) -> str:
         return node.sql("sqlite")
@@ -148,7 +149,7 @@ class _Finalizer:
                 safe=True,
             )
         if name in ("min", "max") and len(args) == 1:
-            self.min_max += 1
+            self.min_max.add(self.text(node))
             partial = self.add_column("a", node, typed=False, like=args[0])
             return exp.func(name.upper(), self.reference(partial, args[0]))
         if name == "group_concat" and len(args) in (1, 2):
@@ -185,7 +186,7 @@ class _Finalizer:
         if arg.sql("sqlite") not in {g.sql("sqlite") for g in self.shard_groups}:
             self.shard_groups.append(arg.copy())
         if name in ("min", "max"):
-            self.min_max += 1
+            self.min_max.add(self.text(node))
         return exp.func(name.upper(), exp.Distinct(expressions=[self.reference(column, arg)]))
 
     # -- expressions over groups and aggregates
@@ -346,7 +347,7 @@ def finalize(
     for arg in ("limit", "offset", "distinct"):
         if select.args.get(arg) is not None:
             final.set(arg, select.args[arg].copy())
-    if f.bare and f.min_max != 1:
+    if f.bare and len(f.min_max) != 1:
         raise UnsupportedQueryError(
             f"the bare column {f.bare[0]} in a grouped query across shards",
             "SQLite takes a column that is neither grouped nor aggregated from an arbitrary "
