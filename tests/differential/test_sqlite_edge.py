@@ -239,6 +239,38 @@ CASES: dict[str, Case] = {
     "grouped-plain": Case(
         "SELECT flag, count(*), sum(qty), min(ts), max(ts) FROM ev GROUP BY flag ORDER BY flag",
         ordered=True),
+    # -- found in review (issue 14)
+    "total-distinct": Case("SELECT total(DISTINCT grp), total(DISTINCT qty), count(*) FROM ev"),
+    "total-distinct-grouped": Case(
+        "SELECT flag, total(DISTINCT qty) FROM ev GROUP BY flag ORDER BY flag", ordered=True),
+    "unary-plus-has-no-affinity": Case("SELECT count(*) FROM ev WHERE +grp > '2'"),
+    "unary-plus-has-no-affinity-rows": Case(
+        "SELECT id FROM ev WHERE +grp > '2' ORDER BY id LIMIT 50", ordered=True),
+    "unary-plus-name": Case("SELECT id, +grp FROM ev ORDER BY id LIMIT 3", ordered=True),
+    "cast-as-string-is-numeric": Case(
+        "SELECT count(*) FROM ev WHERE CAST(amount AS STRING) > 5"),
+    "cast-as-string-rows": Case(
+        "SELECT id, CAST(amount AS STRING), CAST(ts AS LONG), CAST(name AS VARBINARY) FROM ev "
+        "ORDER BY id LIMIT 5", ordered=True),
+    "limit-offset-negative-params": Case(
+        "SELECT id FROM ev ORDER BY id LIMIT ? OFFSET ?", (3, -2), ordered=True),
+    "limit-param-offset-negative": Case(
+        "SELECT id FROM ev ORDER BY id LIMIT ? OFFSET -2", (3,), ordered=True),
+    "distinct-limit-minus-one-param": Case(
+        "SELECT DISTINCT flag FROM ev ORDER BY 1 LIMIT ? OFFSET ?", (-1, 1), ordered=True),
+    "order-by-expression-input-column-first": Case(
+        "SELECT flag AS f, count(*) AS flag FROM ev GROUP BY f ORDER BY flag + 0", ordered=True),
+    "order-by-expression-input-column-first-neg": Case(
+        "SELECT flag AS f, -count(*) AS flag FROM ev GROUP BY f ORDER BY -flag", ordered=True),
+    "having-declared-collation-under-binary-group": Case(
+        "SELECT note COLLATE BINARY, count(*) FROM ev GROUP BY 1 HAVING note = 'RED'"),
+    "having-declared-collation-group-by-binary": Case(
+        "SELECT note, count(*) FROM ev GROUP BY note COLLATE BINARY HAVING note = 'RED'"),
+    "bare-column-max-also-in-having": Case(
+        "SELECT flag, max(id), name FROM ev GROUP BY flag HAVING max(id) > 3 ORDER BY 1",
+        ordered=True),
+    "bare-column-max-also-in-order-by": Case(
+        "SELECT flag, max(id), name FROM ev GROUP BY flag ORDER BY max(id)", ordered=True),
 }  # fmt: skip
 
 
@@ -316,3 +348,42 @@ def _count(path: Path, name: str) -> int:
         (count,) = db.execute("SELECT count(*) FROM ev WHERE name = ?", (name,)).fetchone()
     db.close()
     return int(count)
+
+
+# Queries one SQLite file answers: shardq must give the same answer or refuse clearly,
+# never fail on a shard with an error the single file does not raise.
+ANSWER_OR_REFUSAL = {
+    "where-alias-grouped": "SELECT flag * 2 AS f2, count(*) FROM ev WHERE f2 > 1 GROUP BY f2 "
+    "ORDER BY 1",
+}
+
+
+@pytest.mark.parametrize("sql", ANSWER_OR_REFUSAL.values(), ids=ANSWER_OR_REFUSAL.keys())
+def test_sqlite_edge_answer_or_refusal(
+    sql: str, conn: shardq.Connection, single: sqlite3.Connection
+) -> None:
+    refusal: shardq.UnsupportedQueryError | None = None
+    try:
+        same_answer(conn, single, sql, ordered=" ORDER BY " in sql)
+    except shardq.UnsupportedQueryError as exc:
+        refusal = exc
+    if refusal is not None:
+        assert refusal.construct, refusal
+        assert refusal.reason, refusal
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT flag, count(*) + ? FROM ev GROUP BY flag",
+        "SELECT flag, count(*) FROM ev GROUP BY flag HAVING sum(qty) > ?",
+    ],
+)
+def test_sqlite_edge_missing_parameter_is_a_programming_error(
+    sql: str, conn: shardq.Connection, single: sqlite3.Connection
+) -> None:
+    # The single file raises sqlite3.ProgrammingError; the merge must not call it operational.
+    with pytest.raises(sqlite3.ProgrammingError):
+        single.execute(sql).fetchall()
+    with pytest.raises(shardq.ProgrammingError):
+        conn.execute(sql).fetchall()

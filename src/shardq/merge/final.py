@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shardq.errors import OperationalError
+from shardq.errors import OperationalError, category_of
 from shardq.merge import Fetch, Merger, Rows
 
 if TYPE_CHECKING:
@@ -89,8 +89,10 @@ class _Table:
             return self._db.execute(self._step.sql, params).fetchall()
         except self._error as exc:
             # What fails here is what one database would fail on over all the
-            # rows (an integer overflow of a merged sum, say): the same class.
-            raise OperationalError(f"{exc} (in the merge of the shards' results)") from exc
+            # rows (an integer overflow of a merged sum, a parameter not
+            # supplied): the same PEP 249 class.
+            category = category_of(exc) or OperationalError
+            raise category(f"{exc} (in the merge of the shards' results)") from exc
 
     def close(self) -> None:
         self._db.close()

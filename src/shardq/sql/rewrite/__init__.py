@@ -36,7 +36,7 @@ from shardq.sql.parse import placeholder_value
 from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite.aggregates import Decomposed, decompose
 from shardq.sql.rewrite.groups import group_terms
-from shardq.sql.rewrite.limit import Window, push_window, split_window
+from shardq.sql.rewrite.limit import WINDOW_WORDS, Window, push_window, split_window
 from shardq.sql.rewrite.names import named_items
 from shardq.sql.rewrite.order import (
     CODE_POINT_COLLATIONS,
@@ -282,7 +282,8 @@ def _rows(
     if keys:
         strategy += "; ORDER BY merged k-way"
     changed = bool(extra) or window.bounded
-    sql = regenerate(shard, analysis.parsed.source, dialect, expanded) if changed else None
+    words = expanded | WINDOW_WORDS if window.negative_is_none else expanded
+    sql = regenerate(shard, analysis.parsed.source, dialect, words) if changed else None
     return Distributed(sql, merge, window, strategy)
 
 

@@ -25,7 +25,10 @@ from sqlglot import exp
 from shardq.errors import DataError, UnsupportedQueryError
 from shardq.sql.route import constant_value
 
-__all__ = ["Window", "push_window", "split_window"]
+__all__ = ["WINDOW_WORDS", "Window", "push_window", "split_window"]
+
+#: The words :func:`push_window` may add to a SQLite statement.
+WINDOW_WORDS = frozenset({"case", "when", "then", "else", "end", "max"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,17 @@ def push_window(select: exp.Select, window: Window) -> exp.Select:
                 select.set("limit", None)
                 return select
             total = exp.Literal.number(limit + offset)
+        elif window.negative_is_none:
+            # SQLite: a negative LIMIT is none and a negative OFFSET is 0, so the
+            # shards' LIMIT n + m is written as SQLite would read the window:
+            # CASE WHEN n < 0 THEN -1 ELSE n + max(m, 0) END.
+            zero = exp.Literal.number(0)
+            total = exp.Case(
+                ifs=[exp.If(this=exp.LT(this=window.limit.copy(), expression=zero),
+                            true=exp.Neg(this=exp.Literal.number(1)))],
+                default=exp.Add(this=window.limit.copy(), expression=exp.func(
+                    "MAX", window.offset.copy(), zero.copy())),
+            )  # fmt: skip
         else:
             total = exp.Add(this=window.limit.copy(), expression=window.offset.copy())
     select.set("limit", exp.Limit(expression=total))

@@ -75,7 +75,8 @@ class _Finalizer:
     keys: dict[str, str] = field(default_factory=dict)  # key text -> its column
     seen: dict[str, str] = field(default_factory=dict)  # shard expression text -> its column
     bare: list[str] = field(default_factory=list)
-    min_max: int = 0
+    # The distinct min() and max() aggregates (SQLite counts one written twice once).
+    min_max: set[str] = field(default_factory=set)
 
     def text(self, node: exp.Expr) -> str:
         return node.sql("sqlite")
@@ -128,7 +129,7 @@ class _Finalizer:
         name = str(agg.this).lower() if isinstance(agg, exp.Anonymous) else _NAMES.get(
             agg.key, agg.key)  # fmt: skip
         args = _arguments(agg)
-        distinct = isinstance(agg.this, exp.Distinct)
+        distinct = _is_distinct(agg)
         if distinct:
             return self._distinct(node, agg, name, args, condition)
         if name in ("count", "sum", "total"):
@@ -148,7 +149,7 @@ class _Finalizer:
                 safe=True,
             )
         if name in ("min", "max") and len(args) == 1:
-            self.min_max += 1
+            self.min_max.add(self.text(node))
             partial = self.add_column("a", node, typed=False, like=args[0])
             return exp.func(name.upper(), self.reference(partial, args[0]))
         if name == "group_concat" and len(args) in (1, 2):
@@ -185,7 +186,7 @@ class _Finalizer:
         if arg.sql("sqlite") not in {g.sql("sqlite") for g in self.shard_groups}:
             self.shard_groups.append(arg.copy())
         if name in ("min", "max"):
-            self.min_max += 1
+            self.min_max.add(self.text(node))
         return exp.func(name.upper(), exp.Distinct(expressions=[self.reference(column, arg)]))
 
     # -- expressions over groups and aggregates
@@ -248,9 +249,20 @@ def _strip_collate(node: exp.Expr) -> exp.Expr:
     return node
 
 
+def _is_distinct(agg: exp.Expr) -> bool:
+    """Whether ``agg`` aggregates distinct values, ``total(DISTINCT x)`` included."""
+    if isinstance(agg, exp.Anonymous):
+        # sqlglot does not know total(): its DISTINCT is the call's first argument.
+        return bool(agg.expressions) and isinstance(agg.expressions[0], exp.Distinct)
+    return isinstance(agg.this, exp.Distinct)
+
+
 def _arguments(agg: exp.Expr) -> list[exp.Expr]:
     if isinstance(agg, exp.Anonymous):
-        return list(agg.expressions)
+        args = list(agg.expressions)
+        if args and isinstance(args[0], exp.Distinct):
+            return [*args[0].expressions, *args[1:]]
+        return args
     first = agg.this
     if isinstance(first, exp.Distinct):
         return list(first.expressions)
@@ -314,10 +326,12 @@ def finalize(
     final = exp.Select(expressions=final_items).from_(TABLE)
     if groups:
         final.set("group", exp.Group(expressions=[f.translate(g) for g in groups]))
+    # SQLite resolves a name in HAVING, or inside an ORDER BY expression, to an input
+    # column first, then to an output name; a whole ORDER BY term that is a name, to
+    # an output name first.
+    inputs = {n for n in aliases if resolver.has_input_column(n)}
     having = select.args.get("having")
     if having is not None:
-        # SQLite resolves a name in HAVING to an input column first, then to an output name.
-        inputs = {n for n in aliases if resolver.has_input_column(n)}
         final.set("having", exp.Having(this=f.translate(having.this, aliases - inputs)))
     order = select.args.get("order")
     if order is not None:
@@ -326,13 +340,14 @@ def finalize(
             term = ordered.copy()
             target = term.this
             if not (isinstance(target, exp.Literal) and not target.is_string):
-                term.set("this", f.translate(target, aliases))
+                named = isinstance(_strip_collate(target), exp.Column)
+                term.set("this", f.translate(target, aliases if named else aliases - inputs))
             terms.append(term)
         final.set("order", exp.Order(expressions=terms))
     for arg in ("limit", "offset", "distinct"):
         if select.args.get(arg) is not None:
             final.set(arg, select.args[arg].copy())
-    if f.bare and f.min_max != 1:
+    if f.bare and len(f.min_max) != 1:
         raise UnsupportedQueryError(
             f"the bare column {f.bare[0]} in a grouped query across shards",
             "SQLite takes a column that is neither grouped nor aggregated from an arbitrary "
