@@ -14,7 +14,7 @@ from shardq.errors import UnsupportedQueryError
 from shardq.merge.final import compute
 from shardq.merge.steps import SortKey
 from shardq.sql.catalog import ColumnInfo, sqlite_columns
-from shardq.sql.dialects import generate
+from shardq.sql.dialects import ShardqSQLite, generate
 from shardq.sql.plan import Planner
 
 CONFIG = shardq.load_config(
@@ -191,3 +191,17 @@ def test_catalog_reads_declared_collations() -> None:
 )
 def test_sqlite_is_written_back_with_the_same_meaning(written: str, sent: str) -> None:
     assert generate(sqlglot.parse_one(written, read="sqlite"), "sqlite") == sent
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        # Unary plus takes a column's affinity away in SQLite: kept (sqlglot drops it).
+        ("SELECT +x FROM t WHERE +x > '2'", "SELECT +(x) FROM t WHERE +(x) > '2'"),
+        # A CAST's affinity follows the type name as written: STRING is NUMERIC in SQLite.
+        ("SELECT CAST(x AS STRING), CAST(x AS bytea) FROM t",
+         "SELECT CAST(x AS NUMERIC), CAST(x AS NUMERIC) FROM t"),
+    ],
+)  # fmt: skip
+def test_shardqs_sqlite_parser_keeps_what_sqlglots_loses(written: str, sent: str) -> None:
+    assert generate(sqlglot.parse_one(written, read=ShardqSQLite), "sqlite") == sent

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.sql.analyze import normalize
-from shardq.sql.dialects import cast_affinity, sqlite_affinity
+from shardq.sql.dialects import UnaryPlus, cast_affinity, sqlite_affinity
 
 if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis
@@ -119,7 +119,7 @@ class Resolver:
         explicit = _explicit(node)
         if explicit is not None:
             return explicit
-        while isinstance(node, exp.Paren | exp.Cast):
+        while isinstance(node, exp.Paren | exp.Cast | UnaryPlus):
             node = node.this
         if isinstance(node, exp.Column):
             info = self.column(node)

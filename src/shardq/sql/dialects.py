@@ -11,7 +11,9 @@ writes must mean what the user wrote. Its SQLite generator does not always:
 * ``substr(x, 1, 2)`` comes back as ``SUBSTRING``, which old SQLite versions
   lack: written ``SUBSTR``.
 * a comma join comes back as ``CROSS JOIN``, which in SQLite fixes the join
-  order (a planner hint, same rows): written with a comma again.
+  order (a planner hint, same rows): written with a comma again;
+* a unary ``+``, which in SQLite takes a column's affinity away, is dropped
+  by sqlglot's parser: shardq's parser keeps it (:class:`UnaryPlus`).
 
 >>> import sqlglot
 >>> tree = sqlglot.parse_one("SELECT CAST(x AS numeric), substr(x, 2) FROM t, u", read="sqlite")
@@ -23,10 +25,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlglot import exp
+from sqlglot import TokenType, exp
 from sqlglot.dialects.sqlite import SQLite
 
-__all__ = ["SQLITE_AFFINITY_WORDS", "cast_affinity", "generate", "sqlite_affinity"]
+__all__ = [
+    "SQLITE_AFFINITY_WORDS",
+    "ShardqSQLite",
+    "UnaryPlus",
+    "cast_affinity",
+    "generate",
+    "sqlite_affinity",
+    "sqlite_read",
+]
 
 #: The type names shardq writes in a SQLite CAST, one per affinity.
 SQLITE_AFFINITY_WORDS = frozenset({"integer", "text", "blob", "real", "numeric"})
@@ -54,7 +64,14 @@ def sqlite_affinity(type_name: str) -> str:
 
 
 def cast_affinity(to: exp.DataType) -> str:
-    """The affinity of a parsed CAST target (sqlglot keeps its kind, not its text)."""
+    """The affinity of a parsed CAST target.
+
+    From the type name as written when the tree was parsed by
+    :class:`ShardqSQLite`, else from sqlglot's kind of type.
+    """
+    written = to.meta.get("sqlite_type")
+    if written is not None:
+        return sqlite_affinity(str(written))
     kind = to.this
     if kind == exp.DataType.Type.USERDEFINED:
         return sqlite_affinity(str(to.args.get("kind") or ""))
@@ -97,13 +114,48 @@ class _SQLiteGenerator(SQLite.Generator):  # type: ignore[misc,valid-type]
         return str(super().join_sql(expression))
 
 
+class UnaryPlus(exp.Expression, exp.Func):
+    """SQLite's unary ``+``: the same value, without its affinity (sqlglot drops it).
+
+    Written ``+(x)``, which any of sqlglot's generators writes and SQLite
+    reads as the same operator.
+    """
+
+    arg_types: ClassVar[dict[str, bool]] = {"this": True}
+    _sql_names: ClassVar[list[str]] = ["+"]
+
+
+class _SQLiteParser(SQLite.Parser):  # type: ignore[misc,valid-type]
+    UNARY_PARSERS: ClassVar[dict[Any, Any]] = {
+        **SQLite.Parser.UNARY_PARSERS,
+        TokenType.PLUS: lambda self: UnaryPlus(this=self._parse_unary()),
+    }
+
+    def _parse_types(self, *args: Any, **kwargs: Any) -> exp.Expr | None:
+        # A CAST's meaning is its type name's affinity, which sqlglot's type
+        # kinds do not keep (STRING is read as TEXT, SQLite gives it NUMERIC):
+        # the name as written is kept with the type.
+        start = self._index
+        found: exp.Expr | None = super()._parse_types(*args, **kwargs)
+        if isinstance(found, exp.DataType) and self._index > start:
+            words = [t.text for t in self._tokens[start : self._index]]
+            found.meta["sqlite_type"] = " ".join(words)
+        return found
+
+
 class ShardqSQLite(SQLite):
     """SQLite as sqlglot reads it, written back as the user wrote it (see the module)."""
 
+    Parser = _SQLiteParser
     Generator = _SQLiteGenerator
 
 
 _GENERATORS: dict[str, Any] = {"sqlite": ShardqSQLite}
+
+
+def sqlite_read(dialect: str) -> Any:
+    """The dialect to parse ``dialect``'s SQL with (shardq's SQLite for SQLite)."""
+    return _GENERATORS.get(dialect, dialect)
 
 
 def generate(expression: exp.Expr, dialect: str) -> str:

@@ -29,6 +29,7 @@ from sqlglot import Token, TokenType, exp
 from sqlglot.errors import ParseError, TokenError
 
 from shardq.errors import ProgrammingError, SQLSyntaxError
+from shardq.sql.dialects import sqlite_read
 
 __all__ = ["POSITIONAL_PREFIX", "Parsed", "parse", "placeholder_value"]
 
@@ -266,12 +267,12 @@ def parse(text: str, dialect: str) -> Parsed:
             renamed, count, names = _rename_sqlite(text, tokens)
         statements = [
             s
-            for s in sqlglot.parse(renamed, read=dialect)
+            for s in sqlglot.parse(renamed, read=sqlite_read(dialect))
             if s is not None and not isinstance(s, exp.Semicolon)  # "; -- a comment"
         ]
     except (ParseError, TokenError) as exc:
         try:  # report positions in the text as given, not the renamed copy
-            sqlglot.parse(text, read=dialect)
+            sqlglot.parse(text, read=sqlite_read(dialect))
         except (ParseError, TokenError) as original:
             raise _syntax_error(original, text, dialect, tokens) from None
         raise _syntax_error(exc, text, dialect, tokens) from None

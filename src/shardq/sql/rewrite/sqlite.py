@@ -73,6 +73,8 @@ class _Finalizer:
     columns: list[str] = field(default_factory=list)  # column definitions of the table
     shard_groups: list[exp.Expr] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)  # key text -> its column
+    # The key's text without its COLLATE -> its column.
+    collated: dict[str, str] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)  # shard expression text -> its column
     bare: list[str] = field(default_factory=list)
     # The distinct min() and max() aggregates (SQLite counts one written twice once).
@@ -119,7 +121,8 @@ class _Finalizer:
     def add_group(self, term: exp.Expr) -> None:
         name = self.add_column("g", term, typed=True)
         self.shard_groups.append(term.copy())
-        self.keys.setdefault(self.text(_strip_collate(term)), name)
+        self.keys.setdefault(self.text(term), name)
+        self.collated.setdefault(self.text(_strip_collate(term)), name)
 
     # -- aggregates
 
@@ -208,14 +211,20 @@ class _Finalizer:
                 and normalize(n.this, "sqlite") in aliases
             ):
                 return n  # an output name, resolved by the final step as by SQLite
+            key = self.keys.get(self.text(n))
+            if key is not None:
+                return self.reference(key, n)
             if isinstance(n, exp.Collate):
+                # A key under another collation: the same value, compared so.
                 key = self.keys.get(self.text(_strip_collate(n)))
                 if key is not None:
                     return exp.Collate(this=exp.column(key), expression=n.expression.copy())
                 return n
-            key = self.keys.get(self.text(n))
-            if key is not None:
-                return exp.column(key)
+            if self.text(n) in self.collated:
+                # The key without the COLLATE it is grouped under (GROUP BY note COLLATE
+                # BINARY, then note): a value of the group, compared under its own
+                # collation, as SQLite shows some row's value of the group.
+                return exp.column(self.add_column("k", n, typed=True))
             if is_aggregate(n):  # subqueries and windows are replaced before their insides
                 return self.aggregate(n)
             if isinstance(n, exp.Subquery | exp.Exists) or (
@@ -241,6 +250,37 @@ class _Finalizer:
         if _outer_columns(node, self.resolver):
             self.bare.append(self.text(node))
         return exp.column(column)
+
+
+def _inline_aliases(shard: exp.Select, items: list[exp.Expr], resolver: Resolver) -> None:
+    """Write the select-list aliases ``shard``'s WHERE uses as their expressions.
+
+    SQLite lets WHERE name an output column that is not an input column; the
+    shards' select list is another one, without those aliases.
+    """
+    where = shard.args.get("where")
+    if where is None:
+        return
+    aliased = {
+        str(item.alias).lower(): item.this
+        for item in items
+        if isinstance(item, exp.Alias) and resolver.has_input_column(str(item.alias)) is False
+    }
+    if not aliased:
+        return
+
+    def inline(node: exp.Expr) -> exp.Expr:
+        if (
+            isinstance(node, exp.Column)
+            and not node.table
+            and isinstance(node.this, exp.Identifier)
+            and node.parent_select is shard
+            and normalize(node.this, "sqlite") in aliased
+        ):
+            return exp.Paren(this=aliased[normalize(node.this, "sqlite")].copy())
+        return node
+
+    where.transform(inline, copy=False)
 
 
 def _strip_collate(node: exp.Expr) -> exp.Expr:
@@ -358,6 +398,7 @@ def finalize(
     shard = select.copy()
     for arg in ("having", "order", "limit", "offset", "distinct"):
         shard.set(arg, None)
+    _inline_aliases(shard, items, resolver)
     shard.set("expressions", f.shard_items or [exp.alias_(exp.Count(this=exp.Star()), "_shardq_n")])
     shard.set("group", exp.Group(expressions=f.shard_groups) if f.shard_groups else None)
     if not f.shard_items:
