@@ -24,6 +24,10 @@ pytestmark = pytest.mark.postgres
 
 # (sql, ordered): ordered when the ORDER BY fixes the order of every row.
 CASES: list[tuple[str, bool]] = [
+    # an ordinal after *: the columns * stands for, from the catalog
+    ("SELECT * FROM facts ORDER BY 3, 1 LIMIT 7", True),
+    ("SELECT f.*, 1 AS one FROM facts f ORDER BY 3 DESC, 1 OFFSET 2", True),
+    ("SELECT DISTINCT * FROM sparse ORDER BY 2, 1", True),
     # aggregates without GROUP BY, over rows and over nothing
     ("SELECT count(*), count(k), sum(k), min(k), max(k), avg(k) FROM facts", True),
     ("SELECT count(*), sum(n), min(n), max(n), avg(n), sum(f), avg(f) FROM facts", True),
