@@ -156,8 +156,13 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether ``port`` of 127.0.0.1 can be listened on now."""
+    """Whether a server could listen on ``port`` of 127.0.0.1 now.
+
+    As PostgreSQL does, with ``SO_REUSEADDR``: connections of a server just
+    stopped, waiting out TIME_WAIT, do not keep the port from it.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
