@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import tempfile
 import time
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from shardq.cli.demo_servers import RunAs, port_is_free, running_pid
+from shardq.cli.demo_servers import DemoServerError, RunAs, port_is_free, running_pid
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -97,3 +98,23 @@ def test_a_port_someone_listens_on_is_not_free() -> None:
         listener.listen()
         port = listener.getsockname()[1]
         assert not port_is_free(port)
+
+
+def test_as_oneself_a_cluster_runs_as_oneself(tmp_path: Path) -> None:
+    me = RunAs("me", uid=os.geteuid(), gid=os.getegid(), switch=False)
+    assert me.for_cluster(tmp_path) is me
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root only: chown to another user")
+def test_as_root_a_cluster_runs_as_the_owner_of_its_data_folder(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    datadir = tmp_path / "s0"
+    datadir.mkdir()
+    os.chown(datadir, nobody.pw_uid, nobody.pw_gid)
+    chosen = STRANGER.for_cluster(datadir)  # made by an earlier run as another user
+    assert (chosen.name, chosen.uid, chosen.gid, chosen.switch) == (
+        "nobody", nobody.pw_uid, nobody.pw_gid, True,
+    )  # fmt: skip
+    os.chown(datadir, 0, 0)
+    with pytest.raises(DemoServerError, match="belongs to root; rebuild the demo with --fresh"):
+        STRANGER.for_cluster(datadir)

@@ -241,7 +241,10 @@ def _ensure_running(folder: Path, bindir: Path, run_as: servers.RunAs, dir_optio
     datadirs = _datadirs(folder)
     stopped = [i for i, d in enumerate(datadirs) if servers.running_pid(d) is None]
     # A port taken since the last run gets the server another: the config follows it.
-    got = _map(stopped, lambda i: _start(bindir, datadirs[i], run_as, ports[i]))
+    got = _map(
+        stopped,
+        lambda i: _start(bindir, datadirs[i], run_as.for_cluster(datadirs[i]), ports[i]),
+    )
     moved = any(ports[i] != port for i, port in zip(stopped, got, strict=True))
     for i, port in zip(stopped, got, strict=True):
         ports[i] = port
@@ -255,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
     """``shardq demo --postgres [--stop]``: see the module's docstring."""
     folder: Path = args.dir or DEFAULT_DIR
     shown = demo.shown(folder)
+    # as typed here in what is printed; in shardq.toml, whose readers may be anywhere, in full
     dir_option = "" if args.dir is None else f" --dir {shlex.quote(shown)}"
+    config_dir_option = "" if args.dir is None else f" --dir {shlex.quote(str(folder.resolve()))}"
     bindir = servers.find_bindir()
     try:
         found = find_dataset(folder)
@@ -279,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     try:
         if found == wanted and not args.fresh:
-            started = _ensure_running(folder, bindir, run_as, dir_option)
+            started = _ensure_running(folder, bindir, run_as, config_dir_option)
             print(
                 f"Reusing the demo in {shown}: {args.shards} PostgreSQL servers, "
                 f"{args.customers} customers ({started} started, "
@@ -288,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if (folder / "shardq.toml").exists():  # an earlier demo's: nothing of it stays
                 _clear(folder)
-            _build(folder, bindir, run_as, args.shards, args.customers, dir_option)
+            _build(folder, bindir, run_as, args.shards, args.customers, config_dir_option)
             verb = "Created" if found is None else "Rebuilt"
             print(
                 f"{verb} {args.shards} PostgreSQL servers with {args.customers} customers in "

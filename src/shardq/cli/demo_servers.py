@@ -121,6 +121,27 @@ class RunAs:
         if self.switch:
             os.chown(path, self.uid, self.gid)
 
+    def for_cluster(self, datadir: Path) -> RunAs:
+        """As root, the user owning ``datadir`` (it was made as another); else this one.
+
+        PostgreSQL runs a cluster only as the owner of its data folder.
+        """
+        if not self.switch:
+            return self
+        uid = datadir.stat().st_uid
+        if uid == self.uid:
+            return self
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            raise DemoServerError(
+                f"{datadir} belongs to uid {uid}, which has no OS user any more; "
+                "rebuild the demo with --fresh"
+            ) from None
+        if uid == 0:
+            raise DemoServerError(f"{datadir} belongs to root; rebuild the demo with --fresh")
+        return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=True)
+
     def cannot_enter(self, path: Path) -> Path | None:
         """The first folder on the way to ``path`` this user may not enter, or None.
 
