@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from shardq.cli import demo_postgres
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
-def tour() -> list[tuple[str, str]]:
-    """The (language, code) of each fenced block of the tour, in order."""
+def tour(section: str = "A tour of the demo") -> list[tuple[str, str]]:
+    """The (language, code) of each fenced block of a section, in order."""
     text = README.read_text(encoding="utf-8")
-    start = text.index("\n## A tour of the demo\n")
+    start = text.index(f"\n## {section}\n")
     end = text.index("\n## ", start + 1)
     return [(m.group(1), m.group(2)) for m in _BLOCK.finditer(text[start:end])]
 
@@ -98,3 +106,43 @@ def test_the_postgres_examples_say_they_are(section: str) -> None:
     text = README.read_text(encoding="utf-8")
     body = text[text.index(f"\n## {section}\n") :]
     assert "On PostgreSQL shards" in body[: body.index("```")]
+
+
+@pytest.fixture
+def open_workdir() -> Iterator[Path]:
+    """An empty folder every user may enter: as root, the demo's servers run as another user.
+
+    Every demo server still running in it at the end is stopped by its pid, and fails the test.
+    """
+    path = Path(tempfile.mkdtemp(prefix="shardq-readme-pg-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        left = demo_postgres.stop(path / "shardq-demo-pg")
+        shutil.rmtree(path)
+        assert left == [], f"demo servers left running: {left}"
+
+
+def test_the_postgres_demo_runs_as_written(open_workdir: Path) -> None:
+    [(language, shell)] = tour("The demo on PostgreSQL")
+    assert language == "sh"
+    assert shell.rstrip().splitlines()[-1].startswith("shardq demo --postgres --stop")
+    ran = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\nset -x\n{shell}"],
+        cwd=open_workdir,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "Traceback" not in ran.stderr
+    out = ran.stdout
+    table = out[: out.index("Distributed query")].rstrip().splitlines()  # customer 42's orders
+    assert [cell.strip() for cell in table[0].split("|")] == ["id", "amount"]
+    count = re.fullmatch(r"\((\d+) rows?\)", table[-1])
+    assert count is not None
+    assert len(table) == 3 + int(count.group(1))  # header, rule, rows, count
+    assert "Distributed query on 4 of 4 shards" in out
+    assert out.splitlines()[-1].startswith("Stopped 4 PostgreSQL servers of shardq-demo-pg")

