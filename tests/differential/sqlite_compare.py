@@ -240,7 +240,7 @@ def _same_by_order(
     def same(g: Row, w: Row) -> bool:
         return _same_row(_order_fold(g[:width], order_folds), _order_fold(w[:width], order_folds))
 
-    check_order(full_got, full_want, order, same)
+    check_order(full_got, full_want, order, same, cut=cut)
 
 
 def row_keys(

@@ -1,15 +1,24 @@
 """Random SELECTs over the SQLite edge dataset, and the outcome of comparing their answers.
 
-:func:`queries` draws a SELECT over ``ev`` (:mod:`tests.fixtures.sqlite_edge`)
-with SQLite's functions, collations, aggregates and mixed integer and real
-arithmetic: plain rows (with DISTINCT), or groups with aggregates and HAVING
-(by alias too), filters (some pinning one shard by ``id``), bound ``?``
-parameters, LIMIT/OFFSET. Every query orders by all its output columns, so the
-order is determined up to what :mod:`.sqlite_compare` compares loosely:
+:func:`queries` draws a SELECT over ``ev`` (:mod:`tests.fixtures.sqlite_edge`),
+alone or joined with the co-located ``ev2`` or the reference table ``kind``,
+from the pools of :mod:`.sqlite_pools`: SQLite's functions, collations,
+aggregates (DISTINCT ones under collations, ``group_concat`` with
+separators), CASE, CAST to each affinity, LIKE/GLOB, BETWEEN, IN lists,
+uncorrelated scalar subqueries, mixed integer and real arithmetic; plain rows
+(with DISTINCT), or groups with aggregates and HAVING (by alias, by the
+grouped column, by an aggregate, with a parameter); filters (some pinning one
+shard by ``id``), bound ``?`` parameters of every type, LIMIT/OFFSET (as
+parameters too). Every query orders by all its output columns, and sometimes
+by expressions outside the select list too; :class:`Query` hands the ORDER BY
+over term by term, and :mod:`.sqlite_compare` checks the order against it
+(near-tied float keys may come either way round: :mod:`.sqlite_order`).
+What SQLite leaves open is compared loosely:
 
 - an expression under NOCASE or RTRIM (``name COLLATE NOCASE``, the column
-  ``note``) orders its equal spellings in any order: a ``tie`` column; when
-  DISTINCT, GROUP BY or a LIMIT picks one spelling, a ``loose`` one;
+  ``note``) orders its equal spellings in any order: its term orders under
+  that collation; when DISTINCT, GROUP BY or a LIMIT picks one spelling, the
+  column is ``loose``;
 - ``min``/``max`` under a collation return any of the equal spellings: loose,
   and ordered under that collation (``ORDER BY 2 COLLATE NOCASE``) so that the
   order does not depend on the spelling picked;
@@ -19,7 +28,12 @@ order is determined up to what :mod:`.sqlite_compare` compares loosely:
   group key, is loose as a number (types are still compared exactly
   elsewhere, and in the hand-written cases);
 - ``group_concat()`` concatenates in any order: loose as a multiset of its
-  elements, and such a query is compared as a multiset, without LIMIT.
+  elements, and such a query is compared as a multiset, without LIMIT;
+- an ORDER BY expression outside the select list: the single file runs the
+  query once more with it selected (``keyed_sql``, after the output columns)
+  to give the keys its rows were sorted by; shardq's rows take the keys of the
+  single file's rows equal to them. So that this adds no rows, such terms are
+  drawn only without DISTINCT.
 
 :func:`outcome` runs one and says what happened: ``same``, ``refused``
 (``UnsupportedQueryError``, with its construct), ``differ`` (naming the first

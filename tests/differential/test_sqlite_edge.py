@@ -52,6 +52,9 @@ class Case:
     tie: Mapping[int, Fold] = field(default_factory=dict)
     refused: str | None = None  # a word the refusal must contain (what it refuses)
     error: str | None = None  # the single file's error, which shardq must raise too
+    # What shardq gets wrong today (found by the random queries): the case must fail until
+    # fixed (a strict xfail), then the mark goes.
+    known: str | None = None
 
 
 def _distinct_nocase(value: Any) -> Any:
@@ -239,6 +242,20 @@ CASES: dict[str, Case] = {
     "grouped-plain": Case(
         "SELECT flag, count(*), sum(qty), min(ts), max(ts) FROM ev GROUP BY flag ORDER BY flag",
         ordered=True),
+    # -- found by the random queries, wrong today
+    "limit-negative-parameter-with-offset": Case(
+        "SELECT id FROM ev ORDER BY id LIMIT ? OFFSET ?", (-1, 5), ordered=True,
+        known="a negative LIMIT is no limit; the shards get LIMIT -1 + 5: 11 rows come back"),
+    "total-distinct": Case(
+        "SELECT total(DISTINCT qty), total(DISTINCT flag), sum(DISTINCT flag) FROM ev",
+        known="total(DISTINCT x) adds every shard's distinct values: 470.0 for 117.5"),
+    "group-concat-distinct-separator": Case(
+        "SELECT group_concat(DISTINCT note, ';') FROM ev",
+        error="DISTINCT aggregates must have exactly one argument",
+        known="answered, with ',' between the values, where SQLite refuses the statement"),
+    "aggregate-only-in-order-by": Case(
+        "SELECT name FROM ev ORDER BY max(qty)", error="misuse of aggregate: max()",
+        known="fails in the merge as 'misuse of aggregate: MAX()', not with SQLite's message"),
 }  # fmt: skip
 
 
@@ -255,7 +272,16 @@ def single(sqlite_edge: SqliteEdge) -> Iterator[sqlite3.Connection]:
     db.close()
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def _params(cases: Mapping[str, Case]) -> list[Any]:
+    return [
+        pytest.param(c, id=k, marks=pytest.mark.xfail(strict=True, reason=c.known))
+        if c.known
+        else pytest.param(c, id=k)
+        for k, c in cases.items()
+    ]
+
+
+@pytest.mark.parametrize("case", _params(CASES))
 def test_sqlite_edge_case(case: Case, conn: shardq.Connection, single: sqlite3.Connection) -> None:
     if case.refused is not None:
         with pytest.raises(shardq.UnsupportedQueryError) as refusal:
