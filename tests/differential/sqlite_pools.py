@@ -149,6 +149,7 @@ FILTERS = [
 ]  # fmt: skip
 # Parameters of every type SQLite binds; ``id = ?`` pins the query to one shard.
 PARAM_FILTERS = [
+    Param("id = ?", ((5,), (77,), (5.0,), ("77",), (None,))),
     Param("qty > ?", ((2,), (2.5,), ("2",), (None,))),
     Param("name >= ?", (("ann",), ("B",), (b"abc",))),
     Param("note = ?", (("red",), ("RED",))),
@@ -157,7 +158,6 @@ PARAM_FILTERS = [
     Param("flag IS ?", ((None,), (1,), (1.0,))),
     Param("ts BETWEEN ? AND ?", (("2024-03-10", "2024-03-20"), (b"2024", "2025"))),
     Param("coalesce(qty, ?) > 1", ((None,), (5,), (0.5,))),
-    Param("id = ?", ((5,), (77,), (5.0,), ("77",), (None,))),
     Param("id IN (?, ?)", ((3, 50), (77, None))),
     Param("name IN (?, ?)", (("ann", None), ("b  ", b"x"))),
     Param("? IS NULL", ((None,), (0,))),
