@@ -248,8 +248,11 @@ def queries(draw: st.DrawFn) -> Query:
     # so may a LIMIT or OFFSET that cuts between rows tied but for 0 against 0.0.
     numbers = range(len(columns)) if distinct or window else range(len(keys))
     loose = {**dict.fromkeys(numbers, number), **loose}
-    # Each term orders under its own collation (not the loose folds, which say what may show).
-    term_folds = [folds.get(i) for i in range(len(columns))] + [f for _, f in hidden]
+    # Each term orders under its own collation (not the loose folds, which say what may show);
+    # where 0 or 0.0 may show, numbers are compared as reals, so that the two sides agree on
+    # which rows are near-tied.
+    term_folds = [_then_number(folds.get(i)) if i in numbers else folds.get(i)
+                  for i in range(len(columns))] + [f for _, f in hidden]  # fmt: skip
     order = tuple(Term(i, desc, nulls, term_folds[i]) for i, desc, nulls in spec)
     sql = f"SELECT {'DISTINCT ' if distinct else ''}{select}{body}{order_by}{window}"
     keyed = ""
@@ -258,6 +261,16 @@ def queries(draw: st.DrawFn) -> Query:
         keyed = f"SELECT {select}{extra}{body}{order_by}{window}"
     return Query(sql, params, not concatenated, loose, folds, tuple(c[0] for c in columns),
                  () if concatenated else order, keyed, bool(window))  # fmt: skip
+
+
+def _then_number(fold: Fold | None) -> Fold:
+    if fold is None:
+        return number
+
+    def both(value: Any) -> Any:
+        return number(fold(value))
+
+    return both
 
 
 def _joint(loose: dict[int, Fold], picked: Sequence[tuple[str, Fold | None]]) -> dict[int, Fold]:

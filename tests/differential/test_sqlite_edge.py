@@ -253,6 +253,10 @@ CASES: dict[str, Case] = {
         "SELECT group_concat(DISTINCT note, ';') FROM ev",
         error="DISTINCT aggregates must have exactly one argument",
         known="answered, with ',' between the values, where SQLite refuses the statement"),
+    "count-with-distinct-aggregate-of-no-rows": Case(
+        "SELECT count(*), count(*) + 0.5, total(qty), count(DISTINCT name) FROM ev "
+        "WHERE qty > 1000",
+        known="count(*) is NULL, not 0, beside a DISTINCT aggregate when no row matches"),
     "aggregate-only-in-order-by": Case(
         "SELECT name FROM ev ORDER BY max(qty)", error="misuse of aggregate: max()",
         known="fails in the merge as 'misuse of aggregate: MAX()', not with SQLite's message"),
