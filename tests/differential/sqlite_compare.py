@@ -10,7 +10,17 @@ Two answers are the same when:
   storage classes, which its arithmetic, ``typeof()`` and comparisons depend on);
 - in the same order when the query's ORDER BY fixes it, as a multiset otherwise.
 
-Floats match to 1e-9 relative: a sum of floats depends on the order of its terms.
+Floats match to 1e-9 relative: a sum of floats depends on the order of its terms
+(also in the multiset comparison, which matches rows one by one when sorting
+puts two such floats apart).
+
+Rows "in the same order" are compared row by row: right for hand-written
+queries whose keys are exact. A query whose ORDER BY is given term by term
+(``order``, a list of :class:`.sqlite_order.Term`, as the random generator
+gives it) is compared as a multiset, then shardq's rows must be sorted by
+those terms and equal the single file's wherever its order is fully
+determined: floats near-tied in a key may come either way round
+(:mod:`.sqlite_order` says why and how).
 
 Where SQLite itself documents a choice as arbitrary, a column is compared
 loosely, through a :data:`Fold` that maps every acceptable value to one:
@@ -38,17 +48,17 @@ pass those columns as ``loose`` then.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tests.differential.sqlite_order import Fold, Row, Term, boundary, check_order, keys_for
+
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Mapping, Sequence
 
     import shardq
 
-Fold = Callable[[Any], Any]
-Row = tuple[Any, ...]
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -131,11 +141,33 @@ def _order_fold(row: Row, folds: Mapping[int, Fold]) -> Row:
     return tuple(number(v) for v in _fold(row, folds))
 
 
-def _same_list(got: list[Row], want: list[Row], what: str) -> None:
+def _same_row(a: Row, b: Row) -> bool:
+    return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _same_multiset(got: list[Row], want: list[Row]) -> None:
     assert len(got) == len(want), f"{len(got)} rows, expected {len(want)}"
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        same = len(g) == len(w) and all(same_value(a, b) for a, b in zip(g, w, strict=True))
-        assert same, f"{what} {i}: {g!r} != expected {w!r}"
+    got, want = sorted(got, key=_sort_key), sorted(want, key=_sort_key)
+    first = next((i for i, (g, w) in enumerate(zip(got, want, strict=True)) if not _same_row(g, w)),
+                 None)  # fmt: skip
+    if first is None:
+        return
+    # Floats equal to 1e-9 may still sort apart: match row by row before calling it a difference.
+    unmatched = list(want)
+    for row in got:
+        match = next((j for j, w in enumerate(unmatched) if _same_row(row, w)), None)
+        assert match is not None, f"row (sorted) {first}: {got[first]!r} != {want[first]!r}"
+        del unmatched[match]
+
+
+def _without(rows: list[Row], taken: list[Row]) -> list[Row]:
+    """``rows`` less one equal row for each of ``taken``, every one of which must be there."""
+    left = list(rows)
+    for row in taken:
+        match = next((j for j, r in enumerate(left) if _same_row(row, r)), None)
+        assert match is not None, f"expected row {row!r} is missing"
+        del left[match]
+    return left
 
 
 def same_rows(
@@ -145,6 +177,9 @@ def same_rows(
     ordered: bool,
     loose: Mapping[int, Fold] | None = None,
     tie: Mapping[int, Fold] | None = None,
+    order: Sequence[Term] = (),
+    keys: tuple[Sequence[Row], Sequence[Row]] | None = None,
+    cut: bool = False,
 ) -> None:
     """Assert two row lists are the same (see the module docstring).
 
@@ -154,20 +189,66 @@ def same_rows(
         ordered: the ORDER BY fixes the order (up to the ``tie`` columns).
         loose: column index -> fold, for values SQLite chooses arbitrarily.
         tie: column index -> fold, for columns ordered under that collation.
+        order: the ORDER BY term by term: if given, the order is checked against
+            it (:mod:`.sqlite_order`) rather than row by row, and ``ordered`` is ignored.
+        keys: shardq's and the single file's values of the terms that are not
+            output columns, one tuple per row.
+        cut: a LIMIT or OFFSET may have cut through rows the ORDER BY ties.
     """
     loose = loose or {}
     order_folds = {**(tie or {}), **loose}
+    if order:
+        _same_by_order(got, want, loose, order_folds, order, keys, cut=cut)
+        return
     if ordered:
         folded_got = [_order_fold(r, order_folds) for r in got]
         folded_want = [_order_fold(r, order_folds) for r in want]
         for i, (g, w) in enumerate(zip(folded_got, folded_want, strict=False)):
-            same = len(g) == len(w) and all(same_value(a, b) for a, b in zip(g, w, strict=True))
+            same = _same_row(g, w)
             assert same, f"row {i}: {got[i]!r} != expected {want[i]!r} (the order differs)"
-    _same_list(
-        sorted((_fold(r, loose) for r in got), key=_sort_key),
-        sorted((_fold(r, loose) for r in want), key=_sort_key),
-        "row (sorted)",
-    )
+    _same_multiset([_fold(r, loose) for r in got], [_fold(r, loose) for r in want])
+
+
+def _same_by_order(
+    got: list[Row],
+    want: list[Row],
+    loose: Mapping[int, Fold],
+    order_folds: Mapping[int, Fold],
+    order: Sequence[Term],
+    keys: tuple[Sequence[Row], Sequence[Row]] | None,
+    *,
+    cut: bool,
+) -> None:
+    assert len(got) == len(want), f"{len(got)} rows, expected {len(want)}"
+    got_keys, want_keys = keys if keys is not None else ([()] * len(got), [()] * len(want))
+    full_got = [r + k for r, k in zip(got, got_keys, strict=True)]
+    full_want = [r + k for r, k in zip(want, want_keys, strict=True)]
+    if cut and want:
+        # The single file's rows away from the edges must all be shardq's; shardq's others
+        # must sort with an edge (tied, near-tied, or of an unknown key).
+        edges = [full_want[0], full_want[-1]]
+        at_edge = boundary(full_want, edges, order)
+        inner = [_fold(r, loose) for r, b in zip(want, at_edge, strict=True) if not b]
+        others = _without([_fold(r, loose) for r in got], inner)
+        extra = [r for r, b in zip(full_got, boundary(full_got, edges, order), strict=True)
+                 if not b and _fold(r[: len(want[0])], loose) in others]  # fmt: skip
+        assert not extra, f"row {extra[0]!r} is not expected (it sorts away from the LIMIT's cut)"
+    else:
+        _same_multiset([_fold(r, loose) for r in got], [_fold(r, loose) for r in want])
+    width = len(want[0]) if want else 0
+
+    def same(g: Row, w: Row) -> bool:
+        return _same_row(_order_fold(g[:width], order_folds), _order_fold(w[:width], order_folds))
+
+    check_order(full_got, full_want, order, same, cut=cut)
+
+
+def row_keys(
+    got: list[Row], want: list[Row], want_keys: list[Row], loose: Mapping[int, Fold] | None = None
+) -> list[Row]:
+    """The keys of shardq's rows, from the single file's rows equal to them (see sqlite_order)."""
+    folds = loose or {}
+    return keys_for(got, want, want_keys, lambda r: _fold(r, folds), _same_row)
 
 
 class Twin:

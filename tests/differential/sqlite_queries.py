@@ -1,15 +1,24 @@
 """Random SELECTs over the SQLite edge dataset, and the outcome of comparing their answers.
 
-:func:`queries` draws a SELECT over ``ev`` (:mod:`tests.fixtures.sqlite_edge`)
-with SQLite's functions, collations, aggregates and mixed integer and real
-arithmetic: plain rows (with DISTINCT), or groups with aggregates and HAVING
-(by alias too), filters (some pinning one shard by ``id``), bound ``?``
-parameters, LIMIT/OFFSET. Every query orders by all its output columns, so the
-order is determined up to what :mod:`.sqlite_compare` compares loosely:
+:func:`queries` draws a SELECT over ``ev`` (:mod:`tests.fixtures.sqlite_edge`),
+alone or joined with the co-located ``ev2`` or the reference table ``kind``,
+from the pools of :mod:`.sqlite_pools`: SQLite's functions, collations,
+aggregates (DISTINCT ones under collations, ``group_concat`` with
+separators), CASE, CAST to each affinity, LIKE/GLOB, BETWEEN, IN lists,
+uncorrelated scalar subqueries, mixed integer and real arithmetic; plain rows
+(with DISTINCT), or groups with aggregates and HAVING (by alias, by the
+grouped column, by an aggregate, with a parameter); filters (some pinning one
+shard by ``id``), bound ``?`` parameters of every type, LIMIT/OFFSET (as
+parameters too). Every query orders by all its output columns, and sometimes
+by expressions outside the select list too; :class:`Query` hands the ORDER BY
+over term by term, and :mod:`.sqlite_compare` checks the order against it
+(near-tied float keys may come either way round: :mod:`.sqlite_order`).
+What SQLite leaves open is compared loosely:
 
 - an expression under NOCASE or RTRIM (``name COLLATE NOCASE``, the column
-  ``note``) orders its equal spellings in any order: a ``tie`` column; when
-  DISTINCT, GROUP BY or a LIMIT picks one spelling, a ``loose`` one;
+  ``note``) orders its equal spellings in any order: its term orders under
+  that collation; when DISTINCT, GROUP BY or a LIMIT picks one spelling, the
+  column is ``loose``;
 - ``min``/``max`` under a collation return any of the equal spellings: loose,
   and ordered under that collation (``ORDER BY 2 COLLATE NOCASE``) so that the
   order does not depend on the spelling picked;
@@ -19,7 +28,12 @@ order is determined up to what :mod:`.sqlite_compare` compares loosely:
   group key, is loose as a number (types are still compared exactly
   elsewhere, and in the hand-written cases);
 - ``group_concat()`` concatenates in any order: loose as a multiset of its
-  elements, and such a query is compared as a multiset, without LIMIT.
+  elements, and such a query is compared as a multiset, without LIMIT;
+- an ORDER BY expression outside the select list: the single file runs the
+  query once more with it selected (``keyed_sql``, after the output columns)
+  to give the keys its rows were sorted by; shardq's rows take the keys of the
+  single file's rows equal to them. So that this adds no rows, such terms are
+  drawn only without DISTINCT.
 
 :func:`outcome` runs one and says what happened: ``same``, ``refused``
 (``UnsupportedQueryError``, with its construct), ``differ`` (naming the first
@@ -41,73 +55,37 @@ import shardq
 from tests.differential.sqlite_compare import (
     Fold,
     Twin,
-    elements,
     nocase,
     number,
+    row_keys,
     rtrim,
     same_rows,
     single_file,
     through_shardq,
 )
+from tests.differential.sqlite_order import Row, Term
+from tests.differential.sqlite_pools import (
+    AGGREGATES,
+    FILTERS,
+    GROUP_KEYS,
+    HAVINGS,
+    PARAM_AGGREGATES,
+    PARAM_FILTERS,
+    PARAM_ROWS,
+    ROW_EXPRS,
+    SOURCES,
+    Expr,
+    Param,
+    Source,
+    qualified,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-# (expression, fold): the fold when SQLite treats distinct values as equal (collation, number).
-ROW_EXPRS: list[tuple[str, Fold | None]] = [
-    ("id", None), ("name", None), ("name COLLATE NOCASE", nocase), ("name COLLATE RTRIM", rtrim),
-    ("note", nocase), ("note COLLATE BINARY", None), ("grp", None), ("amount", None),
-    ("qty", None), ("flag", None), ("ts", None), ("mixed", number), ("abs(qty)", None),
-    ("round(amount, 1)", None), ("length(name)", None), ("lower(name)", None),
-    ("upper(note)", None), ("trim(name)", None), ("substr(name, 2)", None),
-    ("substr(ts, 1, 10)", None), ("coalesce(qty, flag, -1)", None),
-    ("ifnull(note, 'none')", None), ("nullif(flag, 0)", None), ("iif(flag, 'y', 'n')", None),
-    ("typeof(mixed)", None), ("typeof(grp)", None), ("instr(name, 'n')", None),
-    ("replace(name, 'n', 'N')", None), ("printf('%.2f', amount)", None),
-    ("format('%d-%s', qty, name)", None), ("strftime('%H', ts)", None), ("date(ts)", None),
-    ("julianday(ts)", None), ("CAST(amount AS INTEGER)", None), ("CAST(grp AS REAL)", None),
-    ("CAST(qty AS TEXT)", None), ("CAST(ts AS NUMERIC)", None), ("CAST(note AS TEXT)", nocase),
-    ("qty * 1.5", None), ("qty + amount", None), ("qty / 2", None), ("qty % 3", None),
-    ("grp * 2", None), ("-amount", None), ("flag + 0.5", None),
-]  # fmt: skip
-GROUP_KEYS: list[tuple[str, Fold | None]] = [
-    ("grp", None), ("flag", None), ("name", None), ("name COLLATE NOCASE", nocase),
-    ("note", nocase), ("name COLLATE RTRIM", rtrim), ("mixed", number), ("typeof(mixed)", None),
-    ("lower(name)", None), ("length(name)", None), ("strftime('%H', ts)", None),
-    ("substr(ts, 1, 10)", None), ("qty % 3", None), ("iif(flag, 'y', 'n')", None),
-    ("CAST(amount AS INTEGER)", None),
-]  # fmt: skip
-AGGREGATES: list[tuple[str, Fold | None]] = [
-    ("count(*)", None), ("count(name)", None), ("count(DISTINCT name)", None),
-    ("count(DISTINCT name COLLATE NOCASE)", None), ("count(DISTINCT note)", None),
-    ("count(DISTINCT mixed)", None), ("sum(qty)", None), ("sum(grp)", None),
-    ("sum(amount)", None), ("sum(flag)", None), ("total(qty)", None), ("total(amount)", None),
-    ("avg(qty)", None), ("avg(amount)", None), ("avg(flag)", None), ("min(name)", None),
-    ("max(name)", None), ("min(name COLLATE NOCASE)", nocase), ("max(note)", nocase),
-    ("min(name COLLATE RTRIM)", rtrim), ("min(grp)", None), ("max(grp)", None),
-    ("min(mixed)", number), ("max(mixed)", number), ("min(ts)", None), ("max(amount)", None),
-    ("group_concat(name, '|')", elements("|")), ("group_concat(DISTINCT flag)", elements()),
-    ("group_concat(qty)", elements()), ("count(*) * 1.0 / 3", None), ("max(qty) * 1.5", None),
-    ("sum(qty) / 3.0", None), ("sum(flag) + 0.5", None), ("sum(amount) % 7", None),
-    ("CAST(avg(qty) AS INTEGER)", None), ("round(avg(amount), 2)", None),
-    ("round(sum(qty))", None), ("typeof(sum(grp))", None), ("julianday(max(ts))", None),
-    ("abs(min(qty))", None), ("coalesce(max(flag), -1)", None),
-    ("iif(count(*) > 5, 'many', 'few')", None), ("sum(flag) / count(*)", None),
-    ("printf('%.3f', avg(qty))", None), ("nullif(min(flag), 0)", None),
-    ("length(max(name))", None), ("upper(min(name))", None), ("substr(max(ts), 1, 7)", None),
-    ("CAST(max(amount) AS TEXT)", None), ("max(qty) - min(qty)", None),
-    ("ifnull(sum(grp), 0)", None),
-]  # fmt: skip
-HAVINGS = [
-    "count(*) > 3", "sum(qty) > 10", "min(flag) = 0", "max(name) > 5", "total(amount) > 0",
-    "avg(qty) < 10", "count(DISTINCT name COLLATE NOCASE) > 1",
-]  # fmt: skip
-FILTERS = [
-    "qty > 2", "name = 'ann'", "note = 'red'", "name COLLATE NOCASE = 'ann'", "grp > 5",
-    "amount < 1", "mixed = 1", "ts >= '2024-03-15'", "flag", "id < 80", "name LIKE 'a%'",
-    "qty IS NULL", "typeof(grp) = 'text'", "id = 5", "id = 77", "id IN (3, 50, 97)",
-]  # fmt: skip
 COLLATION_NAMES = {nocase: "NOCASE", rtrim: "RTRIM"}
+# (text, fold, parameters) of one output column
+Column = tuple[str, "Fold | None", tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -120,89 +98,179 @@ class Query:
     loose: dict[int, Fold] = field(default_factory=dict)
     tie: dict[int, Fold] = field(default_factory=dict)
     columns: tuple[str, ...] = ()  # the expression of each output column
+    order: tuple[Term, ...] = ()  # the ORDER BY, when the order is compared
+    # The query with the ORDER BY's expressions that are not output columns added to its
+    # select list (after the others): the single file's values of those keys.
+    keyed_sql: str = ""
+    cut: bool = False  # a LIMIT or OFFSET may cut through tied rows
+
+
+def _is_concatenation(fold: Fold | None) -> bool:
+    return fold is not None and fold not in (nocase, rtrim, number)
 
 
 @st.composite
-def _where(draw: st.DrawFn) -> tuple[str, tuple[Any, ...]]:
-    terms = draw(st.lists(st.sampled_from(FILTERS), max_size=2, unique=True))
+def _output(
+    draw: st.DrawFn, pool: Sequence[Expr], params: Sequence[Param], source: Source
+) -> Column:
+    if params and (not pool or draw(st.integers(0, 11)) == 0):
+        param = draw(st.sampled_from(params))
+        return param.text, param.fold, draw(st.sampled_from(param.values))
+    text, fold = draw(st.sampled_from(pool))
+    return qualified(text, source), fold, ()
+
+
+@st.composite
+def _where(draw: st.DrawFn, source: Source) -> tuple[str, tuple[Any, ...]]:
+    pool = [*FILTERS, *source.filters]
+    terms = [qualified(t, source) for t in draw(st.lists(st.sampled_from(pool), max_size=2,
+                                                         unique=True))]  # fmt: skip
     params: tuple[Any, ...] = ()
     if draw(st.booleans()):
-        value = draw(st.sampled_from([2, 2.5, "ann", "red", 1]))
-        terms.append(draw(st.sampled_from(["qty > ?", "name >= ?", "note = ?", "mixed = ?"])))
-        params = (value,)
+        param = draw(st.sampled_from(PARAM_FILTERS))
+        terms.append(qualified(param.text, source))
+        params = draw(st.sampled_from(param.values))
+    if source.condition:
+        terms.insert(0, source.condition)
     return (" WHERE " + " AND ".join(terms) if terms else ""), params
 
 
 @st.composite
-def _order_by(draw: st.DrawFn, columns: Sequence[tuple[str, Fold | None]], aliases: bool) -> str:
-    terms = []
-    for i in draw(st.permutations(range(len(columns)))):
-        term = f"c{i}" if aliases and draw(st.booleans()) else str(i + 1)
-        expression, fold = columns[i]
-        if fold in COLLATION_NAMES and expression.startswith(("min(", "max(")):
-            # min/max return text without a collation: order it under the one that picked it,
-            # so that the order does not depend on the spelling picked.
-            term += f" COLLATE {COLLATION_NAMES[fold]}"
-        term += draw(st.sampled_from(["", " ASC", " DESC"]))
-        term += draw(st.sampled_from(["", "", " NULLS FIRST", " NULLS LAST"]))
-        terms.append(term)
-    return " ORDER BY " + ", ".join(terms)
+def _having(
+    draw: st.DrawFn, source: Source, columns: Sequence[Column], keys: int, aliases: bool
+) -> tuple[str, tuple[Any, ...]]:
+    choice = draw(st.integers(0, 3))
+    if choice == 1 and aliases:  # by the alias of an output column
+        i = draw(st.integers(0, len(columns) - 1))
+        test = draw(st.sampled_from(["IS NOT NULL", "> 1", "<> 'b'"]))
+        return f" HAVING c{i} {test}", ()
+    if choice == 2 and keys:  # by the input column (or expression) grouped by
+        key = columns[draw(st.integers(0, keys - 1))][0]
+        test = draw(st.sampled_from(["IS NOT NULL", "> 1", "< ?"]))
+        value = draw(st.sampled_from([2, 2.5, "b", b"b", None]))
+        return f" HAVING {key} {test}", ((value,) if "?" in test else ())
+    if choice == 3:
+        return " HAVING count(*) > ?", (draw(st.sampled_from([2, 2.5, "3", None])),)
+    return f" HAVING {qualified(draw(st.sampled_from(HAVINGS)), source)}", ()
 
 
 @st.composite
-def _window(draw: st.DrawFn) -> str:
-    text = ""
-    if draw(st.booleans()):
-        text += f" LIMIT {draw(st.sampled_from([0, 1, 3, 10, -1]))}"
-        if draw(st.booleans()):
-            text += f" OFFSET {draw(st.integers(0, 12))}"
-    return text
+def _order_by(
+    draw: st.DrawFn, columns: Sequence[Column], hidden: Sequence[Expr], aliases: bool
+) -> tuple[str, list[tuple[int, bool, bool | None]]]:
+    """ORDER BY every output column and ``hidden``: its text and (index, DESC, NULLS FIRST)."""
+    every = [(c[0], c[1]) for c in columns] + list(hidden)
+    texts, terms = [], []
+    for i in draw(st.permutations(range(len(every)))):
+        expression, fold = every[i]
+        if i >= len(columns):
+            text = expression
+        else:
+            text = f"c{i}" if aliases and draw(st.booleans()) else str(i + 1)
+        if fold in COLLATION_NAMES and expression.startswith(("min(", "max(")):
+            # min/max return text without a collation: order it under the one that picked it,
+            # so that the order does not depend on the spelling picked.
+            text += f" COLLATE {COLLATION_NAMES[fold]}"
+        direction = draw(st.sampled_from(["", " ASC", " DESC"]))
+        nulls = draw(st.sampled_from(["", "", " NULLS FIRST", " NULLS LAST"]))
+        texts.append(text + direction + nulls)
+        terms.append((i, direction == " DESC", {"": None, " NULLS FIRST": True}.get(nulls, False)))
+    return " ORDER BY " + ", ".join(texts), terms
+
+
+@st.composite
+def _window(draw: st.DrawFn) -> tuple[str, tuple[Any, ...]]:
+    if not draw(st.booleans()):
+        return "", ()
+    limit = draw(st.sampled_from([0, 1, 3, 10, -1]))
+    offset = draw(st.none() | st.integers(0, 12))
+    if draw(st.booleans()):  # as parameters
+        return " LIMIT ?" + ("" if offset is None else " OFFSET ?"), (
+            (limit,) if offset is None else (limit, offset)
+        )
+    return f" LIMIT {limit}" + ("" if offset is None else f" OFFSET {offset}"), ()
 
 
 @st.composite
 def queries(draw: st.DrawFn) -> Query:
-    """A SELECT over ``ev`` and how to compare its answer (see the module docstring)."""
-    where, params = draw(_where())
+    """A SELECT over ``ev`` (maybe joined) and how to compare its answer (see the docstring)."""
+    source = draw(st.just(SOURCES[0]) | st.sampled_from(SOURCES[1:]))
     distinct = draw(st.booleans())
     grouped = draw(st.booleans())
+    keys: list[Column] = []
     if grouped:
-        keys = draw(st.lists(st.sampled_from(GROUP_KEYS), max_size=2, unique_by=lambda c: c[0]))
-        aggs = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=3,
+        keys = draw(st.lists(_output([*GROUP_KEYS, *source.keys], (), source), max_size=2,
                              unique_by=lambda c: c[0]))  # fmt: skip
+        # At least one aggregate from the pool: a select list of constants is no aggregate query.
+        aggs = draw(st.lists(_output([*AGGREGATES, *source.aggregates], (), source),
+                             min_size=1, max_size=3, unique_by=lambda c: c[0]))  # fmt: skip
+        if draw(st.integers(0, 5)) == 0:
+            aggs.append(draw(_output([], PARAM_AGGREGATES, source)))
         columns = keys + aggs
-        grouped_by = {i: f for i, (_, f) in enumerate(keys) if f is not None}
     else:
-        columns = draw(st.lists(st.sampled_from(ROW_EXPRS), min_size=1, max_size=4,
-                                unique_by=lambda c: c[0]))  # fmt: skip
-        keys, grouped_by = [], {}
+        columns = draw(st.lists(_output([*ROW_EXPRS, *source.rows], PARAM_ROWS, source),
+                                min_size=1, max_size=4, unique_by=lambda c: c[0]))  # fmt: skip
+    grouped_by = {i: f for i, (_, f, _) in enumerate(keys) if f is not None}
     aliases = draw(st.booleans())
-    select = ", ".join(e + (f" AS c{i}" if aliases else "") for i, (e, _) in enumerate(columns))
-    sql = f"SELECT {'DISTINCT ' if distinct else ''}{select} FROM ev{where}"
+    select = ", ".join(e + (f" AS c{i}" if aliases else "") for i, (e, _, _) in enumerate(columns))
+    params = tuple(p for _, _, values in columns for p in values)
+    where, where_params = draw(_where(source))
+    body = f" FROM {source.text}{where}"
+    params += where_params
     if grouped and keys:
         by_text = draw(st.booleans())
-        sql += " GROUP BY " + ", ".join(
-            e if by_text else str(i + 1) for i, (e, _) in enumerate(keys)
+        body += " GROUP BY " + ", ".join(
+            e if by_text else str(i + 1) for i, (e, _, _) in enumerate(keys)
         )
     if grouped and draw(st.booleans()):
-        having = draw(st.sampled_from(HAVINGS))
-        if aliases and draw(st.booleans()):
-            having = f"c{len(columns) - 1} IS NOT NULL"
-        sql += f" HAVING {having}"
-    sql += draw(_order_by(columns, aliases))
-    folds = {i: f for i, (_, f) in enumerate(columns) if f is not None}
-    concatenated = any(f is not None and f not in (nocase, rtrim, number) for f in folds.values())
-    window = "" if concatenated else draw(_window())
+        having, having_params = draw(_having(source, columns, len(keys), aliases))
+        body += having
+        params += having_params
+    hidden: list[Expr] = []
+    if not distinct and draw(st.integers(0, 2)) == 0:
+        pool = [*AGGREGATES, *source.aggregates] if grouped else [*ROW_EXPRS, *source.rows]
+        shown = {c[0] for c in columns}
+        pool = [(qualified(e, source), f) for e, f in pool if not _is_concatenation(f)]
+        pool = [(e, f) for e, f in pool if e not in shown]
+        hidden = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2,
+                               unique_by=lambda c: c[0]))  # fmt: skip
+    order_by, spec = draw(_order_by(columns, hidden, aliases))
+    folds = {i: f for i, (_, f, _) in enumerate(columns) if f is not None}
+    concatenated = any(_is_concatenation(f) for f in folds.values())
+    window, window_params = ("", ()) if concatenated else draw(_window())
+    params += window_params
     # A fold picks among equal values when the query keeps one of them, or may cut between them.
     picks = distinct or bool(window) or grouped
     loose = folds if picks else grouped_by
     if picks:
-        loose = _joint(loose, columns[: len(keys)] if grouped else columns)
+        loose = _joint(loose, [(c[0], c[1]) for c in (keys if grouped else columns)])
     # DISTINCT and GROUP BY keep one of equal values, and 0 equals 0.0: either may show;
     # so may a LIMIT or OFFSET that cuts between rows tied but for 0 against 0.0.
     numbers = range(len(columns)) if distinct or window else range(len(keys))
     loose = {**dict.fromkeys(numbers, number), **loose}
-    return Query(sql + window, params, not concatenated, loose, folds,
-                 tuple(e for e, _ in columns))  # fmt: skip
+    # Each term orders under its own collation (not the loose folds, which say what may show);
+    # where 0 or 0.0 may show, numbers are compared as reals, so that the two sides agree on
+    # which rows are near-tied.
+    term_folds = [_then_number(folds.get(i)) if i in numbers else folds.get(i)
+                  for i in range(len(columns))] + [f for _, f in hidden]  # fmt: skip
+    order = tuple(Term(i, desc, nulls, term_folds[i]) for i, desc, nulls in spec)
+    sql = f"SELECT {'DISTINCT ' if distinct else ''}{select}{body}{order_by}{window}"
+    keyed = ""
+    if hidden and not concatenated:
+        extra = "".join(f", {e} AS _key{j}" for j, (e, _) in enumerate(hidden))
+        keyed = f"SELECT {select}{extra}{body}{order_by}{window}"
+    return Query(sql, params, not concatenated, loose, folds, tuple(c[0] for c in columns),
+                 () if concatenated else order, keyed, bool(window))  # fmt: skip
+
+
+def _then_number(fold: Fold | None) -> Fold:
+    if fold is None:
+        return number
+
+    def both(value: Any) -> Any:
+        return number(fold(value))
+
+    return both
 
 
 def _joint(loose: dict[int, Fold], picked: Sequence[tuple[str, Fold | None]]) -> dict[int, Fold]:
@@ -249,6 +317,7 @@ def outcome(conn: shardq.Connection | Twin, db: sqlite3.Connection, query: Query
     """Run ``query`` through shardq and on the single file, and classify the result."""
     try:
         want = single_file(db, query.sql, query.params)
+        keyed = single_file(db, query.keyed_sql, query.params) if query.keyed_sql else None
     except sqlite3.Error as single_error:
         try:
             through_shardq(conn, query.sql, query.params)
@@ -265,17 +334,27 @@ def outcome(conn: shardq.Connection | Twin, db: sqlite3.Connection, query: Query
         return Outcome("refused", re.sub(r"\(.*\)", "(...)", refusal.construct))
     except Exception as error:  # every other failure is a finding
         return Outcome("error", f"{type(error).__name__}: {_normalize(str(error))}")
-    return _differences(query, got.names, want.names, got.rows, want.rows)
+    for i, (g, w) in enumerate(zip(got.names, want.names, strict=False)):
+        if g != w:
+            return Outcome("differ", f"column name of {query.columns[i]}")
+    if keyed is None:
+        return _differences(query, got.rows, want.rows, None)
+    # The same statement with the ORDER BY's other keys selected: its rows, in its order,
+    # each with the keys it was sorted by.
+    width = len(want.names)
+    return _differences(query, got.rows, [r[:width] for r in keyed.rows],
+                        [r[width:] for r in keyed.rows])  # fmt: skip
 
 
 def _differences(
-    query: Query, got_names: list[str], want_names: list[str], got: list[Any], want: list[Any]
+    query: Query, got: list[Row], want: list[Row], want_keys: list[Row] | None
 ) -> Outcome:
-    for i, (g, w) in enumerate(zip(got_names, want_names, strict=False)):
-        if g != w:
-            return Outcome("differ", f"column name of {query.columns[i]}")
+    keys = None
+    if want_keys is not None:
+        keys = (row_keys(got, want, want_keys, query.loose), want_keys)
     try:
-        same_rows(got, want, ordered=query.ordered, loose=query.loose, tie=query.tie)
+        same_rows(got, want, ordered=query.ordered, loose=query.loose, tie=query.tie,
+                  order=query.order, keys=keys, cut=query.cut)  # fmt: skip
     except AssertionError:
         pass
     else:

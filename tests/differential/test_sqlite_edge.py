@@ -52,6 +52,9 @@ class Case:
     tie: Mapping[int, Fold] = field(default_factory=dict)
     refused: str | None = None  # a word the refusal must contain (what it refuses)
     error: str | None = None  # the single file's error, which shardq must raise too
+    # What shardq gets wrong today (found by the random queries): the case must fail until
+    # fixed (a strict xfail), then the mark goes.
+    known: str | None = None
 
 
 def _distinct_nocase(value: Any) -> Any:
@@ -271,6 +274,19 @@ CASES: dict[str, Case] = {
         ordered=True),
     "bare-column-max-also-in-order-by": Case(
         "SELECT flag, max(id), name FROM ev GROUP BY flag ORDER BY max(id)", ordered=True),
+    # -- found by the random queries
+    "limit-negative-parameter-with-offset": Case(
+        "SELECT id FROM ev ORDER BY id LIMIT ? OFFSET ?", (-1, 5), ordered=True),
+    "total-distinct-with-sum": Case(
+        "SELECT total(DISTINCT qty), total(DISTINCT flag), sum(DISTINCT flag) FROM ev"),
+    "group-concat-distinct-separator": Case(
+        "SELECT group_concat(DISTINCT note, ';') FROM ev",
+        error="DISTINCT aggregates must have exactly one argument"),
+    "count-with-distinct-aggregate-of-no-rows": Case(
+        "SELECT count(*), count(*) + 0.5, total(qty), count(DISTINCT name) FROM ev "
+        "WHERE qty > 1000"),
+    "aggregate-only-in-order-by": Case(
+        "SELECT name FROM ev ORDER BY max(qty)", error="misuse of aggregate: max()"),
 }  # fmt: skip
 
 
@@ -287,7 +303,16 @@ def single(sqlite_edge: SqliteEdge) -> Iterator[sqlite3.Connection]:
     db.close()
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def _params(cases: Mapping[str, Case]) -> list[Any]:
+    return [
+        pytest.param(c, id=k, marks=pytest.mark.xfail(strict=True, reason=c.known))
+        if c.known
+        else pytest.param(c, id=k)
+        for k, c in cases.items()
+    ]
+
+
+@pytest.mark.parametrize("case", _params(CASES))
 def test_sqlite_edge_case(case: Case, conn: shardq.Connection, single: sqlite3.Connection) -> None:
     if case.refused is not None:
         with pytest.raises(shardq.UnsupportedQueryError) as refusal:

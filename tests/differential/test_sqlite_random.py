@@ -2,13 +2,16 @@
 
 hypothesis draws SELECTs over the SQLite edge dataset
 (:func:`tests.differential.sqlite_queries.queries`: SQLite's functions,
-collations, aggregates, mixed integer and real arithmetic, HAVING, LIMIT,
-shard-key pins, ``?`` parameters); shardq's answer on the four shard files
-must be the single file's, as :mod:`tests.differential.sqlite_compare` defines
-it. A refusal (``UnsupportedQueryError``) passes and is counted; any other
-error, or any answer that differs, fails. ``SHARDQ_EXAMPLES`` sets the number
-of queries (default 1000, about 15 s); the counts (same, refused by construct,
-failed) are printed at the end of the module.
+collations, aggregates, mixed integer and real arithmetic, co-located and
+reference joins, scalar subqueries, HAVING, LIMIT/OFFSET, shard-key pins,
+``?`` parameters of every type); shardq's answer on the four shard files must
+be the single file's, as :mod:`tests.differential.sqlite_compare` defines it
+(the order checked against the query's ORDER BY, so that float keys summed
+in another order may swap when they are near-tied). A refusal
+(``UnsupportedQueryError``) passes and is counted; any other error, or any
+answer that differs, fails. ``SHARDQ_EXAMPLES`` sets the number of queries
+(default 1000, about 15 s); the counts (same, refused by construct, failed)
+are printed at the end of the module.
 
 ``python -m tests.differential.sqlite_survey -n 1000`` runs the same queries
 without stopping at the first failure and prints the failures by kind.
@@ -24,7 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import shardq
-from tests.differential.sqlite_compare import Twin
+from tests.differential.sqlite_compare import Twin, row_keys, same_rows
+from tests.differential.sqlite_order import Term
 from tests.differential.sqlite_queries import Query, outcome, queries
 
 if TYPE_CHECKING:
@@ -97,3 +101,34 @@ def test_the_comparison_accepts_what_sqlite_leaves_open(
     finally:
         twin.close()
     assert result.kind == "same", f"{result.kind}: {result.detail}\n{query.sql}"
+
+
+def test_the_order_check_tells_a_near_tie_from_a_wrong_order() -> None:
+    # ORDER BY total DESC, name: 5.9 and 5.8999999999999995 are one key computed in two orders.
+    order = (Term(1, descending=True), Term(0))
+    want = [("a", 7.0), ("c", 5.9), ("b", 5.8999999999999995), ("d", 1.0)]
+    swapped = [("a", 7.0), ("b", 5.9), ("c", 5.8999999999999995), ("d", 1.0)]
+    same_rows(swapped, want, ordered=True, order=order)
+    with pytest.raises(AssertionError, match="row 1"):
+        same_rows(swapped, want, ordered=True)  # row by row, as hand-written cases compare
+    wrong = [
+        [("d", 1.0), ("c", 5.9), ("b", 5.8999999999999995), ("a", 7.0)],  # not sorted
+        [("a", 7.0), ("c", 5.9), ("b", 5.8999999999999995), ("d", 1.5)],  # another value
+        [("a", 7.0), ("c", 5.9), ("c", 5.8999999999999995), ("d", 1.0)],  # another row
+    ]
+    for rows in wrong:
+        with pytest.raises(AssertionError):
+            same_rows(rows, want, ordered=True, order=order)
+    # Where the order is fully determined, row i is row i: ("d", 1.0) and ("e", 1.0) tie on
+    # the first term but the second decides.
+    with pytest.raises(AssertionError, match="out of order"):
+        same_rows([("e", 1.0), ("d", 1.0)], [("d", 1.0), ("e", 1.0)], ordered=True, order=order)
+    # A LIMIT that cuts between near-tied rows may keep either.
+    same_rows([("a", 7.0), ("b", 5.9)], want[:2], ordered=True, order=order, cut=True)
+    with pytest.raises(AssertionError):
+        same_rows([("a", 7.0), ("d", 1.0)], want[:2], ordered=True, order=order, cut=True)
+    # A key outside the select list: shardq's rows take the single file's keys.
+    got, want_rows, keys = [("x",), ("y",)], [("y",), ("x",)], [(1,), (2,)]
+    with pytest.raises(AssertionError, match="out of order"):
+        same_rows(got, want_rows, ordered=True, order=(Term(1),),
+                  keys=(row_keys(got, want_rows, keys), keys))  # fmt: skip

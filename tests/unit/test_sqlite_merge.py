@@ -59,7 +59,7 @@ def test_the_final_step_is_the_query_over_the_partials(planner: Planner) -> None
     assert final.names == ("n", "avg(amount) * 2", "count(*)")
     assert final.sql == (
         'SELECT _shardq_g0 COLLATE NOCASE AS "n", TOTAL(_shardq_a0) / SUM(_shardq_a1) * 2 AS '
-        '"avg(amount) * 2", SUM(_shardq_a2) AS "count(*)" FROM _shardq_p '
+        '"avg(amount) * 2", COALESCE(SUM(_shardq_a2), 0) AS "count(*)" FROM _shardq_p '
         "GROUP BY _shardq_g0 COLLATE NOCASE HAVING n >= 'b' ORDER BY 3 DESC LIMIT -1"
     )
     # Two shards' partial rows: 'B' and 'b' are one group under NOCASE.

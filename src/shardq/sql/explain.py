@@ -33,7 +33,7 @@ Each shard runs:
   SELECT g AS _shardq_g0, COUNT(*) AS _shardq_a0 FROM t GROUP BY g
 Merge:
   1. load the shards' rows into an in-memory SQLite table _shardq_p(_shardq_g0, _shardq_a0)
-  2. compute there: SELECT _shardq_g0 AS "g", SUM(_shardq_a0) AS "n" FROM _shardq_p ...
+  2. compute there: SELECT _shardq_g0 AS "g", COALESCE(SUM(_shardq_a0), 0) AS "n" FROM _shardq_p ...
 """
 
 from __future__ import annotations

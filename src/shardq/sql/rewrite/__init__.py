@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from shardq.errors import UnsupportedQueryError
+from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import Call, Col, Const, Expr, MergePlan, Param, SortKey
 from shardq.sql.affinity import Resolver, from_sources
 from shardq.sql.analyze import own_aggregates
@@ -177,6 +177,8 @@ def distribute(
         if part is not None
         for a in own_aggregates(part, select)
     ]
+    if dialect == "sqlite" and not groups and not select.args.get("having"):
+        _check_order_aggregates(select, aggregates)
     if (groups or aggregates or select.args.get("having")) and not any(
         key_relation(g, relations, dialect) for g in groups
     ):
@@ -212,6 +214,19 @@ def distribute(
     if distinct is not None and dialect != "sqlite":
         _check_collations(select, dialect)
     return _rows(select, analysis, window, bool(groups), columns or {}, expanded)
+
+
+def _check_order_aggregates(select: exp.Select, aggregates: list[exp.Expr]) -> None:
+    """Raise SQLite's error for an aggregate in the ORDER BY of a query that has none else.
+
+    The final step would fail on it too, but in words of its own.
+    """
+    selected = [a for item in select.expressions for a in own_aggregates(item, select)]
+    if aggregates and not selected:
+        node = aggregates[0]
+        node = node.this if isinstance(node, exp.Filter) else node
+        name = str(node.this) if isinstance(node, exp.Anonymous) else str(node.key)
+        raise ProgrammingError(f"misuse of aggregate: {name.lower()}()")
 
 
 def _final_in_sqlite(

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from shardq.errors import UnsupportedQueryError
+from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import FinalStep
 from shardq.sql.analyze import is_aggregate, normalize
 from shardq.sql.regenerate import regenerate
@@ -56,7 +56,9 @@ __all__ = ["TABLE", "finalize"]
 #: The table of partial rows the final step reads.
 TABLE = "_shardq_p"
 # Words the final statement adds to the query's own.
-_FINAL_WORDS = frozenset({"total", "sum", "_shardq_p", "collate", "distinct", "min", "max"})
+_FINAL_WORDS = frozenset(
+    {"total", "sum", "_shardq_p", "collate", "distinct", "min", "max", "coalesce"}
+)
 
 _NAMES = {"groupconcat": "group_concat"}
 _NOT_DECOMPOSABLE = (
@@ -134,11 +136,19 @@ class _Finalizer:
         args = _arguments(agg)
         distinct = _is_distinct(agg)
         if distinct:
+            if isinstance(agg, exp.GroupConcat) and agg.args.get("separator") is not None:
+                raise ProgrammingError("DISTINCT aggregates must have exactly one argument")
             return self._distinct(node, agg, name, args, condition)
-        if name in ("count", "sum", "total"):
+        if name == "count":
+            # 0 over no rows: the shards send no partial row at all when they also
+            # group by a DISTINCT aggregate's argument.
             partial = self.add_column("a", node, typed=False)
-            final = {"count": "SUM", "sum": "SUM", "total": "TOTAL"}[name]
-            return exp.func(final, exp.column(partial))
+            return exp.Coalesce(
+                this=exp.func("SUM", exp.column(partial)), expressions=[exp.Literal.number(0)]
+            )
+        if name in ("sum", "total"):
+            partial = self.add_column("a", node, typed=False)
+            return exp.func(name.upper(), exp.column(partial))
         if name == "avg" and len(args) == 1:
             total = self._filtered(exp.func("TOTAL", args[0].copy()), condition)
             count = self._filtered(exp.Count(this=args[0].copy()), condition)
@@ -230,6 +240,10 @@ class _Finalizer:
             if isinstance(n, exp.Subquery | exp.Exists) or (
                 isinstance(n, exp.In) and n.args.get("query") is not None
             ):
+                if n.find(exp.Table) is None and not _outer_columns(n, self.resolver):
+                    # Rows shipped back in its place (a VALUES list): the final step
+                    # computes it, also over no partial rows at all.
+                    return n.copy()
                 return self._shard_computed(n)
             if isinstance(n, exp.Column) and isinstance(n.this, exp.Identifier):
                 column = self.add_column("b", n, typed=True)
