@@ -206,8 +206,11 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def find_dataset(folder: Path) -> tuple[int, int, int] | None:
-    """The (shards, customers, seed) of the demo ``folder`` holds, complete, or None.
+def read_marker(folder: Path, marker: re.Pattern[str]) -> re.Match[str] | None:
+    """The first line of ``folder``'s ``shardq.toml`` matched by ``marker``, or None.
+
+    None when there is no such file, or its marker is another one (an older
+    shardq's, an unfinished demo's, the other backend's: rebuild it).
 
     Raises:
         FileExistsError: ``folder`` has a ``shardq.toml`` that ``shardq demo``
@@ -220,8 +223,17 @@ def find_dataset(folder: Path) -> tuple[int, int, int] | None:
         return None
     if not first.startswith("# Written by `shardq demo"):
         raise FileExistsError(f"{config_path} exists and was not written by shardq demo")
-    found = _MARKER.fullmatch(first)
-    if found is None:  # written by an older shardq: rebuild it
+    return marker.fullmatch(first)
+
+
+def find_dataset(folder: Path) -> tuple[int, int, int] | None:
+    """The (shards, customers, seed) of the demo ``folder`` holds, complete, or None.
+
+    Raises:
+        FileExistsError: see :func:`read_marker`.
+    """
+    found = read_marker(folder, _MARKER)
+    if found is None:
         return None
     shards, customers, seed = (int(g) for g in found.groups())
     if not all((folder / f"demo-s{i}.sqlite").is_file() for i in range(shards)):

@@ -122,17 +122,9 @@ def find_dataset(folder: Path) -> tuple[int, int, int] | None:
     """The (shards, customers, seed) of the finished PostgreSQL demo in ``folder``, or None.
 
     Raises:
-        FileExistsError: ``folder`` has a ``shardq.toml`` that ``shardq demo``
-            did not write: it must not be overwritten.
+        FileExistsError: see :func:`shardq.cli.demo.read_marker`.
     """
-    config_path = folder / "shardq.toml"
-    try:
-        first = config_path.read_text(encoding="utf-8").partition("\n")[0]
-    except FileNotFoundError:
-        return None
-    if not first.startswith("# Written by `shardq demo"):
-        raise FileExistsError(f"{config_path} exists and was not written by shardq demo")
-    found = _MARKER.fullmatch(first)
+    found = demo.read_marker(folder, _MARKER)
     if found is None:  # unfinished, or the SQLite demo's: rebuild it
         return None
     shards, customers, seed = (int(g) for g in found.groups())

@@ -6,12 +6,10 @@ over them (see
 :mod:`shardq.sql.rewrite.sqlite` for why). SQLite here is a calculator of
 the standard library, not a shard: nothing leaves the process.
 
->>> from shardq.merge.drive import drive_sync
->>> from shardq.merge.concat import concat
 >>> from shardq.merge.steps import FinalStep
 >>> sql = "SELECT g, SUM(a) * 1.0 / 3 AS s FROM p GROUP BY g"
 >>> step = FinalStep("p", ("g", "a"), sql, ("g", "s"))
->>> drive_sync(final(concat(2), step), [[[("x", 1)]], [[("x", 2), ("y", 3)]]])
+>>> compute(step, [("x", 1), ("x", 2), ("y", 3)])
 [('x', 1.0), ('y', 1.0)]
 """
 
@@ -20,42 +18,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shardq.errors import OperationalError, category_of
-from shardq.merge import Fetch, Merger, Rows
 
 if TYPE_CHECKING:
+    from shardq.merge import Rows
     from shardq.merge.steps import FinalStep
 
-__all__ = ["final"]
-
-_CHUNK = 2000
-
-
-def final(inner: Merger, step: FinalStep) -> Merger:
-    """Load ``inner``'s rows as they arrive, then emit what ``step`` computes from them."""
-    table = _Table(step)
-    try:
-        try:
-            request = next(inner)
-            while True:
-                if isinstance(request, Fetch):
-                    request = inner.send((yield request))
-                    continue
-                table.load(request)
-                request = inner.send(None)
-        except StopIteration:
-            pass
-        finally:
-            inner.close()
-        rows = table.compute()
-    finally:
-        table.close()
-    for start in range(0, len(rows), _CHUNK):
-        yield rows[start : start + _CHUNK]
+__all__ = ["FinalTable", "compute"]
 
 
 def compute(step: FinalStep, rows: Rows) -> Rows:
     """The rows ``step`` computes from the shards' ``rows``."""
-    table = _Table(step)
+    table = FinalTable(step)
     try:
         table.load(rows)
         return table.compute()
@@ -63,7 +36,7 @@ def compute(step: FinalStep, rows: Rows) -> Rows:
         table.close()
 
 
-class _Table:
+class FinalTable:
     """The in-memory database of one merge, its table filled in one transaction."""
 
     def __init__(self, step: FinalStep):

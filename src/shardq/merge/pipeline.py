@@ -33,12 +33,12 @@ from shardq.merge.evaluate import (
     compile_row,
     output_type,
 )
-from shardq.merge.final import final
+from shardq.merge.final import FinalTable
 from shardq.merge.order import kway, sort_key, sqlite_value
 from shardq.merge.steps import Call, Col, Combine, Const, Output, SortKey
 
 if TYPE_CHECKING:
-    from shardq.merge.steps import MergePlan
+    from shardq.merge.steps import FinalStep, MergePlan
 
 __all__ = ["compared_columns", "describe", "merger"]
 
@@ -63,7 +63,7 @@ def merger(
     [(2,), (3,)]
     """
     if plan.final is not None:
-        return final(concat(sources), plan.final)
+        return _final(concat(sources), plan.final)
     if plan.limit == 0:
         return _nothing()
     floats = _float_columns(types)
@@ -133,6 +133,23 @@ class _Window:
         if self._hidden:
             rows = [row[: -self._hidden] for row in rows]
         return rows, self._left == 0
+
+
+def _final(inner: Merger, step: FinalStep) -> Merger:
+    """Load the rows into SQLite as they arrive; emit what ``step`` computes from them."""
+    table = FinalTable(step)
+    try:
+
+        def load(rows: Rows) -> tuple[Rows, bool]:
+            table.load(rows)
+            return [], False
+
+        yield from _through(inner, load)
+        rows = table.compute()
+    finally:
+        table.close()
+    for start in range(0, len(rows), _CHUNK):
+        yield rows[start : start + _CHUNK]
 
 
 def _streaming(plan: MergePlan, nan_columns: Sequence[int] | None) -> Transform:
