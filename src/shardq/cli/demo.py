@@ -73,10 +73,8 @@ COUNTRIES = [
     ("NG", "Nigeria"),
     ("NZ", "New Zealand"),
 ]
-_CONFIG = """\
-# Written by `shardq demo`: {shards} SQLite shards, {customers} customers, seed {seed}.
-dialect = "sqlite"
-{shard_entries}
+#: The demo's tables, as both demos' shardq.toml declares them.
+TABLES_TOML = """\
 [tables.customers]
 shard_key = "id"
 
@@ -87,6 +85,11 @@ colocate_with = "customers"
 [tables.countries]
 reference = true
 """
+_CONFIG = """\
+# Written by `shardq demo`: {shards} SQLite shards, {customers} customers, seed {seed}.
+dialect = "sqlite"
+{shard_entries}
+{tables}"""
 SHOWCASE: list[tuple[str, str, tuple[Any, ...]]] = [
     (
         "A point lookup: the shard key pins one shard",
@@ -272,7 +275,9 @@ def create_dataset(folder: Path, shards: int = 4, customers: int = 2000, seed: i
         f'\n[[shards]]\nname = "s{i}"\ndsn = "demo-s{i}.sqlite"\n' for i in range(shards)
     )
     config_path = folder / "shardq.toml"
-    text = _CONFIG.format(shards=shards, customers=customers, seed=seed, shard_entries=entries)
+    text = _CONFIG.format(
+        shards=shards, customers=customers, seed=seed, shard_entries=entries, tables=TABLES_TOML
+    )
     config_path.write_text(text, encoding="utf-8")
     config = load_config(config_path)
     rows = generate_rows(config, customers, seed)

@@ -69,16 +69,7 @@ _CONFIG = """\
 # `shardq demo --postgres --stop{dir_option}` stops them.
 dialect = "postgres"
 {shard_entries}
-[tables.customers]
-shard_key = "id"
-
-[tables.orders]
-shard_key = "customer_id"
-colocate_with = "customers"
-
-[tables.countries]
-reference = true
-"""
+{tables}"""
 
 
 def _conninfo_value(text: str) -> str:
@@ -101,7 +92,9 @@ def _write_config(folder: Path, ports: list[int], header: str, dir_option: str) 
         f'\n[[shards]]\nname = "s{i}"\ndsn = {json.dumps(dsn)}\n' for i, dsn in enumerate(dsns)
     )
     config_path = folder / "shardq.toml"
-    text = _CONFIG.format(header=header, dir_option=dir_option, shard_entries=entries)
+    text = _CONFIG.format(
+        header=header, dir_option=dir_option, shard_entries=entries, tables=demo.TABLES_TOML
+    )
     config_path.write_text(text, encoding="utf-8")
     return config_path
 
