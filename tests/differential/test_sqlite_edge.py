@@ -285,6 +285,15 @@ CASES: dict[str, Case] = {
     "count-with-distinct-aggregate-of-no-rows": Case(
         "SELECT count(*), count(*) + 0.5, total(qty), count(DISTINCT name) FROM ev "
         "WHERE qty > 1000"),
+    # SQLite ranks GLOB/LIKE/IN/BETWEEN with =, below <: sqlglot does not (a random query).
+    "glob-below-comparison": Case(
+        "SELECT name GLOB '[a-z]*', count(*) FROM ev GROUP BY 1 "
+        "HAVING name GLOB '[a-z]*' < ? ORDER BY 1", (2,), refused="without parentheses"),
+    "equals-then-like": Case("SELECT count(*) FROM ev WHERE id = 3 LIKE 1",
+                             refused="without parentheses"),
+    "glob-parenthesized": Case(
+        "SELECT name GLOB '[a-z]*', count(*) FROM ev GROUP BY 1 "
+        "HAVING (name GLOB '[a-z]*') < ? ORDER BY 1", (2,), ordered=True),
     "aggregate-only-in-order-by": Case(
         "SELECT name FROM ev ORDER BY max(qty)", error="misuse of aggregate: max()"),
 }  # fmt: skip

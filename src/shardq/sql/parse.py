@@ -21,6 +21,7 @@ a plan rewrites the query.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ import sqlglot
 from sqlglot import Token, TokenType, exp
 from sqlglot.errors import ParseError, TokenError
 
-from shardq.errors import ProgrammingError, SQLSyntaxError
+from shardq.errors import ProgrammingError, SQLSyntaxError, UnsupportedQueryError
 from shardq.sql.dialects import sqlite_read
 
 __all__ = ["POSITIONAL_PREFIX", "Parsed", "parse", "placeholder_value"]
@@ -236,6 +237,51 @@ def _syntax_error(
     )
 
 
+# SQLite ranks LIKE, GLOB, REGEXP, MATCH, BETWEEN and IN with = (below <, >,
+# <=, >=, and left to right with =); sqlglot's parser ranks them above both.
+_EQUALITY_RANK = (exp.Like, exp.ILike, exp.Glob, exp.RegexpLike, exp.Match, exp.Between, exp.In,
+                  exp.SimilarTo)  # fmt: skip
+_COMPARISONS = (exp.LT, exp.GT, exp.LTE, exp.GTE)
+_EQUALITIES = (exp.EQ, exp.NEQ)
+
+
+def _equality_rank(node: object) -> bool:
+    if isinstance(node, exp.Not):
+        node = node.this
+    return isinstance(node, _EQUALITY_RANK)
+
+
+def _check_sqlite_precedence(statement: exp.Expr) -> None:
+    """Refuse what SQLite and shardq's parser would read with different operands.
+
+    SQLite reads ``name GLOB 'a*' < 2`` as ``name GLOB ('a*' < 2)`` and
+    ``a = b LIKE c`` as ``(a = b) LIKE c``; sqlglot the other way. shardq
+    routes and merges by the tree it parsed, so such a statement would be
+    answered otherwise than SQLite answers it: it is refused, and written
+    with parentheses it runs.
+
+    >>> parse("SELECT * FROM t WHERE (a LIKE 'x%') < 2", "sqlite").expression is not None
+    True
+    >>> parse("SELECT * FROM t WHERE a LIKE 'x%' < 2", "sqlite")
+    Traceback (most recent call last):
+    ...
+    shardq.errors.UnsupportedQueryError: a LIKE 'x%' < 2 without parentheses is not supported: ...
+    """
+    for node in statement.find_all(*_COMPARISONS, *_EQUALITIES):
+        left, right = node.this, node.expression
+        divergent = _equality_rank(right) or (
+            isinstance(node, _COMPARISONS) and _equality_rank(left) and not isinstance(left, exp.In)
+        )
+        if divergent:
+            written = re.sub(rf":{POSITIONAL_PREFIX}\d+\b", "?", node.sql("sqlite"))
+            raise UnsupportedQueryError(
+                f"{written} without parentheses",
+                "SQLite ranks LIKE, GLOB, REGEXP, MATCH, BETWEEN and IN with = and below <, >, "
+                "<= and >= (it reads a LIKE b < c as a LIKE (b < c)), where the parser shardq "
+                "routes and merges by does not; add parentheses to say which you mean",
+            )
+
+
 def parse(text: str, dialect: str) -> Parsed:
     """Parse one SQL statement written in ``dialect``.
 
@@ -290,6 +336,8 @@ def parse(text: str, dialect: str) -> Parsed:
         )
     if count and names:
         raise ProgrammingError("a statement cannot mix positional and named placeholders")
+    if dialect == "sqlite":
+        _check_sqlite_precedence(statement)
     hidden = dialect == "postgres" and _psycopg_placeholders(text) != (count, names)
     return Parsed(text, dialect, statement, count, frozenset(names), hidden, renamed)
 
