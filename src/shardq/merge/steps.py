@@ -12,6 +12,9 @@ merger follows, in this order:
    ``offset`` and ``limit``;
 5. drop the last ``hidden`` columns (they only served sorting).
 
+On SQLite shards a grouped merge is one :class:`FinalStep` instead of steps
+2 to 5: SQLite computes it over the concatenated partial rows.
+
 Expressions are :class:`Col` (a column of the row being projected),
 :class:`Const` and :class:`Call` (an operator or function applied to
 expressions); :mod:`shardq.merge.evaluate` gives them the database's meaning.

@@ -11,7 +11,13 @@ the merge turns the shards' rows into the single database's answer:
 * a grouped query whose groups contain the shard key runs whole on each
   shard (no group spans two shards), HAVING and window functions included;
 * any other grouped query is split into partial aggregates and a final
-  step computed after the merge (:mod:`.aggregates`).
+  step computed after the merge: by shardq with PostgreSQL's rules
+  (:mod:`.aggregates`), or on SQLite shards by SQLite itself over the
+  partial rows (:mod:`.sqlite`);
+* ``*`` is written as the columns it stands for (from the catalog) when a
+  position in it matters (``ORDER BY 3``), and on SQLite every unaliased
+  expression is named by its text as written, since the shards would name
+  it by sqlglot's.
 
 Whatever cannot be made exact is refused with an
 :class:`~shardq.errors.UnsupportedQueryError` that names it.
