@@ -33,12 +33,15 @@ from shardq.engine import DEFAULT_FETCH_SIZE, Engine
 from shardq.errors import InterfaceError, NotSupportedError, ProgrammingError
 from shardq.execute.batch import ExecutionResult, Progress, run_batch
 from shardq.execute.lanes import Lanes
+from shardq.execute.transaction import Transaction
+from shardq.execute.twophase import Recovery, recover
 from shardq.health import CheckReport, check
 from shardq.results import StoredResult
 from shardq.rows import RowFactory, tuple_row
 from shardq.statements import as_statement, compiler, is_many
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
     from shardq.cache.backend import Result
@@ -130,6 +133,19 @@ class AsyncCursor:
             timeout = connection.timeout
         engine = connection._engine
         caches = connection._caches
+        transaction = connection._transaction_for_statement()
+        if transaction is not None:
+            # Reads see the transaction's own writes: never from the cache. Writes
+            # invalidate it when they commit.
+            if cache is not None and cache is not False:
+                raise ProgrammingError("a read inside a transaction is not cached")
+            written_in = caches.written(engine.planner, sql) if caches.configured else ()
+            self._result = await engine.execute(
+                sql, params, timeout=timeout, row_factory=self.row_factory,
+                transaction=transaction,
+            )  # fmt: skip
+            connection._invalidate_at_commit.update(written_in)
+            return self
         region = caches.pick(cache)
         if region is not None:
 
@@ -283,6 +299,10 @@ class AsyncConnection:
         self._caches = Regions(engine.config, cache)
         # Results still holding shard connections, closed with the connection.
         self._open_results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
+        self._autocommit = True
+        self._transaction: Transaction | None = None
+        # Tables written by the open transaction: their cached reads go at commit.
+        self._invalidate_at_commit: set[str] = set()
 
     @classmethod
     async def connect(
@@ -537,6 +557,13 @@ class AsyncConnection:
         ordered: bool = False,
     ) -> AsyncIterator[ExecutionResult]:
         """The results of a batch, in order, as they come (its lanes closed at the end)."""
+        if self._transaction is not None or not self._autocommit:
+            # A batch runs on connections of its own, concurrently: not the transaction's.
+            raise NotSupportedError(
+                "a batch inside a transaction: a batch runs its statements concurrently, on "
+                "connections of its own; run them with execute() in the transaction, or "
+                "outside it"
+            )
         engine = self._engine
         dialect = self.config.dialect
         factory = row_factory or self.row_factory
@@ -611,38 +638,126 @@ class AsyncConnection:
 
     @property
     def autocommit(self) -> bool:
-        """Always ``True``: each statement commits on its shards when it ends.
+        """Whether each statement commits on its shards when it ends (the default).
 
-        Setting it to True is accepted; setting it to False raises
-        :class:`~shardq.errors.NotSupportedError`: a transaction over several
-        shards needs two-phase commit, which shardq does not do yet.
+        Set it to False (psycopg's attribute) and the first statement opens a
+        transaction over the shards, ended by :meth:`commit` or
+        :meth:`rollback`. It cannot change while a transaction is open.
         """
-        return True
+        return self._autocommit
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
-        if not value:
-            raise NotSupportedError(
-                "shardq runs every statement in autocommit mode: a transaction over several "
-                "shards needs two-phase commit, which shardq does not do yet"
-            )
+        self._check_open()
+        if self._transaction is not None and bool(value) != self._autocommit:
+            raise ProgrammingError("autocommit cannot change while a transaction is open")
+        self._autocommit = bool(value)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on this connection."""
+        return self._transaction is not None
+
+    def _transaction_for_statement(self) -> Transaction | None:
+        """The open transaction, opened now if autocommit is off."""
+        if self._transaction is None and not self._autocommit:
+            self._transaction = Transaction(self._engine.pools, self.config.dialect)
+        return self._transaction
 
     async def commit(self) -> None:
-        """Nothing to do: every statement commits on its shard when it ends (autocommit)."""
-        self._check_open()
+        """Commit the open transaction (two-phase when it wrote on several shards).
 
-    async def rollback(self) -> None:
-        """Nothing to roll back: every statement commits on its shard when it ends (autocommit).
-
-        As psycopg's and sqlite3's ``rollback()`` in autocommit mode, this
-        undoes nothing and raises nothing on an open connection, so an error
-        handler calling it re-raises the real error.
+        Nothing to do in autocommit mode, where every statement commits on its
+        shards when it ends.
         """
         self._check_open()
+        transaction, self._transaction = self._transaction, None
+        if transaction is None:
+            return
+        tables, self._invalidate_at_commit = self._invalidate_at_commit, set()
+        try:
+            await transaction.commit()
+        finally:
+            if tables:  # even when it failed: a two-phase commit may have committed
+                await self._caches.invalidate(tuple(sorted(tables)))
+
+    async def rollback(self) -> None:
+        """Roll the open transaction back on every shard it touched.
+
+        With no transaction open (autocommit), as psycopg's and sqlite3's
+        ``rollback()``, this undoes nothing and raises nothing on an open
+        connection, so an error handler calling it re-raises the real error.
+        """
+        self._check_open()
+        transaction, self._transaction = self._transaction, None
+        self._invalidate_at_commit = set()
+        if transaction is not None:
+            await transaction.rollback()
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction over the shards for the ``async with`` block (psycopg's way).
+
+        It commits when the block ends, and rolls back if the block raises.
+        Nested inside another (or inside the transaction autocommit=False
+        opened), it is a savepoint: an exception rolls back to it, and the
+        outer transaction goes on. One shard written: a plain commit; several:
+        two-phase commit (PostgreSQL; see :mod:`shardq.execute.twophase`).
+        """
+        return self._transaction_block()
+
+    @contextlib.asynccontextmanager
+    async def _transaction_block(self) -> AsyncIterator[Transaction]:
+        token = await self._enter_transaction()
+        try:
+            yield token[0]
+        except BaseException as exc:
+            await self._exit_transaction(token, exc)
+            raise
+        await self._exit_transaction(token, None)
+
+    async def _enter_transaction(self) -> tuple[Transaction, str | None]:
+        """Open a transaction, or a savepoint in the open one: (transaction, savepoint)."""
+        self._check_open()
+        if self._transaction is None:
+            self._transaction = Transaction(self._engine.pools, self.config.dialect)
+            return self._transaction, None
+        return self._transaction, await self._transaction.savepoint()
+
+    async def _exit_transaction(
+        self, token: tuple[Transaction, str | None], exc: BaseException | None
+    ) -> None:
+        transaction, savepoint = token
+        if transaction is not self._transaction:
+            return  # ended inside the block (commit() or rollback() called there)
+        if savepoint is None:
+            if exc is None:
+                await self.commit()
+            else:
+                await self.rollback()
+        elif exc is None:
+            await transaction.release(savepoint)
+        else:
+            await transaction.rollback_to(savepoint)
+
+    async def recover(self) -> Recovery:
+        """Finish every two-phase commit left prepared on the shards (``shardq recover``).
+
+        Each is committed if its decision was made durable and rolled back
+        otherwise; one still being committed by its coordinator is left alone.
+        Safe at any time, and twice. SQLite shards have nothing to recover.
+        """
+        self._check_open()
+        if self.config.dialect != "postgres":
+            return Recovery()
+        return await recover(self._engine.pools)
 
     async def close(self) -> None:
-        """Stop every result still being read, then close every shard's pool."""
+        """Roll back an open transaction, stop every result still being read, close the pools."""
         if not self.closed:
+            transaction, self._transaction = self._transaction, None
+            if transaction is not None:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
             self.closed = True
             for result in list(self._open_results):
                 with contextlib.suppress(Exception):

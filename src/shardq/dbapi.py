@@ -5,17 +5,20 @@ the connection's :class:`~shardq._portal.Portal` into its
 :class:`~shardq.aio.AsyncConnection`, and iterating a cursor crosses once per
 batch of rows, not per row.
 
-Transactions: every statement runs on its shards in autocommit mode (a
-multi-shard transaction needs two-phase commit, which is not available yet),
-so :meth:`Connection.commit` and :meth:`Connection.rollback` have nothing to
-do, as in psycopg's and sqlite3's autocommit mode: ``except: conn.rollback();
-raise`` re-raises the real error, and rolls nothing back. Optional PEP 249
+Transactions: autocommit is the default (each statement commits on its
+shards when it ends). ``with conn.transaction():``, or ``conn.autocommit =
+False`` then :meth:`Connection.commit` / :meth:`Connection.rollback`, run
+statements in one transaction over the shards (two-phase commit when several
+are written). With no transaction open, ``rollback()`` does nothing, as in
+psycopg's and sqlite3's autocommit mode, so ``except: conn.rollback(); raise``
+re-raises the real error. Optional PEP 249
 methods shardq cannot honour (``callproc``) are left out, so ``hasattr``
 tells the truth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import time
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     from shardq.cache.regions import CacheChoice
     from shardq.execute.batch import ExecutionResult, Progress
     from shardq.execute.driver import Column
+    from shardq.execute.transaction import Transaction
+    from shardq.execute.twophase import Recovery
     from shardq.health import CheckReport
     from shardq.results import ResultSet
     from shardq.statements import SQL
@@ -276,11 +281,7 @@ class Connection:
 
     @property
     def autocommit(self) -> bool:
-        """Always ``True``: each statement commits on its shards when it ends.
-
-        Setting it to True is accepted; setting it to False raises
-        :class:`~shardq.errors.NotSupportedError` (there are no transactions).
-        """
+        """See :attr:`shardq.aio.AsyncConnection.autocommit` (True by default)."""
         return self._inner.autocommit
 
     @autocommit.setter
@@ -448,17 +449,40 @@ class Connection:
         return self._portal.call(self._inner.check)
 
     def commit(self) -> None:
-        """Nothing to commit: statements commit on their shards as they end."""
+        """See :meth:`shardq.aio.AsyncConnection.commit`."""
         self._inner._check_open()
+        self._portal.call(self._inner.commit)
 
     def rollback(self) -> None:
-        """Nothing to roll back: statements commit on their shards as they end (autocommit).
+        """See :meth:`shardq.aio.AsyncConnection.rollback`.
 
-        As psycopg's and sqlite3's ``rollback()`` in autocommit mode, this
-        undoes nothing and raises nothing on an open connection, so an error
-        handler calling it re-raises the real error.
+        With no transaction open (autocommit), as psycopg's and sqlite3's
+        ``rollback()``, this undoes nothing and raises nothing on an open
+        connection, so an error handler calling it re-raises the real error.
         """
         self._inner._check_open()
+        self._portal.call(self._inner.rollback)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """See :meth:`shardq.aio.AsyncConnection.transaction`: commit at the end, rollback on
+        an exception, a savepoint when nested."""
+        token = self._portal.call(self._inner._enter_transaction)
+        try:
+            yield token[0]
+        except BaseException as exc:
+            self._portal.call(self._inner._exit_transaction, token, exc)
+            raise
+        self._portal.call(self._inner._exit_transaction, token, None)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on this connection."""
+        return self._inner.in_transaction
+
+    def recover(self) -> Recovery:
+        """See :meth:`shardq.aio.AsyncConnection.recover`."""
+        return self._portal.call(self._inner.recover)
 
     def close(self) -> None:
         """Close the shards' pools and stop the connection's loop thread."""

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from shardq.config import Config
     from shardq.execute.driver import Outcome
     from shardq.execute.lanes import Lanes
+    from shardq.execute.transaction import Transaction
     from shardq.merge import Rows
     from shardq.rows import RowFactory
 
@@ -131,26 +132,40 @@ class Engine:
         return self.planner.plan(sql, params)
 
     async def plan_async(
-        self, sql: str, params: object = None, lanes: Lanes | None = None
+        self,
+        sql: str,
+        params: object = None,
+        lanes: Lanes | None = None,
+        transaction: Transaction | None = None,
     ) -> QueryPlan:
         """Plan a statement, reading the catalog first if its subqueries need it."""
         if self.planner.wants_catalog(sql):
-            await self._load_catalog(lanes)
+            await self._load_catalog(lanes, transaction)
         return self.planner.plan(sql, params)
 
-    async def _query(self, shard: str, sql: str, params: object, lanes: Lanes | None) -> list[Row]:
+    async def _query(
+        self,
+        shard: str,
+        sql: str,
+        params: object,
+        lanes: Lanes | None,
+        transaction: Transaction | None = None,
+    ) -> list[Row]:
         """The rows of a small query of shardq's own on ``shard``.
 
         In a batch it goes through the batch's lanes, which may hold every
-        connection the pool has.
+        connection the pool has; in a transaction, through its connection.
         """
         if lanes is not None:
             outcome = await lanes.run(shard, Statement(sql, params), deadline=None, timeout=None)
             return outcome.rows
-        async with self.pools[shard].connection() as conn:
+        pools = self.pools if transaction is None else transaction.view()
+        async with pools[shard].connection() as conn:
             return (await read_whole(conn, sql, params)).rows
 
-    async def _load_catalog(self, lanes: Lanes | None = None) -> None:
+    async def _load_catalog(
+        self, lanes: Lanes | None = None, transaction: Transaction | None = None
+    ) -> None:
         """Read the declared tables' columns from the first shard, once."""
         first = self.config.shard_names[0]
         pool = self.pools[first]
@@ -158,7 +173,7 @@ class Engine:
         columns: Columns = {}
         sqlite = self.config.dialect == "sqlite"
         for table in self.config.tables:
-            rows = await self._query(first, *pool.columns_query(table), lanes)
+            rows = await self._query(first, *pool.columns_query(table), lanes, transaction)
             names = [str(row[0]) for row in rows]
             if names:
                 # SQLite names ignore case
@@ -186,15 +201,32 @@ class Engine:
         *,
         timeout: float | None,
         row_factory: RowFactory,
+        transaction: Transaction | None = None,
     ) -> AsyncResult:
-        """Run one statement and return its merged, streaming result."""
-        plan = await self.plan_async(sql, params)
+        """Run one statement and return its merged, streaming result.
+
+        In a ``transaction`` the statement runs on the transaction's
+        connections (its result received whole), and a failure aborts it.
+        """
+        plan = await self.plan_async(sql, params, transaction=transaction)
         if plan.deferred is not None:
-            return await self._execute_deferred(plan, timeout=timeout, row_factory=row_factory)
+            return await self._execute_deferred(
+                plan, timeout=timeout, row_factory=row_factory, transaction=transaction
+            )
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind.is_write:
             await self._before_write()
-        scatter, types = await self._start(plan, shards, timeout)
+        if transaction is None:
+            scatter, types = await self._start(plan, shards, timeout)
+        else:
+            write = plan.kind.is_write
+            transaction.check(shards, write)
+            try:
+                scatter, types = await self._start(plan, shards, timeout, transaction)
+            except BaseException as exc:
+                transaction.fail(exc)
+                raise
+            transaction.note(shards, write)
         merge = merger(plan.merge, len(shards), self._semantics, types)
         result = await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
         if self._readers_block_writers and not result.in_memory:
@@ -332,7 +364,11 @@ class Engine:
         return await step(sql, bound, row_factory)
 
     async def _start(
-        self, plan: QueryPlan, shards: tuple[str, ...], timeout: float | None
+        self,
+        plan: QueryPlan,
+        shards: tuple[str, ...],
+        timeout: float | None,
+        transaction: Transaction | None = None,
     ) -> tuple[Scatter, list[Any]]:
         """Start ``plan`` on ``shards``; return the scatter and the shards' column types.
 
@@ -340,11 +376,13 @@ class Engine:
         when the shards order them otherwise than the merge would.
         """
         if plan.merge.compares:
-            await self._learn_text_order(shards)
-        scatter = Scatter(self.pools, shards, timeout)
-        await scatter.start(
-            plan.sql, plan.params, fetch_size=self.fetch_size, stream=not plan.kind.is_write
-        )
+            await self._learn_text_order(shards, transaction=transaction)
+        pools = self.pools if transaction is None else transaction.view()
+        scatter = Scatter(pools, shards, timeout)
+        # In a transaction a result is received whole: its shard's one connection
+        # serves the transaction's next statement.
+        stream = not plan.kind.is_write and transaction is None
+        await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream)
         types = [c.type_code for c in scatter.description or ()]
         if plan.merge.compares:
             try:
@@ -355,7 +393,12 @@ class Engine:
         return scatter, types
 
     async def _execute_deferred(
-        self, plan: QueryPlan, *, timeout: float | None, row_factory: RowFactory
+        self,
+        plan: QueryPlan,
+        *,
+        timeout: float | None,
+        row_factory: RowFactory,
+        transaction: Transaction | None = None,
     ) -> AsyncResult:
         """Run a plan's subqueries first, then the statement with their results in place."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -364,7 +407,9 @@ class Engine:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
         async def subquery(sql: str, params: object) -> Result:
-            result = await self.execute(sql, params, timeout=left(), row_factory=tuple_row)
+            result = await self.execute(
+                sql, params, timeout=left(), row_factory=tuple_row, transaction=transaction
+            )
             rows = await result.fetchall()
             description = result.description or ()
             return Result(
@@ -374,7 +419,9 @@ class Engine:
             )
 
         sql, bound = await self._substitute(plan, subquery)
-        return await self.execute(sql, bound, timeout=left(), row_factory=row_factory)
+        return await self.execute(
+            sql, bound, timeout=left(), row_factory=row_factory, transaction=transaction
+        )
 
     async def _substitute(
         self, plan: QueryPlan, subquery: Callable[[str, object], Awaitable[Result]]
@@ -406,7 +453,12 @@ class Engine:
             sql = for_psycopg(sql, strings_escaped=escaped)
         return sql, bound
 
-    async def _learn_text_order(self, shards: tuple[str, ...], lanes: Lanes | None = None) -> None:
+    async def _learn_text_order(
+        self,
+        shards: tuple[str, ...],
+        lanes: Lanes | None = None,
+        transaction: Transaction | None = None,
+    ) -> None:
         """Ask each shard not asked before how it orders text (see :mod:`.textorder`)."""
         for shard in shards:
             if shard in self._text_order:
@@ -415,7 +467,7 @@ class Engine:
             if sql is None:
                 self._text_order[shard] = "code point"
                 continue
-            rows = await self._query(shard, sql, None, lanes)
+            rows = await self._query(shard, sql, None, lanes, transaction)
             row = rows[0] if rows else ()
             self._text_order[shard] = "code point" if code_point_order(row) else collation_name(row)
 

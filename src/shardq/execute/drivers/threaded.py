@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shardq.errors import NotSupportedError
 from shardq.execute.driver import Column, Outcome, Row, Statement, translate_error
 from shardq.execute.pool import LazyPool
 
@@ -70,6 +71,7 @@ class ThreadedConnection:
         )
         self._interrupt = interrupt
         self._commit_after = commit_after
+        self._in_transaction = False  # inside a shardq transaction (see _control)
         self._owned = owned
         self._buffered = buffered
         self._conn: Any = None
@@ -107,8 +109,47 @@ class ThreadedConnection:
         except Exception as exc:
             raise self.error(exc) from exc
 
+    def _control(self, sql: str) -> bool:
+        """Run a transaction's BEGIN, COMMIT or ROLLBACK the driver's way; whether it was one.
+
+        A connection in autocommit mode takes them as SQL. One that is not
+        (``commit_after``) opens its transactions itself: a shardq transaction
+        on it only stops the commit after each statement, and ends with the
+        driver's ``commit()`` or ``rollback()``.
+        """
+        word = sql.strip().upper()
+        if word == "BEGIN":
+            self._in_transaction = True
+            return self._commit_after
+        if word in ("COMMIT", "ROLLBACK") or word.startswith("PREPARE TRANSACTION"):
+            self._in_transaction = False
+            if self._commit_after and not word.startswith("PREPARE"):
+                (self._conn.commit if word == "COMMIT" else self._conn.rollback)()
+                return True
+        if self._commit_after and word.startswith(("COMMIT PREPARED", "ROLLBACK PREPARED")):
+            # These cannot run inside the transaction block the driver would open.
+            if not hasattr(self._conn, "autocommit"):
+                raise NotSupportedError(
+                    "this PEP 249 connection opens its own transactions and has no autocommit "
+                    "mode, so it cannot finish a two-phase commit; pass it in autocommit mode"
+                )
+            self._conn.autocommit = True
+            try:
+                self._conn.cursor().execute(sql)
+            finally:
+                self._conn.autocommit = False
+            return True
+        return False
+
+    @property
+    def _commits(self) -> bool:
+        """Whether each statement is committed after it runs (outside a transaction)."""
+        return self._commit_after and not self._in_transaction
+
     def _execute(self, sql: str, params: object, fetch_size: int) -> tuple[Any, list[Row]]:
         cursor = self._conn.cursor()
+        if params is None and self._control(sql):
+            return cursor, []
         try:
             if params is None:
                 cursor.execute(sql)
@@ -123,7 +164,7 @@ class ThreadedConnection:
         except BaseException:
             with contextlib.suppress(Exception):
                 cursor.close()
-            if self._commit_after:
+            if self._commits:
                 with contextlib.suppress(Exception):
                     self._conn.rollback()
             raise
@@ -136,7 +177,7 @@ class ThreadedConnection:
         try:
             cursor.close()
         finally:
-            if self._commit_after:
+            if self._commits:
                 if ok:
                     self._conn.commit()
                 else:

@@ -1,0 +1,248 @@
+"""Transactions over the shards: one connection per shard touched, held to the end.
+
+A :class:`Transaction` lends the engine a *view* of the pools in which each
+shard has one connection, taken from its pool the first time a statement of
+the transaction needs that shard and opened with ``BEGIN`` (and the
+savepoints already open, so that rolling back to one works on every shard).
+Every later statement on that shard runs on the same connection, so it sees
+the transaction's own writes; statements run one at a time on it, their
+results received whole.
+
+The end: with one shard written, a plain ``COMMIT`` there; with several, the
+two-phase commit of :mod:`shardq.execute.twophase`; shards only read are
+committed without preparing. Whatever happens, every connection goes back to
+its pool outside a transaction (or is discarded by the pool if broken).
+
+A statement that fails aborts the transaction, as in PostgreSQL: every later
+statement is refused until :meth:`Transaction.rollback` or a rollback to a
+savepoint taken before the failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from shardq.errors import InterfaceError, NotSupportedError, ProgrammingError
+from shardq.execute.driver import read_whole
+from shardq.execute.twophase import two_phase_commit
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable, Mapping
+
+    from shardq.execute.driver import ShardConnection, ShardPool
+
+__all__ = ["InFailedTransactionError", "Transaction"]
+
+_IDS = itertools.count(1)
+
+
+class InFailedTransactionError(ProgrammingError):
+    """A statement of a transaction that an earlier failure aborted."""
+
+
+class _Held:
+    """One shard's connection for the length of the transaction."""
+
+    def __init__(self, cm: AbstractAsyncContextManager[ShardConnection], conn: ShardConnection):
+        self.cm = cm
+        self.conn = conn
+        self.lock = asyncio.Lock()
+
+
+class _View:
+    """A shard's pool as a transaction sees it: always its one connection."""
+
+    def __init__(self, transaction: Transaction, pool: ShardPool):
+        self._transaction = transaction
+        self._pool = pool
+        self.name = pool.name
+
+    def __getattr__(self, name: str) -> Any:  # info_sql, columns_query, collation_sql, ...
+        return getattr(self._pool, name)
+
+    @property
+    def max_size(self) -> int:
+        return 1
+
+    def connection(self) -> AbstractAsyncContextManager[ShardConnection]:
+        return self._transaction.connection(self.name)
+
+
+class Transaction:
+    """One transaction over the shards of ``pools`` (see the module docstring).
+
+    Args:
+        pools: every shard's pool, by name.
+        dialect: ``postgres`` or ``sqlite``: SQLite has no two-phase commit,
+            so a transaction there writes on one shard at most.
+    """
+
+    def __init__(self, pools: Mapping[str, ShardPool], dialect: str):
+        self._pools = dict(pools)
+        self.dialect = dialect
+        self.txid = uuid.uuid4().hex
+        self._held: dict[str, _Held] = {}
+        self._order = list(self._pools)
+        self.written: set[str] = set()
+        self._savepoints: list[str] = []
+        self.failed: BaseException | None = None
+        self.closed = False
+        self._views = {name: _View(self, pool) for name, pool in self._pools.items()}
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "failed" if self.failed else "open"
+        shards, written = sorted(self._held), sorted(self.written)
+        return f"<shardq.Transaction {state} shards={shards} written={written}>"
+
+    # -- what the engine uses
+
+    def view(self) -> dict[str, ShardPool]:
+        """The pools as statements of this transaction use them."""
+        return dict(self._views)
+
+    def check(self, shards: Iterable[str], write: bool) -> None:
+        """Refuse a statement the transaction cannot run (aborted, or a second SQLite shard)."""
+        if self.closed:
+            raise InterfaceError("the transaction is over")
+        if self.failed is not None:
+            raise InFailedTransactionError(
+                "current transaction is aborted, commands ignored until end of transaction "
+                "block (roll it back, or back to a savepoint taken before the failure)"
+            )
+        if write and self.dialect == "sqlite":
+            touched = self.written | set(shards)
+            if len(touched) > 1:
+                raise NotSupportedError(
+                    f"a transaction writing on the SQLite shards {', '.join(sorted(touched))}: "
+                    "SQLite has no two-phase commit, so shardq cannot commit writes on several "
+                    "SQLite shards atomically; write on one shard per transaction"
+                )
+
+    def note(self, shards: Iterable[str], write: bool) -> None:
+        """Record that a statement ran on ``shards`` (and wrote, if ``write``)."""
+        if write:
+            self.written.update(shards)
+
+    def fail(self, exc: BaseException) -> None:
+        """Abort the transaction after a failed statement."""
+        if self.failed is None:
+            self.failed = exc
+
+    @asynccontextmanager
+    async def connection(self, shard: str) -> AsyncIterator[ShardConnection]:
+        held = self._held.get(shard)
+        if held is None:
+            held = await self._join(shard)
+        async with held.lock:
+            yield held.conn
+
+    async def _join(self, shard: str) -> _Held:
+        cm = self._pools[shard].connection()
+        conn = await cm.__aenter__()
+        try:
+            await read_whole(conn, "BEGIN", None, stream=False)
+            for name in self._savepoints:
+                await read_whole(conn, f"SAVEPOINT {name}", None, stream=False)
+        except BaseException as exc:
+            await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        held = self._held.setdefault(shard, _Held(cm, conn))
+        if held.conn is not conn:  # another task joined first: give this one back
+            with contextlib.suppress(Exception):
+                await read_whole(conn, "ROLLBACK", None, stream=False)
+            await cm.__aexit__(None, None, None)
+        return held
+
+    # -- savepoints
+
+    async def savepoint(self) -> str:
+        """Open a savepoint on every shard joined (and later joiners); return its name."""
+        self.check((), write=False)
+        name = f"shardq_sp{next(_IDS)}"
+        await self._everywhere(f"SAVEPOINT {name}")
+        self._savepoints.append(name)
+        return name
+
+    async def release(self, name: str) -> None:
+        """Keep what was done since savepoint ``name``."""
+        self.check((), write=False)
+        await self._everywhere(f"RELEASE SAVEPOINT {name}")
+        del self._savepoints[self._savepoints.index(name) :]
+
+    async def rollback_to(self, name: str) -> None:
+        """Undo what was done since savepoint ``name``, on every shard; clear a failure."""
+        if self.closed:
+            raise InterfaceError("the transaction is over")
+        await self._everywhere(f"ROLLBACK TO SAVEPOINT {name}")
+        await self._everywhere(f"RELEASE SAVEPOINT {name}")
+        del self._savepoints[self._savepoints.index(name) :]
+        self.failed = None
+
+    async def _everywhere(self, sql: str) -> None:
+        for shard in list(self._held):
+            async with self.connection(shard) as conn:
+                await read_whole(conn, sql, None, stream=False)
+
+    # -- the end
+
+    async def commit(self) -> None:
+        """Commit: plainly on one written shard, with two-phase commit on several."""
+        if self.closed:
+            raise InterfaceError("the transaction is over")
+        if self.failed is not None:
+            await self.rollback()
+            raise InFailedTransactionError(
+                "the transaction was aborted by an earlier failure and has been rolled back"
+            )
+        self.closed = True
+        try:
+            readers = [s for s in self._held if s not in self.written]
+            writers = [s for s in self._order if s in self.written and s in self._held]
+            for shard in readers:  # read-only participants: released without preparing
+                await read_whole(self._held[shard].conn, "COMMIT", None, stream=False)
+            if len(writers) == 1:
+                await read_whole(self._held[writers[0]].conn, "COMMIT", None, stream=False)
+            elif writers:
+                await two_phase_commit(
+                    self.txid, [(s, self._held[s].conn) for s in writers], self._pools
+                )
+        except BaseException:
+            await self._abandon()
+            raise
+        await self._release()
+
+    async def rollback(self) -> None:
+        """Roll back on every shard joined (nothing to do once over)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for held in self._held.values():
+                await read_whole(held.conn, "ROLLBACK", None, stream=False)
+        except BaseException:
+            await self._abandon()
+            raise
+        await self._release()
+
+    async def _abandon(self) -> None:
+        """After a failure at the end: roll back what can be, give every connection back."""
+        for held in self._held.values():
+            with contextlib.suppress(Exception):
+                await read_whole(held.conn, "ROLLBACK", None, stream=False)
+        await self._release()
+
+    async def _release(self) -> None:
+        held, self._held = self._held, {}
+        errors = []
+        for part in held.values():
+            try:
+                await part.cm.__aexit__(None, None, None)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

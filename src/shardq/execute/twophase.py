@@ -1,0 +1,248 @@
+"""Two-phase commit over PostgreSQL shards, and the recovery of what it leaves in doubt.
+
+The decision record (Citus's design, with the client as coordinator): the
+first written shard of a transaction is its *decision holder*. Inside the
+holder's own transaction shardq inserts a row naming the transaction into
+``shardq_commit_decisions`` and learns the holder transaction's id; every
+other written shard then runs ``PREPARE TRANSACTION`` with a global id
+naming the transaction, the participant, the holder and that id::
+
+    shardq:<txid>:<participant>:<holder>:<holder xid>
+
+Then the holder runs a plain ``COMMIT``: that commit *is* the decision,
+durable on the holder's server; only after it are the prepared participants
+asked to ``COMMIT PREPARED``. So whatever dies when:
+
+* before the holder's commit, the holder's transaction aborts (its session
+  ends, or it is rolled back): every prepared participant must roll back;
+* after it, the decision row exists and the holder's transaction is
+  committed: every prepared participant must commit.
+
+:func:`recover` finds shardq's prepared transactions on every shard and asks
+the holder the status of the holder's transaction (``txid_status``):
+committed, commit; aborted, roll back; still in progress, leave it alone
+(its coordinator is committing it now). When the id is too old for
+``txid_status`` to know, the decision row answers. It is safe to run at any
+time and any number of times.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shardq.errors import NotSupportedError, OperationalError
+from shardq.execute.driver import read_whole
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from shardq.execute.driver import ShardConnection, ShardPool
+
+__all__ = ["DECISIONS", "Recovery", "recover", "two_phase_commit"]
+
+log = logging.getLogger("shardq.twophase")
+
+#: The table of commit decisions, on every shard that held one.
+DECISIONS = "shardq_commit_decisions"
+_CREATE = (
+    f"CREATE TABLE IF NOT EXISTS {DECISIONS} "
+    "(txid text PRIMARY KEY, decided timestamptz NOT NULL DEFAULT now())"
+)
+_PREFIX = "shardq:"
+_ready: set[tuple[int, str]] = set()  # (id of the pool, shard): checked and table made
+
+
+def _gid(txid: str, participant: str, holder: str, holder_xid: int) -> str:
+    gid = f"{_PREFIX}{txid}:{participant}:{holder}:{holder_xid}"
+    if len(gid) >= 200 or "'" in gid:
+        raise NotSupportedError(
+            f"the shard names {participant!r} and {holder!r} make a two-phase commit id "
+            "PostgreSQL does not take (200 characters at most, no quote)"
+        )
+    return gid
+
+
+def _parse_gid(gid: str) -> tuple[str, str, str, int] | None:
+    parts = gid[len(_PREFIX) :].split(":")
+    if not gid.startswith(_PREFIX) or len(parts) != 4 or not parts[3].isdigit():
+        return None
+    return parts[0], parts[1], parts[2], int(parts[3])
+
+
+def _fault(step: str) -> None:
+    """Fault injection for the crash tests: die here when ``SHARDQ_CRASH_AT`` names ``step``.
+
+    Never set outside tests; then this costs one dictionary look-up.
+    """
+    if os.environ.get("SHARDQ_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _check_shard(
+    shard: str, conn: ShardConnection, pools: Mapping[str, ShardPool], holder: bool
+) -> None:
+    """Check ``shard`` takes prepared transactions, and make the decisions table (once).
+
+    On the transaction's own connection: a pool may have no other to lend.
+    The table is made inside the holder's transaction, when missing.
+    """
+    key = (id(pools[shard]), shard)
+    if key in _ready:
+        return
+    rows = (await read_whole(conn, "SHOW max_prepared_transactions", None)).rows
+    if not rows or str(rows[0][0]) == "0":
+        raise NotSupportedError(
+            f"shard {shard!r} has max_prepared_transactions = 0, so it cannot take part "
+            "in a transaction that writes on several shards (two-phase commit); set it "
+            "above 0 in its postgresql.conf (it takes a restart), for example to "
+            "max_connections"
+        )
+    if not holder:
+        return
+    rows = (await read_whole(conn, f"SELECT to_regclass('{DECISIONS}')", None)).rows
+    if not rows or rows[0][0] is None:
+        await read_whole(conn, _CREATE, None, stream=False)
+    _ready.add(key)
+
+
+async def two_phase_commit(
+    txid: str,
+    participants: Sequence[tuple[str, ShardConnection]],
+    pools: Mapping[str, ShardPool],
+) -> None:
+    """Commit the open transactions of ``participants`` atomically (see the module docstring).
+
+    The first participant holds the decision. Raises if the transaction was
+    rolled back; a failure after the decision (a ``COMMIT PREPARED`` that
+    did not arrive) is logged and left to :func:`recover`: the transaction
+    is committed.
+    """
+    for i, (shard, conn) in enumerate(participants):
+        await _check_shard(shard, conn, pools, holder=i == 0)
+    holder_name, holder = participants[0]
+    others = participants[1:]
+    _fault("before-decision-row")
+    rows = (
+        await read_whole(
+            holder,
+            f"INSERT INTO {DECISIONS} (txid) VALUES (%s) RETURNING txid_current()",
+            (txid,),
+            stream=False,
+        )
+    ).rows
+    holder_xid = int(rows[0][0])
+    prepared: list[tuple[str, ShardConnection, str]] = []
+    try:
+        for shard, conn in others:
+            gid = _gid(txid, shard, holder_name, holder_xid)
+            _fault("before-prepare")
+            await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
+            prepared.append((shard, conn, gid))
+            _fault("after-prepare")
+    except BaseException:
+        # No decision: the holder rolls back, so do the prepared participants
+        # (recover() finishes any this cannot reach).
+        for _, conn, gid in prepared:
+            try:
+                await read_whole(conn, f"ROLLBACK PREPARED '{gid}'", None, stream=False)
+            except Exception:
+                log.warning("two-phase commit %s: a rollback is left to recover()", txid)
+        raise
+    _fault("before-decision")
+    try:
+        await read_whole(holder, "COMMIT", None, stream=False)
+    except Exception as exc:
+        raise OperationalError(
+            f"the commit of a transaction over several shards may or may not have happened: "
+            f"the commit on shard {holder_name!r}, which decides it, did not answer "
+            f"({exc}); recover() (shardq recover) finishes it either way"
+        ) from exc
+    _fault("after-decision")
+    done = True
+    for shard, conn, gid in prepared:
+        try:
+            await read_whole(conn, f"COMMIT PREPARED '{gid}'", None, stream=False)
+        except Exception:
+            done = False
+            log.warning(
+                "two-phase commit %s: committed, but shard %r did not confirm; recover() "
+                "finishes it",
+                txid,
+                shard,
+            )
+        _fault("between-commits")
+    if done:
+        try:
+            await read_whole(
+                holder, f"DELETE FROM {DECISIONS} WHERE txid = %s", (txid,), stream=False
+            )
+        except Exception:
+            log.debug("two-phase commit %s: its decision row is left to recover()", txid)
+
+
+@dataclass
+class Recovery:
+    """What :func:`recover` did, per shard: prepared transactions committed, rolled back, left."""
+
+    committed: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.committed)} committed, {len(self.rolled_back)} rolled back, "
+            f"{len(self.in_progress)} left to the transactions committing them"
+        )
+
+
+async def _status(pool: ShardPool, txid: str, xid: int) -> str:
+    """The fate of a holder's transaction: committed, aborted or in progress."""
+    async with pool.connection() as conn:
+        rows = (await read_whole(conn, "SELECT txid_status(%s)", (xid,))).rows
+        status = rows[0][0] if rows else None
+        if status in ("committed", "aborted", "in progress"):
+            return str(status)
+        # Too old for txid_status: the decision row tells (it is kept until all committed).
+        rows = (await read_whole(conn, f"SELECT 1 FROM {DECISIONS} WHERE txid = %s", (txid,))).rows
+        return "committed" if rows else "aborted"
+
+
+async def recover(pools: Mapping[str, ShardPool]) -> Recovery:
+    """Finish every two-phase commit shardq left prepared on the shards (see the module)."""
+    report = Recovery()
+    for shard, pool in pools.items():
+        async with pool.connection() as conn:
+            rows = (
+                await read_whole(
+                    conn,
+                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() "
+                    "AND gid LIKE 'shardq:%%'",
+                    None,
+                )
+            ).rows
+        for (gid,) in rows:
+            parsed = _parse_gid(str(gid))
+            if parsed is None:
+                continue
+            txid, _participant, holder, xid = parsed
+            if holder not in pools:
+                log.warning("prepared transaction %s names an unknown shard %r", gid, holder)
+                continue
+            status = await _status(pools[holder], txid, xid)
+            if status == "in progress":
+                report.in_progress.append(f"{shard}: {gid}")
+                continue
+            verb = "COMMIT" if status == "committed" else "ROLLBACK"
+            async with pool.connection() as conn:
+                try:
+                    await read_whole(conn, f"{verb} PREPARED '{gid}'", None, stream=False)
+                except Exception as exc:
+                    if "does not exist" not in str(exc):  # finished meanwhile: fine
+                        raise
+                    continue
+            (report.committed if verb == "COMMIT" else report.rolled_back).append(f"{shard}: {gid}")
+    return report

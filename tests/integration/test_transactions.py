@@ -1,0 +1,231 @@
+"""Transactions over the shards, on every backend: commit, rollback, savepoints, failures.
+
+Two-phase commit and its recovery run on PostgreSQL (the clusters are
+started with ``max_prepared_transactions``); SQLite shards take a transaction
+that writes on one shard, and refuse a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import shardq
+from shardq.execute.transaction import InFailedTransactionError
+from tests.fixtures.shards import _make_backend
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.fixtures.shards import Backend
+
+
+def _keys_on_distinct_shards(conn: Any, count: int) -> list[int]:
+    """Ids of ``writes`` on ``count`` different shards."""
+    found: dict[str, int] = {}
+    for key in range(1000, 2000):
+        found.setdefault(conn.shard_for("writes", key), key)
+        if len(found) == count:
+            break
+    return sorted(found.values())
+
+
+def _keys_on_one_shard(conn: Any, count: int) -> list[int]:
+    """Ids of ``writes`` all on the shard of 1001."""
+    home = conn.shard_for("writes", 1001)
+    return [k for k in range(1001, 3000) if conn.shard_for("writes", k) == home][:count]
+
+
+def _stored(backend: Backend) -> list[tuple[Any, ...]]:
+    rows = [r for i in range(4) for r in backend.direct(i, "SELECT id, note FROM writes")]
+    return sorted(rows)
+
+
+def test_commit_and_rollback_on_one_shard(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        with conn.transaction():
+            conn.execute(insert, [1001, "kept"])
+            # The transaction reads its own write, on the shard's transaction connection.
+            assert conn.execute("SELECT note FROM writes").fetchall() == [("kept",)]
+        assert _stored(backend) == [(1001, "kept")]
+
+        def undone() -> None:
+            with conn.transaction():
+                conn.execute(insert, [1002, "undone"])
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            undone()
+        assert _stored(backend) == [(1001, "kept")]
+        assert not conn.in_transaction
+
+
+def test_autocommit_off_opens_a_transaction_until_commit_or_rollback(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        conn.autocommit = False
+        conn.execute(insert, [1001, "a"])
+        assert conn.in_transaction
+        assert _stored(backend) == []  # not committed yet: other sessions do not see it
+        conn.rollback()
+        assert _stored(backend) == []
+        conn.execute(insert, [1003, "b"])
+        conn.commit()
+        assert _stored(backend) == [(1003, "b")]
+        conn.execute(insert, [1004, "c"])
+        with pytest.raises(shardq.ProgrammingError, match="autocommit"):
+            conn.autocommit = True
+        conn.rollback()
+        conn.autocommit = True
+        assert not conn.in_transaction
+
+
+def test_a_nested_transaction_is_a_savepoint(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        outer, inner, kept = _keys_on_one_shard(conn, 3)
+
+        def inner_fails() -> None:
+            with conn.transaction():
+                conn.execute(insert, [inner, "inner"])
+                raise KeyError
+
+        with conn.transaction():
+            conn.execute(insert, [outer, "outer"])
+            with pytest.raises(KeyError):
+                inner_fails()
+            with conn.transaction():
+                conn.execute(insert, [kept, "inner kept"])
+        assert _stored(backend) == [(outer, "outer"), (kept, "inner kept")]
+
+
+def test_a_failed_statement_aborts_the_transaction(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        conn.autocommit = False
+        conn.execute(insert, [1001, "a"])
+        with pytest.raises(shardq.IntegrityError):
+            conn.execute(insert, [1001, "duplicate"])
+        with pytest.raises(InFailedTransactionError):
+            conn.execute("SELECT count(*) FROM items")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(0,)]
+        conn.rollback()  # the read opened a transaction again
+        conn.autocommit = True
+
+
+def test_writes_on_several_shards_commit_together_or_are_refused(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 3)
+        if backend.dialect == "sqlite":
+
+            def several() -> None:
+                with conn.transaction():
+                    for key in keys:
+                        conn.execute(insert, [key, "x"])
+
+            with pytest.raises(shardq.NotSupportedError, match="two-phase"):
+                several()
+            assert _stored(backend) == []
+            return
+        with conn.transaction():
+            for key in keys:
+                conn.execute(insert, [key, f"n{key}"])
+            assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(3,)]
+        assert _stored(backend) == [(k, f"n{k}") for k in keys]
+        update = backend.sql("UPDATE writes SET note = {} WHERE id = {}")
+
+        def rolled_back() -> None:
+            with conn.transaction():
+                conn.execute(update, ["y", keys[0]])
+                conn.execute(update, ["y", keys[1]])
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            rolled_back()
+        assert _stored(backend) == [(k, f"n{k}") for k in keys]
+        assert _prepared(backend) == []
+
+
+async def test_the_async_api(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    async with await backend.connect_async() as conn:
+        first, second = _keys_on_one_shard(conn, 2)
+        async with conn.transaction():
+            await conn.execute(insert, [first, "async"])
+            async with conn.transaction():
+                await conn.execute(insert, [second, "nested"])
+        async with conn.transaction():
+            with pytest.raises(shardq.NotSupportedError, match="batch inside a transaction"):
+                await conn.gather(["SELECT 1"])
+    assert _stored(backend) == [(first, "async"), (second, "nested")]
+
+
+_WRITER = """
+import sys, shardq
+config = {config!r}
+with shardq.connect(config) as conn, conn.transaction():
+    for key in {keys!r}:
+        conn.execute("INSERT INTO writes (id, note) VALUES (%s, %s)", [key, "crash"])
+print("committed", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("step", "committed"),
+    [
+        ("before-decision-row", False),
+        ("before-prepare", False),
+        ("after-prepare", False),
+        ("before-decision", False),
+        ("after-decision", True),
+        ("between-commits", True),
+    ],
+)
+def test_recover_finishes_what_a_killed_writer_left(
+    pg_backend_writes: Backend, step: str, committed: bool
+) -> None:
+    backend = pg_backend_writes
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 3)
+    script = textwrap.dedent(_WRITER.format(config=backend.config, keys=keys))
+    env = {**os.environ, "SHARDQ_CRASH_AT": step}
+    writer = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert writer.returncode == -9, writer.stderr  # killed at the step
+    with backend.connect() as conn:
+        report = conn.recover()
+        again = conn.recover()
+    assert (again.committed, again.rolled_back, again.in_progress) == ([], [], [])
+    assert _prepared(backend) == []
+    rows = _stored(backend)
+    assert rows == ([(k, "crash") for k in keys] if committed else []), (step, report)
+
+
+@pytest.fixture
+def pg_backend_writes(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The PostgreSQL backend, its ``writes`` emptied."""
+    for backend in _make_backend(request, "postgres"):
+        for i in range(4):
+            for (gid,) in backend.direct(i, "SELECT gid FROM pg_prepared_xacts"):
+                backend.direct(i, f"ROLLBACK PREPARED '{gid}'")  # a failed test's leftovers
+            backend.direct(i, "DELETE FROM writes")
+        yield backend
+
+
+def _prepared(backend: Backend) -> list[tuple[Any, ...]]:
+    return [r for i in range(4) for r in backend.direct(i, "SELECT gid FROM pg_prepared_xacts")]
