@@ -25,6 +25,8 @@ class ShardReport:
     round_trip: float | None = None
     error: str | None = None
     tables: dict[str, list[tuple[str, str]] | None] = field(default_factory=dict)
+    #: PostgreSQL's max_prepared_transactions (None: not PostgreSQL, or not known).
+    prepared_transactions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,8 @@ class CheckReport:
 
     shards: tuple[ShardReport, ...]
     problems: tuple[str, ...]
+    #: What works otherwise than it could, without being inconsistent.
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -51,9 +55,19 @@ async def _inspect(engine: Engine, shard: str) -> ShardReport:
             for name in engine.config.tables:
                 columns = (await read_whole(conn, *pool.columns_query(name))).rows
                 tables[name] = [(str(r[0]), str(r[1])) for r in columns] or None
+            prepared = None
+            if engine.config.dialect == "postgres":
+                rows = (await read_whole(conn, "SHOW max_prepared_transactions", None)).rows
+                prepared = int(rows[0][0]) if rows else None
     except Error as exc:
         return ShardReport(shard, error=str(exc))
-    return ShardReport(shard, str(version[0][0]) if version else None, round_trip, tables=tables)
+    return ShardReport(
+        shard,
+        str(version[0][0]) if version else None,
+        round_trip,
+        tables=tables,
+        prepared_transactions=prepared,
+    )
 
 
 def _problems(reports: tuple[ShardReport, ...], tables: list[str]) -> list[str]:
@@ -79,4 +93,10 @@ async def check(engine: Engine) -> CheckReport:
     reports = tuple(
         await asyncio.gather(*(_inspect(engine, name) for name in engine.config.shard_names))
     )
-    return CheckReport(reports, tuple(_problems(reports, list(engine.config.tables))))
+    notes = tuple(
+        f"shard {r.shard!r} has max_prepared_transactions = 0: a transaction writing on it "
+        "and on another shard is refused (two-phase commit needs it above 0)"
+        for r in reports
+        if r.prepared_transactions == 0
+    )
+    return CheckReport(reports, tuple(_problems(reports, list(engine.config.tables))), notes)

@@ -17,6 +17,7 @@ import pytest
 
 import shardq
 from shardq.execute.transaction import InFailedTransactionError
+from tests.fixtures.servers import PgCluster
 from tests.fixtures.shards import _make_backend
 
 if TYPE_CHECKING:
@@ -229,3 +230,76 @@ def pg_backend_writes(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 def _prepared(backend: Backend) -> list[tuple[Any, ...]]:
     return [r for i in range(4) for r in backend.direct(i, "SELECT gid FROM pg_prepared_xacts")]
+
+
+def _toml(config: dict[str, Any]) -> str:
+    lines = [f'dialect = "{config["dialect"]}"']
+    for shard in config["shards"]:
+        lines += ["[[shards]]", f'name = "{shard["name"]}"', f'dsn = "{shard["dsn"]}"']
+    for table, spec in config["tables"].items():
+        lines.append(f"[tables.{table}]")
+        lines += [f"{k} = {'true' if v is True else repr(v)}" for k, v in spec.items()]
+    return "\n".join(lines).replace("'", '"') + "\n"
+
+
+def test_shardq_recover_on_the_command_line(pg_backend_writes: Backend, tmp_path: Any) -> None:
+    backend = pg_backend_writes
+    assert backend.config is not None
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 2)
+    script = textwrap.dedent(_WRITER.format(config=backend.config, keys=keys))
+    env = {**os.environ, "SHARDQ_CRASH_AT": "after-decision"}
+    writer = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert writer.returncode == -9, writer.stderr
+    assert len(_prepared(backend)) == 1  # the decision is made; one participant is left
+    config = tmp_path / "shardq.toml"
+    config.write_text(_toml(backend.config))
+    cli = [sys.executable, "-m", "shardq.cli", "recover", "-c", str(config)]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "1 committed, 0 rolled back" in done.stdout
+    assert "pw-" not in done.stdout + done.stderr  # no password in what it prints
+    assert _prepared(backend) == []
+    assert _stored(backend) == [(k, "crash") for k in keys]
+
+
+@pytest.fixture(scope="module")
+def no_prepared_cluster() -> Iterator[PgCluster]:
+    """A cluster started with max_prepared_transactions = 0, a ``writes`` table in it."""
+    cluster = PgCluster(name="noprepare", settings={"max_prepared_transactions": "0"})
+    try:
+        cluster.start()
+        cluster.create_database("contract")
+        cluster.execute("CREATE TABLE writes (id integer PRIMARY KEY, note text)", "contract")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_a_shard_without_prepared_transactions_is_named(
+    pg_backend_writes: Backend, no_prepared_cluster: PgCluster
+) -> None:
+    backend = pg_backend_writes
+    config = {
+        "dialect": "postgres",
+        "shards": [
+            backend.config["shards"][0],  # type: ignore[index]
+            {"name": "late", "dsn": no_prepared_cluster.dsn("contract")},
+        ],
+        "tables": {"writes": {"shard_key": "id"}},
+    }
+    insert = "INSERT INTO writes (id, note) VALUES (%s, %s)"
+    with shardq.connect(config) as conn:
+        keys = _keys_on_distinct_shards(conn, 2)
+        conn.autocommit = False
+        for key in keys:
+            conn.execute(insert, [key, "x"])
+        with pytest.raises(shardq.NotSupportedError, match="'late' has max_prepared_transactions"):
+            conn.commit()
+        assert not conn.in_transaction
+        conn.autocommit = True
+        report = conn.check()
+        assert any("'late' has max_prepared_transactions = 0" in n for n in report.notes)
+        assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(0,)]

@@ -37,11 +37,18 @@ def run(args: argparse.Namespace) -> int:
         assert shard.round_trip is not None
         version = (shard.version or "").split(" on ")[0]
         tables = sum(1 for cols in shard.tables.values() if cols)
+        prepared = (
+            f", max_prepared_transactions {shard.prepared_transactions}"
+            if shard.prepared_transactions is not None
+            else ""
+        )
         print(
             f"{shard.shard}: {version}, round trip {shard.round_trip * 1000:.2f} ms, "
-            f"{tables}/{len(shard.tables)} tables"
+            f"{tables}/{len(shard.tables)} tables{prepared}"
         )
     for problem in report.problems:
         print(f"problem: {problem}")
+    for note in report.notes:
+        print(f"note: {note}")
     print("OK" if report.ok else f"{len(report.problems)} problem(s)")
     return ExitCode.OK if report.ok else ExitCode.FAILED
