@@ -314,10 +314,21 @@ class AsyncConnection:
         fetch_size: int = DEFAULT_FETCH_SIZE,
         cache: CacheChoice = None,
     ) -> Self:
-        """Validate ``config`` (a TOML path, a dict or a Config) and open a connection."""
-        return cls(
+        """Validate ``config`` (a TOML path, a dict or a Config) and open a connection.
+
+        With ``recover_on_connect = true`` in the configuration, it first
+        finishes the two-phase commits left in doubt (:meth:`recover`).
+        """
+        conn = cls(
             config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
         )
+        if conn.config.recover_on_connect:
+            try:
+                await conn.recover()
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

@@ -53,7 +53,7 @@ DIALECTS: tuple[Dialect, ...] = ("postgres", "sqlite")
 DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
-_TOP_KEYS = frozenset({"dialect", "driver", "shards", "tables", "cache"})
+_TOP_KEYS = frozenset({"dialect", "driver", "shards", "tables", "cache", "recover_on_connect"})
 _CACHE_KEYS = frozenset({"url", "ttl", "grace", "prefix", "lock_timeout", "max_bytes", "regions"})
 _SHARD_KEYS = frozenset({"name", "dsn", "replicas", "pool_min_size", "pool_max_size"})
 _TABLE_KEYS = frozenset({"shard_key", "key_type", "reference", "colocate_with"})
@@ -124,6 +124,8 @@ class Config:
     driver: str
     source: str | None = None
     cache: CacheConfig | None = None
+    #: Finish the two-phase commits left in doubt when a connection opens.
+    recover_on_connect: bool = False
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -397,6 +399,10 @@ class _Reader:
                     where,
                 )
         cache = self.cache(raw["cache"], "cache") if "cache" in raw else None
+        recover_on_connect = raw.get("recover_on_connect", False)
+        if not isinstance(recover_on_connect, bool):
+            raise self.error(f"expected true or false, got {recover_on_connect!r}",
+                             "recover_on_connect")  # fmt: skip
         return Config(
             dialect=dialect,
             shards=tuple(shards),
@@ -404,6 +410,7 @@ class _Reader:
             driver=driver,
             source=self.file,
             cache=cache,
+            recover_on_connect=recover_on_connect,
         )
 
 

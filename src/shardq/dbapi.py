@@ -533,7 +533,7 @@ def connect(
     """
 
     async def make() -> AsyncConnection:
-        return AsyncConnection(
+        return await AsyncConnection.connect(
             config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
         )
 

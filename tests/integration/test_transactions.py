@@ -303,3 +303,20 @@ def test_a_shard_without_prepared_transactions_is_named(
         report = conn.check()
         assert any("'late' has max_prepared_transactions = 0" in n for n in report.notes)
         assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(0,)]
+
+
+def test_a_connection_configured_so_recovers_when_it_opens(pg_backend_writes: Backend) -> None:
+    backend = pg_backend_writes
+    assert backend.config is not None
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 3)
+    script = textwrap.dedent(_WRITER.format(config=backend.config, keys=keys))
+    env = {**os.environ, "SHARDQ_CRASH_AT": "between-commits"}
+    writer = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert writer.returncode == -9, writer.stderr
+    assert len(_prepared(backend)) == 1  # committed on two shards, one left prepared
+    with shardq.connect({**backend.config, "recover_on_connect": True}) as conn:
+        assert _prepared(backend) == []
+        assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(3,)]
