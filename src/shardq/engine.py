@@ -216,6 +216,8 @@ class Engine:
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind.is_write:
             await self._before_write()
+            if transaction is None and len(shards) > 1:
+                return await self._write_everywhere(sql, params, timeout, row_factory)
         if transaction is None:
             scatter, types = await self._start(plan, shards, timeout)
         else:
@@ -246,6 +248,27 @@ class Engine:
             for result in list(self._reading):
                 if not result.in_memory:
                     await result.receive()
+
+    async def _write_everywhere(
+        self, sql: str, params: object, timeout: float | None, row_factory: RowFactory
+    ) -> AsyncResult:
+        """A write on several shards, outside a transaction: one of its own, committed.
+
+        Each shard's part commits with the others or none does (two-phase
+        commit); ``rowcount`` is the total, RETURNING rows come from every shard.
+        """
+        from shardq.execute.transaction import Transaction
+
+        transaction = Transaction(self.pools, self.config.dialect)
+        try:
+            result = await self.execute(
+                sql, params, timeout=timeout, row_factory=row_factory, transaction=transaction
+            )
+        except BaseException:
+            await transaction.rollback()
+            raise
+        await transaction.commit()
+        return result
 
     def submit(
         self,
@@ -309,6 +332,12 @@ class Engine:
         if plan.deferred is not None:
             return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        if plan.kind.is_write and len(shards) > 1:
+            raise UnsupportedQueryError(
+                "a write on several shards in a batch",
+                "it must commit on all of them or none (two-phase commit), which a batch's "
+                "concurrent statements do not do; run it with execute()",
+            )
         if plan.kind.is_write:
             await self._before_write()
         statement = Statement(plan.sql, plan.params, plan.kind.is_write)

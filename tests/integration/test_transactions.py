@@ -320,3 +320,30 @@ def test_a_connection_configured_so_recovers_when_it_opens(pg_backend_writes: Ba
     with shardq.connect({**backend.config, "recover_on_connect": True}) as conn:
         assert _prepared(backend) == []
         assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(3,)]
+
+
+def test_an_update_or_delete_not_pinned_runs_on_every_shard_atomically(
+    empty_writes: Backend,
+) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 4)
+        for key in keys:
+            conn.execute(insert, [key, "old"])
+        update = "UPDATE writes SET note = 'new' WHERE note = 'old'"
+        if backend.dialect == "sqlite":
+            with pytest.raises(shardq.UnsupportedQueryError, match="two-phase commit"):
+                conn.execute(update)
+            return
+        cur = conn.execute(update + " RETURNING id")
+        assert cur.rowcount == 4
+        assert sorted(cur.fetchall()) == [(k,) for k in keys]
+        assert _stored(backend) == [(k, "new") for k in keys]
+        with pytest.raises(shardq.UnsupportedQueryError, match="in a batch"):
+            conn.gather(["DELETE FROM writes"])
+        with conn.transaction():
+            assert conn.execute("DELETE FROM writes WHERE note = 'new'").rowcount == 4
+            assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(0,)]
+        assert _stored(backend) == []
+        assert _prepared(backend) == []

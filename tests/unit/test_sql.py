@@ -297,9 +297,6 @@ def test_writes_route_to_the_key_shard() -> None:
             "shard key",
         ),
         ("INSERT INTO orders (customer_id) VALUES (%s)", "NULL"),
-        ("WITH orders AS (SELECT 1) DELETE FROM orders WHERE customer_id = 1 OR true", "two"),
-        ("UPDATE orders SET total = 0", "two-phase"),
-        ("DELETE FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6, 7, 8)", "two-phase"),
         ("DELETE FROM countries", "reference table"),
         ("CREATE TABLE x (a int)", "CREATE"),
         ("SELECT * INTO copy FROM orders", "SELECT ... INTO"),
@@ -315,6 +312,23 @@ def test_writes_route_to_the_key_shard() -> None:
 def test_writes_that_are_not_safe_yet_are_refused(sql: str, match: str) -> None:
     with pytest.raises((shardq.UnsupportedQueryError, shardq.ProgrammingError), match=match):
         P.plan(sql, [None] if "%s" in sql else None)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH orders AS (SELECT 1) DELETE FROM orders WHERE customer_id = 1 OR true",
+        "UPDATE orders SET total = 0",
+        "DELETE FROM orders WHERE customer_id IN (1, 2, 3, 4, 5, 6, 7, 8)",
+    ],
+)
+def test_updates_and_deletes_not_pinned_run_everywhere_on_postgres_only(sql: str) -> None:
+    plan = P.plan(sql)
+    assert plan.route.kind is RouteKind.ALL or len(plan.route.shards) > 1
+    assert "two-phase commit" in plan.strategy
+    sqlite = sql.replace("WITH orders AS (SELECT 1) ", "")
+    with pytest.raises(shardq.UnsupportedQueryError, match="no two-phase commit"):
+        planner("sqlite").plan(sqlite)
 
 
 def test_undeclared_tables_are_refused_but_ctes_are_not_tables() -> None:

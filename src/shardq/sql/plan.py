@@ -231,7 +231,12 @@ class Planner:
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
-            if analysis.kind.is_write:
+            if analysis.kind.is_write and many and len(self.config.shards) > 1:
+                why = (
+                    f"an {analysis.kind.value.upper()} on every shard that can hold its rows, "
+                    "committed on all of them or none (two-phase commit)"
+                )
+            elif analysis.kind.is_write:
                 why = f"an {analysis.kind.value.upper()} routed by its shard key"
             elif target.kind is RouteKind.ANY:
                 why = "it reads only reference tables: any one shard answers it whole"

@@ -412,12 +412,16 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
     if analysis.kind is StatementKind.UPDATE:
         _refuse_key_assignments(statement, ref, analysis.parsed.dialect, "an UPDATE")
     shards = _shards_of(_terms(analysis, ref), params, config, ref.table.key_type)
-    if shards is None or len(shards) > 1:
-        raise _multi_shard_write(
-            f"{verb} without a {ref.table.name}.{ref.table.shard_key} = <value> "
-            "condition that confines it to one shard"
+    if (shards is None or len(shards) > 1) and config.dialect == "sqlite":
+        raise UnsupportedQueryError(
+            f"{verb} without a {ref.table.name}.{ref.table.shard_key} = <value> condition "
+            "that confines it to one shard",
+            "it writes on several SQLite shards, which SQLite cannot commit atomically (it "
+            "has no two-phase commit); write one shard's rows per statement",
         )
-    return Route(RouteKind.SHARDS, shards)
+    # Several shards: each row is on one of them, so each runs the statement as
+    # written; the engine commits them together (two-phase commit).
+    return ALL if shards is None else Route(RouteKind.SHARDS, shards)
 
 
 def route(analysis: Analysis, params: object, config: Config) -> Route:
