@@ -185,6 +185,16 @@ print("committed", flush=True)
 """
 
 
+def _kill_writer_at(backend: Backend, keys: list[int], step: str) -> None:
+    """Run a writer process inserting ``keys`` in one transaction, killed at ``step``."""
+    script = textwrap.dedent(_WRITER.format(config=backend.config, keys=keys))
+    env = {**os.environ, "SHARDQ_CRASH_AT": step}
+    writer = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert writer.returncode == -9, writer.stderr  # killed at the step (SIGKILL)
+
+
 @pytest.mark.parametrize(
     ("step", "committed"),
     [
@@ -202,12 +212,7 @@ def test_recover_finishes_what_a_killed_writer_left(
     backend = pg_backend_writes
     with backend.connect() as conn:
         keys = _keys_on_distinct_shards(conn, 3)
-    script = textwrap.dedent(_WRITER.format(config=backend.config, keys=keys))
-    env = {**os.environ, "SHARDQ_CRASH_AT": step}
-    writer = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert writer.returncode == -9, writer.stderr  # killed at the step
+    _kill_writer_at(backend, keys, step)
     with backend.connect() as conn:
         report = conn.recover()
         again = conn.recover()
@@ -247,12 +252,7 @@ def test_shardq_recover_on_the_command_line(pg_backend_writes: Backend, tmp_path
     assert backend.config is not None
     with backend.connect() as conn:
         keys = _keys_on_distinct_shards(conn, 2)
-    script = textwrap.dedent(_WRITER.format(config=backend.config, keys=keys))
-    env = {**os.environ, "SHARDQ_CRASH_AT": "after-decision"}
-    writer = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert writer.returncode == -9, writer.stderr
+    _kill_writer_at(backend, keys, "after-decision")
     assert len(_prepared(backend)) == 1  # the decision is made; one participant is left
     config = tmp_path / "shardq.toml"
     config.write_text(_toml(backend.config))
@@ -310,12 +310,7 @@ def test_a_connection_configured_so_recovers_when_it_opens(pg_backend_writes: Ba
     assert backend.config is not None
     with backend.connect() as conn:
         keys = _keys_on_distinct_shards(conn, 3)
-    script = textwrap.dedent(_WRITER.format(config=backend.config, keys=keys))
-    env = {**os.environ, "SHARDQ_CRASH_AT": "between-commits"}
-    writer = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert writer.returncode == -9, writer.stderr
+    _kill_writer_at(backend, keys, "between-commits")
     assert len(_prepared(backend)) == 1  # committed on two shards, one left prepared
     with shardq.connect({**backend.config, "recover_on_connect": True}) as conn:
         assert _prepared(backend) == []
