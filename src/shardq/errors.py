@@ -18,6 +18,7 @@ the PEP 249 category they belong to::
           +-- ProgrammingError
           |    +-- SQLSyntaxError
           |    +-- UndeclaredTableError
+          |    +-- InFailedTransactionError
           +-- NotSupportedError
                +-- UnsupportedQueryError
 
@@ -34,6 +35,7 @@ __all__ = [
     "DataError",
     "DatabaseError",
     "Error",
+    "InFailedTransactionError",
     "IntegrityError",
     "InterfaceError",
     "InternalError",
@@ -163,6 +165,13 @@ class SQLSyntaxError(ProgrammingError):
         self.line = line
         self.column = column
         super().__init__(message)
+
+
+class InFailedTransactionError(ProgrammingError):
+    """A statement of a transaction that an earlier failure aborted (as in PostgreSQL).
+
+    Roll the transaction back, or back to a savepoint taken before the failure.
+    """
 
 
 class UndeclaredTableError(ProgrammingError):

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import shardq
-from shardq.execute.transaction import InFailedTransactionError
 from tests.fixtures.servers import PgCluster
 from tests.fixtures.shards import _make_backend
 
@@ -117,7 +116,7 @@ def test_a_failed_statement_aborts_the_transaction(empty_writes: Backend) -> Non
         conn.execute(insert, [1001, "a"])
         with pytest.raises(shardq.IntegrityError):
             conn.execute(insert, [1001, "duplicate"])
-        with pytest.raises(InFailedTransactionError):
+        with pytest.raises(shardq.InFailedTransactionError):
             conn.execute("SELECT count(*) FROM items")
         conn.rollback()
         assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(0,)]

@@ -27,7 +27,7 @@ import uuid
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from shardq.errors import InterfaceError, NotSupportedError, ProgrammingError
+from shardq.errors import InFailedTransactionError, InterfaceError, NotSupportedError
 from shardq.execute.driver import read_whole
 from shardq.execute.twophase import two_phase_commit
 
@@ -36,13 +36,9 @@ if TYPE_CHECKING:
 
     from shardq.execute.driver import ShardConnection, ShardPool
 
-__all__ = ["InFailedTransactionError", "Transaction"]
+__all__ = ["Transaction"]
 
 _IDS = itertools.count(1)
-
-
-class InFailedTransactionError(ProgrammingError):
-    """A statement of a transaction that an earlier failure aborted."""
 
 
 class _Held:
