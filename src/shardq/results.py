@@ -190,6 +190,8 @@ class AsyncResult(_Fetching):
         self._make: RowMaker = row_factory(self.description)
         self._batches: AsyncIterator[Rows] | None = drive(merger, scatter.fetch)
         self._rowcount = scatter.rowcount
+        if plan is not None and plan.first_source_only and scatter.streams:
+            self._rowcount = scatter.streams[0].rowcount  # every copy changed alike
         self._received = 0
         self._loop = asyncio.get_running_loop()
 

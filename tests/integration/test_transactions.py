@@ -341,3 +341,39 @@ def test_an_update_or_delete_not_pinned_runs_on_every_shard_atomically(
             assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(0,)]
         assert _stored(backend) == []
         assert _prepared(backend) == []
+
+
+def test_writes_to_a_reference_table_change_every_copy_alike(backend: Backend) -> None:
+    insert = backend.sql("INSERT INTO kinds (code, label) VALUES ({}, {})")
+    try:
+        with backend.connect() as conn:
+            if backend.dialect == "sqlite":
+                with pytest.raises(shardq.UnsupportedQueryError, match="no two-phase commit"):
+                    conn.execute(insert, ["d", "delta"])
+                return
+            assert conn.execute(insert, ["d", "delta"]).rowcount == 1  # one copy's count
+            cur = conn.execute(
+                "UPDATE kinds SET label = upper(label) WHERE code = 'd' RETURNING code"
+            )
+            assert (cur.rowcount, cur.fetchall()) == (1, [("d",)])  # one copy's rows
+            copies = [
+                backend.direct(i, "SELECT label FROM kinds WHERE code = 'd'") for i in range(4)
+            ]
+            assert copies == [[("DELTA",)]] * 4
+            for sql, match in [
+                ("INSERT INTO kinds (code) VALUES ('e')", "without label"),
+                ("UPDATE kinds SET label = now()::text", "another value"),
+                ("UPDATE kinds SET label = (SELECT count(*)::text FROM items)", "distributed"),
+            ]:
+                with pytest.raises(shardq.UnsupportedQueryError, match=match):
+                    conn.execute(sql)
+            with conn.transaction():  # with a write on a distributed table: one commit
+                conn.execute("DELETE FROM kinds WHERE code = 'd'")
+                conn.execute(backend.sql("UPDATE items SET val = val WHERE id = {}"), [1])
+            assert [
+                backend.direct(i, "SELECT 1 FROM kinds WHERE code = 'd'") for i in range(4)
+            ] == [[]] * 4
+            assert _prepared(backend) == []
+    finally:
+        for i in range(4):
+            backend.direct(i, "DELETE FROM kinds WHERE code = 'd'")

@@ -64,6 +64,8 @@ def merger(
     """
     if plan.final is not None:
         return _final(concat(sources), plan.final)
+    if plan.first_source_only:
+        return concat(1)  # the others did the same (a write to a reference table)
     if plan.limit == 0:
         return _nothing()
     floats = _float_columns(types)

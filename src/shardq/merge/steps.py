@@ -175,6 +175,8 @@ class MergePlan:
     final: FinalStep | None = None
     # SQLite shards: the collation of each column DISTINCT compares ("binary", "nocase", ...).
     collations: tuple[str, ...] | None = None
+    # A write to a reference table: every shard did the same, its result is one shard's.
+    first_source_only: bool = False
 
     @property
     def streaming(self) -> bool:
@@ -202,4 +204,5 @@ class MergePlan:
             and self.limit is None
             and not self.hidden
             and self.final is None
+            and not self.first_source_only
         )

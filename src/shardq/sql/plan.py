@@ -17,13 +17,13 @@ from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import MergePlan
 from shardq.placement import text_pins
 from shardq.sql.affinity import shippable
-from shardq.sql.analyze import Analysis, StatementKind, analyze
+from shardq.sql.analyze import Analysis, StatementKind, analyze, normalize
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.parse import parse
 from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
 from shardq.sql.rewrite.order import is_star
-from shardq.sql.route import Route, RouteKind, pinning_placeholder, route
+from shardq.sql.route import Route, RouteKind, pinning_placeholder, route, written_table
 from shardq.sql.subplans import Deferred, defer
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Planner", "QueryPlan"]
 
 _PASS_THROUGH = MergePlan()
+_REPLICATED = MergePlan(first_source_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +101,18 @@ class Planner:
         wanted: bool | None = analysis.memo.get("wants-catalog")
         if wanted is None:
             statement = analysis.parsed.expression
-            wanted = bool(analysis.distributed) and (
-                # SQLite merges with the columns' affinities and collations.
-                self.config.dialect == "sqlite"
-                or any(ref.node.parent_select is not statement for ref in analysis.distributed)
-                or any(join.side for join in statement.find_all(exp.Join))
-                or statement.args.get("group") is not None  # a name: a column or an alias?
-                # SELECT * ... ORDER BY 3: the columns * stands for
-                or any(is_star(item) for item in statement.expressions)
+            written = written_table(analysis)
+            wanted = (written is not None and not written.table.distributed) or (
+                bool(analysis.distributed)
+                and (
+                    # SQLite merges with the columns' affinities and collations.
+                    self.config.dialect == "sqlite"
+                    or any(ref.node.parent_select is not statement for ref in analysis.distributed)
+                    or any(join.side for join in statement.find_all(exp.Join))
+                    or statement.args.get("group") is not None  # a name: a column or an alias?
+                    # SELECT * ... ORDER BY 3: the columns * stands for
+                    or any(is_star(item) for item in statement.expressions)
+                )
             )
             analysis.memo["wants-catalog"] = wanted
         return wanted
@@ -220,6 +225,33 @@ class Planner:
             raise UnsupportedQueryError(found.construct, found.reason)
         return found
 
+    def _check_defaults(self, analysis: Analysis, table: str) -> None:
+        """Refuse an INSERT into a reference table that leaves a column to its default.
+
+        A default (a serial, now()) is computed by each shard: the copies could differ.
+        """
+        statement = analysis.parsed.expression
+        if analysis.kind is not StatementKind.INSERT:
+            return
+        target = statement.this
+        given = {
+            normalize(c.this, self.config.dialect) if isinstance(c, exp.Column | exp.Identifier)
+            else c.name.lower()
+            for c in (target.expressions if isinstance(target, exp.Schema) else [])
+        }  # fmt: skip
+        known = self.columns.get(table)
+        if known is None:
+            missing = ["(the table's columns are not known)"]
+        else:
+            fold = self.config.dialect == "sqlite"
+            missing = [c.name for c in known if (c.name.lower() if fold else c.name) not in given]
+        if missing:
+            raise UnsupportedQueryError(
+                f"an INSERT into the reference table {table} without {', '.join(missing)}",
+                "a column left to its default (a serial, now()) would get its value from each "
+                "shard, so the copies could differ; give every column a value",
+            )
+
     def plan(self, sql: str, params: object = None) -> QueryPlan:
         """Return the plan of ``sql`` with ``params`` bound."""
         analysis = self.analyze(sql)
@@ -231,6 +263,15 @@ class Planner:
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
+            written = written_table(analysis)
+            if written is not None and not written.table.distributed:
+                self._check_defaults(analysis, written.table.name)
+                why = (
+                    f"an {analysis.kind.value.upper()} of a reference table on every shard, "
+                    "committed on all of them or none (two-phase commit); its result is one "
+                    "shard's"
+                )
+                return QueryPlan(sql, params, analysis.kind, target, _REPLICATED, why)
             if analysis.kind.is_write and many and len(self.config.shards) > 1:
                 why = (
                     f"an {analysis.kind.value.upper()} on every shard that can hold its rows, "

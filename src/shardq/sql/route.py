@@ -24,7 +24,15 @@ from shardq.sql.parse import POSITIONAL_PREFIX, placeholder_value
 if TYPE_CHECKING:
     from shardq.config import Config
 
-__all__ = ["KeyTerm", "Route", "RouteKind", "find_key_terms", "pinning_placeholder", "route"]
+__all__ = [
+    "KeyTerm",
+    "Route",
+    "RouteKind",
+    "find_key_terms",
+    "pinning_placeholder",
+    "route",
+    "written_table",
+]
 
 
 class RouteKind(enum.Enum):
@@ -314,7 +322,7 @@ def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
     table_node = target.this if isinstance(target, exp.Schema) else target
     ref = _target_ref(analysis, table_node)
     if not ref.table.distributed:
-        raise _multi_shard_write("an INSERT into a reference table")
+        return _replicated_write(analysis, config, "an INSERT into a reference table")
     values = statement.expression
     if not isinstance(values, exp.Values):
         raise UnsupportedQueryError(
@@ -389,6 +397,42 @@ def _refuse_key_assignments(
                 )
 
 
+def written_table(analysis: Analysis) -> TableRef | None:
+    """The declared table a write writes, if the statement is a write."""
+    if not analysis.kind.is_write:
+        return None
+    target = analysis.parsed.expression.this
+    node = target.this if isinstance(target, exp.Schema) else target
+    return next((ref for ref in analysis.refs if ref.node is node), None)
+
+
+def _replicated_write(analysis: Analysis, config: Config, construct: str) -> Route:
+    """Every shard for a write to a reference table, when every copy stays the same."""
+    from shardq.sql.rewrite.aggregates import VOLATILE  # the package imports this module
+
+    if config.dialect == "sqlite" and len(config.shards) > 1:
+        raise UnsupportedQueryError(
+            construct,
+            "a reference table is copied on every shard, and SQLite cannot commit a write on "
+            "several shards atomically (it has no two-phase commit); write each copy directly",
+        )
+    statement = analysis.parsed.expression
+    if analysis.distributed:
+        raise UnsupportedQueryError(
+            f"{construct} that reads a distributed table",
+            "each shard would read only its own rows of it, so the copies would differ",
+        )
+    for call in statement.find_all(exp.Func):
+        name = str(call.this) if isinstance(call, exp.Anonymous) else call.sql_name()
+        if name.lower() in VOLATILE or isinstance(call, exp.Rand | exp.CurrentTimestamp):
+            raise UnsupportedQueryError(
+                f"{construct} with {call.sql(analysis.parsed.dialect)}",
+                "each shard would compute another value, so the copies would differ; bind "
+                "the value as a parameter",
+            )
+    return ALL
+
+
 def _multi_shard_write(construct: str) -> UnsupportedQueryError:
     return UnsupportedQueryError(
         construct,
@@ -403,7 +447,7 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
     ref = _target_ref(analysis, statement.this)
     verb = analysis.kind.name
     if not ref.table.distributed:
-        raise _multi_shard_write(f"{verb} of a reference table")
+        return _replicated_write(analysis, config, f"{verb} of a reference table")
     if len(analysis.distributed) > 1:
         raise UnsupportedQueryError(
             f"{verb} that reads another distributed table",
