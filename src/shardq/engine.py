@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from shardq.cache.backend import Result as CachedResult
 from shardq.errors import (
     ConfigError,
+    Error,
     ProgrammingError,
     ShardError,
     UnsupportedQueryError,
@@ -31,8 +32,9 @@ from shardq.execute.textorder import (
 from shardq.merge.drive import drive, drive_sync
 from shardq.merge.evaluate import semantics
 from shardq.merge.pipeline import compared_columns, describe, merger
-from shardq.results import AsyncResult, ResultSet
+from shardq.results import AsyncResult, ResultSet, StoredResult
 from shardq.rows import is_tuple_factory, tuple_row
+from shardq.sql.analyze import StatementKind
 from shardq.sql.catalog import ColumnInfo, Columns, sqlite_columns
 from shardq.sql.explain import Analyzed, ShardRun, explain
 from shardq.sql.plan import Planner, QueryPlan
@@ -214,6 +216,10 @@ class Engine:
                 plan, timeout=timeout, row_factory=row_factory, transaction=transaction
             )
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        if plan.kind is StatementKind.SCHEMA:
+            self.planner.forget_catalog()  # read again after the change
+            if transaction is None and len(shards) > 1 and self._one_by_one(sql):
+                return await self._schema_one_by_one(plan, shards, row_factory)
         if plan.kind.is_write:
             await self._before_write()
             if transaction is None and len(shards) > 1:
@@ -248,6 +254,35 @@ class Engine:
             for result in list(self._reading):
                 if not result.in_memory:
                     await result.receive()
+
+    def _one_by_one(self, sql: str) -> bool:
+        """Whether a schema change runs shard after shard rather than in one transaction.
+
+        On SQLite shards (no two-phase commit), and for what PostgreSQL runs
+        outside a transaction only (``CREATE INDEX CONCURRENTLY``).
+        """
+        statement = self.planner.analyze(sql).parsed.expression
+        return self.config.dialect == "sqlite" or bool(statement.args.get("concurrently"))
+
+    async def _schema_one_by_one(
+        self, plan: QueryPlan, shards: tuple[str, ...], row_factory: RowFactory
+    ) -> AsyncResult:
+        # (Its result, no rows, is a StoredResult: what a cursor reads alike.)
+        """Run a schema change on ``shards`` one after another; say which have it if one fails."""
+        done: list[str] = []
+        for shard in shards:
+            try:
+                async with self.pools[shard].connection() as conn:
+                    await read_whole(conn, plan.sql, plan.params, stream=False)
+            except Error as exc:
+                have = ", ".join(done) if done else "none"
+                exc.add_note(
+                    f"the schema change ran shard after shard: done on {have}; not on "
+                    f"{', '.join(s for s in shards if s not in done)}"
+                )
+                raise
+            done.append(shard)
+        return StoredResult(None, [], -1, shards, row_factory)  # type: ignore[return-value]
 
     async def _write_everywhere(
         self, sql: str, params: object, timeout: float | None, row_factory: RowFactory

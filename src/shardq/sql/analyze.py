@@ -33,6 +33,8 @@ class StatementKind(enum.Enum):
     INSERT = "insert"
     UPDATE = "update"
     DELETE = "delete"
+    #: CREATE/ALTER/DROP TABLE or INDEX, TRUNCATE, COMMENT ON TABLE: on every shard.
+    SCHEMA = "schema change"
 
     @property
     def is_write(self) -> bool:
@@ -99,18 +101,38 @@ def _check_no_hidden_writes(statement: exp.Expr) -> None:
             )
 
 
+def _schema_change(statement: exp.Expr) -> bool:
+    """Whether ``statement`` changes the schema of declared tables (see StatementKind.SCHEMA)."""
+    if isinstance(statement, exp.TruncateTable):
+        return True
+    if not isinstance(statement, exp.Create | exp.Drop | exp.Alter | exp.Comment):
+        return False
+    if str(statement.args.get("kind") or "").upper() not in ("TABLE", "INDEX"):
+        return False
+    if isinstance(statement, exp.Create) and statement.args.get("expression") is not None:
+        raise UnsupportedQueryError(
+            "CREATE TABLE ... AS",
+            "each shard would fill the table with the rows of its own query; create the "
+            "table, then insert the rows",
+        )
+    return True
+
+
 def _kind(statement: exp.Expr) -> StatementKind:
     _check_no_hidden_writes(statement)
     if isinstance(statement, _READS):
         return StatementKind.READ
+    if _schema_change(statement):
+        return StatementKind.SCHEMA
     for klass, kind in _KINDS.items():
         if isinstance(statement, klass):
             return kind
     name = statement.key.upper()
     raise UnsupportedQueryError(
         f"a {name} statement",
-        "shardq runs SELECT, INSERT, UPDATE and DELETE statements; run schema changes "
-        "and session commands on each shard directly",
+        "shardq runs SELECT, INSERT, UPDATE and DELETE, and schema changes of tables and "
+        "indexes (CREATE, ALTER, DROP, TRUNCATE, COMMENT); run other statements on each "
+        "shard directly",
     )
 
 
@@ -179,6 +201,8 @@ def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
     :class:`~shardq.errors.UndeclaredTableError`.
     """
     dialect = config.dialect
+    if isinstance(statement, exp.Drop) and str(statement.args.get("kind")).upper() == "INDEX":
+        return ()  # it names an index, not a table
     target = _dml_target(statement)
     refs = []
     for node in statement.find_all(exp.Table):

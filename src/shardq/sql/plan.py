@@ -77,6 +77,12 @@ class Planner:
         self.catalog: Catalog | None = None
         self.columns: Columns = {}
 
+    def forget_catalog(self) -> None:
+        """Drop the catalog (after a schema change): it is read again when next needed."""
+        self.catalog = None
+        self.columns = {}
+        self._cache.clear()
+
     def set_catalog(self, catalog: Catalog, columns: Columns | None = None) -> None:
         """Give the planner the declared tables' columns (plans made before are dropped).
 
@@ -263,6 +269,12 @@ class Planner:
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
+            if analysis.kind is StatementKind.SCHEMA:
+                why = (
+                    "a schema change on every shard, committed on all of them or none "
+                    "(two-phase commit; on SQLite shards, or CONCURRENTLY, one after another)"
+                )
+                return QueryPlan(sql, params, analysis.kind, target, _REPLICATED, why)
             written = written_table(analysis)
             if written is not None and not written.table.distributed:
                 self._check_defaults(analysis, written.table.name)

@@ -399,7 +399,7 @@ def _refuse_key_assignments(
 
 def written_table(analysis: Analysis) -> TableRef | None:
     """The declared table a write writes, if the statement is a write."""
-    if not analysis.kind.is_write:
+    if not analysis.kind.is_write or analysis.kind is StatementKind.SCHEMA:
         return None
     target = analysis.parsed.expression.this
     node = target.this if isinstance(target, exp.Schema) else target
@@ -474,4 +474,6 @@ def route(analysis: Analysis, params: object, config: Config) -> Route:
         return _read_route(analysis, params, config)
     if analysis.kind is StatementKind.INSERT:
         return _insert_route(analysis, params, config)
+    if analysis.kind is StatementKind.SCHEMA:
+        return ALL  # the declared tables exist on every shard
     return _modify_route(analysis, params, config)
