@@ -784,7 +784,15 @@ class AsyncConnection:
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.close()
+        """Commit an open transaction (roll it back on an exception), then close (as psycopg)."""
+        try:
+            if not self.closed and self._transaction is not None:
+                if e is None:
+                    await self.commit()
+                else:
+                    await self.rollback()
+        finally:
+            await self.close()
 
 
 async def connect_async(

@@ -499,7 +499,15 @@ class Connection:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        """Commit an open transaction (roll it back on an exception), then close (as psycopg)."""
+        try:
+            if not self.closed and self._inner.in_transaction:
+                if e is None:
+                    self.commit()
+                else:
+                    self.rollback()
+        finally:
+            self.close()
 
     def __del__(self) -> None:
         portal = getattr(self, "_portal", None)

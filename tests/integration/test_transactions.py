@@ -377,3 +377,33 @@ def test_writes_to_a_reference_table_change_every_copy_alike(backend: Backend) -
     finally:
         for i in range(4):
             backend.direct(i, "DELETE FROM kinds WHERE code = 'd'")
+
+
+def test_leaving_the_connection_block_commits_or_rolls_back_as_psycopg(
+    empty_writes: Backend,
+) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        conn.autocommit = False
+        conn.execute(insert, [1001, "committed on exit"])
+    assert _stored(backend) == [(1001, "committed on exit")]
+
+    def fails() -> None:
+        with backend.connect() as conn:
+            conn.autocommit = False
+            conn.execute(insert, [1002, "rolled back"])
+            raise LookupError
+
+    with pytest.raises(LookupError):
+        fails()
+    assert _stored(backend) == [(1001, "committed on exit")]
+
+
+async def test_leaving_the_async_connection_block_commits(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    async with await backend.connect_async() as conn:
+        conn.autocommit = False
+        await conn.execute(insert, [1003, "async exit"])
+    assert _stored(backend) == [(1003, "async exit")]
