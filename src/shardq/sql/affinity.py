@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis
     from shardq.sql.catalog import ColumnInfo, Columns
 
-__all__ = ["Collation", "Resolver", "from_sources", "shippable"]
+__all__ = ["Collation", "Resolver", "collation_name", "from_sources", "shippable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ _BINARY = Collation()
 def _explicit(node: exp.Expr) -> Collation | None:
     """The leftmost explicit COLLATE of ``node``, outside subqueries, if any."""
     if isinstance(node, exp.Collate):
-        return Collation(_collation_name(node), True)
+        return Collation(collation_name(node), True)
     if isinstance(node, exp.Subquery | exp.Select | exp.Exists):
         return None
     for child in node.iter_expressions():
@@ -55,7 +55,8 @@ def _explicit(node: exp.Expr) -> Collation | None:
     return None
 
 
-def _collation_name(node: exp.Collate) -> str:
+def collation_name(node: exp.Collate) -> str:
+    """The collation ``x COLLATE name`` names, lower case, unquoted."""
     name = node.expression
     if isinstance(name, exp.Column | exp.Identifier | exp.Literal | exp.Var):
         return str(name.name).lower()

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGGREGATE_NAMES",
+    "VOLATILE",
     "Analysis",
     "StatementKind",
     "TableRef",
@@ -23,6 +24,7 @@ __all__ = [
     "is_aggregate",
     "own_aggregates",
     "table_refs",
+    "volatile_call",
 ]
 
 
@@ -250,6 +252,26 @@ AGGREGATE_NAMES = frozenset(
         "percentile", "median",
     }
 )  # fmt: skip
+
+
+# Functions whose value differs per call: computed per shard, they would differ.
+VOLATILE = frozenset(
+    {"random", "rand", "randomblob", "nextval", "setval", "clock_timestamp", "timeofday",
+     "gen_random_uuid", "uuid_generate_v4", "txid_current", "pg_backend_pid", "changes",
+     "last_insert_rowid", "random_normal",
+     # Stable within one transaction, but every shard runs its own.
+     "now", "current_timestamp", "currenttimestamp", "statement_timestamp",
+     "transaction_timestamp", "localtimestamp", "current_time", "currenttime", "localtime"}
+)  # fmt: skip
+
+
+def volatile_call(node: exp.Expr) -> exp.Func | None:
+    """The first call in ``node`` whose value differs from call to call (or shard to shard)."""
+    for call in node.find_all(exp.Func):
+        name = str(call.this) if isinstance(call, exp.Anonymous) else call.sql_name()
+        if name.lower() in VOLATILE or isinstance(call, exp.Rand):
+            return call
+    return None
 
 
 def is_aggregate(node: exp.Expr) -> bool:

@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date, text_pins
-from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize
+from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize, volatile_call
 from shardq.sql.colocation import joined_on_keys
 from shardq.sql.parse import POSITIONAL_PREFIX, placeholder_value
 
@@ -408,8 +408,6 @@ def written_table(analysis: Analysis) -> TableRef | None:
 
 def _replicated_write(analysis: Analysis, config: Config, construct: str) -> Route:
     """Every shard for a write to a reference table, when every copy stays the same."""
-    from shardq.sql.rewrite.aggregates import VOLATILE  # the package imports this module
-
     if config.dialect == "sqlite" and len(config.shards) > 1:
         raise UnsupportedQueryError(
             construct,
@@ -422,14 +420,13 @@ def _replicated_write(analysis: Analysis, config: Config, construct: str) -> Rou
             f"{construct} that reads a distributed table",
             "each shard would read only its own rows of it, so the copies would differ",
         )
-    for call in statement.find_all(exp.Func):
-        name = str(call.this) if isinstance(call, exp.Anonymous) else call.sql_name()
-        if name.lower() in VOLATILE or isinstance(call, exp.Rand | exp.CurrentTimestamp):
-            raise UnsupportedQueryError(
-                f"{construct} with {call.sql(analysis.parsed.dialect)}",
-                "each shard would compute another value, so the copies would differ; bind "
-                "the value as a parameter",
-            )
+    call = volatile_call(statement)
+    if call is not None:
+        raise UnsupportedQueryError(
+            f"{construct} with {call.sql(analysis.parsed.dialect)}",
+            "each shard would compute another value, so the copies would differ; bind "
+            "the value as a parameter",
+        )
     return ALL
 
 

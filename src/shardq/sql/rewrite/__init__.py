@@ -35,7 +35,7 @@ from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import Call, Col, Const, Expr, MergePlan, Param, SortKey
-from shardq.sql.affinity import Resolver, from_sources
+from shardq.sql.affinity import Resolver, collation_name, from_sources
 from shardq.sql.analyze import own_aggregates
 from shardq.sql.locality import Catalog, Relation, check_local, input_column, key_relation
 from shardq.sql.parse import placeholder_value
@@ -324,10 +324,7 @@ def _check_collations(select: exp.Select, dialect: str) -> None:
         for node in part.find_all(exp.Collate):
             if node.parent_select is not select:
                 continue
-            name = node.expression
-            text = (name.name if isinstance(name, exp.Column | exp.Identifier | exp.Literal)
-                    else name.sql()).lower()  # fmt: skip
-            if text not in CODE_POINT_COLLATIONS:
+            if collation_name(node) not in CODE_POINT_COLLATIONS:
                 raise UnsupportedQueryError(
                     f"{node.sql(dialect)} in a query merged across shards",
                     "the merge groups, de-duplicates and compares text by code point, which "
@@ -373,13 +370,11 @@ def _expand_stars(
     joins = select.args.get("joins") or []
     if any(j.args.get("using") or j.args.get("method") for j in joins):
         return select, frozenset()
-    statement = analysis.parsed.expression
-    refs = {r.alias.lower(): r for r in analysis.refs if r.node.parent_select is statement}
+    known_columns = Resolver(select, analysis, columns).sources
     sources: list[tuple[exp.Expr, tuple[str, ...]]] = []
     for source in from_sources(select):
-        ref = refs.get(source.alias_or_name.lower()) if isinstance(source, exp.Table) else None
-        known = columns.get(ref.table.name) if ref is not None else None
-        if ref is None or ref.renames_columns or not known:
+        known = known_columns.get(source.alias_or_name.lower())
+        if not isinstance(source, exp.Table) or not known:
             return select, frozenset()
         alias = source.args.get("alias")
         name = alias.this if alias is not None else source.this

@@ -44,21 +44,11 @@ from shardq.merge.steps import (
     SortKey,
     TypeRule,
 )
-from shardq.sql.analyze import is_aggregate, own_aggregates
+from shardq.sql.analyze import is_aggregate, own_aggregates, volatile_call
 from shardq.sql.rewrite.names import output_name
 from shardq.sql.rewrite.order import is_star, sort_terms
 
 __all__ = ["Decomposed", "decompose", "is_aggregate", "own_aggregates"]
-
-# Functions whose value differs per call: computed per shard, they would differ.
-VOLATILE = frozenset(
-    {"random", "rand", "randomblob", "nextval", "setval", "clock_timestamp", "timeofday",
-     "gen_random_uuid", "uuid_generate_v4", "txid_current", "pg_backend_pid", "changes",
-     "last_insert_rowid", "random_normal",
-     # Stable within one transaction, but every shard runs its own.
-     "now", "current_timestamp", "currenttimestamp", "statement_timestamp",
-     "transaction_timestamp", "localtimestamp", "current_time", "currenttime", "localtime"}
-)  # fmt: skip
 
 _COMBINES: dict[type[exp.Expr], Combine] = {
     exp.Count: Combine.COUNT,
@@ -90,14 +80,6 @@ _NOT_DECOMPOSABLE = (
     "its per-shard results cannot be combined into the exact answer; pin the query to "
     "one shard with a shard-key condition"
 )
-
-
-def _is_volatile(node: exp.Expr) -> bool:
-    for call in node.find_all(exp.Func):
-        name = str(call.this) if isinstance(call, exp.Anonymous) else call.sql_name()
-        if name.lower() in VOLATILE or isinstance(call, exp.Rand):
-            return True
-    return False
 
 
 def _literal(node: exp.Expr) -> Const | None:
@@ -266,7 +248,7 @@ class _Decomposer:
             if isinstance(node, exp.Placeholder):
                 self.params = True
                 return Param(node.name)
-            if _is_volatile(node):
+            if volatile_call(node) is not None:
                 raise UnsupportedQueryError(
                     f"the volatile expression {node.sql(self.dialect)} in a grouped query "
                     "across shards",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
+from shardq.sql.affinity import collation_name
 from shardq.sql.analyze import normalize
 
 __all__ = ["SortTerm", "is_star", "sort_terms"]
@@ -67,8 +68,7 @@ SQLITE_COLLATIONS = frozenset({"binary", "nocase", "rtrim"})
 def _check_collation(node: exp.Expr, dialect: str) -> exp.Expr:
     if isinstance(node, exp.Collate):
         name = node.expression
-        text = (name.name if isinstance(name, exp.Column | exp.Identifier | exp.Literal | exp.Var)
-                else name.sql()).lower()  # fmt: skip
+        text = collation_name(node)
         if dialect == "sqlite" and text not in SQLITE_COLLATIONS:
             raise UnsupportedQueryError(
                 f"ORDER BY ... COLLATE {name.sql()} across shards",
@@ -86,12 +86,7 @@ def _check_collation(node: exp.Expr, dialect: str) -> exp.Expr:
 
 def _code_point(node: exp.Expr) -> bool:
     """Whether ``node`` is ``x COLLATE`` a code-point collation."""
-    if not isinstance(node, exp.Collate):
-        return False
-    name = node.expression
-    text = (name.name if isinstance(name, exp.Column | exp.Identifier | exp.Literal | exp.Var)
-            else name.sql()).lower()  # fmt: skip
-    return text in CODE_POINT_COLLATIONS
+    return isinstance(node, exp.Collate) and collation_name(node) in CODE_POINT_COLLATIONS
 
 
 def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
