@@ -36,7 +36,7 @@ from shardq.execute.lanes import Lanes
 from shardq.execute.transaction import Transaction
 from shardq.execute.twophase import Recovery, recover
 from shardq.health import CheckReport, check
-from shardq.results import StoredResult
+from shardq.results import AsyncResult, StoredResult
 from shardq.rows import RowFactory, tuple_row
 from shardq.statements import as_statement, compiler, is_many
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from shardq.cache.backend import Result
     from shardq.execute.driver import Column
-    from shardq.results import AsyncResult, ResultSet
+    from shardq.results import ResultSet
     from shardq.statements import SQL
 
 __all__ = ["DEFAULT_CONCURRENCY", "AsyncConnection", "AsyncCursor", "connect_async"]
@@ -168,7 +168,7 @@ class AsyncCursor:
         finally:
             if written:  # even when it failed: it may have committed before the error
                 await caches.invalidate(written)
-        if not self._result.closed:
+        if isinstance(self._result, AsyncResult) and not self._result.closed:
             connection._open_results.add(self._result)
         return self
 

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardq.cache.backend import Result as CachedResult
 from shardq.errors import (
@@ -55,6 +55,16 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_FETCH_SIZE", "Engine"]
 
 DEFAULT_FETCH_SIZE = 2000
+
+_R = TypeVar("_R")
+
+
+async def _fetch_all(scatter: Scatter, source: int) -> list[Row]:
+    """All the rows of one shard of ``scatter``."""
+    rows: list[Row] = []
+    while batch := await scatter.fetch(source):
+        rows += batch
+    return rows
 
 
 async def _all(runs: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
@@ -204,7 +214,7 @@ class Engine:
         timeout: float | None,
         row_factory: RowFactory,
         transaction: Transaction | None = None,
-    ) -> AsyncResult:
+    ) -> AsyncResult | StoredResult:
         """Run one statement and return its merged, streaming result.
 
         In a ``transaction`` the statement runs on the transaction's
@@ -215,6 +225,13 @@ class Engine:
             return await self._execute_deferred(
                 plan, timeout=timeout, row_factory=row_factory, transaction=transaction
             )
+        if plan.split is not None:
+            await self._before_write()
+            if transaction is None:
+                return await self._own_transaction(
+                    lambda own: self._execute_split(plan, timeout, row_factory, own)
+                )
+            return await self._execute_split(plan, timeout, row_factory, transaction)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind is StatementKind.SCHEMA:
             self.planner.forget_catalog()  # read again after the change
@@ -223,7 +240,14 @@ class Engine:
         if plan.kind.is_write:
             await self._before_write()
             if transaction is None and len(shards) > 1:
-                return await self._write_everywhere(sql, params, timeout, row_factory)
+                # Each shard's part commits with the others or none does
+                # (two-phase commit); rowcount is the total, RETURNING rows
+                # come from every shard.
+                return await self._own_transaction(
+                    lambda own: self.execute(
+                        sql, params, timeout=timeout, row_factory=row_factory, transaction=own
+                    )
+                )
         if transaction is None:
             scatter, types = await self._start(plan, shards, timeout)
         else:
@@ -266,7 +290,7 @@ class Engine:
 
     async def _schema_one_by_one(
         self, plan: QueryPlan, shards: tuple[str, ...], row_factory: RowFactory
-    ) -> AsyncResult:
+    ) -> StoredResult:
         # (Its result, no rows, is a StoredResult: what a cursor reads alike.)
         """Run a schema change on ``shards`` one after another; say which have it if one fails."""
         done: list[str] = []
@@ -282,28 +306,47 @@ class Engine:
                 )
                 raise
             done.append(shard)
-        return StoredResult(None, [], -1, shards, row_factory)  # type: ignore[return-value]
+        return StoredResult(None, [], -1, shards, row_factory)
 
-    async def _write_everywhere(
-        self, sql: str, params: object, timeout: float | None, row_factory: RowFactory
-    ) -> AsyncResult:
-        """A write on several shards, outside a transaction: one of its own, committed.
-
-        Each shard's part commits with the others or none does (two-phase
-        commit); ``rowcount`` is the total, RETURNING rows come from every shard.
-        """
+    async def _own_transaction(self, run: Callable[[Transaction], Awaitable[_R]]) -> _R:
+        """Run a write on several shards outside a transaction in one of its own, committed."""
         from shardq.execute.transaction import Transaction
 
         transaction = Transaction(self.pools, self.config.dialect)
         try:
-            result = await self.execute(
-                sql, params, timeout=timeout, row_factory=row_factory, transaction=transaction
-            )
+            result = await run(transaction)
         except BaseException:
             await transaction.rollback()
             raise
         await transaction.commit()
         return result
+
+    async def _execute_split(
+        self,
+        plan: QueryPlan,
+        timeout: float | None,
+        row_factory: RowFactory,
+        transaction: Transaction,
+    ) -> StoredResult:
+        """An INSERT split by shard: its parts run at once, RETURNING rows in VALUES order."""
+        split = plan.split
+        assert split is not None
+        shards = split.shards
+        transaction.check(shards, True)
+        scatter = Scatter(transaction.view(), shards, timeout)
+        each = {part.shard: (part.sql, part.params) for part in split.parts}
+        try:
+            await scatter.start("", None, fetch_size=self.fetch_size, stream=False, each=each)
+            returned = [await _fetch_all(scatter, i) for i in range(len(shards))]
+            description, rowcount = scatter.description, scatter.rowcount
+        except BaseException as exc:
+            transaction.fail(exc)
+            raise
+        finally:
+            await scatter.close()
+        transaction.note(shards, True)
+        rows: list[Any] = split.in_order(returned) if split.returning else []
+        return StoredResult(description, rows, rowcount, shards, row_factory)
 
     def submit(
         self,
@@ -463,7 +506,7 @@ class Engine:
         timeout: float | None,
         row_factory: RowFactory,
         transaction: Transaction | None = None,
-    ) -> AsyncResult:
+    ) -> AsyncResult | StoredResult:
         """Run a plan's subqueries first, then the statement with their results in place."""
         deadline = None if timeout is None else time.monotonic() + timeout
 

@@ -127,11 +127,13 @@ def test_routed_writes_and_rowcount(empty_writes: Backend) -> None:
 def test_multi_shard_write_is_refused_before_touching_a_shard(empty_writes: Backend) -> None:
     backend = empty_writes
     with backend.connect() as conn:
-        if backend.dialect == "sqlite":  # no two-phase commit (PostgreSQL: test_transactions.py)
+        if backend.dialect == "sqlite":
+            # No two-phase commit (PostgreSQL commits these together: test_transactions.py,
+            # test_split_writes.py).
             with pytest.raises(shardq.UnsupportedQueryError, match="two-phase"):
                 conn.execute("DELETE FROM writes")
-        with pytest.raises(shardq.UnsupportedQueryError, match="shards"):
-            conn.execute("INSERT INTO writes (id, note) VALUES (1, 'a'), (2, 'b'), (4, 'c')")
+            with pytest.raises(shardq.UnsupportedQueryError, match="shards"):
+                conn.execute("INSERT INTO writes (id, note) VALUES (1, 'a'), (2, 'b'), (4, 'c')")
         with pytest.raises(shardq.UnsupportedQueryError, match="reference"):
             # Each shard would delete by its own rows of items (PostgreSQL); SQLite: no 2PC.
             conn.execute("DELETE FROM kinds WHERE code IN (SELECT grp FROM items)")

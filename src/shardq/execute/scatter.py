@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from shardq.errors import QueryTimeoutError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from shardq.execute.driver import Column, Row, ShardConnection, ShardPool, ShardStream
 
@@ -148,20 +148,34 @@ class Scatter:
         return QueryTimeoutError(self._timeout, tuple(pending))
 
     async def start(
-        self, sql: str, params: object, *, fetch_size: int, stream: bool = True
+        self,
+        sql: str,
+        params: object,
+        *,
+        fetch_size: int,
+        stream: bool = True,
+        each: Mapping[str, tuple[str, object]] | None = None,
     ) -> None:
         """Start the statement on every target shard; wait until all have answered.
 
         ``stream=False`` for writes: their RETURNING rows are received whole.
+        ``each`` gives some shards a statement of their own (sql, params)
+        instead: the parts of a split INSERT.
         """
+        each = each or {}
+
+        def start(lease: _Lease) -> Coroutine[Any, Any, None]:
+            own_sql, own_params = each.get(lease.shard, (sql, params))
+            return lease.start(own_sql, own_params, fetch_size, stream)
+
         try:
             async with asyncio.timeout_at(self._loop_deadline()):
                 if len(self._leases) == 1:
-                    await self._leases[0].start(sql, params, fetch_size, stream)
+                    await start(self._leases[0])
                 else:
                     async with asyncio.TaskGroup() as group:
                         for lease in self._leases:
-                            group.create_task(lease.start(sql, params, fetch_size, stream))
+                            group.create_task(start(lease))
         except TimeoutError:
             pending = [lease.shard for lease in self._leases if not lease.started]
             await self._close_quietly()

@@ -23,7 +23,15 @@ from shardq.sql.parse import parse
 from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
 from shardq.sql.rewrite.order import is_star
-from shardq.sql.route import Route, RouteKind, pinning_placeholder, route, written_table
+from shardq.sql.route import (
+    Route,
+    RouteKind,
+    pinning_placeholder,
+    route,
+    row_shards,
+    written_table,
+)
+from shardq.sql.split import Split, split_insert
 from shardq.sql.subplans import Deferred, defer
 
 if TYPE_CHECKING:
@@ -60,6 +68,8 @@ class QueryPlan:
     # Subqueries to run first; the statement is then planned again with their
     # results in place (see shardq.sql.subplans).
     deferred: Deferred | None = None
+    # An INSERT whose rows belong to several shards: one part per shard.
+    split: Split | None = None
 
 
 class Planner:
@@ -284,6 +294,16 @@ class Planner:
                     "shard's"
                 )
                 return QueryPlan(sql, params, analysis.kind, target, _REPLICATED, why)
+            if analysis.kind is StatementKind.INSERT and many:
+                split = split_insert(analysis, params, row_shards(analysis, params, self.config))
+                why = (
+                    f"an INSERT split by shard key into {len(split.parts)} INSERTs, one per "
+                    "shard, committed on all of them or none (two-phase commit); RETURNING "
+                    "rows in the order of the VALUES"
+                )
+                return QueryPlan(
+                    sql, params, analysis.kind, target, _PASS_THROUGH, why, split=split
+                )
             if analysis.kind.is_write and many and len(self.config.shards) > 1:
                 why = (
                     f"an {analysis.kind.value.upper()} on every shard that can hold its rows, "

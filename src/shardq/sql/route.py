@@ -29,8 +29,11 @@ __all__ = [
     "Route",
     "RouteKind",
     "find_key_terms",
+    "insert_columns",
     "pinning_placeholder",
+    "place",
     "route",
+    "row_shards",
     "written_table",
 ]
 
@@ -311,23 +314,51 @@ def _read_route_of(analysis: Analysis, params: object, config: Config) -> Route:
 
 
 def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
-    statement = analysis.parsed.expression
-    target = statement.this
-    dialect = analysis.parsed.dialect
-    columns = (
-        [normalize(c.this, dialect) for c in target.expressions]
-        if isinstance(target, exp.Schema)
-        else []
-    )
-    table_node = target.this if isinstance(target, exp.Schema) else target
-    ref = _target_ref(analysis, table_node)
+    ref = _target_ref(analysis, _insert_table(analysis))
     if not ref.table.distributed:
         return _replicated_write(analysis, config, "an INSERT into a reference table")
+    shards = set(row_shards(analysis, params, config))
+    statement = analysis.parsed.expression
+    _refuse_key_assignments(
+        statement.args.get("conflict"), ref, analysis.parsed.dialect, "INSERT ... ON CONFLICT"
+    )
+    if len(shards) > 1 and config.dialect == "sqlite":
+        raise UnsupportedQueryError(
+            f"an INSERT whose rows belong to {len(shards)} SQLite shards",
+            "SQLite cannot commit a write on several shards atomically (it has no two-phase "
+            "commit); insert one shard's rows per statement (executemany routes each "
+            "parameter set to its shard)",
+        )
+    # Rows for several shards: the planner splits the VALUES by shard (see
+    # shardq.sql.split); the parts commit together (two-phase commit).
+    return Route(RouteKind.SHARDS, tuple(sorted(shards)))
+
+
+def _insert_table(analysis: Analysis) -> exp.Expr:
+    target: exp.Expr = analysis.parsed.expression.this
+    return target.this if isinstance(target, exp.Schema) else target
+
+
+def insert_columns(analysis: Analysis) -> list[str]:
+    """The column list an INSERT names (normalized), empty if it names none."""
+    target = analysis.parsed.expression.this
+    dialect = analysis.parsed.dialect
+    if not isinstance(target, exp.Schema):
+        return []
+    return [normalize(c.this, dialect) for c in target.expressions]
+
+
+def row_shards(analysis: Analysis, params: object, config: Config) -> list[str]:
+    """The shard of each row of an INSERT ... VALUES into a distributed table, in order."""
+    statement = analysis.parsed.expression
+    dialect = analysis.parsed.dialect
+    ref = _target_ref(analysis, _insert_table(analysis))
     values = statement.expression
     if not isinstance(values, exp.Values):
         raise UnsupportedQueryError(
             "INSERT ... SELECT", "the rows it inserts are not known before it runs"
         )
+    columns = insert_columns(analysis)
     key = ref.table.shard_key
     if key not in columns:
         raise UnsupportedQueryError(
@@ -335,12 +366,12 @@ def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
             f"shardq places rows by {ref.table.name}.{key}; name the columns, including {key}",
         )
     position = columns.index(key)
-    shards: set[str] = set()
+    shards = []
     for row in values.expressions:
         node = row.expressions[position] if isinstance(row, exp.Tuple) else row
         if not _constant(node):
             raise UnsupportedQueryError(
-                f"INSERT with {node.sql(analysis.parsed.dialect)!r} as the shard key",
+                f"INSERT with {node.sql(dialect)!r} as the shard key",
                 "the shard key of an inserted row must be a literal or a bound parameter",
             )
         try:
@@ -351,20 +382,26 @@ def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
                 f"the value bound ({exc}) may become another key once cast; bind a value "
                 "of the cast's type",
             ) from None
-        if isinstance(value, str) and not text_pins(value, ref.table.key_type):
-            raise UnsupportedQueryError(
-                f"INSERT with the text {value!r} as a {ref.table.key_type} shard key",
-                "the database may read it as another value than placement does; "
-                "write it in ISO form or bind a typed value",
-            )
-        try:
-            shards.add(config.placement.shard_for(value))
-        except ValueError as exc:
-            raise ProgrammingError(f"cannot place a row in {ref.table.name}: {exc}") from None
-    _refuse_key_assignments(statement.args.get("conflict"), ref, dialect, "INSERT ... ON CONFLICT")
-    if len(shards) > 1:
-        raise _multi_shard_write(f"an INSERT whose rows belong to {len(shards)} shards")
-    return Route(RouteKind.SHARDS, tuple(shards))
+        shards.append(place(value, ref, config, "INSERT with"))
+    return shards
+
+
+def place(value: object, ref: TableRef, config: Config, construct: str) -> str:
+    """The shard of a row of ``ref``'s table whose key is ``value``.
+
+    ``construct`` begins the refusal of a text the database may read as
+    another value than placement does.
+    """
+    if isinstance(value, str) and not text_pins(value, ref.table.key_type):
+        raise UnsupportedQueryError(
+            f"{construct} the text {value!r} as a {ref.table.key_type} shard key",
+            "the database may read it as another value than placement does; "
+            "write it in ISO form or bind a typed value",
+        )
+    try:
+        return config.placement.shard_for(value)
+    except ValueError as exc:
+        raise ProgrammingError(f"cannot place a row in {ref.table.name}: {exc}") from None
 
 
 def _target_ref(analysis: Analysis, node: exp.Expr) -> TableRef:
@@ -428,15 +465,6 @@ def _replicated_write(analysis: Analysis, config: Config, construct: str) -> Rou
             "the value as a parameter",
         )
     return ALL
-
-
-def _multi_shard_write(construct: str) -> UnsupportedQueryError:
-    return UnsupportedQueryError(
-        construct,
-        "a write to several shards is only safe as one atomic (two-phase) commit, which "
-        "shardq does not do yet; write one shard's rows per statement (executemany routes "
-        "each parameter set to its shard)",
-    )
 
 
 def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
