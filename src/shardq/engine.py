@@ -17,6 +17,7 @@ from shardq.errors import (
     ConfigError,
     Error,
     ProgrammingError,
+    QueryTimeoutError,
     ShardError,
     UnsupportedQueryError,
     missing_dependency,
@@ -37,13 +38,14 @@ from shardq.rows import is_tuple_factory, tuple_row
 from shardq.sql.analyze import StatementKind
 from shardq.sql.catalog import ColumnInfo, Columns, sqlite_columns
 from shardq.sql.explain import Analyzed, ShardRun, explain
+from shardq.sql.move import ROWS, TIDS
 from shardq.sql.plan import Planner, QueryPlan
 from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import positional_as_named
 from shardq.sql.subplans import Result
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 
     from shardq.config import Config
     from shardq.execute.driver import Outcome
@@ -65,6 +67,19 @@ async def _fetch_all(scatter: Scatter, source: int) -> list[Row]:
     while batch := await scatter.fetch(source):
         rows += batch
     return rows
+
+
+async def _together(runs: Iterable[Coroutine[Any, Any, _R]]) -> list[_R]:
+    """Run ``runs`` at once; the first failure cancels the others, waits for them, is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(run) for run in runs]
+    except BaseExceptionGroup as failed:
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from first.__cause__
+    return [task.result() for task in tasks]
 
 
 async def _all(runs: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
@@ -225,6 +240,13 @@ class Engine:
             return await self._execute_deferred(
                 plan, timeout=timeout, row_factory=row_factory, transaction=transaction
             )
+        if plan.move is not None:
+            await self._before_write()
+            if transaction is None:
+                return await self._own_transaction(
+                    lambda own: self._execute_move(plan, timeout, row_factory, own)
+                )
+            return await self._execute_move(plan, timeout, row_factory, transaction)
         if plan.split is not None:
             await self._before_write()
             if transaction is None:
@@ -347,6 +369,54 @@ class Engine:
         transaction.note(shards, True)
         rows: list[Any] = split.in_order(returned) if split.returning else []
         return StoredResult(description, rows, rowcount, shards, row_factory)
+
+    async def _execute_move(
+        self,
+        plan: QueryPlan,
+        timeout: float | None,
+        row_factory: RowFactory,
+        transaction: Transaction,
+    ) -> StoredResult:
+        """An UPDATE that sets the shard key: rows move to the new key's shard.
+
+        The statements are :class:`~shardq.sql.move.Move`'s: the UPDATE as
+        written on the target, at the same time the changed rows picked (and
+        deleted) on the other shards, then inserted on the target.
+        """
+        move = plan.move
+        assert move is not None
+        shards = plan.route.shards
+        transaction.check(shards, True)
+        views = transaction.view()
+
+        async def run(shard: str, sql: str, params: object) -> Outcome:
+            async with views[shard].connection() as conn:
+                return await read_whole(conn, sql, params, stream=False)
+
+        async def pick(shard: str) -> Outcome:
+            picked = await run(shard, move.pick, move.params)
+            if picked.rows:
+                await run(shard, move.delete, {TIDS: [str(row[0]) for row in picked.rows]})
+            return picked
+
+        others = [shard for shard in shards if shard != move.target]
+        try:
+            async with asyncio.timeout(timeout):
+                here, *picked = await _together(
+                    [run(move.target, move.update, move.params), *map(pick, others)]
+                )
+                rows = [row[1] for outcome in picked for row in outcome.rows]
+                moved = await run(move.target, move.insert, {ROWS: rows}) if rows else None
+        except TimeoutError:
+            transaction.fail(QueryTimeoutError(timeout or 0.0, shards))
+            raise QueryTimeoutError(timeout or 0.0, shards) from None
+        except BaseException as exc:
+            transaction.fail(exc)
+            raise
+        transaction.note(shards, True)
+        returned = here.rows + (moved.rows if moved is not None else [])
+        rowcount = here.rowcount + (moved.rowcount if moved is not None else 0)
+        return StoredResult(here.description, returned, rowcount, shards, row_factory)
 
     def submit(
         self,

@@ -107,3 +107,68 @@ async def test_a_split_insert_through_the_async_api(empty_writes: Backend) -> No
         )
         assert await cur.fetchall() == [(str(k),) for k in keys]
     assert _stored(backend) == [(k, str(k)) for k in keys]
+
+
+def test_an_update_of_the_shard_key_moves_the_row(empty_writes: Backend) -> None:
+    backend = empty_writes
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 4)
+        for key in keys:
+            conn.execute(backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})"), [key, "n"])
+        old, new = keys[0], keys[1] + 4000
+        assert conn.shard_for("writes", new) != conn.shard_for("writes", old)
+        move = backend.sql("UPDATE writes SET id = {}, note = note || {} WHERE id = {}")
+        if backend.dialect == "sqlite":
+            with pytest.raises(shardq.UnsupportedQueryError, match="two-phase commit"):
+                conn.execute(move, [new, "m%", old])
+            assert _stored(backend) == [(k, "n") for k in keys]
+            return
+        cur = conn.execute(move + " RETURNING id, note", [new, "m%", old])
+        assert cur.rowcount == 1
+        assert cur.fetchall() == [(new, "nm%")]
+        expected = sorted([(k, "n") for k in keys[1:]] + [(new, "nm%")])
+        assert _stored(backend) == expected
+        home = backend.shard_names.index(conn.shard_for("writes", new))
+        assert backend.direct(home, f"SELECT note FROM writes WHERE id = {new}") == [("nm%",)]
+        assert _prepared(backend) == []
+
+
+def test_an_unpinned_update_of_the_key_gathers_rows_on_the_new_shard(
+    empty_writes: Backend,
+) -> None:
+    backend = empty_writes
+    if backend.dialect == "sqlite":
+        pytest.skip("SQLite shards refuse a move (see the test above)")
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 4)
+        for key in keys:
+            conn.execute(f"INSERT INTO writes (id, note) VALUES ({key}, 'n{key}')")
+        # One row per shard matches; all of them get one key: a unique violation, on
+        # the new key's shard, and nothing moved.
+        with pytest.raises(shardq.IntegrityError):
+            conn.execute("UPDATE writes SET id = 7 WHERE note LIKE 'n%'")
+        assert _stored(backend) == [(k, f"n{k}") for k in keys]
+        assert _prepared(backend) == []
+        # One row on each of two shards, moved to the key 7 one after the other.
+        cur = conn.execute(f"UPDATE writes SET id = 7 WHERE id = {keys[3]} RETURNING note")
+        assert cur.fetchall() == [(f"n{keys[3]}",)]
+        with conn.transaction():
+            conn.execute(f"DELETE FROM writes WHERE id = {keys[0]}")
+            cur = conn.execute(
+                "UPDATE writes AS w SET id = 8, note = upper(w.note) "
+                f"WHERE w.id IN ({keys[1]}, {keys[2]}) AND w.id = {keys[1]}"
+            )
+            assert cur.rowcount == 1
+            # The transaction sees the moved row on its new shard.
+            assert conn.execute("SELECT id, note FROM writes WHERE id = 8").fetchall() == [
+                (8, f"N{keys[1]}")
+            ]
+        assert _stored(backend) == sorted(
+            [(7, f"n{keys[3]}"), (8, f"N{keys[1]}"), (keys[2], f"n{keys[2]}")]
+        )
+        with pytest.raises(shardq.UnsupportedQueryError, match="each row could move"):
+            conn.execute("UPDATE writes SET id = id + 1")
+        with pytest.raises(shardq.UnsupportedQueryError, match="tuple assignment"):
+            conn.execute("UPDATE writes SET (id, note) = (9, 'x') WHERE id = 7")
+        assert "move to" in conn.explain("UPDATE writes SET id = 9 WHERE note = 'x'")
+        assert _prepared(backend) == []

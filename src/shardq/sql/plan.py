@@ -19,6 +19,7 @@ from shardq.placement import text_pins
 from shardq.sql.affinity import shippable
 from shardq.sql.analyze import Analysis, StatementKind, analyze, normalize
 from shardq.sql.locality import Catalog, run_first
+from shardq.sql.move import Move, plan_move
 from shardq.sql.parse import parse
 from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import Distributed, distribute, positional_as_named
@@ -26,6 +27,7 @@ from shardq.sql.rewrite.order import is_star
 from shardq.sql.route import (
     Route,
     RouteKind,
+    moved_to,
     pinning_placeholder,
     route,
     row_shards,
@@ -70,6 +72,8 @@ class QueryPlan:
     deferred: Deferred | None = None
     # An INSERT whose rows belong to several shards: one part per shard.
     split: Split | None = None
+    # An UPDATE that moves rows to the shard of the key it sets.
+    move: Move | None = None
 
 
 class Planner:
@@ -277,6 +281,16 @@ class Planner:
                 "which psycopg would bind too; write %% there for a literal percent sign"
             )
         target = route(analysis, params, self.config)
+        if analysis.kind is StatementKind.UPDATE:
+            new_home = moved_to(analysis, params, self.config)
+            if new_home is not None and target.shards != (new_home,):
+                why = (
+                    f"an UPDATE that sets the shard key: rows on other shards move to "
+                    f"{new_home} (updated and deleted there, inserted on {new_home}), "
+                    "committed on all of them or none (two-phase commit)"
+                )
+                move = plan_move(analysis, params, new_home)
+                return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, why, move=move)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
             if analysis.kind is StatementKind.SCHEMA:

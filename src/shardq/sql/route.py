@@ -30,6 +30,8 @@ __all__ = [
     "RouteKind",
     "find_key_terms",
     "insert_columns",
+    "key_assignment",
+    "moved_to",
     "pinning_placeholder",
     "place",
     "route",
@@ -467,6 +469,63 @@ def _replicated_write(analysis: Analysis, config: Config, construct: str) -> Rou
     return ALL
 
 
+def key_assignment(statement: exp.Expr, ref: TableRef, dialect: str) -> exp.Expr | None:
+    """The value an UPDATE assigns to the shard key, or None if it leaves the key alone.
+
+    Raises:
+        UnsupportedQueryError: the key is assigned in a tuple assignment.
+    """
+    for assignment in statement.expressions:
+        if not isinstance(assignment, exp.EQ):
+            continue
+        target = assignment.this
+        columns = target.expressions if isinstance(target, exp.Tuple) else [target]
+        for column in columns:
+            if isinstance(column, exp.Column) and normalize(column.this, dialect) == (
+                ref.table.shard_key
+            ):
+                if isinstance(target, exp.Tuple):
+                    raise UnsupportedQueryError(
+                        "an UPDATE that sets the shard key in a tuple assignment",
+                        "shardq moves a row to the shard of its new key when the key is "
+                        "set on its own (SET key = <value>); write it so",
+                    )
+                value: exp.Expr = assignment.expression
+                return value
+    return None
+
+
+def moved_to(analysis: Analysis, params: object, config: Config) -> str | None:
+    """The shard of the key an UPDATE sets, or None if it leaves the key alone.
+
+    Raises:
+        UnsupportedQueryError: the new key is not one value known before the
+            statement runs (``SET key = key + 1``: each row may go elsewhere).
+    """
+    statement = analysis.parsed.expression
+    dialect = analysis.parsed.dialect
+    ref = _target_ref(analysis, statement.this)
+    node = key_assignment(statement, ref, dialect)
+    if node is None:
+        return None
+    construct = f"an UPDATE that sets the shard key to {node.sql(dialect)}"
+    if not _constant(node):
+        raise UnsupportedQueryError(
+            construct,
+            "each row could move to another shard; shardq moves rows whose new key is one "
+            "literal or bound parameter (SET key = <value>); delete and re-insert the rows",
+        )
+    try:
+        value = constant_value(node, params, params is not None and dialect == "postgres")
+    except UnpinnedValue as exc:
+        raise UnsupportedQueryError(
+            construct,
+            f"the value bound ({exc}) may become another key once cast; bind a value of the "
+            "cast's type",
+        ) from None
+    return place(value, ref, config, "an UPDATE setting")
+
+
 def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
     statement = analysis.parsed.expression
     ref = _target_ref(analysis, statement.this)
@@ -478,9 +537,21 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
             f"{verb} that reads another distributed table",
             "only the written table and reference tables are known to be on its shard",
         )
-    if analysis.kind is StatementKind.UPDATE:
-        _refuse_key_assignments(statement, ref, analysis.parsed.dialect, "an UPDATE")
     shards = _shards_of(_terms(analysis, ref), params, config, ref.table.key_type)
+    if analysis.kind is StatementKind.UPDATE:
+        target = moved_to(analysis, params, config)
+        if target is not None and shards != (target,):
+            if config.dialect == "sqlite":
+                raise UnsupportedQueryError(
+                    "an UPDATE that sets the shard key to a value of another shard",
+                    "the row would move between SQLite shards, which SQLite cannot commit "
+                    "atomically (it has no two-phase commit); delete the row and insert it "
+                    "again with its new key",
+                )
+            # The rows move (see shardq.sql.move): every shard they may be on, and the
+            # shard of the new key.
+            sources = config.shard_names if shards is None else shards
+            return Route(RouteKind.SHARDS, tuple(sorted({*sources, target})))
     if (shards is None or len(shards) > 1) and config.dialect == "sqlite":
         raise UnsupportedQueryError(
             f"{verb} without a {ref.table.name}.{ref.table.shard_key} = <value> condition "
