@@ -83,8 +83,56 @@ def test_what_is_not_a_schema_change_of_declared_tables_is_refused() -> None:
     with shardq.connect(config) as conn:
         for sql, match in [
             ("CREATE TABLE t AS SELECT 1 AS k", "CREATE TABLE ... AS"),
-            ("CREATE VIEW v AS SELECT 1", "VIEW|CREATE"),
+            ("CREATE VIEW v AS SELECT 1", "not declared"),
             ("CREATE TABLE undeclared (a int)", "undeclared"),
         ]:
             with pytest.raises((shardq.ProgrammingError, shardq.NotSupportedError), match=match):
                 conn.execute(sql)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"], indirect=True)
+def test_views_are_created_everywhere_and_read_as_declared(backend: Backend) -> None:
+    config = _config(backend)
+    config["tables"] = {
+        **config["tables"],
+        "big_items": {"shard_key": "id"},
+        "kind_names": {"reference": True},
+        "bad_ref": {"reference": True},
+        "bad_dist": {"shard_key": "id"},
+    }
+    catalog = (
+        "SELECT viewname FROM pg_views WHERE viewname IN ('big_items', 'kind_names')"
+        if backend.dialect == "postgres"
+        else "SELECT name FROM sqlite_master WHERE name IN ('big_items', 'kind_names')"
+    )
+    try:
+        with shardq.connect(config) as conn:
+            conn.execute("CREATE VIEW big_items AS SELECT id, grp, val FROM items WHERE val > 1500")
+            conn.execute("CREATE VIEW kind_names AS SELECT upper(label) AS name FROM kinds")
+            assert all(len(backend.direct(i, catalog)) == 2 for i in range(4))
+            # Read as the tables they are declared as: merged, routed.
+            assert conn.execute("SELECT count(*), min(id) FROM big_items").fetchall() == [(50, 151)]
+            assert conn.execute("SELECT grp FROM big_items WHERE id = 152").fetchall() == [("g2",)]
+            assert conn.execute("SELECT count(*) FROM kind_names").fetchall() == [(3,)]
+            for sql, match in [
+                ("CREATE VIEW bad_ref AS SELECT id FROM items", "reference table"),
+                ("CREATE VIEW bad_dist AS SELECT code AS id FROM kinds", "reference tables only"),
+                ("CREATE VIEW bad_dist AS SELECT val AS id FROM items", "shard key"),
+                (
+                    "CREATE VIEW bad_dist AS SELECT grp, count(*) AS id FROM items GROUP BY grp",
+                    "merged",
+                ),
+                ("CREATE VIEW bad_dist AS SELECT id FROM items ORDER BY id LIMIT 3", "merged"),
+                ("CREATE MATERIALIZED VIEW bad_dist AS SELECT id FROM items", "materialized"),
+            ]:
+                if "MATERIALIZED" in sql and backend.dialect == "sqlite":
+                    continue
+                with pytest.raises(shardq.NotSupportedError, match=match):
+                    conn.execute(sql)
+            conn.execute("DROP VIEW big_items")
+            conn.execute("DROP VIEW kind_names")
+            assert all(backend.direct(i, catalog) == [] for i in range(4))
+    finally:
+        for i in range(4):
+            backend.direct(i, "DROP VIEW IF EXISTS big_items")
+            backend.direct(i, "DROP VIEW IF EXISTS kind_names")

@@ -289,7 +289,8 @@ def test_writes_route_to_the_key_shard() -> None:
         ("INSERT INTO orders (customer_id) SELECT 1", "INSERT ... SELECT"),
         ("INSERT INTO orders (customer_id) VALUES (random())", "literal or a bound"),
         ("INSERT INTO countries (code) VALUES ('x')", "reference table"),
-        ("UPDATE orders SET customer_id = 3 WHERE customer_id = 2", "shard key"),
+        ("UPDATE orders SET customer_id = customer_id + 1", "each row could move"),
+        ("UPDATE orders SET customer_id = total WHERE customer_id = 2", "each row could move"),
         ("UPDATE orders SET (customer_id, total) = (7, 1) WHERE customer_id = 42", "shard key"),
         (
             "INSERT INTO orders (customer_id) VALUES (42) "
@@ -315,6 +316,23 @@ def test_writes_route_to_the_key_shard() -> None:
 def test_writes_that_are_not_safe_yet_are_refused(sql: str, match: str) -> None:
     with pytest.raises((shardq.UnsupportedQueryError, shardq.ProgrammingError), match=match):
         P.plan(sql, [None] if "%s" in sql else None)
+
+
+def test_an_update_setting_the_key_moves_rows_to_its_shard() -> None:
+    shard_for = P.config.placement.shard_for
+    key = next(k for k in range(3, 100) if shard_for(k) != shard_for(2))
+    plan = P.plan("UPDATE orders SET customer_id = %s, total = 0 WHERE customer_id = 2", [key])
+    assert plan.move is not None
+    assert plan.move.target == shard_for(key)
+    assert set(plan.route.shards) == {shard_for(2), shard_for(key)}
+    assert "RETURNING ctid, CAST(ROW(orders.*) AS TEXT)" in plan.move.pick
+    assert plan.move.params == {"_p0": key}
+    # The rows already on the new key's shard: a plain UPDATE there.
+    same = P.plan(f"UPDATE orders SET customer_id = {key} WHERE customer_id = {key}")
+    assert same.move is None
+    assert same.route.shards == (shard_for(key),)
+    with pytest.raises(shardq.UnsupportedQueryError, match="no two-phase commit"):
+        planner("sqlite").plan(f"UPDATE orders SET customer_id = {key} WHERE customer_id = 2")
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ class StatementKind(enum.Enum):
     INSERT = "insert"
     UPDATE = "update"
     DELETE = "delete"
-    #: CREATE/ALTER/DROP TABLE or INDEX, TRUNCATE, COMMENT ON TABLE: on every shard.
+    #: CREATE/ALTER/DROP TABLE, INDEX or VIEW, TRUNCATE, COMMENT ON TABLE: on every shard.
     SCHEMA = "schema change"
 
     @property
@@ -109,8 +109,20 @@ def _schema_change(statement: exp.Expr) -> bool:
         return True
     if not isinstance(statement, exp.Create | exp.Drop | exp.Alter | exp.Comment):
         return False
-    if str(statement.args.get("kind") or "").upper() not in ("TABLE", "INDEX"):
+    kind = str(statement.args.get("kind") or "").upper()
+    if kind not in ("TABLE", "INDEX", "VIEW"):
         return False
+    if kind == "VIEW":
+        properties = statement.args.get("properties")
+        if statement.args.get("materialized") or (
+            properties is not None and properties.find(exp.MaterializedProperty)
+        ):
+            raise UnsupportedQueryError(
+                "a materialized view",
+                "each shard would store the rows of its own query, refreshed apart; create a "
+                "plain view (each shard's view reads its own rows when it is read)",
+            )
+        return True
     if isinstance(statement, exp.Create) and statement.args.get("expression") is not None:
         raise UnsupportedQueryError(
             "CREATE TABLE ... AS",
@@ -132,8 +144,8 @@ def _kind(statement: exp.Expr) -> StatementKind:
     name = statement.key.upper()
     raise UnsupportedQueryError(
         f"a {name} statement",
-        "shardq runs SELECT, INSERT, UPDATE and DELETE, and schema changes of tables and "
-        "indexes (CREATE, ALTER, DROP, TRUNCATE, COMMENT); run other statements on each "
+        "shardq runs SELECT, INSERT, UPDATE and DELETE, and schema changes of tables, "
+        "indexes and views (CREATE, ALTER, DROP, TRUNCATE, COMMENT); run other statements on each "
         "shard directly",
     )
 

@@ -272,6 +272,78 @@ class Planner:
                 "shard, so the copies could differ; give every column a value",
             )
 
+    def _check_view(self, analysis: Analysis) -> None:
+        """Refuse a view whose rows would not be placed as its declaration says.
+
+        A view is declared like a table. Declared distributed, each shard's
+        view must hold only rows of that shard, each once, with the shard key
+        carried through: its query must run on every shard as written with
+        nothing to merge (no aggregate, DISTINCT, ORDER BY or LIMIT across
+        shards), and the view's key column must be the key of a distributed
+        table it reads. Declared reference, it must read reference tables only.
+        """
+        statement = analysis.parsed.expression
+        body = statement.args.get("expression")
+        if not isinstance(statement, exp.Create) or body is None:
+            return
+        dialect = self.config.dialect
+        schema = statement.this
+        view_node = schema.this if isinstance(schema, exp.Schema) else schema
+        view = next(ref for ref in analysis.refs if ref.node is view_node).table
+        read = [ref for ref in analysis.distributed if ref.node is not view_node]
+        if not view.distributed:
+            if read:
+                raise UnsupportedQueryError(
+                    f"the view {view.name}, declared a reference table, over the distributed "
+                    f"table {read[0].table.name}",
+                    "each shard's view would show only its own rows, so the copies would "
+                    "differ; declare the view distributed by a shard key it carries",
+                )
+            return
+        body_sql = body.sql(dialect)
+        inner = self.plan(body_sql)
+        construct = f"the view {view.name}, declared distributed by {view.shard_key}"
+        if not read:
+            raise UnsupportedQueryError(
+                construct,
+                "it reads reference tables only, so every shard's view would hold every row "
+                "and a read would see each row once per shard; declare it a reference table",
+            )
+        if inner.deferred is not None or not inner.merge.trivial or inner.sql != body_sql:
+            raise UnsupportedQueryError(
+                construct,
+                "its query is merged across shards (an aggregate, DISTINCT, ORDER BY, LIMIT "
+                "or a subquery run first), so each shard's view would not hold that shard's "
+                "rows only; a distributed view must be a query each shard answers for its "
+                "own rows (filters, projections, joins on the shard key)",
+            )
+        columns = (
+            [normalize(c, dialect) for c in schema.expressions] if schema is not view_node else []
+        )
+        items = body.selects if isinstance(body, exp.Select) else []
+        names = columns or [normalize(item.alias_or_name, dialect) for item in items]
+        if view.shard_key not in names or len(items) != len(names):
+            raise UnsupportedQueryError(construct, f"it has no column {view.shard_key}")
+        item = items[names.index(view.shard_key)].unalias()
+        keys = {(ref.alias, ref.table.shard_key): ref.table for ref in read}
+        source = None
+        if isinstance(item, exp.Column):
+            qualifier = normalize(item.args.get("table"), dialect) if item.table else None
+            column = normalize(item.this, dialect)
+            matches = [
+                table
+                for (alias, key), table in keys.items()
+                if key == column and (qualifier is None or qualifier == alias)
+            ]
+            source = matches[0] if len(matches) == 1 or (matches and len(read) == 1) else None
+        if source is None or source.key_type != view.key_type:
+            raise UnsupportedQueryError(
+                construct,
+                f"its column {view.shard_key} must be the shard key of a distributed table it "
+                "reads, of the same key type, so that each row of the view is on the shard "
+                "its key says",
+            )
+
     def plan(self, sql: str, params: object = None) -> QueryPlan:
         """Return the plan of ``sql`` with ``params`` bound."""
         analysis = self.analyze(sql)
@@ -294,6 +366,7 @@ class Planner:
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
             if analysis.kind is StatementKind.SCHEMA:
+                self._check_view(analysis)
                 why = (
                     "a schema change on every shard, committed on all of them or none "
                     "(two-phase commit; on SQLite shards, or CONCURRENTLY, one after another)"
