@@ -628,3 +628,33 @@ def test_connections_given_as_objects_never_share_cached_rows(tmp_path: Path) ->
             answers.append(conn.execute("SELECT name FROM who", cache=region).fetchall())
         raw.close()
     assert answers == [[("alice",)], [("bob",)]]
+
+
+async def test_a_transaction_invalidates_what_it_wrote_at_commit_not_before(
+    notes: list[PgCluster], redis_server: RedisServer, prefix: str
+) -> None:
+    config = cached_config(notes, redis_server.url, prefix)
+    read = f"SELECT count(*) FROM {NOTES}"
+    async with (
+        shardq.AsyncConnection(config, cache=True) as reader,
+        shardq.AsyncConnection(config, cache=True) as writer,
+    ):
+        before = (await (await reader.execute(read)).fetchall())[0][0]
+        insert = f"INSERT INTO {NOTES} (id, body) VALUES (%s, %s)"
+        async with writer.transaction():
+            await writer.execute(insert, [201, "t"])
+            await writer.execute(insert, [202, "t"])
+            # Not committed: a reader filling the cache now stores the old count,
+            # which the commit must then drop.
+            await reader._caches.named("default").clear()
+            assert await (await reader.execute(read)).fetchall() == [(before,)]
+            assert await (await reader.execute(read)).fetchall() == [(before,)]  # a hit
+        assert await (await reader.execute(read)).fetchall() == [(before + 2,)]
+        # A rolled back transaction changes nothing the cache holds.
+        writer.autocommit = False
+        await writer.execute(f"DELETE FROM {NOTES} WHERE id IN (201, 202)")
+        await writer.rollback()
+        writer.autocommit = True
+        assert await (await reader.execute(read)).fetchall() == [(before + 2,)]
+        await writer.execute(f"DELETE FROM {NOTES} WHERE id IN (201, 202)")
+        assert await (await reader.execute(read)).fetchall() == [(before,)]
