@@ -407,3 +407,56 @@ async def test_leaving_the_async_connection_block_commits(empty_writes: Backend)
         conn.autocommit = False
         await conn.execute(insert, [1003, "async exit"])
     assert _stored(backend) == [(1003, "async exit")]
+
+
+def _in_transaction_sessions(backend: Backend) -> int:
+    """Sessions on the shards' databases inside a transaction (other than the asking one)."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+    )
+    return sum(backend.direct(i, sql)[0][0] for i in range(4))
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_connections_go_back_clean_after_cancellation_error_and_commit(
+    empty_writes: Backend,
+) -> None:
+    import asyncio
+
+    backend = empty_writes
+    async with await backend.connect_async() as conn:
+        keys = _keys_on_distinct_shards(conn, 2)
+
+        async def slow() -> None:
+            async with conn.transaction():
+                for key in keys:
+                    await conn.execute("INSERT INTO writes (id, note) VALUES (%s, 'c')", [key])
+                await conn.execute("SELECT pg_sleep(30) FROM writes")
+
+        task = asyncio.ensure_future(slow())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not conn.in_transaction
+        assert _stored(backend) == []
+        assert _in_transaction_sessions(backend) == 0
+        # An error: rolled back, connections clean; then a commit on the same pools.
+        async def failing() -> None:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO writes (id, note) VALUES (%s, 'e')", [keys[0]])
+                await conn.execute("SELECT no_such_column FROM writes")
+
+        with pytest.raises(shardq.ProgrammingError):
+            await failing()
+        assert _in_transaction_sessions(backend) == 0
+        async with conn.transaction():
+            for key in keys:
+                await conn.execute("INSERT INTO writes (id, note) VALUES (%s, 'ok')", [key])
+        assert _in_transaction_sessions(backend) == 0
+        # The pooled connections serve plain reads afterwards.
+        cur = await conn.execute("SELECT count(*) FROM writes")
+        assert await cur.fetchall() == [(2,)]
+    assert _stored(backend) == [(k, "ok") for k in keys]
+    assert _prepared(backend) == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import uuid
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Transaction"]
 
 _IDS = itertools.count(1)
+log = logging.getLogger("shardq.transaction")
 
 
 class _Held:
@@ -213,13 +215,25 @@ class Transaction:
         await self._release()
 
     async def rollback(self) -> None:
-        """Roll back on every shard joined (nothing to do once over)."""
+        """Roll back on every shard joined (nothing to do once over).
+
+        A connection the ROLLBACK fails on (closed by a cancellation, a
+        server gone) is discarded by its pool: a transaction that was not
+        prepared ends with its session, so nothing of it survives there.
+        """
         if self.closed:
             return
         self.closed = True
         try:
-            for held in self._held.values():
-                await read_whole(held.conn, "ROLLBACK", None, stream=False)
+            for shard, held in self._held.items():
+                try:
+                    await read_whole(held.conn, "ROLLBACK", None, stream=False)
+                except Exception as exc:
+                    log.info(
+                        "shard %s: ROLLBACK failed (%s); the connection is discarded",
+                        shard,
+                        type(exc).__name__,
+                    )
         except BaseException:
             await self._abandon()
             raise
