@@ -335,6 +335,8 @@ class _Load:
             for lane in list(self.lanes.values()):
                 await self._hand_over(lane, writers, last=False)
             self._report()
+            # Reading a file or a list never waits: let the writers send what they hold.
+            await asyncio.sleep(0)
         for lane in list(self.lanes.values()):
             await self._hand_over(lane, writers, last=True)
 
