@@ -351,7 +351,9 @@ def test_arrow_pandas_and_polars_frames(pg: Shards) -> None:
     pl = pytest.importorskip("polars")
     with shardq.connect(pg.config) as conn:
         conn.copy_in("items", pa.table({"id": [1, 2], "grp": ["a", "b"], "val": [1, None]}))
-        conn.copy_in("items", pd.DataFrame({"id": [3, 4], "grp": ["c", "d"], "val": [3, None]}))
+        # A nullable integer column (plain pandas would make [3, None] floats, 3.0).
+        frame = pd.DataFrame({"id": [3, 4], "grp": ["c", "d"], "val": [3, None]})
+        conn.copy_in("items", frame.astype({"val": "Int64"}))
         conn.copy_in("items", pl.DataFrame({"id": [5, 6], "grp": ["e", "f"], "val": [5, None]}))
     _check_placed(
         pg,

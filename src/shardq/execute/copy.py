@@ -161,7 +161,6 @@ class _Lane:
         self.spots: list[int] = []
         self.positions = positions or _Positions()
         self.shared = positions is not None  # a reference table's lanes share one
-        self.placed = 0  # rows placed on the shard (waiting included)
         self.copied = 0  # rows the shard reports loaded
         self.sent = 0  # rows handed to the writer
 
@@ -233,6 +232,8 @@ class _Load:
             marks = ", ".join([mark] * len(columns))
             self.sql = f"INSERT INTO {target} ({names}) VALUES ({marks})"
         self.shared = _Positions() if self.key is None else None
+        # Each shard's appends for its waiting rows and their positions, once its lane exists.
+        self._appenders: dict[str, tuple[Callable[[Any], None], Callable[[int], None]]] = {}
 
     # -- the reader
 
@@ -265,57 +266,92 @@ class _Load:
         """Add the batch's rows to their shards' lanes (checked, placed)."""
         source, rows, width = self.source, batch.rows, len(self.columns)
         payloads: Sequence[Any] = batch.raw if self.raw and batch.raw is not None else rows
-        for j, row in enumerate(rows):
-            if len(row) != width:
-                raise self._bad(
-                    batch.positions[j],
-                    f"{len(row)} values for the {width} columns ({', '.join(self.columns)})",
-                )
+        if set(map(len, rows)) != {width}:
+            j = next(j for j, row in enumerate(rows) if len(row) != width)
+            raise self._bad(
+                batch.positions[j],
+                f"{len(rows[j])} values for the {width} columns ({', '.join(self.columns)})",
+            )
         if source.csv is not None and not self.raw:
             payloads = [source.values(batch, j) for j in range(len(rows))]
         self.rows += len(rows)
         if self.key is None:  # a reference table: every row on every shard
             for shard in self.config.shard_names:
-                lane = self._lane(shard)
-                lane.rows += payloads
-                lane.placed += len(rows)
+                self._lane(shard).rows.extend(payloads)
             assert self.shared is not None
             self.shared.extend(batch.positions)
             return
         key, shard_for, positions = self.key, self.config.placement.shard_for, batch.positions
-        csv_null = source.csv.null if source.csv is not None else None
-        key_type = self.table.key_type
-        lanes = self.lanes
+        if source.csv is None:
+            self._place_values(rows, payloads, positions, key, shard_for)
+            return
+        null, key_type = source.csv.null, self.table.key_type
         for j, row in enumerate(rows):
             value = row[key]
-            if value is None or (value == csv_null and source.is_null(batch, j, key)):
-                raise self._bad(
-                    positions[j],
-                    f"no value for the shard key {self.table.shard_key}, so no shard can hold "
-                    "the row",
-                )
-            try:
-                shard = shard_for(value)
-            except ValueError as exc:
-                raise self._bad(positions[j], f"cannot place the row: {exc}") from None
-            if csv_null is not None and not text_pins(value, key_type):
+            if value == null and source.is_null(batch, j, key):
+                raise self._no_key(positions[j])
+            if not text_pins(value, key_type):
                 raise self._bad(
                     positions[j],
                     f"the text {value!r} as a {key_type} shard key may be read by the database "
                     "as another value than placement reads it; write it in ISO form",
                 )
-            lane = lanes.get(shard) or self._lane(shard)
-            lane.rows.append(payloads[j])
-            lane.spots.append(positions[j])
-            lane.placed += 1
+            self._add(self._shard(shard_for, value, positions[j]), payloads[j], positions[j])
+
+    def _place_values(
+        self,
+        rows: Sequence[Sequence[Any]],
+        payloads: Sequence[Any],
+        positions: Sequence[int],
+        key: int,
+        shard_for: Callable[[object], str],
+    ) -> None:
+        """:meth:`_place` for values (not CSV text): the loop every row goes through."""
+        appenders = self._appenders
+        for j, row in enumerate(rows):
+            value = row[key]
+            if value is None:
+                raise self._no_key(positions[j])
+            try:
+                shard = shard_for(value)
+            except ValueError as exc:
+                raise self._bad(positions[j], f"cannot place the row: {exc}") from None
+            add = appenders.get(shard)
+            if add is None:
+                self._add(shard, payloads[j], positions[j])
+            else:
+                add[0](payloads[j])
+                add[1](positions[j])
+
+    def _no_key(self, position: int) -> DataError:
+        return self._bad(
+            position,
+            f"no value for the shard key {self.table.shard_key}, so no shard can hold the row",
+        )
+
+    def _shard(self, shard_for: Callable[[object], str], value: object, position: int) -> str:
+        try:
+            return shard_for(value)
+        except ValueError as exc:
+            raise self._bad(position, f"cannot place the row: {exc}") from None
+
+    def _add(self, shard: str, payload: Any, position: int) -> None:
+        if shard not in self._appenders:
+            lane = self._lane(shard)
+            self._appenders[shard] = (lane.rows.append, lane.spots.append)
+        add = self._appenders[shard]
+        add[0](payload)
+        add[1](position)
 
     async def _hand_over(self, lane: _Lane, writers: asyncio.TaskGroup, last: bool) -> None:
         """Give the lane's waiting rows to its writer (started with its first chunk)."""
         while lane.rows and (last or len(lane.rows) >= CHUNK_ROWS):
-            chunk, lane.rows = lane.rows[:CHUNK_ROWS], lane.rows[CHUNK_ROWS:]
+            # The lists stay the same objects: their appends are kept by _place.
+            chunk = lane.rows[:CHUNK_ROWS]
+            del lane.rows[:CHUNK_ROWS]
             if not lane.shared:
-                spots, lane.spots = lane.spots[: len(chunk)], lane.spots[len(chunk) :]
-                lane.positions.extend(spots)
+                lane.positions.extend(lane.spots[: len(chunk)])
+                del lane.spots[: len(chunk)]
             if lane.sent == 0:
                 writers.create_task(self._write(lane), name=f"shardq-copy-{lane.shard}")
             lane.sent += len(chunk)
@@ -325,7 +361,7 @@ class _Load:
 
     def _report(self, done: bool = False) -> None:
         if self.progress is not None:
-            shards = {name: lane.placed for name, lane in self.lanes.items()}
+            shards = {name: lane.sent + len(lane.rows) for name, lane in self.lanes.items()}
             self.progress(CopyProgress(self.rows, shards, time.monotonic() - self.began, done))
 
     async def read(self, writers: asyncio.TaskGroup) -> None:

@@ -216,7 +216,9 @@ class _Csv(Source):
         self._header_read = False
         self._opened: TextIO | None = None
         self._reader: Any = None
-        self._pending: list[str] = []
+        self._pending: list[str] = []  # the lines of the quoted record being read
+        self._pushed: str | None = None
+        self._lines: Iterator[str] = iter(())
         self._line = 0  # lines read so far
 
     def where(self, position: int) -> str:
@@ -234,23 +236,42 @@ class _Csv(Source):
             return self._file  # type: ignore[no-any-return]
         return io.TextIOWrapper(self._file, encoding=fmt.encoding, newline="")
 
-    def _lines(self, text: TextIO) -> Iterator[str]:
+    def _feed(self, lines: Iterator[str]) -> Iterator[str]:
+        """The lines of a quoted record, for Python's reader: the first, then as it asks."""
         pending = self._pending
-        for line in text:
+        while True:
+            line = self._pushed
+            self._pushed = None
+            if line is None:
+                line = next(lines, None)
+                if line is None:
+                    return
             pending.append(line)
             yield line
 
     def _next(self) -> tuple[int, list[str], str] | None:
-        """The next record: its first line, fields and text as read."""
-        fields = next(self._reader, None)
-        if fields is None:
+        """The next record: its first line, fields and text as read.
+
+        A line without a quote is one record, its fields split at the
+        delimiter (in C, as PostgreSQL reads it); only a line with a quote
+        goes through Python's reader, which takes the lines a quoted field
+        spans.
+        """
+        line = next(self._lines, None)
+        if line is None:
             return None
         first = self._line + 1
-        self._line = self._reader.line_num
+        assert self.csv is not None
+        if self.csv.quote not in line:
+            self._line = first
+            return first, line.rstrip("\r\n").split(self.csv.delimiter), line
+        self._pushed = line
+        fields = next(self._reader, None)
         pending = self._pending
-        raw = pending[0] if len(pending) == 1 else "".join(pending)
+        raw = "".join(pending)
+        self._line += len(pending)
         pending.clear()
-        return first, fields, raw
+        return first, fields if fields is not None else [], raw
 
     def read_header(self) -> None:
         """Open the file and read its header line, if it has one (names the columns)."""
@@ -259,7 +280,8 @@ class _Csv(Source):
         fmt = self.csv
         assert fmt is not None
         self._opened = self._open()
-        self._reader = fmt.reader(self._lines(self._opened))
+        self._lines = iter(self._opened)
+        self._reader = fmt.reader(self._feed(self._lines))
         if fmt.header:
             record = self._next()
             self.columns = [] if record is None else [f.strip() for f in record[1]]
