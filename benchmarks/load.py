@@ -26,10 +26,11 @@ every contender. The contenders:
    per shard, concurrency 100): on the first ``--insert-rows`` rows only
    (20,000; 5,000 with ``--quick``), reported in rows/s like the others.
 
-Each contender starts from empty tables (``TRUNCATE`` untimed) and is timed
+Each contender starts from empty tables (``TRUNCATE``, then ``CHECKPOINT`` so
+that the last load's pages are not written during this one; untimed) and is timed
 end to end with :func:`time.perf_counter` (inside the event loop), from the
 rows in memory to the load committed, connections included, the contenders
-taking turns, ``--repeat`` (3) rounds in an order rotated each round. After
+taking turns, ``--repeat`` (5) rounds in an order rotated each round. After
 each load, untimed, every shard's row count and ``sum(id)`` are checked
 against what placement puts there (the single node: against all rows). The
 table gives each contender's median rows per second and its ratio to the
@@ -57,7 +58,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,7 +68,7 @@ from _common import command_line, interrupt_on_sigterm, stamp, stop_clusters
 import shardq
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from tests.fixtures.servers import PgCluster
 
@@ -141,9 +141,7 @@ async def hand_split(config: dict[str, Any], rows: Sequence[Row]) -> None:
     shard_for = placement.shard_for
     for row in rows:
         parts[shard_for(row[0])].append(row)
-    await asyncio.gather(
-        *(_copy(shard["dsn"], parts[shard["name"]]) for shard in config["shards"])
-    )
+    await asyncio.gather(*(_copy(shard["dsn"], parts[shard["name"]]) for shard in config["shards"]))
 
 
 async def shardq_executemany(config: dict[str, Any], rows: Sequence[Row]) -> None:
@@ -185,8 +183,10 @@ def check(
 
 
 def empty(clusters: Sequence[PgCluster]) -> None:
+    """Empty every table, and write the last load's pages out now, not during the next."""
     for cluster in clusters:
         cluster.execute("TRUNCATE items", DBNAME)
+        cluster.execute("CHECKPOINT", DBNAME)
 
 
 # --------------------------------------------------------------------------- main
@@ -310,7 +310,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--insert-rows", type=int, default=None, help="rows for executemany (default 20,000)"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per contender")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per contender")
     parser.add_argument("--quick", action="store_true", help="100,000 rows (5,000 INSERTs)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write results")
     args = parser.parse_args(argv)
