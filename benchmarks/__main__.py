@@ -12,7 +12,9 @@ as it goes, and collects what each wrote with ``--json``:
   (rows/s and peak RSS of nine contenders, each answer checked) and a GROUP BY
   over 1,000,000 rows;
 - ``batch``: ``batch.py``, 20,000 point lookups by key, concurrency 100;
-- ``cache``: ``cache.py``, cache hits and a 200-caller stampede.
+- ``cache``: ``cache.py``, cache hits and a 200-caller stampede;
+- ``load``: ``load.py``, 1,000,000 rows bulk-loaded over 4 shards by ``copy_in``,
+  beside a hand-split psycopg COPY, a single-node COPY and ``executemany``.
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -48,6 +50,7 @@ SCENARIOS = {
     "merge": "merge.py",
     "batch": "batch.py",
     "cache": "cache.py",
+    "load": "load.py",
 }
 
 

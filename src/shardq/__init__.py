@@ -49,6 +49,7 @@ from shardq.errors import (
     Warning,
 )
 from shardq.execute.batch import ExecutionResult, Progress
+from shardq.execute.copy import CopyProgress, CopyResult
 from shardq.results import ResultSet
 from shardq.rows import dict_row, namedtuple_row, tuple_row
 
@@ -75,6 +76,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "Connection",
+    "CopyProgress",
+    "CopyResult",
     "Cursor",
     "DataError",
     "DatabaseError",

@@ -32,6 +32,7 @@ from shardq.config import Config, load_config
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
 from shardq.errors import InterfaceError, NotSupportedError, ProgrammingError
 from shardq.execute.batch import ExecutionResult, Progress, run_batch
+from shardq.execute.copy import CopyProgress, CopyResult, CsvFormat, copy_in
 from shardq.execute.lanes import Lanes
 from shardq.execute.transaction import Transaction
 from shardq.execute.twophase import Recovery, recover
@@ -621,6 +622,73 @@ class AsyncConnection:
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""
         return self.config.shard_for(table, key_value)
+
+    async def copy_in(
+        self,
+        table: str,
+        source: object,
+        columns: Sequence[str] | None = None,
+        *,
+        header: bool = False,
+        delimiter: str = ",",
+        quote: str = '"',
+        escape: str | None = None,
+        null: str = "",
+        encoding: str = "utf-8",
+        atomic: bool = True,
+        progress: Callable[[CopyProgress], object] | None = None,
+    ) -> CopyResult:
+        """Bulk-load rows into ``table``: split by shard key, one ``COPY`` per shard, at once.
+
+        ``source`` is an iterable (or async iterable) of rows, a CSV file (a
+        path or a file object), or an Arrow table, pandas or polars
+        DataFrame. The rows stream through in bounded memory. The load is one
+        transaction over every shard it writes (two-phase commit when several
+        PostgreSQL shards are), or joins the open one; nothing of it is
+        committed when a row cannot be loaded: the error names the row's line
+        (CSV) or index, and the shard that refused it. See
+        :mod:`shardq.execute.copy` for what SQLite shards guarantee.
+
+        Args:
+            table: a declared table; a reference table gets every row on every shard.
+            source: the rows.
+            columns: the columns the values are for; default: a CSV header's
+                names, a frame's, else every column of the table in order.
+            header: a CSV source's first line names its columns.
+            delimiter: quote: escape: null: encoding: the CSV format, as
+                PostgreSQL's ``COPY ... (FORMAT csv)`` options (``escape``
+                None: a doubled quote; ``null``: an unquoted field equal to
+                it is NULL, the empty field by default).
+            atomic: False commits each shard's part on its own once every
+                shard has all its rows (SQLite shards, which have no two-phase
+                commit, need it to load on several shards).
+            progress: called with a :class:`~shardq.execute.copy.CopyProgress`
+                after each batch of rows read, and at the end.
+
+        Returns:
+            A :class:`~shardq.execute.copy.CopyResult`: ``rowcount`` (also its
+            ``int()``), and rows per shard in ``shards``.
+        """
+        self._check_open()
+        engine = self._engine
+        fmt = CsvFormat(header, delimiter, quote, escape, null, encoding)
+        name = self.config.table(table).name
+        await engine._before_write()
+        transaction = self._transaction_for_statement()
+        if transaction is not None:
+            result = await copy_in(
+                self.config, engine.pools, table, source, columns,
+                transaction=transaction, csv=fmt, progress=progress,
+            )  # fmt: skip
+            self._invalidate_at_commit.add(name)
+            return result
+        try:
+            return await copy_in(
+                self.config, engine.pools, table, source, columns,
+                atomic=atomic, csv=fmt, progress=progress,
+            )  # fmt: skip
+        finally:  # even when it failed: a two-phase commit may have committed
+            await self._caches.invalidate((name,))
 
     async def explain(
         self,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from shardq.cache.regions import CacheChoice
     from shardq.execute.batch import ExecutionResult, Progress
+    from shardq.execute.copy import CopyProgress, CopyResult
     from shardq.execute.driver import Column
     from shardq.execute.transaction import Transaction
     from shardq.execute.twophase import Recovery
@@ -432,6 +433,32 @@ class Connection:
                 aclose = getattr(results, "aclose", None)
                 if aclose is not None:
                     self._portal.call(aclose)  # stop the batch: the caller left early
+
+    def copy_in(
+        self,
+        table: str,
+        source: object,
+        columns: Sequence[str] | None = None,
+        *,
+        header: bool = False,
+        delimiter: str = ",",
+        quote: str = '"',
+        escape: str | None = None,
+        null: str = "",
+        encoding: str = "utf-8",
+        atomic: bool = True,
+        progress: Callable[[CopyProgress], object] | None = None,
+    ) -> CopyResult:
+        """Bulk-load rows into ``table``: :meth:`shardq.AsyncConnection.copy_in`'s arguments.
+
+        The source is read on the connection's event loop thread; ``progress``
+        is called there too.
+        """
+        return self._portal.call(
+            self._inner.copy_in, table, source, columns,
+            header=header, delimiter=delimiter, quote=quote, escape=escape, null=null,
+            encoding=encoding, atomic=atomic, progress=progress,
+        )  # fmt: skip
 
     def explain(
         self,

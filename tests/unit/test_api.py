@@ -15,7 +15,7 @@ from shardq.merge.drive import drive_sync
 def test_exported_members() -> None:
     assert set(shardq.__all__) == {
         "AsyncConnection", "AsyncCursor", "BINARY", "Binary", "CacheRegion", "Config",
-        "ConfigError",
+        "ConfigError", "CopyProgress", "CopyResult",
         "Connection", "Cursor", "DATETIME", "DataError", "DatabaseError", "Date", "DateFromTicks",
         "Error", "ExecutionResult", "InFailedTransactionError", "IntegrityError",
         "InterfaceError", "InternalError", "NUMBER",

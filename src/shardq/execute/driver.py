@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Column",
+    "CopyRejected",
     "Driver",
     "Outcome",
     "Row",
@@ -76,6 +77,25 @@ class Outcome(NamedTuple):
     description: tuple[Column, ...] | None
     rows: list[Row]
     rowcount: int
+
+
+class CopyRejected(Exception):
+    """A shard refused a row of a bulk load (see :mod:`shardq.execute.copy`).
+
+    Drivers that load rows (PostgreSQL's ``copy_from``, the threaded drivers'
+    ``insert_many``) raise it with the shard's error and, when the server
+    tells, the 1-based number of the refused row among those the call sent,
+    so that the load can name the row of its source.
+
+    Attributes:
+        error: the shard's error, as the driver translated it.
+        row: the refused row's 1-based number in what the call sent, or None.
+    """
+
+    def __init__(self, error: ShardError, row: int | None):
+        super().__init__(str(error))
+        self.error = error
+        self.row = row
 
 
 class ShardStream(Protocol):

@@ -18,7 +18,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardq.errors import NotSupportedError
-from shardq.execute.driver import Column, Outcome, Row, Statement, translate_error
+from shardq.execute.driver import (
+    Column,
+    CopyRejected,
+    Outcome,
+    Row,
+    Statement,
+    translate_error,
+)
 from shardq.execute.pool import LazyPool
 
 if TYPE_CHECKING:
@@ -226,12 +233,53 @@ class ThreadedConnection:
         results = await self.call(self._run, statements)
         return [r if isinstance(r, Outcome) else self.error(r) for r in results]
 
+    def _insert_many(self, sql: str, rows: Sequence[Row]) -> int:
+        cursor = self._conn.cursor()
+        cursor.execute("SAVEPOINT shardq_load")
+        try:
+            cursor.executemany(sql, rows)
+        except Exception as exc:
+            # executemany() does not say which row failed: undo the chunk and
+            # insert it again row by row to find out (only on this failure path).
+            cursor.execute("ROLLBACK TO SAVEPOINT shardq_load")
+            for number, row in enumerate(rows, 1):
+                try:
+                    cursor.execute(sql, row)
+                except Exception as found:
+                    raise _Refused(found, number) from exc
+            raise _Refused(exc, None) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.execute("RELEASE SAVEPOINT shardq_load")
+        return len(rows) if cursor.rowcount < 0 else int(cursor.rowcount)
+
+    async def insert_many(self, sql: str, rows: Sequence[Row]) -> int:
+        """Run the INSERT ``sql`` once per row, in the open transaction (a bulk load's chunk).
+
+        Returns the rows inserted. A row the database refuses raises
+        :class:`~shardq.execute.driver.CopyRejected` with its 1-based number
+        in ``rows``; the rows of the chunk inserted before it are undone.
+        """
+        try:
+            return await self.call(self._insert_many, sql, rows)
+        except _Refused as refused:
+            raise CopyRejected(self.error(refused.error), refused.row) from refused.error
+        except Exception as exc:
+            raise CopyRejected(self.error(exc), None) from exc
+
     async def close(self) -> None:
         if self._conn is not None and self._owned:
             with contextlib.suppress(Exception):
                 await self.call(self._conn.close)
         self._conn = None
         self._executor.shutdown(wait=False)
+
+
+class _Refused(Exception):
+    def __init__(self, error: Exception, row: int | None):
+        super().__init__(str(error))
+        self.error = error
+        self.row = row
 
 
 class _ThreadedStream:

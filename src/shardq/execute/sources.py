@@ -1,0 +1,417 @@
+"""The rows of a bulk load's source, read in batches (see :mod:`shardq.execute.copy`).
+
+A source is one of:
+
+* an iterable (or async iterable) of rows, each a sequence of values;
+* a CSV file: a path, or a file object (text, or binary decoded with
+  ``encoding``), read as PostgreSQL's ``COPY ... (FORMAT csv)`` reads it;
+* an Arrow table or record batch, a pandas or a polars DataFrame: recognized
+  by their type, read with their own library (so nothing more to install),
+  a batch at a time; their column names are the load's columns.
+
+A CSV record is parsed with the standard library's reader (to find its
+shard key and count its fields), and also kept as read: a PostgreSQL shard
+receives the records unchanged, in a ``COPY ... (FORMAT csv)`` with the
+same options, so quoting, ``NULL`` and escapes mean exactly what they mean
+to PostgreSQL. An unquoted field equal to ``null`` (the empty string by
+default) is NULL and a quoted one is text: Python's reader does not tell
+them apart, so the record is scanned again (:func:`quoted_fields`), only
+when it has such a field.
+
+Positions name a row in errors: the 1-based line where a CSV record starts,
+or a row's 0-based index in any other source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+from collections.abc import AsyncIterable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from shardq.errors import ProgrammingError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+__all__ = ["Batch", "CsvFormat", "Source", "open_source", "quoted_fields"]
+
+#: Rows read from the source at a time.
+BATCH_ROWS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class CsvFormat:
+    """How a CSV source is written: PostgreSQL's ``COPY ... (FORMAT csv)`` options.
+
+    Attributes:
+        header: the first line names the columns (used as the load's columns
+            unless ``columns=`` is given; then it is skipped).
+        delimiter: one character between fields.
+        quote: one character around a quoted field.
+        escape: the character before a quote inside a quoted field; None is
+            the quote itself (a doubled quote, PostgreSQL's default).
+        null: an unquoted field equal to it is NULL ("" by default: an
+            empty unquoted field; ``""`` quoted is the empty text).
+        encoding: of a file given by path or opened in binary mode.
+    """
+
+    header: bool = False
+    delimiter: str = ","
+    quote: str = '"'
+    escape: str | None = None
+    null: str = ""
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        for name in ("delimiter", "quote") + (("escape",) if self.escape is not None else ()):
+            value = getattr(self, name)
+            if len(value) != 1 or value in "\r\n":
+                raise ProgrammingError(f"the CSV {name} must be one character, not {value!r}")
+        if self.delimiter == self.quote:
+            raise ProgrammingError("the CSV delimiter and quote must differ")
+
+    def copy_options(self) -> str:
+        """The options of PostgreSQL's ``COPY ... FROM STDIN (...)`` reading this format.
+
+        >>> CsvFormat(delimiter=";").copy_options()
+        'FORMAT csv, DELIMITER \\';\\', QUOTE \\'"\\', ESCAPE \\'"\\', NULL \\'\\''
+        """
+        escape = self.quote if self.escape is None else self.escape
+
+        def literal(text: str) -> str:
+            return "'" + text.replace("'", "''") + "'"
+
+        return (
+            f"FORMAT csv, DELIMITER {literal(self.delimiter)}, QUOTE {literal(self.quote)}, "
+            f"ESCAPE {literal(escape)}, NULL {literal(self.null)}"
+        )
+
+    def reader(self, lines: Iterable[str]) -> Any:
+        """Python's CSV reader for this format (its lenient defaults, as PostgreSQL's)."""
+        doubled = self.escape is None or self.escape == self.quote
+        return csv.reader(
+            lines,
+            delimiter=self.delimiter,
+            quotechar=self.quote,
+            doublequote=doubled,
+            escapechar=None if doubled else self.escape,
+        )
+
+
+def quoted_fields(record: str, fmt: CsvFormat) -> list[bool]:
+    """Whether each field of one CSV record is quoted (PostgreSQL: then never NULL).
+
+    >>> quoted_fields('1,"",,"a,b"\\n', CsvFormat())
+    [False, True, False, True]
+    >>> quoted_fields('"a""b",x', CsvFormat())
+    [True, False]
+    """
+    quote, delimiter = fmt.quote, fmt.delimiter
+    escape = quote if fmt.escape is None else fmt.escape
+    flags = [record[:1] == quote]
+    inside = flags[0]
+    i, end = (1 if inside else 0), len(record)
+    while i < end:
+        char = record[i]
+        if inside:
+            if char == escape and i + 1 < end and record[i + 1] in (quote, escape):
+                i += 2  # an escaped quote (a doubled one when escape is the quote)
+                continue
+            if char == quote:
+                inside = False
+        elif char == delimiter:
+            flags.append(record[i + 1 : i + 2] == quote)
+            inside = flags[-1]
+            if inside:
+                i += 1  # past the opening quote
+        i += 1
+    return flags
+
+
+@dataclass(slots=True)
+class Batch:
+    """Rows of the source, read together.
+
+    Attributes:
+        positions: each row's position (see the module docstring).
+        rows: each row's values (a CSV record's fields, as text).
+        raw: each CSV record as read (with its line end), else None.
+    """
+
+    positions: Sequence[int]
+    rows: list[Sequence[Any]]
+    raw: list[str] | None = None
+
+
+class Source:
+    """A source opened for reading: its columns (if it names them) and its batches."""
+
+    #: The column names the source gives (a CSV header, a frame's), or None.
+    columns: list[str] | None = None
+    #: A CSV source: rows are fields as text, and raw records can be sent as they are.
+    csv: CsvFormat | None = None
+
+    def where(self, position: int) -> str:
+        """The row at ``position``, for an error message."""
+        return f"row {position} of the source (counting from 0)"
+
+    def batches(self) -> AsyncIterator[Batch]:
+        """The rows, a batch at a time (reading closes what the source opened)."""
+        raise NotImplementedError
+
+    def values(self, batch: Batch, index: int) -> Sequence[Any]:
+        """Row ``index`` of ``batch`` as the values to insert (a CSV record: NULLs applied)."""
+        return batch.rows[index]
+
+    def is_null(self, batch: Batch, index: int, column: int) -> bool:
+        """Whether the value of ``column`` in row ``index`` is NULL."""
+        return batch.rows[index][column] is None
+
+    def close(self) -> None:
+        """Close what reading opened (a file read by path)."""
+
+
+class _Rows(Source):
+    """An iterable, or async iterable, of rows."""
+
+    def __init__(self, rows: Iterable[Sequence[Any]] | AsyncIterable[Sequence[Any]]):
+        self._rows = rows
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        start = 0
+        rows = self._rows
+        if isinstance(rows, AsyncIterable):
+            batch: list[Sequence[Any]] = []
+            async for row in rows:
+                batch.append(row)
+                if len(batch) >= BATCH_ROWS:
+                    yield Batch(range(start, start + len(batch)), batch)
+                    start += len(batch)
+                    batch = []
+            if batch:
+                yield Batch(range(start, start + len(batch)), batch)
+            return
+        iterator = iter(rows)
+        while batch := list(itertools.islice(iterator, BATCH_ROWS)):
+            yield Batch(range(start, start + len(batch)), batch)
+            start += len(batch)
+
+
+class _Csv(Source):
+    """A CSV file, by path or file object."""
+
+    def __init__(self, file: str | os.PathLike[str] | Any, fmt: CsvFormat):
+        self.csv = fmt
+        self._file = file
+        self._name = (
+            os.fspath(file)
+            if isinstance(file, str | os.PathLike)
+            else str(getattr(file, "name", "the CSV input"))
+        )
+        self._null = fmt.null
+        self._header_read = False
+        self._opened: TextIO | None = None
+        self._reader: Any = None
+        self._pending: list[str] = []  # the lines of the quoted record being read
+        self._pushed: str | None = None
+        self._lines: Iterator[str] = iter(())
+        self._line = 0  # lines read so far
+
+    def where(self, position: int) -> str:
+        return f"line {position} of {self._name}"
+
+    def _open(self) -> TextIO:
+        fmt = self.csv
+        assert fmt is not None
+        if isinstance(self._file, str | os.PathLike):
+            try:
+                return open(self._file, encoding=fmt.encoding, newline="")
+            except OSError as exc:
+                raise ProgrammingError(f"cannot read {self._name}: {exc.strerror}") from exc
+        if isinstance(self._file, io.TextIOBase) or not hasattr(self._file, "readinto"):
+            return self._file  # type: ignore[no-any-return]
+        return io.TextIOWrapper(self._file, encoding=fmt.encoding, newline="")
+
+    def _feed(self, lines: Iterator[str]) -> Iterator[str]:
+        """The lines of a quoted record, for Python's reader: the first, then as it asks."""
+        pending = self._pending
+        while True:
+            line = self._pushed
+            self._pushed = None
+            if line is None:
+                line = next(lines, None)
+                if line is None:
+                    return
+            pending.append(line)
+            yield line
+
+    def _next(self) -> tuple[int, list[str], str] | None:
+        """The next record: its first line, fields and text as read.
+
+        A line without a quote is one record, its fields split at the
+        delimiter (in C, as PostgreSQL reads it); only a line with a quote
+        goes through Python's reader, which takes the lines a quoted field
+        spans.
+        """
+        line = next(self._lines, None)
+        if line is None:
+            return None
+        first = self._line + 1
+        assert self.csv is not None
+        if self.csv.quote not in line:
+            self._line = first
+            return first, line.rstrip("\r\n").split(self.csv.delimiter), line
+        self._pushed = line
+        fields = next(self._reader, None)
+        pending = self._pending
+        raw = "".join(pending)
+        self._line += len(pending)
+        pending.clear()
+        return first, fields if fields is not None else [], raw
+
+    def read_header(self) -> None:
+        """Open the file and read its header line, if it has one (names the columns)."""
+        if self._reader is not None:
+            return
+        fmt = self.csv
+        assert fmt is not None
+        self._opened = self._open()
+        self._lines = iter(self._opened)
+        self._reader = fmt.reader(self._feed(self._lines))
+        if fmt.header:
+            record = self._next()
+            self.columns = [] if record is None else [f.strip() for f in record[1]]
+
+    def close(self) -> None:
+        opened, self._opened = self._opened, None
+        by_path = isinstance(self._file, str | os.PathLike)
+        if opened is not None and opened is not self._file:
+            if isinstance(opened, io.TextIOWrapper) and not by_path:
+                opened.detach()  # the caller's binary file stays open
+            else:
+                opened.close()
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        self.read_header()
+        eol: str | None = None
+        try:
+            while True:
+                positions: list[int] = []
+                rows: list[Sequence[Any]] = []
+                raw: list[str] = []
+                for _ in range(BATCH_ROWS):
+                    record = self._next()
+                    if record is None:
+                        break
+                    first, fields, text = record
+                    if eol is None:
+                        eol = "\r\n" if text.endswith("\r\n") else "\n"
+                    if not text.endswith(("\n", "\r")):
+                        text += eol  # the last line, without its end
+                    elif text.rstrip("\r\n") == "\\.":
+                        # PostgreSQL reads an unquoted \. line as the end of the data.
+                        text = '"' + text.rstrip("\r\n") + '"' + eol
+                    positions.append(first)
+                    rows.append(fields)
+                    raw.append(text)
+                if not rows:
+                    return
+                yield Batch(positions, rows, raw)
+        finally:
+            self.close()
+
+    def _unquoted(self, batch: Batch, index: int) -> list[bool]:
+        assert batch.raw is not None
+        assert self.csv is not None
+        record = batch.raw[index]
+        if self.csv.quote not in record:
+            return [True] * len(batch.rows[index])
+        return [not quoted for quoted in quoted_fields(record, self.csv)]
+
+    def values(self, batch: Batch, index: int) -> Sequence[Any]:
+        fields = batch.rows[index]
+        null = self._null
+        if null not in fields:
+            return fields
+        unquoted = self._unquoted(batch, index)
+        pairs = zip(fields, unquoted, strict=False)
+        return [None if f == null and bare else f for f, bare in pairs]
+
+    def is_null(self, batch: Batch, index: int, column: int) -> bool:
+        return batch.rows[index][column] == self._null and self._unquoted(batch, index)[column]
+
+
+class _Frame(Source):
+    """An Arrow table or record batch, a pandas or a polars DataFrame."""
+
+    def __init__(self, frame: Any, library: str):
+        self._frame = frame
+        self._library = library
+        self.columns = [str(name) for name in frame.columns]
+        if library == "pyarrow":
+            self.columns = [str(name) for name in frame.schema.names]
+
+    def where(self, position: int) -> str:
+        return f"row {position} of the {self._library} frame (counting from 0)"
+
+    def _parts(self) -> Iterator[list[Sequence[Any]]]:
+        frame = self._frame
+        if self._library == "pyarrow":
+            parts = frame.to_batches(BATCH_ROWS) if hasattr(frame, "to_batches") else [frame]
+            for part in parts:
+                for start in range(0, part.num_rows, BATCH_ROWS):
+                    piece = part.slice(start, BATCH_ROWS)
+                    yield list(zip(*(column.to_pylist() for column in piece.columns), strict=True))
+        elif self._library == "polars":
+            for part in frame.iter_slices(BATCH_ROWS):
+                yield part.rows()
+        else:  # pandas: Python values, and None for every kind of missing value
+            for start in range(0, len(frame), BATCH_ROWS):
+                part = frame.iloc[start : start + BATCH_ROWS]
+                columns = []
+                for i in range(part.shape[1]):
+                    series = part.iloc[:, i].astype(object)
+                    columns.append(series.where(series.notna(), None).tolist())
+                yield list(zip(*columns, strict=True)) if columns else [()] * len(part)
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        start = 0
+        for rows in self._parts():
+            if rows:
+                yield Batch(range(start, start + len(rows)), rows)
+                start += len(rows)
+
+
+def _frame_library(source: object) -> str | None:
+    """The library of a data frame, recognized by its type (no import needed)."""
+    library = type(source).__module__.partition(".")[0]
+    if library == "pyarrow" and hasattr(source, "schema") and hasattr(source, "slice"):
+        return library
+    if library in ("pandas", "polars") and hasattr(source, "columns"):
+        return library
+    return None
+
+
+def open_source(source: object, fmt: CsvFormat) -> Source:
+    """The :class:`Source` reading ``source`` (see the module docstring).
+
+    Raises:
+        ProgrammingError: ``source`` is none of the kinds a load reads.
+    """
+    if isinstance(source, str | os.PathLike) or hasattr(source, "read"):
+        return _Csv(source, fmt)
+    library = _frame_library(source)
+    if library is not None:
+        return _Frame(source, library)
+    if isinstance(source, bytes | bytearray | memoryview):
+        raise ProgrammingError("copy_in() reads rows, a CSV file or a data frame, not bytes")
+    if isinstance(source, Iterable | AsyncIterable):
+        return _Rows(source)
+    raise ProgrammingError(
+        f"copy_in() cannot read a {type(source).__name__}: give an iterable of rows, a CSV "
+        "file (path or file object), or an Arrow table, pandas or polars DataFrame"
+    )
