@@ -18,11 +18,13 @@ from sqlglot import exp
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date, text_pins
 from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize, volatile_call
+from shardq.sql.catalog import implicit_columns
 from shardq.sql.colocation import joined_on_keys
 from shardq.sql.parse import POSITIONAL_PREFIX, placeholder_value
 
 if TYPE_CHECKING:
     from shardq.config import Config
+    from shardq.sql.catalog import Columns
 
 __all__ = [
     "KeyTerm",
@@ -310,17 +312,22 @@ def _read_route_of(analysis: Analysis, params: object, config: Config) -> Route:
     return ALL if shards is None else Route(RouteKind.SHARDS, shards)
 
 
-def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
+def _insert_route(
+    analysis: Analysis, params: object, config: Config, known: Columns | None
+) -> Route:
     statement = analysis.parsed.expression
     target = statement.this
     dialect = analysis.parsed.dialect
+    table_node = target.this if isinstance(target, exp.Schema) else target
+    ref = _target_ref(analysis, table_node)
     columns = (
         [normalize(c.this, dialect) for c in target.expressions]
         if isinstance(target, exp.Schema)
-        else []
+        # No column list: the values fill the table's columns in order.
+        else implicit_columns(
+            statement, (known or {}).get(ref.table.name, ()), fold=dialect == "sqlite"
+        )
     )
-    table_node = target.this if isinstance(target, exp.Schema) else target
-    ref = _target_ref(analysis, table_node)
     if not ref.table.distributed:
         return _replicated_write(analysis, config, "an INSERT into a reference table")
     values = statement.expression
@@ -465,12 +472,18 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
     return ALL if shards is None else Route(RouteKind.SHARDS, shards)
 
 
-def route(analysis: Analysis, params: object, config: Config) -> Route:
-    """Return where the statement runs, given its bound parameters."""
+def route(
+    analysis: Analysis, params: object, config: Config, columns: Columns | None = None
+) -> Route:
+    """Return where the statement runs, given its bound parameters.
+
+    ``columns`` (the catalog) tells which column an INSERT without a column list puts
+    each value in.
+    """
     if analysis.kind is StatementKind.READ:
         return _read_route(analysis, params, config)
     if analysis.kind is StatementKind.INSERT:
-        return _insert_route(analysis, params, config)
+        return _insert_route(analysis, params, config, columns)
     if analysis.kind is StatementKind.SCHEMA:
         return ALL  # the declared tables exist on every shard
     return _modify_route(analysis, params, config)
