@@ -407,3 +407,22 @@ async def test_leaving_the_async_connection_block_commits(empty_writes: Backend)
         conn.autocommit = False
         await conn.execute(insert, [1003, "async exit"])
     assert _stored(backend) == [(1003, "async exit")]
+
+
+def test_a_failed_write_on_every_shard_raises_its_own_error(pg_backend_writes: Backend) -> None:
+    # Every copy rejects the duplicate: the first failure cancels the other shards'
+    # statements, and a connection whose cancellation was interrupted is closed.
+    # The rollback after it must not replace the IntegrityError by its own failure.
+    backend = pg_backend_writes
+    with backend.connect() as conn:
+        for _ in range(5):
+            with pytest.raises(shardq.IntegrityError):
+                conn.execute("INSERT INTO kinds (code, label) VALUES ('a', 'again')")
+            assert conn.execute("SELECT label FROM kinds WHERE code = 'a'").fetchall() == [
+                ("alpha",)
+            ]
+    assert [backend.direct(i, "SELECT label FROM kinds WHERE code = 'a'") for i in range(4)] == [
+        [("alpha",)]
+    ] * 4
+    assert _prepared(backend) == []
+

@@ -213,17 +213,19 @@ class Transaction:
         await self._release()
 
     async def rollback(self) -> None:
-        """Roll back on every shard joined (nothing to do once over)."""
+        """Roll back on every shard joined (nothing to do once over).
+
+        It raises nothing for a shard whose connection broke (a statement's
+        failure on another shard cancels this one's, and psycopg closes a
+        connection whose cancellation was interrupted): nothing is prepared
+        before commit, so its pool closes the connection on return and the
+        server rolls back with the session. The outcome is the rollback asked
+        for, and the caller's error (the failed statement) is not masked.
+        """
         if self.closed:
             return
         self.closed = True
-        try:
-            for held in self._held.values():
-                await read_whole(held.conn, "ROLLBACK", None, stream=False)
-        except BaseException:
-            await self._abandon()
-            raise
-        await self._release()
+        await self._abandon()
 
     async def _abandon(self) -> None:
         """After a failure at the end: roll back what can be, give every connection back."""
