@@ -426,3 +426,46 @@ def test_a_failed_write_on_every_shard_raises_its_own_error(pg_backend_writes: B
     ] * 4
     assert _prepared(backend) == []
 
+
+def test_executemany_in_a_transaction_is_part_of_it(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        keys = _keys_on_one_shard(conn, 4)
+        conn.autocommit = False
+        cur = conn.cursor()
+        cur.executemany(insert, [(k, "many") for k in keys[:2]])
+        assert cur.rowcount == 2
+        # The transaction reads its own rows; other sessions do not see them yet.
+        assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(2,)]
+        assert _stored(backend) == []
+        conn.rollback()
+        assert _stored(backend) == []
+        cur.executemany(insert, [(k, "kept") for k in keys[2:]])
+        with pytest.raises(shardq.IntegrityError) as failure:
+            cur.executemany(insert, [(keys[0], "new"), (keys[2], "duplicate")])
+        assert "parameter set 1 of executemany" in str(failure.value.__notes__)
+        conn.rollback()
+        with conn.transaction():
+            cur.executemany(insert, [(k, "kept") for k in keys[2:]])
+        conn.autocommit = True
+        assert _stored(backend) == [(k, "kept") for k in keys[2:]]
+
+
+def test_executemany_into_a_reference_table(backend: Backend) -> None:
+    insert = backend.sql("INSERT INTO kinds (code, label) VALUES ({}, {})")
+    try:
+        with backend.connect() as conn:
+            cur = conn.cursor()
+            if backend.dialect == "sqlite":
+                with pytest.raises(shardq.UnsupportedQueryError, match="no two-phase commit"):
+                    cur.executemany(insert, [("x", "ex"), ("y", "why")])
+                return
+            cur.executemany(insert, [("x", "ex"), ("y", "why")])  # each writes every copy
+            assert cur.rowcount == 2
+        copies = [backend.direct(i, "SELECT code FROM kinds WHERE code > 'w'") for i in range(4)]
+        assert [sorted(c) for c in copies] == [[("x",), ("y",)]] * 4
+        assert _prepared(backend) == []
+    finally:
+        for i in range(4):
+            backend.direct(i, "DELETE FROM kinds WHERE code > 'w'")
