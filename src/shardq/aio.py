@@ -39,7 +39,7 @@ from shardq.health import CheckReport, check
 from shardq.results import StoredResult
 from shardq.rows import RowFactory, tuple_row
 from shardq.sql.route import written_table
-from shardq.statements import as_statement, compiler, is_many
+from shardq.statements import as_statement, compiler, is_many, statement_text
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -230,7 +230,7 @@ class AsyncCursor:
     def _writes_every_shard(self, sql: SQL) -> bool:
         """Whether ``sql`` writes a reference table (every shard, whatever its parameters)."""
         connection = self.connection
-        text, _ = as_statement((sql, None), connection.config.dialect)
+        text = statement_text(sql, connection.config.dialect)
         written = written_table(connection._engine.planner.analyze(text))
         return written is not None and not written.table.distributed
 
