@@ -38,7 +38,6 @@ from shardq.execute.twophase import Recovery, recover
 from shardq.health import CheckReport, check
 from shardq.results import StoredResult
 from shardq.rows import RowFactory, tuple_row
-from shardq.sql.affinity import result_types
 from shardq.sql.route import written_table
 from shardq.statements import as_statement, compiler, is_many, statement_text
 
@@ -69,9 +68,6 @@ class AsyncCursor:
         self.row_factory = row_factory
         self._result: AsyncResult | StoredResult | None = None
         self._rowcount = -1
-        # SQLite: the statement whose columns' type codes come from the catalog, and those.
-        self._sql: str | None = None
-        self._types: tuple[str | None, ...] | None = None
         self.closed = False
 
     def __repr__(self) -> str:
@@ -80,25 +76,8 @@ class AsyncCursor:
 
     @property
     def description(self) -> tuple[Column, ...] | None:
-        """The columns of the last result (PEP 249), or ``None`` if it returned no rows.
-
-        On SQLite shards, whose driver reports no column types, a column's
-        ``type_code`` comes from the catalog (see :func:`shardq.sql.affinity.result_types`).
-        """
-        if self._result is None:
-            return None
-        description = self._result.description
-        if description is None or self._sql is None:
-            return description
-        if self._types is None:  # once, after the statement has loaded the catalog
-            planner = self.connection._engine.planner
-            self._types = result_types(planner.analyze(self._sql), planner.columns) or ()
-        if len(self._types) != len(description):
-            return description
-        return tuple(
-            c if c.type_code is not None else c._replace(type_code=t)
-            for c, t in zip(description, self._types, strict=True)
-        )
+        """The columns of the last result (PEP 249), or ``None`` if it returned no rows."""
+        return None if self._result is None else self._result.description
 
     @property
     def rowcount(self) -> int:
@@ -151,8 +130,6 @@ class AsyncCursor:
         await self._discard()
         connection = self.connection
         sql, params = as_statement((sql, params), connection.config.dialect)
-        self._sql = sql if connection.config.dialect == "sqlite" else None
-        self._types = None
         if timeout is None:
             timeout = connection.timeout
         engine = connection._engine

@@ -205,25 +205,3 @@ def test_sqlite_is_written_back_with_the_same_meaning(written: str, sent: str) -
 )  # fmt: skip
 def test_shardqs_sqlite_parser_keeps_what_sqlglots_loses(written: str, sent: str) -> None:
     assert generate(sqlglot.parse_one(written, read=ShardqSQLite), "sqlite") == sent
-
-
-@pytest.mark.parametrize(
-    ("sql", "types"),
-    [
-        ("SELECT * FROM ev", ("integer", "text", "integer", "real", "text", None)),
-        ("SELECT e.name, (grp), CAST(mixed AS TEXT), count(*) FROM ev e GROUP BY 1, 2, 3",
-         ("text", "integer", "text", None)),
-        ("SELECT k.*, amount + 1 AS a FROM ev JOIN kinds k ON k.code = ev.note",
-         ("text", "text", None)),
-        ("SELECT name FROM (SELECT name FROM ev) AS d", (None,)),  # a derived table's: unknown
-        ("SELECT * FROM (SELECT name FROM ev) AS d", None),
-    ],
-)  # fmt: skip
-def test_result_columns_have_their_declared_affinity_as_type_code(
-    planner: Planner, sql: str, types: tuple[str | None, ...] | None
-) -> None:
-    from shardq.sql.affinity import result_types
-
-    assert result_types(planner.analyze(sql), planner.columns) == types
-    if types is not None and types[0] is not None:
-        assert types[0] == (shardq.NUMBER if types[0] != "text" else shardq.STRING)

@@ -28,14 +28,7 @@ if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis
     from shardq.sql.catalog import ColumnInfo, Columns
 
-__all__ = [
-    "Collation",
-    "Resolver",
-    "collation_name",
-    "from_sources",
-    "result_types",
-    "shippable",
-]
+__all__ = ["Collation", "Resolver", "collation_name", "from_sources", "shippable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,46 +173,3 @@ def shippable(select: exp.Select, analysis: Analysis, columns: Columns) -> bool:
         if resolver.affinity(node) != "BLOB" or resolver.collation(node) != _BINARY:
             return False
     return True
-
-
-def _declared(info: ColumnInfo) -> str | None:
-    # A column declared without a type has no affinity, and so no type to report.
-    return sqlite_affinity(info.type).lower() if info.type.strip() else None
-
-
-def result_types(analysis: Analysis, columns: Columns) -> tuple[str | None, ...] | None:
-    """The PEP 249 ``type_code`` of each result column of a SELECT on SQLite shards.
-
-    SQLite reports a result column's declared type only for a table's column
-    (``sqlite3_column_decltype``), and Python's sqlite3 not even that. shardq
-    knows the declared tables' columns: a column of one, or a CAST, has the
-    name of its affinity (``"text"``, ``"integer"``, ``"real"``, ``"numeric"``,
-    ``"blob"``), which compares equal to shardq's type objects; any other
-    expression has no type (None). None for the whole when a source is unknown.
-    """
-    select = analysis.parsed.expression
-    if not isinstance(select, exp.Select):
-        return None
-    resolver = Resolver(select, analysis, columns)
-    types: list[str | None] = []
-    for item in select.expressions:
-        node = item.this if isinstance(item, exp.Alias) else item
-        if isinstance(node, exp.Star) or (
-            isinstance(node, exp.Column) and isinstance(node.this, exp.Star)
-        ):
-            table = normalize(node.args.get("table"), "sqlite") if node.args.get("table") else None
-            sources = [resolver.sources.get(table)] if table else list(resolver.sources.values())
-            if not sources or any(found is None for found in sources):
-                return None
-            types += [_declared(info) for found in sources for info in found or ()]
-            continue
-        while isinstance(node, exp.Paren):
-            node = node.this
-        if isinstance(node, exp.Column):
-            info = resolver.column(node)
-            types.append(None if info is None else _declared(info))
-        elif isinstance(node, exp.Cast) and isinstance(node.to, exp.DataType):
-            types.append(cast_affinity(node.to).lower())
-        else:
-            types.append(None)
-    return tuple(types)
