@@ -39,7 +39,8 @@ from shardq.execute.twophase import Recovery, recover
 from shardq.health import CheckReport, check
 from shardq.results import AsyncResult, StoredResult
 from shardq.rows import RowFactory, tuple_row
-from shardq.statements import as_statement, compiler, is_many
+from shardq.sql.route import written_table
+from shardq.statements import as_statement, compiler, is_many, statement_text
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -193,9 +194,24 @@ class AsyncCursor:
         order. The first failure stops the rest and is raised; statements on
         other shards may have run by then (each commits on its own).
         :attr:`rowcount` is the total of rows written.
+
+        Inside a transaction (or with autocommit off) the parameter sets run
+        one after another as :meth:`execute` runs them, on the transaction's
+        connections, so they commit or roll back with it: a batch's
+        concurrent statements would run on connections of their own. So do
+        writes to a reference table, each of which changes every copy in one
+        atomic write, as :meth:`execute` does.
         """
         self._check_open()
         await self._discard()
+        connection = self.connection
+        if (
+            connection._transaction is not None
+            or not connection._autocommit
+            or self._writes_every_shard(sql)
+        ):
+            await self._execute_each(sql, params_seq, timeout)
+            return
         total = 0
         async for outcome in self.connection._with_args(
             sql,
@@ -211,6 +227,43 @@ class AsyncCursor:
             if outcome.result_or_exc.rowcount > 0:
                 total += outcome.result_or_exc.rowcount
         self._rowcount = total
+
+    def _writes_every_shard(self, sql: SQL) -> bool:
+        """Whether ``sql`` writes a reference table (every shard, whatever its parameters)."""
+        connection = self.connection
+        text = statement_text(sql, connection.config.dialect)
+        written = written_table(connection._engine.planner.analyze(text))
+        return written is not None and not written.table.distributed
+
+    async def _execute_each(
+        self,
+        sql: SQL,
+        params_seq: Iterable[Sequence[Any] | Mapping[str, Any]] | AsyncIterable[Any],
+        timeout: float | None,
+    ) -> None:
+        """:meth:`executemany` one parameter set after another, each as :meth:`execute`."""
+        total = 0
+        index = 0
+
+        async def each() -> AsyncIterator[Any]:
+            if isinstance(params_seq, AsyncIterable):
+                async for params in params_seq:
+                    yield params
+            else:
+                for params in params_seq:
+                    yield params
+
+        try:
+            async for params in each():
+                await self.execute(sql, params, timeout=timeout)
+                total += max(self.rowcount, 0)
+                index += 1
+        except Exception as exc:
+            exc.add_note(f"(parameter set {index} of executemany, counting from 0)")
+            raise
+        finally:
+            await self._discard()
+            self._rowcount = total
 
     async def _discard(self) -> None:
         result, self._result = self._result, None

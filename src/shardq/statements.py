@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 from shardq.errors import ProgrammingError
 
-__all__ = ["as_statement", "compiler"]
+__all__ = ["as_statement", "compiler", "statement_text"]
 
 Statement = tuple[str, Any]
 
@@ -69,11 +69,7 @@ def compiler(statement: Any, dialect: str) -> Any:
     parameters by name, over those written in the statement, as in
     SQLAlchemy's ``connection.execute(statement, params)``.
     """
-    if not _is_sqlalchemy(statement):
-        raise ProgrammingError(f"not a SQLAlchemy statement: {type(statement).__name__}")
-    compiled = statement.compile(
-        dialect=_dialect(dialect), compile_kwargs={"render_postcompile": True}
-    )
+    compiled = _compile(statement, dialect)
     sql = str(compiled)
     positions = compiled.positiontup
 
@@ -89,6 +85,17 @@ def compiler(statement: Any, dialect: str) -> Any:
         return sql, dict(values) if values else None
 
     return bind
+
+
+def _compile(statement: Any, dialect: str) -> Any:
+    if not _is_sqlalchemy(statement):
+        raise ProgrammingError(f"not a SQLAlchemy statement: {type(statement).__name__}")
+    return statement.compile(dialect=_dialect(dialect), compile_kwargs={"render_postcompile": True})
+
+
+def statement_text(statement: object, dialect: str) -> str:
+    """The SQL text of a statement: text as it is, a SQLAlchemy statement compiled, unbound."""
+    return statement if isinstance(statement, str) else str(_compile(statement, dialect))
 
 
 def _dialect(name: str) -> Any:

@@ -442,6 +442,7 @@ async def test_connections_go_back_clean_after_cancellation_error_and_commit(
         assert not conn.in_transaction
         assert _stored(backend) == []
         assert _in_transaction_sessions(backend) == 0
+
         # An error: rolled back, connections clean; then a commit on the same pools.
         async def failing() -> None:
             async with conn.transaction():
@@ -460,3 +461,65 @@ async def test_connections_go_back_clean_after_cancellation_error_and_commit(
         assert await cur.fetchall() == [(2,)]
     assert _stored(backend) == [(k, "ok") for k in keys]
     assert _prepared(backend) == []
+
+
+def test_a_failed_write_on_every_shard_raises_its_own_error(pg_backend_writes: Backend) -> None:
+    # Every copy rejects the duplicate: the first failure cancels the other shards'
+    # statements, and a connection whose cancellation was interrupted is closed.
+    # The rollback after it must not replace the IntegrityError by its own failure.
+    backend = pg_backend_writes
+    with backend.connect() as conn:
+        for _ in range(5):
+            with pytest.raises(shardq.IntegrityError):
+                conn.execute("INSERT INTO kinds (code, label) VALUES ('a', 'again')")
+            assert conn.execute("SELECT label FROM kinds WHERE code = 'a'").fetchall() == [
+                ("alpha",)
+            ]
+    assert [backend.direct(i, "SELECT label FROM kinds WHERE code = 'a'") for i in range(4)] == [
+        [("alpha",)]
+    ] * 4
+    assert _prepared(backend) == []
+
+
+def test_executemany_in_a_transaction_is_part_of_it(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        keys = _keys_on_one_shard(conn, 4)
+        conn.autocommit = False
+        cur = conn.cursor()
+        cur.executemany(insert, [(k, "many") for k in keys[:2]])
+        assert cur.rowcount == 2
+        # The transaction reads its own rows; other sessions do not see them yet.
+        assert conn.execute("SELECT count(*) FROM writes").fetchall() == [(2,)]
+        assert _stored(backend) == []
+        conn.rollback()
+        assert _stored(backend) == []
+        cur.executemany(insert, [(k, "kept") for k in keys[2:]])
+        with pytest.raises(shardq.IntegrityError) as failure:
+            cur.executemany(insert, [(keys[0], "new"), (keys[2], "duplicate")])
+        assert "parameter set 1 of executemany" in str(failure.value.__notes__)
+        conn.rollback()
+        with conn.transaction():
+            cur.executemany(insert, [(k, "kept") for k in keys[2:]])
+        conn.autocommit = True
+        assert _stored(backend) == [(k, "kept") for k in keys[2:]]
+
+
+def test_executemany_into_a_reference_table(backend: Backend) -> None:
+    insert = backend.sql("INSERT INTO kinds (code, label) VALUES ({}, {})")
+    try:
+        with backend.connect() as conn:
+            cur = conn.cursor()
+            if backend.dialect == "sqlite":
+                with pytest.raises(shardq.UnsupportedQueryError, match="no two-phase commit"):
+                    cur.executemany(insert, [("x", "ex"), ("y", "why")])
+                return
+            cur.executemany(insert, [("x", "ex"), ("y", "why")])  # each writes every copy
+            assert cur.rowcount == 2
+        copies = [backend.direct(i, "SELECT code FROM kinds WHERE code > 'w'") for i in range(4)]
+        assert [sorted(c) for c in copies] == [[("x",), ("y",)]] * 4
+        assert _prepared(backend) == []
+    finally:
+        for i in range(4):
+            backend.direct(i, "DELETE FROM kinds WHERE code > 'w'")

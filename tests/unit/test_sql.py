@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import shardq
 from shardq.config import load_config
 from shardq.sql.analyze import StatementKind
+from shardq.sql.catalog import ColumnInfo
 from shardq.sql.parse import parse
 from shardq.sql.plan import Planner
 from shardq.sql.route import RouteKind
@@ -583,6 +584,33 @@ TYPED = Planner(
 )
 def test_a_declared_key_type_decides_which_text_pins(sql: str, params: Any, pins: bool) -> None:
     assert (shards_of(sql, params, TYPED) != "all") is pins
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "sqlite"])
+def test_an_insert_without_a_column_list_fills_the_columns_in_table_order(dialect: str) -> None:
+    p = planner(dialect)
+    mark = "%s" if dialect == "postgres" else "?"
+    insert = f"INSERT INTO orders VALUES ({mark}, {mark})"
+    assert p.wants_catalog(insert)  # where the key is depends on the table's columns
+    p.set_catalog(
+        {"orders": frozenset({"total", "customer_id"}), "countries": frozenset({"code", "name"})},
+        {
+            "orders": (ColumnInfo("total"), ColumnInfo("customer_id")),
+            "countries": (ColumnInfo("code"), ColumnInfo("name")),
+        },
+    )
+    assert shards_of(insert, [1, 9], p) == (p.config.shard_for("orders", 9),)
+    assert shards_of(insert, [9, 1], p) == (p.config.shard_for("orders", 1),)
+    # The key column is left to its default: no shard is known.
+    with pytest.raises(shardq.UnsupportedQueryError, match="shard key"):
+        p.plan(f"INSERT INTO orders VALUES ({mark})", [1])
+    if dialect == "sqlite":
+        return  # SQLite shards refuse reference writes (no two-phase commit)
+    # A reference table's row with every column given is written everywhere; one
+    # leaving a column to its default is refused, as with a column list.
+    assert shards_of("INSERT INTO countries VALUES ('fr', 'France')", p=p) == "all"
+    with pytest.raises(shardq.UnsupportedQueryError, match="without name"):
+        p.plan("INSERT INTO countries VALUES ('fr')")
 
 
 def test_insert_with_text_the_key_type_reads_otherwise_is_refused() -> None:

@@ -217,9 +217,12 @@ class Transaction:
     async def rollback(self) -> None:
         """Roll back on every shard joined (nothing to do once over).
 
-        A connection the ROLLBACK fails on (closed by a cancellation, a
-        server gone) is discarded by its pool: a transaction that was not
-        prepared ends with its session, so nothing of it survives there.
+        It raises nothing for a shard whose connection broke (a statement's
+        failure on another shard cancels this one's, and psycopg closes a
+        connection whose cancellation was interrupted): nothing is prepared
+        before commit, so its pool closes the connection on return and the
+        server rolls back with the session. The outcome is the rollback asked
+        for, and the caller's error (the failed statement) is not masked.
         """
         if self.closed:
             return

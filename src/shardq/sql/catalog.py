@@ -29,7 +29,7 @@ from sqlglot.errors import ParseError, TokenError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["ColumnInfo", "Columns", "sqlite_columns", "sqlite_columns_query"]
+__all__ = ["ColumnInfo", "Columns", "implicit_columns", "sqlite_columns", "sqlite_columns_query"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +89,20 @@ def sqlite_columns(
         ColumnInfo(str(row[0]), str(row[1] or ""), collations.get(str(row[0]).lower(), "binary"))
         for row in rows
     )
+
+
+def implicit_columns(insert: exp.Expr, columns: Sequence[ColumnInfo], *, fold: bool) -> list[str]:
+    """The columns an INSERT without a column list fills: the table's first ones, in order.
+
+    As the database reads ``INSERT INTO t VALUES (...)``: the n values of a row
+    go to the table's first n columns, the others take their defaults.
+    ``fold`` lowers the names (SQLite's ignore case).
+
+    >>> insert = sqlglot.parse_one("INSERT INTO t VALUES (1, 'a')")
+    >>> implicit_columns(insert, [ColumnInfo("ID"), ColumnInfo("v"), ColumnInfo("w")], fold=True)
+    ['id', 'v']
+    """
+    values = insert.expression
+    first = values.expressions[0] if isinstance(values, exp.Values) and values.expressions else None
+    width = len(first.expressions) if isinstance(first, exp.Tuple) else len(columns)
+    return [c.name.lower() if fold else c.name for c in columns[:width]]

@@ -18,6 +18,7 @@ from shardq.merge.steps import MergePlan
 from shardq.placement import text_pins
 from shardq.sql.affinity import shippable
 from shardq.sql.analyze import Analysis, StatementKind, analyze, normalize
+from shardq.sql.catalog import implicit_columns
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.move import Move, plan_move
 from shardq.sql.parse import parse
@@ -122,7 +123,11 @@ class Planner:
         if wanted is None:
             statement = analysis.parsed.expression
             written = written_table(analysis)
-            wanted = (written is not None and not written.table.distributed) or (
+            wanted = (
+                written is not None
+                # its columns: a reference table's all given, or where VALUES put the key
+                and (not written.table.distributed or not isinstance(statement.this, exp.Schema))
+            ) or (
                 bool(analysis.distributed)
                 and (
                     # SQLite merges with the columns' affinities and collations.
@@ -254,16 +259,19 @@ class Planner:
         if analysis.kind is not StatementKind.INSERT:
             return
         target = statement.this
-        given = {
-            normalize(c.this, self.config.dialect) if isinstance(c, exp.Column | exp.Identifier)
-            else c.name.lower()
-            for c in (target.expressions if isinstance(target, exp.Schema) else [])
-        }  # fmt: skip
         known = self.columns.get(table)
+        fold = self.config.dialect == "sqlite"
+        if isinstance(target, exp.Schema):
+            given = {
+                normalize(c.this, self.config.dialect) if isinstance(c, exp.Column | exp.Identifier)
+                else c.name.lower()
+                for c in target.expressions
+            }  # fmt: skip
+        else:  # no column list: the values fill the table's first columns
+            given = set(implicit_columns(statement, known or (), fold=fold))
         if known is None:
             missing = ["(the table's columns are not known)"]
         else:
-            fold = self.config.dialect == "sqlite"
             missing = [c.name for c in known if (c.name.lower() if fold else c.name) not in given]
         if missing:
             raise UnsupportedQueryError(
@@ -352,7 +360,7 @@ class Planner:
                 "the statement has a placeholder (%s) inside a string literal or a comment, "
                 "which psycopg would bind too; write %% there for a literal percent sign"
             )
-        target = route(analysis, params, self.config)
+        target = route(analysis, params, self.config, self.columns)
         if analysis.kind is StatementKind.UPDATE:
             new_home = moved_to(analysis, params, self.config)
             if new_home is not None and target.shards != (new_home,):
@@ -382,7 +390,9 @@ class Planner:
                 )
                 return QueryPlan(sql, params, analysis.kind, target, _REPLICATED, why)
             if analysis.kind is StatementKind.INSERT and many:
-                split = split_insert(analysis, params, row_shards(analysis, params, self.config))
+                split = split_insert(
+                    analysis, params, row_shards(analysis, params, self.config, self.columns)
+                )
                 why = (
                     f"an INSERT split by shard key into {len(split.parts)} INSERTs, one per "
                     "shard, committed on all of them or none (two-phase commit); RETURNING "

@@ -18,11 +18,13 @@ from sqlglot import exp
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.placement import has_utc_offset, is_canonical_uuid, is_iso_date, text_pins
 from shardq.sql.analyze import Analysis, StatementKind, TableRef, normalize, volatile_call
+from shardq.sql.catalog import implicit_columns
 from shardq.sql.colocation import joined_on_keys
 from shardq.sql.parse import POSITIONAL_PREFIX, placeholder_value
 
 if TYPE_CHECKING:
     from shardq.config import Config
+    from shardq.sql.catalog import Columns
 
 __all__ = [
     "KeyTerm",
@@ -315,11 +317,13 @@ def _read_route_of(analysis: Analysis, params: object, config: Config) -> Route:
     return ALL if shards is None else Route(RouteKind.SHARDS, shards)
 
 
-def _insert_route(analysis: Analysis, params: object, config: Config) -> Route:
+def _insert_route(
+    analysis: Analysis, params: object, config: Config, known: Columns | None
+) -> Route:
     ref = _target_ref(analysis, _insert_table(analysis))
     if not ref.table.distributed:
         return _replicated_write(analysis, config, "an INSERT into a reference table")
-    shards = set(row_shards(analysis, params, config))
+    shards = set(row_shards(analysis, params, config, known))
     statement = analysis.parsed.expression
     _refuse_key_assignments(
         statement.args.get("conflict"), ref, analysis.parsed.dialect, "INSERT ... ON CONFLICT"
@@ -341,16 +345,26 @@ def _insert_table(analysis: Analysis) -> exp.Expr:
     return target.this if isinstance(target, exp.Schema) else target
 
 
-def insert_columns(analysis: Analysis) -> list[str]:
-    """The column list an INSERT names (normalized), empty if it names none."""
-    target = analysis.parsed.expression.this
+def insert_columns(analysis: Analysis, known: Columns | None = None) -> list[str]:
+    """The columns an INSERT fills (normalized), in order.
+
+    Without a column list, the values fill the table's columns in order:
+    the first ones of ``known`` (the catalog), empty if it is not known.
+    """
+    statement = analysis.parsed.expression
+    target = statement.this
     dialect = analysis.parsed.dialect
-    if not isinstance(target, exp.Schema):
-        return []
-    return [normalize(c.this, dialect) for c in target.expressions]
+    if isinstance(target, exp.Schema):
+        return [normalize(c.this, dialect) for c in target.expressions]
+    ref = _target_ref(analysis, target)
+    return implicit_columns(
+        statement, (known or {}).get(ref.table.name, ()), fold=dialect == "sqlite"
+    )
 
 
-def row_shards(analysis: Analysis, params: object, config: Config) -> list[str]:
+def row_shards(
+    analysis: Analysis, params: object, config: Config, known: Columns | None = None
+) -> list[str]:
     """The shard of each row of an INSERT ... VALUES into a distributed table, in order."""
     statement = analysis.parsed.expression
     dialect = analysis.parsed.dialect
@@ -360,7 +374,7 @@ def row_shards(analysis: Analysis, params: object, config: Config) -> list[str]:
         raise UnsupportedQueryError(
             "INSERT ... SELECT", "the rows it inserts are not known before it runs"
         )
-    columns = insert_columns(analysis)
+    columns = insert_columns(analysis, known)
     key = ref.table.shard_key
     if key not in columns:
         raise UnsupportedQueryError(
@@ -564,12 +578,18 @@ def _modify_route(analysis: Analysis, params: object, config: Config) -> Route:
     return ALL if shards is None else Route(RouteKind.SHARDS, shards)
 
 
-def route(analysis: Analysis, params: object, config: Config) -> Route:
-    """Return where the statement runs, given its bound parameters."""
+def route(
+    analysis: Analysis, params: object, config: Config, columns: Columns | None = None
+) -> Route:
+    """Return where the statement runs, given its bound parameters.
+
+    ``columns`` (the catalog) tells which column an INSERT without a column list puts
+    each value in.
+    """
     if analysis.kind is StatementKind.READ:
         return _read_route(analysis, params, config)
     if analysis.kind is StatementKind.INSERT:
-        return _insert_route(analysis, params, config)
+        return _insert_route(analysis, params, config, columns)
     if analysis.kind is StatementKind.SCHEMA:
         return ALL  # the declared tables exist on every shard
     return _modify_route(analysis, params, config)
