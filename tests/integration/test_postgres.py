@@ -130,6 +130,18 @@ async def test_cancelling_the_task_cancels_on_the_servers(pg_dataset: list[PgClu
             )
 
 
+async def test_a_closed_connection_raises_the_shards_error(pg_dataset: list[PgCluster]) -> None:
+    async with shardq.AsyncConnection(pg_config(pg_dataset)) as conn:
+        pool = conn._engine.pools["s1"]
+        async with pool.connection() as lent:
+            await lent.conn.close()  # type: ignore[attr-defined]
+            with pytest.raises(shardq.OperationalError, match="shard 's1'") as caught:
+                await lent.execute("SELECT 1", None, fetch_size=10, stream=False)
+            assert isinstance(caught.value, shardq.ShardError)
+        # The pool dropped it: the next statement gets a working connection.
+        assert await (await conn.execute("SELECT count(*) FROM items")).fetchall() == [(200,)]
+
+
 def test_a_shard_down_fails_fast_and_names_the_shard(pg_dataset: list[PgCluster]) -> None:
     config = pg_config(pg_dataset)
     down = config["shards"][2]

@@ -309,12 +309,20 @@ class _Connection:
         self, sql: str, params: object, *, fetch_size: int, stream: bool = True
     ) -> _Stream:
         result = _Stream(self._shard, self._secrets, fetch_size)
+        cursor = self._cursor()
         if stream:
             self._streamed = True
-            await result.start(self.conn.cursor(), sql, params)
+            await result.start(cursor, sql, params)
         else:
-            await result.run(self.conn.cursor(), sql, params)
+            await result.run(cursor, sql, params)
         return result
+
+    def _cursor(self) -> psycopg.AsyncCursor[Any]:
+        """A cursor; a closed connection raises the shard's error, not psycopg's."""
+        try:
+            return self.conn.cursor()
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
 
     async def run(
         self, statements: Sequence[Statement], *, prepare: bool = False
@@ -366,7 +374,7 @@ class _Connection:
         sent as it is. A row the server refuses raises :class:`CopyRejected`
         with its line in the data sent.
         """
-        cursor = self.conn.cursor()
+        cursor = self._cursor()
         query: Any = sql
         try:
             async with cursor.copy(query) as copy:
@@ -382,10 +390,10 @@ class _Connection:
         return cursor.rowcount
 
     async def _run_one(self, statement: Statement, prepare: bool) -> Outcome | ShardError:
-        cursor = self.conn.cursor()
         query: Any = statement.sql
         params: Any = statement.params
         try:
+            cursor = self.conn.cursor()
             await cursor.execute(query, params, prepare=prepare or None)
             return await _outcome(cursor)
         except psycopg.Error as exc:
