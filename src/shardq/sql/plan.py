@@ -18,6 +18,7 @@ from shardq.merge.steps import MergePlan
 from shardq.placement import text_pins
 from shardq.sql.affinity import shippable
 from shardq.sql.analyze import Analysis, StatementKind, analyze, normalize
+from shardq.sql.insert_select import Feed, plan_insert_select
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.parse import parse
 from shardq.sql.regenerate import for_psycopg
@@ -70,6 +71,8 @@ class QueryPlan:
     deferred: Deferred | None = None
     # An INSERT whose rows belong to several shards: one part per shard.
     split: Split | None = None
+    # An INSERT ... SELECT whose selected rows shardq routes to their shards.
+    feed: Feed | None = None
 
 
 class Planner:
@@ -276,6 +279,12 @@ class Planner:
                 "the statement has a placeholder (%s) inside a string literal or a comment, "
                 "which psycopg would bind too; write %% there for a literal percent sign"
             )
+        chosen = plan_insert_select(analysis, params, self.config, self.catalog, self.columns)
+        if chosen is not None:
+            return QueryPlan(
+                sql, params, analysis.kind, chosen.route, _PASS_THROUGH, chosen.strategy,
+                feed=chosen.feed,
+            )  # fmt: skip
         target = route(analysis, params, self.config)
         many = target.kind is RouteKind.ALL or len(target.shards) > 1
         if not (many and analysis.kind is StatementKind.READ and len(self.config.shards) > 1):
