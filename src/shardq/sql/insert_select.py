@@ -37,6 +37,7 @@ from sqlglot import exp
 from shardq.errors import UnsupportedQueryError
 from shardq.sql.analyze import Analysis, StatementKind, analyze
 from shardq.sql.colocation import colocation_group, key_relation
+from shardq.sql.dialects import generate
 from shardq.sql.locality import row_preserving
 from shardq.sql.parse import parse
 from shardq.sql.regenerate import for_psycopg, regenerate
@@ -64,6 +65,7 @@ MAX_ROWS_PER_INSERT = 1000
 # PostgreSQL's protocol counts a statement's parameters in 16 bits.
 _MAX_PARAMS = 65535
 _VALUE_PREFIX = "_shardq_v"
+_KEPT = 8  # statements kept per INSERT ... SELECT text
 
 
 class Inserts:
@@ -72,8 +74,8 @@ class Inserts:
     The statement as written, its SELECT replaced by a VALUES list of
     placeholders (``_shardq_v<row>_<column>``) and its column list made
     explicit; its other clauses (``ON CONFLICT``, ``RETURNING``) are kept,
-    with their parameters. Generated once per row count and width: a routed
-    INSERT sends full batches but for the last of each shard.
+    with their parameters. Generated once per row count and width (a few
+    kept): a routed INSERT sends full batches but for the last of each shard.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class Inserts:
         self._source = source
         self._dialect = dialect
         self._made: dict[tuple[int, int], tuple[str, tuple[str, ...]]] = {}
+        self._plain: dict[int, bool] = {}  # whether psycopg reads a width's text as written
 
     def statement(self, rows: int, width: int, escaped: bool) -> tuple[str, tuple[str, ...]]:
         """The INSERT of ``rows`` rows of the first ``width`` columns, and its value names.
@@ -108,11 +111,23 @@ class Inserts:
             "this", exp.Schema(this=table, expressions=[c.copy() for c in self._columns[:width]])
         )
         insert.set("expression", exp.Values(expressions=tuples))
-        words = frozenset({"values", *(c.name.lower() for c in self._columns)})
-        sql = regenerate(insert, self._source, self._dialect, extra=words)
-        if self._dialect == "postgres":
-            sql = for_psycopg(sql, strings_escaped=escaped)
+        if rows == 1:
+            words = frozenset({"values", *(c.name.lower() for c in self._columns)})
+            sql = regenerate(insert, self._source, self._dialect, extra=words)
+            plain = sql
+            if self._dialect == "postgres":
+                sql = for_psycopg(sql, strings_escaped=escaped)
+            self._plain[width] = plain == sql
+        else:
+            # More rows add only placeholders: the words are the one-row statement's
+            # (checked once), and so are psycopg's escapes, if it has none.
+            self.statement(1, width, escaped)
+            sql = generate(insert, self._dialect)
+            if self._dialect == "postgres" and not self._plain[width]:
+                sql = for_psycopg(sql, strings_escaped=escaped)
         self._made[(rows, width)] = (sql, names)
+        if len(self._made) > _KEPT:  # the last batches' sizes vary: keep a few texts only
+            del self._made[next(k for k in self._made if k[0] > 1)]
         return sql, names
 
     @property
@@ -173,6 +188,7 @@ class _Shape:
     explicit: bool
     # None when co-located; else why not, in words (for EXPLAIN).
     not_colocated: str | None
+    inserts: Inserts  # its statements made once, for every execution of the text
 
 
 def _select_body(statement: exp.Insert) -> exp.Expr | None:
@@ -250,14 +266,7 @@ def plan_insert_select(
             "SELECT co-located with the target",
         )
     feed = Feed(
-        shape.select,
-        bound,
-        ref,
-        shape.key,
-        shape.explicit,
-        returning,
-        Inserts(statement, shape.columns, analysis.parsed.source, dialect),
-        escaped,
+        shape.select, bound, ref, shape.key, shape.explicit, returning, shape.inserts, escaped
     )
     strategy = (
         f"the SELECT runs first as a query of its own ({shape.not_colocated}); each row it "
@@ -325,7 +334,8 @@ def _shape(
     key_name = ref.table.shard_key
     key = names.index(key_name) if key_name in names else None
     why = None if key is None else _not_colocated(selected, ref, key, config, catalog, statement)
-    shape = _Shape(text, selected, key, identifiers, explicit, why)
+    inserts = Inserts(statement, identifiers, analysis.parsed.source, dialect)
+    shape = _Shape(text, selected, key, identifiers, explicit, why, inserts)
     analysis.memo[memo_key] = shape
     return shape
 
