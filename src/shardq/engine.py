@@ -22,7 +22,9 @@ from shardq.errors import (
     UnsupportedQueryError,
     missing_dependency,
 )
+from shardq.execute.cursor import cursor_pools
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
+from shardq.execute.feed import feed_rows
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
@@ -254,6 +256,13 @@ class Engine:
                     lambda own: self._execute_split(plan, timeout, row_factory, own)
                 )
             return await self._execute_split(plan, timeout, row_factory, transaction)
+        if plan.feed is not None:
+            await self._before_write()
+            if transaction is None:
+                return await self._own_transaction(
+                    lambda own: self._execute_feed(plan, timeout, row_factory, own)
+                )
+            return await self._execute_feed(plan, timeout, row_factory, transaction)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind is StatementKind.SCHEMA:
             self.planner.forget_catalog()  # read again after the change
@@ -418,6 +427,76 @@ class Engine:
         rowcount = here.rowcount + (moved.rowcount if moved is not None else 0)
         return StoredResult(here.description, returned, rowcount, shards, row_factory)
 
+    async def _execute_feed(
+        self,
+        plan: QueryPlan,
+        timeout: float | None,
+        row_factory: RowFactory,
+        transaction: Transaction,
+    ) -> StoredResult:
+        """An INSERT ... SELECT whose rows shardq routes (see :mod:`shardq.execute.feed`).
+
+        The SELECT is read by cursors on the transaction's connections, the
+        rows inserted on them between two batches: memory holds a batch.
+        """
+        feed = plan.feed
+        assert feed is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        try:
+            selected = await self._read_by_cursors(feed.select, feed.params, left(), transaction)
+            try:
+                return await feed_rows(
+                    feed,
+                    selected,
+                    transaction,
+                    self.config,
+                    row_factory,
+                    batch=self.fetch_size,
+                    timeout=left(),
+                )
+            finally:
+                await selected.close()
+        except BaseException as exc:
+            transaction.fail(exc)
+            raise
+
+    async def _read_by_cursors(
+        self, sql: str, params: object, timeout: float | None, transaction: Transaction
+    ) -> AsyncResult | StoredResult:
+        """A read in ``transaction`` streamed by cursors (:mod:`shardq.execute.cursor`).
+
+        Its subqueries that run first are read whole, as their rows become
+        parameters; the statement itself then streams.
+        """
+        plan = await self.plan_async(sql, params, transaction=transaction)
+        while plan.deferred is not None:
+
+            async def subquery(sub_sql: str, sub_params: object) -> Result:
+                result = await self.execute(
+                    sub_sql, sub_params, timeout=timeout, row_factory=tuple_row,
+                    transaction=transaction,
+                )  # fmt: skip
+                description = result.description or ()
+                return Result(
+                    tuple(c.name for c in description),
+                    tuple(c.type_code for c in description),
+                    await result.fetchall(),
+                )
+
+            sql, params = await self._substitute(plan, subquery)
+            plan = await self.plan_async(sql, params, transaction=transaction)
+        shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        transaction.check(shards, False)
+        pools = cursor_pools(transaction.view())
+        scatter, types = await self._start(plan, shards, timeout, transaction, pools)
+        transaction.note(shards, False)
+        merge = merger(plan.merge, len(shards), self._semantics, types)
+        return await AsyncResult.start(scatter, merge, tuple_row, plan.merge, self._semantics)
+
     def submit(
         self,
         sql: str,
@@ -546,15 +625,18 @@ class Engine:
         shards: tuple[str, ...],
         timeout: float | None,
         transaction: Transaction | None = None,
+        pools: Mapping[str, ShardPool] | None = None,
     ) -> tuple[Scatter, list[Any]]:
         """Start ``plan`` on ``shards``; return the scatter and the shards' column types.
 
         A merge that orders values is refused here, before any row is merged,
-        when the shards order them otherwise than the merge would.
+        when the shards order them otherwise than the merge would. ``pools``
+        replaces the pools (or the transaction's view of them).
         """
         if plan.merge.compares:
             await self._learn_text_order(shards, transaction=transaction)
-        pools = self.pools if transaction is None else transaction.view()
+        if pools is None:
+            pools = self.pools if transaction is None else transaction.view()
         scatter = Scatter(pools, shards, timeout)
         # In a transaction a result is received whole: its shard's one connection
         # serves the transaction's next statement.

@@ -15,9 +15,9 @@ back, with savepoints rolled back), with both ways of opening one
 sequence of random INSERT/UPDATE/DELETE statements checks the same
 properties step by step (``SHARDQ_WRITE_EXAMPLES`` examples, 50 by default).
 
-A multi-row INSERT spanning shards and an UPDATE moving a row to another
-shard are compared like the rest; INSERT ... SELECT is marked
-``xfail(strict=True)`` for the refusal shardq gives until it lands.
+A multi-row INSERT spanning shards, an UPDATE moving a row to another
+shard and INSERT ... SELECT (co-located and routed) are compared like the
+rest.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ LEDGER = [(i % 40 + 1, i, Decimal(i * 7 % 50) - Decimal("12.50")) for i in range
 CURRENCIES = [("EUR", "euro", 100), ("USD", "dollar", 92), ("JPY", "yen", 1), ("CHF", "franc", 104)]
 DATA = {"accounts": ACCOUNTS, "ledger": LEDGER, "currencies": CURRENCIES, "hyp": []}
 
-INSERT_SELECT = "INSERT ... SELECT: lead's branch"
 
 
 @dataclass
@@ -423,7 +422,6 @@ def test_update_setting_the_shard_key_moves_the_row(twin: Twin) -> None:
     twin.same_tables()
 
 
-@pytest.mark.xfail(raises=shardq.UnsupportedQueryError, strict=True, reason=INSERT_SELECT)
 def test_insert_select(twin: Twin) -> None:
     # Not co-located (the key is computed): the rows come back and are routed.
     twin.run("INSERT INTO accounts SELECT id + 1000, owner, balance, 'copy' FROM accounts "

@@ -149,6 +149,22 @@ def merge_steps(merge: MergePlan) -> list[str]:
     return steps
 
 
+def _feed_lines(plan: QueryPlan) -> list[str]:
+    """A routed INSERT ... SELECT: its read, then the INSERT each batch of rows makes."""
+    feed = plan.feed
+    assert feed is not None
+    insert, _ = feed.inserts.statement(1, feed.inserts.widest, feed.escaped)
+    lines = ["Runs first, planned and merged as a query of its own:", f"  {feed.select}"]
+    if feed.params:
+        lines.append(f"  with parameters {feed.params!r}")
+    lines.append(
+        f"Then, on the shard of each row's key, up to {feed.rows_per_insert(feed.inserts.widest)} "
+        "rows at a time (one VALUES row per selected row):"
+    )
+    lines.append(f"  {insert}")
+    return lines
+
+
 def explain(
     plan: QueryPlan, shards: tuple[str, ...], *, total: int, analyzed: Analyzed | None = None
 ) -> str:
@@ -169,6 +185,8 @@ def explain(
         if analyzed is not None:
             lines.append(f"Execution: {analyzed.rows} rows in {analyzed.seconds * 1000:.1f} ms")
         return "\n".join(lines)
+    if plan.feed is not None:
+        return "\n".join([*lines, *_feed_lines(plan)])
     lines.append("Each shard runs:" if len(shards) > 1 else "The shard runs:")
     lines += [f"  {line}" for line in plan.sql.strip().splitlines()]
     if plan.params:

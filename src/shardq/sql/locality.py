@@ -58,6 +58,7 @@ __all__ = [
     "joined_on_keys",
     "key_relation",
     "link",
+    "row_preserving",
     "run_first",
 ]
 
@@ -615,6 +616,41 @@ def check_local(
     if not relations and checker.distributed_inside(statement):
         names = ", ".join(sorted({r.table.name for r in checker.distributed_inside(statement)}))
         raise UnsupportedQueryError(f"a subquery over the distributed table {names}", _REASON)
+    return relations
+
+
+def row_preserving(
+    analysis: Analysis, config: Config, catalog: Catalog | None, what: str
+) -> list[Relation]:
+    """The distributed relations of a read whose every row stays on its source rows' shard.
+
+    :func:`check_local`'s proof, and what a derived table needs besides (no
+    LIMIT or OFFSET, groups containing the shard key, a DISTINCT that keeps
+    it, windows partitioned by it): the read run on each shard then returns
+    exactly the rows one database computes from that shard's rows. ``what``
+    names the read in a refusal.
+
+    >>> from shardq.config import load_config
+    >>> from shardq.sql.analyze import analyze
+    >>> from shardq.sql.parse import parse
+    >>> cfg = load_config({"shards": [{"name": "a", "dsn": "a.db"}],
+    ...                    "tables": {"t": {"shard_key": "k"}}})
+    >>> [r.alias for r in row_preserving(
+    ...     analyze(parse("SELECT k, count(*) FROM t GROUP BY k", "sqlite"), cfg), cfg, None, "it")]
+    ['t']
+    >>> row_preserving(analyze(parse("SELECT count(*) FROM t", "sqlite"), cfg), cfg, None, "it")
+    Traceback (most recent call last):
+    ...
+    shardq.errors.UnsupportedQueryError: aggregates in it over distributed tables, not grouped ...
+    """
+    statement = analysis.parsed.expression
+    if not isinstance(statement, exp.Select):
+        raise UnsupportedQueryError(f"{statement.key.upper()} in {what}", _REASON)
+    checker = _Checker(analysis, config, catalog=catalog)
+    relations = checker.scope(statement)
+    if not relations:
+        raise UnsupportedQueryError(f"{what} without a distributed table in its FROM", _REASON)
+    checker._preserving(statement, relations, what)
     return relations
 
 

@@ -19,6 +19,7 @@ from shardq.placement import text_pins
 from shardq.sql.affinity import shippable
 from shardq.sql.analyze import Analysis, StatementKind, analyze, normalize
 from shardq.sql.catalog import implicit_columns
+from shardq.sql.insert_select import Feed, plan_insert_select
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.move import Move, plan_move
 from shardq.sql.parse import parse
@@ -75,6 +76,8 @@ class QueryPlan:
     split: Split | None = None
     # An UPDATE that moves rows to the shard of the key it sets.
     move: Move | None = None
+    # An INSERT ... SELECT whose selected rows shardq routes to their shards.
+    feed: Feed | None = None
 
 
 class Planner:
@@ -360,6 +363,12 @@ class Planner:
                 "the statement has a placeholder (%s) inside a string literal or a comment, "
                 "which psycopg would bind too; write %% there for a literal percent sign"
             )
+        chosen = plan_insert_select(analysis, params, self.config, self.catalog, self.columns)
+        if chosen is not None:
+            return QueryPlan(
+                sql, params, analysis.kind, chosen.route, _PASS_THROUGH, chosen.strategy,
+                feed=chosen.feed,
+            )  # fmt: skip
         target = route(analysis, params, self.config, self.columns)
         if analysis.kind is StatementKind.UPDATE:
             new_home = moved_to(analysis, params, self.config)
