@@ -24,6 +24,12 @@ pytestmark = pytest.mark.postgres
 
 # (sql, ordered): ordered when the ORDER BY fixes the order of every row.
 CASES: list[tuple[str, bool]] = [
+    # a table function joined to a distributed table: the same rows on every shard
+    (
+        "SELECT count(*), sum(g) FROM facts JOIN generate_series(1, 300, 7) AS g ON g = facts.id",
+        True,
+    ),
+    ("SELECT f.id, g FROM facts f, generate_series(1, 2) AS g WHERE f.id < 4 ORDER BY 1, 2", True),
     # an ordinal after *: the columns * stands for, from the catalog
     ("SELECT * FROM facts ORDER BY 3, 1 LIMIT 7", True),
     ("SELECT f.*, 1 AS one FROM facts f ORDER BY 3 DESC, 1 OFFSET 2", True),

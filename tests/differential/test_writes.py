@@ -65,7 +65,6 @@ CURRENCIES = [("EUR", "euro", 100), ("USD", "dollar", 92), ("JPY", "yen", 1), ("
 DATA = {"accounts": ACCOUNTS, "ledger": LEDGER, "currencies": CURRENCIES, "hyp": []}
 
 
-
 @dataclass
 class Twin:
     """shardq over the four shards, and the single node, driven in step."""

@@ -233,7 +233,11 @@ class _Checker:
         alias = source.args.get("alias")
         if isinstance(source, exp.Subquery):
             body = source.this
-        elif isinstance(source, exp.Table) and not source.db:
+        elif (
+            isinstance(source, exp.Table)
+            and not source.db
+            and isinstance(source.this, exp.Identifier)  # not a table function
+        ):
             body = self.ctes.get(normalize(source.this, self.dialect))
         if body is None:
             if self.distributed_inside(source):
