@@ -34,7 +34,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shardq.errors import NotSupportedError, OperationalError
+from shardq.errors import NotSupportedError, OperationalError, ShardError
 from shardq.execute.driver import read_whole
 
 if TYPE_CHECKING:
@@ -53,6 +53,11 @@ _CREATE = (
     "(txid text PRIMARY KEY, decided timestamptz NOT NULL DEFAULT now())"
 )
 _PREFIX = "shardq:"
+# What COMMIT/ROLLBACK PREPARED answers when another session finishes the same
+# transaction: "is busy" while it does, "does not exist" once it has. SQLSTATEs,
+# not messages: the messages follow the server's lc_messages.
+_BUSY = "55000"  # object_not_in_prerequisite_state
+_UNDEFINED_OBJECT = "42704"
 _ready: set[tuple[int, str]] = set()  # (id of the pool, shard): checked and table made
 
 
@@ -240,9 +245,12 @@ async def recover(pools: Mapping[str, ShardPool]) -> Recovery:
             async with pool.connection() as conn:
                 try:
                     await read_whole(conn, f"{verb} PREPARED '{gid}'", None, stream=False)
-                except Exception as exc:
-                    if "does not exist" not in str(exc):  # finished meanwhile: fine
-                        raise
-                    continue
+                except ShardError as exc:
+                    if exc.sqlstate == _BUSY:  # its coordinator (or another recover) is on it
+                        report.in_progress.append(f"{shard}: {gid}")
+                        continue
+                    if exc.sqlstate == _UNDEFINED_OBJECT:  # finished meanwhile: fine
+                        continue
+                    raise
             (report.committed if verb == "COMMIT" else report.rolled_back).append(f"{shard}: {gid}")
     return report
