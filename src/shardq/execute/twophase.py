@@ -171,14 +171,22 @@ async def two_phase_commit(
     for shard, conn, gid in prepared:
         try:
             await read_whole(conn, f"COMMIT PREPARED '{gid}'", None, stream=False)
-        except Exception:
-            done = False
-            log.warning(
-                "two-phase commit %s: committed, but shard %r did not confirm; recover() "
-                "finishes it",
-                txid,
-                shard,
-            )
+        except Exception as exc:
+            sqlstate = exc.sqlstate if isinstance(exc, ShardError) else None
+            if sqlstate == _UNDEFINED_OBJECT:
+                # A recover() running beside us committed it: after the decision
+                # that is all it can do.
+                pass
+            elif sqlstate == _BUSY:  # a recover() is committing it now; keep the row
+                done = False
+            else:
+                done = False
+                log.warning(
+                    "two-phase commit %s: committed, but shard %r did not confirm; recover() "
+                    "finishes it",
+                    txid,
+                    shard,
+                )
         _fault("between-commits")
     if done:
         try:
