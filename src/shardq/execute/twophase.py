@@ -53,6 +53,17 @@ _CREATE = (
     "(txid text PRIMARY KEY, decided timestamptz NOT NULL DEFAULT now())"
 )
 _PREFIX = "shardq:"
+# The decision row, the holder transaction's id, and a durable commit: with
+# synchronous_commit off, COMMIT returns before its WAL record is flushed, so a
+# crash of the holder's server could lose a decision whose participants were
+# already told to commit (PREPARE and COMMIT PREPARED always flush). Made
+# 'local' for this one transaction, in the same round trip; a stronger setting
+# ('on', 'remote_apply') is kept.
+_DECIDE = (
+    f"INSERT INTO {DECISIONS} (txid) VALUES (%s) RETURNING txid_current(), "
+    "CASE WHEN current_setting('synchronous_commit') = 'off' "
+    "THEN set_config('synchronous_commit', 'local', true) END"
+)
 # What COMMIT/ROLLBACK PREPARED answers when another session finishes the same
 # transaction: "is busy" while it does, "does not exist" once it has. SQLSTATEs,
 # not messages: the messages follow the server's lc_messages.
@@ -131,14 +142,7 @@ async def two_phase_commit(
     holder_name, holder = participants[0]
     others = participants[1:]
     _fault("before-decision-row")
-    rows = (
-        await read_whole(
-            holder,
-            f"INSERT INTO {DECISIONS} (txid) VALUES (%s) RETURNING txid_current()",
-            (txid,),
-            stream=False,
-        )
-    ).rows
+    rows = (await read_whole(holder, _DECIDE, (txid,), stream=False)).rows
     holder_xid = int(rows[0][0])
     prepared: list[tuple[str, ShardConnection, str]] = []
     try:
