@@ -19,11 +19,13 @@ asked to ``COMMIT PREPARED``. So whatever dies when:
   committed: every prepared participant must commit.
 
 :func:`recover` finds shardq's prepared transactions on every shard and asks
-the holder the status of the holder's transaction (``txid_status``):
-committed, commit; aborted, roll back; still in progress, leave it alone
-(its coordinator is committing it now). When the id is too old for
-``txid_status`` to know, the decision row answers. It is safe to run at any
-time and any number of times.
+the holder the status of the holder's transaction (``txid_status``): still
+in progress, leave it alone (its coordinator is committing it now); aborted,
+or unknown to a server that crashed before the id reached its disk, roll
+back; otherwise the decision row answers: there, commit; not there (the id
+was given to another transaction after such a crash), roll back. The row is
+deleted once every participant has committed. Safe to run at any time, beside
+running transactions, and any number of times.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ _DECIDE = (
 # not messages: the messages follow the server's lc_messages.
 _BUSY = "55000"  # object_not_in_prerequisite_state
 _UNDEFINED_OBJECT = "42704"
+_INVALID_PARAMETER_VALUE = "22023"  # txid_status of an id the server has not given out
 _ready: set[tuple[int, str]] = set()  # (id of the pool, shard): checked and table made
 
 
@@ -217,13 +220,29 @@ class Recovery:
 
 
 async def _status(pool: ShardPool, txid: str, xid: int) -> str:
-    """The fate of a holder's transaction: committed, aborted or in progress."""
+    """The fate of a holder's transaction: committed, aborted or in progress.
+
+    ``txid_status`` tells whether the holder's transaction is still running.
+    Whether it committed, the decision row tells, read after ``txid_status``
+    answered (so a row our holder committed is seen): a transaction id that
+    never reached the holder's disk before its server crashed is handed out
+    again after the restart, and may then belong to another transaction,
+    which may commit. The row is kept until every participant has committed,
+    so it is there while any is left prepared.
+    """
     async with pool.connection() as conn:
-        rows = (await read_whole(conn, "SELECT txid_status(%s)", (xid,))).rows
+        try:
+            rows = (await read_whole(conn, "SELECT txid_status(%s)", (xid,))).rows
+        except ShardError as exc:
+            if exc.sqlstate != _INVALID_PARAMETER_VALUE:
+                raise
+            # "transaction ID ... is in the future": the holder's server restarted
+            # without a trace of it, so it never committed.
+            return "aborted"
         status = rows[0][0] if rows else None
-        if status in ("committed", "aborted", "in progress"):
+        if status in ("in progress", "aborted"):
             return str(status)
-        # Too old for txid_status: the decision row tells (it is kept until all committed).
+        # Committed, or too old for txid_status to know.
         rows = (await read_whole(conn, f"SELECT 1 FROM {DECISIONS} WHERE txid = %s", (txid,))).rows
         return "committed" if rows else "aborted"
 
