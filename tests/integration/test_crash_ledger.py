@@ -162,17 +162,19 @@ def test_randomized_kills_lose_and_duplicate_nothing(
                 assert (interrupted in verdict.committed) == committed, where
                 assert interrupted not in acked
                 # What recovery found prepared, by step: PREPARE had not run before
-                # after-prepare, it had run on one participant, on all of them, ...
-                prepared = {
-                    "before-decision-row": 0,
-                    "before-prepare": 0,
-                    "after-prepare": 1,
-                    "before-decision": participants,
-                    "after-decision": participants,
-                    "between-commits": participants - 1,
+                # after-prepare; then it had on one participant at least (the others
+                # prepare at the same time), on all of them, ...
+                low, high = {
+                    "before-decision-row": (0, 0),
+                    "before-prepare": (0, 0),
+                    "after-prepare": (1, participants),
+                    "before-decision": (participants, participants),
+                    "after-decision": (participants, participants),
+                    "between-commits": (participants - 1, participants - 1),
                 }[crash[0]]
                 verb = "committed" if committed else "rolled_back"
-                assert recovered == Counter({verb: prepared}), where
+                assert set(+recovered) <= {verb}, where  # + drops the zeros
+                assert low <= recovered[verb] <= high, where
             stats.update(
                 runs=1,
                 **{f"killed at {crash[0]}" if crash else "killed after a delay": 1},

@@ -4,14 +4,15 @@ The decision record (Citus's design, with the client as coordinator): the
 first written shard of a transaction is its *decision holder*. Inside the
 holder's own transaction shardq inserts a row naming the transaction into
 ``shardq_commit_decisions`` and learns the holder transaction's id; every
-other written shard then runs ``PREPARE TRANSACTION`` with a global id
-naming the transaction, the participant, the holder and that id::
+other written shard then runs ``PREPARE TRANSACTION`` (all at once) with a
+global id naming the transaction, the participant, the holder and that id::
 
     shardq:<txid>:<participant>:<holder>:<holder xid>
 
 Then the holder runs a plain ``COMMIT``: that commit *is* the decision,
 durable on the holder's server; only after it are the prepared participants
-asked to ``COMMIT PREPARED``. So whatever dies when:
+asked to ``COMMIT PREPARED`` (the first alone, the others at once). So
+whatever dies when:
 
 * before the holder's commit, the holder's transaction aborts (its session
   ends, or it is rolled back): every prepared participant must roll back;
@@ -30,17 +31,18 @@ running transactions, and any number of times.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardq.errors import NotSupportedError, OperationalError, ShardError
 from shardq.execute.driver import read_whole
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from shardq.execute.driver import ShardConnection, ShardPool
 
@@ -55,6 +57,7 @@ _CREATE = (
     "(txid text PRIMARY KEY, decided timestamptz NOT NULL DEFAULT now())"
 )
 _PREFIX = "shardq:"
+_T = TypeVar("_T")
 # The decision row, the holder transaction's id, and a durable commit: with
 # synchronous_commit off, COMMIT returns before its WAL record is flushed, so a
 # crash of the holder's server could lose a decision whose participants were
@@ -128,6 +131,25 @@ async def _check_shard(
     _ready.add(key)
 
 
+async def _together(
+    calls: list[Coroutine[Any, Any, _T]],
+) -> list[_T | BaseException]:
+    """Await ``calls`` concurrently, each to its end: results, or the exceptions raised.
+
+    Unlike a task group, a failure cancels none of the others: a PREPARE
+    cancelled in flight may or may not have happened. One call is awaited
+    as it is (no task).
+    """
+    if not calls:
+        return []
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except Exception as exc:
+            return [exc]
+    return await asyncio.gather(*calls, return_exceptions=True)
+
+
 async def two_phase_commit(
     txid: str,
     participants: Sequence[tuple[str, ShardConnection]],
@@ -148,13 +170,19 @@ async def two_phase_commit(
     rows = (await read_whole(holder, _DECIDE, (txid,), stream=False)).rows
     holder_xid = int(rows[0][0])
     prepared: list[tuple[str, ShardConnection, str]] = []
+
+    async def prepare(shard: str, conn: ShardConnection) -> None:
+        gid = _gid(txid, shard, holder_name, holder_xid)
+        _fault("before-prepare")
+        await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
+        prepared.append((shard, conn, gid))
+        _fault("after-prepare")
+
     try:
-        for shard, conn in others:
-            gid = _gid(txid, shard, holder_name, holder_xid)
-            _fault("before-prepare")
-            await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
-            prepared.append((shard, conn, gid))
-            _fault("after-prepare")
+        # All at once: nothing is decided until every one has answered.
+        for outcome in await _together([prepare(shard, conn) for shard, conn in others]):
+            if outcome is not None:
+                raise outcome
     except BaseException:
         # No decision: the holder rolls back, so do the prepared participants
         # (recover() finishes any this cannot reach).
@@ -174,8 +202,9 @@ async def two_phase_commit(
             f"({exc}); recover() (shardq recover) finishes it either way"
         ) from exc
     _fault("after-decision")
-    done = True
-    for shard, conn, gid in prepared:
+
+    async def commit(shard: str, conn: ShardConnection, gid: str) -> bool:
+        """COMMIT PREPARED; whether it is known done (else the decision row stays)."""
         try:
             await read_whole(conn, f"COMMIT PREPARED '{gid}'", None, stream=False)
         except Exception as exc:
@@ -183,18 +212,24 @@ async def two_phase_commit(
             if sqlstate == _UNDEFINED_OBJECT:
                 # A recover() running beside us committed it: after the decision
                 # that is all it can do.
-                pass
-            elif sqlstate == _BUSY:  # a recover() is committing it now; keep the row
-                done = False
-            else:
-                done = False
+                return True
+            if sqlstate != _BUSY:  # busy: a recover() is committing it now
                 log.warning(
                     "two-phase commit %s: committed, but shard %r did not confirm; recover() "
                     "finishes it",
                     txid,
                     shard,
                 )
-        _fault("between-commits")
+            return False
+        return True
+
+    # The first alone, then the others at once: the crash tests stop a
+    # coordinator between two COMMIT PREPAREDs at the fault below.
+    first, *rest = prepared
+    done = await commit(*first)
+    _fault("between-commits")
+    for confirmed in await _together([commit(*part) for part in rest]):
+        done = done and confirmed is True
     if done:
         try:
             await read_whole(
