@@ -75,7 +75,8 @@ _DECIDE = (
 _BUSY = "55000"  # object_not_in_prerequisite_state
 _UNDEFINED_OBJECT = "42704"
 _INVALID_PARAMETER_VALUE = "22023"  # txid_status of an id the server has not given out
-_ready: set[tuple[int, str]] = set()  # (id of the pool, shard): checked and table made
+# (id of the pool, shard, as holder): checked, and as holder the table made too.
+_ready: set[tuple[int, str, bool]] = set()
 
 
 def _gid(txid: str, participant: str, holder: str, holder_xid: int) -> str:
@@ -112,8 +113,8 @@ async def _check_shard(
     On the transaction's own connection: a pool may have no other to lend.
     The table is made inside the holder's transaction, when missing.
     """
-    key = (id(pools[shard]), shard)
-    if key in _ready:
+    pool = id(pools[shard])
+    if (pool, shard, True) in _ready or (pool, shard, holder) in _ready:
         return
     rows = (await read_whole(conn, "SHOW max_prepared_transactions", None)).rows
     if not rows or str(rows[0][0]) == "0":
@@ -123,12 +124,11 @@ async def _check_shard(
             "above 0 in its postgresql.conf (it takes a restart), for example to "
             "max_connections"
         )
-    if not holder:
-        return
-    rows = (await read_whole(conn, f"SELECT to_regclass('{DECISIONS}')", None)).rows
-    if not rows or rows[0][0] is None:
-        await read_whole(conn, _CREATE, None, stream=False)
-    _ready.add(key)
+    if holder:
+        rows = (await read_whole(conn, f"SELECT to_regclass('{DECISIONS}')", None)).rows
+        if not rows or rows[0][0] is None:
+            await read_whole(conn, _CREATE, None, stream=False)
+    _ready.add((pool, shard, holder))
 
 
 async def _together(
