@@ -12,7 +12,10 @@ as it goes, and collects what each wrote with ``--json``:
   (rows/s and peak RSS of nine contenders, each answer checked) and a GROUP BY
   over 1,000,000 rows;
 - ``batch``: ``batch.py``, 20,000 point lookups by key, concurrency 100;
-- ``cache``: ``cache.py``, cache hits and a 200-caller stampede.
+- ``cache``: ``cache.py``, cache hits and a 200-caller stampede;
+- ``commit``: ``commit.py``, the latency of a transaction on 1 shard and of a
+  two-phase commit on 2 and 4, beside psycopg's ``tpc_*`` by hand and a plain
+  commit.
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -48,6 +51,7 @@ SCENARIOS = {
     "merge": "merge.py",
     "batch": "batch.py",
     "cache": "cache.py",
+    "commit": "commit.py",
 }
 
 
