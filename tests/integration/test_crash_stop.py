@@ -6,8 +6,8 @@ start again (the shared ones are never stopped). Layout ``participant``
 orders the shards ``a, d, c``, so that ``a`` holds the decision and ``d``
 prepares; layout ``holder`` orders them ``d, a, c``, so that ``d`` holds
 it. Each test commits a few transactions of the ledger
-(:mod:`tests.fixtures.ledger`), then one writing on all three shards whose
-commit stops ``d`` at a step of the two-phase commit (the fault hook
+(:mod:`tests.fixtures.ledger`), then one (on ``a`` and ``d``, or as holder on
+all three) whose commit stops ``d`` at a step of the two-phase commit (the fault hook
 ``_fault``, run in this process, halts the server there and lets the commit
 go on). Then ``d`` starts again, recovery runs, and the ledger must hold:
 the interrupted transaction all there or not at all, as the step says,
@@ -119,9 +119,13 @@ def test_a_shard_stopped_mid_commit(
     ledger = ledgers[layout]
     ledger.reset()
     everywhere = frozenset(ledger.shards)
-    # The first transactions after 0 that write on all three shards.
-    txs = [tx for tx in range(1, 200) if ledger.plan(SEED, tx).shards == everywhere][:4]
-    *before, last = txs
+    # Three transactions writing on all three shards, then the one interrupted: as a
+    # participant, d is its only one (participants prepare at once, so the first
+    # "after-prepare" could follow another's PREPARE); as the holder, on all three.
+    before = [tx for tx in range(1, 200) if ledger.plan(SEED, tx).shards == everywhere][:3]
+    wanted = frozenset({"a", "d"}) if layout == "participant" else everywhere
+    last = next(tx for tx in range(before[-1] + 1, 400) if ledger.plan(SEED, tx).shards == wanted)
+    txs = [*before, last]
     stopped: list[str] = []
 
     def stop_d(at: str) -> None:
