@@ -15,6 +15,9 @@ as it goes, and collects what each wrote with ``--json``:
 - ``cache``: ``cache.py``, cache hits and a 200-caller stampede;
 - ``load``: ``load.py``, 1,000,000 rows bulk-loaded over 4 shards by ``copy_in``,
   beside a hand-split psycopg COPY, a single-node COPY and ``executemany``.
+- ``commit``: ``commit.py``, the latency of a transaction on 1 shard and of a
+  two-phase commit on 2 and 4, beside psycopg's ``tpc_*`` by hand and a plain
+  commit.
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -51,6 +54,7 @@ SCENARIOS = {
     "batch": "batch.py",
     "cache": "cache.py",
     "load": "load.py",
+    "commit": "commit.py",
 }
 
 

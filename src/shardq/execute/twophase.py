@@ -4,14 +4,15 @@ The decision record (Citus's design, with the client as coordinator): the
 first written shard of a transaction is its *decision holder*. Inside the
 holder's own transaction shardq inserts a row naming the transaction into
 ``shardq_commit_decisions`` and learns the holder transaction's id; every
-other written shard then runs ``PREPARE TRANSACTION`` with a global id
-naming the transaction, the participant, the holder and that id::
+other written shard then runs ``PREPARE TRANSACTION`` (all at once) with a
+global id naming the transaction, the participant, the holder and that id::
 
     shardq:<txid>:<participant>:<holder>:<holder xid>
 
 Then the holder runs a plain ``COMMIT``: that commit *is* the decision,
 durable on the holder's server; only after it are the prepared participants
-asked to ``COMMIT PREPARED``. So whatever dies when:
+asked to ``COMMIT PREPARED`` (the first alone, the others at once). So
+whatever dies when:
 
 * before the holder's commit, the holder's transaction aborts (its session
   ends, or it is rolled back): every prepared participant must roll back;
@@ -19,26 +20,29 @@ asked to ``COMMIT PREPARED``. So whatever dies when:
   committed: every prepared participant must commit.
 
 :func:`recover` finds shardq's prepared transactions on every shard and asks
-the holder the status of the holder's transaction (``txid_status``):
-committed, commit; aborted, roll back; still in progress, leave it alone
-(its coordinator is committing it now). When the id is too old for
-``txid_status`` to know, the decision row answers. It is safe to run at any
-time and any number of times.
+the holder the status of the holder's transaction (``txid_status``): still
+in progress, leave it alone (its coordinator is committing it now); aborted,
+or unknown to a server that crashed before the id reached its disk, roll
+back; otherwise the decision row answers: there, commit; not there (the id
+was given to another transaction after such a crash), roll back. The row is
+deleted once every participant has committed. Safe to run at any time, beside
+running transactions, and any number of times.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from shardq.errors import NotSupportedError, OperationalError
+from shardq.errors import NotSupportedError, OperationalError, ShardError
 from shardq.execute.driver import read_whole
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
 
     from shardq.execute.driver import ShardConnection, ShardPool
 
@@ -53,7 +57,26 @@ _CREATE = (
     "(txid text PRIMARY KEY, decided timestamptz NOT NULL DEFAULT now())"
 )
 _PREFIX = "shardq:"
-_ready: set[tuple[int, str]] = set()  # (id of the pool, shard): checked and table made
+_T = TypeVar("_T")
+# The decision row, the holder transaction's id, and a durable commit: with
+# synchronous_commit off, COMMIT returns before its WAL record is flushed, so a
+# crash of the holder's server could lose a decision whose participants were
+# already told to commit (PREPARE and COMMIT PREPARED always flush). Made
+# 'local' for this one transaction, in the same round trip; a stronger setting
+# ('on', 'remote_apply') is kept.
+_DECIDE = (
+    f"INSERT INTO {DECISIONS} (txid) VALUES (%s) RETURNING txid_current(), "
+    "CASE WHEN current_setting('synchronous_commit') = 'off' "
+    "THEN set_config('synchronous_commit', 'local', true) END"
+)
+# What COMMIT/ROLLBACK PREPARED answers when another session finishes the same
+# transaction: "is busy" while it does, "does not exist" once it has. SQLSTATEs,
+# not messages: the messages follow the server's lc_messages.
+_BUSY = "55000"  # object_not_in_prerequisite_state
+_UNDEFINED_OBJECT = "42704"
+_INVALID_PARAMETER_VALUE = "22023"  # txid_status of an id the server has not given out
+# (id of the pool, shard, as holder): checked, and as holder the table made too.
+_ready: set[tuple[int, str, bool]] = set()
 
 
 def _gid(txid: str, participant: str, holder: str, holder_xid: int) -> str:
@@ -90,8 +113,8 @@ async def _check_shard(
     On the transaction's own connection: a pool may have no other to lend.
     The table is made inside the holder's transaction, when missing.
     """
-    key = (id(pools[shard]), shard)
-    if key in _ready:
+    pool = id(pools[shard])
+    if (pool, shard, True) in _ready or (pool, shard, holder) in _ready:
         return
     rows = (await read_whole(conn, "SHOW max_prepared_transactions", None)).rows
     if not rows or str(rows[0][0]) == "0":
@@ -101,12 +124,30 @@ async def _check_shard(
             "above 0 in its postgresql.conf (it takes a restart), for example to "
             "max_connections"
         )
-    if not holder:
-        return
-    rows = (await read_whole(conn, f"SELECT to_regclass('{DECISIONS}')", None)).rows
-    if not rows or rows[0][0] is None:
-        await read_whole(conn, _CREATE, None, stream=False)
-    _ready.add(key)
+    if holder:
+        rows = (await read_whole(conn, f"SELECT to_regclass('{DECISIONS}')", None)).rows
+        if not rows or rows[0][0] is None:
+            await read_whole(conn, _CREATE, None, stream=False)
+    _ready.add((pool, shard, holder))
+
+
+async def _together(
+    calls: list[Coroutine[Any, Any, _T]],
+) -> list[_T | BaseException]:
+    """Await ``calls`` concurrently, each to its end: results, or the exceptions raised.
+
+    Unlike a task group, a failure cancels none of the others: a PREPARE
+    cancelled in flight may or may not have happened. One call is awaited
+    as it is (no task).
+    """
+    if not calls:
+        return []
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except Exception as exc:
+            return [exc]
+    return await asyncio.gather(*calls, return_exceptions=True)
 
 
 async def two_phase_commit(
@@ -126,23 +167,22 @@ async def two_phase_commit(
     holder_name, holder = participants[0]
     others = participants[1:]
     _fault("before-decision-row")
-    rows = (
-        await read_whole(
-            holder,
-            f"INSERT INTO {DECISIONS} (txid) VALUES (%s) RETURNING txid_current()",
-            (txid,),
-            stream=False,
-        )
-    ).rows
+    rows = (await read_whole(holder, _DECIDE, (txid,), stream=False)).rows
     holder_xid = int(rows[0][0])
     prepared: list[tuple[str, ShardConnection, str]] = []
+
+    async def prepare(shard: str, conn: ShardConnection) -> None:
+        gid = _gid(txid, shard, holder_name, holder_xid)
+        _fault("before-prepare")
+        await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
+        prepared.append((shard, conn, gid))
+        _fault("after-prepare")
+
     try:
-        for shard, conn in others:
-            gid = _gid(txid, shard, holder_name, holder_xid)
-            _fault("before-prepare")
-            await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
-            prepared.append((shard, conn, gid))
-            _fault("after-prepare")
+        # All at once: nothing is decided until every one has answered.
+        for outcome in await _together([prepare(shard, conn) for shard, conn in others]):
+            if outcome is not None:
+                raise outcome
     except BaseException:
         # No decision: the holder rolls back, so do the prepared participants
         # (recover() finishes any this cannot reach).
@@ -162,19 +202,34 @@ async def two_phase_commit(
             f"({exc}); recover() (shardq recover) finishes it either way"
         ) from exc
     _fault("after-decision")
-    done = True
-    for shard, conn, gid in prepared:
+
+    async def commit(shard: str, conn: ShardConnection, gid: str) -> bool:
+        """COMMIT PREPARED; whether it is known done (else the decision row stays)."""
         try:
             await read_whole(conn, f"COMMIT PREPARED '{gid}'", None, stream=False)
-        except Exception:
-            done = False
-            log.warning(
-                "two-phase commit %s: committed, but shard %r did not confirm; recover() "
-                "finishes it",
-                txid,
-                shard,
-            )
-        _fault("between-commits")
+        except Exception as exc:
+            sqlstate = exc.sqlstate if isinstance(exc, ShardError) else None
+            if sqlstate == _UNDEFINED_OBJECT:
+                # A recover() running beside us committed it: after the decision
+                # that is all it can do.
+                return True
+            if sqlstate != _BUSY:  # busy: a recover() is committing it now
+                log.warning(
+                    "two-phase commit %s: committed, but shard %r did not confirm; recover() "
+                    "finishes it",
+                    txid,
+                    shard,
+                )
+            return False
+        return True
+
+    # The first alone, then the others at once: the crash tests stop a
+    # coordinator between two COMMIT PREPAREDs at the fault below.
+    first, *rest = prepared
+    done = await commit(*first)
+    _fault("between-commits")
+    for confirmed in await _together([commit(*part) for part in rest]):
+        done = done and confirmed is True
     if done:
         try:
             await read_whole(
@@ -200,13 +255,29 @@ class Recovery:
 
 
 async def _status(pool: ShardPool, txid: str, xid: int) -> str:
-    """The fate of a holder's transaction: committed, aborted or in progress."""
+    """The fate of a holder's transaction: committed, aborted or in progress.
+
+    ``txid_status`` tells whether the holder's transaction is still running.
+    Whether it committed, the decision row tells, read after ``txid_status``
+    answered (so a row our holder committed is seen): a transaction id that
+    never reached the holder's disk before its server crashed is handed out
+    again after the restart, and may then belong to another transaction,
+    which may commit. The row is kept until every participant has committed,
+    so it is there while any is left prepared.
+    """
     async with pool.connection() as conn:
-        rows = (await read_whole(conn, "SELECT txid_status(%s)", (xid,))).rows
+        try:
+            rows = (await read_whole(conn, "SELECT txid_status(%s)", (xid,))).rows
+        except ShardError as exc:
+            if exc.sqlstate != _INVALID_PARAMETER_VALUE:
+                raise
+            # "transaction ID ... is in the future": the holder's server restarted
+            # without a trace of it, so it never committed.
+            return "aborted"
         status = rows[0][0] if rows else None
-        if status in ("committed", "aborted", "in progress"):
+        if status in ("in progress", "aborted"):
             return str(status)
-        # Too old for txid_status: the decision row tells (it is kept until all committed).
+        # Committed, or too old for txid_status to know.
         rows = (await read_whole(conn, f"SELECT 1 FROM {DECISIONS} WHERE txid = %s", (txid,))).rows
         return "committed" if rows else "aborted"
 
@@ -240,9 +311,12 @@ async def recover(pools: Mapping[str, ShardPool]) -> Recovery:
             async with pool.connection() as conn:
                 try:
                     await read_whole(conn, f"{verb} PREPARED '{gid}'", None, stream=False)
-                except Exception as exc:
-                    if "does not exist" not in str(exc):  # finished meanwhile: fine
-                        raise
-                    continue
+                except ShardError as exc:
+                    if exc.sqlstate == _BUSY:  # its coordinator (or another recover) is on it
+                        report.in_progress.append(f"{shard}: {gid}")
+                        continue
+                    if exc.sqlstate == _UNDEFINED_OBJECT:  # finished meanwhile: fine
+                        continue
+                    raise
             (report.committed if verb == "COMMIT" else report.rolled_back).append(f"{shard}: {gid}")
     return report
