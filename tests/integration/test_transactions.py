@@ -523,3 +523,33 @@ def test_executemany_into_a_reference_table(backend: Backend) -> None:
     finally:
         for i in range(4):
             backend.direct(i, "DELETE FROM kinds WHERE code > 'w'")
+
+
+def test_decision_rows_are_deleted_with_the_next_decision_and_by_recover(
+    pg_backend_writes: Backend,
+) -> None:
+    backend = pg_backend_writes
+    decisions = "SELECT count(*) FROM shardq_commit_decisions"
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 2)
+        # The holder is the first written shard in the configuration's order.
+        holder = min(int(conn.shard_for("writes", key)[1:]) for key in keys)
+        for round_ in range(5):
+            with conn.transaction():
+                for key in keys:
+                    conn.execute(
+                        "INSERT INTO writes (id, note) VALUES (%s, %s) "
+                        "ON CONFLICT (id) DO UPDATE SET note = excluded.note",
+                        [key, f"r{round_}"],
+                    )
+            # Each decision deletes the rows of the commits this connection finished
+            # before it (rows of earlier tests' connections wait for recover()).
+            if round_ == 0:
+                conn.recover()
+                assert backend.direct(holder, decisions) == [(0,)]
+            else:
+                assert backend.direct(holder, decisions) == [(1,)]
+        conn.recover()
+        assert backend.direct(holder, decisions) == [(0,)]
+    assert _stored(backend) == [(k, "r4") for k in keys]
+    assert _prepared(backend) == []

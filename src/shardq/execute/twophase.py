@@ -1,7 +1,8 @@
 """Two-phase commit over PostgreSQL shards, and the recovery of what it leaves in doubt.
 
-The decision record (Citus's design, with the client as coordinator): the
-first written shard of a transaction is its *decision holder*. Inside the
+The decision record (Citus's design, with the client as coordinator): of
+the shards a transaction wrote, the first in the configuration's order is
+its *decision holder*. Inside the
 holder's own transaction shardq inserts a row naming the transaction into
 ``shardq_commit_decisions`` and learns the holder transaction's id; every
 other written shard then runs ``PREPARE TRANSACTION`` (all at once) with a
@@ -24,9 +25,19 @@ the holder the status of the holder's transaction (``txid_status``): still
 in progress, leave it alone (its coordinator is committing it now); aborted,
 or unknown to a server that crashed before the id reached its disk, roll
 back; otherwise the decision row answers: there, commit; not there (the id
-was given to another transaction after such a crash), roll back. The row is
-deleted once every participant has committed. Safe to run at any time, beside
-running transactions, and any number of times.
+was given to another transaction after such a crash), roll back. Safe to run
+at any time, beside running transactions, and any number of times.
+
+A decision row is needed while a participant of its transaction is left
+prepared. Once every one has committed, the row is deleted by the same
+holder's next decision, in the statement that writes that decision (a
+round trip saved at every commit), or by :func:`recover`, which deletes the
+rows no prepared transaction names.
+
+A commit over two shards costs four sequential round trips (five over more):
+the decision row (whose transaction id names the PREPAREs), the PREPAREs at
+once, the holder's COMMIT, the COMMIT PREPAREDs. A hand-written ``tpc_*``
+commit costs two, and leaves nothing to decide a crash between them by.
 """
 
 from __future__ import annotations
@@ -57,6 +68,9 @@ _CREATE = (
     "(txid text PRIMARY KEY, decided timestamptz NOT NULL DEFAULT now())"
 )
 _PREFIX = "shardq:"
+_LIST_PREPARED = (
+    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'shardq:%%'"
+)
 _T = TypeVar("_T")
 # The decision row, the holder transaction's id, and a durable commit: with
 # synchronous_commit off, COMMIT returns before its WAL record is flushed, so a
@@ -65,6 +79,7 @@ _T = TypeVar("_T")
 # 'local' for this one transaction, in the same round trip; a stronger setting
 # ('on', 'remote_apply') is kept.
 _DECIDE = (
+    f"WITH done AS (DELETE FROM {DECISIONS} WHERE txid = ANY(%s)) "
     f"INSERT INTO {DECISIONS} (txid) VALUES (%s) RETURNING txid_current(), "
     "CASE WHEN current_setting('synchronous_commit') = 'off' "
     "THEN set_config('synchronous_commit', 'local', true) END"
@@ -77,6 +92,10 @@ _UNDEFINED_OBJECT = "42704"
 _INVALID_PARAMETER_VALUE = "22023"  # txid_status of an id the server has not given out
 # (id of the pool, shard, as holder): checked, and as holder the table made too.
 _ready: set[tuple[int, str, bool]] = set()
+# Decision rows no longer needed (every participant committed), per holder pool:
+# deleted by the next decision on that holder, in the same statement, rather
+# than by a round trip of their own at the end of each commit.
+_spent: dict[int, list[str]] = {}
 
 
 def _gid(txid: str, participant: str, holder: str, holder_xid: int) -> str:
@@ -164,43 +183,16 @@ async def two_phase_commit(
     """
     for i, (shard, conn) in enumerate(participants):
         await _check_shard(shard, conn, pools, holder=i == 0)
-    holder_name, holder = participants[0]
-    others = participants[1:]
-    _fault("before-decision-row")
-    rows = (await read_whole(holder, _DECIDE, (txid,), stream=False)).rows
-    holder_xid = int(rows[0][0])
-    prepared: list[tuple[str, ShardConnection, str]] = []
-
-    async def prepare(shard: str, conn: ShardConnection) -> None:
-        gid = _gid(txid, shard, holder_name, holder_xid)
-        _fault("before-prepare")
-        await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
-        prepared.append((shard, conn, gid))
-        _fault("after-prepare")
-
+    holder_name = participants[0][0]
+    spent = _spent.setdefault(id(pools[holder_name]), [])
+    # Taken, so that concurrent decisions never wait on each other's deletes;
+    # given back if this decision is not made.
+    deleting, spent[:] = spent[:], []
     try:
-        # All at once: nothing is decided until every one has answered.
-        for outcome in await _together([prepare(shard, conn) for shard, conn in others]):
-            if outcome is not None:
-                raise outcome
+        prepared = await _decide(txid, participants, deleting)
     except BaseException:
-        # No decision: the holder rolls back, so do the prepared participants
-        # (recover() finishes any this cannot reach).
-        for _, conn, gid in prepared:
-            try:
-                await read_whole(conn, f"ROLLBACK PREPARED '{gid}'", None, stream=False)
-            except Exception:
-                log.warning("two-phase commit %s: a rollback is left to recover()", txid)
+        spent.extend(deleting)
         raise
-    _fault("before-decision")
-    try:
-        await read_whole(holder, "COMMIT", None, stream=False)
-    except Exception as exc:
-        raise OperationalError(
-            f"the commit of a transaction over several shards may or may not have happened: "
-            f"the commit on shard {holder_name!r}, which decides it, did not answer "
-            f"({exc}); recover() (shardq recover) finishes it either way"
-        ) from exc
     _fault("after-decision")
 
     async def commit(shard: str, conn: ShardConnection, gid: str) -> bool:
@@ -231,12 +223,55 @@ async def two_phase_commit(
     for confirmed in await _together([commit(*part) for part in rest]):
         done = done and confirmed is True
     if done:
-        try:
-            await read_whole(
-                holder, f"DELETE FROM {DECISIONS} WHERE txid = %s", (txid,), stream=False
-            )
-        except Exception:
-            log.debug("two-phase commit %s: its decision row is left to recover()", txid)
+        # Its row is deleted with the holder's next decision (or by recover()).
+        spent.append(txid)
+
+
+async def _decide(
+    txid: str, participants: Sequence[tuple[str, ShardConnection]], deleting: list[str]
+) -> list[tuple[str, ShardConnection, str]]:
+    """The decision row, the PREPAREs, the holder's COMMIT; return the prepared participants.
+
+    The statement writing the decision row also deletes ``deleting``, the
+    rows of earlier transactions every participant of which has committed.
+    """
+    holder_name, holder = participants[0]
+    _fault("before-decision-row")
+    rows = (await read_whole(holder, _DECIDE, (deleting, txid), stream=False)).rows
+    holder_xid = int(rows[0][0])
+    prepared: list[tuple[str, ShardConnection, str]] = []
+
+    async def prepare(shard: str, conn: ShardConnection) -> None:
+        gid = _gid(txid, shard, holder_name, holder_xid)
+        _fault("before-prepare")
+        await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
+        prepared.append((shard, conn, gid))
+        _fault("after-prepare")
+
+    try:
+        # All at once: nothing is decided until every one has answered.
+        for outcome in await _together([prepare(shard, conn) for shard, conn in participants[1:]]):
+            if outcome is not None:
+                raise outcome
+    except BaseException:
+        # No decision: the holder rolls back, so do the prepared participants
+        # (recover() finishes any this cannot reach).
+        for _, conn, gid in prepared:
+            try:
+                await read_whole(conn, f"ROLLBACK PREPARED '{gid}'", None, stream=False)
+            except Exception:
+                log.warning("two-phase commit %s: a rollback is left to recover()", txid)
+        raise
+    _fault("before-decision")
+    try:
+        await read_whole(holder, "COMMIT", None, stream=False)
+    except Exception as exc:
+        raise OperationalError(
+            f"the commit of a transaction over several shards may or may not have happened: "
+            f"the commit on shard {holder_name!r}, which decides it, did not answer "
+            f"({exc}); recover() (shardq recover) finishes it either way"
+        ) from exc
+    return prepared
 
 
 @dataclass
@@ -287,14 +322,7 @@ async def recover(pools: Mapping[str, ShardPool]) -> Recovery:
     report = Recovery()
     for shard, pool in pools.items():
         async with pool.connection() as conn:
-            rows = (
-                await read_whole(
-                    conn,
-                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() "
-                    "AND gid LIKE 'shardq:%%'",
-                    None,
-                )
-            ).rows
+            rows = (await read_whole(conn, _LIST_PREPARED, None)).rows
         for (gid,) in rows:
             parsed = _parse_gid(str(gid))
             if parsed is None:
@@ -319,4 +347,36 @@ async def recover(pools: Mapping[str, ShardPool]) -> Recovery:
                         continue
                     raise
             (report.committed if verb == "COMMIT" else report.rolled_back).append(f"{shard}: {gid}")
+    await _sweep(pools)
     return report
+
+
+async def _sweep(pools: Mapping[str, ShardPool]) -> None:
+    """Delete the decision rows no prepared transaction needs any more.
+
+    A row is committed after every participant of its transaction prepared,
+    so a row read first, with no prepared transaction of its txid on any
+    shard listed after, belongs to a transaction committed everywhere (its
+    coordinator would have deleted it with its next decision, had it lived).
+    """
+    rows_of: dict[str, list[str]] = {}
+    for shard, pool in pools.items():
+        async with pool.connection() as conn:
+            found = (await read_whole(conn, f"SELECT to_regclass('{DECISIONS}')", None)).rows
+            if found and found[0][0] is not None:
+                rows = (await read_whole(conn, f"SELECT txid FROM {DECISIONS}", None)).rows
+                rows_of[shard] = [str(row[0]) for row in rows]
+    if not any(rows_of.values()):
+        return
+    needed: set[str] = set()
+    for pool in pools.values():
+        async with pool.connection() as conn:
+            listed = (await read_whole(conn, _LIST_PREPARED, None)).rows
+        needed.update(parsed[0] for (gid,) in listed if (parsed := _parse_gid(str(gid))))
+    for shard, txids in rows_of.items():
+        gone = [txid for txid in txids if txid not in needed]
+        if gone:
+            async with pools[shard].connection() as conn:
+                await read_whole(
+                    conn, f"DELETE FROM {DECISIONS} WHERE txid = ANY(%s)", (gone,), stream=False
+                )
