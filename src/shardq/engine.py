@@ -242,27 +242,20 @@ class Engine:
             return await self._execute_deferred(
                 plan, timeout=timeout, row_factory=row_factory, transaction=transaction
             )
-        if plan.move is not None:
+        # Writes whose rows span shards, run as several statements: one transaction.
+        steps = (
+            self._execute_move if plan.move is not None
+            else self._execute_split if plan.split is not None
+            else self._execute_feed if plan.feed is not None
+            else None
+        )  # fmt: skip
+        if steps is not None:
             await self._before_write()
             if transaction is None:
                 return await self._own_transaction(
-                    lambda own: self._execute_move(plan, timeout, row_factory, own)
+                    lambda own: steps(plan, timeout, row_factory, own)
                 )
-            return await self._execute_move(plan, timeout, row_factory, transaction)
-        if plan.split is not None:
-            await self._before_write()
-            if transaction is None:
-                return await self._own_transaction(
-                    lambda own: self._execute_split(plan, timeout, row_factory, own)
-                )
-            return await self._execute_split(plan, timeout, row_factory, transaction)
-        if plan.feed is not None:
-            await self._before_write()
-            if transaction is None:
-                return await self._own_transaction(
-                    lambda own: self._execute_feed(plan, timeout, row_factory, own)
-                )
-            return await self._execute_feed(plan, timeout, row_factory, transaction)
+            return await steps(plan, timeout, row_factory, transaction)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind is StatementKind.SCHEMA:
             self.planner.forget_catalog()  # read again after the change

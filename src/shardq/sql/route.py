@@ -23,6 +23,8 @@ from shardq.sql.colocation import joined_on_keys
 from shardq.sql.parse import POSITIONAL_PREFIX, placeholder_value
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from shardq.config import Config
     from shardq.sql.catalog import Columns
 
@@ -429,25 +431,30 @@ def _target_ref(analysis: Analysis, node: exp.Expr) -> TableRef:
     )
 
 
-def _refuse_key_assignments(
-    holder: exp.Expr | None, ref: TableRef, dialect: str, construct: str
-) -> None:
-    """Refuse ``SET key = ...`` (also in a tuple assignment or an upsert)."""
-    if holder is None:
-        return
+def _key_assignments(holder: exp.Expr, ref: TableRef, dialect: str) -> Iterator[exp.EQ]:
+    """The assignments of a SET list that set the shard key (alone or in a tuple)."""
     for assignment in holder.expressions:
         if not isinstance(assignment, exp.EQ):
             continue
         target = assignment.this
         columns = target.expressions if isinstance(target, exp.Tuple) else [target]
-        for column in columns:
-            if isinstance(column, exp.Column) and normalize(column.this, dialect) == (
-                ref.table.shard_key
-            ):
-                raise UnsupportedQueryError(
-                    f"{construct} that sets the shard key",
-                    "a changed key may belong to another shard; delete and re-insert the row",
-                )
+        if any(
+            isinstance(column, exp.Column)
+            and normalize(column.this, dialect) == ref.table.shard_key
+            for column in columns
+        ):
+            yield assignment
+
+
+def _refuse_key_assignments(
+    holder: exp.Expr | None, ref: TableRef, dialect: str, construct: str
+) -> None:
+    """Refuse ``SET key = ...`` (also in a tuple assignment or an upsert)."""
+    if holder is not None and next(_key_assignments(holder, ref, dialect), None) is not None:
+        raise UnsupportedQueryError(
+            f"{construct} that sets the shard key",
+            "a changed key may belong to another shard; delete and re-insert the row",
+        )
 
 
 def written_table(analysis: Analysis) -> TableRef | None:
@@ -489,23 +496,15 @@ def key_assignment(statement: exp.Expr, ref: TableRef, dialect: str) -> exp.Expr
     Raises:
         UnsupportedQueryError: the key is assigned in a tuple assignment.
     """
-    for assignment in statement.expressions:
-        if not isinstance(assignment, exp.EQ):
-            continue
-        target = assignment.this
-        columns = target.expressions if isinstance(target, exp.Tuple) else [target]
-        for column in columns:
-            if isinstance(column, exp.Column) and normalize(column.this, dialect) == (
-                ref.table.shard_key
-            ):
-                if isinstance(target, exp.Tuple):
-                    raise UnsupportedQueryError(
-                        "an UPDATE that sets the shard key in a tuple assignment",
-                        "shardq moves a row to the shard of its new key when the key is "
-                        "set on its own (SET key = <value>); write it so",
-                    )
-                value: exp.Expr = assignment.expression
-                return value
+    for assignment in _key_assignments(statement, ref, dialect):
+        if isinstance(assignment.this, exp.Tuple):
+            raise UnsupportedQueryError(
+                "an UPDATE that sets the shard key in a tuple assignment",
+                "shardq moves a row to the shard of its new key when the key is "
+                "set on its own (SET key = <value>); write it so",
+            )
+        value: exp.Expr = assignment.expression
+        return value
     return None
 
 
