@@ -220,24 +220,30 @@ class _Load:
         its lane is a loop here. A batch with a bad row goes through
         :meth:`_check_rows`, which names the first.
         """
-        source, rows, width = self.source, batch.rows, len(self.columns)
-        payloads: Sequence[Any] = batch.raw if self.raw and batch.raw is not None else rows
-        if set(map(len, rows)) != {width}:
-            j = next(j for j, row in enumerate(rows) if len(row) != width)
-            raise self._bad(
-                batch.positions[j],
-                f"{len(rows[j])} values for the {width} columns ({', '.join(self.columns)})",
-            )
-        if source.csv is not None and not self.raw:
-            payloads = [source.values(batch, j) for j in range(len(rows))]
-        self.rows += len(rows)
+        source, width = self.source, len(self.columns)
+        if batch.keys is None:  # rows to check, unless the source checked them
+            rows = source.split(batch)
+            if set(map(len, rows)) != {width}:
+                j = next(j for j, row in enumerate(rows) if len(row) != width)
+                raise self._bad(
+                    batch.positions[j],
+                    f"{len(rows[j])} values for the {width} columns ({', '.join(self.columns)})",
+                )
+        payloads: Sequence[Any]
+        if self.raw and batch.raw is not None:
+            payloads = batch.raw
+        elif source.csv is not None:
+            payloads = [source.values(batch, j) for j in range(len(batch.positions))]
+        else:
+            payloads = source.split(batch)
+        self.rows += len(payloads)
         if self.key is None:  # a reference table: every row on every shard
             for shard in self.config.shard_names:
                 self._lane(shard).rows.extend(payloads)
             self.ledger.add(batch.positions, None)
             return
         key = self.key
-        keys = [row[key] for row in rows]
+        keys = batch.keys if batch.keys is not None else [row[key] for row in source.split(batch)]
         shards = None if self._suspect(batch, keys) else self._shards_for(keys)
         if shards is None:
             self._check_rows(batch, keys)  # raises for the first bad row, if one is
@@ -321,7 +327,8 @@ class _Load:
 
     async def read(self, writers: asyncio.TaskGroup) -> None:
         """Read the source to its end, handing each shard its rows."""
-        async for batch in self.source.batches():
+        shape = None if not self.raw else (self.key or 0, len(self.columns))
+        async for batch in self.source.batches(shape):
             self._place(batch)
             for lane in list(self.lanes.values()):
                 await self._hand_over(lane, writers, last=False)
