@@ -118,6 +118,11 @@ def test_shards_for_places_many_values_as_shard_for_places_each() -> None:
     ]
     assert placement.shards_for(values) == [placement.shard_for(v) for v in values]
     assert placement.shards_for([]) == []
+    # Ranges cut anywhere (a digest compared as bytes), many keys of both kinds.
+    cuts = [0, 1, 255, 256, 2**24 - 1, 2**31 + 12345, HASH_SPACE - 1, HASH_SPACE]
+    odd = Placement(tuple(HashRange(lo, hi, f"r{lo}") for lo, hi in itertools.pairwise(cuts)))
+    many = [*range(20_000), *map(str, range(0, 2**40, 2**40 // 5000))]
+    assert odd.shards_for(many) == [odd.shard_for(v) for v in many]
     for bad in (None, True, float("nan")):
         with pytest.raises(ValueError, match="shard key"):
             placement.shards_for([1, bad, 2])
