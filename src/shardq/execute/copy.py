@@ -2,22 +2,27 @@
 
 :func:`copy_in` reads a source (:mod:`shardq.execute.sources`) a batch at a
 time and places each row as an INSERT would be placed
-(``config.placement.shard_for(key)``); a reference table's rows go to every
-shard. Each shard has a *lane*: a writer task holding the shard's
-connection, fed chunks of its rows through a queue of two chunks, so memory
-holds a few chunks per shard whatever the size of the source, and a slow
-shard holds the reader back instead of filling memory.
+(``config.placement.shards_for(keys)``, a batch's keys at once); a reference
+table's rows go to every shard. Each shard has a *lane*: a writer task
+holding the shard's connection, fed chunks of its rows through a queue of
+two chunks, so memory holds a few chunks per shard whatever the size of the
+source, and a slow shard holds the reader back instead of filling memory.
+What maps a shard's refused row back to the source's line is a
+:class:`~shardq.execute.ledger.Ledger`, about a byte per row.
 
-On PostgreSQL (psycopg) a writer runs one ``COPY ... FROM STDIN``: a CSV
-source's records are sent as read, in ``FORMAT csv`` with the source's
-options; other rows are formatted by psycopg's ``write_row`` in the text
-format. The binary format was measured against it (300,000 rows of
-``bigint, text, numeric, date``: formatting 1.04 M rows/s text, 1.07 M
-binary; the COPY end to end within the noise of each other), so text is
-kept: it takes every value an INSERT takes (a string for a date, an int for
-a numeric), where binary needs each value of the column's exact type. Other
-drivers (SQLite, PEP 249 connections) get ``executemany`` of an INSERT per
-chunk.
+The reader's Python work per row is kept to the placement's hash and one
+append to the row's lane (measured: the hand-written split, placing by
+``shard_for`` and writing with ``await write_row(row)``, spends more CPU
+per row than a load does). On PostgreSQL (psycopg) a writer runs one
+``COPY ... FROM STDIN``: a CSV source's records are sent as read, in
+``FORMAT csv`` with the source's options; other rows are formatted by
+psycopg's formatter in the text format, a chunk in one loop. The binary
+format was measured against it (300,000 rows of ``bigint, text, numeric,
+date``: formatting 1.04 M rows/s text, 1.07 M binary; the COPY end to end
+within the noise of each other), so text is kept: it takes every value an
+INSERT takes (a string for a date, an int for a numeric), where binary
+needs each value of the column's exact type. Other drivers (SQLite, PEP
+249 connections) get ``executemany`` of an INSERT per chunk.
 
 Atomic by default: every lane writes in one :class:`Transaction` (its
 commit is a two-phase commit when several PostgreSQL shards were written),

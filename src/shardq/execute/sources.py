@@ -9,14 +9,17 @@ A source is one of:
   by their type, read with their own library (so nothing more to install),
   a batch at a time; their column names are the load's columns.
 
-A CSV record is parsed with the standard library's reader (to find its
-shard key and count its fields), and also kept as read: a PostgreSQL shard
-receives the records unchanged, in a ``COPY ... (FORMAT csv)`` with the
-same options, so quoting, ``NULL`` and escapes mean exactly what they mean
-to PostgreSQL. An unquoted field equal to ``null`` (the empty string by
-default) is NULL and a quoted one is text: Python's reader does not tell
-them apart, so the record is scanned again (:func:`quoted_fields`), only
-when it has such a field.
+A CSV record is parsed (to find its shard key and count its fields), and
+also kept as read: a PostgreSQL shard receives the records unchanged, in a
+``COPY ... (FORMAT csv)`` with the same options, so quoting, ``NULL`` and
+escapes mean exactly what they mean to PostgreSQL. Lines are read a block
+at a time: a block without a quote is parsed by one regular expression
+(every line one record, its fields between delimiters); any other block
+record by record, a quoted record by the standard library's reader. An
+unquoted field equal to ``null`` (the empty string by default) is NULL and
+a quoted one is text: Python's reader does not tell them apart, so the
+record is scanned again (:func:`quoted_fields`), only when it has such a
+field.
 
 Positions name a row in errors: the 1-based line where a CSV record starts,
 or a row's 0-based index in any other source.
