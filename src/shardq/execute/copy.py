@@ -257,10 +257,13 @@ class _Load:
         self.ledger.add(batch.positions, shards)
 
     def _suspect(self, batch: Batch, keys: list[Any]) -> bool:
-        """Whether a key of the batch may be NULL, or text that must not be placed."""
+        """Whether a CSV key of the batch may be NULL, or text that must not be placed.
+
+        A value that cannot be placed (None among them) makes placement raise.
+        """
         csv = self.source.csv
         if csv is None:
-            return None in keys
+            return False
         null, key_type = csv.null, self.table.key_type
         if null in keys:
             return True  # NULL unless quoted: _check_rows tells
