@@ -47,6 +47,10 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "HASH_SPACE",
@@ -143,6 +147,9 @@ def _canonical_datetime(value: dt.datetime) -> bytes:
 
 
 def _canonical_str(value: str) -> bytes:
+    if value.isdigit() and value.isascii():
+        # What _INTEGER matches, without the regex: a CSV file's keys come through here.
+        return b"i:%d" % int(value)
     if _INTEGER.fullmatch(value):
         return b"i:%d" % int(value)
     if _DECIMAL.fullmatch(value):
@@ -241,9 +248,15 @@ class Placement:
 
     ranges: tuple[HashRange, ...]
     _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _owners: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _start_digests: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_starts", tuple(r.lo for r in self.ranges))
+        object.__setattr__(
+            self, "_start_digests", tuple(r.lo.to_bytes(4, "big") for r in self.ranges)
+        )
+        object.__setattr__(self, "_owners", tuple(r.shard for r in self.ranges))
 
     @classmethod
     def uniform(cls, shards: list[str] | tuple[str, ...]) -> Placement:
@@ -259,3 +272,38 @@ class Placement:
     def shard_for(self, value: object) -> str:
         """Return the shard that holds rows whose shard key equals ``value``."""
         return self.shard_for_hash(key_hash(value))
+
+    def shards_for(self, values: Iterable[object]) -> list[str]:
+        """Return :meth:`shard_for` of each value, in order.
+
+        The same rule without a call per value: a bulk load places every
+        row of its source through here, and the per-value calls were a
+        third of its time. Also measured faster, with the same results: an
+        int, and a text of ASCII digits (a CSV file's integer key), skip
+        :func:`canonical_key`'s dispatch (same bytes); each hash is a copy
+        of one empty BLAKE2b state (its constructor's keyword parsing cost
+        as much as the hash); and the 4-byte digest is looked up among the
+        ranges' starts as 4-byte big-endian bytes, which sort as the numbers.
+
+        >>> p = Placement.uniform(["a", "b", "c", "d"])
+        >>> p.shards_for([1, "1", 2]) == [p.shard_for(1), p.shard_for("1"), p.shard_for(2)]
+        True
+
+        Raises:
+            ValueError: a value cannot be placed (as :func:`canonical_key`).
+        """
+        starts, owners, bisect_right = self._start_digests, self._owners, bisect.bisect_right
+        fresh = hashlib.blake2b(digest_size=4).copy
+        found: list[str] = []
+        append = found.append
+        for value in values:
+            if type(value) is int:
+                canonical = b"i:%d" % value
+            elif type(value) is str and value.isdigit() and value.isascii():
+                canonical = b"i:%d" % int(value)
+            else:
+                canonical = canonical_key(value)
+            state = fresh()
+            state.update(canonical)
+            append(owners[bisect_right(starts, state.digest()) - 1])
+        return found

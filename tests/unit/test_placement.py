@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from shardq.placement import HASH_SPACE, Placement, canonical_key, key_hash
+from shardq.placement import HASH_SPACE, HashRange, Placement, canonical_key, key_hash
 
 # Changing any of these strands every row already placed: they must never change.
 PINNED = {
@@ -100,3 +100,29 @@ def test_keys_spread_over_the_shards() -> None:
         shard = placement.shard_for(key)
         counts[shard] = counts.get(shard, 0) + 1
     assert all(2_200 < c < 2_800 for c in counts.values()), counts
+
+
+def test_shards_for_places_many_values_as_shard_for_places_each() -> None:
+    placement = Placement(
+        (HashRange(0, 2**30, "a"), HashRange(2**30, 2**31, "b"), HashRange(2**31, HASH_SPACE, "a"))
+    )
+    texts = ["42", "007", " 42 ", "-7", "+3", "1_000", "\u00b2", "\u0664\u0662", "", "1.5", "abc"]
+    values: list[object] = [
+        *range(-50, 50),
+        *PINNED,
+        *texts,
+        2**70,
+        Decimal("4.0"),
+        3.0,
+        dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC),
+    ]
+    assert placement.shards_for(values) == [placement.shard_for(v) for v in values]
+    assert placement.shards_for([]) == []
+    # Ranges cut anywhere (a digest compared as bytes), many keys of both kinds.
+    cuts = [0, 1, 255, 256, 2**24 - 1, 2**31 + 12345, HASH_SPACE - 1, HASH_SPACE]
+    odd = Placement(tuple(HashRange(lo, hi, f"r{lo}") for lo, hi in itertools.pairwise(cuts)))
+    many = [*range(20_000), *map(str, range(0, 2**40, 2**40 // 5000))]
+    assert odd.shards_for(many) == [odd.shard_for(v) for v in many]
+    for bad in (None, True, float("nan")):
+        with pytest.raises(ValueError, match="shard key"):
+            placement.shards_for([1, bad, 2])

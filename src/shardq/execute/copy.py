@@ -2,22 +2,27 @@
 
 :func:`copy_in` reads a source (:mod:`shardq.execute.sources`) a batch at a
 time and places each row as an INSERT would be placed
-(``config.placement.shard_for(key)``); a reference table's rows go to every
-shard. Each shard has a *lane*: a writer task holding the shard's
-connection, fed chunks of its rows through a queue of two chunks, so memory
-holds a few chunks per shard whatever the size of the source, and a slow
-shard holds the reader back instead of filling memory.
+(``config.placement.shards_for(keys)``, a batch's keys at once); a reference
+table's rows go to every shard. Each shard has a *lane*: a writer task
+holding the shard's connection, fed chunks of its rows through a queue of
+two chunks, so memory holds a few chunks per shard whatever the size of the
+source, and a slow shard holds the reader back instead of filling memory.
+What maps a shard's refused row back to the source's line is a
+:class:`~shardq.execute.ledger.Ledger`, about a byte per row.
 
-On PostgreSQL (psycopg) a writer runs one ``COPY ... FROM STDIN``: a CSV
-source's records are sent as read, in ``FORMAT csv`` with the source's
-options; other rows are formatted by psycopg's ``write_row`` in the text
-format. The binary format was measured against it (300,000 rows of
-``bigint, text, numeric, date``: formatting 1.04 M rows/s text, 1.07 M
-binary; the COPY end to end within the noise of each other), so text is
-kept: it takes every value an INSERT takes (a string for a date, an int for
-a numeric), where binary needs each value of the column's exact type. Other
-drivers (SQLite, PEP 249 connections) get ``executemany`` of an INSERT per
-chunk.
+The reader's Python work per row is kept to the placement's hash and one
+append to the row's lane (measured: the hand-written split, placing by
+``shard_for`` and writing with ``await write_row(row)``, spends more CPU
+per row than a load does). On PostgreSQL (psycopg) a writer runs one
+``COPY ... FROM STDIN``: a CSV source's records are sent as read, in
+``FORMAT csv`` with the source's options; other rows are formatted by
+psycopg's formatter in the text format, a chunk in one loop. The binary
+format was measured against it (300,000 rows of ``bigint, text, numeric,
+date``: formatting 1.04 M rows/s text, 1.07 M binary; the COPY end to end
+within the noise of each other), so text is kept: it takes every value an
+INSERT takes (a string for a date, an int for a numeric), where binary
+needs each value of the column's exact type. Other drivers (SQLite, PEP
+249 connections) get ``executemany`` of an INSERT per chunk.
 
 Atomic by default: every lane writes in one :class:`Transaction` (its
 commit is a two-phase commit when several PostgreSQL shards were written),
@@ -53,6 +58,7 @@ from shardq.errors import (
     shard_error,
 )
 from shardq.execute.driver import CopyRejected, read_whole
+from shardq.execute.ledger import Ledger
 from shardq.execute.sources import Batch, CsvFormat, Source, open_source
 from shardq.execute.transaction import Transaction
 from shardq.placement import text_pins
@@ -102,65 +108,13 @@ class CopyProgress:
     done: bool = False
 
 
-class _Positions:
-    """The source positions of the rows sent to one shard, about a byte each.
-
-    A shard names a refused row by its number in what it received; this maps
-    that number back to the row's line in the source without keeping the
-    rows. Positions grow, so each is stored as its distance from the one
-    before: one byte, or a marker and the full value when the gap is large.
-    """
-
-    __slots__ = ("_big", "_count", "_deltas", "_last")
-
-    def __init__(self) -> None:
-        self._deltas = bytearray()
-        self._big: dict[int, int] = {}
-        self._last = -1
-        self._count = 0
-
-    def extend(self, positions: Sequence[int]) -> None:
-        if isinstance(positions, range) and positions.step == 1 and positions.start > self._last:
-            # Every row of the batch (a reference table, or one shard): one gap, then ones.
-            if positions:
-                self.extend([positions.start])
-                self._deltas += b"\x01" * (len(positions) - 1)
-                self._count += len(positions) - 1
-                self._last = positions[-1]
-            return
-        deltas, big, last, count = self._deltas, self._big, self._last, self._count
-        for position in positions:
-            gap = position - last
-            if gap < 255:
-                deltas.append(gap)
-            else:
-                deltas.append(255)
-                big[count] = position
-            last = position
-            count += 1
-        self._last, self._count = last, count
-
-    def nth(self, index: int) -> int | None:
-        """The position of the ``index``-th row sent (from 0), if that many were sent."""
-        if not 0 <= index < self._count:
-            return None
-        position = -1
-        for i in range(index + 1):
-            gap = self._deltas[i]
-            position = self._big[i] if gap == 255 else position + gap
-        return position
-
-
 class _Lane:
     """One shard's part of a load: rows waiting, the writer's queue, counts."""
 
-    def __init__(self, shard: str, positions: _Positions | None = None):
+    def __init__(self, shard: str):
         self.shard = shard
         self.queue: asyncio.Queue[list[Any] | str | None] = asyncio.Queue(QUEUED_CHUNKS)
         self.rows: list[Any] = []
-        self.spots: list[int] = []
-        self.positions = positions or _Positions()
-        self.shared = positions is not None  # a reference table's lanes share one
         self.copied = 0  # rows the shard reports loaded
         self.sent = 0  # rows handed to the writer
 
@@ -231,9 +185,9 @@ class _Load:
             mark = "%s" if dialect == "postgres" else "?"
             marks = ", ".join([mark] * len(columns))
             self.sql = f"INSERT INTO {target} ({names}) VALUES ({marks})"
-        self.shared = _Positions() if self.key is None else None
-        # Each shard's appends for its waiting rows and their positions, once its lane exists.
-        self._appenders: dict[str, tuple[Callable[[Any], None], Callable[[int], None]]] = {}
+        self.ledger = Ledger(config.shard_names)
+        # Each shard's append for its waiting rows, once its lane exists.
+        self._appends: dict[str, Callable[[Any], None]] = {}
 
     # -- the reader
 
@@ -259,69 +213,101 @@ class _Load:
                         "its own part once all rows are placed)"
                     )
                 raise
-            lane = self.lanes[shard] = _Lane(shard, self.shared)
+            lane = self.lanes[shard] = _Lane(shard)
+            self._appends[shard] = lane.rows.append
         return lane
 
     def _place(self, batch: Batch) -> None:
-        """Add the batch's rows to their shards' lanes (checked, placed)."""
-        source, rows, width = self.source, batch.rows, len(self.columns)
-        payloads: Sequence[Any] = batch.raw if self.raw and batch.raw is not None else rows
-        if set(map(len, rows)) != {width}:
-            j = next(j for j, row in enumerate(rows) if len(row) != width)
-            raise self._bad(
-                batch.positions[j],
-                f"{len(rows[j])} values for the {width} columns ({', '.join(self.columns)})",
-            )
-        if source.csv is not None and not self.raw:
-            payloads = [source.values(batch, j) for j in range(len(rows))]
-        self.rows += len(rows)
+        """Add the batch's rows to their shards' lanes (checked, placed).
+
+        The rows are checked, their keys placed (:meth:`Placement.shards_for`)
+        and noted in the ledger a batch at a time; only handing each row to
+        its lane is a loop here. A batch with a bad row goes through
+        :meth:`_check_rows`, which names the first.
+        """
+        source, width = self.source, len(self.columns)
+        if batch.keys is None:  # rows to check, unless the source checked them
+            rows = source.split(batch)
+            if set(map(len, rows)) != {width}:
+                j = next(j for j, row in enumerate(rows) if len(row) != width)
+                raise self._bad(
+                    batch.positions[j],
+                    f"{len(rows[j])} values for the {width} columns ({', '.join(self.columns)})",
+                )
+        payloads: Sequence[Any]
+        if self.raw and batch.raw is not None:
+            payloads = batch.raw
+        elif source.csv is not None:
+            payloads = [source.values(batch, j) for j in range(len(batch.positions))]
+        else:
+            payloads = source.split(batch)
+        self.rows += len(payloads)
         if self.key is None:  # a reference table: every row on every shard
             for shard in self.config.shard_names:
                 self._lane(shard).rows.extend(payloads)
-            assert self.shared is not None
-            self.shared.extend(batch.positions)
+            self.ledger.add(batch.positions, None)
             return
-        key, shard_for, positions = self.key, self.config.placement.shard_for, batch.positions
-        if source.csv is None:
-            self._place_values(rows, payloads, positions, key, shard_for)
-            return
-        null, key_type = source.csv.null, self.table.key_type
-        for j, row in enumerate(rows):
-            value = row[key]
-            if value == null and source.is_null(batch, j, key):
-                raise self._no_key(positions[j])
-            if not text_pins(value, key_type):
-                raise self._bad(
-                    positions[j],
-                    f"the text {value!r} as a {key_type} shard key may be read by the database "
-                    "as another value than placement reads it; write it in ISO form",
-                )
-            self._add(self._shard(shard_for, value, positions[j]), payloads[j], positions[j])
+        key = self.key
+        keys = batch.keys if batch.keys is not None else [row[key] for row in source.split(batch)]
+        shards = None if self._suspect(batch, keys) else self._shards_for(keys)
+        if shards is None:
+            self._check_rows(batch, keys)  # raises for the first bad row, if one is
+            shards = self.config.placement.shards_for(keys)
+        self._hand_out(payloads, shards)
+        self.ledger.add(batch.positions, shards)
 
-    def _place_values(
-        self,
-        rows: Sequence[Sequence[Any]],
-        payloads: Sequence[Any],
-        positions: Sequence[int],
-        key: int,
-        shard_for: Callable[[object], str],
-    ) -> None:
-        """:meth:`_place` for values (not CSV text): the loop every row goes through."""
-        appenders = self._appenders
-        for j, row in enumerate(rows):
-            value = row[key]
-            if value is None:
-                raise self._no_key(positions[j])
+    def _suspect(self, batch: Batch, keys: list[Any]) -> bool:
+        """Whether a CSV key of the batch may be NULL, or text that must not be placed.
+
+        A value that cannot be placed (None among them) makes placement raise.
+        """
+        csv = self.source.csv
+        if csv is None:
+            return False
+        null, key_type = csv.null, self.table.key_type
+        if null in keys:
+            return True  # NULL unless quoted: _check_rows tells
+        return key_type not in (None, "text") and not all(
+            text_pins(value, key_type) for value in keys
+        )
+
+    def _shards_for(self, keys: list[Any]) -> list[str] | None:
+        try:
+            return self.config.placement.shards_for(keys)
+        except ValueError:
+            return None
+
+    def _check_rows(self, batch: Batch, keys: list[Any]) -> None:
+        """Raise the error of the batch's first row that cannot be placed, if one cannot."""
+        source, key, positions = self.source, self.key, batch.positions
+        assert key is not None
+        csv, key_type = source.csv, self.table.key_type
+        for j, value in enumerate(keys):
+            if csv is None:
+                if value is None:
+                    raise self._no_key(positions[j])
+            else:
+                if value == csv.null and source.is_null(batch, j, key):
+                    raise self._no_key(positions[j])
+                if not text_pins(value, key_type):
+                    raise self._bad(
+                        positions[j],
+                        f"the text {value!r} as a {key_type} shard key may be read by the "
+                        "database as another value than placement reads it; write it in ISO form",
+                    )
             try:
-                shard = shard_for(value)
+                self.config.placement.shard_for(value)
             except ValueError as exc:
                 raise self._bad(positions[j], f"cannot place the row: {exc}") from None
-            add = appenders.get(shard)
-            if add is None:
-                self._add(shard, payloads[j], positions[j])
-            else:
-                add[0](payloads[j])
-                add[1](positions[j])
+
+    def _hand_out(self, payloads: Sequence[Any], shards: list[str]) -> None:
+        """Append each row to its shard's lane (opening lanes in the order rows need them)."""
+        appends = self._appends
+        for shard in dict.fromkeys(shards):
+            if shard not in appends:
+                self._lane(shard)
+        for payload, shard in zip(payloads, shards, strict=True):
+            appends[shard](payload)
 
     def _no_key(self, position: int) -> DataError:
         return self._bad(
@@ -329,29 +315,12 @@ class _Load:
             f"no value for the shard key {self.table.shard_key}, so no shard can hold the row",
         )
 
-    def _shard(self, shard_for: Callable[[object], str], value: object, position: int) -> str:
-        try:
-            return shard_for(value)
-        except ValueError as exc:
-            raise self._bad(position, f"cannot place the row: {exc}") from None
-
-    def _add(self, shard: str, payload: Any, position: int) -> None:
-        if shard not in self._appenders:
-            lane = self._lane(shard)
-            self._appenders[shard] = (lane.rows.append, lane.spots.append)
-        add = self._appenders[shard]
-        add[0](payload)
-        add[1](position)
-
     async def _hand_over(self, lane: _Lane, writers: asyncio.TaskGroup, last: bool) -> None:
         """Give the lane's waiting rows to its writer (started with its first chunk)."""
         while lane.rows and (last or len(lane.rows) >= CHUNK_ROWS):
             # The lists stay the same objects: their appends are kept by _place.
             chunk = lane.rows[:CHUNK_ROWS]
             del lane.rows[:CHUNK_ROWS]
-            if not lane.shared:
-                lane.positions.extend(lane.spots[: len(chunk)])
-                del lane.spots[: len(chunk)]
             if lane.sent == 0:
                 writers.create_task(self._write(lane), name=f"shardq-copy-{lane.shard}")
             lane.sent += len(chunk)
@@ -366,7 +335,8 @@ class _Load:
 
     async def read(self, writers: asyncio.TaskGroup) -> None:
         """Read the source to its end, handing each shard its rows."""
-        async for batch in self.source.batches():
+        shape = None if not self.raw else (self.key or 0, len(self.columns))
+        async for batch in self.source.batches(shape):
             self._place(batch)
             for lane in list(self.lanes.values()):
                 await self._hand_over(lane, writers, last=False)
@@ -413,7 +383,7 @@ class _Load:
 
     def _rejected(self, lane: _Lane, error: ShardError, row: int | None) -> ShardError:
         """The shard's error, naming the source's row it refused (when the shard said)."""
-        position = None if row is None else lane.positions.nth(row - 1)
+        position = None if row is None else self.ledger.nth(lane.shard, row - 1)
         if position is None:
             where = "the load"
         else:

@@ -9,14 +9,17 @@ A source is one of:
   by their type, read with their own library (so nothing more to install),
   a batch at a time; their column names are the load's columns.
 
-A CSV record is parsed with the standard library's reader (to find its
-shard key and count its fields), and also kept as read: a PostgreSQL shard
-receives the records unchanged, in a ``COPY ... (FORMAT csv)`` with the
-same options, so quoting, ``NULL`` and escapes mean exactly what they mean
-to PostgreSQL. An unquoted field equal to ``null`` (the empty string by
-default) is NULL and a quoted one is text: Python's reader does not tell
-them apart, so the record is scanned again (:func:`quoted_fields`), only
-when it has such a field.
+A CSV record is parsed (to find its shard key and count its fields), and
+also kept as read: a PostgreSQL shard receives the records unchanged, in a
+``COPY ... (FORMAT csv)`` with the same options, so quoting, ``NULL`` and
+escapes mean exactly what they mean to PostgreSQL. Lines are read a block
+at a time: a block without a quote is parsed by one regular expression
+(every line one record, its fields between delimiters); any other block
+record by record, a quoted record by the standard library's reader. An
+unquoted field equal to ``null`` (the empty string by default) is NULL and
+a quoted one is text: Python's reader does not tell them apart, so the
+record is scanned again (:func:`quoted_fields`), only when it has such a
+field.
 
 Positions name a row in errors: the 1-based line where a CSV record starts,
 or a row's 0-based index in any other source.
@@ -25,9 +28,12 @@ or a row's 0-based index in any other source.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import itertools
 import os
+import re
+from collections import deque
 from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -37,7 +43,7 @@ from shardq.errors import ProgrammingError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-__all__ = ["Batch", "CsvFormat", "Source", "open_source", "quoted_fields"]
+__all__ = ["Batch", "CsvFormat", "Shape", "Source", "open_source", "quoted_fields"]
 
 #: Rows read from the source at a time.
 BATCH_ROWS = 5000
@@ -132,19 +138,27 @@ def quoted_fields(record: str, fmt: CsvFormat) -> list[bool]:
     return flags
 
 
+#: What a load needs of a CSV record sent as read: its key field's index, its number of fields.
+Shape = tuple[int, int]
+
+
 @dataclass(slots=True)
 class Batch:
     """Rows of the source, read together.
 
     Attributes:
         positions: each row's position (see the module docstring).
-        rows: each row's values (a CSV record's fields, as text).
+        rows: each row's values (a CSV record's fields, as text); None
+            when ``keys`` stands for them (see :meth:`Source.batches`).
         raw: each CSV record as read (with its line end), else None.
+        keys: each CSV record's key field, when ``rows`` is None: every
+            record has the fields the load's shape asked for, none quoted.
     """
 
     positions: Sequence[int]
-    rows: list[Sequence[Any]]
+    rows: list[Sequence[Any]] | None
     raw: list[str] | None = None
+    keys: list[str] | None = None
 
 
 class Source:
@@ -159,17 +173,28 @@ class Source:
         """The row at ``position``, for an error message."""
         return f"row {position} of the source (counting from 0)"
 
-    def batches(self) -> AsyncIterator[Batch]:
-        """The rows, a batch at a time (reading closes what the source opened)."""
+    def batches(self, shape: Shape | None = None) -> AsyncIterator[Batch]:
+        """The rows, a batch at a time (reading closes what the source opened).
+
+        With ``shape``, for a load that sends CSV records as read, a CSV
+        source may give a batch as its records and their key fields only
+        (``rows`` None, ``keys`` set), each record checked to have the
+        shape's number of fields: they need not be split.
+        """
         raise NotImplementedError
+
+    def split(self, batch: Batch) -> list[Sequence[Any]]:
+        """A batch's rows, when it was given without them."""
+        assert batch.rows is not None
+        return batch.rows
 
     def values(self, batch: Batch, index: int) -> Sequence[Any]:
         """Row ``index`` of ``batch`` as the values to insert (a CSV record: NULLs applied)."""
-        return batch.rows[index]
+        return self.split(batch)[index]
 
     def is_null(self, batch: Batch, index: int, column: int) -> bool:
         """Whether the value of ``column`` in row ``index`` is NULL."""
-        return batch.rows[index][column] is None
+        return self.split(batch)[index][column] is None
 
     def close(self) -> None:
         """Close what reading opened (a file read by path)."""
@@ -181,7 +206,7 @@ class _Rows(Source):
     def __init__(self, rows: Iterable[Sequence[Any]] | AsyncIterable[Sequence[Any]]):
         self._rows = rows
 
-    async def batches(self) -> AsyncIterator[Batch]:
+    async def batches(self, shape: Shape | None = None) -> AsyncIterator[Batch]:
         start = 0
         rows = self._rows
         if isinstance(rows, AsyncIterable):
@@ -219,7 +244,9 @@ class _Csv(Source):
         self._pending: list[str] = []  # the lines of the quoted record being read
         self._pushed: str | None = None
         self._lines: Iterator[str] = iter(())
+        self._ahead: deque[str] = deque()  # lines read in a block, not yet taken as records
         self._line = 0  # lines read so far
+        self._eol: str | None = None  # the line end of the first record
 
     def where(self, position: int) -> str:
         return f"line {position} of {self._name}"
@@ -236,14 +263,18 @@ class _Csv(Source):
             return self._file  # type: ignore[no-any-return]
         return io.TextIOWrapper(self._file, encoding=fmt.encoding, newline="")
 
-    def _feed(self, lines: Iterator[str]) -> Iterator[str]:
+    def _pull(self) -> str | None:
+        """The next line: one a block read ahead, else the file's."""
+        return self._ahead.popleft() if self._ahead else next(self._lines, None)
+
+    def _feed(self) -> Iterator[str]:
         """The lines of a quoted record, for Python's reader: the first, then as it asks."""
         pending = self._pending
         while True:
             line = self._pushed
             self._pushed = None
             if line is None:
-                line = next(lines, None)
+                line = self._pull()
                 if line is None:
                     return
             pending.append(line)
@@ -257,7 +288,7 @@ class _Csv(Source):
         goes through Python's reader, which takes the lines a quoted field
         spans.
         """
-        line = next(self._lines, None)
+        line = self._pull()
         if line is None:
             return None
         first = self._line + 1
@@ -281,7 +312,7 @@ class _Csv(Source):
         assert fmt is not None
         self._opened = self._open()
         self._lines = iter(self._opened)
-        self._reader = fmt.reader(self._feed(self._lines))
+        self._reader = fmt.reader(self._feed())
         if fmt.header:
             record = self._next()
             self.columns = [] if record is None else [f.strip() for f in record[1]]
@@ -295,45 +326,97 @@ class _Csv(Source):
             else:
                 opened.close()
 
-    async def batches(self) -> AsyncIterator[Batch]:
+    async def batches(self, shape: Shape | None = None) -> AsyncIterator[Batch]:
         self.read_header()
-        eol: str | None = None
         try:
             while True:
-                positions: list[int] = []
-                rows: list[Sequence[Any]] = []
-                raw: list[str] = []
-                for _ in range(BATCH_ROWS):
-                    record = self._next()
-                    if record is None:
-                        break
-                    first, fields, text = record
-                    if eol is None:
-                        eol = "\r\n" if text.endswith("\r\n") else "\n"
-                    if not text.endswith(("\n", "\r")):
-                        text += eol  # the last line, without its end
-                    elif text.rstrip("\r\n") == "\\.":
-                        # PostgreSQL reads an unquoted \. line as the end of the data.
-                        text = '"' + text.rstrip("\r\n") + '"' + eol
-                    positions.append(first)
-                    rows.append(fields)
-                    raw.append(text)
-                if not rows:
+                if shape is not None and not self._ahead:
+                    lines = list(itertools.islice(self._lines, BATCH_ROWS))
+                    if not lines:
+                        return
+                    batch = self._block(lines, shape)
+                    if batch is not None:
+                        yield batch
+                        continue
+                    self._ahead.extend(lines)  # read again, a record at a time
+                batch = self._records()
+                if batch is None:
                     return
-                yield Batch(positions, rows, raw)
+                yield batch
         finally:
             self.close()
+
+    def _ended(self, text: str) -> str:
+        """A record's text as COPY is to receive it: with a line end, never ``\\.``."""
+        eol = self._eol
+        if eol is None:
+            eol = self._eol = "\r\n" if text.endswith("\r\n") else "\n"
+        if not text.endswith(("\n", "\r")):
+            return text + eol  # the last line, without its end
+        if text.rstrip("\r\n") == "\\.":
+            # PostgreSQL reads an unquoted \. line as the end of the data.
+            return '"' + text.rstrip("\r\n") + '"' + eol
+        return text
+
+    def _records(self) -> Batch | None:
+        """The next batch, a record at a time (quoted fields and all)."""
+        positions: list[int] = []
+        rows: list[Sequence[Any]] = []
+        raw: list[str] = []
+        for _ in range(BATCH_ROWS):
+            record = self._next()
+            if record is None:
+                break
+            first, fields, text = record
+            positions.append(first)
+            rows.append(fields)
+            raw.append(self._ended(text))
+        return Batch(positions, rows, raw) if rows else None
+
+    def _block(self, lines: list[str], shape: Shape) -> Batch | None:
+        """Lines without a quote, as one batch of their key fields; None if they cannot be.
+
+        Such a line is one record, its fields what lies between delimiters.
+        One regular expression, in C, checks that every line has the number
+        of fields and takes the key's: the batch's ``rows`` are left out.
+        Lines with a quote, a ``\\.``, a line end other than ``\\n`` or
+        ``\\r\\n``, or a wrong number of fields are read again a record at a
+        time (which names a bad line).
+        """
+        fmt = self.csv
+        assert fmt is not None
+        if self._eol is None:
+            self._eol = "\r\n" if lines[0].endswith("\r\n") else "\n"
+        if not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += self._eol  # the last line, without its end
+        block = "".join(lines)
+        if fmt.quote in block or "\\." in block:
+            return None
+        keys = _fields_pattern(fmt.delimiter, *shape).findall(block)
+        if len(keys) != len(lines):
+            return None
+        first = self._line + 1
+        self._line += len(lines)
+        return Batch(range(first, first + len(lines)), None, lines, keys)
+
+    def split(self, batch: Batch) -> list[Sequence[Any]]:
+        if batch.rows is None:  # a block of lines without a quote: fields between delimiters
+            assert batch.raw is not None
+            assert self.csv is not None
+            delimiter = self.csv.delimiter
+            batch.rows = [line.rstrip("\r\n").split(delimiter) for line in batch.raw]
+        return batch.rows
 
     def _unquoted(self, batch: Batch, index: int) -> list[bool]:
         assert batch.raw is not None
         assert self.csv is not None
         record = batch.raw[index]
         if self.csv.quote not in record:
-            return [True] * len(batch.rows[index])
+            return [True] * len(self.split(batch)[index])
         return [not quoted for quoted in quoted_fields(record, self.csv)]
 
     def values(self, batch: Batch, index: int) -> Sequence[Any]:
-        fields = batch.rows[index]
+        fields = self.split(batch)[index]
         null = self._null
         if null not in fields:
             return fields
@@ -342,7 +425,8 @@ class _Csv(Source):
         return [None if f == null and bare else f for f, bare in pairs]
 
     def is_null(self, batch: Batch, index: int, column: int) -> bool:
-        return batch.rows[index][column] == self._null and self._unquoted(batch, index)[column]
+        value = self.split(batch)[index][column]
+        return value == self._null and self._unquoted(batch, index)[column]
 
 
 class _Frame(Source):
@@ -378,12 +462,27 @@ class _Frame(Source):
                     columns.append(series.where(series.notna(), None).tolist())
                 yield list(zip(*columns, strict=True)) if columns else [()] * len(part)
 
-    async def batches(self) -> AsyncIterator[Batch]:
+    async def batches(self, shape: Shape | None = None) -> AsyncIterator[Batch]:
         start = 0
         for rows in self._parts():
             if rows:
                 yield Batch(range(start, start + len(rows)), rows)
                 start += len(rows)
+
+
+@functools.lru_cache(maxsize=8)
+def _fields_pattern(delimiter: str, key: int, width: int) -> re.Pattern[str]:
+    r"""Lines of ``width`` unquoted fields, ended by ``\n`` or ``\r\n``; group 1 the ``key``-th.
+
+    >>> _fields_pattern(",", 1, 3).findall("1,a,2\n3,b,4\r\n5,c\n")
+    ['a', 'b']
+    """
+    field = f"[^{re.escape(delimiter)}\r\n]*"
+    sep = re.escape(delimiter)
+    return re.compile(
+        "^" + (field + sep) * key + f"({field})" + (sep + field) * (width - key - 1) + "\r?\n",
+        re.MULTILINE,
+    )
 
 
 def _frame_library(source: object) -> str | None:

@@ -38,7 +38,7 @@ from shardq.execute.pool import LazyPool
 from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from shardq.config import Config, ShardConfig
     from shardq.dsn import Secrets
@@ -113,6 +113,22 @@ def _copy_line(exc: BaseException) -> int | None:
     context = getattr(diag, "context", None) if diag is not None else None
     match = _COPY_LINE.search(context or "")
     return int(match.group(1)) if match else None
+
+
+def _row_formatter(copy: psycopg.AsyncCopy) -> Callable[[Sequence[Any]], Any] | None:
+    """What ``copy.write_row`` formats a row with, without its await, if psycopg has it.
+
+    ``formatter.write_row`` adds the row to the formatter's buffer and returns
+    the buffer once it is full (else empty): what ``write_row`` then sends,
+    and what :meth:`copy.write` sends in text format, unchanged. The
+    formatter is not documented API, so without it rows go through
+    ``write_row`` one by one.
+    """
+    formatter = getattr(copy, "formatter", None)
+    if formatter is None or getattr(formatter, "format", None) != psycopg.pq.Format.TEXT:
+        return None
+    write_row = getattr(formatter, "write_row", None)
+    return write_row if callable(write_row) else None
 
 
 # A statement's closing semicolon and a comment after it, which cannot be wrapped.
@@ -373,18 +389,27 @@ class _Connection:
         or a string of data already in the statement's format (CSV records),
         sent as it is. A row the server refuses raises :class:`CopyRejected`
         with its line in the data sent.
+
+        A chunk's rows go through the copy's own formatter (psycopg's
+        escaping, in C) in one loop, awaiting only to send each buffer it
+        fills, as ``write_row`` would: ``await write_row(row)`` costs a
+        coroutine per row, measured at a quarter of a load's time in Python.
         """
         cursor = self._cursor()
         query: Any = sql
         try:
             async with cursor.copy(query) as copy:
+                format_row = _row_formatter(copy)
                 async for chunk in chunks:
                     if isinstance(chunk, str):
                         await copy.write(chunk)
-                    else:
-                        write_row = copy.write_row
+                    elif format_row is None:
                         for row in chunk:
-                            await write_row(row)
+                            await copy.write_row(row)
+                    else:
+                        for row in chunk:
+                            if data := format_row(row):
+                                await copy.write(data)
         except psycopg.Error as exc:
             raise CopyRejected(self._error(exc), _copy_line(exc)) from exc
         return cursor.rowcount
