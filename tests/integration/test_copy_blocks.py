@@ -180,3 +180,15 @@ def test_a_declared_key_type_checks_text_in_plain_blocks(pg: Shards) -> None:
     got = pg.rows("SELECT day::text FROM days ORDER BY day")
     assert sum(len(days) for days in got.values()) == 28
     assert all(placement.shard_for(day) == n for n, days in got.items() for (day,) in days)
+
+
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_line_that_is_backslash_dot_is_text_whatever_the_quote(pg: Shards, quote: str) -> None:
+    """Unquoted, PostgreSQL would read it as the end of the data: it is sent quoted."""
+    text = "bd1\n\\.\nbd2\n"
+    with shardq.connect(pg.config) as conn:
+        conn.execute("DELETE FROM kinds WHERE code LIKE 'bd%' OR code = '\\.'")
+        conn.copy_in("kinds", io.StringIO(text), columns=["code"], quote=quote)
+        stored = conn.execute("SELECT code FROM kinds WHERE label IS NULL ORDER BY code")
+        assert stored.fetchall() == [("\\.",), ("bd1",), ("bd2",)]
+        conn.execute("DELETE FROM kinds WHERE label IS NULL")

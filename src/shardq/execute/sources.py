@@ -354,8 +354,11 @@ class _Csv(Source):
         if not text.endswith(("\n", "\r")):
             return text + eol  # the last line, without its end
         if text.rstrip("\r\n") == "\\.":
-            # PostgreSQL reads an unquoted \. line as the end of the data.
-            return '"' + text.rstrip("\r\n") + '"' + eol
+            # PostgreSQL reads an unquoted \. line as the end of the data: quoted,
+            # with the load's own quote character, it is the text \.
+            assert self.csv is not None
+            quote = self.csv.quote
+            return quote + text.rstrip("\r\n") + quote + eol
         return text
 
     def _records(self) -> Batch | None:
