@@ -24,6 +24,12 @@ pytestmark = pytest.mark.postgres
 
 # (sql, ordered): ordered when the ORDER BY fixes the order of every row.
 CASES: list[tuple[str, bool]] = [
+    # ORDER BY a name PostgreSQL gives an output column: CASE ... ELSE id END is "id"
+    (
+        "SELECT CASE WHEN id % 7 = 0 THEN NULL ELSE id END, id AS i2 FROM facts ORDER BY id, i2",
+        True,
+    ),
+    ("SELECT CASE WHEN id > 5 THEN 1 END, id FROM facts ORDER BY id DESC LIMIT 9", True),
     # a table function joined to a distributed table: the same rows on every shard
     (
         "SELECT count(*), sum(g) FROM facts JOIN generate_series(1, 300, 7) AS g ON g = facts.id",

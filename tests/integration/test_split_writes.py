@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from tests.fixtures.shards import Backend
 
 
+# Tests of what SQLite shards refuse (the tests on every backend check the refusal).
+POSTGRES = pytest.mark.parametrize("backend", ["postgres", "pep249-psycopg2"], indirect=True)
+
+
 def _values(backend: Backend, count: int) -> str:
     marks = ", ".join(["({}, {})"] * count)
     return backend.sql(f"INSERT INTO writes (id, note) VALUES {marks}")
@@ -54,10 +58,9 @@ def test_a_multi_row_insert_is_split_by_shard(empty_writes: Backend) -> None:
         assert _prepared(backend) == []
 
 
+@POSTGRES
 def test_a_split_insert_commits_on_every_shard_or_none(empty_writes: Backend) -> None:
     backend = empty_writes
-    if backend.dialect == "sqlite":
-        pytest.skip("SQLite shards refuse a split INSERT (see the test above)")
     with backend.connect() as conn:
         keys = _keys_on_distinct_shards(conn, 3)
         conn.execute(backend.sql("INSERT INTO writes (id, note) VALUES ({}, 'first')"), [keys[2]])
@@ -77,10 +80,9 @@ def test_a_split_insert_commits_on_every_shard_or_none(empty_writes: Backend) ->
         assert _stored(backend) == [(keys[2], "first")]
 
 
+@POSTGRES
 def test_returning_with_on_conflict_across_shards_is_refused(empty_writes: Backend) -> None:
     backend = empty_writes
-    if backend.dialect == "sqlite":
-        pytest.skip("SQLite shards refuse a split INSERT")
     with backend.connect() as conn:
         keys = _keys_on_distinct_shards(conn, 2)
         sql = _values(backend, 2) + " ON CONFLICT (id) DO NOTHING"
@@ -93,10 +95,9 @@ def test_returning_with_on_conflict_across_shards_is_refused(empty_writes: Backe
         assert _stored(backend) == [(keys[0], "a"), (keys[1], "b")]
 
 
+@POSTGRES
 async def test_a_split_insert_through_the_async_api(empty_writes: Backend) -> None:
     backend = empty_writes
-    if backend.dialect == "sqlite":
-        pytest.skip("SQLite shards refuse a split INSERT")
     async with await backend.connect_async() as conn:
         keys = _keys_on_distinct_shards(conn, 4)
         named = ", ".join(f"(%(k{i})s, %(n{i})s)" for i in range(4))
@@ -133,12 +134,11 @@ def test_an_update_of_the_shard_key_moves_the_row(empty_writes: Backend) -> None
         assert _prepared(backend) == []
 
 
+@POSTGRES
 def test_an_unpinned_update_of_the_key_gathers_rows_on_the_new_shard(
     empty_writes: Backend,
 ) -> None:
     backend = empty_writes
-    if backend.dialect == "sqlite":
-        pytest.skip("SQLite shards refuse a move (see the test above)")
     with backend.connect() as conn:
         keys = _keys_on_distinct_shards(conn, 4)
         for key in keys:

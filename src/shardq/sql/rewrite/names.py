@@ -45,21 +45,29 @@ _TYPE_NAMES = {
 }  # fmt: skip
 
 
-def _figure(node: exp.Expr, dialect: str) -> str | None:
+def _figure(node: exp.Expr, dialect: str, strong: bool = False) -> str | None:
+    """PostgreSQL's name for ``node``; with ``strong``, only a name from a column or a call.
+
+    FigureColname ranks names: a column's or a function's is strong, a
+    cast's type name or ``case`` weak; a CASE takes its ELSE's name when
+    that is strong (``CASE ... ELSE id END`` is named ``id``).
+    """
     if isinstance(node, exp.Alias):
         return normalize(node.args["alias"], dialect)
     if isinstance(node, exp.Column):
         return normalize(node.this, dialect) if isinstance(node.this, exp.Identifier) else None
     if isinstance(node, exp.Paren | exp.Filter):
-        return _figure(node.this, dialect)
+        return _figure(node.this, dialect, strong)
     if isinstance(node, exp.Cast):
-        inner = _figure(node.this, dialect)
-        if inner is not None:
+        inner = _figure(node.this, dialect, strong)
+        if inner is not None or strong:
             return inner
         kind = node.to.sql("postgres").upper().split("(")[0]
         return _TYPE_NAMES.get(kind, kind.lower())
     if isinstance(node, exp.Case):
-        return "case"
+        default = node.args.get("default")
+        named = None if default is None else _figure(default, dialect, strong=True)
+        return named if named is not None or strong else "case"
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower()
     if isinstance(node, exp.Connector | exp.Binary | exp.Predicate | exp.Unary):
