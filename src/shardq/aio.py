@@ -39,6 +39,7 @@ from shardq.execute.twophase import Recovery, recover
 from shardq.health import CheckReport, check
 from shardq.results import AsyncResult, StoredResult
 from shardq.rows import RowFactory, tuple_row
+from shardq.sql.analyze import StatementKind
 from shardq.sql.route import written_table
 from shardq.statements import as_statement, compiler, is_many, statement_text
 
@@ -200,7 +201,9 @@ class AsyncCursor:
         connections, so they commit or roll back with it: a batch's
         concurrent statements would run on connections of their own. So do
         writes to a reference table, each of which changes every copy in one
-        atomic write, as :meth:`execute` does.
+        atomic write, as :meth:`execute` does, and, given as a list or tuple,
+        parameter sets of an UPDATE or DELETE of which one writes several
+        shards (unpinned by the key, or moving a row).
         """
         self._check_open()
         await self._discard()
@@ -209,6 +212,7 @@ class AsyncCursor:
             connection._transaction is not None
             or not connection._autocommit
             or self._writes_every_shard(sql)
+            or self._spans_shards(sql, params_seq)
         ):
             await self._execute_each(sql, params_seq, timeout)
             return
@@ -234,6 +238,30 @@ class AsyncCursor:
         text = statement_text(sql, connection.config.dialect)
         written = written_table(connection._engine.planner.analyze(text))
         return written is not None and not written.table.distributed
+
+    def _spans_shards(self, sql: SQL, params_seq: object) -> bool:
+        """Whether an UPDATE or DELETE writes several shards for one of ``params_seq``.
+
+        Such a write commits on its shards together (two-phase commit), which
+        a batch's concurrent statements do not do: the parameter sets then
+        run one after another, each as :meth:`execute` runs it. Only a list or
+        tuple of parameter sets can be looked at before it runs; an iterator's
+        goes to the batch, which refuses such a write.
+        """
+        if not isinstance(params_seq, list | tuple):
+            return False
+        connection = self.connection
+        dialect = connection.config.dialect
+        planner = connection._engine.planner
+        kind = planner.analyze(statement_text(sql, dialect)).kind
+        if kind not in (StatementKind.UPDATE, StatementKind.DELETE):
+            return False
+        shards = connection.config.shard_names
+        for params in params_seq:
+            plan = planner.plan(*as_statement((sql, params), dialect))
+            if plan.move is not None or len(plan.route.resolve(shards, shards[0])) > 1:
+                return True
+        return False
 
     async def _execute_each(
         self,

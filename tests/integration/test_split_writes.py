@@ -172,3 +172,28 @@ def test_an_unpinned_update_of_the_key_gathers_rows_on_the_new_shard(
             conn.execute("UPDATE writes SET (id, note) = (9, 'x') WHERE id = 7")
         assert "move to" in conn.explain("UPDATE writes SET id = 9 WHERE note = 'x'")
         assert _prepared(backend) == []
+
+
+def test_executemany_of_writes_that_span_shards(empty_writes: Backend) -> None:
+    backend = empty_writes
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 4)
+        cur = conn.cursor()
+        cur.executemany(
+            backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})"), [(k, "a") for k in keys]
+        )
+        update = backend.sql("UPDATE writes SET note = {} WHERE note = {}")
+        if backend.dialect == "sqlite":  # each parameter set writes every shard
+            with pytest.raises(shardq.UnsupportedQueryError, match="two-phase commit"):
+                cur.executemany(update, [("b", "a")])
+            assert _stored(backend) == [(k, "a") for k in keys]
+            return
+        # Unpinned: each parameter set runs on every shard, atomically, in turn.
+        cur.executemany(update, [("b", "a"), ("c", "b"), ("d", "nothing")])
+        assert cur.rowcount == 8
+        assert _stored(backend) == [(k, "c") for k in keys]
+        # One pinned to a shard, one moving a row: in turn as well.
+        moved = keys[1] + 4000
+        cur.executemany(backend.sql("UPDATE writes SET id = {} WHERE id = {}"), [(moved, keys[0])])
+        assert sorted(k for k, _ in _stored(backend)) == sorted([moved, *keys[1:]])
+        assert _prepared(backend) == []
