@@ -33,6 +33,7 @@ from shardq.engine import DEFAULT_FETCH_SIZE, Engine
 from shardq.errors import InterfaceError, NotSupportedError, ProgrammingError
 from shardq.execute.batch import ExecutionResult, Progress, run_batch
 from shardq.execute.copy import CopyProgress, CopyResult, CsvFormat, copy_in
+from shardq.execute.hosts import check_policy
 from shardq.execute.lanes import Lanes
 from shardq.execute.transaction import Transaction
 from shardq.execute.twophase import Recovery, recover
@@ -106,6 +107,7 @@ class AsyncCursor:
         timeout: float | None = None,
         cache: CacheChoice = None,
         cache_key: str | None = None,
+        read_policy: str | None = None,
     ) -> Self:
         """Run one statement on the shards that can hold its rows.
 
@@ -127,10 +129,14 @@ class AsyncCursor:
                 read is received whole.
             cache_key: the cache key to use instead of the statement and its
                 parameters (still kept apart per user and shards).
+            read_policy: which host of each shard a read outside a
+                transaction goes to (:mod:`shardq.execute.hosts`); defaults
+                to the connection's ``read_policy``.
         """
         self._check_open()
         await self._discard()
         connection = self.connection
+        policy = connection.read_policy if read_policy is None else check_policy(read_policy)
         sql, params = as_statement((sql, params), connection.config.dialect)
         if timeout is None:
             timeout = connection.timeout
@@ -166,7 +172,7 @@ class AsyncCursor:
         written = caches.written(engine.planner, sql) if caches.configured else ()
         try:
             self._result = await engine.execute(
-                sql, params, timeout=timeout, row_factory=self.row_factory
+                sql, params, timeout=timeout, row_factory=self.row_factory, read_policy=policy
             )
         finally:
             if written:  # even when it failed: it may have committed before the error
@@ -382,6 +388,7 @@ class AsyncConnection:
         # Results still holding shard connections, closed with the connection.
         self._open_results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._autocommit = True
+        self._read_policy = engine.config.read_policy
         self._transaction: Transaction | None = None
         # Tables written by the open transaction: their cached reads go at commit.
         self._invalidate_at_commit: set[str] = set()
@@ -412,6 +419,20 @@ class AsyncConnection:
                 raise
         return conn
 
+    @property
+    def read_policy(self) -> str:
+        """Where reads outside a transaction go: ``primary`` (the default), ``prefer-replica``,
+        ``replica-only`` or ``round-robin`` (see :mod:`shardq.execute.hosts`).
+
+        Its first value is the configuration's ``read_policy``; writes and
+        transactions always go to the primaries.
+        """
+        return self._read_policy
+
+    @read_policy.setter
+    def read_policy(self, policy: str) -> None:
+        self._read_policy = check_policy(policy)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         names = ", ".join(self.config.shard_names)
@@ -439,10 +460,11 @@ class AsyncConnection:
         timeout: float | None = None,
         cache: CacheChoice = None,
         cache_key: str | None = None,
+        read_policy: str | None = None,
     ) -> Any:
         """Run a statement on a new cursor and return the cursor (as psycopg does).
 
-        ``cache`` and ``cache_key`` are :meth:`AsyncCursor.execute`'s. Given a
+        ``cache``, ``cache_key`` and ``read_policy`` are :meth:`AsyncCursor.execute`'s. Given a
         list of statements (and optionally a list of their parameter sets, one
         per statement), run them concurrently as :meth:`gather` does and
         return the list of their :class:`~shardq.ResultSet`, in order.
@@ -459,7 +481,7 @@ class AsyncConnection:
                 queries = list(zip(sql, params, strict=True))
             return await self.gather(queries, timeout=timeout)
         return await self.cursor().execute(
-            sql, params, timeout=timeout, cache=cache, cache_key=cache_key
+            sql, params, timeout=timeout, cache=cache, cache_key=cache_key, read_policy=read_policy
         )
 
     async def execute_concurrent(

@@ -53,7 +53,11 @@ DIALECTS: tuple[Dialect, ...] = ("postgres", "sqlite")
 DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
-_TOP_KEYS = frozenset({"dialect", "driver", "shards", "tables", "cache", "recover_on_connect"})
+_TOP_KEYS = frozenset(
+    {"dialect", "driver", "shards", "tables", "cache", "recover_on_connect", "read_policy"}
+)
+#: Where reads outside a transaction go (see shardq.execute.hosts).
+READ_POLICIES = ("primary", "prefer-replica", "replica-only", "round-robin")
 _CACHE_KEYS = frozenset({"url", "ttl", "grace", "prefix", "lock_timeout", "max_bytes", "regions"})
 _SHARD_KEYS = frozenset({"name", "dsn", "replicas", "pool_min_size", "pool_max_size"})
 _TABLE_KEYS = frozenset({"shard_key", "key_type", "reference", "colocate_with"})
@@ -126,6 +130,8 @@ class Config:
     cache: CacheConfig | None = None
     #: Finish the two-phase commits left in doubt when a connection opens.
     recover_on_connect: bool = False
+    #: Where reads outside a transaction go: one of READ_POLICIES.
+    read_policy: str = "primary"
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -258,6 +264,10 @@ class _Reader:
         replicas = entry.get("replicas", [])
         if not isinstance(replicas, list):
             raise self.error("expected a list of DSNs", f"{where}.replicas")
+        if replicas and dialect != "postgres":
+            raise self.error(
+                "replicas are PostgreSQL standbys; a SQLite shard has none", f"{where}.replicas"
+            )
         min_size = self.size(entry.get("pool_min_size", 0), f"{where}.pool_min_size", 0)
         max_size = self.size(entry.get("pool_max_size", 4), f"{where}.pool_max_size", 1)
         if min_size > max_size:
@@ -274,6 +284,13 @@ class _Reader:
             pool_min_size=min_size,
             pool_max_size=max_size,
         )
+
+    def read_policy(self, raw: object, where: str) -> str:
+        if raw not in READ_POLICIES:
+            raise self.error(
+                f"expected one of {', '.join(map(repr, READ_POLICIES))}, got {raw!r}", where
+            )
+        return str(raw)
 
     def seconds(self, raw: object, where: str, *, positive: bool) -> float:
         number = isinstance(raw, int | float) and not isinstance(raw, bool)
@@ -411,6 +428,7 @@ class _Reader:
             source=self.file,
             cache=cache,
             recover_on_connect=recover_on_connect,
+            read_policy=self.read_policy(raw.get("read_policy", "primary"), "read_policy"),
         )
 
 

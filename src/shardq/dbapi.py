@@ -119,6 +119,7 @@ class Cursor:
         timeout: float | None = None,
         cache: CacheChoice = None,
         cache_key: str | None = None,
+        read_policy: str | None = None,
     ) -> Self:
         """Run one statement, text or SQLAlchemy (see :meth:`shardq.aio.AsyncCursor.execute`).
 
@@ -127,7 +128,7 @@ class Cursor:
         """
         self._local.clear()
         rows, self._drained = self._portal.call(
-            self._execute, sql, params, timeout, cache, cache_key
+            self._execute, sql, params, timeout, cache, cache_key, read_policy
         )
         self._local.extend(rows)
         return self
@@ -139,8 +140,11 @@ class Cursor:
         timeout: float | None,
         cache: CacheChoice,
         cache_key: str | None,
+        read_policy: str | None,
     ) -> tuple[list[Any], bool]:
-        await self._inner.execute(sql, params, timeout=timeout, cache=cache, cache_key=cache_key)
+        await self._inner.execute(
+            sql, params, timeout=timeout, cache=cache, cache_key=cache_key, read_policy=read_policy
+        )
         if self._inner.description is None:
             return [], True
         if self._inner.in_memory:
@@ -290,6 +294,15 @@ class Connection:
         self._inner.autocommit = value
 
     @property
+    def read_policy(self) -> str:
+        """See :attr:`shardq.aio.AsyncConnection.read_policy` (``primary`` by default)."""
+        return self._inner.read_policy
+
+    @read_policy.setter
+    def read_policy(self, policy: str) -> None:
+        self._inner.read_policy = policy
+
+    @property
     def row_factory(self) -> RowFactory:
         return self._inner.row_factory
 
@@ -313,6 +326,7 @@ class Connection:
         timeout: float | None = None,
         cache: CacheChoice = None,
         cache_key: str | None = None,
+        read_policy: str | None = None,
     ) -> Any:
         """Run a statement on a new cursor and return it (as psycopg does).
 
@@ -322,7 +336,9 @@ class Connection:
         """
         if is_many(sql):
             return self._portal.call(self._inner.execute, sql, params, timeout=timeout)
-        return self.cursor().execute(sql, params, timeout=timeout, cache=cache, cache_key=cache_key)
+        return self.cursor().execute(
+            sql, params, timeout=timeout, cache=cache, cache_key=cache_key, read_policy=read_policy
+        )
 
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""

@@ -7,6 +7,7 @@ sit between planning and execution.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 import weakref
@@ -25,6 +26,7 @@ from shardq.errors import (
 from shardq.execute.cursor import cursor_pools
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
+from shardq.execute.hosts import Hosts
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
@@ -47,7 +49,7 @@ from shardq.sql.rewrite import positional_as_named
 from shardq.sql.subplans import Result
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 
     from shardq.config import Config
     from shardq.execute.driver import Outcome
@@ -119,11 +121,13 @@ class Engine:
         pools: Mapping[str, ShardPool],
         *,
         fetch_size: int = DEFAULT_FETCH_SIZE,
+        replicas: Mapping[str, Sequence[ShardPool]] | None = None,
     ):
         if fetch_size < 1:
             raise ValueError("fetch_size must be at least 1")
         self.config = config
         self.pools = dict(pools)
+        self.hosts = Hosts(self.pools, replicas or {})
         self.planner = Planner(config)
         self.fetch_size = fetch_size
         self._semantics = semantics(config.dialect)
@@ -152,8 +156,17 @@ class Engine:
             if hint is None:
                 raise
             raise hint from exc
+        replicas = {
+            s.name: [
+                driver(config, dataclasses.replace(s, dsn=dsn, replicas=())) for dsn in s.replicas
+            ]
+            for s in config.shards
+        }
         return cls(
-            config, {s.name: driver(config, s) for s in config.shards}, fetch_size=fetch_size
+            config,
+            {s.name: driver(config, s) for s in config.shards},
+            fetch_size=fetch_size,
+            replicas=replicas,
         )
 
     def plan(self, sql: str, params: object = None) -> QueryPlan:
@@ -231,16 +244,23 @@ class Engine:
         timeout: float | None,
         row_factory: RowFactory,
         transaction: Transaction | None = None,
+        read_policy: str = "primary",
     ) -> AsyncResult | StoredResult:
         """Run one statement and return its merged, streaming result.
 
         In a ``transaction`` the statement runs on the transaction's
         connections (its result received whole), and a failure aborts it.
+        A read outside one goes to the hosts ``read_policy`` picks
+        (:mod:`shardq.execute.hosts`); everything else to the primaries.
         """
         plan = await self.plan_async(sql, params, transaction=transaction)
         if plan.deferred is not None:
             return await self._execute_deferred(
-                plan, timeout=timeout, row_factory=row_factory, transaction=transaction
+                plan,
+                timeout=timeout,
+                row_factory=row_factory,
+                transaction=transaction,
+                read_policy=read_policy,
             )
         # Writes whose rows span shards, run as several statements: one transaction.
         steps = (
@@ -273,7 +293,8 @@ class Engine:
                     )
                 )
         if transaction is None:
-            scatter, types = await self._start(plan, shards, timeout)
+            pools = None if plan.kind.is_write else self.hosts.for_reads(read_policy)
+            scatter, types = await self._start(plan, shards, timeout, pools=pools)
         else:
             write = plan.kind.is_write
             transaction.check(shards, write)
@@ -651,6 +672,7 @@ class Engine:
         timeout: float | None,
         row_factory: RowFactory,
         transaction: Transaction | None = None,
+        read_policy: str = "primary",
     ) -> AsyncResult | StoredResult:
         """Run a plan's subqueries first, then the statement with their results in place."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -660,7 +682,12 @@ class Engine:
 
         async def subquery(sql: str, params: object) -> Result:
             result = await self.execute(
-                sql, params, timeout=left(), row_factory=tuple_row, transaction=transaction
+                sql,
+                params,
+                timeout=left(),
+                row_factory=tuple_row,
+                transaction=transaction,
+                read_policy=read_policy,
             )
             rows = await result.fetchall()
             description = result.description or ()
@@ -672,7 +699,12 @@ class Engine:
 
         sql, bound = await self._substitute(plan, subquery)
         return await self.execute(
-            sql, bound, timeout=left(), row_factory=row_factory, transaction=transaction
+            sql,
+            bound,
+            timeout=left(),
+            row_factory=row_factory,
+            transaction=transaction,
+            read_policy=read_policy,
         )
 
     async def _substitute(
@@ -794,7 +826,7 @@ class Engine:
     async def close(self) -> None:
         """Close every pool (every pool is closed even if one fails)."""
         errors = []
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.hosts.pools()]:
             try:
                 await pool.close()
             except Exception as exc:

@@ -1,0 +1,129 @@
+"""Replicas: reads spread over each shard's standbys by a read policy; the rest on primaries.
+
+Two shards, each a primary with one streaming standby made by
+``pg_basebackup -R``: what a production shard looks like. A read says which
+host answered it with ``pg_is_in_recovery()``.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import shardq
+from tests.fixtures.servers import PgCluster, ServerUnavailableError, start_pg_clusters
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+DATABASE = "replicas"
+SCHEMA = "CREATE TABLE items (id integer PRIMARY KEY, v text)"
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[tuple[PgCluster, PgCluster]]]:
+    try:
+        primaries = start_pg_clusters(2, prefix="primary")
+    except ServerUnavailableError as exc:
+        pytest.fail(str(exc))
+    standbys = [PgCluster(name=f"standby{i}") for i in range(2)]
+    try:
+        for primary in primaries:
+            primary.create_database(DATABASE)
+            primary.execute(SCHEMA, DATABASE)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pairs = zip(standbys, primaries, strict=True)
+            for future in [pool.submit(s.start_standby, p) for s, p in pairs]:
+                future.result()
+        yield list(zip(primaries, standbys, strict=True))
+    finally:
+        for cluster in [*standbys, *primaries]:
+            cluster.stop()
+
+
+def _config(hosts: list[tuple[PgCluster, PgCluster]], **extra: Any) -> dict[str, Any]:
+    return {
+        "dialect": "postgres",
+        "shards": [
+            {"name": f"s{i}", "dsn": p.dsn(DATABASE), "replicas": [s.dsn(DATABASE)]}
+            for i, (p, s) in enumerate(hosts)
+        ],
+        "tables": {"items": {"shard_key": "id"}},
+        **extra,
+    }
+
+
+def _replayed(hosts: list[tuple[PgCluster, PgCluster]]) -> None:
+    """Wait until every standby has replayed what its primary wrote so far."""
+    for primary, standby in hosts:
+        (lsn,) = primary.execute("SELECT pg_current_wal_lsn()::text", DATABASE)[0]
+        deadline = time.monotonic() + 20
+        while True:
+            (done,) = standby.execute(
+                f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn", DATABASE
+            )[0]
+            if done:
+                break
+            assert time.monotonic() < deadline, f"{standby.name} did not replay {lsn}"
+            time.sleep(0.05)
+
+
+def _in_recovery(conn: shardq.Connection, **kw: Any) -> bool:
+    """Whether the host that answered a read is a standby (shards taken in turn)."""
+    return bool(conn.execute("SELECT pg_is_in_recovery()", **kw).fetchall()[0][0])
+
+
+def test_reads_go_where_the_policy_says_and_writes_to_the_primary(
+    hosts: list[tuple[PgCluster, PgCluster]],
+) -> None:
+    with shardq.connect(_config(hosts)) as conn:
+        assert conn.read_policy == "primary"
+        conn.execute("DELETE FROM items")
+        assert _in_recovery(conn) is False
+        assert _in_recovery(conn, read_policy="replica-only") is True
+        assert _in_recovery(conn, read_policy="prefer-replica") is True
+        seen = {_in_recovery(conn, read_policy="round-robin") for _ in range(6)}
+        assert seen == {True, False}
+        # The connection's policy: reads on the standbys, writes on the primaries.
+        conn.read_policy = "replica-only"
+        cur = conn.cursor()
+        cur.executemany(
+            "INSERT INTO items (id, v) VALUES (%s, %s)", [(i, f"v{i}") for i in range(1, 101)]
+        )
+        conn.execute("INSERT INTO items (id, v) VALUES (%s, %s), (%s, %s)", [101, "a", 102, "b"])
+        _replayed(hosts)
+        assert conn.execute("SELECT count(*), sum(id) FROM items").fetchall() == [(102, 5253)]
+        ordered = conn.execute("SELECT id FROM items ORDER BY id DESC LIMIT 3").fetchall()
+        assert ordered == [(102,), (101,), (100,)]
+        # A transaction reads its own writes: on the primaries, whatever the policy.
+        with conn.transaction():
+            conn.execute("UPDATE items SET v = 'changed' WHERE id = 7")
+            assert conn.execute("SELECT v FROM items WHERE id = 7").fetchall() == [("changed",)]
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchall() == [(False,)]
+        conn.execute("DELETE FROM items")
+
+
+def test_policies_are_checked(hosts: list[tuple[PgCluster, PgCluster]]) -> None:
+    with pytest.raises(shardq.ConfigError, match="read_policy"):
+        shardq.connect(_config(hosts, read_policy="nearest"))
+    with shardq.connect(_config(hosts, read_policy="prefer-replica")) as conn:
+        assert conn.read_policy == "prefer-replica"
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchall() == [(True,)]
+        with pytest.raises(shardq.ProgrammingError, match="read_policy must be one of"):
+            conn.read_policy = "fastest"
+    config = _config(hosts)
+    for shard in config["shards"]:
+        del shard["replicas"]
+    with shardq.connect(config) as conn:
+        # No replicas: prefer-replica reads the primaries; replica-only says what is missing.
+        assert conn.execute(
+            "SELECT pg_is_in_recovery()", read_policy="prefer-replica"
+        ).fetchall() == [(False,)]
+        with pytest.raises(shardq.ProgrammingError, match="no replicas"):
+            conn.execute("SELECT 1", read_policy="replica-only")
+    sqlite = {"shards": [{"name": "a", "dsn": "a.db", "replicas": ["b.db"]}], "tables": {}}
+    with pytest.raises(shardq.ConfigError, match="SQLite shard has none"):
+        shardq.load_config(sqlite)
