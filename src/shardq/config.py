@@ -54,7 +54,16 @@ DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
 _TOP_KEYS = frozenset(
-    {"dialect", "driver", "shards", "tables", "cache", "recover_on_connect", "read_policy"}
+    {
+        "dialect",
+        "driver",
+        "shards",
+        "tables",
+        "cache",
+        "recover_on_connect",
+        "read_policy",
+        "max_replica_lag",
+    }
 )
 #: Where reads outside a transaction go (see shardq.execute.hosts).
 READ_POLICIES = ("primary", "prefer-replica", "replica-only", "round-robin")
@@ -132,6 +141,8 @@ class Config:
     recover_on_connect: bool = False
     #: Where reads outside a transaction go: one of READ_POLICIES.
     read_policy: str = "primary"
+    #: Seconds a replica may lag behind its primary and still serve reads (None: any).
+    max_replica_lag: float | None = None
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -429,6 +440,11 @@ class _Reader:
             cache=cache,
             recover_on_connect=recover_on_connect,
             read_policy=self.read_policy(raw.get("read_policy", "primary"), "read_policy"),
+            max_replica_lag=(
+                self.seconds(raw["max_replica_lag"], "max_replica_lag", positive=False)
+                if "max_replica_lag" in raw
+                else None
+            ),
         )
 
 

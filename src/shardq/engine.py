@@ -127,7 +127,7 @@ class Engine:
             raise ValueError("fetch_size must be at least 1")
         self.config = config
         self.pools = dict(pools)
-        self.hosts = Hosts(self.pools, replicas or {})
+        self.hosts = Hosts(self.pools, replicas or {}, config.max_replica_lag)
         self.planner = Planner(config)
         self.fetch_size = fetch_size
         self._semantics = semantics(config.dialect)
@@ -293,7 +293,7 @@ class Engine:
                     )
                 )
         if transaction is None:
-            pools = None if plan.kind.is_write else self.hosts.for_reads(read_policy)
+            pools = None if plan.kind.is_write else await self.hosts.for_reads(read_policy)
             scatter, types = await self._start(plan, shards, timeout, pools=pools)
         else:
             write = plan.kind.is_write

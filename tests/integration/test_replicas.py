@@ -127,3 +127,33 @@ def test_policies_are_checked(hosts: list[tuple[PgCluster, PgCluster]]) -> None:
     sqlite = {"shards": [{"name": "a", "dsn": "a.db", "replicas": ["b.db"]}], "tables": {}}
     with pytest.raises(shardq.ConfigError, match="SQLite shard has none"):
         shardq.load_config(sqlite)
+
+
+def test_a_replica_lagging_beyond_max_replica_lag_is_passed_over(
+    hosts: list[tuple[PgCluster, PgCluster]],
+) -> None:
+    standbys = [s for _, s in hosts]
+    with shardq.connect(_config(hosts, max_replica_lag=0.5)) as conn:
+        assert _in_recovery(conn, read_policy="prefer-replica") is True
+        for standby in standbys:
+            standby.execute("SELECT pg_wal_replay_pause()", DATABASE)
+        try:
+            conn.execute("INSERT INTO items (id, v) VALUES (1, 'late'), (2, 'late')")
+            time.sleep(1.6)  # past max_replica_lag, and past the lag's 1 s cache
+            # Lagging: prefer-replica reads the primaries (and sees the rows) ...
+            policy = {"read_policy": "prefer-replica"}
+            assert _in_recovery(conn, **policy) is False
+            assert conn.execute("SELECT count(*) FROM items", **policy).fetchall() == [(2,)]
+            # ... and replica-only says why it cannot read.
+            with pytest.raises(shardq.OperationalError, match=r"lags [\d.]+ s"):
+                conn.execute("SELECT count(*) FROM items", read_policy="replica-only")
+        finally:
+            for standby in standbys:
+                standby.execute("SELECT pg_wal_replay_resume()", DATABASE)
+        _replayed(hosts)
+        time.sleep(1.1)  # the lag asked again
+        assert _in_recovery(conn, read_policy="prefer-replica") is True
+        assert conn.execute(
+            "SELECT count(*) FROM items", read_policy="replica-only"
+        ).fetchall() == [(2,)]
+        conn.execute("DELETE FROM items")

@@ -18,23 +18,40 @@ connection's, or the call's):
 
 A replica answers with what it has replayed: a read on it may not see a
 write committed on the primary a moment before (``primary`` and reads
-inside a transaction always do).
+inside a transaction always do). With ``max_replica_lag`` (seconds) in the
+configuration, a replica further behind is passed over: its lag is asked
+(``pg_last_xact_replay_timestamp()``, zero when it has replayed all it
+received) at most once a second per replica, and a replica that cannot be
+asked is passed over too until it is asked again. A read that finds no
+replica fit goes to the primary, or, under ``replica-only``, fails saying
+why.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from typing import TYPE_CHECKING
 
 from shardq.config import READ_POLICIES
-from shardq.errors import ProgrammingError
+from shardq.errors import Error, OperationalError, ProgrammingError
+from shardq.execute.driver import read_whole
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
     from shardq.execute.driver import ShardPool
 
-__all__ = ["READ_POLICIES", "Hosts", "check_policy"]
+__all__ = ["LAG_SQL", "READ_POLICIES", "Hosts", "check_policy"]
+
+#: A standby's replay lag in seconds: 0 when it has replayed all it received.
+LAG_SQL = (
+    "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+#: Seconds a replica's measured lag is trusted.
+LAG_TTL = 1.0
 
 
 def check_policy(policy: str) -> str:
@@ -50,12 +67,18 @@ class Hosts:
     """The pools of every shard's replicas, and the choice of one per read."""
 
     def __init__(
-        self, primaries: Mapping[str, ShardPool], replicas: Mapping[str, Sequence[ShardPool]]
+        self,
+        primaries: Mapping[str, ShardPool],
+        replicas: Mapping[str, Sequence[ShardPool]],
+        max_lag: float | None = None,
     ):
         self.primaries = dict(primaries)
         self.replicas = {name: list(pools) for name, pools in replicas.items() if pools}
+        self.max_lag = max_lag
         # One turn per shard and policy, so that reads spread evenly.
         self._turns: dict[tuple[str, str], Iterator[ShardPool]] = {}
+        # Per replica pool: (when asked, its lag in seconds, or None if it could not be asked).
+        self._lags: dict[int, tuple[float, float | None]] = {}
 
     def __bool__(self) -> bool:
         """Whether any shard has a replica (else every read goes to the primaries)."""
@@ -66,15 +89,15 @@ class Hosts:
         for pools in self.replicas.values():
             yield from pools
 
-    def for_reads(self, policy: str) -> dict[str, ShardPool]:
+    async def for_reads(self, policy: str) -> Mapping[str, ShardPool]:
         """A pool per shard for one read under ``policy``."""
         if policy == "primary" or not self:
             if policy == "replica-only":
                 raise self._none(next(iter(self.primaries)))
             return self.primaries
-        return {name: self._pick(name, policy) for name in self.primaries}
+        return {name: await self._pick(name, policy) for name in self.primaries}
 
-    def _pick(self, shard: str, policy: str) -> ShardPool:
+    async def _pick(self, shard: str, policy: str) -> ShardPool:
         replicas = self.replicas.get(shard)
         if not replicas:
             if policy == "replica-only":
@@ -84,7 +107,49 @@ class Hosts:
         if turn is None:
             hosts = replicas if policy != "round-robin" else [self.primaries[shard], *replicas]
             turn = self._turns[(shard, policy)] = itertools.cycle(hosts)
-        return next(turn)
+        count = len(replicas) + (policy == "round-robin")
+        for _ in range(count):
+            pool = next(turn)
+            if pool is self.primaries[shard] or await self._fit(pool):
+                return pool
+        if policy == "replica-only":
+            raise OperationalError(
+                f"shard {shard!r}: read_policy 'replica-only', but no replica is fit to read: "
+                + "; ".join(self._why(pool) for pool in replicas)
+            )
+        return self.primaries[shard]
+
+    async def _fit(self, pool: ShardPool) -> bool:
+        """Whether a replica may serve a read: reachable and within ``max_lag``."""
+        if self.max_lag is None:
+            return True
+        lag = await self._lag(pool)
+        return lag is not None and lag <= self.max_lag
+
+    async def _lag(self, pool: ShardPool) -> float | None:
+        """A replica's lag in seconds (asked at most once per LAG_TTL); None if unreachable."""
+        now = time.monotonic()
+        known = self._lags.get(id(pool))
+        if known is not None and now - known[0] < LAG_TTL:
+            cached: float | None = known[1]
+            return cached
+        lag: float | None
+        try:
+            async with pool.connection() as conn:
+                rows = (await read_whole(conn, LAG_SQL, None)).rows
+            # NULL: nothing replayed yet while WAL waits, or not a standby at all.
+            lag = float(rows[0][0]) if rows and rows[0][0] is not None else math.inf
+        except Error:
+            lag = None
+        self._lags[id(pool)] = (now, lag)
+        return lag
+
+    def _why(self, pool: ShardPool) -> str:
+        known = self._lags.get(id(pool))
+        lag = None if known is None else known[1]
+        if lag is None:
+            return "a replica could not be reached"
+        return f"a replica lags {lag:.1f} s (max_replica_lag = {self.max_lag} s)"
 
     @staticmethod
     def _none(shard: str) -> ProgrammingError:
