@@ -197,7 +197,11 @@ class LazyPool(Generic[C]):
                 with contextlib.suppress(Exception):
                     await self._close(conn)
             raise failures[0]
-        self._idle.extend(opened)
+        # Checkouts meanwhile may have opened their own: keep what fits.
+        room = max(self.max_size - self.size, 0)
+        self._idle.extend(opened[:room])
+        for conn in opened[room:]:
+            await self._discard(conn)
 
     async def close(self) -> None:
         """Close the idle connections; lent ones are closed when they come back."""
