@@ -89,6 +89,16 @@ def sessions(cluster: PgCluster) -> int:
     return int(rows[0][0])
 
 
+def no_session_left(cluster: PgCluster, timeout: float = 10.0) -> bool:
+    """Whether the sessions end (a backend leaves a moment after its client's goodbye)."""
+    deadline = time.monotonic() + timeout
+    while sessions(cluster):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def lazy_pool(conn: shardq.AsyncConnection, shard: str) -> LazyPool[Any]:
     pool: LazyPool[Any] = conn._engine.pools[shard]._pool  # type: ignore[attr-defined]
     return pool
@@ -162,7 +172,7 @@ async def test_reads_after_a_restart_all_succeed_on_new_connections(
         assert float(started[0][0]) >= restarted
     finally:
         await conn.close()
-    assert sessions(loaded) == 0
+    assert no_session_left(loaded)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
@@ -195,7 +205,7 @@ async def test_a_statement_running_during_a_restart_fails_naming_its_shard(
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
-    assert sessions(loaded) == 0
+    assert no_session_left(loaded)
 
 
 async def test_a_lost_connection_retires_the_idle_ones(loaded: PgCluster) -> None:
@@ -236,4 +246,39 @@ async def test_a_lost_connection_retires_the_idle_ones(loaded: PgCluster) -> Non
         assert pool.size == 1
     finally:
         await conn.close()
-    assert sessions(loaded) == 0
+    assert no_session_left(loaded)
+
+
+def test_psycopg2_connections_passed_in_fail_naming_the_shard_after_a_restart(
+    loaded: PgCluster,
+) -> None:
+    """A PEP 249 connection the user passed in cannot be reopened by shardq.
+
+    psycopg2 learns that its connection is lost only from a statement, so
+    the reads after the restart fail, each naming a shard, at once, until
+    the user passes new connections. shardq does not close the user's
+    connections.
+    """
+    psycopg2 = pytest.importorskip("psycopg2")
+    raws = [psycopg2.connect(loaded.dsn(db)) for db in DATABASES]
+    raws[0].autocommit = raws[1].autocommit = True
+    try:
+        conn = shardq.from_connections(raws, tables={"items": {"shard_key": "id"}})
+        names = conn.config.shard_names
+        query = "SELECT count(*) FROM items"
+        try:
+            assert conn.execute(query).fetchall() == [(len(ROWS),)]
+            loaded.halt("fast")
+            loaded.resume()
+            for _ in range(2):
+                with pytest.raises(shardq.ShardError) as caught:
+                    conn.execute(query).fetchall()
+                assert caught.value.shard in names
+            assert any(raw.closed == 2 for raw in raws)  # psycopg2's "lost"
+        finally:
+            conn.close()
+        assert all(raw.closed != 1 for raw in raws)  # lost, perhaps, but not closed by shardq
+    finally:
+        for raw in raws:
+            raw.close()
+    assert no_session_left(loaded)
