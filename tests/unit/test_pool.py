@@ -101,6 +101,34 @@ async def test_a_lost_connection_closes_the_idle_ones() -> None:
     assert pool.size == 0
 
 
+async def test_a_checkout_never_lends_what_a_lost_connection_closes() -> None:
+    """A checkout closing a dead connection while a lost one's release closes the rest."""
+    opened: list[Fake] = []
+    pool = fake_pool(opened, max_size=5, min_size=4)
+    lost = await pool.acquire()  # idle now: three
+    dead = pool._idle[-1]
+    dead.alive = False
+    slow = asyncio.Event()
+    close = pool._close
+
+    async def slow_close(conn: Fake) -> None:
+        if conn is dead:
+            await slow.wait()
+        await close(conn)
+
+    pool._close = slow_close
+    checkout = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)  # the checkout is closing the dead one
+    lost.broken = True
+    await pool.release(lost)  # closes the two others
+    slow.set()
+    lent = await checkout
+
+    assert not lent.closed
+    assert lent is opened[-1]
+    assert len(opened) == 5
+
+
 async def test_a_connection_closed_on_purpose_leaves_the_idle_ones() -> None:
     opened: list[Fake] = []
     pool = fake_pool(opened, min_size=3)

@@ -146,9 +146,11 @@ class LazyPool(Generic[C]):
 
     async def _lend_idle(self) -> C | None:
         """The most recently used idle connection that is alive, or None; dead ones are closed."""
-        idle, alive = self._idle, self._alive
-        while idle:
-            conn = idle.pop()
+        alive = self._alive
+        # self._idle read anew after each await: a lost connection's release
+        # may have taken the list away meanwhile (to close its connections).
+        while self._idle:
+            conn = self._idle.pop()
             if alive is None or alive(conn):
                 return conn
             self.discarded += 1

@@ -327,7 +327,7 @@ if hasattr(select, "poll"):
         poller.register(fd, _POLL_DEAD)
         return not poller.poll(0)
 
-else:  # Windows: select() takes sockets, and has no FD_SETSIZE limit there
+else:  # Windows has no poll(); its select() bounds how many sockets, not their numbers
 
     def socket_quiet(fd: int) -> bool:
         """Whether nothing can be read from socket ``fd`` now (a zero-timeout select)."""
@@ -463,7 +463,7 @@ class _Connection:
     def alive(self) -> bool:
         """Whether an idle connection may be lent: reusable, and its socket quiet.
 
-        No round trip (measured about 1.5 µs a checkout): see
+        No round trip (measured 2 µs, 1 µs more than :attr:`reusable`): see
         :mod:`shardq.execute.pool` for what this catches and what it cannot.
         """
         if not self.reusable:
