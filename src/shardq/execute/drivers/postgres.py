@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -309,6 +310,31 @@ async def _outcome(
     return Outcome(description, rows, cursor.rowcount)
 
 
+if hasattr(select, "poll"):
+    _POLL_DEAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+    def socket_quiet(fd: int) -> bool:
+        """Whether nothing can be read from socket ``fd`` now (a zero-timeout poll).
+
+        An idle autocommit session's server sends nothing unasked: shardq never
+        LISTENs, and a reload's new settings are reported with the next
+        statement's answer. So anything to read on an idle pooled connection
+        is the server's goodbye: the FATAL message of a shutdown, a restart or
+        a terminated backend, or the end of the stream when the backend is
+        gone. A false alarm (a user's LISTEN) costs a reconnection.
+        """
+        poller = select.poll()
+        poller.register(fd, _POLL_DEAD)
+        return not poller.poll(0)
+
+else:  # Windows has no poll(); its select() bounds how many sockets, not their numbers
+
+    def socket_quiet(fd: int) -> bool:
+        """Whether nothing can be read from socket ``fd`` now (a zero-timeout select)."""
+        readable, _, failed = select.select([fd], [], [fd], 0)
+        return not readable and not failed
+
+
 class _Connection:
     """A pooled psycopg connection."""
 
@@ -433,6 +459,25 @@ class _Connection:
             and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         )
 
+    @property
+    def alive(self) -> bool:
+        """Whether an idle connection may be lent: reusable, and its socket quiet.
+
+        No round trip (measured 2 µs, 1 µs more than :attr:`reusable`): see
+        :mod:`shardq.execute.pool` for what this catches and what it cannot.
+        """
+        if not self.reusable:
+            return False
+        try:
+            return socket_quiet(self.conn.pgconn.socket)
+        except (psycopg.Error, OSError, ValueError):  # no socket: the connection is gone
+            return False
+
+    @property
+    def broken(self) -> bool:
+        """Whether the connection was lost (rather than closed by shardq)."""
+        return self.conn.broken
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.conn.close()
@@ -458,6 +503,8 @@ class PsycopgPool:
             open=self._connect,
             close=_Connection.close,
             reusable=lambda c: c.reusable,
+            alive=lambda c: c.alive,
+            broken=lambda c: c.broken,
             max_size=shard.pool_max_size,
             min_size=shard.pool_min_size,
         )

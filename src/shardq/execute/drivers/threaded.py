@@ -86,8 +86,21 @@ class ThreadedConnection:
 
     @property
     def usable(self) -> bool:
-        """Whether the connection may be lent again (opened, not closed)."""
-        return self._conn is not None
+        """Whether the connection may be lent again (opened, and not closed or broken).
+
+        psycopg2 says a connection closed or lost with a non-zero ``closed``
+        (psycopg's sync connections with True); sqlite3's have no such
+        attribute and never break. Reading it does not touch the network, so
+        it is checked on every checkout too (see :mod:`shardq.execute.pool`).
+        A connection shardq opened is then replaced; a user's own connection
+        (``from_connections``) cannot be, and its statements fail naming the
+        shard until the user gives a new one.
+        """
+        conn = self._conn
+        if conn is None:
+            return False
+        closed = getattr(conn, "closed", False)
+        return not (isinstance(closed, int) and closed)  # bool is an int; a method is not
 
     def error(self, exc: BaseException) -> ShardError:
         return translate_error(self.shard, exc, self._secrets)
@@ -359,6 +372,7 @@ class ThreadedPool:
             open=self._open,
             close=ThreadedConnection.close,
             reusable=lambda c: c.usable,
+            alive=lambda c: c.usable,
             max_size=max_size,
         )
 
