@@ -26,7 +26,7 @@ from shardq.errors import (
 from shardq.execute.cursor import cursor_pools
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
-from shardq.execute.hosts import Hosts
+from shardq.execute.hosts import Hosts, host_failed
 from shardq.execute.scatter import Scatter
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
@@ -293,8 +293,10 @@ class Engine:
                     )
                 )
         if transaction is None:
-            pools = None if plan.kind.is_write else await self.hosts.for_reads(read_policy)
-            scatter, types = await self._start(plan, shards, timeout, pools=pools)
+            if plan.kind.is_write:
+                scatter, types = await self._start(plan, shards, timeout)
+            else:
+                scatter, types = await self._start_read(plan, shards, timeout, read_policy)
         else:
             write = plan.kind.is_write
             transaction.check(shards, write)
@@ -632,6 +634,35 @@ class Engine:
 
         sql, bound = await self._substitute(plan, subquery)
         return await step(sql, bound, row_factory)
+
+    async def _start_read(
+        self, plan: QueryPlan, shards: tuple[str, ...], timeout: float | None, policy: str
+    ) -> tuple[Scatter, list[Any]]:
+        """:meth:`_start` of a read on the hosts ``policy`` picks (:mod:`.hosts`).
+
+        A host that cannot serve is marked down; the read, which has returned
+        no row yet, is started again once on the hosts picked then, if that
+        gives its shard another host.
+        """
+        pools = await self.hosts.for_reads(policy)
+        if not self.hosts:  # no replicas: the primaries, nothing else to try
+            return await self._start(plan, shards, timeout, pools=pools)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            started = await self._start(plan, shards, timeout, pools=pools)
+        except ShardError as exc:
+            failed = pools.get(exc.shard)
+            if failed is None or not host_failed(exc):
+                raise
+            self.hosts.failed(failed)
+            again = await self.hosts.for_reads(policy)
+            if again[exc.shard] is failed:
+                raise
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            started = await self._start(plan, shards, left, pools=again)
+            pools = again
+        self.hosts.succeeded(pools[shard] for shard in shards)
+        return started
 
     async def _start(
         self,

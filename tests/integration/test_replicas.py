@@ -158,3 +158,42 @@ def test_a_replica_lagging_beyond_max_replica_lag_is_passed_over(
             "SELECT count(*) FROM items", read_policy="replica-only"
         ).fetchall() == [(2,)]
         conn.execute("DELETE FROM items")
+
+
+def test_a_replica_that_goes_down_is_skipped_and_taken_back(
+    hosts: list[tuple[PgCluster, PgCluster]],
+) -> None:
+    """Last in the module: it stops a standby (and starts it again)."""
+    standby = hosts[0][1]
+    with shardq.connect(_config(hosts, read_policy="prefer-replica")) as conn:
+        conn.execute("INSERT INTO items (id, v) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')")
+        _replayed(hosts)
+        engine = conn.async_connection._engine
+        replica = engine.hosts.replicas["s0"][0]
+        assert conn.execute("SELECT count(*) FROM items").fetchall() == [(4,)]
+        standby.halt("fast")
+        try:
+            # The first read meets the stopped standby, marks it down, and is started
+            # again on s0's primary; the next ones skip it. None fails.
+            failures = 0
+            for _ in range(20):
+                try:
+                    assert conn.execute("SELECT count(*) FROM items").fetchall() == [(4,)]
+                except shardq.OperationalError:
+                    failures += 1
+            assert failures == 0
+            assert engine.hosts.is_down(replica)
+            with pytest.raises(shardq.OperationalError, match="replica is down"):
+                conn.execute("SELECT count(*) FROM items", read_policy="replica-only")
+        finally:
+            standby.resume()
+        # Tried again after its backoff: reads reach it and it is up again.
+        deadline = time.monotonic() + 40
+        while engine.hosts.is_down(replica) or replica in engine.hosts._down_pools():
+            assert time.monotonic() < deadline, "the standby was not taken back"
+            assert conn.execute("SELECT count(*) FROM items").fetchall() == [(4,)]
+            time.sleep(0.2)
+        assert conn.execute(
+            "SELECT count(*) FROM items", read_policy="replica-only"
+        ).fetchall() == [(4,)]
+        conn.execute("DELETE FROM items")

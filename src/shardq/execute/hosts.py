@@ -25,25 +25,34 @@ received) at most once a second per replica, and a replica that cannot be
 asked is passed over too until it is asked again. A read that finds no
 replica fit goes to the primary, or, under ``replica-only``, fails saying
 why.
+
+Health, a circuit breaker per host: a host a read could not reach (refused,
+lost, shut down: :func:`host_failed`) is marked down and skipped by the
+policies that have another host to go to; it is tried again after a backoff
+that doubles with each failure in a row (0.5 s, 1 s, 2 s, ... at most 30 s,
+each with jitter), and is up again once a read succeeds there. A read that
+fails so before any row came back is retried once on another host of the
+same shard (the engine does it); the primary policy has no other host.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 import time
 from typing import TYPE_CHECKING
 
 from shardq.config import READ_POLICIES
-from shardq.errors import Error, OperationalError, ProgrammingError
+from shardq.errors import Error, OperationalError, ProgrammingError, QueryTimeoutError, ShardError
 from shardq.execute.driver import read_whole
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from shardq.execute.driver import ShardPool
 
-__all__ = ["LAG_SQL", "READ_POLICIES", "Hosts", "check_policy"]
+__all__ = ["LAG_SQL", "READ_POLICIES", "Hosts", "check_policy", "host_failed"]
 
 #: A standby's replay lag in seconds: 0 when it has replayed all it received.
 LAG_SQL = (
@@ -52,6 +61,25 @@ LAG_SQL = (
 )
 #: Seconds a replica's measured lag is trusted.
 LAG_TTL = 1.0
+#: The first and the longest wait before a host marked down is tried again.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+# SQLSTATEs of a host that is going or gone: connection exceptions (08...),
+# admin_shutdown, crash_shutdown, cannot_connect_now.
+_GONE = ("08", "57P01", "57P02", "57P03")
+
+
+def host_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says its host could not serve (down, restarting, unreachable).
+
+    Not a timeout (the host may be slow, and the call's time is spent) and
+    not an error of the statement itself.
+    """
+    if not isinstance(exc, ShardError) or not isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc, QueryTimeoutError):
+        return False
+    return exc.sqlstate is None or exc.sqlstate.startswith(_GONE)
 
 
 def check_policy(policy: str) -> str:
@@ -79,6 +107,32 @@ class Hosts:
         self._turns: dict[tuple[str, str], Iterator[ShardPool]] = {}
         # Per replica pool: (when asked, its lag in seconds, or None if it could not be asked).
         self._lags: dict[int, tuple[float, float | None]] = {}
+        # Per pool marked down: (failures in a row, when it may be tried again).
+        self._down: dict[int, tuple[int, float]] = {}
+
+    # -- health
+
+    def failed(self, pool: ShardPool) -> None:
+        """Mark ``pool``'s host down, to be tried again after a backoff."""
+        failures = self._down.get(id(pool), (0, 0.0))[0] + 1
+        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
+        self._down[id(pool)] = (failures, time.monotonic() + wait * random.uniform(0.75, 1.0))
+
+    def succeeded(self, pools: Iterable[ShardPool]) -> None:
+        """A read succeeded on ``pools``: their hosts are up."""
+        if self._down:
+            for pool in pools:
+                self._down.pop(id(pool), None)
+
+    def _down_pools(self) -> list[ShardPool]:
+        """The pools marked down (due for another try or not): for tests and ``check``."""
+        every = [*self.primaries.values(), *self.pools()]
+        return [pool for pool in every if id(pool) in self._down]
+
+    def is_down(self, pool: ShardPool) -> bool:
+        """Whether ``pool``'s host is marked down and not yet due for another try."""
+        down = self._down.get(id(pool))
+        return down is not None and time.monotonic() < down[1]
 
     def __bool__(self) -> bool:
         """Whether any shard has a replica (else every read goes to the primaries)."""
@@ -110,6 +164,8 @@ class Hosts:
         count = len(replicas) + (policy == "round-robin")
         for _ in range(count):
             pool = next(turn)
+            if self.is_down(pool):
+                continue
             if pool is self.primaries[shard] or await self._fit(pool):
                 return pool
         if policy == "replica-only":
@@ -145,6 +201,8 @@ class Hosts:
         return lag
 
     def _why(self, pool: ShardPool) -> str:
+        if self.is_down(pool):
+            return "a replica is down (a read could not reach it)"
         known = self._lags.get(id(pool))
         lag = None if known is None else known[1]
         if lag is None:
