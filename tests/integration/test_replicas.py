@@ -197,3 +197,32 @@ def test_a_replica_that_goes_down_is_skipped_and_taken_back(
             "SELECT count(*) FROM items", read_policy="replica-only"
         ).fetchall() == [(4,)]
         conn.execute("DELETE FROM items")
+
+
+def test_a_promoted_replica_is_found_as_the_new_primary() -> None:
+    """Failover outside shardq: the primary stops, its standby is promoted (as Patroni does)."""
+    try:
+        (primary,) = start_pg_clusters(1, prefix="failover")
+    except ServerUnavailableError as exc:
+        pytest.fail(str(exc))
+    standby = PgCluster(name="failover-standby")
+    try:
+        primary.create_database(DATABASE)
+        primary.execute(SCHEMA, DATABASE)
+        standby.start_standby(primary)
+        config = _config([(primary, standby)])
+        with shardq.connect(config) as conn:
+            insert = "INSERT INTO items (id, v) VALUES (%s, %s)"
+            for i in range(1, 11):
+                conn.execute(insert, [i, "before"])
+            primary.halt("fast")  # its last WAL reaches the standby before it stops
+            standby.execute("SELECT pg_promote()", DATABASE)
+            # The same connection: writes and reads reach the promoted standby. The
+            # pooled connections to the old primary are replaced at checkout.
+            for i in range(11, 21):
+                conn.execute(insert, [i, "after"])
+            assert conn.execute("SELECT count(*), sum(id) FROM items").fetchall() == [(20, 210)]
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchall() == [(False,)]
+    finally:
+        standby.stop()
+        primary.stop()

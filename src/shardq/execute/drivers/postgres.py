@@ -25,6 +25,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shardq.execute.driver import (
     Column,
@@ -483,18 +484,52 @@ class _Connection:
             await self.conn.close()
 
 
+def failover_conninfo(dsn: str, replicas: Sequence[str]) -> str | None:
+    """One conninfo over a shard's primary and replicas that connects to the writable one.
+
+    libpq tries the hosts in order and keeps the first that accepts writes
+    (``target_session_attrs=read-write``): when a replica is promoted
+    outside shardq (Patroni, a cloud provider) and the old primary is down,
+    the shard's next connections go to the new primary, with no restart.
+    None (no failover) when the shard has no replicas, or when the hosts
+    differ in user, password or database (one conninfo has one of each), or
+    when a DSN lists several hosts or sets ``target_session_attrs`` itself.
+    """
+    if not replicas:
+        return None
+    try:
+        parts = [conninfo_to_dict(one) for one in (dsn, *replicas)]
+    except psycopg.ProgrammingError:
+        return None
+    first = parts[0]
+    same = ("user", "password", "dbname")
+    if any(part.get(key) != first.get(key) for part in parts[1:] for key in same):
+        return None
+    if "target_session_attrs" in first or any(
+        "hostaddr" in part or "," in str(part.get("host", "")) for part in parts
+    ):
+        return None
+    merged: dict[str, Any] = dict(first)
+    merged["host"] = ",".join(str(part.get("host", "")) for part in parts)
+    merged["port"] = ",".join(str(part.get("port", "")) for part in parts)
+    merged["target_session_attrs"] = "read-write"
+    return make_conninfo("", **merged)
+
+
 class PsycopgPool:
     """The connections of one PostgreSQL shard, opened lazily (see :mod:`shardq.execute.pool`).
 
     ``pool_min_size`` connections are opened together on first use; at most
     ``pool_max_size`` are open at once. Unless the DSN sets
-    ``connect_timeout``, connecting gives up after 10 seconds.
+    ``connect_timeout``, connecting gives up after 10 seconds. A shard with
+    replicas connects to whichever of its hosts is writable
+    (:func:`failover_conninfo`).
     """
 
     def __init__(self, config: Config, shard: ShardConfig):
         self.name = shard.name
         self._secrets = config.secrets
-        self._dsn = shard.dsn
+        self._dsn = failover_conninfo(shard.dsn, shard.replicas) or shard.dsn
         self._connect_kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in shard.dsn:
             self._connect_kwargs["connect_timeout"] = 10
