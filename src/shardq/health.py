@@ -7,13 +7,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from shardq.dsn import redact
 from shardq.errors import Error
 from shardq.execute.driver import read_whole
+from shardq.execute.hosts import LAG_SQL
 
 if TYPE_CHECKING:
     from shardq.engine import Engine
+    from shardq.execute.driver import ShardPool
 
-__all__ = ["CheckReport", "ShardReport", "check"]
+__all__ = ["CheckReport", "HostReport", "ShardReport", "check"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,31 @@ class ShardReport:
 
 
 @dataclass(frozen=True, slots=True)
+class HostReport:
+    """One host of a shard with replicas: its role, health, lag and pool.
+
+    Attributes:
+        shard: the shard.
+        role: ``primary`` or ``replica N`` as configured.
+        address: the host's DSN, without its password.
+        in_recovery: whether the server is a standby now (None: not reached).
+        lag: a standby's replay lag in seconds.
+        down: marked down by a failed read, and not yet tried again.
+        pool: connections lent, open, and at most open (None if not known).
+        error: why the host could not be reached.
+    """
+
+    shard: str
+    role: str
+    address: str
+    in_recovery: bool | None = None
+    lag: float | None = None
+    down: bool = False
+    pool: tuple[int, int, int] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CheckReport:
     """The shards' reports and every inconsistency found between them."""
 
@@ -37,6 +65,8 @@ class CheckReport:
     problems: tuple[str, ...]
     #: What works otherwise than it could, without being inconsistent.
     notes: tuple[str, ...] = ()
+    #: Every host of the shards that have replicas (none when no shard has one).
+    hosts: tuple[HostReport, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -88,15 +118,64 @@ def _problems(reports: tuple[ShardReport, ...], tables: list[str]) -> list[str]:
     return problems
 
 
+_HOST_SQL = f"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN ({LAG_SQL}) END"
+
+
+async def _host(engine: Engine, shard: str, role: str, dsn: str, pool: ShardPool) -> HostReport:
+    usage = getattr(pool, "usage", None)
+    down = engine.hosts.is_down(pool)
+    try:
+        async with pool.connection() as conn:
+            rows = (await read_whole(conn, _HOST_SQL, None)).rows
+    except Error as exc:
+        return HostReport(shard, role, redact(dsn), down=down, pool=usage, error=str(exc))
+    recovery, lag = rows[0] if rows else (None, None)
+    return HostReport(
+        shard,
+        role,
+        redact(dsn),
+        None if recovery is None else bool(recovery),
+        None if lag is None else float(lag),
+        down,
+        usage,
+    )
+
+
+async def _hosts(engine: Engine) -> list[HostReport]:
+    """Every host of every shard, when some shard has replicas."""
+    if not engine.hosts:
+        return []
+    asks = []
+    for shard in engine.config.shards:
+        asks.append(_host(engine, shard.name, "primary", shard.dsn, engine.pools[shard.name]))
+        replicas = engine.hosts.replicas.get(shard.name, [])
+        for i, (dsn, pool) in enumerate(zip(shard.replicas, replicas, strict=True), 1):
+            asks.append(_host(engine, shard.name, f"replica {i}", dsn, pool))
+    return list(await asyncio.gather(*asks))
+
+
 async def check(engine: Engine) -> CheckReport:
     """Inspect every shard concurrently; compare the declared tables' columns and types."""
     reports = tuple(
         await asyncio.gather(*(_inspect(engine, name) for name in engine.config.shard_names))
     )
+    hosts = tuple(await _hosts(engine))
     notes = tuple(
         f"shard {r.shard!r} has max_prepared_transactions = 0: a transaction writing on it "
         "and on another shard is refused (two-phase commit needs it above 0)"
         for r in reports
         if r.prepared_transactions == 0
     )
-    return CheckReport(reports, tuple(_problems(reports, list(engine.config.tables))), notes)
+    notes += tuple(
+        f"shard {h.shard!r}: {h.role} ({h.address}) is "
+        + ("a standby, not the primary" if h.role == "primary" else "not a standby")
+        for h in hosts
+        if h.in_recovery is not None and h.in_recovery != (h.role != "primary")
+    )
+    problems = _problems(reports, list(engine.config.tables))
+    problems += [
+        f"shard {h.shard!r}: {h.role} is unreachable: {h.error}"
+        for h in hosts
+        if h.error and h.role != "primary"
+    ]
+    return CheckReport(reports, tuple(problems), notes, hosts)

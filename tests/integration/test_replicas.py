@@ -7,6 +7,7 @@ host answered it with ``pg_is_in_recovery()``.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import pytest
 
 import shardq
 from tests.fixtures.servers import PgCluster, ServerUnavailableError, start_pg_clusters
+from tests.integration.test_cli import shardq_cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -158,6 +160,36 @@ def test_a_replica_lagging_beyond_max_replica_lag_is_passed_over(
             "SELECT count(*) FROM items", read_policy="replica-only"
         ).fetchall() == [(2,)]
         conn.execute("DELETE FROM items")
+
+
+def test_check_shows_every_host(hosts: list[tuple[PgCluster, PgCluster]], tmp_path: Any) -> None:
+    config = _config(hosts)
+    with shardq.connect(config) as conn:
+        conn.execute("SELECT count(*) FROM items", read_policy="replica-only").fetchall()
+        report = conn.check()
+    assert report.ok, report.problems
+    roles = [(h.shard, h.role, h.in_recovery) for h in report.hosts]
+    assert roles == [
+        ("s0", "primary", False),
+        ("s0", "replica 1", True),
+        ("s1", "primary", False),
+        ("s1", "replica 1", True),
+    ]
+    assert all(h.lag is not None and h.lag >= 0 for h in report.hosts if h.in_recovery)
+    assert all(h.pool is not None and h.pool[2] == 4 for h in report.hosts)
+    assert all(hosts[0][0].password not in h.address for h in report.hosts)
+    path = tmp_path / "shardq.toml"
+    lines = ['dialect = "postgres"']
+    for shard in config["shards"]:
+        lines += ["[[shards]]"] + [f"{k} = {json.dumps(v)}" for k, v in shard.items()]
+    lines += ["[tables.items]", 'shard_key = "id"']
+    path.write_text("\n".join(lines) + "\n")
+    printed = shardq_cli("check", "-c", str(path))
+    assert printed.returncode == 0, printed.stderr
+    assert "s0 replica 1 postgresql://shardq:***@127.0.0.1" in printed.stdout
+    assert "standby, lag" in printed.stdout
+    assert "writable" in printed.stdout
+    assert hosts[0][0].password not in printed.stdout
 
 
 def test_a_replica_that_goes_down_is_skipped_and_taken_back(

@@ -46,6 +46,21 @@ def run(args: argparse.Namespace) -> int:
             f"{shard.shard}: {version}, round trip {shard.round_trip * 1000:.2f} ms, "
             f"{tables}/{len(shard.tables)} tables{prepared}"
         )
+    for host in report.hosts:
+        if host.error is not None:
+            state = "UNREACHABLE"
+        else:
+            state = "standby" if host.in_recovery else "writable"
+            if host.lag is not None:
+                state += f", lag {host.lag:.2f} s"
+        if host.down:
+            state += ", marked down"
+        pool = (
+            ""
+            if host.pool is None
+            else f", pool {host.pool[0]} in use, {host.pool[1]} open of {host.pool[2]}"
+        )
+        print(f"  {host.shard} {host.role} {host.address}: {state}{pool}")
     for problem in report.problems:
         print(f"problem: {problem}")
     for note in report.notes:

@@ -100,6 +100,11 @@ class LazyPool(Generic[C]):
         """Connections open now (idle and lent)."""
         return len(self._idle) + self._lent
 
+    @property
+    def in_use(self) -> int:
+        """Connections lent now."""
+        return self._lent
+
     def __repr__(self) -> str:
         return f"<LazyPool shard={self.name!r} open={self.size}/{self.max_size}>"
 

@@ -551,6 +551,11 @@ class PsycopgPool:
     def max_size(self) -> int:
         return self._pool.max_size
 
+    @property
+    def usage(self) -> tuple[int, int, int]:
+        """Connections lent, open, and at most open (for ``shardq check``)."""
+        return self._pool.in_use, self._pool.size, self._pool.max_size
+
     def _error(self, exc: BaseException) -> Exception:
         return translate_error(self.name, exc, self._secrets, sqlstate_of=_sqlstate)
 
