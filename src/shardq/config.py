@@ -66,7 +66,7 @@ _TOP_KEYS = frozenset(
     }
 )
 #: Where reads outside a transaction go (see shardq.execute.hosts).
-READ_POLICIES = ("primary", "prefer-replica", "replica-only", "round-robin")
+READ_POLICIES = ("primary", "prefer-replica", "replica-only", "round-robin", "least-latency")
 _CACHE_KEYS = frozenset({"url", "ttl", "grace", "prefix", "lock_timeout", "max_bytes", "regions"})
 _SHARD_KEYS = frozenset({"name", "dsn", "replicas", "pool_min_size", "pool_max_size"})
 _TABLE_KEYS = frozenset({"shard_key", "key_type", "reference", "colocate_with"})

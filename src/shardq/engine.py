@@ -644,10 +644,11 @@ class Engine:
         no row yet, is started again once on the hosts picked then, if that
         gives its shard another host.
         """
-        pools = await self.hosts.for_reads(policy)
+        pools = await self.hosts.for_reads(policy, shards)
         if not self.hosts:  # no replicas: the primaries, nothing else to try
             return await self._start(plan, shards, timeout, pools=pools)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
         try:
             started = await self._start(plan, shards, timeout, pools=pools)
         except ShardError as exc:
@@ -655,13 +656,15 @@ class Engine:
             if failed is None or not host_failed(exc):
                 raise
             self.hosts.failed(failed)
-            again = await self.hosts.for_reads(policy)
+            again = await self.hosts.for_reads(policy, shards)
             if again[exc.shard] is failed:
                 raise
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             started = await self._start(plan, shards, left, pools=again)
             pools = again
         self.hosts.succeeded(pools[shard] for shard in shards)
+        if len(shards) == 1:  # (a scatter's time is its slowest shard's)
+            self.hosts.measured(pools[shards[0]], time.monotonic() - began)
         return started
 
     async def _start(

@@ -15,6 +15,10 @@ connection's, or the call's):
     the replicas in turn; a shard without one is an error.
 ``round-robin``
     the primary and the replicas in turn.
+``least-latency``
+    the host, primary or replica, whose reads have started fastest lately
+    (a moving average of the time to a read's first answer; a host not yet
+    measured is tried first, so that every one is).
 
 A replica answers with what it has replayed: a read on it may not see a
 write committed on the primary a moment before (``primary`` and reads
@@ -61,6 +65,8 @@ LAG_SQL = (
 )
 #: Seconds a replica's measured lag is trusted.
 LAG_TTL = 1.0
+#: The weight of a new measure in a host's moving average of latency.
+LATENCY_WEIGHT = 0.2
 #: The first and the longest wait before a host marked down is tried again.
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -109,6 +115,19 @@ class Hosts:
         self._lags: dict[int, tuple[float, float | None]] = {}
         # Per pool marked down: (failures in a row, when it may be tried again).
         self._down: dict[int, tuple[int, float]] = {}
+        # Per pool: a moving average of the seconds its reads took to start.
+        self._latency: dict[int, float] = {}
+
+    def measured(self, pool: ShardPool, seconds: float) -> None:
+        """Note how long a read took to start on ``pool`` (for ``least-latency``)."""
+        known = self._latency.get(id(pool))
+        self._latency[id(pool)] = (
+            seconds if known is None else known + LATENCY_WEIGHT * (seconds - known)
+        )
+
+    def latency(self, pool: ShardPool) -> float | None:
+        """The moving average of the time ``pool``'s reads took to start, if measured."""
+        return self._latency.get(id(pool))
 
     # -- health
 
@@ -143,13 +162,16 @@ class Hosts:
         for pools in self.replicas.values():
             yield from pools
 
-    async def for_reads(self, policy: str) -> Mapping[str, ShardPool]:
-        """A pool per shard for one read under ``policy``."""
+    async def for_reads(
+        self, policy: str, shards: Iterable[str] | None = None
+    ) -> Mapping[str, ShardPool]:
+        """A pool per shard (of ``shards``, or every shard) for one read under ``policy``."""
+        names = self.primaries if shards is None else shards
         if policy == "primary" or not self:
             if policy == "replica-only":
-                raise self._none(next(iter(self.primaries)))
+                raise self._none(next(iter(names)))
             return self.primaries
-        return {name: await self._pick(name, policy) for name in self.primaries}
+        return {name: await self._pick(name, policy) for name in names}
 
     async def _pick(self, shard: str, policy: str) -> ShardPool:
         replicas = self.replicas.get(shard)
@@ -157,6 +179,8 @@ class Hosts:
             if policy == "replica-only":
                 raise self._none(shard)
             return self.primaries[shard]
+        if policy == "least-latency":
+            return await self._fastest(shard, replicas)
         turn = self._turns.get((shard, policy))
         if turn is None:
             hosts = replicas if policy != "round-robin" else [self.primaries[shard], *replicas]
@@ -174,6 +198,15 @@ class Hosts:
                 + "; ".join(self._why(pool) for pool in replicas)
             )
         return self.primaries[shard]
+
+    async def _fastest(self, shard: str, replicas: Sequence[ShardPool]) -> ShardPool:
+        primary = self.primaries[shard]
+        usable = [primary] if not self.is_down(primary) else []
+        usable += [r for r in replicas if not self.is_down(r) and await self._fit(r)]
+        if not usable:
+            return primary
+        # Not yet measured first (0.0), then the fastest; ties to the primary.
+        return min(usable, key=lambda pool: self._latency.get(id(pool), 0.0))
 
     async def _fit(self, pool: ShardPool) -> bool:
         """Whether a replica may serve a read: reachable and within ``max_lag``."""
