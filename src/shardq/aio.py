@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from shardq.execute.driver import Column
     from shardq.results import ResultSet
     from shardq.statements import SQL
+    from shardq.stats import HostStats
 
 __all__ = ["DEFAULT_CONCURRENCY", "AsyncConnection", "AsyncCursor", "connect_async"]
 
@@ -817,6 +818,15 @@ class AsyncConnection:
         """Connect to every shard; report versions, round trips and table consistency."""
         self._check_open()
         return await check(self._engine)
+
+    def stats(self) -> list[HostStats]:
+        """This connection's statements per shard and host (see :mod:`shardq.stats`).
+
+        For each shard's primary and replica: statements started, errors,
+        timeouts, reads retried elsewhere, the start time's p50/p95/p99 in
+        seconds, and the pool's connections in use, open and waited for.
+        """
+        return self._engine.stats.report()
 
     @property
     def autocommit(self) -> bool:

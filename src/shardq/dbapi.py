@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from shardq.health import CheckReport
     from shardq.results import ResultSet
     from shardq.statements import SQL
+    from shardq.stats import HostStats
 
 __all__ = [
     "BINARY",
@@ -490,6 +491,10 @@ class Connection:
     def check(self) -> CheckReport:
         """See :meth:`shardq.aio.AsyncConnection.check`."""
         return self._portal.call(self._inner.check)
+
+    def stats(self) -> list[HostStats]:
+        """See :meth:`shardq.aio.AsyncConnection.stats`."""
+        return self._inner.stats()
 
     def commit(self) -> None:
         """See :meth:`shardq.aio.AsyncConnection.commit`."""

@@ -47,6 +47,7 @@ from shardq.sql.plan import Planner, QueryPlan
 from shardq.sql.regenerate import for_psycopg
 from shardq.sql.rewrite import positional_as_named
 from shardq.sql.subplans import Result
+from shardq.stats import Stats
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -128,6 +129,10 @@ class Engine:
         self.config = config
         self.pools = dict(pools)
         self.hosts = Hosts(self.pools, replicas or {}, config.max_replica_lag)
+        labels = {id(pool): (name, "primary") for name, pool in self.pools.items()}
+        for name, standbys in (replicas or {}).items():
+            labels.update({id(pool): (name, f"replica {i}") for i, pool in enumerate(standbys, 1)})
+        self.stats = Stats(labels)
         self.planner = Planner(config)
         self.fetch_size = fetch_size
         self._semantics = semantics(config.dialect)
@@ -659,6 +664,7 @@ class Engine:
             again = await self.hosts.for_reads(policy, shards)
             if again[exc.shard] is failed:
                 raise
+            self.stats.retried(failed)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             started = await self._start(plan, shards, left, pools=again)
             pools = again
@@ -689,7 +695,17 @@ class Engine:
         # In a transaction a result is received whole: its shard's one connection
         # serves the transaction's next statement.
         stream = not plan.kind.is_write and transaction is None
-        await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream)
+        began = time.monotonic()
+        try:
+            await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream)
+        except QueryTimeoutError as exc:
+            for shard in exc.shards:
+                self.stats.failed(pools.get(shard), timeout=True)
+            raise
+        except ShardError as exc:
+            self.stats.failed(pools.get(exc.shard))
+            raise
+        self.stats.started((pools[shard] for shard in shards), time.monotonic() - began)
         types = [c.type_code for c in scatter.description or ()]
         if plan.merge.compares:
             try:

@@ -435,3 +435,25 @@ def test_text_is_not_merged_in_an_order_the_shards_do_not_use(icu_shards: dict[s
         assert conn.execute("SELECT count(*), min(id) FROM words").fetchall() == [(8, 0)]
         cur = conn.execute("SELECT id FROM words ORDER BY id DESC LIMIT 2")
         assert cur.fetchall() == [(7,), (6,)]
+
+
+def test_stats_count_statements_errors_and_timeouts_per_shard(
+    pg_dataset: list[PgCluster],
+) -> None:
+    with shardq.connect(pg_config(pg_dataset)) as conn:
+        keys = one_key_per_shard(conn)
+        for _ in range(5):
+            conn.execute("SELECT count(*) FROM items").fetchall()
+        with pytest.raises(shardq.ProgrammingError):
+            conn.execute("SELECT no_such_column FROM items WHERE id = %s", [keys[1]])
+        with pytest.raises(shardq.QueryTimeoutError):
+            conn.execute(sleep_sql(5, "stats_probe"), keys, timeout=0.3).fetchall()
+        by_shard = {h.shard: h for h in conn.stats()}
+    assert sorted(by_shard) == ["s0", "s1", "s2", "s3"]
+    assert all(h.host == "primary" for h in by_shard.values())
+    failed = conn.shard_for("items", keys[1])
+    assert by_shard[failed].errors == 1
+    assert sum(h.errors for h in by_shard.values()) == 1
+    assert all(h.timeouts == 1 for h in by_shard.values())
+    assert all(h.statements == 7 - (h.shard != failed) for h in by_shard.values())
+    assert all(h.p50 is not None and 0 < h.p50 < 5 for h in by_shard.values())

@@ -215,6 +215,16 @@ def test_a_replica_that_goes_down_is_skipped_and_taken_back(
                     failures += 1
             assert failures == 0
             assert engine.hosts.is_down(replica)
+            by_host = {(h.shard, h.host): h for h in conn.stats()}
+            assert by_host[("s0", "replica 1")].errors == 1
+            assert by_host[("s0", "replica 1")].retries == 1
+            assert by_host[("s0", "primary")].statements >= 20  # it took the reads over
+            assert by_host[("s1", "replica 1")].statements >= 21
+            assert by_host[("s1", "replica 1")].errors == 0
+            p50, p99 = by_host[("s1", "replica 1")].p50, by_host[("s1", "replica 1")].p99
+            assert p50 is not None
+            assert p99 is not None
+            assert 0 < p50 <= p99 < 5
             with pytest.raises(shardq.OperationalError, match="replica is down"):
                 conn.execute("SELECT count(*) FROM items", read_policy="replica-only")
         finally:

@@ -94,6 +94,8 @@ class LazyPool(Generic[C]):
         self.closed = False
         #: Idle connections found dead at checkout, and closed for a lost one (a count).
         self.discarded = 0
+        #: Tasks waiting for a connection now (every one is lent).
+        self.waiting = 0
 
     @property
     def size(self) -> int:
@@ -115,6 +117,7 @@ class LazyPool(Generic[C]):
             # A connection slot is free: take it without arming a timer.
             await self._slots.acquire()
             return self._slots
+        self.waiting += 1
         try:
             async with asyncio.timeout(self._acquire_timeout):
                 await self._slots.acquire()
@@ -125,6 +128,8 @@ class LazyPool(Generic[C]):
                 f"no connection available within {self._acquire_timeout:g} s: all "
                 f"{self.max_size} are in use (by statements, or by results not yet read)",
             ) from None
+        finally:
+            self.waiting -= 1
         return self._slots
 
     def connection(self) -> _Lend[C]:

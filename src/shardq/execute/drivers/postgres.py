@@ -556,6 +556,11 @@ class PsycopgPool:
         """Connections lent, open, and at most open (for ``shardq check``)."""
         return self._pool.in_use, self._pool.size, self._pool.max_size
 
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for a connection (every one lent)."""
+        return self._pool.waiting
+
     def _error(self, exc: BaseException) -> Exception:
         return translate_error(self.name, exc, self._secrets, sqlstate_of=_sqlstate)
 
