@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -62,6 +63,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_FETCH_SIZE", "Engine"]
 
 DEFAULT_FETCH_SIZE = 2000
+
+log = logging.getLogger("shardq.engine")
+# Statement ids in log records: one count per process.
+_STATEMENT_IDS = itertools.count(1)
 
 _R = TypeVar("_R")
 
@@ -640,6 +645,27 @@ class Engine:
         sql, bound = await self._substitute(plan, subquery)
         return await step(sql, bound, row_factory)
 
+    def _log(
+        self,
+        level: int,
+        statement: int,
+        shard: str,
+        pool: ShardPool | None,
+        message: str,
+        *args: object,
+    ) -> None:
+        """A record about one statement on one shard, with both as fields (and its host)."""
+        host = "primary" if pool is None else self.stats.host(pool)
+        log.log(
+            level,
+            "statement %d on shard %s (%s): " + message,
+            statement,
+            shard,
+            host,
+            *args,
+            extra={"shard": shard, "host": host, "statement_id": statement},
+        )
+
     async def _start_read(
         self, plan: QueryPlan, shards: tuple[str, ...], timeout: float | None, policy: str
     ) -> tuple[Scatter, list[Any]]:
@@ -696,16 +722,30 @@ class Engine:
         # serves the transaction's next statement.
         stream = not plan.kind.is_write and transaction is None
         began = time.monotonic()
+        statement = next(_STATEMENT_IDS)
         try:
             await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream)
         except QueryTimeoutError as exc:
             for shard in exc.shards:
                 self.stats.failed(pools.get(shard), timeout=True)
+                self._log(logging.INFO, statement, shard, pools.get(shard), "timed out")
             raise
         except ShardError as exc:
             self.stats.failed(pools.get(exc.shard))
+            self._log(logging.INFO, statement, exc.shard, pools.get(exc.shard), "failed: %s", exc)
             raise
-        self.stats.started((pools[shard] for shard in shards), time.monotonic() - began)
+        seconds = time.monotonic() - began
+        self.stats.started((pools[shard] for shard in shards), seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            for shard in shards:
+                self._log(
+                    logging.DEBUG,
+                    statement,
+                    shard,
+                    pools[shard],
+                    "started in %.1f ms",
+                    seconds * 1000,
+                )
         types = [c.type_code for c in scatter.description or ()]
         if plan.merge.compares:
             try:

@@ -64,12 +64,20 @@ class Stats:
         self._counts: dict[int, _Counts] = {key: _Counts() for key in labels}
         self._pools: dict[int, ShardPool] = {}
 
-    def _of(self, pool: ShardPool) -> _Counts | None:
+    def _unwrap(self, pool: ShardPool) -> ShardPool:
         # A transaction's view of a pool (and a cursor's of that) wraps it.
         while id(pool) not in self._counts and hasattr(pool, "_pool"):
             pool = pool._pool
         self._pools.setdefault(id(pool), pool)
-        return self._counts.get(id(pool))
+        return pool
+
+    def _of(self, pool: ShardPool) -> _Counts | None:
+        return self._counts.get(id(self._unwrap(pool)))
+
+    def host(self, pool: ShardPool) -> str:
+        """``primary`` or ``replica N``: which host of its shard ``pool`` reaches."""
+        label = self._labels.get(id(self._unwrap(pool)))
+        return "primary" if label is None else label[1]
 
     def started(self, pools: Iterable[ShardPool], seconds: float) -> None:
         for pool in pools:

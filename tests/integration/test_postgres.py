@@ -457,3 +457,24 @@ def test_stats_count_statements_errors_and_timeouts_per_shard(
     assert all(h.timeouts == 1 for h in by_shard.values())
     assert all(h.statements == 7 - (h.shard != failed) for h in by_shard.values())
     assert all(h.p50 is not None and 0 < h.p50 < 5 for h in by_shard.values())
+
+
+def test_log_records_carry_shard_host_and_statement_never_a_password(
+    pg_dataset: list[PgCluster], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = pg_config(pg_dataset)
+    with caplog.at_level(logging.DEBUG, logger="shardq"), shardq.connect(config) as conn:
+        keys = one_key_per_shard(conn)
+        conn.execute("SELECT count(*) FROM items").fetchall()
+        with pytest.raises(shardq.ProgrammingError):
+            conn.execute("SELECT no_such_column FROM items WHERE id = %s", [keys[2]])
+    records = [r for r in caplog.records if r.name == "shardq.engine"]
+    started = [r for r in records if "started" in r.getMessage()]
+    assert sorted(r.shard for r in started) == ["s0", "s1", "s2", "s3"]  # type: ignore[attr-defined]
+    assert len({r.statement_id for r in started}) == 1  # type: ignore[attr-defined]
+    (failed,) = [r for r in records if "failed" in r.getMessage()]
+    assert failed.shard == conn.shard_for("items", keys[2])  # type: ignore[attr-defined]
+    assert failed.host == "primary"  # type: ignore[attr-defined]
+    assert failed.levelno == logging.INFO
+    for cluster in pg_dataset:
+        assert all(cluster.password not in r.getMessage() for r in caplog.records)
