@@ -173,8 +173,15 @@ class AsyncCursor:
         written = caches.written(engine.planner, sql) if caches.configured else ()
         try:
             self._result = await engine.execute(
-                sql, params, timeout=timeout, row_factory=self.row_factory, read_policy=policy
+                sql,
+                params,
+                timeout=timeout,
+                row_factory=self.row_factory,
+                read_policy=policy,
+                primary_for=connection._written_shards if connection.read_your_writes else (),
             )
+            if engine.planner.analyze(sql).kind.is_write:
+                connection._written_shards.update(self._result.shards)
         finally:
             if written:  # even when it failed: it may have committed before the error
                 await caches.invalidate(written)
@@ -237,6 +244,8 @@ class AsyncCursor:
         ):
             if outcome.result_or_exc.rowcount > 0:
                 total += outcome.result_or_exc.rowcount
+            shards = getattr(outcome.result_or_exc, "shards", ())
+            connection._written_shards.update(shards)
         self._rowcount = total
 
     def _writes_every_shard(self, sql: SQL) -> bool:
@@ -390,6 +399,10 @@ class AsyncConnection:
         self._open_results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._autocommit = True
         self._read_policy = engine.config.read_policy
+        #: Whether reads of a shard this connection has written go to its primary.
+        self.read_your_writes = engine.config.read_your_writes
+        # The shards this connection has written (committed), for read_your_writes.
+        self._written_shards: set[str] = set()
         self._transaction: Transaction | None = None
         # Tables written by the open transaction: their cached reads go at commit.
         self._invalidate_at_commit: set[str] = set()
@@ -426,7 +439,10 @@ class AsyncConnection:
         ``replica-only`` or ``round-robin`` (see :mod:`shardq.execute.hosts`).
 
         Its first value is the configuration's ``read_policy``; writes and
-        transactions always go to the primaries.
+        transactions always go to the primaries. With :attr:`read_your_writes`
+        (the configuration's ``read_your_writes``, False by default) a shard
+        this connection has written is read on its primary from then on, so
+        the connection sees its own writes whatever the replicas have replayed.
         """
         return self._read_policy
 
@@ -787,10 +803,12 @@ class AsyncConnection:
             self._invalidate_at_commit.add(name)
             return result
         try:
-            return await copy_in(
+            loaded = await copy_in(
                 self.config, engine.pools, table, source, columns,
                 atomic=atomic, csv=fmt, progress=progress,
             )  # fmt: skip
+            self._written_shards.update(loaded.shards)
+            return loaded
         finally:  # even when it failed: a two-phase commit may have committed
             await self._caches.invalidate((name,))
 
@@ -869,6 +887,7 @@ class AsyncConnection:
         tables, self._invalidate_at_commit = self._invalidate_at_commit, set()
         try:
             await transaction.commit()
+            self._written_shards.update(transaction.written)
         finally:
             if tables:  # even when it failed: a two-phase commit may have committed
                 await self._caches.invalidate(tuple(sorted(tables)))

@@ -63,6 +63,7 @@ _TOP_KEYS = frozenset(
         "recover_on_connect",
         "read_policy",
         "max_replica_lag",
+        "read_your_writes",
     }
 )
 #: Where reads outside a transaction go (see shardq.execute.hosts).
@@ -143,6 +144,8 @@ class Config:
     read_policy: str = "primary"
     #: Seconds a replica may lag behind its primary and still serve reads (None: any).
     max_replica_lag: float | None = None
+    #: Reads of a shard a connection wrote go to its primary (see AsyncConnection).
+    read_your_writes: bool = False
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -296,6 +299,11 @@ class _Reader:
             pool_max_size=max_size,
         )
 
+    def boolean(self, raw: object, where: str) -> bool:
+        if not isinstance(raw, bool):
+            raise self.error(f"expected true or false, got {raw!r}", where)
+        return raw
+
     def read_policy(self, raw: object, where: str) -> str:
         if raw not in READ_POLICIES:
             raise self.error(
@@ -440,6 +448,7 @@ class _Reader:
             cache=cache,
             recover_on_connect=recover_on_connect,
             read_policy=self.read_policy(raw.get("read_policy", "primary"), "read_policy"),
+            read_your_writes=self.boolean(raw.get("read_your_writes", False), "read_your_writes"),
             max_replica_lag=(
                 self.seconds(raw["max_replica_lag"], "max_replica_lag", positive=False)
                 if "max_replica_lag" in raw

@@ -304,6 +304,15 @@ class Connection:
         self._inner.read_policy = policy
 
     @property
+    def read_your_writes(self) -> bool:
+        """See :attr:`shardq.aio.AsyncConnection.read_policy` (False by default)."""
+        return self._inner.read_your_writes
+
+    @read_your_writes.setter
+    def read_your_writes(self, value: bool) -> None:
+        self._inner.read_your_writes = value
+
+    @property
     def row_factory(self) -> RowFactory:
         return self._inner.row_factory
 

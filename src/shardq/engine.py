@@ -51,7 +51,15 @@ from shardq.sql.subplans import Result
 from shardq.stats import Stats
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+    from collections.abc import (
+        Awaitable,
+        Callable,
+        Collection,
+        Coroutine,
+        Iterable,
+        Mapping,
+        Sequence,
+    )
 
     from shardq.config import Config
     from shardq.execute.driver import Outcome
@@ -255,13 +263,16 @@ class Engine:
         row_factory: RowFactory,
         transaction: Transaction | None = None,
         read_policy: str = "primary",
+        primary_for: Collection[str] = (),
     ) -> AsyncResult | StoredResult:
         """Run one statement and return its merged, streaming result.
 
         In a ``transaction`` the statement runs on the transaction's
         connections (its result received whole), and a failure aborts it.
         A read outside one goes to the hosts ``read_policy`` picks
-        (:mod:`shardq.execute.hosts`); everything else to the primaries.
+        (:mod:`shardq.execute.hosts`), except on the shards ``primary_for``
+        names (a connection reading its own writes); everything else goes to
+        the primaries.
         """
         plan = await self.plan_async(sql, params, transaction=transaction)
         if plan.deferred is not None:
@@ -271,6 +282,7 @@ class Engine:
                 row_factory=row_factory,
                 transaction=transaction,
                 read_policy=read_policy,
+                primary_for=primary_for,
             )
         # Writes whose rows span shards, run as several statements: one transaction.
         steps = (
@@ -306,7 +318,9 @@ class Engine:
             if plan.kind.is_write:
                 scatter, types = await self._start(plan, shards, timeout)
             else:
-                scatter, types = await self._start_read(plan, shards, timeout, read_policy)
+                scatter, types = await self._start_read(
+                    plan, shards, timeout, read_policy, primary_for
+                )
         else:
             write = plan.kind.is_write
             transaction.check(shards, write)
@@ -645,6 +659,17 @@ class Engine:
         sql, bound = await self._substitute(plan, subquery)
         return await step(sql, bound, row_factory)
 
+    async def _read_pools(
+        self, policy: str, shards: tuple[str, ...], primary_for: Collection[str]
+    ) -> Mapping[str, ShardPool]:
+        """The pools of one read: the policy's, the primary where ``primary_for`` says."""
+        wanted = [shard for shard in shards if shard not in primary_for]
+        pools = dict(await self.hosts.for_reads(policy, wanted)) if wanted else {}
+        for shard in shards:
+            if shard in primary_for:
+                pools[shard] = self.pools[shard]
+        return pools
+
     def _log(
         self,
         level: int,
@@ -667,7 +692,12 @@ class Engine:
         )
 
     async def _start_read(
-        self, plan: QueryPlan, shards: tuple[str, ...], timeout: float | None, policy: str
+        self,
+        plan: QueryPlan,
+        shards: tuple[str, ...],
+        timeout: float | None,
+        policy: str,
+        primary_for: Collection[str] = (),
     ) -> tuple[Scatter, list[Any]]:
         """:meth:`_start` of a read on the hosts ``policy`` picks (:mod:`.hosts`).
 
@@ -675,7 +705,7 @@ class Engine:
         no row yet, is started again once on the hosts picked then, if that
         gives its shard another host.
         """
-        pools = await self.hosts.for_reads(policy, shards)
+        pools = await self._read_pools(policy, shards, primary_for)
         if not self.hosts:  # no replicas: the primaries, nothing else to try
             return await self._start(plan, shards, timeout, pools=pools)
         began = time.monotonic()
@@ -687,7 +717,7 @@ class Engine:
             if failed is None or not host_failed(exc):
                 raise
             self.hosts.failed(failed)
-            again = await self.hosts.for_reads(policy, shards)
+            again = await self._read_pools(policy, shards, primary_for)
             if again[exc.shard] is failed:
                 raise
             self.stats.retried(failed)
@@ -763,6 +793,7 @@ class Engine:
         row_factory: RowFactory,
         transaction: Transaction | None = None,
         read_policy: str = "primary",
+        primary_for: Collection[str] = (),
     ) -> AsyncResult | StoredResult:
         """Run a plan's subqueries first, then the statement with their results in place."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -778,6 +809,7 @@ class Engine:
                 row_factory=tuple_row,
                 transaction=transaction,
                 read_policy=read_policy,
+                primary_for=primary_for,
             )
             rows = await result.fetchall()
             description = result.description or ()
@@ -795,6 +827,7 @@ class Engine:
             row_factory=row_factory,
             transaction=transaction,
             read_policy=read_policy,
+            primary_for=primary_for,
         )
 
     async def _substitute(

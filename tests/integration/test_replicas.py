@@ -162,6 +162,40 @@ def test_a_replica_lagging_beyond_max_replica_lag_is_passed_over(
         conn.execute("DELETE FROM items")
 
 
+def test_read_your_writes_reads_a_written_shard_on_its_primary(
+    hosts: list[tuple[PgCluster, PgCluster]],
+) -> None:
+    standbys = [s for _, s in hosts]
+    config = _config(hosts, read_policy="prefer-replica")
+    for standby in standbys:
+        standby.execute("SELECT pg_wal_replay_pause()", DATABASE)
+    try:
+        with (
+            shardq.connect({**config, "read_your_writes": True}) as writer,
+            shardq.connect(config) as other,
+        ):
+            assert writer.read_your_writes
+            writer.execute("INSERT INTO items (id, v) VALUES (1, 'mine')")
+            home = writer.shard_for("items", 1)
+            # The writer reads it back (its primary); another connection reads the
+            # paused standby, which has not replayed it yet.
+            assert writer.execute("SELECT v FROM items WHERE id = 1").fetchall() == [("mine",)]
+            assert other.execute("SELECT v FROM items WHERE id = 1").fetchall() == []
+            # Only the written shard: the other is still read on its standby.
+            untouched = next(n for n in ("s0", "s1") if n != home)
+            by_host = {(h.shard, h.host): h.statements for h in writer.stats()}
+            assert by_host[(home, "primary")] >= 2
+            before = by_host[(untouched, "replica 1")]
+            writer.execute("SELECT count(*) FROM items").fetchall()
+            after = {(h.shard, h.host): h.statements for h in writer.stats()}
+            assert after[(untouched, "replica 1")] == before + 1
+            writer.execute("DELETE FROM items")
+    finally:
+        for standby in standbys:
+            standby.execute("SELECT pg_wal_replay_resume()", DATABASE)
+        _replayed(hosts)
+
+
 def test_check_shows_every_host(hosts: list[tuple[PgCluster, PgCluster]], tmp_path: Any) -> None:
     config = _config(hosts)
     with shardq.connect(config) as conn:
