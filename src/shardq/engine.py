@@ -23,6 +23,7 @@ from shardq.errors import (
     missing_dependency,
 )
 from shardq.execute.cursor import cursor_pools
+from shardq.execute.deadline import loop_deadlines
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
 from shardq.execute.scatter import Scatter
@@ -237,7 +238,17 @@ class Engine:
         In a ``transaction`` the statement runs on the transaction's
         connections (its result received whole), and a failure aborts it.
         """
-        plan = await self.plan_async(sql, params, transaction=transaction)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None or not self.planner.wants_catalog(sql):
+            plan = await self.plan_async(sql, params, transaction=transaction)
+        else:
+            # Reading the catalog first is part of the statement's time.
+            soft, hard = loop_deadlines(deadline, timeout)
+            try:
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    plan = await self.plan_async(sql, params, transaction=transaction)
+            except TimeoutError:
+                raise QueryTimeoutError(timeout or 0.0, self.config.shard_names[:1]) from None
         if plan.deferred is not None:
             return await self._execute_deferred(
                 plan, timeout=timeout, row_factory=row_factory, transaction=transaction
@@ -273,12 +284,14 @@ class Engine:
                     )
                 )
         if transaction is None:
-            scatter, types = await self._start(plan, shards, timeout)
+            scatter, types = await self._start(plan, shards, timeout, deadline=deadline)
         else:
             write = plan.kind.is_write
             transaction.check(shards, write)
             try:
-                scatter, types = await self._start(plan, shards, timeout, transaction)
+                scatter, types = await self._start(
+                    plan, shards, timeout, transaction, deadline=deadline
+                )
             except BaseException as exc:
                 transaction.fail(exc)
                 raise
@@ -619,18 +632,32 @@ class Engine:
         timeout: float | None,
         transaction: Transaction | None = None,
         pools: Mapping[str, ShardPool] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> tuple[Scatter, list[Any]]:
         """Start ``plan`` on ``shards``; return the scatter and the shards' column types.
 
         A merge that orders values is refused here, before any row is merged,
         when the shards order them otherwise than the merge would. ``pools``
-        replaces the pools (or the transaction's view of them).
+        replaces the pools (or the transaction's view of them). ``deadline``
+        (``time.monotonic()``) when the statement started earlier (default:
+        ``timeout`` from now).
         """
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         if plan.merge.compares:
-            await self._learn_text_order(shards, transaction=transaction)
+            # Under the statement's deadline: a shard that does not answer
+            # would otherwise hold the call for its connect_timeout.
+            soft, hard = loop_deadlines(deadline, timeout)
+            try:
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    await self._learn_text_order(shards, transaction=transaction)
+            except TimeoutError:
+                pending = tuple(s for s in shards if s not in self._text_order)
+                raise QueryTimeoutError(timeout or 0.0, pending) from None
         if pools is None:
             pools = self.pools if transaction is None else transaction.view()
-        scatter = Scatter(pools, shards, timeout)
+        scatter = Scatter(pools, shards, timeout, deadline=deadline)
         # In a transaction a result is received whole: its shard's one connection
         # serves the transaction's next statement.
         stream = not plan.kind.is_write and transaction is None

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from shardq.execute.deadline import CANCEL_WAIT
 from shardq.execute.driver import (
     Column,
     CopyRejected,
@@ -79,13 +81,39 @@ async def _whole_chunks(
         finally:
             pgconn: Any = cursor._pgconn
             if pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-                # Cancel the statement, then consume what was already sent.
-                await conn._try_cancel()
-                with contextlib.suppress(Exception):
-                    while await conn.wait(cursor._stream_fetchone_gen(first=False)):
-                        pass
-                with contextlib.suppress(Exception):
-                    await conn.wait(cursor._stream_fetchone_gen(first=False))
+                await _stop(conn, cursor)
+
+
+async def _stop(conn: Any, cursor: Any) -> None:
+    """Cancel a streamed statement still running, then read what it sent, in ``CANCEL_WAIT``.
+
+    psycopg's own ``_try_cancel`` waits 5 s for the cancel request, and
+    reading the rest has no bound: closing a stream on a host that stopped
+    answering would hang. When the cancel cannot be delivered, or the end
+    does not come, in :data:`~shardq.execute.deadline.CANCEL_WAIT` seconds,
+    or this is cancelled in turn (a deadline's grace ended), the connection
+    is closed without waiting on the network, and its pool discards it.
+    """
+    until = time.monotonic() + CANCEL_WAIT
+    pgconn = conn.pgconn
+    try:
+        await conn.cancel_safe(timeout=CANCEL_WAIT)
+        with contextlib.suppress(psycopg.Error):  # QueryCanceled: the end, as asked
+            while await conn.wait(cursor._stream_fetchone_gen(first=False), timeout=_left(until)):
+                pass
+        with contextlib.suppress(psycopg.Error):
+            await conn.wait(cursor._stream_fetchone_gen(first=False), timeout=_left(until))
+    except Exception:  # CancellationTimeout, or the connection broke: closed below
+        pass
+    except BaseException:  # cancelled in turn: close now
+        await conn.close()
+        raise
+    if pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+        await conn.close()  # not cancelled in time: never lent again
+
+
+def _left(until: float) -> float:
+    return max(until - time.monotonic(), 0.001)
 
 
 async def _grouped(rows: AsyncIterator[Row], size: int) -> AsyncIterator[list[Row]]:
