@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import shardq
-from shardq.errors import QueryTimeoutError, ShardError
+from shardq.errors import InFailedTransactionError, QueryTimeoutError, ShardError
+from shardq.execute.transaction import ROLLBACK_TIMEOUT
 from tests.fixtures.proxy import Fault, proxied_config
 from tests.fixtures.shards import ITEMS, PG_DATABASE, TABLES
 
@@ -195,6 +196,90 @@ async def test_slow_close(conn: shardq.AsyncConnection, proxies: list[Proxy]) ->
     assert caught.value.shard == "s0"
     proxies[0].heal()
     assert await _rows(conn, sql, 5.0) == expected
+
+
+@pytest.mark.parametrize("when", ["pooled", "connecting"])
+async def test_batch_on_blackholed_shard(
+    conn: shardq.AsyncConnection, proxies: list[Proxy], when: str
+) -> None:
+    """A batch's lookups: those of the silent shard time out in time, naming it; others exact."""
+    keys = [row[0] for row in ITEMS[:40]]
+    batch = [("SELECT val FROM items WHERE id = %s", (key,)) for key in keys]
+    if when == "pooled":
+        await conn.execute_concurrent(batch, timeout=5.0)
+    proxies[1].set(Fault.blackhole())
+    started = time.monotonic()
+    results = await conn.execute_concurrent(batch, raise_on_first_error=False, timeout=1.0)
+    _within(time.monotonic() - started, 1.0)
+    for key, (success, result) in zip(keys, results, strict=True):
+        if conn.shard_for("items", key) == "s1":
+            assert not success
+            assert isinstance(result, QueryTimeoutError)
+            assert result.shards == ("s1",)
+        else:
+            assert success
+            assert list(result) == [(key * 10,)]
+    proxies[1].heal()
+    results = await conn.execute_concurrent(batch, timeout=5.0)
+    assert [list(r.result_or_exc) for r in results] == [[(key * 10,)] for key in keys]
+
+
+async def test_transaction_on_blackholed_shard(
+    conn: shardq.AsyncConnection, proxies: list[Proxy]
+) -> None:
+    """A timeout in a transaction fails it; the rollback does not wait on the silent shard."""
+    sql, expected = COUNT
+    marks: list[float] = []
+    with pytest.raises(QueryTimeoutError) as caught:
+        await _time_out_in_transaction(conn, proxies[2], marks)
+    # The rollback (as the block raised) did not wait on the silent shard.
+    assert time.monotonic() - marks[-1] < 1.0
+    assert caught.value.shards == ("s2",)
+    proxies[2].heal()
+    assert await _rows(conn, sql, 5.0) == expected
+
+
+async def test_rollback_on_blackholed_shard(
+    conn: shardq.AsyncConnection, proxies: list[Proxy]
+) -> None:
+    """A ROLLBACK the shard never answers is given up after ROLLBACK_TIMEOUT (and its grace)."""
+    sql, expected = COUNT
+    marks: list[float] = []
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await _silence_in_transaction(conn, [proxies[0], proxies[3]], marks)
+    _within(time.monotonic() - marks[0], ROLLBACK_TIMEOUT)  # the two shards together
+    for proxy in proxies:
+        proxy.heal()
+    assert await _rows(conn, sql, 5.0) == expected
+
+
+async def _silence_in_transaction(
+    conn: shardq.AsyncConnection, silent: list[Proxy], marks: list[float]
+) -> None:
+    sql, expected = COUNT
+    async with conn.transaction():
+        assert await _rows(conn, sql, 5.0) == expected  # every shard joined
+        for proxy in silent:
+            proxy.set(Fault.blackhole())
+        marks.append(time.monotonic())
+        raise RuntimeError("rolled back")
+
+
+async def _time_out_in_transaction(
+    conn: shardq.AsyncConnection, proxy: Proxy, marks: list[float]
+) -> None:
+    sql, expected = COUNT
+    async with conn.transaction():
+        assert await _rows(conn, sql, 5.0) == expected  # every shard joined
+        proxy.set(Fault.blackhole())
+        started = time.monotonic()
+        try:
+            await _rows(conn, sql, 1.0)
+        finally:
+            _within(time.monotonic() - started, 1.0)
+            with pytest.raises(InFailedTransactionError):
+                await _rows(conn, sql, 1.0)
+            marks.append(time.monotonic())
 
 
 _FAULTS = [
