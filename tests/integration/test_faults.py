@@ -299,6 +299,7 @@ async def test_random_faults(
     """Random faults on random shards, random timeouts: exact or a faulted shard named, in time."""
     rng = random.Random(16)
     outcomes = {"exact": 0, "timeout": 0, "error": 0}
+    late = 0.0  # the most a call ended after its timeout, in seconds
     for _ in range(RUNS):
         conn = await shardq.connect_async(config)
         try:
@@ -329,10 +330,12 @@ async def test_random_faults(
                 assert rows == expected
             if named is not None:  # an error: it names a shard that had a fault
                 assert named & faulted, (named, faults)
-            assert time.monotonic() - started <= timeout * 1.1 + SLACK, (sql, timeout, faults)
+            elapsed = time.monotonic() - started
+            late = max(late, elapsed - timeout)
+            assert elapsed <= timeout * 1.1 + SLACK, (sql, timeout, faults)
         finally:
             for proxy in proxies:
                 proxy.heal()
             await conn.close()
     _assert_no_sessions(pg_dataset)
-    print(f"{RUNS} runs: {outcomes}")
+    print(f"{RUNS} runs: {outcomes}, at most {late:.3f} s after the timeout")

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from shardq.execute.deadline import CANCEL_WAIT
 from shardq.execute.driver import (
     Column,
     CopyRejected,
@@ -35,7 +33,7 @@ from shardq.execute.driver import (
     Statement,
     translate_error,
 )
-from shardq.execute.drivers import pgpipeline
+from shardq.execute.drivers import pgcancel, pgpipeline
 from shardq.execute.pool import LazyPool
 from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 
@@ -81,39 +79,7 @@ async def _whole_chunks(
         finally:
             pgconn: Any = cursor._pgconn
             if pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-                await _stop(conn, cursor)
-
-
-async def _stop(conn: Any, cursor: Any) -> None:
-    """Cancel a streamed statement still running, then read what it sent, in ``CANCEL_WAIT``.
-
-    psycopg's own ``_try_cancel`` waits 5 s for the cancel request, and
-    reading the rest has no bound: closing a stream on a host that stopped
-    answering would hang. When the cancel cannot be delivered, or the end
-    does not come, in :data:`~shardq.execute.deadline.CANCEL_WAIT` seconds,
-    or this is cancelled in turn (a deadline's grace ended), the connection
-    is closed without waiting on the network, and its pool discards it.
-    """
-    until = time.monotonic() + CANCEL_WAIT
-    pgconn = conn.pgconn
-    try:
-        await conn.cancel_safe(timeout=CANCEL_WAIT)
-        with contextlib.suppress(psycopg.Error):  # QueryCanceled: the end, as asked
-            while await conn.wait(cursor._stream_fetchone_gen(first=False), timeout=_left(until)):
-                pass
-        with contextlib.suppress(psycopg.Error):
-            await conn.wait(cursor._stream_fetchone_gen(first=False), timeout=_left(until))
-    except Exception:  # CancellationTimeout, or the connection broke: closed below
-        pass
-    except BaseException:  # cancelled in turn: close now
-        await conn.close()
-        raise
-    if pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-        await conn.close()  # not cancelled in time: never lent again
-
-
-def _left(until: float) -> float:
-    return max(until - time.monotonic(), 0.001)
+                await pgcancel.stop(conn, cursor)
 
 
 async def _grouped(rows: AsyncIterator[Row], size: int) -> AsyncIterator[list[Row]]:
@@ -340,10 +306,18 @@ async def _outcome(
 class _Connection:
     """A pooled psycopg connection."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], shard: str, secrets: Secrets):
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        shard: str,
+        secrets: Secrets,
+        late: pgcancel.LateCancels | None = None,
+    ):
         self.conn = conn
         self._shard = shard
         self._secrets = secrets
+        self._late = late
+        self._cancel = None if late is None else late.prepare(conn)  # see close()
         self._pipeline: pgpipeline.Pipeline | None = None  # made on first use
         # Whether a statement was streamed since the last pipeline: libpq then
         # still has its row-by-row mode set (see pgpipeline's docstring).
@@ -462,8 +436,13 @@ class _Connection:
         )
 
     async def close(self) -> None:
+        # Closed under us, its cancel given up at a deadline (see pgcancel):
+        # its statement may still run on the server, so cancel it there.
+        closed_under_us = self.conn.closed
         with contextlib.suppress(Exception):
             await self.conn.close()
+        if closed_under_us and self._late is not None:
+            self._late.send(self._cancel)
 
 
 class PsycopgPool:
@@ -481,6 +460,7 @@ class PsycopgPool:
         self._connect_kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in shard.dsn:
             self._connect_kwargs["connect_timeout"] = 10
+        self._late = pgcancel.LateCancels()
         self._pool: LazyPool[_Connection] = LazyPool(
             shard.name,
             open=self._connect,
@@ -505,7 +485,7 @@ class PsycopgPool:
             conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
-        return _Connection(conn, self.name, self._secrets)
+        return _Connection(conn, self.name, self._secrets, self._late)
 
     def connection(self) -> AbstractAsyncContextManager[_Connection]:
         return self._pool.connection()
@@ -527,3 +507,4 @@ class PsycopgPool:
 
     async def close(self) -> None:
         await self._pool.close()
+        await self._late.close()
