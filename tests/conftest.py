@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.tpch",
     "tests.fixtures.edge",
     "tests.fixtures.sqlite_edge",
+    "tests.fixtures.proxy",
 ]
 
 settings.register_profile("repeatable", derandomize=True, database=None)

@@ -25,6 +25,7 @@ from shardq.errors import (
     missing_dependency,
 )
 from shardq.execute.cursor import cursor_pools
+from shardq.execute.deadline import loop_deadlines
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
 from shardq.execute.hosts import Hosts, host_failed
@@ -274,7 +275,17 @@ class Engine:
         names (a connection reading its own writes); everything else goes to
         the primaries.
         """
-        plan = await self.plan_async(sql, params, transaction=transaction)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None or not self.planner.wants_catalog(sql):
+            plan = await self.plan_async(sql, params, transaction=transaction)
+        else:
+            # Reading the catalog first is part of the statement's time.
+            soft, hard = loop_deadlines(deadline, timeout)
+            try:
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    plan = await self.plan_async(sql, params, transaction=transaction)
+            except TimeoutError:
+                raise QueryTimeoutError(timeout or 0.0, self.config.shard_names[:1]) from None
         if plan.deferred is not None:
             return await self._execute_deferred(
                 plan,
@@ -316,16 +327,18 @@ class Engine:
                 )
         if transaction is None:
             if plan.kind.is_write:
-                scatter, types = await self._start(plan, shards, timeout)
+                scatter, types = await self._start(plan, shards, timeout, deadline=deadline)
             else:
                 scatter, types = await self._start_read(
-                    plan, shards, timeout, read_policy, primary_for
+                    plan, shards, timeout, read_policy, primary_for, deadline=deadline
                 )
         else:
             write = plan.kind.is_write
             transaction.check(shards, write)
             try:
-                scatter, types = await self._start(plan, shards, timeout, transaction)
+                scatter, types = await self._start(
+                    plan, shards, timeout, transaction, deadline=deadline
+                )
             except BaseException as exc:
                 transaction.fail(exc)
                 raise
@@ -698,20 +711,23 @@ class Engine:
         timeout: float | None,
         policy: str,
         primary_for: Collection[str] = (),
+        *,
+        deadline: float | None = None,
     ) -> tuple[Scatter, list[Any]]:
         """:meth:`_start` of a read on the hosts ``policy`` picks (:mod:`.hosts`).
 
         A host that cannot serve is marked down; the read, which has returned
         no row yet, is started again once on the hosts picked then, if that
-        gives its shard another host.
+        gives its shard another host, within the same deadline.
         """
         pools = await self._read_pools(policy, shards, primary_for)
         if not self.hosts:  # no replicas: the primaries, nothing else to try
-            return await self._start(plan, shards, timeout, pools=pools)
+            return await self._start(plan, shards, timeout, pools=pools, deadline=deadline)
         began = time.monotonic()
-        deadline = None if timeout is None else began + timeout
+        if deadline is None and timeout is not None:
+            deadline = began + timeout
         try:
-            started = await self._start(plan, shards, timeout, pools=pools)
+            started = await self._start(plan, shards, timeout, pools=pools, deadline=deadline)
         except ShardError as exc:
             failed = pools.get(exc.shard)
             if failed is None or not host_failed(exc):
@@ -721,8 +737,7 @@ class Engine:
             if again[exc.shard] is failed:
                 raise
             self.stats.retried(failed)
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            started = await self._start(plan, shards, left, pools=again)
+            started = await self._start(plan, shards, timeout, pools=again, deadline=deadline)
             pools = again
         self.hosts.succeeded(pools[shard] for shard in shards)
         if len(shards) == 1:  # (a scatter's time is its slowest shard's)
@@ -736,18 +751,32 @@ class Engine:
         timeout: float | None,
         transaction: Transaction | None = None,
         pools: Mapping[str, ShardPool] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> tuple[Scatter, list[Any]]:
         """Start ``plan`` on ``shards``; return the scatter and the shards' column types.
 
         A merge that orders values is refused here, before any row is merged,
         when the shards order them otherwise than the merge would. ``pools``
-        replaces the pools (or the transaction's view of them).
+        replaces the pools (or the transaction's view of them). ``deadline``
+        (``time.monotonic()``) when the statement started earlier (default:
+        ``timeout`` from now).
         """
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         if plan.merge.compares:
-            await self._learn_text_order(shards, transaction=transaction)
+            # Under the statement's deadline: a shard that does not answer
+            # would otherwise hold the call for its connect_timeout.
+            soft, hard = loop_deadlines(deadline, timeout)
+            try:
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    await self._learn_text_order(shards, transaction=transaction)
+            except TimeoutError:
+                pending = tuple(s for s in shards if s not in self._text_order)
+                raise QueryTimeoutError(timeout or 0.0, pending) from None
         if pools is None:
             pools = self.pools if transaction is None else transaction.view()
-        scatter = Scatter(pools, shards, timeout)
+        scatter = Scatter(pools, shards, timeout, deadline=deadline)
         # In a transaction a result is received whole: its shard's one connection
         # serves the transaction's next statement.
         stream = not plan.kind.is_write and transaction is None

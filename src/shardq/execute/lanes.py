@@ -33,6 +33,10 @@ its statements; when it passes, the group is cancelled on the server, the
 statements out of time fail with :class:`~shardq.errors.QueryTimeoutError`
 and the other reads of the group go back to the queue (a group holds reads
 only, or one write alone, so nothing that may have been written runs twice).
+A cancel the server does not take within the deadline's grace is given up and
+its connection closed (see :mod:`~shardq.execute.deadline`); the worker then
+takes another connection. Connecting, too, stops at the earliest deadline of
+the statements waiting, which fail naming their shard.
 
 Lanes belong to one batch: :meth:`Lanes.close` cancels the workers (and with
 them the statements they run, on the servers) and gives their connections
@@ -48,6 +52,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import QueryTimeoutError
+from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
 from shardq.execute.driver import Outcome, Statement, run_statements
 
 if TYPE_CHECKING:
@@ -172,7 +177,7 @@ class _Lane:
         """The next group: consecutive reads (a group's worth), or one write."""
         queue = self.queue
         now = time.monotonic()
-        while queue and (queue[0].settled or _expired(queue[0], now)):
+        while queue and (queue[0].settled or _expired(queue[0], now, self.shard)):
             queue.popleft()  # withdrawn by its statement, or out of time before it ran
         if not queue:
             return []
@@ -190,16 +195,36 @@ class _Lane:
         group: list[_Job] = []
         counted = True
         try:
-            async with self.pool.connection() as conn:
-                while True:
-                    group = self._take()
-                    if not group and not await self._linger():
+            while counted:
+                lend = self.pool.connection()
+                try:
+                    # A host that does not answer holds a connect for its
+                    # connect_timeout: no longer than the statements can wait.
+                    async with asyncio.timeout_at(_loop_time(self._earliest())):
+                        conn = await lend.__aenter__()
+                except TimeoutError:
+                    now = time.monotonic()
+                    for job in list(self.queue):
+                        _expired(job, now, self.shard)
+                    self.queue = deque(job for job in self.queue if not job.settled)
+                    if not self.queue:
                         counted = False
                         self.active -= 1  # synchronously with finding the queue empty
-                        break
-                    if group:
-                        await self._run(conn, group)
-                        group = []
+                    continue
+                try:
+                    while True:
+                        group = self._take()
+                        if not group and not await self._linger():
+                            counted = False
+                            self.active -= 1  # synchronously with finding the queue empty
+                            break
+                        if group:
+                            kept = await self._run(conn, group)
+                            group = []
+                            if not kept:
+                                break  # timed out: give it back (the pool checks it), take another
+                finally:
+                    await lend.__aexit__(None, None, None)
         except asyncio.CancelledError:
             _fail(group, None)
             raise
@@ -233,15 +258,24 @@ class _Lane:
                 self.idle.remove(waiter)
         return bool(self.queue)
 
-    async def _run(self, conn: object, group: list[_Job]) -> None:
-        deadlines = [job.deadline for job in group if job.deadline is not None]
-        deadline = min(deadlines) if deadlines else None
+    def _earliest(self) -> float | None:
+        """The earliest deadline of the statements waiting (None: none has one)."""
+        deadlines = [job.deadline for job in self.queue if job.deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    async def _run(self, conn: object, group: list[_Job]) -> bool:
+        """Run ``group`` on ``conn``; False when it timed out (the connection may be closed)."""
+        timed = [job for job in group if job.deadline is not None]
+        first = min(timed, key=lambda job: job.deadline or 0.0) if timed else None
+        soft, hard = loop_deadlines(
+            None if first is None else first.deadline, None if first is None else first.timeout
+        )
         statements = [job.statement for job in group]
         started = time.monotonic()
         if self.first_run is None:
             self.first_run = started
         try:
-            async with asyncio.timeout_at(_loop_time(deadline)):
+            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
                 outcomes = await run_statements(conn, statements, prepare=self.prepare)  # type: ignore[arg-type]
         except TimeoutError:
             now = time.monotonic()
@@ -251,13 +285,14 @@ class _Lane:
                     _settle(job, QueryTimeoutError(job.timeout or 0.0, (self.shard,)))
                 elif not job.settled:
                     self.queue.appendleft(job)  # a read: run it again with the next group
-            return
+            return False
         self._learn(time.monotonic() - started, len(group))
         skipped = [job for job, outcome in zip(group, outcomes, strict=True) if outcome is None]
         self.queue.extendleft(reversed(skipped))  # not run: first in line again
         for job, outcome in zip(group, outcomes, strict=True):
             if outcome is not None:
                 _settle(job, outcome)
+        return True
 
     def _learn(self, elapsed: float, statements: int) -> None:
         each = elapsed / statements
@@ -265,10 +300,10 @@ class _Lane:
         self.cost = each if self.cost is None else 0.5 * self.cost + 0.5 * each
 
 
-def _expired(job: _Job, now: float) -> bool:
+def _expired(job: _Job, now: float, shard: str) -> bool:
     if job.deadline is None or job.deadline > now:
         return False
-    _settle(job, QueryTimeoutError(job.timeout or 0.0))
+    _settle(job, QueryTimeoutError(job.timeout or 0.0, (shard,)))
     return True
 
 
@@ -398,5 +433,9 @@ class Lanes:
             _fail(list(lane.queue), None)
             lane.queue.clear()
         if workers:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*workers, return_exceptions=True)
+            # A worker whose cancel the server does not take within
+            # CANCEL_WAIT is cancelled again: its connection is then closed.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_WAIT):
+                    await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)

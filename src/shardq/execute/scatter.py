@@ -6,8 +6,11 @@ their statements on the servers) and is raised as one
 :class:`~shardq.errors.ShardError` naming the shard. A deadline bounds every
 wait on the shards, from the start to the last row; when it passes, the
 statements still running are cancelled on the servers and
-:class:`~shardq.errors.QueryTimeoutError` is raised. Whatever happens, every
-connection goes back to its pool.
+:class:`~shardq.errors.QueryTimeoutError` is raised. A cancel that cannot be
+delivered within a grace after the deadline is given up, and its connection
+closed (see :mod:`~shardq.execute.deadline`): the call returns within the
+timeout and its grace whatever the network does. Whatever happens, every
+connection goes back to its pool (which discards a closed one).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import QueryTimeoutError
+from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from shardq.execute.driver import Column, Row, ShardConnection, ShardPool, ShardStream
 
@@ -61,6 +65,11 @@ class _Lease:
         cm, self._cm = self._cm, None
         if cm is not None:
             await cm.__aexit__(None, None, None)
+
+    @property
+    def holds(self) -> bool:
+        """Whether a connection is still borrowed."""
+        return self._cm is not None
 
     async def close(self) -> None:
         stream, self.stream = self.stream, None
@@ -106,12 +115,21 @@ class Scatter:
     """
 
     def __init__(
-        self, pools: Mapping[str, ShardPool], shards: Sequence[str], timeout: float | None
+        self,
+        pools: Mapping[str, ShardPool],
+        shards: Sequence[str],
+        timeout: float | None,
+        *,
+        deadline: float | None = None,
     ):
         self._leases = [_Lease(pools[name]) for name in shards]
         self._ahead: dict[int, asyncio.Future[list[Row]]] = {}
         self._timeout = timeout
-        self._deadline = None if timeout is None else time.monotonic() + timeout
+        # ``deadline`` (time.monotonic()) when the statement started before
+        # the scatter (asking the shards about collations first).
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        self._deadline = deadline
         self._failure: BaseException | None = None  # met by receive(), raised by fetch()
         self._receiving: asyncio.Future[None] | None = None
         self.closed = False
@@ -164,18 +182,22 @@ class Scatter:
         """
         each = each or {}
 
-        def start(lease: _Lease) -> Coroutine[Any, Any, None]:
+        soft, hard = loop_deadlines(self._deadline, self._timeout)
+
+        async def start(lease: _Lease) -> None:
             own_sql, own_params = each.get(lease.shard, (sql, params))
-            return lease.start(own_sql, own_params, fetch_size, stream)
+            # Bounded in each shard's own task: a TaskGroup cancelled twice
+            # does not cancel its tasks twice (see shardq.execute.deadline).
+            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                await lease.start(own_sql, own_params, fetch_size, stream)
 
         try:
-            async with asyncio.timeout_at(self._loop_deadline()):
-                if len(self._leases) == 1:
-                    await start(self._leases[0])
-                else:
-                    async with asyncio.TaskGroup() as group:
-                        for lease in self._leases:
-                            group.create_task(start(lease))
+            if len(self._leases) == 1:
+                await start(self._leases[0])
+            else:
+                async with asyncio.TaskGroup() as group:
+                    for lease in self._leases:
+                        group.create_task(start(lease))
         except TimeoutError:
             pending = [lease.shard for lease in self._leases if not lease.started]
             await self._close_quietly()
@@ -183,16 +205,13 @@ class Scatter:
         except BaseExceptionGroup as group:
             await self._close_quietly()
             first = _unwrap(group)
+            if isinstance(first, TimeoutError):
+                pending = [lease.shard for lease in self._leases if not lease.started]
+                raise self._timed_out(pending) from None
             raise first from first.__cause__
         except BaseException:
             await self._close_quietly()
             raise
-
-    def _loop_deadline(self) -> float | None:
-        if self._deadline is None:
-            return None
-        # asyncio deadlines are on the loop's clock, which is time.monotonic().
-        return asyncio.get_running_loop().time() + (self._deadline - time.monotonic())
 
     async def fetch(self, index: int) -> list[Row]:
         """Return the next batch of shard ``index``'s rows (empty when it is done).
@@ -225,7 +244,8 @@ class Scatter:
             if self._deadline is None:
                 rows = await ahead
             else:
-                async with asyncio.timeout_at(self._loop_deadline()):
+                soft, hard = loop_deadlines(self._deadline, self._timeout)
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
                     rows = await ahead
             if rows and len(self._leases) > 1 and stream.holds_connection:
                 self._ahead[index] = asyncio.ensure_future(stream.fetch())
@@ -258,8 +278,9 @@ class Scatter:
 
     async def _receive(self) -> None:
         lease: _Lease | None = None
+        soft, hard = loop_deadlines(self._deadline, self._timeout)
         try:
-            async with asyncio.timeout_at(self._loop_deadline()):
+            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
                 for index, lease in enumerate(self._leases):
                     stream = lease.stream
                     if stream is None or not stream.holds_connection:
@@ -277,26 +298,28 @@ class Scatter:
             await self._close_quietly()
 
     async def _close_quietly(self) -> None:
-        """Close while another error is being raised: that error is the one to report."""
-        with contextlib.suppress(Exception):
-            await self.close()
+        """Close while another error is being raised: that error is the one to report.
+
+        The shards are closed together, each in a task of its own, and by
+        the end of the deadline's grace at the latest: a stream still running
+        is cancelled on its server (by its driver), and one whose cancel
+        cannot be delivered in time is cancelled again, which closes its
+        connection without waiting (see :mod:`~shardq.execute.deadline`).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        await self._stop_reading()
+        leases = [lease for lease in self._leases if lease.stream or lease.holds]
+        if leases:
+            await self._settle([asyncio.ensure_future(lease.close()) for lease in leases])
 
     async def close(self) -> None:
         """Stop whatever still runs and return every connection to its pool."""
         if self.closed:
             return
         self.closed = True
-        receiving = self._receiving
-        if receiving is not None and not receiving.done():
-            receiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await receiving
-        ahead, self._ahead = list(self._ahead.values()), {}
-        for task in ahead:
-            task.cancel()
-        if ahead:
-            # Their errors, if any, are not this close's to report.
-            await asyncio.gather(*ahead, return_exceptions=True)
+        await self._stop_reading()
         errors: list[BaseException] = []
         for lease in self._leases:
             try:
@@ -305,3 +328,31 @@ class Scatter:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+    async def _stop_reading(self) -> None:
+        """Cancel the reads in the background (the receiving task, the batches read ahead)."""
+        tasks: list[asyncio.Future[Any]] = [*self._ahead.values()]
+        self._ahead = {}
+        receiving = self._receiving
+        if receiving is not None and not receiving.done():
+            tasks.append(receiving)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await self._settle(tasks)  # their errors, if any, are not this close's to report
+
+    async def _settle(self, tasks: list[asyncio.Future[Any]]) -> None:
+        """Wait for ``tasks``, cancelling them (again) at the end of the deadline's grace.
+
+        A statement cancelled on a host that does not answer would keep its
+        task waiting for psycopg's own bounds (seconds); cancelled a second
+        time, the driver closes its connection at once.
+        """
+        _, until = loop_deadlines(self._deadline, self._timeout)
+        if until is None:
+            until = asyncio.get_running_loop().time() + CANCEL_WAIT
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        # Cut short: the gather cancelled each task; they now end without waiting.
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -29,6 +29,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import InFailedTransactionError, InterfaceError, NotSupportedError
+from shardq.execute.deadline import grace
 from shardq.execute.driver import read_whole
 from shardq.execute.twophase import two_phase_commit
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Transaction"]
 
 _IDS = itertools.count(1)
+#: Seconds a shard's ROLLBACK may take before it is given up (and its connection closed).
+ROLLBACK_TIMEOUT = 2.0
 log = logging.getLogger("shardq.transaction")
 
 
@@ -223,30 +226,34 @@ class Transaction:
         before commit, so its pool closes the connection on return and the
         server rolls back with the session. The outcome is the rollback asked
         for, and the caller's error (the failed statement) is not masked.
+
+        The shards roll back together, each within :data:`ROLLBACK_TIMEOUT`
+        seconds: a host that stopped answering would hold a ROLLBACK forever.
+        One not done in time is given up and its connection closed (see
+        :mod:`~shardq.execute.deadline`); the server rolls back when it sees
+        the session end.
         """
         if self.closed:
             return
         self.closed = True
         try:
-            for shard, held in self._held.items():
-                try:
-                    await read_whole(held.conn, "ROLLBACK", None, stream=False)
-                except Exception as exc:
-                    log.info(
-                        "shard %s: ROLLBACK failed (%s); the connection is discarded",
-                        shard,
-                        type(exc).__name__,
-                    )
+            await self._roll_back_all()
         except BaseException:
             await self._abandon()
             raise
         await self._release()
 
+    async def _roll_back_all(self) -> None:
+        held = list(self._held.items())
+        if len(held) == 1:
+            await _roll_back(*held[0])
+        elif held:
+            await asyncio.gather(*(_roll_back(shard, part) for shard, part in held))
+
     async def _abandon(self) -> None:
         """After a failure at the end: roll back what can be, give every connection back."""
-        for held in self._held.values():
-            with contextlib.suppress(Exception):
-                await read_whole(held.conn, "ROLLBACK", None, stream=False)
+        with contextlib.suppress(Exception):
+            await self._roll_back_all()
         await self._release()
 
     async def _release(self) -> None:
@@ -259,3 +266,19 @@ class Transaction:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+async def _roll_back(shard: str, held: _Held) -> None:
+    """ROLLBACK on one shard in :data:`ROLLBACK_TIMEOUT` seconds; a failure is logged only."""
+    try:
+        async with (
+            asyncio.timeout(ROLLBACK_TIMEOUT + grace(ROLLBACK_TIMEOUT)),
+            asyncio.timeout(ROLLBACK_TIMEOUT),
+        ):
+            await read_whole(held.conn, "ROLLBACK", None, stream=False)
+    except Exception as exc:
+        log.info(
+            "shard %s: ROLLBACK failed (%s); the connection is discarded",
+            shard,
+            type(exc).__name__,
+        )

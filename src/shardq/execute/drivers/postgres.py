@@ -35,7 +35,7 @@ from shardq.execute.driver import (
     Statement,
     translate_error,
 )
-from shardq.execute.drivers import pgpipeline
+from shardq.execute.drivers import pgcancel, pgpipeline
 from shardq.execute.pool import LazyPool
 from shardq.execute.textorder import POSTGRES_COLLATION_SQL
 
@@ -81,13 +81,7 @@ async def _whole_chunks(
         finally:
             pgconn: Any = cursor._pgconn
             if pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-                # Cancel the statement, then consume what was already sent.
-                await conn._try_cancel()
-                with contextlib.suppress(Exception):
-                    while await conn.wait(cursor._stream_fetchone_gen(first=False)):
-                        pass
-                with contextlib.suppress(Exception):
-                    await conn.wait(cursor._stream_fetchone_gen(first=False))
+                await pgcancel.stop(conn, cursor)
 
 
 async def _grouped(rows: AsyncIterator[Row], size: int) -> AsyncIterator[list[Row]]:
@@ -339,10 +333,18 @@ else:  # Windows has no poll(); its select() bounds how many sockets, not their 
 class _Connection:
     """A pooled psycopg connection."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], shard: str, secrets: Secrets):
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        shard: str,
+        secrets: Secrets,
+        late: pgcancel.LateCancels | None = None,
+    ):
         self.conn = conn
         self._shard = shard
         self._secrets = secrets
+        self._late = late
+        self._cancel = None if late is None else late.prepare(conn)  # see close()
         self._pipeline: pgpipeline.Pipeline | None = None  # made on first use
         # Whether a statement was streamed since the last pipeline: libpq then
         # still has its row-by-row mode set (see pgpipeline's docstring).
@@ -480,8 +482,13 @@ class _Connection:
         return self.conn.broken
 
     async def close(self) -> None:
+        # Closed under us, its cancel given up at a deadline (see pgcancel):
+        # its statement may still run on the server, so cancel it there.
+        closed_under_us = self.conn.closed
         with contextlib.suppress(Exception):
             await self.conn.close()
+        if closed_under_us and self._late is not None:
+            self._late.send(self._cancel)
 
 
 def failover_conninfo(dsn: str, replicas: Sequence[str]) -> str | None:
@@ -533,6 +540,7 @@ class PsycopgPool:
         self._connect_kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in shard.dsn:
             self._connect_kwargs["connect_timeout"] = 10
+        self._late = pgcancel.LateCancels()
         self._pool: LazyPool[_Connection] = LazyPool(
             shard.name,
             open=self._connect,
@@ -569,7 +577,7 @@ class PsycopgPool:
             conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
-        return _Connection(conn, self.name, self._secrets)
+        return _Connection(conn, self.name, self._secrets, self._late)
 
     def connection(self) -> AbstractAsyncContextManager[_Connection]:
         return self._pool.connection()
@@ -591,3 +599,4 @@ class PsycopgPool:
 
     async def close(self) -> None:
         await self._pool.close()
+        await self._late.close()

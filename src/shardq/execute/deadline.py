@@ -1,0 +1,63 @@
+"""Deadlines that hold whatever the network does.
+
+A statement's ``timeout=`` bounds the whole call. When the deadline passes,
+the statement is cancelled on the server, which needs the server's host to
+answer twice: the cancel request (a connection of its own), then the end of
+the statement on the statement's connection. A host that stopped answering
+does neither, and psycopg, left to itself, waits 5 s for the cancel request
+and 5 s more for the statement to end: issue 16 measured ``timeout=2``
+returning after about 12 s.
+
+So every wait that a deadline bounds is bounded twice (:func:`loop_deadlines`):
+
+* at the deadline, the waiting task is cancelled: psycopg sends the cancel
+  request and reads the statement's end, which on a healthy host takes a
+  few milliseconds and leaves the connection usable;
+* :func:`grace` seconds later (a share of the timeout, at most
+  :data:`GRACE_CAP`), it is cancelled again: psycopg then gives up on the
+  cancel and closes the connection without waiting on the network
+  (``pgconn.finish()``), and its pool, finding it closed, discards it.
+
+The caller raises :class:`~shardq.errors.QueryTimeoutError` naming the
+shards, at most ``timeout + grace`` (plus the time to close) after the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+__all__ = ["CANCEL_WAIT", "GRACE_CAP", "GRACE_SHARE", "grace", "loop_deadlines"]
+
+#: The share of a statement's timeout given to cancelling it on the server.
+GRACE_SHARE = 0.05
+#: The most seconds given to cancelling a statement after its deadline.
+GRACE_CAP = 1.0
+#: Seconds a driver waits for a cancel (and the statement's end) when no
+#: deadline tells it how long: closing a stream early, a failure elsewhere.
+CANCEL_WAIT = GRACE_CAP
+
+
+def grace(timeout: float | None) -> float:
+    """Seconds after a deadline for cancelling on the server, before giving up on it.
+
+    >>> grace(2.0), grace(60.0), grace(None)
+    (0.1, 1.0, 1.0)
+    """
+    if timeout is None:
+        return GRACE_CAP
+    return min(timeout * GRACE_SHARE, GRACE_CAP)
+
+
+def loop_deadlines(
+    deadline: float | None, timeout: float | None
+) -> tuple[float | None, float | None]:
+    """``deadline`` (``time.monotonic()`` seconds) and the end of its grace, on the loop's clock.
+
+    For ``asyncio.timeout_at``, nested: the outer one at the end of the
+    grace, the inner one at the deadline (see the module docstring).
+    """
+    if deadline is None:
+        return None, None
+    at = asyncio.get_running_loop().time() + (deadline - time.monotonic())
+    return at, at + grace(timeout)
