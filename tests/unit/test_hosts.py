@@ -111,3 +111,25 @@ def test_only_a_host_going_or_gone_counts_as_failed() -> None:
     assert not host_failed(shard_error("s0", shardq.ProgrammingError, "no such column"))
     assert not host_failed(QueryTimeoutError(1.0, ("s0",)))
     assert not host_failed(ValueError("x"))
+
+
+def test_failover_conninfo_joins_hosts_that_share_credentials() -> None:
+    pytest.importorskip("psycopg")
+    from shardq.execute.drivers.postgres import failover_conninfo
+
+    primary = "postgresql://app:pw@10.0.0.1:5432/shop"
+    joined = failover_conninfo(primary, ["postgresql://app:pw@10.0.0.2:5433/shop"])
+    assert joined is not None
+    assert "host=10.0.0.1,10.0.0.2" in joined
+    assert "port=5432,5433" in joined
+    assert "target_session_attrs=read-write" in joined
+    assert failover_conninfo(primary, []) is None
+    # One conninfo has one user, password and database: hosts that differ get no failover.
+    assert failover_conninfo(primary, ["postgresql://other:pw@10.0.0.2/shop"]) is None
+    assert failover_conninfo(primary, ["postgresql://app:other@10.0.0.2/shop"]) is None
+    assert failover_conninfo(primary, ["postgresql://app:pw@10.0.0.2/other"]) is None
+    # What the user set is theirs: several hosts, or their own target_session_attrs.
+    several = "host=10.0.0.1,10.0.0.3 user=app password=pw dbname=shop"
+    assert failover_conninfo(several, ["postgresql://app:pw@10.0.0.2/shop"]) is None
+    own = primary + "?target_session_attrs=any"
+    assert failover_conninfo(own, ["postgresql://app:pw@10.0.0.2/shop"]) is None
