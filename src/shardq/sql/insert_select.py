@@ -49,6 +49,7 @@ from shardq.sql.route import (
     _refuse_key_assignments,
     insert_columns,
     route,
+    written_table,
 )
 
 if TYPE_CHECKING:
@@ -198,12 +199,6 @@ def _select_body(statement: exp.Insert) -> exp.Expr | None:
     return body if isinstance(body, exp.Select | exp.SetOperation) else None
 
 
-def _target(analysis: Analysis) -> TableRef:
-    target = analysis.parsed.expression.this
-    node = target.this if isinstance(target, exp.Schema) else target
-    return next(ref for ref in analysis.refs if ref.node is node)
-
-
 def plan_insert_select(
     analysis: Analysis,
     params: object,
@@ -222,7 +217,8 @@ def plan_insert_select(
     body = _select_body(statement)
     if body is None:
         return None
-    ref = _target(analysis)
+    ref = written_table(analysis)
+    assert ref is not None  # an INSERT's target is a declared table
     if not ref.table.distributed:
         return None  # every shard runs it, or it is refused: see route._replicated_write
     dialect = analysis.parsed.dialect
