@@ -354,7 +354,7 @@ def _not_colocated(
     ...     parsed = parse(sql, "sqlite")
     ...     insert = parsed.expression
     ...     selected = analyze(parse(insert.expression.sql("sqlite"), "sqlite"), cfg)
-    ...     ref = _target(analyze(parsed, cfg))
+    ...     ref = written_table(analyze(parsed, cfg))
     ...     return _not_colocated(selected, ref, 0, cfg, None, insert)
     >>> why("INSERT INTO u (k, v) SELECT k, v FROM t WHERE v > 1") is None
     True
