@@ -38,7 +38,7 @@ from shardq.execute.lanes import Lanes
 from shardq.execute.transaction import Transaction
 from shardq.execute.twophase import Recovery, recover
 from shardq.health import CheckReport, check
-from shardq.results import AsyncResult, StoredResult
+from shardq.results import AsyncResult, StoredResult, issue
 from shardq.rows import RowFactory, tuple_row
 from shardq.sql.analyze import StatementKind
 from shardq.sql.route import written_table
@@ -73,6 +73,8 @@ class AsyncCursor:
         self._result: AsyncResult | StoredResult | None = None
         self._rowcount = -1
         self.closed = False
+        # The sync facade issues warnings itself, in its caller's thread.
+        self._hold_warnings = False
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -95,6 +97,20 @@ class AsyncCursor:
         """The shards the last statement ran on."""
         return () if self._result is None else self._result.shards
 
+    @property
+    def missing_shards(self) -> tuple[str, ...]:
+        """The shards a partial read (``allow_partial``) left out so far; empty if none.
+
+        Grows while the rows are read if a shard fails then. Each is named by
+        a :class:`~shardq.PartialResultWarning` too.
+        """
+        return () if self._result is None else self._result.missing_shards
+
+    def _issue(self, stacklevel: int = 2) -> None:
+        """Issue the result's :class:`~shardq.PartialResultWarning`, if any, at the caller."""
+        if self._result is not None and not self._hold_warnings:
+            issue(self._result.take_warnings(), stacklevel + 1)
+
     def _check_open(self) -> None:
         if self.closed:
             raise InterfaceError("the cursor is closed")
@@ -109,6 +125,7 @@ class AsyncCursor:
         cache: CacheChoice = None,
         cache_key: str | None = None,
         read_policy: str | None = None,
+        allow_partial: bool | None = None,
     ) -> Self:
         """Run one statement on the shards that can hold its rows.
 
@@ -133,17 +150,32 @@ class AsyncCursor:
             read_policy: which host of each shard a read outside a
                 transaction goes to (:mod:`shardq.execute.hosts`); defaults
                 to the connection's ``read_policy``.
+            allow_partial: for a read outside a transaction, leave out the
+                shards that fail (unreachable, lost, shutting down) or time
+                out instead of raising, and name them in
+                :attr:`missing_shards` and a :class:`~shardq.PartialResultWarning`;
+                defaults to the connection's ``allow_partial`` (False). An
+                error of the statement itself is raised all the same, and so
+                is a failure of every shard. True for a write or in a
+                transaction is a :class:`~shardq.ProgrammingError`: they are
+                whole or fail.
         """
         self._check_open()
         await self._discard()
         connection = self.connection
         policy = connection.read_policy if read_policy is None else check_policy(read_policy)
+        partial = connection.allow_partial if allow_partial is None else bool(allow_partial)
         sql, params = as_statement((sql, params), connection.config.dialect)
         if timeout is None:
             timeout = connection.timeout
         engine = connection._engine
         caches = connection._caches
         transaction = connection._transaction_for_statement()
+        if allow_partial and (transaction is not None or engine.planner.analyze(sql).kind.is_write):
+            raise ProgrammingError(
+                "allow_partial is for reads outside a transaction: a write, and every "
+                "statement of a transaction, runs on all of its shards or fails"
+            )
         if transaction is not None:
             # Reads see the transaction's own writes: never from the cache. Writes
             # invalidate it when they commit.
@@ -179,6 +211,7 @@ class AsyncCursor:
                 row_factory=self.row_factory,
                 read_policy=policy,
                 primary_for=connection._written_shards if connection.read_your_writes else (),
+                allow_partial=partial,
             )
             if engine.planner.analyze(sql).kind.is_write:
                 connection._written_shards.update(self._result.shards)
@@ -187,6 +220,7 @@ class AsyncCursor:
                 await caches.invalidate(written)
         if isinstance(self._result, AsyncResult) and not self._result.closed:
             connection._open_results.add(self._result)
+        self._issue()
         return self
 
     async def executemany(
@@ -323,17 +357,25 @@ class AsyncCursor:
         return self._result
 
     async def fetchone(self) -> Any | None:
-        return await self._current().fetchone()
+        row = await self._current().fetchone()
+        self._issue()
+        return row
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
-        return await self._current().fetchmany(self.arraysize if size is None else size)
+        rows = await self._current().fetchmany(self.arraysize if size is None else size)
+        self._issue()
+        return rows
 
     async def fetchall(self) -> list[Any]:
-        return await self._current().fetchall()
+        rows = await self._current().fetchall()
+        self._issue()
+        return rows
 
     async def next_batch(self) -> list[Any]:
         """Return the next batch of rows as they arrive ([] at the end)."""
-        return await self._current().next_batch()
+        rows = await self._current().next_batch()
+        self._issue()
+        return rows
 
     @property
     def in_memory(self) -> bool:
@@ -343,7 +385,9 @@ class AsyncCursor:
     async def __aiter__(self) -> AsyncIterator[Any]:
         result = self._current()
         async for row in result:
+            self._issue()
             yield row
+        self._issue()
 
     async def close(self) -> None:
         """Close the cursor, cancelling what its last statement still runs."""
@@ -383,6 +427,7 @@ class AsyncConnection:
         timeout: float | None = None,
         fetch_size: int = DEFAULT_FETCH_SIZE,
         cache: CacheChoice = None,
+        allow_partial: bool = False,
     ):
         engine = (
             config
@@ -401,6 +446,9 @@ class AsyncConnection:
         self._read_policy = engine.config.read_policy
         #: Whether reads of a shard this connection has written go to its primary.
         self.read_your_writes = engine.config.read_your_writes
+        #: Whether reads outside a transaction leave out shards that cannot answer
+        #: (the default of :meth:`AsyncCursor.execute`'s ``allow_partial``).
+        self.allow_partial = allow_partial
         # The shards this connection has written (committed), for read_your_writes.
         self._written_shards: set[str] = set()
         self._transaction: Transaction | None = None
@@ -416,6 +464,7 @@ class AsyncConnection:
         timeout: float | None = None,
         fetch_size: int = DEFAULT_FETCH_SIZE,
         cache: CacheChoice = None,
+        allow_partial: bool = False,
     ) -> Self:
         """Validate ``config`` (a TOML path, a dict or a Config) and open a connection.
 
@@ -423,7 +472,12 @@ class AsyncConnection:
         finishes the two-phase commits left in doubt (:meth:`recover`).
         """
         conn = cls(
-            config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
+            config,
+            row_factory=row_factory,
+            timeout=timeout,
+            fetch_size=fetch_size,
+            cache=cache,
+            allow_partial=allow_partial,
         )
         if conn.config.recover_on_connect:
             try:
@@ -478,10 +532,12 @@ class AsyncConnection:
         cache: CacheChoice = None,
         cache_key: str | None = None,
         read_policy: str | None = None,
+        allow_partial: bool | None = None,
     ) -> Any:
         """Run a statement on a new cursor and return the cursor (as psycopg does).
 
-        ``cache``, ``cache_key`` and ``read_policy`` are :meth:`AsyncCursor.execute`'s. Given a
+        ``cache``, ``cache_key``, ``read_policy`` and ``allow_partial`` are
+        :meth:`AsyncCursor.execute`'s. Given a
         list of statements (and optionally a list of their parameter sets, one
         per statement), run them concurrently as :meth:`gather` does and
         return the list of their :class:`~shardq.ResultSet`, in order.
@@ -497,9 +553,20 @@ class AsyncConnection:
                     )
                 queries = list(zip(sql, params, strict=True))
             return await self.gather(queries, timeout=timeout)
-        return await self.cursor().execute(
-            sql, params, timeout=timeout, cache=cache, cache_key=cache_key, read_policy=read_policy
+        cursor = self.cursor()
+        cursor._hold_warnings = True
+        await cursor.execute(
+            sql,
+            params,
+            timeout=timeout,
+            cache=cache,
+            cache_key=cache_key,
+            read_policy=read_policy,
+            allow_partial=allow_partial,
         )
+        cursor._hold_warnings = False
+        cursor._issue()  # at this method's caller
+        return cursor
 
     async def execute_concurrent(
         self,
@@ -1002,8 +1069,17 @@ async def connect_async(
     timeout: float | None = None,
     fetch_size: int = DEFAULT_FETCH_SIZE,
     cache: CacheChoice = None,
+    allow_partial: bool = False,
 ) -> AsyncConnection:
-    """Open an :class:`AsyncConnection` over the shards of ``config``."""
+    """Open an :class:`AsyncConnection` over the shards of ``config``.
+
+    ``allow_partial`` sets the connection's :attr:`~AsyncConnection.allow_partial`.
+    """
     return await AsyncConnection.connect(
-        config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
+        config,
+        row_factory=row_factory,
+        timeout=timeout,
+        fetch_size=fetch_size,
+        cache=cache,
+        allow_partial=allow_partial,
     )

@@ -30,6 +30,7 @@ from shardq import errors
 from shardq._portal import Portal
 from shardq.aio import DEFAULT_CONCURRENCY, AsyncConnection, AsyncCursor, ConfigSource
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
+from shardq.results import issue
 from shardq.rows import RowFactory, tuple_row
 from shardq.statements import is_many
 
@@ -78,6 +79,7 @@ class Cursor:
         # Rows already brought over from the event loop, not yet handed out.
         self._local: deque[Any] = deque()
         self._drained = True  # nothing more to bring over from the loop
+        inner._hold_warnings = True  # issued here, in the caller's thread
 
     def __repr__(self) -> str:
         return f"<shardq.Cursor {'closed' if self.closed else 'open'}>"
@@ -94,6 +96,17 @@ class Cursor:
     def shards(self) -> tuple[str, ...]:
         """The shards the last statement ran on."""
         return self._inner.shards
+
+    @property
+    def missing_shards(self) -> tuple[str, ...]:
+        """See :attr:`shardq.aio.AsyncCursor.missing_shards` (a partial read's)."""
+        return self._inner.missing_shards
+
+    def _issue(self, stacklevel: int) -> None:
+        """Issue a partial read's warnings here, at ``stacklevel`` from the caller."""
+        result = self._inner._result
+        if result is not None:
+            issue(result.take_warnings(), stacklevel + 1)
 
     @property
     def arraysize(self) -> int:
@@ -121,17 +134,20 @@ class Cursor:
         cache: CacheChoice = None,
         cache_key: str | None = None,
         read_policy: str | None = None,
+        allow_partial: bool | None = None,
     ) -> Self:
         """Run one statement, text or SQLAlchemy (see :meth:`shardq.aio.AsyncCursor.execute`).
 
         The first batch of rows comes back with the same call into the
         event loop, so a small result costs one crossing, not two.
         """
+        return self._run(sql, params, timeout, cache, cache_key, read_policy, allow_partial)
+
+    def _run(self, *args: Any) -> Self:
         self._local.clear()
-        rows, self._drained = self._portal.call(
-            self._execute, sql, params, timeout, cache, cache_key, read_policy
-        )
+        rows, self._drained = self._portal.call(self._execute, *args)
         self._local.extend(rows)
+        self._issue(3)  # (at the caller of Cursor.execute or Connection.execute)
         return self
 
     async def _execute(
@@ -142,9 +158,16 @@ class Cursor:
         cache: CacheChoice,
         cache_key: str | None,
         read_policy: str | None,
+        allow_partial: bool | None,
     ) -> tuple[list[Any], bool]:
         await self._inner.execute(
-            sql, params, timeout=timeout, cache=cache, cache_key=cache_key, read_policy=read_policy
+            sql,
+            params,
+            timeout=timeout,
+            cache=cache,
+            cache_key=cache_key,
+            read_policy=read_policy,
+            allow_partial=allow_partial,
         )
         if self._inner.description is None:
             return [], True
@@ -158,6 +181,7 @@ class Cursor:
             return []
         batch: list[Any] = self._portal.call(self._inner.next_batch)
         self._drained = not batch
+        self._issue(3)  # (at the caller of fetchone, fetchmany or the iteration)
         return batch
 
     def executemany(
@@ -211,7 +235,9 @@ class Cursor:
         if self._drained:
             return rows
         self._drained = True
-        return rows + self._portal.call(self._inner.fetchall)
+        rows += self._portal.call(self._inner.fetchall)
+        self._issue(2)
+        return rows
 
     def __iter__(self) -> Iterator[Any]:
         self._check_readable()
@@ -304,6 +330,15 @@ class Connection:
         self._inner.read_policy = policy
 
     @property
+    def allow_partial(self) -> bool:
+        """See :attr:`shardq.aio.AsyncConnection.allow_partial` (False by default)."""
+        return self._inner.allow_partial
+
+    @allow_partial.setter
+    def allow_partial(self, value: bool) -> None:
+        self._inner.allow_partial = value
+
+    @property
     def read_your_writes(self) -> bool:
         """See :attr:`shardq.aio.AsyncConnection.read_policy` (False by default)."""
         return self._inner.read_your_writes
@@ -337,6 +372,7 @@ class Connection:
         cache: CacheChoice = None,
         cache_key: str | None = None,
         read_policy: str | None = None,
+        allow_partial: bool | None = None,
     ) -> Any:
         """Run a statement on a new cursor and return it (as psycopg does).
 
@@ -346,8 +382,8 @@ class Connection:
         """
         if is_many(sql):
             return self._portal.call(self._inner.execute, sql, params, timeout=timeout)
-        return self.cursor().execute(
-            sql, params, timeout=timeout, cache=cache, cache_key=cache_key, read_policy=read_policy
+        return self.cursor()._run(
+            sql, params, timeout, cache, cache_key, read_policy, allow_partial
         )
 
     def shard_for(self, table: str, key_value: object) -> str:
@@ -585,6 +621,7 @@ def connect(
     timeout: float | None = None,
     fetch_size: int = DEFAULT_FETCH_SIZE,
     cache: CacheChoice = None,
+    allow_partial: bool = False,
 ) -> Connection:
     """Open a PEP 249 :class:`Connection` over the shards of ``config``.
 
@@ -595,11 +632,18 @@ def connect(
         fetch_size: rows fetched from a shard per round trip.
         cache: cache every read in the result cache (see :mod:`shardq.cache`):
             True for the default region, a region's name, or a CacheRegion.
+        allow_partial: reads outside a transaction leave out the shards that
+            cannot answer (:attr:`Connection.allow_partial`); False by default.
     """
 
     async def make() -> AsyncConnection:
         return await AsyncConnection.connect(
-            config, row_factory=row_factory, timeout=timeout, fetch_size=fetch_size, cache=cache
+            config,
+            row_factory=row_factory,
+            timeout=timeout,
+            fetch_size=fetch_size,
+            cache=cache,
+            allow_partial=allow_partial,
         )
 
     return Connection(make)

@@ -29,7 +29,7 @@ from shardq.execute.deadline import loop_deadlines
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
 from shardq.execute.hosts import Hosts, host_failed
-from shardq.execute.scatter import Scatter
+from shardq.execute.scatter import Scatter, unavailable
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
     TEXT_TYPES,
@@ -211,30 +211,50 @@ class Engine:
         params: object,
         lanes: Lanes | None,
         transaction: Transaction | None = None,
+        pools: Mapping[str, ShardPool] | None = None,
     ) -> list[Row]:
         """The rows of a small query of shardq's own on ``shard``.
 
         In a batch it goes through the batch's lanes, which may hold every
-        connection the pool has; in a transaction, through its connection.
+        connection the pool has; in a transaction, through its connection;
+        else through ``pools`` (the statement's hosts), by default the primaries.
         """
         if lanes is not None:
             outcome = await lanes.run(shard, Statement(sql, params), deadline=None, timeout=None)
             return outcome.rows
-        pools = self.pools if transaction is None else transaction.view()
+        if pools is None:
+            pools = self.pools if transaction is None else transaction.view()
         async with pools[shard].connection() as conn:
             return (await read_whole(conn, sql, params)).rows
 
     async def _load_catalog(
         self, lanes: Lanes | None = None, transaction: Transaction | None = None
     ) -> None:
-        """Read the declared tables' columns from the first shard, once."""
-        first = self.config.shard_names[0]
-        pool = self.pools[first]
+        """Read the declared tables' columns, once: from the first shard that can answer.
+
+        Every shard has the same tables; one that is down (unreachable, shut
+        down, its file missing) is passed over for the next, so that a read
+        of the others does not fail for it.
+        """
+        names = self.config.shard_names
+        for shard in names:
+            try:
+                await self._read_catalog(shard, lanes, transaction)
+                return
+            except Error as exc:
+                if shard == names[-1] or not unavailable(exc, connecting=True):
+                    raise
+                log.info("catalog not read from shard %s: %s", shard, exc, extra={"shard": shard})
+
+    async def _read_catalog(
+        self, shard: str, lanes: Lanes | None, transaction: Transaction | None
+    ) -> None:
+        pool = self.pools[shard]
         catalog: dict[str, frozenset[str]] = {}
         columns: Columns = {}
         sqlite = self.config.dialect == "sqlite"
         for table in self.config.tables:
-            rows = await self._query(first, *pool.columns_query(table), lanes, transaction)
+            rows = await self._query(shard, *pool.columns_query(table), lanes, transaction)
             names = [str(row[0]) for row in rows]
             if names:
                 # SQLite names ignore case
@@ -265,6 +285,7 @@ class Engine:
         transaction: Transaction | None = None,
         read_policy: str = "primary",
         primary_for: Collection[str] = (),
+        allow_partial: bool = False,
     ) -> AsyncResult | StoredResult:
         """Run one statement and return its merged, streaming result.
 
@@ -273,7 +294,10 @@ class Engine:
         A read outside one goes to the hosts ``read_policy`` picks
         (:mod:`shardq.execute.hosts`), except on the shards ``primary_for``
         names (a connection reading its own writes); everything else goes to
-        the primaries.
+        the primaries. With ``allow_partial``, such a read leaves out the
+        shards that cannot answer (see :class:`~shardq.execute.scatter.Scatter`)
+        and names them in the result's ``missing_shards``; it changes nothing
+        for a write or in a transaction.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if deadline is None or not self.planner.wants_catalog(sql):
@@ -294,6 +318,7 @@ class Engine:
                 transaction=transaction,
                 read_policy=read_policy,
                 primary_for=primary_for,
+                allow_partial=allow_partial,
             )
         # Writes whose rows span shards, run as several statements: one transaction.
         steps = (
@@ -330,7 +355,13 @@ class Engine:
                 scatter, types = await self._start(plan, shards, timeout, deadline=deadline)
             else:
                 scatter, types = await self._start_read(
-                    plan, shards, timeout, read_policy, primary_for, deadline=deadline
+                    plan,
+                    shards,
+                    timeout,
+                    read_policy,
+                    primary_for,
+                    deadline=deadline,
+                    partial=allow_partial,
                 )
         else:
             write = plan.kind.is_write
@@ -713,21 +744,29 @@ class Engine:
         primary_for: Collection[str] = (),
         *,
         deadline: float | None = None,
+        partial: bool = False,
     ) -> tuple[Scatter, list[Any]]:
         """:meth:`_start` of a read on the hosts ``policy`` picks (:mod:`.hosts`).
 
         A host that cannot serve is marked down; the read, which has returned
         no row yet, is started again once on the hosts picked then, if that
-        gives its shard another host, within the same deadline.
+        gives its shard another host, within the same deadline. ``partial``:
+        a shard that cannot answer is left out (after that retry).
         """
         pools = await self._read_pools(policy, shards, primary_for)
         if not self.hosts:  # no replicas: the primaries, nothing else to try
-            return await self._start(plan, shards, timeout, pools=pools, deadline=deadline)
+            return await self._start(
+                plan, shards, timeout, pools=pools, deadline=deadline, partial=partial
+            )
         began = time.monotonic()
         if deadline is None and timeout is not None:
             deadline = began + timeout
         try:
-            started = await self._start(plan, shards, timeout, pools=pools, deadline=deadline)
+            started = await self._start(
+                plan, shards, timeout, pools=pools, deadline=deadline, partial=partial
+            )
+            if started[0].missing:
+                pools = await self._start_again(plan, started[0], pools, policy, primary_for)
         except ShardError as exc:
             failed = pools.get(exc.shard)
             if failed is None or not host_failed(exc):
@@ -737,12 +776,45 @@ class Engine:
             if again[exc.shard] is failed:
                 raise
             self.stats.retried(failed)
-            started = await self._start(plan, shards, timeout, pools=again, deadline=deadline)
+            started = await self._start(
+                plan, shards, timeout, pools=again, deadline=deadline, partial=partial
+            )
             pools = again
-        self.hosts.succeeded(pools[shard] for shard in shards)
+        missing = started[0].missing
+        self.hosts.succeeded(pools[shard] for shard in shards if shard not in missing)
         if len(shards) == 1:  # (a scatter's time is its slowest shard's)
             self.hosts.measured(pools[shards[0]], time.monotonic() - began)
         return started
+
+    async def _start_again(
+        self,
+        plan: QueryPlan,
+        scatter: Scatter,
+        pools: Mapping[str, ShardPool],
+        policy: str,
+        primary_for: Collection[str],
+    ) -> Mapping[str, ShardPool]:
+        """Start the shards a partial read left out again on another host; the pools used.
+
+        As a read that fails: once, for a shard whose host could not serve
+        and that has another host to go to.
+        """
+        lost = [shard for shard, exc in scatter.missing.items() if host_failed(exc)]
+        for shard in lost:
+            self.hosts.failed(pools[shard])
+        if not lost:
+            return pools
+        again = await self._read_pools(policy, tuple(lost), primary_for)
+        moved = {shard: again[shard] for shard in lost if again[shard] is not pools[shard]}
+        if not moved:
+            return pools
+        for shard in moved:
+            self.stats.retried(pools[shard])
+        await scatter.restart(moved, plan.sql, plan.params, fetch_size=self.fetch_size)
+        for shard, exc in scatter.missing.items():
+            if shard in moved:
+                self._failed(scatter.statement, shard, moved[shard], exc)
+        return {**pools, **moved}
 
     async def _start(
         self,
@@ -753,6 +825,7 @@ class Engine:
         pools: Mapping[str, ShardPool] | None = None,
         *,
         deadline: float | None = None,
+        partial: bool = False,
     ) -> tuple[Scatter, list[Any]]:
         """Start ``plan`` on ``shards``; return the scatter and the shards' column types.
 
@@ -760,43 +833,41 @@ class Engine:
         when the shards order them otherwise than the merge would. ``pools``
         replaces the pools (or the transaction's view of them). ``deadline``
         (``time.monotonic()``) when the statement started earlier (default:
-        ``timeout`` from now).
+        ``timeout`` from now). ``partial``: a shard that cannot answer is
+        left out, not an error (the scatter's ``missing``).
         """
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
+        if pools is None:
+            pools = self.pools if transaction is None else transaction.view()
+        scatter = Scatter(pools, shards, timeout, deadline=deadline, partial=partial)
+        statement = scatter.statement = next(_STATEMENT_IDS)
         if plan.merge.compares:
             # Under the statement's deadline: a shard that does not answer
             # would otherwise hold the call for its connect_timeout.
-            soft, hard = loop_deadlines(deadline, timeout)
-            try:
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
-                    await self._learn_text_order(shards, transaction=transaction)
-            except TimeoutError:
-                pending = tuple(s for s in shards if s not in self._text_order)
-                raise QueryTimeoutError(timeout or 0.0, pending) from None
-        if pools is None:
-            pools = self.pools if transaction is None else transaction.view()
-        scatter = Scatter(pools, shards, timeout, deadline=deadline)
+            lost = await self._order_of_text(shards, pools, transaction, deadline, timeout, partial)
+            for shard, exc in lost.items():
+                scatter.leave_out(shard, exc)
         # In a transaction a result is received whole: its shard's one connection
         # serves the transaction's next statement.
         stream = not plan.kind.is_write and transaction is None
         began = time.monotonic()
-        statement = next(_STATEMENT_IDS)
         try:
             await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream)
         except QueryTimeoutError as exc:
             for shard in exc.shards:
-                self.stats.failed(pools.get(shard), timeout=True)
-                self._log(logging.INFO, statement, shard, pools.get(shard), "timed out")
+                self._failed(statement, shard, pools.get(shard), exc)
             raise
         except ShardError as exc:
-            self.stats.failed(pools.get(exc.shard))
-            self._log(logging.INFO, statement, exc.shard, pools.get(exc.shard), "failed: %s", exc)
+            self._failed(statement, exc.shard, pools.get(exc.shard), exc)
             raise
         seconds = time.monotonic() - began
-        self.stats.started((pools[shard] for shard in shards), seconds)
+        answered = [shard for shard in shards if shard not in scatter.missing]
+        self.stats.started((pools[shard] for shard in answered), seconds)
+        for shard, failure in scatter.missing.items():
+            self._failed(statement, shard, pools.get(shard), failure)
         if log.isEnabledFor(logging.DEBUG):
-            for shard in shards:
+            for shard in answered:
                 self._log(
                     logging.DEBUG,
                     statement,
@@ -808,11 +879,60 @@ class Engine:
         types = [c.type_code for c in scatter.description or ()]
         if plan.merge.compares:
             try:
-                self._check_text_order(plan, shards, types)
+                self._check_text_order(plan, tuple(answered), types)
             except BaseException:
                 await scatter.close()
                 raise
         return scatter, types
+
+    def _failed(
+        self, statement: int, shard: str, pool: ShardPool | None, exc: BaseException
+    ) -> None:
+        """Count and log a shard's failure to start a statement."""
+        if isinstance(exc, QueryTimeoutError):
+            self.stats.failed(pool, timeout=True)
+            self._log(logging.INFO, statement, shard, pool, "timed out")
+        else:
+            self.stats.failed(pool)
+            self._log(logging.INFO, statement, shard, pool, "failed: %s", exc)
+
+    async def _order_of_text(
+        self,
+        shards: tuple[str, ...],
+        pools: Mapping[str, ShardPool],
+        transaction: Transaction | None,
+        deadline: float | None,
+        timeout: float | None,
+        partial: bool,
+    ) -> dict[str, Error]:
+        """Learn how ``shards`` order text, within the deadline; the shards that could not say.
+
+        Those are an error, unless ``partial``: then they are returned, to be
+        left out.
+        """
+        soft, hard = loop_deadlines(deadline, timeout)
+
+        async def learn(some: tuple[str, ...]) -> None:
+            try:
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    await self._learn_text_order(some, transaction=transaction, pools=pools)
+            except TimeoutError:
+                pending = tuple(s for s in some if s not in self._text_order)
+                raise QueryTimeoutError(timeout or 0.0, pending) from None
+
+        if not partial:
+            await learn(shards)
+            return {}
+        unknown = tuple(s for s in shards if s not in self._text_order)
+        failures = await asyncio.gather(*(learn((s,)) for s in unknown), return_exceptions=True)
+        lost: dict[str, Error] = {}
+        for shard, failure in zip(unknown, failures, strict=True):
+            if failure is None:
+                continue
+            if not isinstance(failure, Error) or not unavailable(failure):
+                raise failure
+            lost[shard] = failure
+        return lost
 
     async def _execute_deferred(
         self,
@@ -823,9 +943,14 @@ class Engine:
         transaction: Transaction | None = None,
         read_policy: str = "primary",
         primary_for: Collection[str] = (),
+        allow_partial: bool = False,
     ) -> AsyncResult | StoredResult:
-        """Run a plan's subqueries first, then the statement with their results in place."""
+        """Run a plan's subqueries first, then the statement with their results in place.
+
+        A partial read is partial for the shards its subqueries left out too.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        missing: dict[str, BaseException] = {}
 
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -839,8 +964,10 @@ class Engine:
                 transaction=transaction,
                 read_policy=read_policy,
                 primary_for=primary_for,
+                allow_partial=allow_partial,
             )
             rows = await result.fetchall()
+            missing.update(result.missing)
             description = result.description or ()
             return Result(
                 tuple(c.name for c in description),
@@ -849,7 +976,7 @@ class Engine:
             )
 
         sql, bound = await self._substitute(plan, subquery)
-        return await self.execute(
+        result = await self.execute(
             sql,
             bound,
             timeout=left(),
@@ -857,7 +984,11 @@ class Engine:
             transaction=transaction,
             read_policy=read_policy,
             primary_for=primary_for,
+            allow_partial=allow_partial,
         )
+        if missing:
+            result.left_out(missing)
+        return result
 
     async def _substitute(
         self, plan: QueryPlan, subquery: Callable[[str, object], Awaitable[Result]]
@@ -894,8 +1025,13 @@ class Engine:
         shards: tuple[str, ...],
         lanes: Lanes | None = None,
         transaction: Transaction | None = None,
+        pools: Mapping[str, ShardPool] | None = None,
     ) -> None:
-        """Ask each shard not asked before how it orders text (see :mod:`.textorder`)."""
+        """Ask each shard not asked before how it orders text (see :mod:`.textorder`).
+
+        On the hosts of ``pools`` when given (a replica orders text as its
+        primary does: it is a copy of its files).
+        """
         for shard in shards:
             if shard in self._text_order:
                 continue
@@ -903,7 +1039,7 @@ class Engine:
             if sql is None:
                 self._text_order[shard] = "code point"
                 continue
-            rows = await self._query(shard, sql, None, lanes, transaction)
+            rows = await self._query(shard, sql, None, lanes, transaction, pools)
             row = rows[0] if rows else ()
             self._text_order[shard] = "code point" if code_point_order(row) else collation_name(row)
 

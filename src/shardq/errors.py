@@ -5,6 +5,7 @@ shardq's errors the way it catches its driver's; shardq's own errors sit under
 the PEP 249 category they belong to::
 
     Warning
+     +-- PartialResultWarning            (also UserWarning)
     Error
      +-- InterfaceError
      |    +-- ConfigError                 (also ValueError)
@@ -30,6 +31,8 @@ violation on shard ``s2`` is both a ``ShardError`` and an ``IntegrityError``).
 
 from __future__ import annotations
 
+import builtins
+
 __all__ = [
     "ConfigError",
     "DataError",
@@ -42,6 +45,7 @@ __all__ = [
     "MissingDependencyError",
     "NotSupportedError",
     "OperationalError",
+    "PartialResultWarning",
     "ProgrammingError",
     "QueryTimeoutError",
     "SQLSyntaxError",
@@ -56,6 +60,40 @@ __all__ = [
 
 class Warning(Exception):
     """Important warnings, such as data truncation (PEP 249)."""
+
+
+class PartialResultWarning(Warning, builtins.UserWarning):
+    """A read with ``allow_partial`` left shards out: its answer is partial.
+
+    Issued with :func:`warnings.warn` (it is a Python warning as well as
+    PEP 249's ``Warning``, so the ``warnings`` filters apply: turn it into an
+    exception with ``warnings.simplefilter("error", PartialResultWarning)``),
+    once for the shards missing when the statement starts and once for each
+    shard lost while its rows are read.
+
+    Attributes:
+        shards: the shards left out this time.
+        errors: why, one error per shard (a timeout, a host that could not serve).
+    """
+
+    def __init__(self, errors: dict[str, BaseException]):
+        self.shards = tuple(errors)
+        self.errors = dict(errors)
+        named = "shard " if len(errors) == 1 else "shards "
+        reasons = "; ".join(f"{shard}: {_reason(exc)}" for shard, exc in errors.items())
+        super().__init__(
+            f"partial result: {named}{', '.join(errors)} left out ({reasons}); the rows are "
+            "those of the other shards, and an aggregate, a count or a LIMIT is over them only"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's message without the shard's name in front (the warning names it)."""
+    text = str(exc).strip()
+    shard = getattr(exc, "shard", None)
+    if shard is not None and text.startswith(prefix := f"shard {shard!r}: "):
+        text = text[len(prefix) :]
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Error(Exception):

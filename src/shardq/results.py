@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from shardq.errors import PartialResultWarning
 from shardq.merge.drive import drive
 from shardq.merge.pipeline import describe
 from shardq.rows import RowFactory, RowMaker, is_tuple_factory
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from shardq.merge.evaluate import Semantics
     from shardq.merge.steps import MergePlan
 
-__all__ = ["AsyncResult", "ResultSet", "StoredResult"]
+__all__ = ["AsyncResult", "ResultSet", "StoredResult", "issue"]
 
 
 class ResultSet:
@@ -91,9 +93,48 @@ def _close_abandoned(scatter: Scatter, batches: AsyncIterator[Rows]) -> None:
 
 
 class _Fetching:
-    """The cursor's fetch methods over ``next_batch()`` and a buffer of rows."""
+    """The cursor's fetch methods over ``next_batch()`` and a buffer of rows.
+
+    And the shards a partial read left out (``allow_partial``): those of
+    its subqueries, given by :meth:`left_out`, and (for a streaming result)
+    those its scatter leaves out.
+    """
 
     _buffer: deque[Any]
+    _missing: dict[str, BaseException] | None = None  # left out before (its subqueries)
+    _warned: frozenset[str] = frozenset()
+    _pending: list[PartialResultWarning] | None = None
+
+    @property
+    def missing(self) -> dict[str, BaseException]:
+        """The shards left out of this partial result so far, each with its error."""
+        return dict(self._missing or {})
+
+    @property
+    def missing_shards(self) -> tuple[str, ...]:
+        """The names of :attr:`missing`: empty unless the result is partial."""
+        return tuple(self.missing)
+
+    def left_out(self, missing: dict[str, BaseException]) -> None:
+        """Note shards left out before, by the subqueries of the statement (warned already)."""
+        self._missing = {**(self._missing or {}), **missing}
+        self._warned |= missing.keys()
+
+    def _warn(self) -> None:
+        """Prepare a :class:`PartialResultWarning` for shards left out since the last one.
+
+        The cursor issues it (:meth:`take_warnings`), in the caller's thread
+        and at the caller's line.
+        """
+        new = {s: e for s, e in self.missing.items() if s not in self._warned}
+        if new:
+            self._warned |= new.keys()
+            self._pending = [*(self._pending or ()), PartialResultWarning(new)]
+
+    def take_warnings(self) -> list[PartialResultWarning]:
+        """The warnings prepared and not yet taken."""
+        pending, self._pending = self._pending, None
+        return pending or []
 
     async def next_batch(self) -> list[Any]:
         raise NotImplementedError
@@ -126,6 +167,12 @@ class _Fetching:
         while await self._fill():
             while self._buffer:
                 yield self._buffer.popleft()
+
+
+def issue(warned: list[PartialResultWarning], stacklevel: int) -> None:
+    """Issue ``warned`` with :func:`warnings.warn`, at ``stacklevel`` from the caller."""
+    for warning in warned:
+        warnings.warn(warning, stacklevel=stacklevel + 1)
 
 
 class StoredResult(_Fetching):
@@ -208,7 +255,12 @@ class AsyncResult(_Fetching):
         result = cls(scatter, merger, row_factory, plan, sem)
         if result.description is None:
             await result.close()
+        result._warn()
         return result
+
+    @property
+    def missing(self) -> dict[str, BaseException]:
+        return {**(self._missing or {}), **self._scatter.missing}
 
     @property
     def rowcount(self) -> int:
@@ -248,10 +300,13 @@ class AsyncResult(_Fetching):
         except StopAsyncIteration:
             self._rowcount = self._received
             await self.close()
+            self._warn()
             return []
         except BaseException:
             await self.close()
             raise
+        if self._scatter.missing:
+            self._warn()
         self._received += len(batch)
         return [self._make(row) for row in batch] if self._convert else batch
 

@@ -11,6 +11,15 @@ delivered within a grace after the deadline is given up, and its connection
 closed (see :mod:`~shardq.execute.deadline`): the call returns within the
 timeout and its grace whatever the network does. Whatever happens, every
 connection goes back to its pool (which discards a closed one).
+
+A *partial* scatter (``allow_partial``, reads only) leaves out a shard that
+cannot answer instead of failing the statement: a shard whose host is
+unreachable, lost or shutting down (:func:`~shardq.execute.hosts.host_failed`),
+or that has not answered by the deadline, is recorded in :attr:`Scatter.missing`
+with its error, its connection released, and the others go on; the rows it
+sent before it failed are kept. An error of the statement itself (a division
+by zero, a bad cast) still fails it: one database would fail it too. A
+scatter none of whose shards could start fails with the first error.
 """
 
 from __future__ import annotations
@@ -21,15 +30,31 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from shardq.errors import QueryTimeoutError
+from shardq.errors import Error, OperationalError, QueryTimeoutError, ShardError
 from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
+from shardq.execute.hosts import host_failed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from shardq.execute.driver import Column, Row, ShardConnection, ShardPool, ShardStream
 
-__all__ = ["Scatter"]
+__all__ = ["Scatter", "unavailable"]
+
+
+def unavailable(exc: BaseException, *, connecting: bool = False) -> bool:
+    """Whether ``exc`` says its shard could not answer (a partial result leaves it out).
+
+    A timeout, or a host that is down, lost or shutting down; not an error of
+    the statement, which one database would raise as well. PostgreSQL says
+    which is which (SQLSTATE); of another database (SQLite), only a failure
+    to connect (``connecting``: a missing or unreadable file) counts.
+    """
+    if isinstance(exc, QueryTimeoutError):
+        return True
+    if type(exc.__cause__).__module__.startswith("psycopg"):
+        return host_failed(exc)
+    return connecting and isinstance(exc, ShardError) and isinstance(exc, OperationalError)
 
 
 class _Lease:
@@ -40,11 +65,13 @@ class _Lease:
         self._pool = pool
         self._cm: AbstractAsyncContextManager[ShardConnection] | None = None
         self.stream: ShardStream | None = None
+        self.connected = False  # a connection was lent
         self.started = False
 
     async def start(self, sql: str, params: object, fetch_size: int, stream: bool) -> None:
         cm = self._pool.connection()
         conn = await cm.__aenter__()
+        self.connected = True
         self._cm = cm
         try:
             self.stream = await conn.execute(sql, params, fetch_size=fetch_size, stream=stream)
@@ -121,8 +148,14 @@ class Scatter:
         timeout: float | None,
         *,
         deadline: float | None = None,
+        partial: bool = False,
     ):
         self._leases = [_Lease(pools[name]) for name in shards]
+        self._partial = partial
+        #: The shards a partial scatter left out (in the order they failed), with why.
+        self.missing: dict[str, Error] = {}
+        #: The statement's id in log records (the engine's).
+        self.statement = 0
         self._ahead: dict[int, asyncio.Future[list[Row]]] = {}
         self._timeout = timeout
         # ``deadline`` (time.monotonic()) when the statement started before
@@ -181,37 +214,87 @@ class Scatter:
         instead: the parts of a split INSERT.
         """
         each = each or {}
+        await self._start_leases(self._leases, sql, params, fetch_size, stream, each)
 
+    async def restart(
+        self, pools: Mapping[str, ShardPool], sql: str, params: object, *, fetch_size: int
+    ) -> None:
+        """Start the statement again on the shards ``pools`` names, each on the pool given.
+
+        For the shards a partial scatter left out at its start, on another
+        host of theirs; they are missing no more unless they fail again.
+        """
+        leases = []
+        for index, lease in enumerate(self._leases):
+            if lease.shard in pools:
+                self.missing.pop(lease.shard, None)
+                lease = self._leases[index] = _Lease(pools[lease.shard])
+                leases.append(lease)
+        await self._start_leases(leases, sql, params, fetch_size, True, {})
+
+    def leave_out(self, shard: str, error: Error) -> None:
+        """Leave ``shard`` out before the start (partial): it failed ``error`` already."""
+        assert self._partial
+        self.missing[shard] = error
+
+    async def _start_leases(
+        self,
+        leases: list[_Lease],
+        sql: str,
+        params: object,
+        fetch_size: int,
+        stream: bool,
+        each: Mapping[str, tuple[str, object]],
+    ) -> None:
         soft, hard = loop_deadlines(self._deadline, self._timeout)
 
         async def start(lease: _Lease) -> None:
+            if lease.shard in self.missing:
+                return
             own_sql, own_params = each.get(lease.shard, (sql, params))
-            # Bounded in each shard's own task: a TaskGroup cancelled twice
-            # does not cancel its tasks twice (see shardq.execute.deadline).
-            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
-                await lease.start(own_sql, own_params, fetch_size, stream)
+            try:
+                # Bounded in each shard's own task: a TaskGroup cancelled twice
+                # does not cancel its tasks twice (see shardq.execute.deadline).
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    await lease.start(own_sql, own_params, fetch_size, stream)
+            except (TimeoutError, ShardError) as exc:
+                if not self._partial:
+                    raise
+                failure: Error = (
+                    self._timed_out([lease.shard]) if isinstance(exc, TimeoutError) else exc
+                )
+                if not unavailable(failure, connecting=not lease.connected):
+                    raise
+                self.missing[lease.shard] = failure  # (lease.start released its connection)
 
         try:
-            if len(self._leases) == 1:
-                await start(self._leases[0])
+            if len(leases) == 1:
+                await start(leases[0])
             else:
                 async with asyncio.TaskGroup() as group:
-                    for lease in self._leases:
+                    for lease in leases:
                         group.create_task(start(lease))
         except TimeoutError:
-            pending = [lease.shard for lease in self._leases if not lease.started]
+            pending = [lease.shard for lease in leases if not lease.started]
             await self._close_quietly()
             raise self._timed_out(pending) from None
         except BaseExceptionGroup as group:
             await self._close_quietly()
             first = _unwrap(group)
             if isinstance(first, TimeoutError):
-                pending = [lease.shard for lease in self._leases if not lease.started]
+                pending = [lease.shard for lease in leases if not lease.started]
                 raise self._timed_out(pending) from None
             raise first from first.__cause__
         except BaseException:
             await self._close_quietly()
             raise
+        if self.missing and len(self.missing) == len(self._leases):
+            # No shard answered: no partial result, the error.
+            await self._close_quietly()
+            failures = list(self.missing.values())
+            if all(isinstance(f, QueryTimeoutError) for f in failures):
+                raise self._timed_out(list(self.missing))
+            raise next(f for f in failures if not isinstance(f, QueryTimeoutError))
 
     async def fetch(self, index: int) -> list[Row]:
         """Return the next batch of shard ``index``'s rows (empty when it is done).
@@ -232,8 +315,13 @@ class Scatter:
         if index not in self._ahead and not stream.holds_connection:
             # The rest of the result is in memory: no I/O, no task (most
             # results of a scatter are whole after start()). The deadline
-            # still bounds the statement to its last row, as on the I/O path.
-            if self._deadline is not None and time.monotonic() > self._deadline:
+            # still bounds the statement to its last row, as on the I/O path
+            # (a partial result keeps what it has received).
+            if (
+                self._deadline is not None
+                and time.monotonic() > self._deadline
+                and not self._partial
+            ):
                 await self._close_quietly()
                 raise self._timed_out([lease.shard])
             return await stream.fetch()
@@ -251,11 +339,39 @@ class Scatter:
                 self._ahead[index] = asyncio.ensure_future(stream.fetch())
             return rows
         except TimeoutError:
+            failure = self._timed_out([lease.shard])
+            if self._partial:
+                await self._leave(index, failure)
+                return []
             await self._close_quietly()
-            raise self._timed_out([lease.shard]) from None
+            raise failure from None
+        except ShardError as exc:
+            if self._partial and unavailable(exc):
+                await self._leave(index, exc)
+                return []
+            await self._close_quietly()
+            raise
         except BaseException:
             await self._close_quietly()
             raise
+
+    async def _leave(self, index: int, failure: Error, rows: list[Row] | None = None) -> None:
+        """Leave shard ``index`` out of a partial result: it failed ``failure`` mid-stream.
+
+        Its statement is stopped and its connection released, within the
+        deadline's grace; ``rows`` it sent before, not yet delivered, stay.
+        """
+        lease = self._leases[index]
+        self.missing[lease.shard] = failure
+        ahead = self._ahead.pop(index, None)
+        stopping: list[asyncio.Future[Any]] = [asyncio.ensure_future(lease.close())]
+        if ahead is not None:
+            ahead.cancel()
+            stopping.append(ahead)
+        stream = lease.stream
+        await self._settle(stopping)
+        if rows and stream is not None:
+            lease.stream = _Received(stream, rows)
 
     async def receive(self) -> None:
         """Read the rest of every shard's rows into memory and give the connections back.
@@ -277,25 +393,31 @@ class Scatter:
         await asyncio.shield(self._receiving)
 
     async def _receive(self) -> None:
-        lease: _Lease | None = None
         soft, hard = loop_deadlines(self._deadline, self._timeout)
-        try:
-            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
-                for index, lease in enumerate(self._leases):
-                    stream = lease.stream
-                    if stream is None or not stream.holds_connection:
-                        continue
+        for index, lease in enumerate(self._leases):
+            stream = lease.stream
+            if stream is None or not stream.holds_connection:
+                continue
+            rows: list[Row] = []
+            try:
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
                     ahead = self._ahead.pop(index, None)
-                    rows: list[Row] = [] if ahead is None else await ahead
+                    if ahead is not None:
+                        rows = await ahead
                     while stream.holds_connection:
                         rows += await stream.fetch()
-                    await lease.keep(rows)
-        except TimeoutError:
-            self._failure = self._timed_out([] if lease is None else [lease.shard])
-        except Exception as exc:
-            self._failure = exc
-        if self._failure is not None:
+                await lease.keep(rows)
+                continue
+            except TimeoutError:
+                failure: Exception = self._timed_out([lease.shard])
+            except Exception as exc:
+                failure = exc
+            if self._partial and isinstance(failure, Error) and unavailable(failure):
+                await self._leave(index, failure, rows)
+                continue
+            self._failure = failure
             await self._close_quietly()
+            return
 
     async def _close_quietly(self) -> None:
         """Close while another error is being raised: that error is the one to report.
