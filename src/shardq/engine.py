@@ -842,18 +842,23 @@ class Engine:
             pools = self.pools if transaction is None else transaction.view()
         scatter = Scatter(pools, shards, timeout, deadline=deadline, partial=partial)
         statement = scatter.statement = next(_STATEMENT_IDS)
+        prepare = None
         if plan.merge.compares:
-            # Under the statement's deadline: a shard that does not answer
-            # would otherwise hold the call for its connect_timeout.
-            lost = await self._order_of_text(shards, pools, transaction, deadline, timeout, partial)
-            for shard, exc in lost.items():
-                scatter.leave_out(shard, exc)
+            # How each shard orders text, asked in its own task before its
+            # statement, under the statement's deadline: a shard that does not
+            # answer would otherwise hold the call for its connect_timeout, or
+            # (partial) use up the others' time.
+            async def prepare(shard: str, pool: ShardPool) -> None:
+                await self._learn_text_order((shard,), transaction=transaction, pools={shard: pool})
+
         # In a transaction a result is received whole: its shard's one connection
         # serves the transaction's next statement.
         stream = not plan.kind.is_write and transaction is None
         began = time.monotonic()
         try:
-            await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream)
+            await scatter.start(
+                plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream, prepare=prepare
+            )
         except QueryTimeoutError as exc:
             for shard in exc.shards:
                 self._failed(statement, shard, pools.get(shard), exc)
@@ -895,44 +900,6 @@ class Engine:
         else:
             self.stats.failed(pool)
             self._log(logging.INFO, statement, shard, pool, "failed: %s", exc)
-
-    async def _order_of_text(
-        self,
-        shards: tuple[str, ...],
-        pools: Mapping[str, ShardPool],
-        transaction: Transaction | None,
-        deadline: float | None,
-        timeout: float | None,
-        partial: bool,
-    ) -> dict[str, Error]:
-        """Learn how ``shards`` order text, within the deadline; the shards that could not say.
-
-        Those are an error, unless ``partial``: then they are returned, to be
-        left out.
-        """
-        soft, hard = loop_deadlines(deadline, timeout)
-
-        async def learn(some: tuple[str, ...]) -> None:
-            try:
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
-                    await self._learn_text_order(some, transaction=transaction, pools=pools)
-            except TimeoutError:
-                pending = tuple(s for s in some if s not in self._text_order)
-                raise QueryTimeoutError(timeout or 0.0, pending) from None
-
-        if not partial:
-            await learn(shards)
-            return {}
-        unknown = tuple(s for s in shards if s not in self._text_order)
-        failures = await asyncio.gather(*(learn((s,)) for s in unknown), return_exceptions=True)
-        lost: dict[str, Error] = {}
-        for shard, failure in zip(unknown, failures, strict=True):
-            if failure is None:
-                continue
-            if not isinstance(failure, Error) or not unavailable(failure):
-                raise failure
-            lost[shard] = failure
-        return lost
 
     async def _execute_deferred(
         self,

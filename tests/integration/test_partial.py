@@ -14,6 +14,8 @@ never partial.
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import sqlite3
 import time
 import warnings
@@ -179,8 +181,12 @@ async def test_subquery_missing_a_shard_makes_the_answer_partial(
 async def test_shard_lost_mid_stream(
     config: dict[str, Any], pg_dataset: list[PgCluster], proxies: list[Proxy]
 ) -> None:
-    """Rows already received from a shard lost while streaming stay; the rest is missing."""
-    sql = "SELECT id, repeat('x', 9000) AS pad FROM items ORDER BY id"
+    """Rows already received from a shard lost while streaming stay; the rest is missing.
+
+    The rows come slowly (a sleep per row) so that most are still on the
+    server when the shard's connection is reset.
+    """
+    sql = "SELECT id, repeat('x', 9000) || pg_sleep(0.01)::text AS pad FROM items ORDER BY id"
     conn = await shardq.connect_async(config, fetch_size=5, allow_partial=True)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -341,3 +347,94 @@ async def test_cancelled_partial_read_releases_everything(
             proxy.heal()
         await conn.close()
     _assert_no_sessions(pg_dataset)
+
+
+_FAULTS = [
+    lambda r: Fault.passing(),
+    lambda r: Fault.delayed(r.choice([0.005, 0.02])),
+    lambda r: Fault.blackhole(),
+    lambda r: Fault.reset(),
+    lambda r: Fault.drop(),
+    lambda r: Fault.cut(r.randrange(100, 40000)),
+    lambda r: Fault.slow_close(r.choice([0.1, 0.3])),
+]
+RUNS = int(os.environ.get("SHARDQ_PARTIAL_RUNS", "30"))
+
+
+def _check_ordered(conn: shardq.AsyncConnection, rows: list[Any], missing: set[str]) -> None:
+    """Every row of the shards that answered; of a missing one, its first rows at most."""
+    ids = [row[0] for row in rows]
+    assert ids == sorted(set(ids))
+    assert {row[1] for row in rows} <= {"x" * 2000}
+    by_shard: dict[str, list[int]] = {}
+    for row in ITEMS:
+        by_shard.setdefault(conn.shard_for("items", row[0]), []).append(row[0])
+    got = set(ids)
+    for shard, held in by_shard.items():
+        kept = [i for i in held if i in got]
+        if shard in missing:
+            assert kept == held[: len(kept)], shard  # a prefix: what it sent before failing
+        else:
+            assert kept == held, shard
+
+
+async def test_random_faults_partial(
+    config: dict[str, Any], pg_dataset: list[PgCluster], proxies: list[Proxy]
+) -> None:
+    """Random faults, allow_partial: the answer is that of the shards that answered.
+
+    ``SHARDQ_PARTIAL_RUNS`` runs (30 by default). A count is at least the
+    count of the shards not missing and at most the total; streamed rows are
+    those of the shards not missing, and a prefix of a missing shard's; the
+    call ends within its timeout; a shard is missing only if it had a fault.
+    """
+    rng = random.Random(1616)
+    outcomes = {"whole": 0, "partial": 0, "error": 0}
+    count_sql = "SELECT count(*) FROM items"
+    ordered_sql = "SELECT id, repeat('x', 2000) FROM items ORDER BY id"
+    for _ in range(RUNS):
+        conn = await shardq.connect_async(config, fetch_size=20, allow_partial=True)
+        try:
+            timeout = rng.choice([0.5, 1.0])
+            if rng.random() < 0.5:
+                await conn.execute(count_sql, timeout=5.0)  # faults on pooled connections
+            faulted = set()
+            for i, proxy in enumerate(proxies):
+                if rng.random() < 0.4:
+                    fault = rng.choice(_FAULTS)(rng)
+                    proxy.set(fault)
+                    if fault.kind != "pass":
+                        faulted.add(f"s{i}")
+            sql = rng.choice([count_sql, ordered_sql])
+            started = time.monotonic()
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    cur = await conn.execute(sql, timeout=timeout)
+                    rows = [tuple(row) for row in await cur.fetchall()]
+            except (QueryTimeoutError, ShardError) as exc:
+                outcomes["error"] += 1  # every shard failed
+                named = set(exc.shards) if isinstance(exc, QueryTimeoutError) else {exc.shard}
+                assert named <= faulted
+                assert len(faulted) == len(proxies) or faulted == named
+            else:
+                missing = set(cur.missing_shards)
+                assert missing <= faulted
+                outcomes["partial" if missing else "whole"] += 1
+                warned = {s for w in caught for s in getattr(w.message, "shards", ())}
+                assert warned == missing
+                if sql == count_sql:
+                    others = len(_without(conn, *missing))
+                    assert others <= rows[0][0] <= len(ITEMS)
+                    if not missing:
+                        assert rows == [(len(ITEMS),)]
+                else:
+                    _check_ordered(conn, rows, missing)
+            elapsed = time.monotonic() - started
+            assert elapsed <= timeout * 1.1 + SLACK, (sql, timeout, faulted)
+        finally:
+            for proxy in proxies:
+                proxy.heal()
+            await conn.close()
+    _assert_no_sessions(pg_dataset)
+    print(f"{RUNS} partial runs: {outcomes}")

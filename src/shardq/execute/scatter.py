@@ -35,7 +35,7 @@ from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
 from shardq.execute.hosts import host_failed
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from shardq.execute.driver import Column, Row, ShardConnection, ShardPool, ShardStream
 
@@ -62,14 +62,16 @@ class _Lease:
 
     def __init__(self, pool: ShardPool):
         self.shard = pool.name
-        self._pool = pool
+        self.pool = pool
         self._cm: AbstractAsyncContextManager[ShardConnection] | None = None
         self.stream: ShardStream | None = None
         self.connected = False  # a connection was lent
         self.started = False
+        #: Rows received before they were asked for (a partial scatter's wait), given first.
+        self.buffered: list[Row] = []
 
     async def start(self, sql: str, params: object, fetch_size: int, stream: bool) -> None:
-        cm = self._pool.connection()
+        cm = self.pool.connection()
         conn = await cm.__aenter__()
         self.connected = True
         self._cm = cm
@@ -156,6 +158,7 @@ class Scatter:
         self.missing: dict[str, Error] = {}
         #: The statement's id in log records (the engine's).
         self.statement = 0
+        self._prepare: Callable[[str, ShardPool], Awaitable[None]] | None = None
         self._ahead: dict[int, asyncio.Future[list[Row]]] = {}
         self._timeout = timeout
         # ``deadline`` (time.monotonic()) when the statement started before
@@ -206,14 +209,19 @@ class Scatter:
         fetch_size: int,
         stream: bool = True,
         each: Mapping[str, tuple[str, object]] | None = None,
+        prepare: Callable[[str, ShardPool], Awaitable[None]] | None = None,
     ) -> None:
         """Start the statement on every target shard; wait until all have answered.
 
         ``stream=False`` for writes: their RETURNING rows are received whole.
         ``each`` gives some shards a statement of their own (sql, params)
-        instead: the parts of a split INSERT.
+        instead: the parts of a split INSERT. ``prepare(shard, pool)``, when given,
+        runs first in each shard's task, under the same deadline (learning
+        what the merge needs to know of the shard): a shard slow to answer it
+        holds back no other.
         """
         each = each or {}
+        self._prepare = prepare
         await self._start_leases(self._leases, sql, params, fetch_size, stream, each)
 
     async def restart(
@@ -232,11 +240,6 @@ class Scatter:
                 leases.append(lease)
         await self._start_leases(leases, sql, params, fetch_size, True, {})
 
-    def leave_out(self, shard: str, error: Error) -> None:
-        """Leave ``shard`` out before the start (partial): it failed ``error`` already."""
-        assert self._partial
-        self.missing[shard] = error
-
     async def _start_leases(
         self,
         leases: list[_Lease],
@@ -247,6 +250,11 @@ class Scatter:
         each: Mapping[str, tuple[str, object]],
     ) -> None:
         soft, hard = loop_deadlines(self._deadline, self._timeout)
+        settled = asyncio.Event()  # every shard started or left out
+
+        def settle() -> None:
+            if all(lease.started or lease.shard in self.missing for lease in leases):
+                settled.set()
 
         async def start(lease: _Lease) -> None:
             if lease.shard in self.missing:
@@ -256,7 +264,12 @@ class Scatter:
                 # Bounded in each shard's own task: a TaskGroup cancelled twice
                 # does not cancel its tasks twice (see shardq.execute.deadline).
                 async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    if self._prepare is not None:
+                        await self._prepare(lease.shard, lease.pool)
                     await lease.start(own_sql, own_params, fetch_size, stream)
+                    if self._partial:
+                        settle()
+                        await self._read_while_waiting(lease, settled)
             except (TimeoutError, ShardError) as exc:
                 if not self._partial:
                     raise
@@ -265,7 +278,11 @@ class Scatter:
                 )
                 if not unavailable(failure, connecting=not lease.connected):
                     raise
-                self.missing[lease.shard] = failure  # (lease.start released its connection)
+                if lease.started:  # lost while its rows were read ahead
+                    await self._leave(self._leases.index(lease), failure)
+                else:
+                    self.missing[lease.shard] = failure  # (lease.start released its connection)
+                settle()
 
         try:
             if len(leases) == 1:
@@ -296,6 +313,32 @@ class Scatter:
                 raise self._timed_out(list(self.missing))
             raise next(f for f in failures if not isinstance(f, QueryTimeoutError))
 
+    async def _read_while_waiting(self, lease: _Lease, settled: asyncio.Event) -> None:
+        """Receive a started shard's rows while other shards are still to answer (partial).
+
+        A merge gives no row until every shard has answered or been left
+        out, and a shard silent until the deadline leaves no time after it:
+        the rows of the shards that answered come in meanwhile (into memory,
+        :attr:`_Lease.buffered`), so that the answer has them. Once every
+        shard is settled, the read under way goes on as a read ahead.
+        """
+        index = self._leases.index(lease)
+        while not settled.is_set() and lease.stream is not None and lease.stream.holds_connection:
+            ahead = asyncio.ensure_future(lease.stream.fetch())
+            waiting = asyncio.ensure_future(settled.wait())
+            try:
+                await asyncio.wait({ahead, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                ahead.cancel()  # (the deadline: the driver cancels the statement)
+                await asyncio.gather(ahead, return_exceptions=True)
+                raise
+            finally:
+                waiting.cancel()
+            if not ahead.done():
+                self._ahead[index] = ahead
+                return
+            lease.buffered += ahead.result()
+
     async def fetch(self, index: int) -> list[Row]:
         """Return the next batch of shard ``index``'s rows (empty when it is done).
 
@@ -309,6 +352,9 @@ class Scatter:
         if self._failure is not None:
             raise self._failure
         lease = self._leases[index]
+        if lease.buffered:  # received while other shards were still to answer
+            rows, lease.buffered = lease.buffered, []
+            return rows
         stream = lease.stream
         if stream is None:
             return []
