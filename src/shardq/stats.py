@@ -102,8 +102,13 @@ class Stats:
             counts.retries += 1
 
     def report(self) -> list[HostStats]:
+        """Every host's figures, a shard's hosts together (its primary, then its replicas)."""
+        shards: dict[str, int] = {}  # each shard's place: where it first appears
+        for shard, _ in self._labels.values():
+            shards.setdefault(shard, len(shards))
+        order = sorted(self._labels.items(), key=lambda item: shards[item[1][0]])
         out = []
-        for key, (shard, host) in self._labels.items():
+        for key, (shard, host) in order:
             counts = self._counts[key]
             pool = self._pools.get(key)
             usage = getattr(pool, "usage", None)
