@@ -717,8 +717,9 @@ class Engine:
         """:meth:`_start` of a read on the hosts ``policy`` picks (:mod:`.hosts`).
 
         A host that cannot serve is marked down; the read, which has returned
-        no row yet, is started again once on the hosts picked then, if that
-        gives its shard another host, within the same deadline.
+        no row yet, is started again on the hosts picked then, as long as that
+        gives its shard a host this read has not met yet (each at most once),
+        within the same deadline.
         """
         pools = await self._read_pools(policy, shards, primary_for)
         if not self.hosts:  # no replicas: the primaries, nothing else to try
@@ -726,19 +727,22 @@ class Engine:
         began = time.monotonic()
         if deadline is None and timeout is not None:
             deadline = began + timeout
-        try:
-            started = await self._start(plan, shards, timeout, pools=pools, deadline=deadline)
-        except ShardError as exc:
-            failed = pools.get(exc.shard)
-            if failed is None or not host_failed(exc):
-                raise
-            self.hosts.failed(failed)
-            again = await self._read_pools(policy, shards, primary_for)
-            if again[exc.shard] is failed:
-                raise
-            self.stats.retried(failed)
-            started = await self._start(plan, shards, timeout, pools=again, deadline=deadline)
-            pools = again
+        met: set[int] = set()  # the hosts that could not serve this read
+        while True:
+            try:
+                started = await self._start(plan, shards, timeout, pools=pools, deadline=deadline)
+                break
+            except ShardError as exc:
+                failed = pools.get(exc.shard)
+                if failed is None or not host_failed(exc):
+                    raise
+                self.hosts.failed(failed)
+                met.add(id(failed))
+                again = await self._read_pools(policy, shards, primary_for)
+                if id(again[exc.shard]) in met:
+                    raise
+                self.stats.retried(failed)
+                pools = again
         self.hosts.succeeded(pools[shard] for shard in shards)
         if len(shards) == 1:  # (a scatter's time is its slowest shard's)
             self.hosts.measured(pools[shards[0]], time.monotonic() - began)

@@ -17,7 +17,12 @@ import pytest
 
 import shardq
 import shardq.execute.hosts
-from tests.fixtures.servers import PgCluster, ServerUnavailableError, start_pg_clusters
+from tests.fixtures.servers import (
+    PgCluster,
+    ServerUnavailableError,
+    _free_port,
+    start_pg_clusters,
+)
 from tests.integration.test_cli import shardq_cli
 
 if TYPE_CHECKING:
@@ -444,6 +449,35 @@ async def test_a_replica_killed_mid_read(
         killed.stop()
         for primary in (p0, p1):
             primary.execute("DROP TABLE victims; DROP FUNCTION slow_pad", DATABASE)
+
+
+def test_a_read_goes_on_past_every_host_that_cannot_serve(
+    hosts: list[tuple[PgCluster, PgCluster]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas of s0 gone (nothing listens on their ports): its primary still serves.
+
+    The read meets one, then the other, each marked down, and is started on
+    the primary: a read fails only when no host of its shard is left to try.
+    (The backoff outlasts the test: the later reads find both down.)
+    """
+    monkeypatch.setattr(shardq.execute.hosts, "BACKOFF_FIRST", 60.0)
+    config = _config(hosts, read_policy="prefer-replica")
+    gone = [f"postgresql://shardq:pw@127.0.0.1:{_free_port()}/{DATABASE}" for _ in range(2)]
+    config["shards"][0]["replicas"] = gone
+    with shardq.connect(config) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchall() == [(0,)]
+        engine = conn.async_connection._engine
+        assert all(engine.hosts.is_down(pool) for pool in engine.hosts.replicas["s0"])
+        by_host = {(h.shard, h.host): h for h in conn.stats()}
+        for host in ("replica 1", "replica 2"):
+            assert (by_host[("s0", host)].errors, by_host[("s0", host)].retries) == (1, 1)
+        assert by_host[("s0", "primary")].statements == 1
+        # The next reads skip both; none fails.
+        for _ in range(3):
+            assert conn.execute("SELECT count(*) FROM items").fetchall() == [(0,)]
+        assert {(h.shard, h.host): h.statements for h in conn.stats()}[("s0", "primary")] == 4
+        with pytest.raises(shardq.OperationalError, match="replica is down"):
+            conn.execute("SELECT count(*) FROM items", read_policy="replica-only")
 
 
 def test_a_promoted_replica_is_found_as_the_new_primary() -> None:
