@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Secrets", "check_postgres_dsn", "redact"]
+__all__ = ["Secrets", "address", "check_postgres_dsn", "redact"]
 
 _URL_SCHEMES = ("postgresql", "postgres")
 # A conninfo "key=value" pair; values may be single-quoted with backslash escapes.
@@ -127,6 +127,49 @@ def redact(dsn: str) -> str:
             last = end
     out.append(dsn[last:])
     return "".join(out)
+
+
+def address(dsn: str) -> str:
+    """Where ``dsn`` connects, as ``host:port``, with no user, password or options.
+
+    What an operator needs to tell hosts apart, safe to print anywhere.
+    A DSN that names no server (a SQLite file) is returned redacted.
+
+    >>> address("postgresql://app:s3cret@db1:5433/orders?sslmode=require")
+    'db1:5433'
+    >>> address("postgresql://app:s3cret@db1,[::1]:5433/orders")
+    'db1:5432,[::1]:5433'
+    >>> address("host=db1 port=6432 password=s3cret dbname=orders")
+    'db1:6432'
+    >>> address("dbname=orders")
+    'localhost:5432'
+    >>> address("/var/lib/shards/s1.db")
+    '/var/lib/shards/s1.db'
+    """
+    if "://" in dsn:
+        if dsn.split("://", 1)[0] not in _URL_SCHEMES:
+            return redact(dsn)
+        hostinfo = urlsplit(dsn).netloc.rpartition("@")[2] or "localhost"
+        return ",".join(_with_port(h) for h in hostinfo.split(","))
+    try:
+        pairs = {key: raw.strip("'") for key, raw, _span in _split_conninfo(dsn)}
+    except ValueError:
+        pairs = {}
+    if not pairs.keys() & {"host", "hostaddr", "port", "dbname", "user", "service"}:
+        return redact(dsn)  # a file name, not a conninfo
+    hosts = (pairs.get("host") or pairs.get("hostaddr") or "localhost").split(",")
+    ports = (pairs.get("port") or "").split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    return ",".join(_with_port(h, p) for h, p in zip(hosts, ports, strict=False))
+
+
+def _with_port(host: str, port: str = "") -> str:
+    """``host:port``, with libpq's default port when none is written (``[::1]`` has none)."""
+    if port:
+        return f"{host}:{port}"
+    written = host.rpartition(":")[2].isdigit() and not host.endswith("]")
+    return host if written else f"{host}:5432"
 
 
 @dataclass(frozen=True, slots=True)

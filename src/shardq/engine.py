@@ -749,9 +749,10 @@ class Engine:
         """:meth:`_start` of a read on the hosts ``policy`` picks (:mod:`.hosts`).
 
         A host that cannot serve is marked down; the read, which has returned
-        no row yet, is started again once on the hosts picked then, if that
-        gives its shard another host, within the same deadline. ``partial``:
-        a shard that cannot answer is left out (after that retry).
+        no row yet, is started again on the hosts picked then, as long as that
+        gives its shard a host this read has not met yet (each at most once),
+        within the same deadline. ``partial``: a shard that cannot answer is
+        left out (after those retries).
         """
         pools = await self._read_pools(policy, shards, primary_for)
         if not self.hosts:  # no replicas: the primaries, nothing else to try
@@ -761,25 +762,26 @@ class Engine:
         began = time.monotonic()
         if deadline is None and timeout is not None:
             deadline = began + timeout
-        try:
-            started = await self._start(
-                plan, shards, timeout, pools=pools, deadline=deadline, partial=partial
-            )
-            if started[0].missing:
-                pools = await self._start_again(plan, started[0], pools, policy, primary_for)
-        except ShardError as exc:
-            failed = pools.get(exc.shard)
-            if failed is None or not host_failed(exc):
-                raise
-            self.hosts.failed(failed)
-            again = await self._read_pools(policy, shards, primary_for)
-            if again[exc.shard] is failed:
-                raise
-            self.stats.retried(failed)
-            started = await self._start(
-                plan, shards, timeout, pools=again, deadline=deadline, partial=partial
-            )
-            pools = again
+        met: set[int] = set()  # the hosts that could not serve this read
+        while True:
+            try:
+                started = await self._start(
+                    plan, shards, timeout, pools=pools, deadline=deadline, partial=partial
+                )
+                break
+            except ShardError as exc:
+                failed = pools.get(exc.shard)
+                if failed is None or not host_failed(exc):
+                    raise
+                self.hosts.failed(failed)
+                met.add(id(failed))
+                again = await self._read_pools(policy, shards, primary_for)
+                if id(again[exc.shard]) in met:
+                    raise
+                self.stats.retried(failed)
+                pools = again
+        if started[0].missing:
+            pools = await self._start_again(plan, started[0], pools, policy, primary_for, met)
         missing = started[0].missing
         self.hosts.succeeded(pools[shard] for shard in shards if shard not in missing)
         if len(shards) == 1:  # (a scatter's time is its slowest shard's)
@@ -793,28 +795,39 @@ class Engine:
         pools: Mapping[str, ShardPool],
         policy: str,
         primary_for: Collection[str],
+        met: set[int],
     ) -> Mapping[str, ShardPool]:
-        """Start the shards a partial read left out again on another host; the pools used.
+        """Start the shards a partial read left out again on other hosts; the pools used.
 
-        As a read that fails: once, for a shard whose host could not serve
-        and that has another host to go to.
+        As a read that fails: a shard whose host could not serve goes on to a
+        host of its own this read has not ``met``, each at most once.
         """
-        lost = [shard for shard, exc in scatter.missing.items() if host_failed(exc)]
-        for shard in lost:
-            self.hosts.failed(pools[shard])
-        if not lost:
-            return pools
-        again = await self._read_pools(policy, tuple(lost), primary_for)
-        moved = {shard: again[shard] for shard in lost if again[shard] is not pools[shard]}
-        if not moved:
-            return pools
-        for shard in moved:
-            self.stats.retried(pools[shard])
-        await scatter.restart(moved, plan.sql, plan.params, fetch_size=self.fetch_size)
-        for shard, exc in scatter.missing.items():
-            if shard in moved:
-                self._failed(scatter.statement, shard, moved[shard], exc)
-        return {**pools, **moved}
+        while True:
+            lost = [
+                shard
+                for shard, exc in scatter.missing.items()
+                if host_failed(exc) and id(pools[shard]) not in met
+            ]
+            for shard in lost:
+                self.hosts.failed(pools[shard])
+                met.add(id(pools[shard]))
+            if not lost:
+                return pools
+            again = await self._read_pools(policy, tuple(lost), primary_for)
+            moved = {shard: again[shard] for shard in lost if id(again[shard]) not in met}
+            if not moved:
+                return pools
+            for shard in moved:
+                self.stats.retried(pools[shard])
+            began = time.monotonic()
+            await scatter.restart(moved, plan.sql, plan.params, fetch_size=self.fetch_size)
+            seconds = time.monotonic() - began
+            for shard, pool in moved.items():
+                if shard in scatter.missing:
+                    self._failed(scatter.statement, shard, pool, scatter.missing[shard])
+                else:
+                    self.stats.started((pool,), seconds)
+            pools = {**pools, **moved}
 
     async def _start(
         self,

@@ -5,7 +5,8 @@ errors (a shard's), timeouts, reads started again on another host
 (retries), and the time each took to start (to a shard's first answer; a
 streamed result's rows come after). Percentiles are of the last
 :data:`SAMPLES` starts per host. Pool figures (in use, open, waiting) are
-read when asked.
+read when asked. :func:`format_table` lays a report out for a person
+(``shardq stats``, ``shardq query --stats``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     from shardq.execute.driver import ShardPool
 
-__all__ = ["SAMPLES", "HostStats", "Stats"]
+__all__ = ["SAMPLES", "HostStats", "Stats", "format_table"]
 
 #: Start times kept per host for the percentiles.
 SAMPLES = 1024
@@ -101,8 +102,13 @@ class Stats:
             counts.retries += 1
 
     def report(self) -> list[HostStats]:
+        """Every host's figures, a shard's hosts together (its primary, then its replicas)."""
+        shards: dict[str, int] = {}  # each shard's place: where it first appears
+        for shard, _ in self._labels.values():
+            shards.setdefault(shard, len(shards))
+        order = sorted(self._labels.items(), key=lambda item: shards[item[1][0]])
         out = []
-        for key, (shard, host) in self._labels.items():
+        for key, (shard, host) in order:
             counts = self._counts[key]
             pool = self._pools.get(key)
             usage = getattr(pool, "usage", None)
@@ -128,3 +134,59 @@ class Stats:
                 )
             )
         return out
+
+
+#: The columns of :func:`format_table`, after shard, host (and address).
+_COLUMNS = (
+    "statements", "errors", "timeouts", "retries",
+    "p50 ms", "p95 ms", "p99 ms", "in use", "open", "waiting",
+)  # fmt: skip
+
+
+def _cells(row: HostStats) -> list[str]:
+    def ms(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds * 1000:.2f}"
+
+    def count(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    return [
+        str(row.statements), str(row.errors), str(row.timeouts), str(row.retries),
+        ms(row.p50), ms(row.p95), ms(row.p99),
+        count(row.in_use), count(row.open), count(row.waiting),
+    ]  # fmt: skip
+
+
+def format_table(
+    rows: Sequence[HostStats], addresses: Mapping[tuple[str, str], str] | None = None
+) -> str:
+    """``rows`` (``conn.stats()``) as an aligned table, one line per shard and host.
+
+    Times are in milliseconds; ``-`` is a figure not measured (no start yet,
+    or a pool that does not count). ``addresses`` maps (shard, host) to where
+    the host is (:func:`shardq.dsn.address`: host and port, no credentials),
+    shown in a column of its own.
+
+    >>> row = HostStats("s0", "replica 1", 3, 1, 0, 1, 0, 2, 0, 0.0012, 0.004, 0.0051)
+    >>> print(format_table([row], {("s0", "replica 1"): "db2:5432"}))
+    shard | host      | address  | statements | errors | timeouts | retries | p50 ms | p95 ms | p99 ms | in use | open | waiting
+    ------+-----------+----------+------------+--------+----------+---------+--------+--------+--------+--------+------+--------
+    s0    | replica 1 | db2:5432 |          3 |      1 |        0 |       1 |   1.20 |   4.00 |   5.10 |      0 |    2 |       0
+    """  # noqa: E501
+    names = ["shard", "host", *(["address"] if addresses is not None else []), *_COLUMNS]
+    lines = []
+    for row in rows:
+        where = [] if addresses is None else [addresses.get((row.shard, row.host), "")]
+        lines.append([row.shard, row.host, *where, *_cells(row)])
+    widths = [max(len(line[i]) for line in [names, *lines]) for i in range(len(names))]
+    left = len(names) - len(_COLUMNS)  # text columns, the rest are numbers
+
+    def join(cells: Sequence[str]) -> str:
+        return " | ".join(
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    head = " | ".join(name.ljust(width) for name, width in zip(names, widths, strict=True))
+    rule = "-+-".join("-" * width for width in widths)
+    return "\n".join([head.rstrip(), rule, *(join(line) for line in lines)])

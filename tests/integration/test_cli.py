@@ -508,3 +508,77 @@ def test_a_refusal_stops_the_batch_without_a_coroutine_left_unawaited(
         assert "never awaited" not in result.stderr
         assert "RuntimeWarning" not in result.stderr
         assert "the bare column name" in result.stderr
+
+
+def _stats_table(stdout: str) -> dict[tuple[str, str], dict[str, str]]:
+    """``shardq stats``'s table read back: (shard, host) -> column -> cell."""
+    head, rule, *rows = stdout.splitlines()
+    names = [n.strip() for n in head.split(" | ")]
+    assert set(rule) <= {"-", "+"}
+    table = {}
+    for row in rows:
+        cells = dict(zip(names, (c.strip() for c in row.split(" | ")), strict=True))
+        table[(cells["shard"], cells["host"])] = cells
+    return table
+
+
+def test_stats_probes_every_shard_and_prints_a_table(demo_config: Path) -> None:
+    result = shardq_cli("stats", "-c", str(demo_config))
+    assert result.returncode == 0, result.stderr
+    table = _stats_table(result.stdout)
+    assert list(table) == [(f"s{i}", "primary") for i in range(3)]  # demo_config's shards
+    for (shard, _), cells in table.items():
+        assert cells["statements"] == "1"  # the probe: one SELECT 1 per host
+        assert cells["errors"] == cells["timeouts"] == cells["retries"] == "0"
+        assert float(cells["p50 ms"]) > 0
+        assert cells["address"] == str(demo_config.parent / f"demo-{shard}.sqlite")
+    assert "3 statements under read_policy 'round-robin', 3 ok, 0 failed" in result.stderr
+    # --repeat runs the round again; --concurrency does not change what runs.
+    again = shardq_cli("stats", "-c", str(demo_config), "-n", "3", "-j", "4", "--json")
+    assert again.returncode == 0, again.stderr
+    document = json.loads(again.stdout)
+    assert (document["statements"], document["ok"], document["failed"]) == (9, 9, 0)
+    assert [h["statements"] for h in document["hosts"]] == [3, 3, 3]
+    assert all(0 < h["p50"] <= h["p95"] <= h["p99"] for h in document["hosts"])
+
+
+def test_stats_runs_given_statements_and_counts_failures(demo_config: Path) -> None:
+    scatter = "SELECT count(*) FROM orders"
+    pinned = "SELECT name FROM customers WHERE id = 7"
+    args = ["stats", "-c", str(demo_config), "--json", "-n", "5", "-j", "3"]
+    result = shardq_cli(*args, scatter, pinned)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert (document["statements"], document["failed"]) == (10, 0)
+    assert document["read_policy"] == "primary"  # the configuration's
+    by_shard = {h["shard"]: h["statements"] for h in document["hosts"]}
+    home = next(s for s, n in by_shard.items() if n == 10)  # customer 7's shard, and the scatter
+    assert by_shard == {s: 10 if s == home else 5 for s in by_shard}
+    # From standard input, split at semicolons; a runtime failure on a shard (integer
+    # overflow) is counted and exits 1, and every statement still runs.
+    overflow = "SELECT abs(-9223372036854775807 - 1) FROM customers WHERE id = 7"
+    failing = shardq_cli(*args[:3], "-n", "2", "-", stdin=f"{pinned};\n{overflow};\n")
+    assert failing.returncode == 1, failing.stderr
+    assert _stats_table(failing.stdout)[(home, "primary")]["errors"] == "2"
+    assert f"shardq: ShardOperationalError (2 times): shard '{home}'" in failing.stderr
+    assert "4 statements under read_policy 'primary', 2 ok, 2 failed" in failing.stderr
+    # A timeout is counted as one, and exits 5; bad SQL runs nothing and exits 4.
+    forever = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    )
+    timed_out = shardq_cli(*args[:3], "-t", "0.2", forever)
+    assert timed_out.returncode == 5, timed_out.stderr
+    assert sum(int(c["timeouts"]) for c in _stats_table(timed_out.stdout).values()) == 1
+    refused = shardq_cli(*args[:3], pinned, "SELECT * FORM customers")
+    assert refused.returncode == 4
+    assert "syntax error" in refused.stderr
+    assert refused.stdout == ""
+    assert shardq_cli(*args[:3], "-n", "0").returncode == 2
+
+
+def test_query_stats_prints_the_table_on_stderr(demo_config: Path) -> None:
+    result = shardq_cli("query", "-c", str(demo_config), "--stats", "SELECT count(*) FROM orders")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "count(*)"
+    table = _stats_table(result.stderr)
+    assert [cells["statements"] for cells in table.values()] == ["1"] * 3

@@ -7,19 +7,28 @@ host answered it with ``pg_is_in_recovery()``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import shardq
-from tests.fixtures.servers import PgCluster, ServerUnavailableError, start_pg_clusters
+import shardq.execute.hosts
+from tests.fixtures.servers import (
+    PgCluster,
+    ServerUnavailableError,
+    _free_port,
+    start_pg_clusters,
+)
 from tests.integration.test_cli import shardq_cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 DATABASE = "replicas"
 SCHEMA = "CREATE TABLE items (id integer PRIMARY KEY, v text)"
@@ -56,6 +65,17 @@ def _config(hosts: list[tuple[PgCluster, PgCluster]], **extra: Any) -> dict[str,
         "tables": {"items": {"shard_key": "id"}},
         **extra,
     }
+
+
+def _toml(config: dict[str, Any], path: Path) -> Path:
+    """Write ``config`` (as :func:`_config` makes it) as a TOML file, for the command line."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in config.items() if k not in ("shards", "tables")]
+    for shard in config["shards"]:
+        lines += ["[[shards]]"] + [f"{k} = {json.dumps(v)}" for k, v in shard.items()]
+    for table, fields in config["tables"].items():
+        lines += [f"[tables.{table}]"] + [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _replayed(hosts: list[tuple[PgCluster, PgCluster]]) -> None:
@@ -212,18 +232,46 @@ def test_check_shows_every_host(hosts: list[tuple[PgCluster, PgCluster]], tmp_pa
     assert all(h.lag is not None and h.lag >= 0 for h in report.hosts if h.in_recovery)
     assert all(h.pool is not None and h.pool[2] == 4 for h in report.hosts)
     assert all(hosts[0][0].password not in h.address for h in report.hosts)
-    path = tmp_path / "shardq.toml"
-    lines = ['dialect = "postgres"']
-    for shard in config["shards"]:
-        lines += ["[[shards]]"] + [f"{k} = {json.dumps(v)}" for k, v in shard.items()]
-    lines += ["[tables.items]", 'shard_key = "id"']
-    path.write_text("\n".join(lines) + "\n")
+    path = _toml(config, tmp_path / "shardq.toml")
     printed = shardq_cli("check", "-c", str(path))
     assert printed.returncode == 0, printed.stderr
     assert "s0 replica 1 postgresql://shardq:***@127.0.0.1" in printed.stdout
     assert "standby, lag" in printed.stdout
     assert "writable" in printed.stdout
     assert hosts[0][0].password not in printed.stdout
+
+
+def test_stats_probes_every_host_replicas_included(
+    hosts: list[tuple[PgCluster, PgCluster]], tmp_path: Path
+) -> None:
+    path = _toml(_config(hosts), tmp_path / "shardq.toml")
+    printed = shardq_cli("stats", "-c", str(path))
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert lines[0].split(" | ")[:4] == ["shard", "host     ", "address        ", "statements"]
+    addresses = {
+        ("s0", "primary"): hosts[0][0].port,
+        ("s0", "replica 1"): hosts[0][1].port,
+        ("s1", "primary"): hosts[1][0].port,
+        ("s1", "replica 1"): hosts[1][1].port,
+    }
+    rows = [[cell.strip() for cell in line.split(" | ")] for line in lines[2:]]
+    # The probe: SELECT 1 once on every host, in turn.
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (shard, host, f"127.0.0.1:{port}", "1") for (shard, host), port in addresses.items()
+    ]
+    assert all(r[4:7] == ["0", "0", "0"] for r in rows)  # errors, timeouts, retries
+    assert "4 statements under read_policy 'round-robin', 4 ok, 0 failed" in printed.stderr
+    assert hosts[0][0].password not in printed.stdout + printed.stderr
+    # Given statements under a policy, several at once, as JSON: the pools were used.
+    read = "SELECT count(*) FROM items"
+    args = ["-n", "6", "-j", "3", "--read-policy", "replica-only", "--json", read]
+    document = json.loads(shardq_cli("stats", "-c", str(path), *args).stdout)
+    by_host = {(h["shard"], h["host"]): h for h in document["hosts"]}
+    assert document["failed"] == 0
+    assert [by_host[key]["statements"] for key in addresses] == [0, 6, 0, 6]
+    assert all(by_host[(s, "replica 1")]["open"] >= 1 for s in ("s0", "s1"))
+    assert by_host[("s0", "replica 1")]["address"] == f"127.0.0.1:{hosts[0][1].port}"
 
 
 def test_a_replica_that_goes_down_is_skipped_and_taken_back(
@@ -273,6 +321,190 @@ def test_a_replica_that_goes_down_is_skipped_and_taken_back(
             "SELECT count(*) FROM items", read_policy="replica-only"
         ).fetchall() == [(4,)]
         conn.execute("DELETE FROM items")
+
+
+# A row that takes a while: the server makes a shard's rows over 1.5 s, so a read is
+# still streaming when its host is killed, whatever the socket buffers hold.
+SLOW_PAD = (
+    "CREATE FUNCTION slow_pad(i integer) RETURNS text LANGUAGE sql VOLATILE "
+    "AS $$ SELECT repeat('x', 500) FROM pg_sleep(0.01) $$"
+)
+VICTIMS = 300
+
+
+async def test_a_replica_killed_mid_read(
+    hosts: list[tuple[PgCluster, PgCluster]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads streaming from a replica when it is killed; reads after; reads much later.
+
+    s0 has two replicas (the module's standby and one of this test's, the one
+    killed), s1 one; reads are ``replica-only``. A read that has rows from the
+    killed replica fails, naming s0: starting it again would repeat rows. A
+    read that starts after the kill meets it at once and is started again on
+    the other replica; the replica is marked down and later reads skip it
+    (its backoff made longer than the test, so that they all find it down).
+    """
+    monkeypatch.setattr(shardq.execute.hosts, "BACKOFF_FIRST", 60.0)
+    (p0, s0), (p1, _) = hosts
+    for primary in (p0, p1):
+        primary.execute(f"CREATE TABLE victims (id integer PRIMARY KEY); {SLOW_PAD}", DATABASE)
+    killed = PgCluster(name="standby-killed")
+    try:
+        killed.start_standby(p0)
+        config = _config(hosts, read_policy="replica-only")
+        config["shards"][0]["replicas"].append(killed.dsn(DATABASE))
+        for shard in config["shards"]:
+            shard["pool_max_size"] = 16
+        config["tables"] = {"victims": {"shard_key": "id"}}
+        async with shardq.AsyncConnection(config, fetch_size=5) as conn:
+            ids = list(range(1, VICTIMS + 1))
+            await conn.execute(
+                f"INSERT INTO victims (id) VALUES {', '.join(f'({i})' for i in ids)}"
+            )
+            _replayed([*hosts, (p0, killed)])
+            on_s0 = {i for i in ids if conn.shard_for("victims", i) == "s0"}
+            read = "SELECT id, inet_server_port() AS port, slow_pad(id) FROM victims ORDER BY id"
+            quick = "SELECT id, inet_server_port() AS port FROM victims ORDER BY id"
+
+            def exact(rows: list[tuple[Any, ...]]) -> None:
+                assert [r[0] for r in rows] == ids
+                assert all(r[2:] in [("x" * 500,), ()] for r in rows)
+                # s0's rows from the replica that stayed; never from the killed one.
+                assert {r[1] for r in rows if r[0] in on_s0} == {s0.port}
+
+            async def started() -> tuple[shardq.AsyncCursor, list[tuple[Any, ...]]]:
+                """A read with rows from s0 already received (so, from the host it is on)."""
+                cur = await conn.cursor().execute(read)
+                seen: list[tuple[Any, ...]] = []
+                while not any(r[0] in on_s0 for r in seen):
+                    batch = await cur.next_batch()
+                    assert batch, "the read ended before any of s0's rows"
+                    seen += batch
+                return cur, seen
+
+            # Six reads streaming: s0's replicas taken in turn, three on each.
+            streaming = await asyncio.gather(*(started() for _ in range(6)))
+            on_killed = [
+                next(r[1] for r in seen if r[0] in on_s0) == killed.port for _, seen in streaming
+            ]
+            assert on_killed.count(True) == 3
+            killed.halt("immediate")
+
+            async def finish(cur: shardq.AsyncCursor, seen: list[Any]) -> list[Any] | Exception:
+                try:
+                    return seen + await cur.fetchall()
+                except shardq.Error as exc:
+                    return exc
+
+            async def fresh(sql: str = read) -> list[Any] | Exception:
+                try:
+                    return list(await (await conn.execute(sql)).fetchall())
+                except shardq.Error as exc:
+                    return exc
+
+            # The streaming reads finish while four new ones start.
+            outcomes = await asyncio.gather(
+                *(finish(cur, seen) for cur, seen in streaming), *(fresh() for _ in range(4))
+            )
+            failed = [o for o in outcomes if isinstance(o, Exception)]
+            print(
+                f"\n{len(failed)} of {len(outcomes)} reads failed, mid-stream on the killed host:"
+            )
+            for exc in failed:
+                print(f"  {type(exc).__name__}: {exc}")
+            assert len(failed) == 3
+            for outcome, was_on_killed in zip(outcomes, on_killed + [False] * 4, strict=True):
+                if was_on_killed:
+                    assert isinstance(outcome, shardq.ShardError), outcome
+                    assert outcome.shard == "s0"
+                    assert "'s0'" in str(outcome)
+                    assert killed.password not in str(outcome)
+                else:
+                    assert isinstance(outcome, list), outcome
+                    exact(outcome)
+            engine = conn._engine
+            down = engine.hosts.replicas["s0"][1]
+            assert engine.hosts.is_down(down)
+            by_host = {(h.shard, h.host): h for h in conn.stats()}
+            killed_stats = by_host[("s0", "replica 2")]
+            # The new reads that met it (at least the first; those after it skip it).
+            assert 1 <= killed_stats.retries == killed_stats.errors <= 2
+            # Later reads skip the down replica, and all succeed.
+            before = killed_stats.statements
+            later = await asyncio.gather(*(fresh(quick) for _ in range(4)))
+            for outcome in later:
+                assert isinstance(outcome, list), outcome
+                exact(outcome)
+            assert {(h.shard, h.host): h for h in conn.stats()}[
+                ("s0", "replica 2")
+            ].statements == before
+        # The command line, in a process of its own, finds it down as well: its probe's
+        # read there is started again on another host, and succeeds.
+        printed = shardq_cli("stats", "-c", str(_toml(config, tmp_path / "shardq.toml")))
+        assert printed.returncode == 0, printed.stderr
+        row = next(line for line in printed.stdout.splitlines() if f":{killed.port} " in line)
+        cells = [cell.strip() for cell in row.split(" | ")]
+        assert cells[:7] == ["s0", "replica 2", f"127.0.0.1:{killed.port}", "1", "1", "0", "1"]
+        assert "6 statements under read_policy 'round-robin', 6 ok, 0 failed" in printed.stderr
+    finally:
+        killed.stop()
+        for primary in (p0, p1):
+            primary.execute("DROP TABLE victims; DROP FUNCTION slow_pad", DATABASE)
+
+
+def test_a_read_goes_on_past_every_host_that_cannot_serve(
+    hosts: list[tuple[PgCluster, PgCluster]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas of s0 gone (nothing listens on their ports): its primary still serves.
+
+    The read meets one, then the other, each marked down, and is started on
+    the primary: a read fails only when no host of its shard is left to try.
+    (The backoff outlasts the test: the later reads find both down.)
+    """
+    monkeypatch.setattr(shardq.execute.hosts, "BACKOFF_FIRST", 60.0)
+    config = _config(hosts, read_policy="prefer-replica")
+    gone = [f"postgresql://shardq:pw@127.0.0.1:{_free_port()}/{DATABASE}" for _ in range(2)]
+    config["shards"][0]["replicas"] = gone
+    with shardq.connect(config) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchall() == [(0,)]
+        engine = conn.async_connection._engine
+        assert all(engine.hosts.is_down(pool) for pool in engine.hosts.replicas["s0"])
+        by_host = {(h.shard, h.host): h for h in conn.stats()}
+        for host in ("replica 1", "replica 2"):
+            assert (by_host[("s0", host)].errors, by_host[("s0", host)].retries) == (1, 1)
+        assert by_host[("s0", "primary")].statements == 1
+        # The next reads skip both; none fails.
+        for _ in range(3):
+            assert conn.execute("SELECT count(*) FROM items").fetchall() == [(0,)]
+        assert {(h.shard, h.host): h.statements for h in conn.stats()}[("s0", "primary")] == 4
+        with pytest.raises(shardq.OperationalError, match="replica is down"):
+            conn.execute("SELECT count(*) FROM items", read_policy="replica-only")
+
+
+def test_a_partial_read_goes_on_past_every_host_that_cannot_serve(
+    hosts: list[tuple[PgCluster, PgCluster]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """allow_partial leaves a shard out only once no host of it can serve.
+
+    s0's two replicas are gone: the partial read meets both (a scatter that
+    started the other shards, so s0 is started again alone) and reads s0 on
+    its primary: nothing is missing, no warning.
+    """
+    monkeypatch.setattr(shardq.execute.hosts, "BACKOFF_FIRST", 60.0)
+    config = _config(hosts, read_policy="prefer-replica")
+    gone = [f"postgresql://shardq:pw@127.0.0.1:{_free_port()}/{DATABASE}" for _ in range(2)]
+    config["shards"][0]["replicas"] = gone
+    with shardq.connect(config, allow_partial=True) as conn, warnings.catch_warnings():
+        warnings.simplefilter("error", shardq.PartialResultWarning)
+        cur = conn.execute("SELECT count(*) FROM items")
+        assert cur.fetchall() == [(0,)]
+        assert cur.missing_shards == ()
+        engine = conn.async_connection._engine
+        assert all(engine.hosts.is_down(pool) for pool in engine.hosts.replicas["s0"])
+        by_host = {(h.shard, h.host): h for h in conn.stats()}
+        for host in ("replica 1", "replica 2"):
+            assert (by_host[("s0", host)].errors, by_host[("s0", host)].retries) == (1, 1)
+        assert by_host[("s0", "primary")].statements == 1
 
 
 def test_a_promoted_replica_is_found_as_the_new_primary() -> None:

@@ -9,6 +9,8 @@ import shardq
 from shardq.cli.arguments import add_config_argument, add_param_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.output import FORMATS, write_rows
+from shardq.cli.stats import addresses
+from shardq.stats import format_table
 
 if TYPE_CHECKING:
     import argparse
@@ -25,6 +27,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_statement_arguments(parser)
     parser.add_argument(
         "-f", "--format", choices=FORMATS, default="table", help="how rows print (default: table)"
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="then print per shard and host the statistics on standard error (see shardq stats)",
     )
     parser.set_defaults(run=run)
 
@@ -48,10 +55,15 @@ def run(args: argparse.Namespace) -> int:
     sql = sys.stdin.read() if args.sql == "-" else args.sql
     params = args.param or None
     with shardq.connect(config_path(args), timeout=args.timeout) as conn:
-        cur = conn.execute(sql, params)
-        if cur.description is None:
-            print(f"OK, {cur.rowcount} row{'s' if cur.rowcount != 1 else ''} affected")
-            return ExitCode.OK
-        names = [c.name for c in cur.description]
-        write_rows(sys.stdout, args.format, names, cur)
+        try:
+            cur = conn.execute(sql, params)
+            if cur.description is None:
+                print(f"OK, {cur.rowcount} row{'s' if cur.rowcount != 1 else ''} affected")
+                return ExitCode.OK
+            names = [c.name for c in cur.description]
+            write_rows(sys.stdout, args.format, names, cur)
+        finally:
+            if args.stats:  # a failure's too: which host it met
+                sys.stdout.flush()
+                print(format_table(conn.stats(), addresses(conn.config)), file=sys.stderr)
     return ExitCode.OK

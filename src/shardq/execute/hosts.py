@@ -35,8 +35,10 @@ lost, shut down: :func:`host_failed`) is marked down and skipped by the
 policies that have another host to go to; it is tried again after a backoff
 that doubles with each failure in a row (0.5 s, 1 s, 2 s, ... at most 30 s,
 each with jitter), and is up again once a read succeeds there. A read that
-fails so before any row came back is retried once on another host of the
-same shard (the engine does it); the primary policy has no other host.
+fails so before any row came back is started again on another host of the
+same shard, each host at most once (the engine does it): it fails only when
+its shard has no host left that it has not met; the primary policy has no
+other host.
 """
 
 from __future__ import annotations
