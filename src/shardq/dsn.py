@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Secrets", "check_postgres_dsn", "redact"]
+__all__ = ["Secrets", "check_postgres_dsn", "redact", "server_of"]
 
 _URL_SCHEMES = ("postgresql", "postgres")
 # A conninfo "key=value" pair; values may be single-quoted with backslash escapes.
@@ -127,6 +127,46 @@ def redact(dsn: str) -> str:
             last = end
     out.append(dsn[last:])
     return "".join(out)
+
+
+def server_of(dsn: str) -> tuple[str, int] | None:
+    """The one server (host, port) a PostgreSQL DSN names, without its credentials.
+
+    For traces (:mod:`shardq.tracing`): None when the DSN names several
+    hosts or none (libpq would then pick, or read the environment).
+
+    >>> server_of("postgresql://app:s3cret@db.internal:6432/orders")
+    ('db.internal', 6432)
+    >>> server_of("host=10.0.0.5 password='a b' dbname=orders")
+    ('10.0.0.5', 5432)
+    >>> server_of("host=a,b port=5432,5433") is None
+    True
+    """
+    host: str | None
+    port: str | None
+    if "://" in dsn:
+        try:
+            netloc = urlsplit(dsn).netloc.rpartition("@")[2]
+            if "," in netloc:
+                return None
+            parts = urlsplit(dsn)
+            host, number = parts.hostname, parts.port
+        except ValueError:
+            return None
+        port = None if number is None else str(number)
+    else:
+        try:
+            values = {key: raw.strip("'") for key, raw, _span in _split_conninfo(dsn)}
+        except ValueError:
+            return None
+        host = values.get("host") or values.get("hostaddr")
+        port = values.get("port")
+    if not host or "," in host or (port is not None and "," in port):
+        return None
+    try:
+        return unquote(host), int(port) if port else 5432
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

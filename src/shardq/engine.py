@@ -14,6 +14,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shardq import tracing
 from shardq.cache.backend import Result as CachedResult
 from shardq.errors import (
     ConfigError,
@@ -782,6 +783,7 @@ class Engine:
         stream = not plan.kind.is_write and transaction is None
         began = time.monotonic()
         statement = next(_STATEMENT_IDS)
+        tracing.started(plan.route, shards, statement)
         try:
             await scatter.start(plan.sql, plan.params, fetch_size=self.fetch_size, stream=stream)
         except QueryTimeoutError as exc:

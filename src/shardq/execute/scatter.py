@@ -21,6 +21,7 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from shardq import tracing
 from shardq.errors import QueryTimeoutError
 from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
 
@@ -188,8 +189,9 @@ class Scatter:
             own_sql, own_params = each.get(lease.shard, (sql, params))
             # Bounded in each shard's own task: a TaskGroup cancelled twice
             # does not cancel its tasks twice (see shardq.execute.deadline).
-            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
-                await lease.start(own_sql, own_params, fetch_size, stream)
+            with tracing.shard_span(lease._pool):  # in the shard's task: see shardq.tracing
+                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    await lease.start(own_sql, own_params, fetch_size, stream)
 
         try:
             if len(self._leases) == 1:
