@@ -147,7 +147,9 @@ class _Statement:
 _current: ContextVar[_Statement | None] = ContextVar("shardq_statement", default=None)
 
 
+@functools.cache
 def _system(dialect: str) -> dict[str, str]:
+    """The db.system attributes of ``dialect`` (copied by whoever adds to them)."""
     system = _SYSTEMS.get(dialect, dialect)
     return {"db.system": system, "db.system.name": system}
 
@@ -304,14 +306,14 @@ def query(sql: str) -> None:
         return
     text, operation, table = sanitized
     span = statement.span
-    span.set_attribute("db.query.text", text)
-    span.set_attribute("db.statement", text)  # the conventions' name before 1.25
+    # "db.statement", "db.operation": the conventions' names before 1.25.
+    attributes: dict[str, Any] = {"db.query.text": text, "db.statement": text}
     if operation is not None:
-        span.set_attribute("db.operation.name", operation)
-        span.set_attribute("db.operation", operation)
+        attributes["db.operation.name"] = attributes["db.operation"] = operation
         if table is not None:
-            span.set_attribute("db.collection.name", table)
+            attributes["db.collection.name"] = table
         span.update_name(operation if table is None else f"{operation} {table}")
+    span.set_attributes(attributes)
 
 
 def cache_hit(hit: bool) -> None:
@@ -339,11 +341,14 @@ def started(route: Any, shards: Sequence[str], statement_id: int) -> None:
         else "routed" if len(shards) == 1
         else "multi-shard"
     )  # fmt: skip
-    span = statement.span
-    span.set_attribute("shardq.plan", plan)
-    span.set_attribute("shardq.shard_count", len(shards))
-    span.set_attribute("shardq.shards", list(shards))
-    span.set_attribute("shardq.statement_id", statement_id)
+    statement.span.set_attributes(
+        {
+            "shardq.plan": plan,
+            "shardq.shard_count": len(shards),
+            "shardq.shards": list(shards),
+            "shardq.statement_id": statement_id,
+        }
+    )
 
 
 @contextlib.contextmanager
@@ -368,7 +373,10 @@ def _shard(statement: _Statement, pool: Any) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        _record(span, exc, f"shard {shard!r}: {_describe(exc)}")
+        described = _describe(exc)
+        _record(
+            span, exc, described if isinstance(exc, ShardError) else f"shard {shard!r}: {described}"
+        )
         raise
     except BaseException as exc:  # cancelled: another shard failed, or the caller gave up
         span.set_attribute("shardq.cancelled", True)
