@@ -65,7 +65,7 @@ from sqlglot import TokenType
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
 
-from shardq.errors import QueryTimeoutError, ShardError
+from shardq.errors import MissingDependencyError, QueryTimeoutError, ShardError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -119,11 +119,14 @@ def set_tracer_provider(provider: TracerProvider | None) -> None:
 
     For tests, which cannot set the global provider more than once per
     process, and for an application that wants shardq's spans apart (or
-    none: ``NoOpTracerProvider()``). Needs ``opentelemetry-api``.
+    none: ``NoOpTracerProvider()``).
+
+    Raises:
+        MissingDependencyError: opentelemetry-api is not installed.
     """
     global _tracer
     if _trace is None:
-        raise RuntimeError("shardq.tracing needs opentelemetry-api: pip install 'shardq[otel]'")
+        raise MissingDependencyError("opentelemetry", "otel", "shardq.tracing")
     if provider is None:
         _tracer = None
     else:

@@ -153,7 +153,7 @@ from shardq.aio import AsyncCursor
 seen = {"wrapped": hasattr(AsyncCursor.execute, "__wrapped__")}
 try:
     tracing.set_tracer_provider(None)
-except RuntimeError as exc:
+except shardq.MissingDependencyError as exc:
     seen["set_provider"] = str(exc)
 
 folder = tempfile.mkdtemp()
