@@ -27,6 +27,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Self
 
+from shardq import tracing
 from shardq.cache.regions import CacheChoice, Regions
 from shardq.config import Config, load_config
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
@@ -116,6 +117,7 @@ class AsyncCursor:
             raise InterfaceError("the cursor is closed")
         self.connection._check_open()
 
+    @tracing.statement_span
     async def execute(
         self,
         sql: SQL,
@@ -166,6 +168,7 @@ class AsyncCursor:
         policy = connection.read_policy if read_policy is None else check_policy(read_policy)
         partial = connection.allow_partial if allow_partial is None else bool(allow_partial)
         sql, params = as_statement((sql, params), connection.config.dialect)
+        tracing.query(sql)
         if timeout is None:
             timeout = connection.timeout
         engine = connection._engine
@@ -192,10 +195,12 @@ class AsyncCursor:
         if region is not None:
 
             async def compute() -> Result:
+                tracing.cache_hit(False)
                 return await engine.read_all(sql, params, timeout=timeout)
 
             cached = await caches.read(region, engine.planner, sql, params, cache_key, compute)
             if cached is not None:
+                tracing.cache_hit(True)
                 self._result = StoredResult(*cached, self.row_factory)
                 return self
             if cache is not None and cache is not False:
@@ -796,9 +801,11 @@ class AsyncConnection:
                 total=total,
             )
             try:
-                async with contextlib.aclosing(batch):  # closed now, not when collected
-                    async for outcome in batch:
-                        yield outcome
+                with tracing.batch_span(dialect, concurrency) as traced:
+                    async with contextlib.aclosing(batch):  # closed now, not when collected
+                        async for outcome in batch:
+                            traced.count(outcome.success)
+                            yield outcome
             finally:
                 await lanes.close()
                 if written:

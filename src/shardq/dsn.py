@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Secrets", "address", "check_postgres_dsn", "redact"]
+__all__ = ["Secrets", "address", "check_postgres_dsn", "redact", "server_of"]
 
 _URL_SCHEMES = ("postgresql", "postgres")
 # A conninfo "key=value" pair; values may be single-quoted with backslash escapes.
@@ -170,6 +170,28 @@ def _with_port(host: str, port: str = "") -> str:
         return f"{host}:{port}"
     written = host.rpartition(":")[2].isdigit() and not host.endswith("]")
     return host if written else f"{host}:5432"
+
+
+def server_of(dsn: str) -> tuple[str, int] | None:
+    """The one server (host, port) a PostgreSQL DSN names, without its credentials.
+
+    For traces (:mod:`shardq.tracing`): :func:`address` taken apart; None
+    when the DSN names several hosts (libpq picks one) or is not one.
+
+    >>> server_of("postgresql://app:s3cret@db.internal:6432/orders")
+    ('db.internal', 6432)
+    >>> server_of("host=10.0.0.5 password='a b' dbname=orders")
+    ('10.0.0.5', 5432)
+    >>> server_of("host=a,b port=5432,5433") is None
+    True
+    >>> server_of("postgresql://[::1]:5433/orders")
+    ('::1', 5433)
+    """
+    where = address(dsn)
+    host, _, port = where.rpartition(":")
+    if "," in where or not host or not port.isdigit():
+        return None
+    return unquote(host.removeprefix("[").removesuffix("]")), int(port)
 
 
 @dataclass(frozen=True, slots=True)

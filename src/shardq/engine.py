@@ -14,6 +14,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shardq import tracing
 from shardq.cache.backend import Result as CachedResult
 from shardq.errors import (
     ConfigError,
@@ -855,6 +856,7 @@ class Engine:
             pools = self.pools if transaction is None else transaction.view()
         scatter = Scatter(pools, shards, timeout, deadline=deadline, partial=partial)
         statement = scatter.statement = next(_STATEMENT_IDS)
+        tracing.started(plan.route, shards, statement)
         prepare = None
         if plan.merge.compares:
             # How each shard orders text, asked in its own task before its

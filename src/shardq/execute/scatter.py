@@ -30,6 +30,7 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from shardq import tracing
 from shardq.errors import Error, OperationalError, QueryTimeoutError, ShardError
 from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
 from shardq.execute.hosts import host_failed
@@ -263,13 +264,14 @@ class Scatter:
             try:
                 # Bounded in each shard's own task: a TaskGroup cancelled twice
                 # does not cancel its tasks twice (see shardq.execute.deadline).
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
-                    if self._prepare is not None:
-                        await self._prepare(lease.shard, lease.pool)
-                    await lease.start(own_sql, own_params, fetch_size, stream)
-                    if self._partial:
-                        settle()
-                        await self._read_while_waiting(lease, settled)
+                with tracing.shard_span(lease.pool):  # in the shard's task: see shardq.tracing
+                    async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                        if self._prepare is not None:
+                            await self._prepare(lease.shard, lease.pool)
+                        await lease.start(own_sql, own_params, fetch_size, stream)
+                        if self._partial:
+                            settle()
+                            await self._read_while_waiting(lease, settled)
             except (TimeoutError, ShardError) as exc:
                 if not self._partial:
                     raise

@@ -28,6 +28,7 @@ import uuid
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from shardq import tracing
 from shardq.errors import InFailedTransactionError, InterfaceError, NotSupportedError
 from shardq.execute.deadline import grace
 from shardq.execute.driver import read_whole
@@ -201,20 +202,21 @@ class Transaction:
                 "the transaction was aborted by an earlier failure and has been rolled back"
             )
         self.closed = True
-        try:
-            readers = [s for s in self._held if s not in self.written]
-            writers = [s for s in self._order if s in self.written and s in self._held]
-            for shard in readers:  # read-only participants: released without preparing
-                await read_whole(self._held[shard].conn, "COMMIT", None, stream=False)
-            if len(writers) == 1:
-                await read_whole(self._held[writers[0]].conn, "COMMIT", None, stream=False)
-            elif writers:
-                await two_phase_commit(
-                    self.txid, [(s, self._held[s].conn) for s in writers], self._pools
-                )
-        except BaseException:
-            await self._abandon()
-            raise
+        readers = [s for s in self._held if s not in self.written]
+        writers = [s for s in self._order if s in self.written and s in self._held]
+        with tracing.commit_span(self.dialect, len(self._held), len(writers), len(writers) > 1):
+            try:
+                for shard in readers:  # read-only participants: released without preparing
+                    await read_whole(self._held[shard].conn, "COMMIT", None, stream=False)
+                if len(writers) == 1:
+                    await read_whole(self._held[writers[0]].conn, "COMMIT", None, stream=False)
+                elif writers:
+                    await two_phase_commit(
+                        self.txid, [(s, self._held[s].conn) for s in writers], self._pools
+                    )
+            except BaseException:
+                await self._abandon()
+                raise
         await self._release()
 
     async def rollback(self) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from shardq.dsn import server_of
 from shardq.execute.driver import (
     Column,
     CopyRejected,
@@ -535,6 +536,8 @@ class PsycopgPool:
 
     def __init__(self, config: Config, shard: ShardConfig):
         self.name = shard.name
+        # (host, port) of the configured host, never its credentials: for traces.
+        self.server = server_of(shard.dsn)
         self._secrets = config.secrets
         self._dsn = failover_conninfo(shard.dsn, shard.replicas) or shard.dsn
         self._connect_kwargs: dict[str, Any] = {"autocommit": True}
