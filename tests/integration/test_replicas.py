@@ -452,21 +452,27 @@ async def test_a_replica_killed_mid_read(
             primary.execute("DROP TABLE victims; DROP FUNCTION slow_pad", DATABASE)
 
 
+@pytest.mark.parametrize("partial", [False, True], ids=["whole", "partial"])
 def test_a_read_goes_on_past_every_host_that_cannot_serve(
-    hosts: list[tuple[PgCluster, PgCluster]], monkeypatch: pytest.MonkeyPatch
+    hosts: list[tuple[PgCluster, PgCluster]], monkeypatch: pytest.MonkeyPatch, partial: bool
 ) -> None:
     """Two replicas of s0 gone (nothing listens on their ports): its primary still serves.
 
     The read meets one, then the other, each marked down, and is started on
     the primary: a read fails only when no host of its shard is left to try.
+    A partial read (allow_partial) does the same for the shard its scatter
+    left out, started again alone, and leaves nothing out, with no warning.
     (The backoff outlasts the test: the later reads find both down.)
     """
     monkeypatch.setattr(shardq.execute.hosts, "BACKOFF_FIRST", 60.0)
     config = _config(hosts, read_policy="prefer-replica")
     gone = [f"postgresql://shardq:pw@127.0.0.1:{_free_port()}/{DATABASE}" for _ in range(2)]
     config["shards"][0]["replicas"] = gone
-    with shardq.connect(config) as conn:
-        assert conn.execute("SELECT count(*) FROM items").fetchall() == [(0,)]
+    with shardq.connect(config, allow_partial=partial) as conn, warnings.catch_warnings():
+        warnings.simplefilter("error", shardq.PartialResultWarning)
+        cur = conn.execute("SELECT count(*) FROM items")
+        assert cur.fetchall() == [(0,)]
+        assert cur.missing_shards == ()
         engine = conn.async_connection._engine
         assert all(engine.hosts.is_down(pool) for pool in engine.hosts.replicas["s0"])
         by_host = {(h.shard, h.host): h for h in conn.stats()}
@@ -479,32 +485,6 @@ def test_a_read_goes_on_past_every_host_that_cannot_serve(
         assert {(h.shard, h.host): h.statements for h in conn.stats()}[("s0", "primary")] == 4
         with pytest.raises(shardq.OperationalError, match="replica is down"):
             conn.execute("SELECT count(*) FROM items", read_policy="replica-only")
-
-
-def test_a_partial_read_goes_on_past_every_host_that_cannot_serve(
-    hosts: list[tuple[PgCluster, PgCluster]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """allow_partial leaves a shard out only once no host of it can serve.
-
-    s0's two replicas are gone: the partial read meets both (a scatter that
-    started the other shards, so s0 is started again alone) and reads s0 on
-    its primary: nothing is missing, no warning.
-    """
-    monkeypatch.setattr(shardq.execute.hosts, "BACKOFF_FIRST", 60.0)
-    config = _config(hosts, read_policy="prefer-replica")
-    gone = [f"postgresql://shardq:pw@127.0.0.1:{_free_port()}/{DATABASE}" for _ in range(2)]
-    config["shards"][0]["replicas"] = gone
-    with shardq.connect(config, allow_partial=True) as conn, warnings.catch_warnings():
-        warnings.simplefilter("error", shardq.PartialResultWarning)
-        cur = conn.execute("SELECT count(*) FROM items")
-        assert cur.fetchall() == [(0,)]
-        assert cur.missing_shards == ()
-        engine = conn.async_connection._engine
-        assert all(engine.hosts.is_down(pool) for pool in engine.hosts.replicas["s0"])
-        by_host = {(h.shard, h.host): h for h in conn.stats()}
-        for host in ("replica 1", "replica 2"):
-            assert (by_host[("s0", host)].errors, by_host[("s0", host)].retries) == (1, 1)
-        assert by_host[("s0", "primary")].statements == 1
 
 
 def test_a_promoted_replica_is_found_as_the_new_primary() -> None:

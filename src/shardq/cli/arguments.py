@@ -28,6 +28,7 @@ __all__ = [
     "PARAM_HELP",
     "add_config_argument",
     "add_param_argument",
+    "at_least_one",
     "config_path",
     "parse_param",
 ]
@@ -106,3 +107,14 @@ def add_param_argument(parser: argparse.ArgumentParser) -> None:
         metavar="VALUE",
         help=PARAM_HELP,
     )
+
+
+def at_least_one(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1 (a count of shards, of runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

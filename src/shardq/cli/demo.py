@@ -13,7 +13,6 @@ from the ``demo-postgres`` extra (see :mod:`shardq.cli.demo_postgres`).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import random
@@ -26,11 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import shardq
+from shardq.cli.arguments import at_least_one
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.output import write_rows
 from shardq.config import load_config
 
 if TYPE_CHECKING:
+    import argparse
+
     from shardq.config import Config
 
 __all__ = [
@@ -176,11 +178,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="with --postgres: stop the demo's servers (their data stays)",
     )
     parser.add_argument(
-        "--shards", type=_at_least_one, default=4, metavar="N", help="number of shards (default 4)"
+        "--shards", type=at_least_one, default=4, metavar="N", help="number of shards (default 4)"
     )
     parser.add_argument(
         "--customers",
-        type=_at_least_one,
+        type=at_least_one,
         default=2000,
         metavar="N",
         help="customers, each with 1 to 9 orders (default 2000)",
@@ -197,16 +199,6 @@ def usage_error(args: argparse.Namespace, message: str) -> NoReturn:
     """Exit as argparse does for a bad argument: usage, message, exit code 2."""
     parser: argparse.ArgumentParser = args.parser
     parser.error(message)
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def read_marker(folder: Path, marker: re.Pattern[str]) -> re.Match[str] | None:

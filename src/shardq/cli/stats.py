@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import shardq
-from shardq.cli.arguments import add_config_argument, config_path
+from shardq.cli.arguments import add_config_argument, at_least_one, config_path
 from shardq.cli.batch import check_statements, split_statements
 from shardq.cli.exit_codes import ExitCode, exit_code_for
 from shardq.config import READ_POLICIES
@@ -70,7 +70,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "-n",
         "--repeat",
-        type=_positive,
+        type=at_least_one,
         default=1,
         metavar="N",
         help="run the statements (or the probe's round) N times (default 1)",
@@ -78,7 +78,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "-j",
         "--concurrency",
-        type=_positive,
+        type=at_least_one,
         default=1,
         metavar="K",
         help="statements in flight at once (default 1: times not inflated by queueing)",
@@ -93,18 +93,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("-t", "--timeout", type=float, default=None, help="seconds per statement")
     parser.add_argument("--json", action="store_true", help="print one JSON object, not a table")
     parser.set_defaults(run=run)
-
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def addresses(config: Config) -> dict[tuple[str, str], str]:
