@@ -84,6 +84,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -186,6 +187,8 @@ class Timeline:
     traced: list[int] = field(default_factory=list)
     hosts: dict[str, list[int]] = field(default_factory=dict)
     retries: list[int] = field(default_factory=list)
+    # Per host: the most statements seen waiting for a pool connection (sampled each second).
+    waiting: dict[str, int] = field(default_factory=dict)
     # Per-second CPU, in cores: this client, the servers (the postmasters and their
     # children), and the whole machine (so the rest is other work sharing it).
     cpu_client: list[float] = field(default_factory=list)
@@ -223,6 +226,18 @@ class Timeline:
 
 def heap_blocks() -> int:
     return sys.getallocatedblocks()
+
+
+def idle_memory() -> tuple[int | None, int]:
+    """RSS and Python heap blocks with no operation running, after a full collection.
+
+    Taken after the warm-up and after the clients ended: what a leak would
+    leave behind, without the run's garbage that cycles keep until the
+    cyclic collector's oldest generation runs (exceptions with their
+    tracebacks, for one).
+    """
+    gc.collect()
+    return rss(), heap_blocks()
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -413,7 +428,10 @@ class Soak:
         self.conn: shardq.AsyncConnection | None = None
         self.tx_conns: asyncio.Queue[shardq.AsyncConnection] = asyncio.Queue()
         self.tx_all: list[shardq.AsyncConnection] = []
-        self.snapshot_10s: tracemalloc.Snapshot | None = None
+        # --tracemalloc: (when, snapshot) at the 10th second, before the kill, 5 s after it.
+        self.snapshots: list[tuple[str, tracemalloc.Snapshot]] = []
+        self.idle_before: tuple[int | None, int] = (None, 0)
+        self.idle_after: tuple[int | None, int] = (None, 0)
 
     # -- operations: each raises WrongAnswerError when the answer is not the loaded one
 
@@ -514,9 +532,14 @@ class Soak:
                 timeline.done(kind, int(now - self.began), now - started)
 
     def _host_statements(self) -> tuple[dict[str, int], int]:
+        """Statements so far per host, and reads retried; the most statements waiting noted."""
         assert self.conn is not None
-        found = {f"{h.shard} {h.host}": h.statements for h in self.conn.stats()}
-        return found, sum(h.retries for h in self.conn.stats())
+        stats = self.conn.stats()
+        for h in stats:
+            host = f"{h.shard} {h.host}"
+            waits = self.timeline.waiting
+            waits[host] = max(waits.get(host, 0), h.waiting or 0)
+        return {f"{h.shard} {h.host}": h.statements for h in stats}, sum(h.retries for h in stats)
 
     def _cpu(self) -> tuple[float, float, float]:
         """CPU seconds so far: this process, the servers still running, the machine."""
@@ -545,7 +568,7 @@ class Soak:
             if self.args.tracemalloc:
                 timeline.traced.append(tracemalloc.get_traced_memory()[0])
                 if second == min(10, self.args.seconds // 3):
-                    self.snapshot_10s = tracemalloc.take_snapshot()
+                    self.snapshots.append((f"second {second}", tracemalloc.take_snapshot()))
             now, retries = self._host_statements()
             for host, count in now.items():
                 timeline.hosts.setdefault(host, []).append(count - last.get(host, 0))
@@ -563,6 +586,8 @@ class Soak:
             return sum(h.errors for h in self.conn.stats() if (h.shard, h.host) == replica)
 
         before = replica_errors()
+        if tracemalloc.is_tracing():
+            self.snapshots.append(("the kill", tracemalloc.take_snapshot()))
         standby = self.standbys[0]
         pid = standby.pid
         self.kill_time = time.monotonic() - self.began
@@ -579,6 +604,10 @@ class Soak:
                 break
             await asyncio.sleep(0.01)
         self.orphans = await waiting
+        if tracemalloc.is_tracing():
+            await asyncio.sleep(max(0.0, self.began + self.args.kill_at + 5 - time.monotonic()))
+            if not self.stop.is_set():
+                self.snapshots.append(("5 s after the kill", tracemalloc.take_snapshot()))
 
     async def run(self) -> None:
         args = self.args
@@ -592,6 +621,7 @@ class Soak:
             rng = random.Random(-1)
             for kind in KINDS:
                 await getattr(self, kind)(rng)
+            self.idle_before = idle_memory()
             if args.tracemalloc:
                 tracemalloc.start()
             self.began = time.monotonic()
@@ -609,6 +639,7 @@ class Soak:
             if args.tracemalloc:
                 self.report_growth()
                 tracemalloc.stop()
+            self.idle_after = idle_memory()
             self.final_stats = self.conn.stats()
             self.final_checks = await self.check()
         finally:
@@ -616,13 +647,16 @@ class Soak:
                 await conn.close()
 
     def report_growth(self) -> None:
-        if self.snapshot_10s is None:
-            return
-        growth = tracemalloc.take_snapshot().compare_to(self.snapshot_10s, "lineno")
-        print("\nallocation sites that grew most since the 10th second (tracemalloc):")
-        for stat in growth[:8]:
-            size, count = stat.size_diff / 1024, stat.count_diff
-            print(f"  {size:+9.1f} KiB {count:+7d} blocks  {stat.traceback}")
+        """The allocation sites that grew most between the snapshots (``--tracemalloc``)."""
+        snapshots = [*self.snapshots, ("the end", tracemalloc.take_snapshot())]
+        for (since, first), (until, last) in itertools.pairwise(snapshots):
+            growth = last.compare_to(first, "lineno")
+            growth.sort(key=lambda stat: stat.size_diff, reverse=True)
+            total = sum(stat.size_diff for stat in growth) / 1024
+            print(f"\ntraced memory from {since} to {until}: {total:+.1f} KiB; grew most:")
+            for stat in growth[:8]:
+                size, count = stat.size_diff / 1024, stat.count_diff
+                print(f"  {size:+9.1f} KiB {count:+7d} blocks  {stat.traceback}")
 
     async def check(self) -> list[str]:
         """The writes' totals on the primaries, and no transaction left prepared."""
@@ -770,23 +804,35 @@ def summarize(soak: Soak) -> dict[str, Any]:
             continue
         change = (last - first) / first
         print(f"  {name:<30} {first:8.1f} -> {last:8.1f} ({change:+.1%})")
-        if name != "tracemalloc MB":
+        if name == "RSS MB":
             flat = flat and change <= MEMORY_AIM
+    (rss_before, blocks_before), (rss_after, blocks_after) = soak.idle_before, soak.idle_after
+    heap_change = (blocks_after - blocks_before) / blocks_before if blocks_before else 0.0
+    idle = (
+        f"idle, after gc.collect(): Python heap {blocks_before / 1e3:.1f} -> "
+        f"{blocks_after / 1e3:.1f} thousand blocks ({heap_change:+.1%})"
+    )
+    if rss_before and rss_after:
+        idle += f", RSS {rss_before / 1e6:.1f} -> {rss_after / 1e6:.1f} MB"
+    print(f"  {idle} (after the warm-up -> after the run)")
+    flat = flat and heap_change <= MEMORY_AIM
 
-    print("\nconn.stats() per host at the end (the reads, batches and routed writes' connection):")
-    header = (
+    print(
+        "\nconn.stats() per host at the end (the connection of the reads, batches and routed "
+        "writes; p50-p99: the time to a shard's first answer, of the last 1,024; most waiting: "
+        "statements waiting for a pool connection, the most seen in the once-a-second samples)"
+    )
+    print(
         f"  {'shard':<5} {'host':<10} {'statements':>10} {'errors':>6} {'timeouts':>8} "
-        f"{'retries':>7} {'in use':>6} {'open':>5} {'waiting':>7} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'retries':>7} {'open':>5} {'most waiting':>12} {'p50 ms':>7} {'p95 ms':>7} "
         f"{'p99 ms':>7}"
     )
-    print(header)
     for h in soak.final_stats:
+        most = t.waiting.get(f"{h.shard} {h.host}", 0)
         print(
             f"  {h.shard:<5} {h.host:<10} {h.statements:>10} {h.errors:>6} {h.timeouts:>8} "
-            f"{h.retries:>7} {h.in_use if h.in_use is not None else '-':>6} "
-            f"{h.open if h.open is not None else '-':>5} "
-            f"{h.waiting if h.waiting is not None else '-':>7} {_ms(h.p50):>7} {_ms(h.p95):>7} "
-            f"{_ms(h.p99):>7}"
+            f"{h.retries:>7} {h.open if h.open is not None else '-':>5} {most:>12} "
+            f"{_ms(h.p50):>7} {_ms(h.p95):>7} {_ms(h.p99):>7}"
         )
     wrong = [*t.wrong, *soak.final_checks]
     wrong_count = t.wrong_count + len(soak.final_checks)
@@ -803,10 +849,11 @@ def summarize(soak: Soak) -> dict[str, Any]:
             f"seconds {min(window, default=0)}-{max(window, default=0)}; {sum(errors)} errors",
         },
         {
-            "text": f"memory flat: RSS and Python heap, last {span} s within 5 % of the first",
+            "text": f"memory flat: RSS of the last {span} s within 5 % of the first {span} s, and "
+            "the idle Python heap after the run within 5 % of before it",
             "passed": flat,
             "detail": "; ".join(
-                f"{n} {a:.1f} -> {b:.1f}" for n, (a, b) in memory.items() if a and b
+                [f"{n} {a:.1f} -> {b:.1f}" for n, (a, b) in memory.items() if a and b] + [idle]
             ),
         },
         {"text": "every answer right", "passed": not wrong, "detail": f"{wrong_count} wrong"},
