@@ -726,20 +726,22 @@ class Engine:
         began = time.monotonic()
         if deadline is None and timeout is not None:
             deadline = began + timeout
+        attempt = began
         try:
             started = await self._start(plan, shards, timeout, pools=pools, deadline=deadline)
         except ShardError as exc:
             failed = pools.get(exc.shard)
             if failed is None or not host_failed(exc):
                 raise
-            self.hosts.failed(failed)
+            self.hosts.failed(failed, began)
             again = await self._read_pools(policy, shards, primary_for)
             if again[exc.shard] is failed:
                 raise
             self.stats.retried(failed)
+            attempt = time.monotonic()
             started = await self._start(plan, shards, timeout, pools=again, deadline=deadline)
             pools = again
-        self.hosts.succeeded(pools[shard] for shard in shards)
+        self.hosts.succeeded((pools[shard] for shard in shards), attempt)
         if len(shards) == 1:  # (a scatter's time is its slowest shard's)
             self.hosts.measured(pools[shards[0]], time.monotonic() - began)
         return started
