@@ -563,7 +563,8 @@ async def test_first_two_phase_commits_at_once_on_a_new_holder_all_commit(
 
     PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is no guard against a concurrent
     creator: the second waits for the first's commit, then fails on the catalog's
-    unique index (seen in ``benchmarks/soak.py``, the first second of its run).
+    unique index, or says the table's type exists, as timing has it (both seen in
+    ``benchmarks/soak.py``, in the first second of its runs).
     """
     backend = pg_backend_writes
     assert _prepared(backend) == []  # so no decision row is needed any more
