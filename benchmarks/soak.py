@@ -576,6 +576,14 @@ class Soak:
         wall = time.monotonic()
         for second in range(1, self.args.seconds + 1):
             await asyncio.sleep(max(0.0, self.began + second - time.monotonic()))
+            # The counts first, the moment the loop wakes us (the CPU takes a thread hop).
+            now, retries = self._host_statements()
+            for host, count in now.items():
+                timeline.hosts.setdefault(host, []).append(count - last.get(host, 0))
+            timeline.retries.append(retries - last_retries)
+            last, last_retries = now, retries
+            timeline.rss.append(rss())
+            timeline.blocks.append(heap_blocks())
             now_cpu = await asyncio.to_thread(self._cpu)
             now_wall = time.monotonic()
             spent = [(b - a) / (now_wall - wall) for a, b in zip(cpu, now_cpu, strict=True)]
@@ -584,17 +592,10 @@ class Soak:
             timeline.cpu_servers.append(max(0.0, spent[1]))
             timeline.cpu_machine.append(spent[2])
             cpu, wall = now_cpu, now_wall
-            timeline.rss.append(rss())
-            timeline.blocks.append(heap_blocks())
             if self.args.tracemalloc:
                 timeline.traced.append(tracemalloc.get_traced_memory()[0])
                 if second == min(10, self.args.seconds // 3):
                     self.snapshot(f"second {second}")
-            now, retries = self._host_statements()
-            for host, count in now.items():
-                timeline.hosts.setdefault(host, []).append(count - last.get(host, 0))
-            timeline.retries.append(retries - last_retries)
-            last, last_retries = now, retries
 
     async def killer(self) -> None:
         """Kill s0's standby at --kill-at; note when its host first counts an error."""
