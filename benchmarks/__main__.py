@@ -17,7 +17,10 @@ as it goes, and collects what each wrote with ``--json``:
   beside a hand-split psycopg COPY, a single-node COPY and ``executemany``.
 - ``commit``: ``commit.py``, the latency of a transaction on 1 shard and of a
   two-phase commit on 2 and 4, beside psycopg's ``tpc_*`` by hand and a plain
-  commit.
+  commit;
+- ``soak``: ``soak.py``, 200 clients of mixed reads and writes for 60 s on
+  shards with standbys, one standby killed half way (it also draws
+  ``benchmarks/soak.png``, over time).
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -25,8 +28,10 @@ date) and draws ``benchmarks/results.png`` (one panel per table, shardq's bars
 in colour, a wrong answer marked), and exits 0 unless a scenario failed to
 run: missed aims are reported, not errors.
 
-The full run took 910 s on a 2-core machine; ``--quick`` passes ``--quick`` to
-every scenario (136 s); ``--only batch,cache`` runs some of them.
+The full run took 910 s on a 2-core machine, before ``commit`` and ``soak``
+were added (``soak`` takes about 90 s, 20 s with ``--quick``); ``--quick``
+passes ``--quick`` to every scenario (136 s, then); ``--only batch,cache``
+runs some of them.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ SCENARIOS = {
     "cache": "cache.py",
     "load": "load.py",
     "commit": "commit.py",
+    "soak": "soak.py",
 }
 
 

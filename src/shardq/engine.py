@@ -763,6 +763,7 @@ class Engine:
         began = time.monotonic()
         if deadline is None and timeout is not None:
             deadline = began + timeout
+        attempt = began  # when the attempt that a failure belongs to began
         met: set[int] = set()  # the hosts that could not serve this read
         while True:
             try:
@@ -774,17 +775,23 @@ class Engine:
                 failed = pools.get(exc.shard)
                 if failed is None or not host_failed(exc):
                     raise
-                self.hosts.failed(failed)
+                self.hosts.failed(failed, attempt)
                 met.add(id(failed))
                 again = await self._read_pools(policy, shards, primary_for)
                 if id(again[exc.shard]) in met:
                     raise
                 self.stats.retried(failed)
+                attempt = time.monotonic()
                 pools = again
+        begun = dict.fromkeys(shards, attempt)
         if started[0].missing:
-            pools = await self._start_again(plan, started[0], pools, policy, primary_for, met)
+            pools = await self._start_again(
+                plan, started[0], pools, policy, primary_for, met, begun
+            )
         missing = started[0].missing
-        self.hosts.succeeded(pools[shard] for shard in shards if shard not in missing)
+        for shard in shards:
+            if shard not in missing:
+                self.hosts.succeeded((pools[shard],), begun[shard])
         if len(shards) == 1:  # (a scatter's time is its slowest shard's)
             self.hosts.measured(pools[shards[0]], time.monotonic() - began)
         return started
@@ -797,11 +804,13 @@ class Engine:
         policy: str,
         primary_for: Collection[str],
         met: set[int],
+        begun: dict[str, float],
     ) -> Mapping[str, ShardPool]:
         """Start the shards a partial read left out again on other hosts; the pools used.
 
         As a read that fails: a shard whose host could not serve goes on to a
         host of its own this read has not ``met``, each at most once.
+        ``begun`` holds when each shard's last attempt began (updated).
         """
         while True:
             lost = [
@@ -810,7 +819,7 @@ class Engine:
                 if host_failed(exc) and id(pools[shard]) not in met
             ]
             for shard in lost:
-                self.hosts.failed(pools[shard])
+                self.hosts.failed(pools[shard], begun[shard])
                 met.add(id(pools[shard]))
             if not lost:
                 return pools
@@ -823,6 +832,7 @@ class Engine:
             began = time.monotonic()
             await scatter.restart(moved, plan.sql, plan.params, fetch_size=self.fetch_size)
             seconds = time.monotonic() - began
+            begun.update(dict.fromkeys(moved, began))
             for shard, pool in moved.items():
                 if shard in scatter.missing:
                     self._failed(scatter.statement, shard, pool, scatter.missing[shard])

@@ -7,6 +7,7 @@ that writes on one shard, and refuse a second.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -552,4 +553,45 @@ def test_decision_rows_are_deleted_with_the_next_decision_and_by_recover(
         conn.recover()
         assert backend.direct(holder, decisions) == [(0,)]
     assert _stored(backend) == [(k, "r4") for k in keys]
+    assert _prepared(backend) == []
+
+
+async def test_first_two_phase_commits_at_once_on_a_new_holder_all_commit(
+    pg_backend_writes: Backend,
+) -> None:
+    """Concurrent first commits each find no decisions table: it is made once, none fails.
+
+    PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is no guard against a concurrent
+    creator: the second waits for the first's commit, then fails on the catalog's
+    unique index, or says the table's type exists, as timing has it (both seen in
+    ``benchmarks/soak.py``, in the first second of its runs).
+    """
+    backend = pg_backend_writes
+    assert _prepared(backend) == []  # so no decision row is needed any more
+    for i in range(4):
+        backend.direct(i, "DROP TABLE IF EXISTS shardq_commit_decisions")
+    writers = 6
+    conns = [await backend.connect_async() for _ in range(writers)]
+    try:
+        # Every transaction writes s0 and s1, so s0 holds every decision.
+        on: dict[str, list[int]] = {"s0": [], "s1": []}
+        for key in range(1000, 3000):
+            shard = conns[0].shard_for("writes", key)
+            if shard in on and len(on[shard]) < writers:
+                on[shard].append(key)
+        together = asyncio.Barrier(writers)
+
+        async def write(conn: shardq.AsyncConnection, keys: list[int]) -> None:
+            async with conn.transaction():
+                for key in keys:
+                    await conn.execute("INSERT INTO writes (id, note) VALUES (%s, 'first')", [key])
+                await together.wait()  # then all commit at once
+
+        pairs = [[a, b] for a, b in zip(on["s0"], on["s1"], strict=True)]
+        await asyncio.gather(*(write(c, k) for c, k in zip(conns, pairs, strict=True)))
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert _stored(backend) == sorted((k, "first") for pair in pairs for k in pair)
+    assert backend.direct(1, "SELECT to_regclass('shardq_commit_decisions')") == [(None,)]
     assert _prepared(backend) == []

@@ -133,3 +133,41 @@ def test_failover_conninfo_joins_hosts_that_share_credentials() -> None:
     assert failover_conninfo(several, ["postgresql://app:pw@10.0.0.2/shop"]) is None
     own = primary + "?target_session_attrs=any"
     assert failover_conninfo(own, ["postgresql://app:pw@10.0.0.2/shop"]) is None
+
+
+async def test_reads_in_flight_when_a_host_is_marked_down_leave_the_mark_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outage fails every read then on the host at once: one failure, not many in a row.
+
+    Seen in benchmarks/soak.py: the reads a killed standby had in flight took its
+    backoff to 30 s within 0.1 s, and one begun before the kill that ended well
+    marked the dead host up again.
+    """
+    hosts, pools = _hosts()
+    replica = pools["r0a"]
+    now = [1000.0]
+    monkeypatch.setattr(hosts_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(hosts_module.random, "uniform", lambda a, b: 1.0)
+    in_flight = now[0]  # reads begun before the outage was seen
+    now[0] += 0.01
+    hosts.failed(replica, in_flight)  # the first to fail marks the host down: 0.5 s
+    for _ in range(20):
+        hosts.failed(replica, in_flight)  # the others caught in the same outage
+    hosts.succeeded([replica], in_flight)  # one that had its answer before the crash
+    assert hosts.is_down(replica)
+    now[0] += 0.6
+    assert not hosts.is_down(replica)  # 0.5 s, not 30 s
+    hosts.failed(replica, now[0])  # a read begun after the mark: a failure in a row, 1 s
+    now[0] += 0.6
+    assert hosts.is_down(replica)
+    now[0] += 0.5
+    assert not hosts.is_down(replica)
+    # A read begun before the last mark failing after its backoff counts (as a new try's).
+    hosts.failed(replica, in_flight)
+    now[0] += 1.5
+    assert hosts.is_down(replica)  # 2 s
+    now[0] += 0.6
+    assert not hosts.is_down(replica)
+    hosts.succeeded([replica], now[0])  # a read begun after the mark: up again
+    assert hosts._down_pools() == []

@@ -34,11 +34,14 @@ Health, a circuit breaker per host: a host a read could not reach (refused,
 lost, shut down: :func:`host_failed`) is marked down and skipped by the
 policies that have another host to go to; it is tried again after a backoff
 that doubles with each failure in a row (0.5 s, 1 s, 2 s, ... at most 30 s,
-each with jitter), and is up again once a read succeeds there. A read that
-fails so before any row came back is started again on another host of the
-same shard, each host at most once (the engine does it): it fails only when
-its shard has no host left that it has not met; the primary policy has no
-other host.
+each with jitter), and is up again once a read succeeds there. Only reads
+begun after the host was marked down move the mark: the reads an outage
+catches in flight fail together (they are one failure, not many in a row),
+and one that began before it and ends well says nothing of the host now. A
+read that fails so before any row came back is started again on another
+host of the same shard, each host at most once (the engine does it): it
+fails only when its shard has no host left that it has not met; the primary
+policy has no other host.
 """
 
 from __future__ import annotations
@@ -115,8 +118,8 @@ class Hosts:
         self._turns: dict[tuple[str, str], Iterator[ShardPool]] = {}
         # Per replica pool: (when asked, its lag in seconds, or None if it could not be asked).
         self._lags: dict[int, tuple[float, float | None]] = {}
-        # Per pool marked down: (failures in a row, when it may be tried again).
-        self._down: dict[int, tuple[int, float]] = {}
+        # Per pool marked down: (failures in a row, when it may be tried again, when marked).
+        self._down: dict[int, tuple[int, float, float]] = {}
         # Per pool: a moving average of the seconds its reads took to start.
         self._latency: dict[int, float] = {}
 
@@ -133,17 +136,36 @@ class Hosts:
 
     # -- health
 
-    def failed(self, pool: ShardPool) -> None:
-        """Mark ``pool``'s host down, to be tried again after a backoff."""
-        failures = self._down.get(id(pool), (0, 0.0))[0] + 1
-        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
-        self._down[id(pool)] = (failures, time.monotonic() + wait * random.uniform(0.75, 1.0))
+    def failed(self, pool: ShardPool, began: float | None = None) -> None:
+        """Mark ``pool``'s host down, to be tried again after a backoff.
 
-    def succeeded(self, pools: Iterable[ShardPool]) -> None:
-        """A read succeeded on ``pools``: their hosts are up."""
+        ``began`` (``time.monotonic()``, default now): when the read that
+        failed began. One begun before the host was last marked down was in
+        flight when the outage was seen, and adds no failure in a row while
+        the host is still marked down: else the reads one outage catches at
+        once would stretch the backoff to its longest at once. (After the
+        backoff it counts, as a new try's failure: the read is then retried
+        elsewhere, not on the host it just failed on.)
+        """
+        now = time.monotonic()
+        known = self._down.get(id(pool))
+        if known is not None and began is not None and began < known[2] and now < known[1]:
+            return
+        failures = (0 if known is None else known[0]) + 1
+        wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
+        self._down[id(pool)] = (failures, now + wait * random.uniform(0.75, 1.0), now)
+
+    def succeeded(self, pools: Iterable[ShardPool], began: float | None = None) -> None:
+        """A read begun at ``began`` (default now) succeeded on ``pools``: their hosts are up.
+
+        Not a host marked down after the read began: a statement started
+        before a crash may still end well, and the host is down all the same.
+        """
         if self._down:
             for pool in pools:
-                self._down.pop(id(pool), None)
+                known = self._down.get(id(pool))
+                if known is not None and (began is None or began >= known[2]):
+                    del self._down[id(pool)]
 
     def _down_pools(self) -> list[ShardPool]:
         """The pools marked down (due for another try or not): for tests and ``check``."""

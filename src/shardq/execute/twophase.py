@@ -90,6 +90,12 @@ _DECIDE = (
 _BUSY = "55000"  # object_not_in_prerequisite_state
 _UNDEFINED_OBJECT = "42704"
 _INVALID_PARAMETER_VALUE = "22023"  # txid_status of an id the server has not given out
+# A concurrent CREATE TABLE of the decisions table, met (depending on timing) on the
+# catalog's unique index, on its row type's name, or on its own name.
+_UNIQUE_VIOLATION = "23505"
+_DUPLICATE_OBJECT = "42710"
+_DUPLICATE_TABLE = "42P07"
+_CREATED_MEANWHILE = (_UNIQUE_VIOLATION, _DUPLICATE_OBJECT, _DUPLICATE_TABLE)
 # (id of the pool, shard, as holder): checked, and as holder the table made too.
 _ready: set[tuple[int, str, bool]] = set()
 # Decision rows no longer needed (every participant committed), per holder pool:
@@ -146,8 +152,28 @@ async def _check_shard(
     if holder:
         rows = (await read_whole(conn, f"SELECT to_regclass('{DECISIONS}')", None)).rows
         if not rows or rows[0][0] is None:
-            await read_whole(conn, _CREATE, None, stream=False)
+            await _create_decisions(conn)
     _ready.add((pool, shard, holder))
+
+
+async def _create_decisions(conn: ShardConnection) -> None:
+    """Make the decisions table in the holder's transaction, whoever else makes it too.
+
+    ``CREATE TABLE IF NOT EXISTS`` does not guard against a concurrent
+    creator: the second waits for the first's commit, then fails on the
+    catalog's unique index or says its type or the table already exists (a
+    holder's first commits, from several connections at once). Then the
+    table is there, committed: the savepoint undoes the failed CREATE and the
+    transaction goes on.
+    """
+    await read_whole(conn, "SAVEPOINT shardq_decisions", None, stream=False)
+    try:
+        await read_whole(conn, _CREATE, None, stream=False)
+    except ShardError as exc:
+        if exc.sqlstate not in _CREATED_MEANWHILE:
+            raise
+        await read_whole(conn, "ROLLBACK TO SAVEPOINT shardq_decisions", None, stream=False)
+    await read_whole(conn, "RELEASE SAVEPOINT shardq_decisions", None, stream=False)
 
 
 async def _together(
