@@ -871,7 +871,11 @@ class AsyncConnection:
     def _transaction_for_statement(self) -> Transaction | None:
         """The open transaction, opened now if autocommit is off."""
         if self._transaction is None and not self._autocommit:
-            self._transaction = Transaction(self._engine.pools, self.config.dialect)
+            self._transaction = Transaction(
+                self._engine.pools,
+                self.config.dialect,
+                commit_timeout=self.config.commit_timeout,
+            )
         return self._transaction
 
     async def commit(self) -> None:
@@ -930,7 +934,11 @@ class AsyncConnection:
         """Open a transaction, or a savepoint in the open one: (transaction, savepoint)."""
         self._check_open()
         if self._transaction is None:
-            self._transaction = Transaction(self._engine.pools, self.config.dialect)
+            self._transaction = Transaction(
+                self._engine.pools,
+                self.config.dialect,
+                commit_timeout=self.config.commit_timeout,
+            )
             return self._transaction, None
         return self._transaction, await self._transaction.savepoint()
 

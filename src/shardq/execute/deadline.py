@@ -26,8 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-__all__ = ["CANCEL_WAIT", "GRACE_CAP", "GRACE_SHARE", "grace", "loop_deadlines"]
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+__all__ = [
+    "CANCEL_WAIT",
+    "GRACE_CAP",
+    "GRACE_SHARE",
+    "ROLLBACK_TIMEOUT",
+    "bounded",
+    "grace",
+    "loop_deadlines",
+]
 
 #: The share of a statement's timeout given to cancelling it on the server.
 GRACE_SHARE = 0.05
@@ -36,6 +49,8 @@ GRACE_CAP = 1.0
 #: Seconds a driver waits for a cancel (and the statement's end) when no
 #: deadline tells it how long: closing a stream early, a failure elsewhere.
 CANCEL_WAIT = GRACE_CAP
+#: Seconds a shard's ROLLBACK (or ROLLBACK PREPARED) may take before it is given up.
+ROLLBACK_TIMEOUT = 2.0
 
 
 def grace(timeout: float | None) -> float:
@@ -61,3 +76,16 @@ def loop_deadlines(
         return None, None
     at = asyncio.get_running_loop().time() + (deadline - time.monotonic())
     return at, at + grace(timeout)
+
+
+@asynccontextmanager
+async def bounded(deadline: float | None, timeout: float | None) -> AsyncIterator[None]:
+    """Bound the block by ``deadline`` and its grace (:func:`loop_deadlines`): TimeoutError after.
+
+    The block's waits on a shard are cancelled at the deadline, and again
+    (closing their connections) when the grace ends; ``deadline=None`` bounds
+    nothing.
+    """
+    soft, hard = loop_deadlines(deadline, timeout)
+    async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+        yield
