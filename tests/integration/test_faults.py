@@ -384,3 +384,38 @@ async def _random_run(
         for proxy in proxies:
             await asyncio.to_thread(proxy.heal)
         await conn.close()
+
+
+async def test_a_cancelled_connect_leaves_no_session(pg_dataset: list[PgCluster]) -> None:
+    """A connect cut by a deadline closes what it made, even while its error is kept.
+
+    psycopg's half-made connection lives in the frames of the cancellation's
+    traceback: a kept error (a batch's result, in a reference cycle) kept
+    the session open, idle and never used, until the cycle collector ran.
+    Connects are cancelled at random moments of their handshake here, their
+    errors kept: no session may be left.
+    """
+    cluster = pg_dataset[0]
+    dsn = f"{cluster.dsn(PG_DATABASE)}?application_name={APP}"
+    config = {"dialect": "postgres", "shards": [{"name": "s0", "dsn": dsn}], "tables": TABLES}
+    rng = random.Random(7)
+    kept: list[BaseException] = []
+    async with await shardq.connect_async(config) as conn:
+        pool = conn._engine.pools["s0"]
+        for _ in range(100):
+            # The driver's connect itself: a pool's checkout would lend its idle one.
+            task = asyncio.ensure_future(pool._connect())  # type: ignore[attr-defined]
+            await asyncio.sleep(rng.uniform(0.0, 0.02))
+            task.cancel()
+            try:
+                await (await task).close()  # made in time: closed
+            except asyncio.CancelledError as exc:
+                kept.append(exc)
+        assert len(kept) > 20  # most were cut mid-connect
+        for _ in range(100):  # polled for 5 s: a closed session ends in a moment
+            if (left := _sessions([cluster])) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert left == 0, f"{left} sessions left by {len(kept)} connects cancelled"
+    kept.clear()
+    _assert_no_sessions(pg_dataset)
