@@ -882,7 +882,11 @@ class AsyncConnection:
         """Commit the open transaction (two-phase when it wrote on several shards).
 
         Nothing to do in autocommit mode, where every statement commits on its
-        shards when it ends.
+        shards when it ends. The commit waits on the shards at most the
+        configuration's ``commit_timeout`` seconds (plus a grace); past it,
+        :class:`~shardq.errors.CommitTimeoutError` says whether the
+        transaction was rolled back or may have committed (see
+        :mod:`shardq.execute.transaction`).
         """
         self._check_open()
         transaction, self._transaction = self._transaction, None
