@@ -25,7 +25,7 @@ from shardq.errors import (
     missing_dependency,
 )
 from shardq.execute.cursor import cursor_pools
-from shardq.execute.deadline import bounded, loop_deadlines
+from shardq.execute.deadline import bounded
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
 from shardq.execute.hosts import Hosts, host_failed
@@ -280,9 +280,8 @@ class Engine:
             plan = await self.plan_async(sql, params, transaction=transaction)
         else:
             # Reading the catalog first is part of the statement's time.
-            soft, hard = loop_deadlines(deadline, timeout)
             try:
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                async with bounded(deadline, timeout):
                     plan = await self.plan_async(sql, params, transaction=transaction)
             except TimeoutError:
                 raise QueryTimeoutError(timeout or 0.0, self.config.shard_names[:1]) from None
@@ -776,9 +775,8 @@ class Engine:
         if plan.merge.compares:
             # Under the statement's deadline: a shard that does not answer
             # would otherwise hold the call for its connect_timeout.
-            soft, hard = loop_deadlines(deadline, timeout)
             try:
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                async with bounded(deadline, timeout):
                     await self._learn_text_order(shards, transaction=transaction)
             except TimeoutError:
                 pending = tuple(s for s in shards if s not in self._text_order)

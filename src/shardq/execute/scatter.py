@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import QueryTimeoutError
-from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
+from shardq.execute.deadline import CANCEL_WAIT, bounded, loop_deadlines
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -182,13 +182,11 @@ class Scatter:
         """
         each = each or {}
 
-        soft, hard = loop_deadlines(self._deadline, self._timeout)
-
         async def start(lease: _Lease) -> None:
             own_sql, own_params = each.get(lease.shard, (sql, params))
             # Bounded in each shard's own task: a TaskGroup cancelled twice
             # does not cancel its tasks twice (see shardq.execute.deadline).
-            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+            async with bounded(self._deadline, self._timeout):
                 await lease.start(own_sql, own_params, fetch_size, stream)
 
         try:
@@ -244,8 +242,7 @@ class Scatter:
             if self._deadline is None:
                 rows = await ahead
             else:
-                soft, hard = loop_deadlines(self._deadline, self._timeout)
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                async with bounded(self._deadline, self._timeout):
                     rows = await ahead
             if rows and len(self._leases) > 1 and stream.holds_connection:
                 self._ahead[index] = asyncio.ensure_future(stream.fetch())
@@ -278,9 +275,8 @@ class Scatter:
 
     async def _receive(self) -> None:
         lease: _Lease | None = None
-        soft, hard = loop_deadlines(self._deadline, self._timeout)
         try:
-            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+            async with bounded(self._deadline, self._timeout):
                 for index, lease in enumerate(self._leases):
                     stream = lease.stream
                     if stream is None or not stream.holds_connection:

@@ -42,7 +42,7 @@ from shardq.errors import (
     InterfaceError,
     NotSupportedError,
 )
-from shardq.execute.deadline import ROLLBACK_TIMEOUT, bounded, grace
+from shardq.execute.deadline import ROLLBACK_TIMEOUT, bounded
 from shardq.execute.driver import read_whole
 from shardq.execute.twophase import two_phase_commit
 
@@ -332,10 +332,7 @@ class Transaction:
 async def _roll_back(shard: str, held: _Held) -> None:
     """ROLLBACK on one shard in :data:`ROLLBACK_TIMEOUT` seconds; a failure is logged only."""
     try:
-        async with (
-            asyncio.timeout(ROLLBACK_TIMEOUT + grace(ROLLBACK_TIMEOUT)),
-            asyncio.timeout(ROLLBACK_TIMEOUT),
-        ):
+        async with bounded(time.monotonic() + ROLLBACK_TIMEOUT, ROLLBACK_TIMEOUT):
             await read_whole(held.conn, "ROLLBACK", None, stream=False)
     except Exception as exc:
         log.info(
