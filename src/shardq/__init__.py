@@ -29,6 +29,7 @@ from shardq.dbapi import (
     connect,
 )
 from shardq.errors import (
+    CommitTimeoutError,
     ConfigError,
     DatabaseError,
     DataError,
@@ -74,6 +75,7 @@ __all__ = [
     "AsyncCursor",
     "Binary",
     "CacheRegion",
+    "CommitTimeoutError",
     "Config",
     "ConfigError",
     "Connection",

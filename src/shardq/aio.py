@@ -945,14 +945,22 @@ class AsyncConnection:
     def _transaction_for_statement(self) -> Transaction | None:
         """The open transaction, opened now if autocommit is off."""
         if self._transaction is None and not self._autocommit:
-            self._transaction = Transaction(self._engine.pools, self.config.dialect)
+            self._transaction = Transaction(
+                self._engine.pools,
+                self.config.dialect,
+                commit_timeout=self.config.commit_timeout,
+            )
         return self._transaction
 
     async def commit(self) -> None:
         """Commit the open transaction (two-phase when it wrote on several shards).
 
         Nothing to do in autocommit mode, where every statement commits on its
-        shards when it ends.
+        shards when it ends. The commit waits on the shards at most the
+        configuration's ``commit_timeout`` seconds (plus a grace); past it,
+        :class:`~shardq.errors.CommitTimeoutError` says whether the
+        transaction was rolled back or may have committed (see
+        :mod:`shardq.execute.transaction`).
         """
         self._check_open()
         transaction, self._transaction = self._transaction, None
@@ -1004,7 +1012,11 @@ class AsyncConnection:
         """Open a transaction, or a savepoint in the open one: (transaction, savepoint)."""
         self._check_open()
         if self._transaction is None:
-            self._transaction = Transaction(self._engine.pools, self.config.dialect)
+            self._transaction = Transaction(
+                self._engine.pools,
+                self.config.dialect,
+                commit_timeout=self.config.commit_timeout,
+            )
             return self._transaction, None
         return self._transaction, await self._transaction.savepoint()
 

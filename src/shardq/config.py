@@ -46,12 +46,22 @@ from shardq.dsn import Secrets, check_postgres_dsn, redact
 from shardq.errors import ConfigError, UndeclaredTableError
 from shardq.placement import KEY_TYPES, Placement
 
-__all__ = ["DIALECTS", "Config", "Dialect", "ShardConfig", "TableConfig", "load_config"]
+__all__ = [
+    "DEFAULT_COMMIT_TIMEOUT",
+    "DIALECTS",
+    "Config",
+    "Dialect",
+    "ShardConfig",
+    "TableConfig",
+    "load_config",
+]
 
 Dialect = Literal["postgres", "sqlite"]
 DIALECTS: tuple[Dialect, ...] = ("postgres", "sqlite")
 DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 
+#: Seconds a commit may wait on the shards, when no statement's ``timeout=`` bounds it.
+DEFAULT_COMMIT_TIMEOUT = 5.0
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
 _TOP_KEYS = frozenset(
     {
@@ -64,6 +74,7 @@ _TOP_KEYS = frozenset(
         "read_policy",
         "max_replica_lag",
         "read_your_writes",
+        "commit_timeout",
     }
 )
 #: Where reads outside a transaction go (see shardq.execute.hosts).
@@ -146,6 +157,8 @@ class Config:
     max_replica_lag: float | None = None
     #: Reads of a shard a connection wrote go to its primary (see AsyncConnection).
     read_your_writes: bool = False
+    #: Seconds a commit may wait on the shards (see shardq.execute.transaction).
+    commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -449,6 +462,9 @@ class _Reader:
             recover_on_connect=recover_on_connect,
             read_policy=self.read_policy(raw.get("read_policy", "primary"), "read_policy"),
             read_your_writes=self.boolean(raw.get("read_your_writes", False), "read_your_writes"),
+            commit_timeout=self.seconds(
+                raw.get("commit_timeout", DEFAULT_COMMIT_TIMEOUT), "commit_timeout", positive=True
+            ),
             max_replica_lag=(
                 self.seconds(raw["max_replica_lag"], "max_replica_lag", positive=False)
                 if "max_replica_lag" in raw

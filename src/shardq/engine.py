@@ -26,7 +26,7 @@ from shardq.errors import (
     missing_dependency,
 )
 from shardq.execute.cursor import cursor_pools
-from shardq.execute.deadline import loop_deadlines
+from shardq.execute.deadline import bounded
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
 from shardq.execute.hosts import Hosts, host_failed
@@ -305,9 +305,8 @@ class Engine:
             plan = await self.plan_async(sql, params, transaction=transaction)
         else:
             # Reading the catalog first is part of the statement's time.
-            soft, hard = loop_deadlines(deadline, timeout)
             try:
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                async with bounded(deadline, timeout):
                     plan = await self.plan_async(sql, params, transaction=transaction)
             except TimeoutError:
                 raise QueryTimeoutError(timeout or 0.0, self.config.shard_names[:1]) from None
@@ -332,7 +331,7 @@ class Engine:
             await self._before_write()
             if transaction is None:
                 return await self._own_transaction(
-                    lambda own: steps(plan, timeout, row_factory, own)
+                    lambda own: steps(plan, timeout, row_factory, own), timeout
                 )
             return await steps(plan, timeout, row_factory, transaction)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
@@ -349,7 +348,8 @@ class Engine:
                 return await self._own_transaction(
                     lambda own: self.execute(
                         sql, params, timeout=timeout, row_factory=row_factory, transaction=own
-                    )
+                    ),
+                    timeout,
                 )
         if transaction is None:
             if plan.kind.is_write:
@@ -424,17 +424,24 @@ class Engine:
             done.append(shard)
         return StoredResult(None, [], -1, shards, row_factory)
 
-    async def _own_transaction(self, run: Callable[[Transaction], Awaitable[_R]]) -> _R:
-        """Run a write on several shards outside a transaction in one of its own, committed."""
+    async def _own_transaction(
+        self, run: Callable[[Transaction], Awaitable[_R]], timeout: float | None
+    ) -> _R:
+        """Run a write on several shards outside a transaction in one of its own, committed.
+
+        ``timeout`` bounds the whole call, the commit included.
+        """
         from shardq.execute.transaction import Transaction
 
-        transaction = Transaction(self.pools, self.config.dialect)
+        commit_timeout = self.config.commit_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        transaction = Transaction(self.pools, self.config.dialect, commit_timeout=commit_timeout)
         try:
             result = await run(transaction)
         except BaseException:
             await transaction.rollback()
             raise
-        await transaction.commit()
+        await transaction.commit(timeout, deadline=deadline)
         return result
 
     async def _execute_split(
@@ -494,8 +501,9 @@ class Engine:
             return picked
 
         others = [shard for shard in shards if shard != move.target]
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with bounded(deadline, timeout):
                 here, *picked = await _together(
                     [run(move.target, move.update, move.params), *map(pick, others)]
                 )

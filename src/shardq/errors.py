@@ -14,6 +14,7 @@ the PEP 249 category they belong to::
           +-- DataError
           +-- OperationalError
           |    +-- QueryTimeoutError       (also TimeoutError)
+          |         +-- CommitTimeoutError
           +-- IntegrityError
           +-- InternalError
           +-- ProgrammingError
@@ -34,6 +35,7 @@ from __future__ import annotations
 import builtins
 
 __all__ = [
+    "CommitTimeoutError",
     "ConfigError",
     "DataError",
     "DatabaseError",
@@ -257,6 +259,46 @@ class QueryTimeoutError(OperationalError, TimeoutError):
         self.shards = shards
         pending = f" (still running on {', '.join(shards)}; cancelled)" if shards else ""
         super().__init__(f"statement timed out after {timeout:g} s{pending}")
+
+
+class CommitTimeoutError(QueryTimeoutError):
+    """A commit did not finish within its timeout; ``committed`` says what became of it.
+
+    A ``COMMIT`` a shard did not answer may have happened there or not: the
+    client cannot know (psycopg and libpq are in the same place when the
+    connection drops during a commit). So the outcome is told, not guessed:
+
+    * ``committed is False``: nothing was committed, everything rolled back
+      (a two-phase commit given up before its decision: a ``PREPARE`` or the
+      decision row that did not answer);
+    * ``committed is None``: unknown. A plain one-shard ``COMMIT``: read the
+      data to know. The commit on a two-phase commit's decision holder:
+      :meth:`~shardq.AsyncConnection.recover` finishes the participants
+      either way, as the holder's transaction turned out.
+
+    (A ``COMMIT PREPARED`` not confirmed after the decision raises nothing: the
+    transaction is committed, and ``recover()`` finishes that shard.)
+
+    Attributes:
+        timeout: the commit's timeout in seconds.
+        shards: the shards that did not answer in time.
+        committed: False (rolled back) or None (unknown).
+    """
+
+    def __init__(
+        self, timeout: float, shards: tuple[str, ...], committed: bool | None, hint: str = ""
+    ):
+        super().__init__(timeout, shards)
+        self.committed = committed
+        outcome = (
+            "nothing was committed, the transaction was rolled back"
+            if committed is False
+            else "the transaction may or may not have committed"
+        )
+        hint = f" ({hint})" if hint else ""
+        self.args = (
+            f"commit timed out after {timeout:g} s on {', '.join(shards)}: {outcome}{hint}",
+        )
 
 
 class ShardError(DatabaseError):

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import shardq
 from shardq.cache import CacheRegion, MemoryBackend
-from tests.fixtures.shards import TABLES
+from tests.fixtures.shards import PG_DATABASE, TABLES
 from tests.integration.test_postgres import sessions, wait_until
 
 if TYPE_CHECKING:
@@ -406,7 +406,21 @@ def one_connection(backend: Backend, api: str, pool_size: int = 1) -> Iterator[S
     assert lent(engine) == {}
     assert all(pool._pool.size == 0 for pool in engine.pools.values()), "left open after close"
     for cluster, base in zip(backend.clusters, before, strict=False):
-        wait_until(lambda c=cluster, b=base: sessions(c) <= b, "the shard sessions closed")
+        try:
+            wait_until(lambda c=cluster, b=base: sessions(c) <= b, "the shard sessions closed")
+        except AssertionError as exc:
+            exc.add_note(f"{base} before; now: {_activity(cluster)}")
+            raise
+
+
+def _activity(cluster: Any) -> list[tuple[Any, ...]]:
+    """The sessions on the test database: what each runs, in what state, for how long."""
+    return cluster.execute(  # type: ignore[no-any-return]
+        "SELECT pid, backend_type, state, left(query, 60), round(extract(epoch FROM "
+        "now() - query_start)::numeric, 1) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        params=[PG_DATABASE],
+    )
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])

@@ -14,8 +14,8 @@ from shardq.merge.drive import drive_sync
 
 def test_exported_members() -> None:
     assert set(shardq.__all__) == {
-        "AsyncConnection", "AsyncCursor", "BINARY", "Binary", "CacheRegion", "Config",
-        "ConfigError", "CopyProgress", "CopyResult",
+        "AsyncConnection", "AsyncCursor", "BINARY", "Binary", "CacheRegion", "CommitTimeoutError",
+        "Config", "ConfigError", "CopyProgress", "CopyResult",
         "Connection", "Cursor", "DATETIME", "DataError", "DatabaseError", "Date", "DateFromTicks",
         "Error", "ExecutionResult", "InFailedTransactionError", "IntegrityError",
         "InterfaceError", "InternalError", "NUMBER",
@@ -60,6 +60,7 @@ def test_pep249_globals() -> None:
         (shardq.UnsupportedQueryError, shardq.NotSupportedError),
         (shardq.QueryTimeoutError, shardq.OperationalError),
         (shardq.QueryTimeoutError, TimeoutError),
+        (shardq.CommitTimeoutError, shardq.QueryTimeoutError),
         (shardq.ShardError, shardq.DatabaseError),
     ],
 )

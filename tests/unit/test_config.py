@@ -33,6 +33,8 @@ def test_a_valid_dict_loads() -> None:
     assert cfg.table("public.countries").reference
     assert cfg.shard("a").pool_max_size == 4
     assert cfg.driver == "psycopg"
+    assert cfg.commit_timeout == 5.0
+    assert load_config(config(commit_timeout=2)).commit_timeout == 2.0
 
 
 def test_toml_file(tmp_path: Path) -> None:
@@ -53,6 +55,7 @@ def test_toml_file(tmp_path: Path) -> None:
     [
         (config(extra=1), "extra", "unknown key 'extra'"),
         (config(dialect="mysql"), "dialect", "expected one of postgres, sqlite"),
+        (config(commit_timeout=0), "commit_timeout", "positive number of seconds"),
         (config(shards=[]), "shards", "at least one"),
         (config(shards=[{"name": "a"}]), "shards[0].dsn", "missing required key 'dsn'"),
         (

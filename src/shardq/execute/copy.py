@@ -484,7 +484,9 @@ async def copy_in(
         key = "" if atomic else shard
         found = own.get(key)
         if found is None:
-            found = own[key] = Transaction(pools, config.dialect)
+            found = own[key] = Transaction(
+                pools, config.dialect, commit_timeout=config.commit_timeout
+            )
         return found
 
     try:

@@ -52,7 +52,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import QueryTimeoutError
-from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
+from shardq.execute.deadline import CANCEL_WAIT, bounded
 from shardq.execute.driver import Outcome, Statement, run_statements
 
 if TYPE_CHECKING:
@@ -267,15 +267,14 @@ class _Lane:
         """Run ``group`` on ``conn``; False when it timed out (the connection may be closed)."""
         timed = [job for job in group if job.deadline is not None]
         first = min(timed, key=lambda job: job.deadline or 0.0) if timed else None
-        soft, hard = loop_deadlines(
-            None if first is None else first.deadline, None if first is None else first.timeout
-        )
         statements = [job.statement for job in group]
         started = time.monotonic()
         if self.first_run is None:
             self.first_run = started
         try:
-            async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+            async with bounded(
+                None if first is None else first.deadline, None if first is None else first.timeout
+            ):
                 outcomes = await run_statements(conn, statements, prepare=self.prepare)  # type: ignore[arg-type]
         except TimeoutError:
             now = time.monotonic()

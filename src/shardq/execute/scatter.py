@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq import tracing
 from shardq.errors import Error, OperationalError, QueryTimeoutError, ShardError
-from shardq.execute.deadline import CANCEL_WAIT, loop_deadlines
+from shardq.execute.deadline import CANCEL_WAIT, bounded, loop_deadlines
 from shardq.execute.hosts import host_failed
 
 if TYPE_CHECKING:
@@ -250,7 +250,6 @@ class Scatter:
         stream: bool,
         each: Mapping[str, tuple[str, object]],
     ) -> None:
-        soft, hard = loop_deadlines(self._deadline, self._timeout)
         settled = asyncio.Event()  # every shard started or left out
 
         def settle() -> None:
@@ -265,7 +264,7 @@ class Scatter:
                 # Bounded in each shard's own task: a TaskGroup cancelled twice
                 # does not cancel its tasks twice (see shardq.execute.deadline).
                 with tracing.shard_span(lease.pool):  # in the shard's task: see shardq.tracing
-                    async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                    async with bounded(self._deadline, self._timeout):
                         if self._prepare is not None:
                             await self._prepare(lease.shard, lease.pool)
                         await lease.start(own_sql, own_params, fetch_size, stream)
@@ -380,8 +379,7 @@ class Scatter:
             if self._deadline is None:
                 rows = await ahead
             else:
-                soft, hard = loop_deadlines(self._deadline, self._timeout)
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                async with bounded(self._deadline, self._timeout):
                     rows = await ahead
             if rows and len(self._leases) > 1 and stream.holds_connection:
                 self._ahead[index] = asyncio.ensure_future(stream.fetch())
@@ -441,14 +439,13 @@ class Scatter:
         await asyncio.shield(self._receiving)
 
     async def _receive(self) -> None:
-        soft, hard = loop_deadlines(self._deadline, self._timeout)
         for index, lease in enumerate(self._leases):
             stream = lease.stream
             if stream is None or not stream.holds_connection:
                 continue
             rows: list[Row] = []
             try:
-                async with asyncio.timeout_at(hard), asyncio.timeout_at(soft):
+                async with bounded(self._deadline, self._timeout):
                     ahead = self._ahead.pop(index, None)
                     if ahead is not None:
                         rows = await ahead

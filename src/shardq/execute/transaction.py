@@ -13,6 +13,12 @@ two-phase commit of :mod:`shardq.execute.twophase`; shards only read are
 committed without preparing. Whatever happens, every connection goes back to
 its pool outside a transaction (or is discarded by the pool if broken).
 
+A commit waits on the shards for a bounded time: a statement's ``timeout=``
+for the transaction of its own (a write over several shards), else the
+configuration's ``commit_timeout``, under the deadlines of
+:mod:`shardq.execute.deadline`. A commit given up tells what became of the
+transaction (:class:`~shardq.errors.CommitTimeoutError`'s ``committed``).
+
 A statement that fails aborts the transaction, as in PostgreSQL: every later
 statement is refused until :meth:`Transaction.rollback` or a rollback to a
 savepoint taken before the failure.
@@ -24,13 +30,20 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from shardq import tracing
-from shardq.errors import InFailedTransactionError, InterfaceError, NotSupportedError
-from shardq.execute.deadline import grace
+from shardq.config import DEFAULT_COMMIT_TIMEOUT
+from shardq.errors import (
+    CommitTimeoutError,
+    InFailedTransactionError,
+    InterfaceError,
+    NotSupportedError,
+)
+from shardq.execute.deadline import ROLLBACK_TIMEOUT, bounded
 from shardq.execute.driver import read_whole
 from shardq.execute.twophase import two_phase_commit
 
@@ -39,11 +52,9 @@ if TYPE_CHECKING:
 
     from shardq.execute.driver import ShardConnection, ShardPool
 
-__all__ = ["Transaction"]
+__all__ = ["ROLLBACK_TIMEOUT", "Transaction"]
 
 _IDS = itertools.count(1)
-#: Seconds a shard's ROLLBACK may take before it is given up (and its connection closed).
-ROLLBACK_TIMEOUT = 2.0
 log = logging.getLogger("shardq.transaction")
 
 
@@ -82,11 +93,20 @@ class Transaction:
         pools: every shard's pool, by name.
         dialect: ``postgres`` or ``sqlite``: SQLite has no two-phase commit,
             so a transaction there writes on one shard at most.
+        commit_timeout: seconds :meth:`commit` may wait on the shards when
+            not told otherwise (the configuration's ``commit_timeout``).
     """
 
-    def __init__(self, pools: Mapping[str, ShardPool], dialect: str):
+    def __init__(
+        self,
+        pools: Mapping[str, ShardPool],
+        dialect: str,
+        *,
+        commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
+    ):
         self._pools = dict(pools)
         self.dialect = dialect
+        self.commit_timeout = commit_timeout
         self.txid = uuid.uuid4().hex
         self._held: dict[str, _Held] = {}
         self._order = list(self._pools)
@@ -192,8 +212,25 @@ class Transaction:
 
     # -- the end
 
-    async def commit(self) -> None:
-        """Commit: plainly on one written shard, with two-phase commit on several."""
+    async def commit(self, timeout: float | None = None, *, deadline: float | None = None) -> None:
+        """Commit: plainly on one written shard, with two-phase commit on several.
+
+        Args:
+            timeout: seconds the commit may wait on the shards (default:
+                :attr:`commit_timeout`); a shard silent longer is given up
+                (its connection closed after the grace of
+                :mod:`~shardq.execute.deadline`).
+            deadline: the ``time.monotonic()`` by which to be done, when the
+                commit ends a call bounded by ``timeout`` as a whole.
+
+        Raises:
+            CommitTimeoutError: a shard did not answer in time; its
+                ``committed`` says whether the transaction was rolled back
+                (False) or may have committed (None). A two-phase commit whose
+                decision was made succeeds even if a ``COMMIT PREPARED`` is not
+                confirmed: it is committed, and ``recover()`` finishes that
+                shard (logged as a warning), as Citus does.
+        """
         if self.closed:
             raise InterfaceError("the transaction is over")
         if self.failed is not None:
@@ -202,22 +239,46 @@ class Transaction:
                 "the transaction was aborted by an earlier failure and has been rolled back"
             )
         self.closed = True
+        if timeout is None:
+            timeout = self.commit_timeout
+        if deadline is None:
+            deadline = time.monotonic() + timeout
         readers = [s for s in self._held if s not in self.written]
         writers = [s for s in self._order if s in self.written and s in self._held]
         with tracing.commit_span(self.dialect, len(self._held), len(writers), len(writers) > 1):
             try:
                 for shard in readers:  # read-only participants: released without preparing
-                    await read_whole(self._held[shard].conn, "COMMIT", None, stream=False)
+                    # Nothing written is committed yet: given up, all is rolled back.
+                    await self._commit_plain(shard, deadline, timeout, committed=False)
                 if len(writers) == 1:
-                    await read_whole(self._held[writers[0]].conn, "COMMIT", None, stream=False)
+                    await self._commit_plain(writers[0], deadline, timeout, committed=None)
                 elif writers:
                     await two_phase_commit(
-                        self.txid, [(s, self._held[s].conn) for s in writers], self._pools
+                        self.txid,
+                        [(s, self._held[s].conn) for s in writers],
+                        self._pools,
+                        deadline=deadline,
+                        timeout=timeout,
                     )
             except BaseException:
                 await self._abandon()
                 raise
         await self._release()
+
+    async def _commit_plain(
+        self, shard: str, deadline: float, timeout: float, committed: bool | None
+    ) -> None:
+        """COMMIT on ``shard`` by ``deadline``; given up, ``committed`` is what is known."""
+        try:
+            async with bounded(deadline, timeout):
+                await read_whole(self._held[shard].conn, "COMMIT", None, stream=False)
+        except TimeoutError:
+            hint = (
+                "the shard did not answer its COMMIT: read the data to know"
+                if committed is None
+                else ""
+            )
+            raise CommitTimeoutError(timeout, (shard,), committed, hint) from None
 
     async def rollback(self) -> None:
         """Roll back on every shard joined (nothing to do once over).
@@ -273,10 +334,7 @@ class Transaction:
 async def _roll_back(shard: str, held: _Held) -> None:
     """ROLLBACK on one shard in :data:`ROLLBACK_TIMEOUT` seconds; a failure is logged only."""
     try:
-        async with (
-            asyncio.timeout(ROLLBACK_TIMEOUT + grace(ROLLBACK_TIMEOUT)),
-            asyncio.timeout(ROLLBACK_TIMEOUT),
-        ):
+        async with bounded(time.monotonic() + ROLLBACK_TIMEOUT, ROLLBACK_TIMEOUT):
             await read_whole(held.conn, "ROLLBACK", None, stream=False)
     except Exception as exc:
         log.info(

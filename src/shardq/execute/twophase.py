@@ -34,6 +34,15 @@ holder's next decision, in the statement that writes that decision (a
 round trip saved at every commit), or by :func:`recover`, which deletes the
 rows no prepared transaction names.
 
+Every step waits on the shards by one deadline (the commit's timeout, see
+:mod:`shardq.execute.transaction`); a shard silent past it is given up, and
+the outcome follows from the step: before the holder's commit (the checks,
+the decision row, a ``PREPARE``), everything is rolled back (a ``PREPARE``
+the shard may have run is rolled back by :func:`recover`); at the holder's
+commit, the outcome is unknown until :func:`recover` decides; after it, the
+transaction is committed, and a ``COMMIT PREPARED`` not confirmed is left
+to :func:`recover` (a warning), as Citus does.
+
 A commit over two shards costs four sequential round trips (five over more):
 the decision row (whose transaction id names the PREPAREs), the PREPAREs at
 once, the holder's COMMIT, the COMMIT PREPAREDs. A hand-written ``tpc_*``
@@ -46,14 +55,16 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shardq.errors import NotSupportedError, OperationalError, ShardError
+from shardq.errors import CommitTimeoutError, NotSupportedError, OperationalError, ShardError
+from shardq.execute.deadline import ROLLBACK_TIMEOUT, bounded
 from shardq.execute.driver import read_whole
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Mapping, Sequence
+    from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 
     from shardq.execute.driver import ShardConnection, ShardPool
 
@@ -102,6 +113,25 @@ _ready: set[tuple[int, str, bool]] = set()
 # deleted by the next decision on that holder, in the same statement, rather
 # than by a round trip of their own at the end of each commit.
 _spent: dict[int, list[str]] = {}
+
+
+class _Silent(Exception):
+    """A shard did not answer a step of the commit by its deadline."""
+
+    def __init__(self, shard: str):
+        super().__init__(f"shard {shard!r} did not answer in time")
+        self.shard = shard
+
+
+async def _timed(
+    shard: str, deadline: float | None, timeout: float | None, step: Awaitable[_T]
+) -> _T:
+    """Await ``step`` on ``shard`` by ``deadline`` (and its grace); :class:`_Silent` after."""
+    try:
+        async with bounded(deadline, timeout):
+            return await step
+    except TimeoutError:
+        raise _Silent(shard) from None
 
 
 def _gid(txid: str, participant: str, holder: str, holder_xid: int) -> str:
@@ -199,23 +229,31 @@ async def two_phase_commit(
     txid: str,
     participants: Sequence[tuple[str, ShardConnection]],
     pools: Mapping[str, ShardPool],
+    *,
+    deadline: float | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Commit the open transactions of ``participants`` atomically (see the module docstring).
 
-    The first participant holds the decision. Raises if the transaction was
-    rolled back; a failure after the decision (a ``COMMIT PREPARED`` that
-    did not arrive) is logged and left to :func:`recover`: the transaction
-    is committed.
+    The first participant holds the decision. Every step waits by
+    ``deadline`` (``time.monotonic()``; ``timeout`` is the bound it came
+    from). Raises if the transaction was rolled back, or may have been: a
+    :class:`~shardq.errors.CommitTimeoutError` says which. A failure after the
+    decision (a ``COMMIT PREPARED`` that did not arrive, or not in time) is
+    logged and left to :func:`recover`: the transaction is committed.
     """
-    for i, (shard, conn) in enumerate(participants):
-        await _check_shard(shard, conn, pools, holder=i == 0)
     holder_name = participants[0][0]
+    try:
+        for i, (shard, conn) in enumerate(participants):
+            await _timed(shard, deadline, timeout, _check_shard(shard, conn, pools, i == 0))
+    except _Silent as silent:
+        raise CommitTimeoutError(timeout or 0.0, (silent.shard,), committed=False) from None
     spent = _spent.setdefault(id(pools[holder_name]), [])
     # Taken, so that concurrent decisions never wait on each other's deletes;
     # given back if this decision is not made.
     deleting, spent[:] = spent[:], []
     try:
-        prepared = await _decide(txid, participants, deleting)
+        prepared = await _decide(txid, participants, deleting, deadline, timeout)
     except BaseException:
         spent.extend(deleting)
         raise
@@ -224,7 +262,8 @@ async def two_phase_commit(
     async def commit(shard: str, conn: ShardConnection, gid: str) -> bool:
         """COMMIT PREPARED; whether it is known done (else the decision row stays)."""
         try:
-            await read_whole(conn, f"COMMIT PREPARED '{gid}'", None, stream=False)
+            sql = f"COMMIT PREPARED '{gid}'"
+            await _timed(shard, deadline, timeout, read_whole(conn, sql, None, stream=False))
         except Exception as exc:
             sqlstate = exc.sqlstate if isinstance(exc, ShardError) else None
             if sqlstate == _UNDEFINED_OBJECT:
@@ -233,10 +272,11 @@ async def two_phase_commit(
                 return True
             if sqlstate != _BUSY:  # busy: a recover() is committing it now
                 log.warning(
-                    "two-phase commit %s: committed, but shard %r did not confirm; recover() "
-                    "finishes it",
+                    "two-phase commit %s: committed, but shard %r did not confirm (%s); "
+                    "recover() finishes it",
                     txid,
                     shard,
+                    "no answer in time" if isinstance(exc, _Silent) else type(exc).__name__,
                 )
             return False
         return True
@@ -254,43 +294,68 @@ async def two_phase_commit(
 
 
 async def _decide(
-    txid: str, participants: Sequence[tuple[str, ShardConnection]], deleting: list[str]
+    txid: str,
+    participants: Sequence[tuple[str, ShardConnection]],
+    deleting: list[str],
+    deadline: float | None,
+    timeout: float | None,
 ) -> list[tuple[str, ShardConnection, str]]:
     """The decision row, the PREPAREs, the holder's COMMIT; return the prepared participants.
 
     The statement writing the decision row also deletes ``deleting``, the
     rows of earlier transactions every participant of which has committed.
+    Each waits by ``deadline``.
     """
     holder_name, holder = participants[0]
     _fault("before-decision-row")
-    rows = (await read_whole(holder, _DECIDE, (deleting, txid), stream=False)).rows
+    try:
+        decided = read_whole(holder, _DECIDE, (deleting, txid), stream=False)
+        rows = (await _timed(holder_name, deadline, timeout, decided)).rows
+    except _Silent as silent:
+        raise CommitTimeoutError(timeout or 0.0, (silent.shard,), committed=False) from None
     holder_xid = int(rows[0][0])
     prepared: list[tuple[str, ShardConnection, str]] = []
 
     async def prepare(shard: str, conn: ShardConnection) -> None:
         gid = _gid(txid, shard, holder_name, holder_xid)
         _fault("before-prepare")
-        await read_whole(conn, f"PREPARE TRANSACTION '{gid}'", None, stream=False)
+        sql = f"PREPARE TRANSACTION '{gid}'"
+        await _timed(shard, deadline, timeout, read_whole(conn, sql, None, stream=False))
         prepared.append((shard, conn, gid))
         _fault("after-prepare")
 
     try:
         # All at once: nothing is decided until every one has answered.
-        for outcome in await _together([prepare(shard, conn) for shard, conn in participants[1:]]):
-            if outcome is not None:
+        outcomes = await _together([prepare(shard, conn) for shard, conn in participants[1:]])
+        late = tuple(o.shard for o in outcomes if isinstance(o, _Silent))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, _Silent):
                 raise outcome
+        if late:
+            raise CommitTimeoutError(
+                timeout or 0.0,
+                late,
+                committed=False,
+                hint="recover() rolls back a PREPARE that reached the shard unanswered",
+            )
     except BaseException:
         # No decision: the holder rolls back, so do the prepared participants
         # (recover() finishes any this cannot reach).
-        for _, conn, gid in prepared:
-            try:
-                await read_whole(conn, f"ROLLBACK PREPARED '{gid}'", None, stream=False)
-            except Exception:
-                log.warning("two-phase commit %s: a rollback is left to recover()", txid)
+        await _together([_roll_back_prepared(txid, *part) for part in prepared])
         raise
     _fault("before-decision")
     try:
-        await read_whole(holder, "COMMIT", None, stream=False)
+        await _timed(
+            holder_name, deadline, timeout, read_whole(holder, "COMMIT", None, stream=False)
+        )
+    except _Silent:
+        raise CommitTimeoutError(
+            timeout or 0.0,
+            (holder_name,),
+            committed=None,
+            hint=f"shard {holder_name!r} holds the decision; recover() (shardq recover) "
+            "finishes the transaction either way, as that commit turned out",
+        ) from None
     except Exception as exc:
         raise OperationalError(
             f"the commit of a transaction over several shards may or may not have happened: "
@@ -298,6 +363,16 @@ async def _decide(
             f"({exc}); recover() (shardq recover) finishes it either way"
         ) from exc
     return prepared
+
+
+async def _roll_back_prepared(txid: str, shard: str, conn: ShardConnection, gid: str) -> None:
+    """ROLLBACK PREPARED in :data:`ROLLBACK_TIMEOUT`; one not done is left to recover()."""
+    sql = f"ROLLBACK PREPARED '{gid}'"
+    deadline = time.monotonic() + ROLLBACK_TIMEOUT
+    try:
+        await _timed(shard, deadline, ROLLBACK_TIMEOUT, read_whole(conn, sql, None, stream=False))
+    except Exception:
+        log.warning("two-phase commit %s: the rollback on %r is left to recover()", txid, shard)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 import select
+import traceback
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -580,6 +581,14 @@ class PsycopgPool:
             conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
+        except BaseException as exc:
+            # Cancelled mid-connect (a deadline): psycopg's half-made connection
+            # is held by its connect frame, which the traceback keeps; an error
+            # kept (a batch's result) in a reference cycle would keep it open
+            # until the cycle collector ran, its session idle on the server
+            # (seen: test_mixes waiting 20 s for it). Clearing the frames frees it now.
+            traceback.clear_frames(exc.__traceback__)
+            raise
         return _Connection(conn, self.name, self._secrets, self._late)
 
     def connection(self) -> AbstractAsyncContextManager[_Connection]:
