@@ -285,7 +285,8 @@ async def _time_out_in_transaction(
             marks.append(time.monotonic())
 
 
-_FAULTS = [
+#: Random faults, each made from a random.Random (also test_partial.py's).
+FAULTS = [
     lambda r: Fault.passing(),
     lambda r: Fault.delayed(r.choice([0.005, 0.02])),
     lambda r: Fault.blackhole(),
@@ -356,7 +357,7 @@ async def _random_run(
         faults = {}
         for i, proxy in enumerate(proxies):
             if rng.random() < 0.4:
-                fault = faults[i] = rng.choice(_FAULTS)(rng)
+                fault = faults[i] = rng.choice(FAULTS)(rng)
                 # In a thread: a blocking call here would stall the other workers' runs.
                 await asyncio.to_thread(proxy.set, fault)
                 if fault.kind != "pass":  # a delay too may outlast a short timeout

@@ -27,6 +27,7 @@ import shardq
 from shardq.errors import ProgrammingError, QueryTimeoutError, ShardError
 from tests.fixtures.proxy import Fault, proxied_config
 from tests.fixtures.shards import ITEMS, PG_DATABASE, SQLITE_SCHEMA, TABLES
+from tests.integration.test_faults import APP, FAULTS, SLACK, _assert_no_sessions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -34,26 +35,6 @@ if TYPE_CHECKING:
 
     from tests.fixtures.proxy import Proxy
     from tests.fixtures.servers import PgCluster
-
-APP = "shardq-partial"
-#: Seconds over ``timeout * 1.1`` allowed for closing and scheduling (as test_faults.py).
-SLACK = 0.25
-
-
-def _sessions(clusters: list[PgCluster]) -> int:
-    return sum(
-        c.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", "postgres", [APP]
-        )[0][0]
-        for c in clusters
-    )
-
-
-def _assert_no_sessions(clusters: list[PgCluster]) -> None:
-    deadline = time.monotonic() + 5
-    while (left := _sessions(clusters)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert left == 0
 
 
 @pytest.fixture
@@ -349,15 +330,6 @@ async def test_cancelled_partial_read_releases_everything(
     _assert_no_sessions(pg_dataset)
 
 
-_FAULTS = [
-    lambda r: Fault.passing(),
-    lambda r: Fault.delayed(r.choice([0.005, 0.02])),
-    lambda r: Fault.blackhole(),
-    lambda r: Fault.reset(),
-    lambda r: Fault.drop(),
-    lambda r: Fault.cut(r.randrange(100, 40000)),
-    lambda r: Fault.slow_close(r.choice([0.1, 0.3])),
-]
 RUNS = int(os.environ.get("SHARDQ_PARTIAL_RUNS", "30"))
 
 
@@ -401,7 +373,7 @@ async def test_random_faults_partial(
             faulted = set()
             for i, proxy in enumerate(proxies):
                 if rng.random() < 0.4:
-                    fault = rng.choice(_FAULTS)(rng)
+                    fault = rng.choice(FAULTS)(rng)
                     proxy.set(fault)
                     if fault.kind != "pass":
                         faulted.add(f"s{i}")
