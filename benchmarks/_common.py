@@ -35,6 +35,7 @@ __all__ = [
     "stamp",
     "stop_clusters",
     "trim_heap",
+    "versions",
 ]
 
 
@@ -128,3 +129,23 @@ def stop_clusters(clusters: Sequence[PgCluster]) -> None:
         except Exception as exc:
             print(f"could not stop {cluster.name} (pid {cluster.pid}): {exc}", file=sys.stderr)
     print(f"\nstopped the PostgreSQL clusters (pids {', '.join(map(str, pids))})")
+
+
+def versions(*others: str) -> str:
+    """The line a run's output starts with: Python, psycopg and libpq, ``others``, shardq.
+
+    ``others`` are the alternatives' "name version" strings, in the order to print them.
+    """
+    import psycopg
+
+    import shardq
+
+    return ", ".join(
+        [
+            f"python {platform.python_version()} ({platform.python_implementation()})",
+            f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()})",
+            *others,
+            f"shardq {shardq.__version__}",
+            f"{os.cpu_count()} cores",
+        ]
+    )

@@ -126,7 +126,7 @@ import asyncpg
 import psycopg
 import psycopg2
 import sqlalchemy
-from _common import command_line, interrupt_on_sigterm, stamp, stop_clusters
+from _common import command_line, interrupt_on_sigterm, stamp, stop_clusters, versions
 from sqlalchemy import BigInteger, Select, make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.ext.horizontal_shard import ShardedSession
@@ -894,10 +894,11 @@ def report_machine() -> None:
         f"{platform.system()} {platform.release()}"
     )
     print(
-        f"python {platform.python_version()} ({platform.python_implementation()}), "
-        f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()}), "
-        f"psycopg2 {psycopg2.__version__.split()[0]}, asyncpg {asyncpg.__version__}, "
-        f"SQLAlchemy {sqlalchemy.__version__}, shardq {shardq.__version__}"
+        versions(
+            f"psycopg2 {psycopg2.__version__.split()[0]}",
+            f"asyncpg {asyncpg.__version__}",
+            f"SQLAlchemy {sqlalchemy.__version__}",
+        )
     )
 
 

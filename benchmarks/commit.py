@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from _common import command_line, interrupt_on_sigterm, stamp, stop_clusters
+from _common import command_line, interrupt_on_sigterm, stamp, stop_clusters, versions
 
 import shardq
 
@@ -381,10 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     interrupt_on_sigterm()
     began = time.perf_counter()
-    print(
-        f"Python {sys.version.split()[0]}, psycopg {psycopg.__version__} "
-        f"(libpq {psycopg.pq.version()}), shardq {shardq.__version__}"
-    )
+    print(versions())
     print(f"starting {SHARDS} PostgreSQL clusters...", flush=True)
     clusters = start_clusters(args.durable)
     print(f"  postmaster pids: {', '.join(str(c.pid) for c in clusters)}", flush=True)

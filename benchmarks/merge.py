@@ -169,6 +169,7 @@ from _common import (
     stamp,
     stop_clusters,
     trim_heap,
+    versions,
 )
 from psycopg import sql as pgsql
 
@@ -1293,11 +1294,7 @@ def report_machine() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs (nproc {affinity}), "
         f"{platform.system()} {platform.release()}"
     )
-    print(
-        f"python {platform.python_version()} ({platform.python_implementation()}), "
-        f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()}), "
-        f"shardq {shardq.__version__}"
-    )
+    print(versions())
 
 
 def report_data(data: Dataset, server_version: str) -> None:

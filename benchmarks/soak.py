@@ -114,7 +114,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from _common import command_line, interrupt_on_sigterm, rss, stamp, stop_clusters
+from _common import command_line, interrupt_on_sigterm, rss, stamp, stop_clusters, versions
 
 import shardq
 
@@ -1088,10 +1088,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     interrupt_on_sigterm()
     began = time.perf_counter()
-    print(
-        f"Python {sys.version.split()[0]}, psycopg {psycopg.__version__} "
-        f"(libpq {psycopg.pq.version()}), shardq {shardq.__version__}, {os.cpu_count()} cores"
-    )
+    print(versions())
     print(f"starting {args.shards} PostgreSQL primaries and {args.shards} standbys...", flush=True)
     primaries, standbys = start_servers(args.shards, args.rows)
     clusters = [*primaries, *standbys]

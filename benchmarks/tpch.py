@@ -119,7 +119,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy
-from _common import command_line, interrupt_on_sigterm, maxrss, stamp, stop_clusters
+from _common import command_line, interrupt_on_sigterm, maxrss, stamp, stop_clusters, versions
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.ext.horizontal_shard import ShardedSession
 from sqlalchemy.orm import sessionmaker
@@ -771,11 +771,7 @@ def report_machine() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs (nproc {affinity}), "
         f"{platform.system()} {platform.release()}"
     )
-    print(
-        f"python {platform.python_version()} ({platform.python_implementation()}), "
-        f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()}), "
-        f"SQLAlchemy {sqlalchemy.__version__}, shardq {shardq.__version__}"
-    )
+    print(versions(f"SQLAlchemy {sqlalchemy.__version__}"))
 
 
 def report_data(data: Dataset, cluster: PgCluster) -> None:
