@@ -21,6 +21,9 @@ as it goes, and collects what each wrote with ``--json``:
 - ``soak``: ``soak.py``, 200 clients of mixed reads and writes for 60 s on
   shards with standbys, one standby killed half way (it also draws
   ``benchmarks/soak.png``, over time).
+- ``gather``: ``gather.py``, a window not partitioned by the shard key and a
+  join of tables that are not co-located (reads answered by gathering to one
+  shard), beside the single node and a hand-written pull into pandas.
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -61,6 +64,7 @@ SCENARIOS = {
     "load": "load.py",
     "commit": "commit.py",
     "soak": "soak.py",
+    "gather": "gather.py",
 }
 
 
