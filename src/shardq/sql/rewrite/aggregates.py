@@ -181,12 +181,11 @@ class _Decomposer:
         distinct = isinstance(agg.this, exp.Distinct)
         kind: type[exp.Expr] = type(agg)
         if isinstance(agg, exp.Anonymous) and agg.name.lower() in _ANONYMOUS:
-            # every(x), and bool_and/bool_or where sqlglot keeps them as plain calls.
-            if len(agg.expressions) != 1:
+            # every(x), and bool_and/bool_or where sqlglot keeps them as plain calls: the
+            # shards run the call as written (sqlglot would write every() as BOOL_AND).
+            if len(agg.expressions) != 1 or isinstance(agg.expressions[0], exp.Distinct):
                 raise UnsupportedQueryError(f"{agg.sql(self.dialect)}", "it takes one argument")
             kind = _ANONYMOUS[agg.name.lower()]
-            agg = kind(this=agg.expressions[0].copy())
-            node = exp.Filter(this=agg, expression=condition.copy()) if condition else agg
         if kind in _COMBINES and not distinct:
             return self.partial(node.copy(), _COMBINES[kind])
         if kind is exp.Avg and not distinct:
