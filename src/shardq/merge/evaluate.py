@@ -11,7 +11,8 @@ rounds half away from zero, NULL propagates, division by zero is an error
 Only the operators and functions listed in :data:`OPERATORS` exist; the
 planner evaluates nothing else after a merge.
 
-PostgreSQL's numeric arithmetic itself is in :mod:`shardq.merge.numeric`.
+PostgreSQL's numeric arithmetic itself is in :mod:`shardq.merge.numeric`,
+its date and time arithmetic in :mod:`shardq.merge.temporal`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from shardq.errors import DataError, NotSupportedError
+from shardq.merge import temporal
 from shardq.merge.numeric import (
     CASTS,
     EXACT,
@@ -73,9 +75,7 @@ class Semantics:
         if a is None or b is None:
             return None
         if not (_is_number(a) and _is_number(b)):
-            raise NotSupportedError(
-                f"shardq cannot evaluate {type(a).__name__} {op} {type(b).__name__} after a merge"
-            )
+            return temporal.arith(op, a, b)
         if isinstance(a, float) or isinstance(b, float):
             return self._float(op, float(a), float(b))
         if isinstance(a, Decimal) or isinstance(b, Decimal):
@@ -184,16 +184,36 @@ class Semantics:
             if known and all(t in _RANK for t in known):
                 return max(known, key=_RANK.__getitem__)
             return known[0] if known else None
-        if op == "neg":
+        if op in ("neg", "nullif"):  # nullif(a, b) has a's type
             return types[0] if types else None
+        if op == "case":  # the common type of the results; NULL and '...' are unknown
+            return _common_type([*types[1::2], types[-1]])
         if op in _ARITH:
-            if len(types) != 2 or any(t not in _RANK for t in types):
+            if len(types) != 2:
                 return None
+            if any(t not in _RANK for t in types):
+                return temporal.output_type(op, *types)
             high = max(types, key=_RANK.__getitem__)
             if high in (FLOAT4, FLOAT8):
                 return FLOAT4 if types[0] == types[1] == FLOAT4 else FLOAT8
             return high
         return None
+
+
+def _common_type(types: Sequence[Any]) -> Any:
+    """PostgreSQL's common type of CASE results (``None``: unknown, or not one shardq knows).
+
+    Untyped literals are unknown (typed ``None``, or text for a string) and
+    take the others' type; all unknown is text.
+    """
+    known = {t for t in types if t not in (None, TEXT)}
+    if not known:
+        return TEXT
+    if len(known) == 1:
+        return known.pop()
+    if all(t in _RANK for t in known):
+        return max(known, key=_RANK.__getitem__)
+    return None
 
 
 class SQLiteSemantics(Semantics):
@@ -259,9 +279,9 @@ def _or(values: list[Any]) -> bool | None:
 
 OPERATORS = frozenset(
     {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "is_true",
-     "is_not_true", "is_false", "is_not_false", "coalesce",
+     "is_not_true", "is_false", "is_not_false", "coalesce", "nullif", "case",
      "round", "avg", "count_set", "sum_set", "avg_set", "to_int2", "to_int4", "to_int8",
-     "to_numeric", "to_float8", "to_float4"}
+     "to_numeric", "to_float8", "to_float4", "to_date"}
 )  # fmt: skip
 
 Evaluator = Callable[[Sequence[Any]], Any]
@@ -314,12 +334,19 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
         negate = "_not_" in op
         return lambda row: (inner(row) is wanted) != negate
     if op.startswith("to_"):
-        cast = CASTS[op]
+        cast = _ALL_CASTS[op]
         inner, *rest = args
         extra = [a(()) for a in rest]  # constants: precision and scale
         return lambda row: None if (v := inner(row)) is None else cast(v, *extra)
     if op == "coalesce":
         return lambda row: next((v for a in args if (v := a(row)) is not None), None)
+    if op == "nullif":
+        first, second = args
+        return lambda row: None if _compare("=", v := first(row), second(row)) else v
+    if op == "case":  # (condition, result) pairs, then the ELSE result
+        pairs = list(zip(args[:-1:2], args[1::2], strict=True))
+        default = args[-1]
+        return lambda row: _case(row, pairs, default)
     if op == "round":
         return lambda row: sem.round(*[a(row) for a in args])
     if op == "avg":
@@ -337,6 +364,13 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
     raise NotSupportedError(f"no merge operator {op!r}")
 
 
+def _case(row: Sequence[Any], pairs: list[tuple[Evaluator, Evaluator]], default: Evaluator) -> Any:
+    for condition, result in pairs:
+        if condition(row) is True:
+            return result(row)
+    return default(row)
+
+
 def _sum_set(values: set[Any], sem: Semantics) -> Any:
     total: Any = None
     for value in values:
@@ -345,7 +379,8 @@ def _sum_set(values: set[Any], sem: Semantics) -> Any:
 
 
 _CAST_TYPES = {"to_int2": INT2, "to_int4": INT4, "to_int8": INT8, "to_numeric": NUMERIC,
-               "to_float8": FLOAT8, "to_float4": FLOAT4}  # fmt: skip
+               "to_float8": FLOAT8, "to_float4": FLOAT4, "to_date": temporal.DATE}  # fmt: skip
+_ALL_CASTS = {**CASTS, "to_date": temporal.to_date}
 
 
 def compile_row(exprs: Sequence[Expr], sem: Semantics) -> Evaluator:

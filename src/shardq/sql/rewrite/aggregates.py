@@ -20,8 +20,18 @@ COUNT, SUM, MIN, MAX, AVG, bool_and/bool_or (also with FILTER), and
 COUNT/SUM/AVG(DISTINCT x) (whose distinct values are gathered: the shards
 also group by ``x``) decompose. Any other aggregate is refused: its partial
 results cannot be combined exactly. An expression of the group key alone is
-computed on the shards (it is equal on every shard); arithmetic, comparisons,
-``round`` and ``coalesce`` over aggregates are computed after the merge.
+computed on the shards (it is equal on every shard); arithmetic (dates,
+timestamps and intervals included), comparisons, BETWEEN, IN lists, CASE,
+``round``, ``coalesce`` and ``nullif`` over aggregates are computed after the
+merge.
+
+A string literal compared with an aggregate (``HAVING min(ts) < '2023-03-05
+10:00'``) is, as in PostgreSQL, a value of the aggregate's type, read with
+the session's settings (time zone, date style). The merge does not know that
+type, nor how PostgreSQL reads the text: the shards read it, in a hidden
+column ``CASE WHEN false THEN min(ts) ELSE '2023-03-05 10:00' END``, which
+PostgreSQL types as the aggregate (its rules for an unknown literal in CASE
+are the ones for an operator) and which the merge then compares as a value.
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ _CASTS = {
     exp.DataType.Type.DECIMAL: "to_numeric",
     exp.DataType.Type.DOUBLE: "to_float8",
     exp.DataType.Type.FLOAT: "to_float4",
+    exp.DataType.Type.DATE: "to_date",
 }
 _BINARY: dict[type[exp.Expr], str] = {
     exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%",
@@ -128,6 +139,12 @@ class Decomposed:
     sort: tuple[SortKey, ...]
     hidden: int
     params: bool = False
+    words: frozenset[str] = frozenset()  # words the rewrite adds to the shards' SQL
+
+
+# The words of the hidden column that types a literal (see the module docstring).
+_TYPED_LITERAL_WORDS = frozenset({"case", "when", "false", "then", "else", "end"})
+_COMPARISON_NODES = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
 
 
 @dataclass
@@ -141,6 +158,7 @@ class _Decomposer:
     combines: list[Combine] = field(default_factory=list)
     seen: dict[tuple[str, Combine], int] = field(default_factory=dict)
     params: bool = False
+    words: set[str] = field(default_factory=set)
 
     def text(self, node: exp.Expr) -> str:
         return node.sql(self.dialect)
@@ -219,8 +237,8 @@ class _Decomposer:
         if target is None:
             raise UnsupportedQueryError(
                 f"the cast {node.sql(self.dialect)} over aggregates across shards",
-                "shardq casts merged aggregates to integer, numeric and floating-point "
-                "types only; pin the query to one shard",
+                "shardq casts merged aggregates to integer, numeric, floating-point and "
+                "date types only; pin the query to one shard",
             )
         if target != "to_numeric" or not node.to.expressions:
             return Call(target, (inner,))
@@ -231,6 +249,40 @@ class _Decomposer:
                 f"the cast {node.sql(self.dialect)}", "a negative numeric scale is not merged"
             )
         return Call("to_numeric", (inner, Const(precision), Const(scale)))
+
+    def operand(self, node: exp.Expr, other: exp.Expr) -> Expr:
+        """``node``, compared with ``other``: a string literal takes ``other``'s type."""
+        other = other.unnest()
+        typed = (
+            isinstance(node, exp.Literal)
+            and node.is_string
+            and (is_aggregate(other) or self.text(other) in self.keys)
+        )
+        if not typed:
+            return self.translate(node)
+        self.words |= _TYPED_LITERAL_WORDS
+        ifs = [exp.If(this=exp.false(), true=other.copy())]
+        return self.partial(exp.Case(ifs=ifs, default=node.copy()), Combine.ANY)
+
+    def case(self, node: exp.Case) -> Expr:
+        """CASE as (condition, result) pairs and the ELSE result; NULL results are untyped."""
+
+        def result(value: exp.Expr | None) -> Expr:
+            if value is None or isinstance(value, exp.Null):
+                return Const(None, None)
+            return self.translate(value)
+
+        subject = node.this
+        args: list[Expr] = []
+        for branch in node.args.get("ifs") or []:
+            test = branch.this
+            if subject is not None:  # CASE x WHEN v ...: x = v
+                args.append(Call("=", (self.translate(subject), self.operand(test, subject))))
+            else:
+                args.append(self.translate(test))
+            args.append(result(branch.args.get("true")))
+        args.append(result(node.args.get("default")))
+        return Call("case", tuple(args))
 
     def translate(self, node: exp.Expr) -> Expr:
         if isinstance(node, exp.Alias):
@@ -257,6 +309,24 @@ class _Decomposer:
             return self.partial(node.copy(), Combine.ANY)
         if isinstance(node, exp.Paren):
             return self.translate(node.this)
+        if isinstance(node, _COMPARISON_NODES):
+            left, right = node.this, node.expression
+            return Call(_BINARY[type(node)], (self.operand(left, right), self.operand(right, left)))
+        if isinstance(node, exp.Between):
+            subject = node.this
+            low = Call(">=", (self.translate(subject), self.operand(node.args["low"], subject)))
+            high = Call("<=", (self.translate(subject), self.operand(node.args["high"], subject)))
+            return Call("and", (low, high))
+        if isinstance(node, exp.In) and node.expressions and not node.args.get("query"):
+            subject = node.this
+            tests = [Call("=", (self.translate(subject), self.operand(e, subject)))
+                     for e in node.expressions]  # fmt: skip
+            return tests[0] if len(tests) == 1 else Call("or", tuple(tests))
+        if isinstance(node, exp.Nullif):
+            first, second = node.this, node.expression
+            return Call("nullif", (self.translate(first), self.operand(second, first)))
+        if isinstance(node, exp.Case):
+            return self.case(node)
         op = _BINARY.get(type(node))
         if op is not None:
             return Call(op, (self.translate(node.this), self.translate(node.expression)))
@@ -279,8 +349,9 @@ class _Decomposer:
             return Call("round", tuple(self.translate(a) for a in args))
         raise UnsupportedQueryError(
             f"the expression {node.sql(self.dialect)} over aggregates across shards",
-            "shardq computes arithmetic, comparisons, AND/OR/NOT, IS NULL, round and "
-            "coalesce over merged aggregates, and not this yet; pin the query to one shard",
+            "shardq computes arithmetic, comparisons, AND/OR/NOT, IS NULL, CASE, round, "
+            "coalesce and nullif over merged aggregates, and not this yet; pin the query to "
+            "one shard",
         )
 
 
@@ -332,4 +403,5 @@ def decompose(
         sort=tuple(sort),
         hidden=len(outputs) - visible,
         params=d.params,
+        words=frozenset(d.words),
     )
