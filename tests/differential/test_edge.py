@@ -242,6 +242,18 @@ CASES: list[tuple[str, bool]] = [
         "HAVING date_trunc('day', ts) >= '2024-04-01' ORDER BY 1",
         True,
     ),
+    # a string literal takes the type of any expression it is compared with
+    (
+        "SELECT grp, max(ts)::date FROM facts GROUP BY grp "
+        "HAVING max(ts)::date = '2024-04-02' ORDER BY 1",
+        True,
+    ),
+    (
+        "SELECT label, count(*) FROM facts GROUP BY label "
+        "HAVING sum(n) > '10' OR sum(k) = '5' OR sum(k) + 1 <> '7' ORDER BY 1",
+        True,
+    ),
+    ("SELECT label, max(f) = 0.25, sum(n) = 0.5::float8 FROM facts GROUP BY 1 ORDER BY 1", True),
     # NULLIF, CASE, BETWEEN and IN over aggregates
     (
         "SELECT NULLIF(count(k), 0), sum(k) / NULLIF(count(k), 0), sum(n) / NULLIF(count(n), 0), "
@@ -390,3 +402,6 @@ def test_date_arithmetic_it_cannot_reproduce_is_refused(conn: shardq.Connection)
     # timestamptz + interval follows the session's calendar (daylight saving): not guessed.
     with pytest.raises(shardq.NotSupportedError, match="datetime \\+ timedelta"):
         conn.execute("SELECT max(ts) + (max(ts) - min(ts)) FROM facts").fetchall()
+    # Python's == would call a timestamp and a date unequal; PostgreSQL casts the date.
+    with pytest.raises(shardq.NotSupportedError, match="compare datetime with date"):
+        conn.execute("SELECT min(ts) = DATE '2024-03-31' FROM facts").fetchall()

@@ -17,6 +17,7 @@ its date and time arithmetic in :mod:`shardq.merge.temporal`.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -250,8 +251,22 @@ _COMPARISONS = ("=", "<>", "<", "<=", ">", ">=")
 
 
 def _compare(op: str, a: Any, b: Any) -> bool | None:
+    """``a op b`` as PostgreSQL compares them, or an error where Python would not.
+
+    Numbers of two types compare as the wider one (an integer or numeric with
+    a float8 as float8); values of other, different types (a date and a
+    timestamp, a number and text, naive and aware timestamps) are refused:
+    Python's ``==`` would call them unequal where PostgreSQL casts one side.
+    """
     if a is None or b is None:
         return None
+    if type(a) is not type(b):
+        if not (_is_number(a) and _is_number(b)):
+            raise _incomparable(a, b)
+        if isinstance(a, float) or isinstance(b, float):
+            a, b = float(a), float(b)
+    elif type(a) is dt.datetime and (a.tzinfo is None) != (b.tzinfo is None):
+        raise _incomparable(a, b)
     if op == "=":
         return bool(a == b)
     if op == "<>":
@@ -263,6 +278,13 @@ def _compare(op: str, a: Any, b: Any) -> bool | None:
     if op == ">":
         return bool(a > b)
     return bool(a >= b)
+
+
+def _incomparable(a: Any, b: Any) -> NotSupportedError:
+    return NotSupportedError(
+        f"shardq cannot compare {type(a).__name__} with {type(b).__name__} after a merge; "
+        "cast one side to the other's type, or pin the query to one shard"
+    )
 
 
 def _and(values: list[Any]) -> bool | None:

@@ -256,7 +256,7 @@ class _Decomposer:
         typed = (
             isinstance(node, exp.Literal)
             and node.is_string
-            and (is_aggregate(other) or self.text(other) in self.keys)
+            and not isinstance(other, exp.Literal | exp.Null | exp.Placeholder)
         )
         if not typed:
             return self.translate(node)
