@@ -254,6 +254,29 @@ CASES: list[tuple[str, bool]] = [
         True,
     ),
     ("SELECT label, max(f) = 0.25, sum(n) = 0.5::float8 FROM facts GROUP BY 1 ORDER BY 1", True),
+    # EXTRACT (numeric) and date_part (float8) of merged dates and timestamps
+    (
+        "SELECT date_part('year', max(ts)), date_part('epoch', max(ts)), "
+        "date_part('second', max(ts)), date_part('DOW', min(ts)) FROM facts",
+        True,
+    ),
+    (
+        "SELECT EXTRACT(year FROM max(ts)), EXTRACT(epoch FROM max(ts)), "
+        "EXTRACT(second FROM min(ts)), EXTRACT(millisecond FROM min(ts)), "
+        "EXTRACT(isodow FROM min(ts)), EXTRACT(quarter FROM max(ts)) FROM facts",
+        True,
+    ),
+    (
+        "SELECT grp, EXTRACT(day FROM max(ts)) - EXTRACT(day FROM min(ts)), "
+        "date_part('hour', max(ts)) FROM facts GROUP BY grp ORDER BY 1",
+        True,
+    ),
+    (
+        "SELECT EXTRACT(epoch FROM max(ts::date)), date_part('week', min(ts::date)), "
+        "EXTRACT(century FROM max(ts)), EXTRACT(doy FROM min(ts)) FROM facts WHERE k > 0",
+        True,
+    ),
+    ("SELECT EXTRACT(year FROM max(ts)), date_part('day', min(ts)) FROM facts WHERE false", True),
     # NULLIF, CASE, BETWEEN and IN over aggregates
     (
         "SELECT NULLIF(count(k), 0), sum(k) / NULLIF(count(k), 0), sum(n) / NULLIF(count(n), 0), "
@@ -364,6 +387,7 @@ REFUSED: list[tuple[str, str]] = [
     ("SELECT *, count(*) FROM facts GROUP BY k", "SELECT \\*"),
     ("SELECT k, count(*) FROM facts GROUP BY ROLLUP (k)", "ROLLUP"),
     ("SELECT md5(max(grp)) FROM facts", "over aggregates"),
+    ("SELECT date_part('julian', max(ts)) FROM facts", "shardq extracts"),
     ("SELECT id FROM facts UNION SELECT id FROM sparse", "UNION"),
     ("SELECT * FROM facts f JOIN sparse s ON s.v = f.k", "several distributed"),
     ("SELECT id FROM facts ORDER BY id FETCH FIRST 3 ROWS WITH TIES", "FETCH"),

@@ -185,6 +185,10 @@ class Semantics:
             if known and all(t in _RANK for t in known):
                 return max(known, key=_RANK.__getitem__)
             return known[0] if known else None
+        if op == "extract":
+            return NUMERIC
+        if op == "date_part":
+            return FLOAT8
         if op in ("neg", "nullif"):  # nullif(a, b) has a's type
             return types[0] if types else None
         if op == "case":  # the common type of the results; NULL and '...' are unknown
@@ -303,7 +307,7 @@ OPERATORS = frozenset(
     {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "is_true",
      "is_not_true", "is_false", "is_not_false", "coalesce", "nullif", "case",
      "round", "avg", "count_set", "sum_set", "avg_set", "to_int2", "to_int4", "to_int8",
-     "to_numeric", "to_float8", "to_float4", "to_date"}
+     "to_numeric", "to_float8", "to_float4", "to_date", "extract", "date_part"}
 )  # fmt: skip
 
 Evaluator = Callable[[Sequence[Any]], Any]
@@ -362,6 +366,12 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
         return lambda row: None if (v := inner(row)) is None else cast(v, *extra)
     if op == "coalesce":
         return lambda row: next((v for a in args if (v := a(row)) is not None), None)
+    if op in ("extract", "date_part"):
+        field = expr.args[0]
+        assert isinstance(field, Const)
+        (_, source) = args
+        as_float = op == "date_part"
+        return lambda row: temporal.extract(field.value, source(row), as_float)
     if op == "nullif":
         first, second = args
         return lambda row: None if _compare("=", v := first(row), second(row)) else v

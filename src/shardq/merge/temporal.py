@@ -12,7 +12,8 @@ the values the driver returned, with PostgreSQL's rules and result types:
 * ``interval +/- interval`` is an interval;
 * ``CAST(x AS date)`` of a timestamp is its date where it is (psycopg
   returns a timestamp with time zone in the session's zone, in which
-  PostgreSQL takes its date).
+  PostgreSQL takes its date), and so are the fields ``EXTRACT`` (numeric)
+  and ``date_part`` (float8) take: :func:`extract`.
 
 Whatever else mixes these values (``timestamptz + interval``, which
 PostgreSQL computes on the session's calendar, across daylight saving
@@ -28,11 +29,23 @@ datetime.timedelta(seconds=82800)
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 from shardq.errors import DataError, NotSupportedError
 
-__all__ = ["DATE", "INTERVAL", "TIMESTAMP", "TIMESTAMPTZ", "arith", "output_type", "to_date"]
+__all__ = [
+    "DATE",
+    "FIELDS",
+    "INTERVAL",
+    "TIMESTAMP",
+    "TIMESTAMPTZ",
+    "arith",
+    "extract",
+    "field_name",
+    "output_type",
+    "to_date",
+]
 
 DATE, TIMESTAMP, TIMESTAMPTZ, INTERVAL = 1082, 1114, 1184, 1186
 _INT4, _INTS = 23, (21, 23)
@@ -78,6 +91,79 @@ def to_date(value: Any) -> dt.date:
         f"shardq cannot cast {type(value).__name__} to date after a merge; "
         "pin the query to one shard"
     )
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH.replace(tzinfo=dt.UTC)
+_MICRO = dt.timedelta(microseconds=1)
+_TIME_FIELDS = {"hour", "minute", "second", "millisecond", "microsecond"}
+#: The fields :func:`extract` takes, as PostgreSQL spells them (``years`` is ``year``).
+FIELDS = frozenset(
+    {*_TIME_FIELDS, "year", "month", "day", "epoch", "dow", "isodow", "doy", "week",
+     "isoyear", "quarter", "decade", "century", "millennium"}
+)  # fmt: skip
+
+
+def field_name(text: str) -> str | None:
+    """The field ``text`` names (``'Years'`` is ``year``), or None if :func:`extract` lacks it.
+
+    >>> field_name("YEARS"), field_name("dow"), field_name("julian")
+    ('year', 'dow', None)
+    """
+    name = text.lower()
+    if name not in FIELDS and name.endswith("s"):
+        name = name[:-1]
+    return name if name in FIELDS else None
+
+
+def _date_field(d: dt.date, field: str) -> int:
+    year = d.year
+    value = {
+        "year": year, "month": d.month, "day": d.day, "dow": d.isoweekday() % 7,
+        "isodow": d.isoweekday(), "doy": d.timetuple().tm_yday, "week": d.isocalendar()[1],
+        "isoyear": d.isocalendar()[0], "quarter": (d.month - 1) // 3 + 1,
+        "decade": year // 10, "century": (year + 99) // 100, "millennium": (year + 999) // 1000,
+    }.get(field)  # fmt: skip
+    assert value is not None, field
+    return value
+
+
+def extract(field: str, value: Any, as_float: bool) -> Decimal | float | None:
+    """``EXTRACT(field FROM value)`` (numeric), or ``date_part`` (float8) if ``as_float``.
+
+    >>> t = dt.datetime(2024, 3, 31, 22, 30, 5, 250000)
+    >>> extract("second", t, False), extract("epoch", t, True), extract("dow", t, False)
+    (Decimal('5.250000'), 1711924205.25, Decimal('0'))
+    """
+    if value is None:
+        return None
+    result: Decimal
+    if type(value) is dt.datetime:
+        micros = value.second * 1_000_000 + value.microsecond
+        if field == "second":
+            result = Decimal(micros).scaleb(-6)
+        elif field == "millisecond":
+            result = Decimal(micros).scaleb(-3)
+        elif field == "microsecond":
+            result = Decimal(micros)
+        elif field == "epoch":
+            start = _EPOCH if value.tzinfo is None else _EPOCH_UTC
+            result = Decimal((value - start) // _MICRO).scaleb(-6)
+        elif field in ("hour", "minute"):
+            result = Decimal(value.hour if field == "hour" else value.minute)
+        else:
+            result = Decimal(_date_field(value.date(), field))
+    elif type(value) is dt.date:
+        if field in _TIME_FIELDS:
+            raise NotSupportedError(f'unit "{field}" not supported for type date')
+        days = (value - _EPOCH.date()).days
+        result = Decimal(days * 86400 if field == "epoch" else _date_field(value, field))
+    else:
+        raise NotSupportedError(
+            f"shardq cannot extract {field} from {type(value).__name__} after a merge; "
+            "pin the query to one shard"
+        )
+    return float(result) if as_float else result
 
 
 def _unsupported(op: str, a: Any, b: Any) -> NotSupportedError:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
+from shardq.merge import temporal
 from shardq.merge.evaluate import BOOL, INT4, INT8, NUMERIC, TEXT
 from shardq.merge.steps import (
     Aggregation,
@@ -284,6 +285,23 @@ class _Decomposer:
         args.append(result(node.args.get("default")))
         return Call("case", tuple(args))
 
+    def extract(self, node: exp.Extract | exp.Anonymous) -> Expr:
+        """EXTRACT (numeric) or date_part (float8) of a field shardq computes."""
+        if isinstance(node, exp.Extract):
+            op, unit, source = "extract", node.this, node.expression
+        elif len(node.expressions) == 2:
+            op, (unit, source) = "date_part", node.expressions
+        else:
+            op, unit, source = "date_part", None, node
+        field = temporal.field_name(unit.name) if isinstance(unit, exp.Var | exp.Literal) else None
+        if field is None:
+            raise UnsupportedQueryError(
+                f"the expression {node.sql(self.dialect)} over aggregates across shards",
+                f"shardq extracts {', '.join(sorted(temporal.FIELDS))} after a merge; "
+                "pin the query to one shard",
+            )
+        return Call(op, (Const(field), self.translate(source)))
+
     def translate(self, node: exp.Expr) -> Expr:
         if isinstance(node, exp.Alias):
             return self.translate(node.this)
@@ -327,6 +345,10 @@ class _Decomposer:
             return Call("nullif", (self.translate(first), self.operand(second, first)))
         if isinstance(node, exp.Case):
             return self.case(node)
+        if isinstance(node, exp.Extract) or (
+            isinstance(node, exp.Anonymous) and node.name.lower() == "date_part"
+        ):
+            return self.extract(node)
         op = _BINARY.get(type(node))
         if op is not None:
             return Call(op, (self.translate(node.this), self.translate(node.expression)))
