@@ -203,6 +203,12 @@ CASES: list[tuple[str, bool]] = [
         True,
     ),
     ("SELECT substr(grp, 1, 1), count(*) FROM facts GROUP BY 1 ORDER BY 1", True),
+    (
+        "SELECT id, char_length(grp), ceiling(f), mod(k, 3), strpos(grp, 'p'), btrim(grp) "
+        "FROM facts ORDER BY id LIMIT 9",
+        True,
+    ),
+    ("SELECT mod(k, 3), count(*) FROM facts GROUP BY 1 ORDER BY 1", True),
     # after the merge with PostgreSQL's types: dates, timestamps, intervals, typed literals
     ("SELECT max(ts) - min(ts), max(ts) - max(ts) FROM facts", True),
     ("SELECT grp, max(ts) - min(ts) AS span FROM facts GROUP BY grp ORDER BY grp", True),
@@ -277,6 +283,35 @@ CASES: list[tuple[str, bool]] = [
         True,
     ),
     ("SELECT EXTRACT(year FROM max(ts)), date_part('day', min(ts)) FROM facts WHERE false", True),
+    # scalar functions of merged values
+    (
+        "SELECT abs(min(k)), abs(sum(n)), abs(max(f)), abs(count(*)), floor(avg(n)), "
+        "ceil(min(n)), ceiling(sum(f)), trunc(avg(k)), floor(sum(k)), sign(sum(n)), "
+        "sign(min(k)), sign(max(f)), mod(sum(k), 7), mod(sum(n), 2) FROM facts",
+        True,
+    ),
+    ("SELECT floor(avg(n)), abs(sum(k)), sign(max(f)) FROM facts WHERE false", True),
+    (
+        "SELECT label, greatest(max(k), 3), least(min(k), sum(k)), greatest(max(n), 1, NULL), "
+        "least(max(f), 1), greatest(max(grp), 'b') FROM facts GROUP BY label ORDER BY 1",
+        True,
+    ),
+    (
+        "SELECT grp, length(max(label)), char_length(grp), substr(max(label), 1, 2), "
+        "substr(min(grp), 0, 3), substr(max(grp), 3) FROM facts GROUP BY grp ORDER BY 1",
+        True,
+    ),
+    (
+        "SELECT max(grp) || '-' || min(label), count(*) || 'x', sum(n) || '', "
+        "concat(max(grp), count(*), NULL, sum(n), bool_and(flag)), count(*)::text, "
+        "bool_or(flag)::text, bool_and(flag) || '' FROM facts",
+        True,
+    ),
+    (
+        "SELECT label, count(*)::text FROM facts GROUP BY label "
+        "HAVING count(*)::text > '6' ORDER BY 1",
+        True,
+    ),
     # NULLIF, CASE, BETWEEN and IN over aggregates
     (
         "SELECT NULLIF(count(k), 0), sum(k) / NULLIF(count(k), 0), sum(n) / NULLIF(count(n), 0), "
@@ -429,3 +464,6 @@ def test_date_arithmetic_it_cannot_reproduce_is_refused(conn: shardq.Connection)
     # Python's == would call a timestamp and a date unequal; PostgreSQL casts the date.
     with pytest.raises(shardq.NotSupportedError, match="compare datetime with date"):
         conn.execute("SELECT min(ts) = DATE '2024-03-31' FROM facts").fetchall()
+    # A timestamp's text follows the session's DateStyle.
+    with pytest.raises(shardq.NotSupportedError, match="datetime as text"):
+        conn.execute("SELECT max(ts)::text FROM facts").fetchall()

@@ -25,6 +25,7 @@ from typing import Any
 
 from shardq.errors import DataError, NotSupportedError
 from shardq.merge import temporal
+from shardq.merge.functions import FUNCTIONS
 from shardq.merge.numeric import (
     CASTS,
     EXACT,
@@ -185,6 +186,8 @@ class Semantics:
             if known and all(t in _RANK for t in known):
                 return max(known, key=_RANK.__getitem__)
             return known[0] if known else None
+        if op in FUNCTIONS:
+            return FUNCTIONS[op].type_of(types)
         if op == "extract":
             return NUMERIC
         if op == "date_part":
@@ -307,7 +310,7 @@ OPERATORS = frozenset(
     {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "is_true",
      "is_not_true", "is_false", "is_not_false", "coalesce", "nullif", "case",
      "round", "avg", "count_set", "sum_set", "avg_set", "to_int2", "to_int4", "to_int8",
-     "to_numeric", "to_float8", "to_float4", "to_date", "extract", "date_part"}
+     "to_numeric", "to_float8", "to_float4", "to_date", "extract", "date_part", *FUNCTIONS}
 )  # fmt: skip
 
 Evaluator = Callable[[Sequence[Any]], Any]
@@ -366,6 +369,9 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
         return lambda row: None if (v := inner(row)) is None else cast(v, *extra)
     if op == "coalesce":
         return lambda row: next((v for a in args if (v := a(row)) is not None), None)
+    if op in FUNCTIONS:
+        call = FUNCTIONS[op].call
+        return lambda row: call(*[a(row) for a in args])
     if op in ("extract", "date_part"):
         field = expr.args[0]
         assert isinstance(field, Const)

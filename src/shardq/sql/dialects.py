@@ -17,7 +17,8 @@ writes must mean what the user wrote. Its SQLite generator does not always:
 
 Its PostgreSQL generator writes ``to_hex`` as ``HEX`` (no such function in
 PostgreSQL), ``date_part('year', x)`` as ``EXTRACT(YEAR FROM x)`` (numeric,
-not float8) and ``substr(x, 1, 2)`` as ``SUBSTRING(x FROM 1 FOR 2)``:
+not float8), ``substr(x, 1, 2)`` as ``SUBSTRING(x FROM 1 FOR 2)``, ``mod(a, b)``
+as ``a % b`` (which the shards name ``?column?``, not ``mod``), ...:
 shardq's PostgreSQL parser reads these calls as plain function calls, which
 are written back as they were read.
 
@@ -163,7 +164,11 @@ class ShardqSQLite(SQLite):
 
 # PostgreSQL functions sqlglot reads as another expression, which it writes
 # back with another name or meaning: read as plain calls instead.
-_PG_PLAIN_CALLS = ("TO_HEX", "DATE_PART", "SUBSTR")
+# (mod(k, 3) would also be named "?column?" by the shards, not "mod".)
+_PG_PLAIN_CALLS = (
+    "TO_HEX", "DATE_PART", "SUBSTR", "CHAR_LENGTH", "CHARACTER_LENGTH", "CEILING", "MOD",
+    "STRPOS", "BTRIM",
+)  # fmt: skip
 
 
 class _PostgresParser(Postgres.Parser):  # type: ignore[misc,valid-type]

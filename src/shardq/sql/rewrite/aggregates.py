@@ -43,6 +43,7 @@ from sqlglot import exp
 from shardq.errors import UnsupportedQueryError
 from shardq.merge import temporal
 from shardq.merge.evaluate import BOOL, INT4, INT8, NUMERIC, TEXT
+from shardq.merge.functions import FUNCTIONS
 from shardq.merge.steps import (
     Aggregation,
     Call,
@@ -285,6 +286,22 @@ class _Decomposer:
         args.append(result(node.args.get("default")))
         return Call("case", tuple(args))
 
+    def function(self, name: str, node: exp.Expr) -> Expr:
+        """A call of one of :data:`~shardq.merge.functions.FUNCTIONS`, if it takes these args."""
+        args = node.expressions if isinstance(node, exp.Anonymous) else list(
+            node.iter_expressions())  # fmt: skip
+        if isinstance(node, exp.Cast):
+            args = [node.this]
+        if len(args) not in FUNCTIONS[name].arity:
+            raise UnsupportedQueryError(
+                f"the expression {node.sql(self.dialect)} over aggregates across shards",
+                f"shardq computes {name}() with {FUNCTIONS[name].arity[0]} argument(s) after "
+                "a merge, not with these; pin the query to one shard",
+            )
+        return Call(name, tuple(
+            Const(None, None) if isinstance(a, exp.Null) else self.translate(a) for a in args
+        ))  # fmt: skip
+
     def extract(self, node: exp.Extract | exp.Anonymous) -> Expr:
         """EXTRACT (numeric) or date_part (float8) of a field shardq computes."""
         if isinstance(node, exp.Extract):
@@ -345,6 +362,12 @@ class _Decomposer:
             return Call("nullif", (self.translate(first), self.operand(second, first)))
         if isinstance(node, exp.Case):
             return self.case(node)
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "mod" and len(
+                node.expressions) == 2:  # fmt: skip
+            return Call("%", tuple(self.translate(a) for a in node.expressions))
+        function = _function_name(node)
+        if function is not None:
+            return self.function(function, node)
         if isinstance(node, exp.Extract) or (
             isinstance(node, exp.Anonymous) and node.name.lower() == "date_part"
         ):
@@ -375,6 +398,24 @@ class _Decomposer:
             "coalesce and nullif over merged aggregates, and not this yet; pin the query to "
             "one shard",
         )
+
+
+_FUNCTION_NODES: dict[type[exp.Expr], str] = {
+    exp.Abs: "abs", exp.Floor: "floor", exp.Ceil: "ceil", exp.Trunc: "trunc", exp.Sign: "sign",
+    exp.Greatest: "greatest", exp.Least: "least", exp.Length: "length", exp.Substring: "substr",
+    exp.DPipe: "||", exp.Concat: "concat",
+}  # fmt: skip
+
+
+def _function_name(node: exp.Expr) -> str | None:
+    """The name in :data:`~shardq.merge.functions.FUNCTIONS` of the call ``node``, if one."""
+    if isinstance(node, exp.Anonymous):
+        name = node.name.lower()
+        return name if name in FUNCTIONS else None
+    if isinstance(node, exp.Cast) and isinstance(node.to, exp.DataType):
+        plain = node.to.this == exp.DataType.Type.TEXT
+        return "text" if plain else None
+    return _FUNCTION_NODES.get(type(node))
 
 
 def _plain_groups(select: exp.Select) -> list[exp.Expr]:
