@@ -9,7 +9,8 @@ writes must mean what the user wrote. Its SQLite generator does not always:
   affinity's own name (INTEGER, TEXT, BLOB, REAL or NUMERIC), which SQLite
   reads back to the same affinity.
 * ``substr(x, 1, 2)`` comes back as ``SUBSTRING``, which old SQLite versions
-  lack: written ``SUBSTR``.
+  lack: written ``SUBSTR``; ``mod(a, b)`` (a real, fmod) as the integer
+  operator ``a % b``: kept a plain call, as are ``substring`` and ``ceiling``.
 * a comma join comes back as ``CROSS JOIN``, which in SQLite fixes the join
   order (a planner hint, same rows): written with a comma again;
 * a unary ``+``, which in SQLite takes a column's affinity away, is dropped
@@ -137,7 +138,18 @@ class UnaryPlus(exp.Expression, exp.Func):
     _sql_names: ClassVar[list[str]] = ["+"]
 
 
+# SQLite's mod() is fmod (a real: mod(3.5, 3) is 0.5), which sqlglot writes as the integer
+# operator % (3.5 % 3 is 0.0); substring() and ceiling() would come back renamed.
+_SQLITE_PLAIN_CALLS = ("MOD", "SUBSTRING", "CEILING")
+
+
 class _SQLiteParser(SQLite.Parser):  # type: ignore[misc,valid-type]
+    FUNCTIONS: ClassVar[dict[str, Any]] = {
+        k: v for k, v in SQLite.Parser.FUNCTIONS.items() if k not in _SQLITE_PLAIN_CALLS
+    }
+    FUNCTION_PARSERS: ClassVar[dict[str, Any]] = {
+        k: v for k, v in SQLite.Parser.FUNCTION_PARSERS.items() if k not in _SQLITE_PLAIN_CALLS
+    }
     UNARY_PARSERS: ClassVar[dict[Any, Any]] = {
         **SQLite.Parser.UNARY_PARSERS,
         TokenType.PLUS: lambda self: UnaryPlus(this=self._parse_unary()),
