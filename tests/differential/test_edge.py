@@ -209,6 +209,11 @@ CASES: list[tuple[str, bool]] = [
         True,
     ),
     ("SELECT mod(k, 3), count(*) FROM facts GROUP BY 1 ORDER BY 1", True),
+    (
+        "SELECT id, regexp_like(grp, 'p+'), date_bin('1 hour', ts, '2000-01-01'), pow(k, 2), "
+        "log10(abs(k) + 1) FROM facts ORDER BY id LIMIT 9",
+        True,
+    ),
     # after the merge with PostgreSQL's types: dates, timestamps, intervals, typed literals
     ("SELECT max(ts) - min(ts), max(ts) - max(ts) FROM facts", True),
     ("SELECT grp, max(ts) - min(ts) AS span FROM facts GROUP BY grp ORDER BY grp", True),

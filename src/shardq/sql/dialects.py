@@ -176,10 +176,11 @@ class ShardqSQLite(SQLite):
 
 # PostgreSQL functions sqlglot reads as another expression, which it writes
 # back with another name or meaning: read as plain calls instead.
-# (mod(k, 3) would also be named "?column?" by the shards, not "mod".)
+# (mod(k, 3) and regexp_like(x, 'a') would also be named "?column?" by the shards; date_bin
+# would lose the quotes of its third argument.)
 _PG_PLAIN_CALLS = (
     "TO_HEX", "DATE_PART", "SUBSTR", "CHAR_LENGTH", "CHARACTER_LENGTH", "CEILING", "MOD",
-    "STRPOS", "BTRIM",
+    "STRPOS", "BTRIM", "REGEXP_LIKE", "DATE_BIN", "POW", "LOG10",
 )  # fmt: skip
 
 
