@@ -11,6 +11,17 @@ rounds half away from zero, NULL propagates, division by zero is an error
 Only the operators and functions listed in :data:`OPERATORS` exist; the
 planner evaluates nothing else after a merge.
 
+Why here, and not by PostgreSQL over the merged partials (``SELECT <final
+expressions> FROM (VALUES ...)`` on one shard, which would apply every rule
+of the server at once): that costs a round trip per query and a shard
+connection inside a merge that is otherwise pure and streaming, and it
+would need each partial's type spelled for the shard. The rules a merge
+needs are few and small (numeric scale, date arithmetic, CASE's common
+type, a handful of functions); what they do not cover exactly is refused
+rather than approximated. The one rule that is not small, how PostgreSQL
+reads a string literal as a timestamp (time zone, date style, ``'today'``),
+is left to the shards (see :mod:`shardq.sql.rewrite.aggregates`).
+
 PostgreSQL's numeric arithmetic itself is in :mod:`shardq.merge.numeric`,
 its date and time arithmetic in :mod:`shardq.merge.temporal`.
 """
