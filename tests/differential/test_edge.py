@@ -288,6 +288,19 @@ CASES: list[tuple[str, bool]] = [
         True,
     ),
     ("SELECT EXTRACT(year FROM max(ts)), date_part('day', min(ts)) FROM facts WHERE false", True),
+    (
+        "SELECT date_trunc('day', max(ts)), date_trunc('month', min(ts)), "
+        "date_trunc('week', max(ts)), date_trunc('century', max(ts)), "
+        "date_trunc('quarter', min(ts)), date_trunc('years', max(ts)), "
+        "date_trunc('decade', min(ts::timestamp)), date_trunc('hour', max(ts::timestamp)) "
+        "FROM facts",
+        True,
+    ),
+    (
+        "SELECT label, date_trunc('day', max(ts)) FROM facts GROUP BY label "
+        "HAVING date_trunc('day', max(ts)) > '2024-04-01' ORDER BY 1",
+        True,
+    ),
     # scalar functions of merged values
     (
         "SELECT abs(min(k)), abs(sum(n)), abs(max(f)), abs(count(*)), floor(avg(n)), "
@@ -296,6 +309,11 @@ CASES: list[tuple[str, bool]] = [
         True,
     ),
     ("SELECT floor(avg(n)), abs(sum(k)), sign(max(f)) FROM facts WHERE false", True),
+    (
+        "SELECT sqrt(count(*)), sqrt(max(f)), power(count(*), 2), pow(max(k), 0.5::float8), "
+        "power(2, max(k) - 990) FROM facts",
+        True,
+    ),
     (
         "SELECT label, greatest(max(k), 3), least(min(k), sum(k)), greatest(max(n), 1, NULL), "
         "least(max(f), 1), greatest(max(grp), 'b') FROM facts GROUP BY label ORDER BY 1",
@@ -469,6 +487,8 @@ def test_date_arithmetic_it_cannot_reproduce_is_refused(conn: shardq.Connection)
     # Python's == would call a timestamp and a date unequal; PostgreSQL casts the date.
     with pytest.raises(shardq.NotSupportedError, match="compare datetime with date"):
         conn.execute("SELECT min(ts) = DATE '2024-03-31' FROM facts").fetchall()
+    with pytest.raises(shardq.DataError, match="square root of a negative number"):
+        conn.execute("SELECT sqrt(min(k)) FROM facts").fetchall()
     # A timestamp's text follows the session's DateStyle.
     with pytest.raises(shardq.NotSupportedError, match="datetime as text"):
         conn.execute("SELECT max(ts)::text FROM facts").fetchall()

@@ -199,6 +199,9 @@ class Semantics:
             return known[0] if known else None
         if op in FUNCTIONS:
             return FUNCTIONS[op].type_of(types)
+        if op == "date_trunc":  # a date's is timestamptz, but refused: see temporal
+            source = types[1] if len(types) == 2 else None
+            return source if source in (temporal.TIMESTAMP, temporal.TIMESTAMPTZ) else None
         if op == "extract":
             return NUMERIC
         if op == "date_part":
@@ -321,7 +324,8 @@ OPERATORS = frozenset(
     {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "is_true",
      "is_not_true", "is_false", "is_not_false", "coalesce", "nullif", "case",
      "round", "avg", "count_set", "sum_set", "avg_set", "to_int2", "to_int4", "to_int8",
-     "to_numeric", "to_float8", "to_float4", "to_date", "extract", "date_part", *FUNCTIONS}
+     "to_numeric", "to_float8", "to_float4", "to_date", "extract", "date_part", "date_trunc",
+     *FUNCTIONS}
 )  # fmt: skip
 
 Evaluator = Callable[[Sequence[Any]], Any]
@@ -383,6 +387,11 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
     if op in FUNCTIONS:
         call = FUNCTIONS[op].call
         return lambda row: call(*[a(row) for a in args])
+    if op == "date_trunc":
+        unit = expr.args[0]
+        assert isinstance(unit, Const)
+        (_, source) = args
+        return lambda row: temporal.date_trunc(unit.value, source(row))
     if op in ("extract", "date_part"):
         field = expr.args[0]
         assert isinstance(field, Const)

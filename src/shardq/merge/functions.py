@@ -7,7 +7,9 @@ PostgreSQL's result types and values:
 
 * ``floor``, ``ceil``, ``trunc`` and ``sign`` exist for numeric and float8
   only: an integer argument is a float8 (PostgreSQL's preferred numeric
-  type), a numeric result has scale 0 and no negative zero;
+  type), a numeric result has scale 0 and no negative zero; ``sqrt`` and
+  ``power`` are computed for integers and floats (float8, with PostgreSQL's
+  errors), not for numerics, whose result scale is their own;
 * ``greatest`` and ``least`` ignore NULLs and return the arguments' common
   type;
 * text from a value is PostgreSQL's output of it for text, booleans,
@@ -86,6 +88,48 @@ def _abs(value: Any) -> Any:
     if isinstance(result, int) and result >= 2**63:
         raise DataError("bigint out of range")
     return result
+
+
+def _float_argument(name: str, value: Any) -> float:
+    # sqrt() and power() of numerics have their own result scale: only float8 is computed.
+    if isinstance(value, Decimal) or not _is_number(value):
+        raise NotSupportedError(
+            f"shardq cannot compute {name}({type(value).__name__}) after a merge; cast the "
+            "argument to float8, or pin the query to one shard"
+        )
+    return float(value)
+
+
+def _sqrt(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = _float_argument("sqrt", value)
+    if number < 0:
+        raise DataError("cannot take square root of a negative number")
+    return math.sqrt(number)
+
+
+def _power(base: Any, exponent: Any) -> float | None:
+    if base is None or exponent is None:
+        return None
+    x, y = _float_argument("power", base), _float_argument("power", exponent)
+    if x == 0 and y < 0:
+        raise DataError("zero raised to a negative power is undefined")
+    if x < 0 and not y.is_integer() and math.isfinite(y):
+        raise DataError("a negative number raised to a non-integer power yields a complex result")
+    try:
+        result = math.pow(x, y)
+    except OverflowError:
+        raise DataError("value out of range: overflow") from None
+    if math.isinf(result) and math.isfinite(x) and math.isfinite(y):
+        raise DataError("value out of range: overflow")
+    if result == 0 and x != 0 and math.isfinite(x) and math.isfinite(y):
+        raise DataError("value out of range: underflow")
+    return result
+
+
+def _float8(types: Sequence[Any]) -> Any:
+    return _FLOAT8 if types and all(t in _RANK and t != _NUMERIC for t in types) else None
 
 
 def _float_of_ints(types: Sequence[Any]) -> Any:
@@ -201,6 +245,9 @@ FUNCTIONS: dict[str, Function] = {
     "ceiling": Function(_rounding("ceil", ROUND_CEILING, math.ceil), _float_of_ints, (1,)),
     "trunc": Function(_rounding("trunc", ROUND_DOWN, math.trunc), _float_of_ints, (1,)),
     "sign": Function(_sign, _float_of_ints, (1,)),
+    "sqrt": Function(_sqrt, _float8, (1,)),
+    "power": Function(_power, _float8, (2,)),
+    "pow": Function(_power, _float8, (2,)),
     "greatest": Function(_extreme(max), _common, tuple(range(1, 100))),
     "least": Function(_extreme(min), _common, tuple(range(1, 100))),
     "length": Function(_length, _fixed(_INT4), (1,)),

@@ -13,7 +13,8 @@ the values the driver returned, with PostgreSQL's rules and result types:
 * ``CAST(x AS date)`` of a timestamp is its date where it is (psycopg
   returns a timestamp with time zone in the session's zone, in which
   PostgreSQL takes its date), and so are the fields ``EXTRACT`` (numeric)
-  and ``date_part`` (float8) take: :func:`extract`.
+  and ``date_part`` (float8) take: :func:`extract`; ``date_trunc`` of a
+  timestamp is truncated there too (:func:`date_trunc`).
 
 Whatever else mixes these values (``timestamptz + interval``, which
 PostgreSQL computes on the session's calendar, across daylight saving
@@ -40,7 +41,9 @@ __all__ = [
     "INTERVAL",
     "TIMESTAMP",
     "TIMESTAMPTZ",
+    "TRUNC_FIELDS",
     "arith",
+    "date_trunc",
     "extract",
     "field_name",
     "output_type",
@@ -164,6 +167,61 @@ def extract(field: str, value: Any, as_float: bool) -> Decimal | float | None:
             "pin the query to one shard"
         )
     return float(result) if as_float else result
+
+
+#: The units :func:`date_trunc` takes.
+TRUNC_FIELDS = frozenset(
+    {"microsecond", "millisecond", "second", "minute", "hour", "day", "week", "month",
+     "quarter", "year", "decade", "century", "millennium"}
+)  # fmt: skip
+
+
+def date_trunc(field: str, value: Any) -> dt.datetime | None:
+    """``date_trunc(field, value)`` of a timestamp, with or without time zone.
+
+    A timestamp with time zone is truncated on its wall clock in the zone
+    psycopg gave it (the session's), as PostgreSQL does, and keeps that zone.
+    PostgreSQL truncates a date in the session's zone too, which the merge
+    does not know: refused.
+
+    >>> date_trunc("century", dt.datetime(2024, 3, 31, 22, 30))
+    datetime.datetime(2001, 1, 1, 0, 0)
+    >>> date_trunc("week", dt.datetime(2024, 3, 31, 22, 30))
+    datetime.datetime(2024, 3, 25, 0, 0)
+    """
+    if value is None:
+        return None
+    if type(value) is not dt.datetime:
+        raise NotSupportedError(
+            f"shardq cannot compute date_trunc of a {type(value).__name__} after a merge "
+            "(PostgreSQL truncates a date in the session's time zone); pin the query to one shard"
+        )
+    t = value
+    if field == "microsecond":
+        return t
+    if field == "millisecond":
+        return t.replace(microsecond=t.microsecond // 1000 * 1000)
+    if field == "second":
+        return t.replace(microsecond=0)
+    if field == "minute":
+        return t.replace(second=0, microsecond=0)
+    if field == "hour":
+        return t.replace(minute=0, second=0, microsecond=0)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if field == "day":
+        return day
+    if field == "week":  # ISO weeks start on Monday
+        return (day.replace(tzinfo=None) - dt.timedelta(days=day.weekday())).replace(
+            tzinfo=t.tzinfo
+        )
+    year = t.year
+    month = {"month": t.month, "quarter": (t.month - 1) // 3 * 3 + 1}.get(field, 1)
+    year = {
+        "decade": year // 10 * 10,
+        "century": (year - 1) // 100 * 100 + 1,
+        "millennium": (year - 1) // 1000 * 1000 + 1,
+    }.get(field, year)
+    return day.replace(year=year, month=month, day=1)
 
 
 def _unsupported(op: str, a: Any, b: Any) -> NotSupportedError:

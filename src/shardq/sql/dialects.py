@@ -176,11 +176,11 @@ class ShardqSQLite(SQLite):
 
 # PostgreSQL functions sqlglot reads as another expression, which it writes
 # back with another name or meaning: read as plain calls instead.
-# (mod(k, 3) and regexp_like(x, 'a') would also be named "?column?" by the shards; date_bin
+# (mod(k, 3), regexp_like(x, 'a') and power(a, b) would be named "?column?"; date_bin
 # would lose the quotes of its third argument.)
 _PG_PLAIN_CALLS = (
     "TO_HEX", "DATE_PART", "SUBSTR", "CHAR_LENGTH", "CHARACTER_LENGTH", "CEILING", "MOD",
-    "STRPOS", "BTRIM", "REGEXP_LIKE", "DATE_BIN", "POW", "LOG10",
+    "STRPOS", "BTRIM", "REGEXP_LIKE", "DATE_BIN", "POW", "POWER", "LOG10",
 )  # fmt: skip
 
 

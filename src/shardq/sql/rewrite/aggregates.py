@@ -302,6 +302,18 @@ class _Decomposer:
             Const(None, None) if isinstance(a, exp.Null) else self.translate(a) for a in args
         ))  # fmt: skip
 
+    def date_trunc(self, node: exp.TimestampTrunc) -> Expr:
+        """date_trunc of a unit shardq truncates to."""
+        unit = node.args.get("unit")
+        field = temporal.field_name(unit.name) if isinstance(unit, exp.Var | exp.Literal) else None
+        if field not in temporal.TRUNC_FIELDS or node.args.get("zone") is not None:
+            raise UnsupportedQueryError(
+                f"the expression {node.sql(self.dialect)} over aggregates across shards",
+                f"shardq truncates to {', '.join(sorted(temporal.TRUNC_FIELDS))} after a "
+                "merge; pin the query to one shard",
+            )
+        return Call("date_trunc", (Const(field), self.translate(node.this)))
+
     def extract(self, node: exp.Extract | exp.Anonymous) -> Expr:
         """EXTRACT (numeric) or date_part (float8) of a field shardq computes."""
         if isinstance(node, exp.Extract):
@@ -368,6 +380,8 @@ class _Decomposer:
         function = _function_name(node)
         if function is not None:
             return self.function(function, node)
+        if isinstance(node, exp.TimestampTrunc):
+            return self.date_trunc(node)
         if isinstance(node, exp.Extract) or (
             isinstance(node, exp.Anonymous) and node.name.lower() == "date_part"
         ):
@@ -403,7 +417,7 @@ class _Decomposer:
 _FUNCTION_NODES: dict[type[exp.Expr], str] = {
     exp.Abs: "abs", exp.Floor: "floor", exp.Ceil: "ceil", exp.Trunc: "trunc", exp.Sign: "sign",
     exp.Greatest: "greatest", exp.Least: "least", exp.Length: "length", exp.Substring: "substr",
-    exp.DPipe: "||", exp.Concat: "concat",
+    exp.DPipe: "||", exp.Concat: "concat", exp.Sqrt: "sqrt", exp.Pow: "power",
 }  # fmt: skip
 
 
