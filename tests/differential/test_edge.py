@@ -310,6 +310,13 @@ CASES: list[tuple[str, bool]] = [
     ),
     ("SELECT floor(avg(n)), abs(sum(k)), sign(max(f)) FROM facts WHERE false", True),
     (
+        "SELECT to_hex(max(k)), to_hex(min(k)), to_hex(count(*)), to_hex(-count(*)), "
+        "to_hex(sum(k)) FROM facts",
+        True,
+    ),
+    ("SELECT label, to_hex(min(k) - 1) FROM facts GROUP BY label ORDER BY 1", True),
+    ("SELECT to_hex(min(k)) FROM facts WHERE false", True),
+    (
         "SELECT sqrt(count(*)), sqrt(max(f)), power(count(*), 2), pow(max(k), 0.5::float8), "
         "power(2, max(k) - 990) FROM facts",
         True,

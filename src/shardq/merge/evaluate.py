@@ -377,7 +377,7 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
         wanted = op.endswith("true")
         negate = "_not_" in op
         return lambda row: (inner(row) is wanted) != negate
-    if op.startswith("to_"):
+    if op in _ALL_CASTS:
         cast = _ALL_CASTS[op]
         inner, *rest = args
         extra = [a(()) for a in rest]  # constants: precision and scale

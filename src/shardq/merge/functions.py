@@ -128,6 +128,20 @@ def _power(base: Any, exponent: Any) -> float | None:
     return result
 
 
+def _to_hex(value: Any, minus_one: Any) -> str | None:
+    """to_hex(value): a negative value in two's complement of its type's width.
+
+    ``minus_one`` is the shards' ``to_hex(-1)`` in that type (see
+    :mod:`shardq.sql.rewrite.aggregates`): eight digits for integer, sixteen
+    for bigint.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not isinstance(minus_one, str):
+        raise NotSupportedError(f"shardq cannot compute to_hex({type(value).__name__})")
+    return format(value if value >= 0 else value + 16 ** len(minus_one), "x")
+
+
 def _float8(types: Sequence[Any]) -> Any:
     return _FLOAT8 if types and all(t in _RANK and t != _NUMERIC for t in types) else None
 
@@ -248,6 +262,7 @@ FUNCTIONS: dict[str, Function] = {
     "sqrt": Function(_sqrt, _float8, (1,)),
     "power": Function(_power, _float8, (2,)),
     "pow": Function(_power, _float8, (2,)),
+    "to_hex": Function(_to_hex, _fixed(_TEXT), (2,)),
     "greatest": Function(_extreme(max), _common, tuple(range(1, 100))),
     "least": Function(_extreme(min), _common, tuple(range(1, 100))),
     "length": Function(_length, _fixed(_INT4), (1,)),

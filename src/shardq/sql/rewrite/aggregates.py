@@ -302,6 +302,18 @@ class _Decomposer:
             Const(None, None) if isinstance(a, exp.Null) else self.translate(a) for a in args
         ))  # fmt: skip
 
+    def to_hex(self, arg: exp.Expr) -> Expr:
+        """to_hex(x), and the width of x's type for a negative x.
+
+        The width is the shards' ``to_hex`` of -1 in x's type, a hidden column
+        ``to_hex(CASE WHEN false THEN x ELSE -1 END)``: PostgreSQL types it.
+        """
+        self.words |= _TYPED_LITERAL_WORDS
+        ifs = [exp.If(this=exp.false(), true=arg.copy())]
+        typed = exp.Case(ifs=ifs, default=exp.Literal.number(-1))
+        width = self.partial(exp.Anonymous(this="to_hex", expressions=[typed]), Combine.ANY)
+        return Call("to_hex", (self.translate(arg), width))
+
     def date_trunc(self, node: exp.TimestampTrunc) -> Expr:
         """date_trunc of a unit shardq truncates to."""
         unit = node.args.get("unit")
@@ -377,6 +389,9 @@ class _Decomposer:
         if isinstance(node, exp.Anonymous) and node.name.lower() == "mod" and len(
                 node.expressions) == 2:  # fmt: skip
             return Call("%", tuple(self.translate(a) for a in node.expressions))
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "to_hex" and len(
+                node.expressions) == 1:  # fmt: skip
+            return self.to_hex(node.expressions[0])
         function = _function_name(node)
         if function is not None:
             return self.function(function, node)
