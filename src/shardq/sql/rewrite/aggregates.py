@@ -22,8 +22,9 @@ also group by ``x``) decompose. Any other aggregate is refused: its partial
 results cannot be combined exactly. An expression of the group key alone is
 computed on the shards (it is equal on every shard); arithmetic (dates,
 timestamps and intervals included), comparisons, BETWEEN, IN lists, CASE,
-``round``, ``coalesce`` and ``nullif`` over aggregates are computed after the
-merge.
+``round``, ``coalesce``, ``nullif``, EXTRACT, ``date_part``, ``date_trunc``
+and the functions of :mod:`shardq.merge.functions` over aggregates are
+computed after the merge.
 
 A string literal compared with an aggregate (``HAVING min(ts) < '2023-03-05
 10:00'``) is, as in PostgreSQL, a value of the aggregate's type, read with
@@ -32,6 +33,7 @@ type, nor how PostgreSQL reads the text: the shards read it, in a hidden
 column ``CASE WHEN false THEN min(ts) ELSE '2023-03-05 10:00' END``, which
 PostgreSQL types as the aggregate (its rules for an unknown literal in CASE
 are the ones for an operator) and which the merge then compares as a value.
+``to_hex`` of a negative value needs its type's width the same way.
 """
 
 from __future__ import annotations
@@ -423,9 +425,9 @@ class _Decomposer:
             return Call("round", tuple(self.translate(a) for a in args))
         raise UnsupportedQueryError(
             f"the expression {node.sql(self.dialect)} over aggregates across shards",
-            "shardq computes arithmetic, comparisons, AND/OR/NOT, IS NULL, CASE, round, "
-            "coalesce and nullif over merged aggregates, and not this yet; pin the query to "
-            "one shard",
+            "shardq computes arithmetic, comparisons, AND/OR/NOT, IS NULL, CASE, EXTRACT and a "
+            "few functions (round, coalesce, nullif, abs, greatest, substr, ...) over merged "
+            "aggregates, and not this yet; pin the query to one shard",
         )
 
 
