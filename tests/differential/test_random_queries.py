@@ -2,8 +2,10 @@
 
 hypothesis draws the rows of ``hyp(id, g, k, n, v)`` (NULLs everywhere but
 the key, ties, negative numbers, numerics, mixed-case and accented text) and
-a SELECT over them: plain rows or a grouped query with aggregates, HAVING,
-DISTINCT, ORDER BY in every direction and NULL placement, LIMIT and OFFSET.
+a SELECT over them: plain rows or a grouped query with aggregates (and date
+arithmetic, CASE, NULLIF and EXTRACT over them), HAVING (with literals typed
+by what they are compared with), DISTINCT, ORDER BY in every direction and
+NULL placement, LIMIT and OFFSET.
 The rows are loaded on the four shards (split by key) and on the single node;
 shardq's answer must be the single node's. Every query orders by all its
 output columns, so the expected order is fully determined.
@@ -32,12 +34,21 @@ COLUMNS = ["id", "g", "k", "n", "v"]
 AGGREGATES = [
     "count(*)", "count(k)", "sum(v)", "sum(n)", "min(n)", "max(g)", "min(k)", "avg(n)",
     "avg(v)", "count(DISTINCT g)", "sum(DISTINCT k)", "max(v) - min(v)", "round(avg(v), 1)",
-    "count(*) FILTER (WHERE v > 0)", "bool_or(v > 100)",
+    "count(*) FILTER (WHERE v > 0)", "bool_or(v > 100)", "every(k > 0)",
+    # computed after the merge with PostgreSQL's types: dates, CASE, NULLIF, EXTRACT
+    "max(DATE '2024-02-27' + v) - min(DATE '2024-02-27' + k)", "max(DATE '2024-02-27' + v) + 1",
+    "date_part('dow', min(DATE '2024-02-27' + v))", "EXTRACT(doy FROM max(DATE '2024-02-27' + v))",
+    "sum(v) / NULLIF(count(v), 0)",
+    "CASE WHEN sum(v) > 0 THEN 'pos' WHEN sum(v) < 0 THEN 'neg' END",
 ]  # fmt: skip
 # Only in grouped queries: every group has a row, so count(*) is never 0.
 GROUPED_ONLY = ["sum(v) / count(*)", "sum(n) / count(*)", "sum(v) % count(*)"]
 FILTERS = ["v > 0", "k IS NOT NULL", "g = 'a'", "n < 0", "g > 'B'", "v BETWEEN -500 AND 500"]
-HAVINGS = ["count(*) > 1", "sum(v) > 0", "max(k) IS NOT NULL", "min(n) < 10", "count(*) = 1"]
+HAVINGS = [
+    "count(*) > 1", "sum(v) > 0", "max(k) IS NOT NULL", "min(n) < 10", "count(*) = 1",
+    "max(DATE '2024-02-27' + v) > '2024-03-01'", "NULLIF(min(k), 0) IS NOT NULL",
+    "min(n) BETWEEN '-5' AND 500",
+]  # fmt: skip
 
 rows_strategy = st.lists(
     st.tuples(

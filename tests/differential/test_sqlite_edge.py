@@ -207,6 +207,23 @@ CASES: dict[str, Case] = {
         "date(min(ts)) FROM ev WHERE ts LIKE '2024%'"),
     "substr-rows": Case("SELECT substr(name, 1, 2), id FROM ev ORDER BY id", ordered=True),
     "substr-of-max": Case("SELECT substr(max(name), 1, 2), substr(min(ts), 6) FROM ev"),
+    "mod-is-fmod": Case(
+        "SELECT id, mod(qty, 3), mod(amount, 2), qty % 3 FROM ev ORDER BY id", ordered=True),
+    "mod-of-merged": Case(
+        "SELECT flag, mod(sum(qty), 3), mod(max(amount), 2) FROM ev GROUP BY flag ORDER BY 1",
+        ordered=True),
+    "mod-grouped": Case("SELECT mod(qty, 3), count(*) FROM ev GROUP BY 1 ORDER BY 1", ordered=True),
+    "substring-and-ceiling-kept": Case(
+        "SELECT id, substring(name, 1, 2), ceiling(amount) FROM ev ORDER BY id LIMIT 9",
+        ordered=True),
+    "functions-of-merged": Case(
+        "SELECT flag, substring(max(name), 1, 2), ceiling(avg(amount)), abs(sum(qty)), "
+        "nullif(count(qty), 0), sum(qty) / nullif(count(qty), 0), "
+        "CASE WHEN sum(qty) > 0 THEN 'pos' ELSE 'neg' END FROM ev GROUP BY flag ORDER BY 1",
+        ordered=True),
+    "having-text-literal-time": Case(
+        "SELECT flag, min(ts) FROM ev GROUP BY flag HAVING min(ts) < '2024-03-05 10:00' "
+        "ORDER BY 1", ordered=True),
     "comma-join": Case(
         "SELECT e.id, f.seq, f.tag FROM ev e, ev2 f WHERE e.id = f.id ORDER BY e.id, f.seq",
         ordered=True),

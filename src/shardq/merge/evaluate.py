@@ -11,17 +11,32 @@ rounds half away from zero, NULL propagates, division by zero is an error
 Only the operators and functions listed in :data:`OPERATORS` exist; the
 planner evaluates nothing else after a merge.
 
-PostgreSQL's numeric arithmetic itself is in :mod:`shardq.merge.numeric`.
+Why here, and not by PostgreSQL over the merged partials (``SELECT <final
+expressions> FROM (VALUES ...)`` on one shard, which would apply every rule
+of the server at once): that costs a round trip per query and a shard
+connection inside a merge that is otherwise pure and streaming, and it
+would need each partial's type spelled for the shard. The rules a merge
+needs are few and small (numeric scale, date arithmetic, CASE's common
+type, a handful of functions); what they do not cover exactly is refused
+rather than approximated. The one rule that is not small, how PostgreSQL
+reads a string literal as a timestamp (time zone, date style, ``'today'``),
+is left to the shards (see :mod:`shardq.sql.rewrite.aggregates`).
+
+PostgreSQL's numeric arithmetic itself is in :mod:`shardq.merge.numeric`,
+its date and time arithmetic in :mod:`shardq.merge.temporal`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
 from shardq.errors import DataError, NotSupportedError
+from shardq.merge import temporal
+from shardq.merge.functions import FUNCTIONS
 from shardq.merge.numeric import (
     CASTS,
     EXACT,
@@ -73,9 +88,7 @@ class Semantics:
         if a is None or b is None:
             return None
         if not (_is_number(a) and _is_number(b)):
-            raise NotSupportedError(
-                f"shardq cannot evaluate {type(a).__name__} {op} {type(b).__name__} after a merge"
-            )
+            return temporal.arith(op, a, b)
         if isinstance(a, float) or isinstance(b, float):
             return self._float(op, float(a), float(b))
         if isinstance(a, Decimal) or isinstance(b, Decimal):
@@ -184,16 +197,45 @@ class Semantics:
             if known and all(t in _RANK for t in known):
                 return max(known, key=_RANK.__getitem__)
             return known[0] if known else None
-        if op == "neg":
+        if op in FUNCTIONS:
+            return FUNCTIONS[op].type_of(types)
+        if op == "date_trunc":  # a date's is timestamptz, but refused: see temporal
+            source = types[1] if len(types) == 2 else None
+            return source if source in (temporal.TIMESTAMP, temporal.TIMESTAMPTZ) else None
+        if op == "extract":
+            return NUMERIC
+        if op == "date_part":
+            return FLOAT8
+        if op in ("neg", "nullif"):  # nullif(a, b) has a's type
             return types[0] if types else None
+        if op == "case":  # the common type of the results; NULL and '...' are unknown
+            return _common_type([*types[1::2], types[-1]])
         if op in _ARITH:
-            if len(types) != 2 or any(t not in _RANK for t in types):
+            if len(types) != 2:
                 return None
+            if any(t not in _RANK for t in types):
+                return temporal.output_type(op, *types)
             high = max(types, key=_RANK.__getitem__)
             if high in (FLOAT4, FLOAT8):
                 return FLOAT4 if types[0] == types[1] == FLOAT4 else FLOAT8
             return high
         return None
+
+
+def _common_type(types: Sequence[Any]) -> Any:
+    """PostgreSQL's common type of CASE results (``None``: unknown, or not one shardq knows).
+
+    Untyped literals are unknown (typed ``None``, or text for a string) and
+    take the others' type; all unknown is text.
+    """
+    known = {t for t in types if t not in (None, TEXT)}
+    if not known:
+        return TEXT
+    if len(known) == 1:
+        return known.pop()
+    if all(t in _RANK for t in known):
+        return max(known, key=_RANK.__getitem__)
+    return None
 
 
 class SQLiteSemantics(Semantics):
@@ -230,8 +272,22 @@ _COMPARISONS = ("=", "<>", "<", "<=", ">", ">=")
 
 
 def _compare(op: str, a: Any, b: Any) -> bool | None:
+    """``a op b`` as PostgreSQL compares them, or an error where Python would not.
+
+    Numbers of two types compare as the wider one (an integer or numeric with
+    a float8 as float8); values of other, different types (a date and a
+    timestamp, a number and text, naive and aware timestamps) are refused:
+    Python's ``==`` would call them unequal where PostgreSQL casts one side.
+    """
     if a is None or b is None:
         return None
+    if type(a) is not type(b):
+        if not (_is_number(a) and _is_number(b)):
+            raise _incomparable(a, b)
+        if isinstance(a, float) or isinstance(b, float):
+            a, b = float(a), float(b)
+    elif type(a) is dt.datetime and (a.tzinfo is None) != (b.tzinfo is None):
+        raise _incomparable(a, b)
     if op == "=":
         return bool(a == b)
     if op == "<>":
@@ -243,6 +299,13 @@ def _compare(op: str, a: Any, b: Any) -> bool | None:
     if op == ">":
         return bool(a > b)
     return bool(a >= b)
+
+
+def _incomparable(a: Any, b: Any) -> NotSupportedError:
+    return NotSupportedError(
+        f"shardq cannot compare {type(a).__name__} with {type(b).__name__} after a merge; "
+        "cast one side to the other's type, or pin the query to one shard"
+    )
 
 
 def _and(values: list[Any]) -> bool | None:
@@ -259,9 +322,10 @@ def _or(values: list[Any]) -> bool | None:
 
 OPERATORS = frozenset(
     {*_ARITH, *_COMPARISONS, "neg", "and", "or", "not", "is_null", "is_not_null", "is_true",
-     "is_not_true", "is_false", "is_not_false", "coalesce",
+     "is_not_true", "is_false", "is_not_false", "coalesce", "nullif", "case",
      "round", "avg", "count_set", "sum_set", "avg_set", "to_int2", "to_int4", "to_int8",
-     "to_numeric", "to_float8", "to_float4"}
+     "to_numeric", "to_float8", "to_float4", "to_date", "extract", "date_part", "date_trunc",
+     *FUNCTIONS}
 )  # fmt: skip
 
 Evaluator = Callable[[Sequence[Any]], Any]
@@ -313,13 +377,34 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
         wanted = op.endswith("true")
         negate = "_not_" in op
         return lambda row: (inner(row) is wanted) != negate
-    if op.startswith("to_"):
-        cast = CASTS[op]
+    if op in _ALL_CASTS:
+        cast = _ALL_CASTS[op]
         inner, *rest = args
         extra = [a(()) for a in rest]  # constants: precision and scale
         return lambda row: None if (v := inner(row)) is None else cast(v, *extra)
     if op == "coalesce":
         return lambda row: next((v for a in args if (v := a(row)) is not None), None)
+    if op in FUNCTIONS:
+        call = FUNCTIONS[op].call
+        return lambda row: call(*[a(row) for a in args])
+    if op == "date_trunc":
+        unit = expr.args[0]
+        assert isinstance(unit, Const)
+        (_, source) = args
+        return lambda row: temporal.date_trunc(unit.value, source(row))
+    if op in ("extract", "date_part"):
+        field = expr.args[0]
+        assert isinstance(field, Const)
+        (_, source) = args
+        as_float = op == "date_part"
+        return lambda row: temporal.extract(field.value, source(row), as_float)
+    if op == "nullif":
+        first, second = args
+        return lambda row: None if _compare("=", v := first(row), second(row)) else v
+    if op == "case":  # (condition, result) pairs, then the ELSE result
+        pairs = list(zip(args[:-1:2], args[1::2], strict=True))
+        default = args[-1]
+        return lambda row: _case(row, pairs, default)
     if op == "round":
         return lambda row: sem.round(*[a(row) for a in args])
     if op == "avg":
@@ -337,6 +422,13 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
     raise NotSupportedError(f"no merge operator {op!r}")
 
 
+def _case(row: Sequence[Any], pairs: list[tuple[Evaluator, Evaluator]], default: Evaluator) -> Any:
+    for condition, result in pairs:
+        if condition(row) is True:
+            return result(row)
+    return default(row)
+
+
 def _sum_set(values: set[Any], sem: Semantics) -> Any:
     total: Any = None
     for value in values:
@@ -345,7 +437,8 @@ def _sum_set(values: set[Any], sem: Semantics) -> Any:
 
 
 _CAST_TYPES = {"to_int2": INT2, "to_int4": INT4, "to_int8": INT8, "to_numeric": NUMERIC,
-               "to_float8": FLOAT8, "to_float4": FLOAT4}  # fmt: skip
+               "to_float8": FLOAT8, "to_float4": FLOAT4, "to_date": temporal.DATE}  # fmt: skip
+_ALL_CASTS = {**CASTS, "to_date": temporal.to_date}
 
 
 def compile_row(exprs: Sequence[Expr], sem: Semantics) -> Evaluator:

@@ -373,7 +373,8 @@ def _typed(rows: Rows, plan: MergePlan, types: Sequence[Any], sem: Semantics) ->
             continue
         type_code = output_type(output.type, types, sem)
         untyped = isinstance(output.expr, Const) or (
-            isinstance(output.expr, Call) and output.expr.op == "coalesce"
+            isinstance(output.expr, Call)
+            and output.expr.op in ("coalesce", "case", "greatest", "least")
         )
         if type_code in _RANGED or (type_code in _CASTABLE and untyped):
             casts.append((i, type_code))

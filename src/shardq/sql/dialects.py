@@ -9,16 +9,27 @@ writes must mean what the user wrote. Its SQLite generator does not always:
   affinity's own name (INTEGER, TEXT, BLOB, REAL or NUMERIC), which SQLite
   reads back to the same affinity.
 * ``substr(x, 1, 2)`` comes back as ``SUBSTRING``, which old SQLite versions
-  lack: written ``SUBSTR``.
+  lack: written ``SUBSTR``; ``mod(a, b)`` (a real, fmod) as the integer
+  operator ``a % b``: kept a plain call, as are ``substring`` and ``ceiling``.
 * a comma join comes back as ``CROSS JOIN``, which in SQLite fixes the join
   order (a planner hint, same rows): written with a comma again;
 * a unary ``+``, which in SQLite takes a column's affinity away, is dropped
   by sqlglot's parser: shardq's parser keeps it (:class:`UnaryPlus`).
 
+Its PostgreSQL generator writes ``to_hex`` as ``HEX`` (no such function in
+PostgreSQL), ``date_part('year', x)`` as ``EXTRACT(YEAR FROM x)`` (numeric,
+not float8), ``substr(x, 1, 2)`` as ``SUBSTRING(x FROM 1 FOR 2)``, ``mod(a, b)``
+as ``a % b`` (which the shards name ``?column?``, not ``mod``), ...:
+shardq's PostgreSQL parser reads these calls as plain function calls, which
+are written back as they were read.
+
 >>> import sqlglot
 >>> tree = sqlglot.parse_one("SELECT CAST(x AS numeric), substr(x, 2) FROM t, u", read="sqlite")
 >>> generate(tree, "sqlite")
 'SELECT CAST(x AS NUMERIC), SUBSTR(x, 2) FROM t, u'
+>>> sql = "SELECT to_hex(k), date_part('year', ts), substr(x, 1, 2) FROM t"
+>>> generate(sqlglot.parse_one(sql, read=sqlite_read("postgres")), "postgres")
+"SELECT TO_HEX(k), DATE_PART('year', ts), SUBSTR(x, 1, 2) FROM t"
 """
 
 from __future__ import annotations
@@ -26,10 +37,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sqlglot import TokenType, exp
+from sqlglot.dialects.postgres import Postgres
 from sqlglot.dialects.sqlite import SQLite
 
 __all__ = [
     "SQLITE_AFFINITY_WORDS",
+    "ShardqPostgres",
     "ShardqSQLite",
     "UnaryPlus",
     "cast_affinity",
@@ -125,7 +138,18 @@ class UnaryPlus(exp.Expression, exp.Func):
     _sql_names: ClassVar[list[str]] = ["+"]
 
 
+# SQLite's mod() is fmod (a real: mod(3.5, 3) is 0.5), which sqlglot writes as the integer
+# operator % (3.5 % 3 is 0.0); substring() and ceiling() would come back renamed.
+_SQLITE_PLAIN_CALLS = ("MOD", "SUBSTRING", "CEILING")
+
+
 class _SQLiteParser(SQLite.Parser):  # type: ignore[misc,valid-type]
+    FUNCTIONS: ClassVar[dict[str, Any]] = {
+        k: v for k, v in SQLite.Parser.FUNCTIONS.items() if k not in _SQLITE_PLAIN_CALLS
+    }
+    FUNCTION_PARSERS: ClassVar[dict[str, Any]] = {
+        k: v for k, v in SQLite.Parser.FUNCTION_PARSERS.items() if k not in _SQLITE_PLAIN_CALLS
+    }
     UNARY_PARSERS: ClassVar[dict[Any, Any]] = {
         **SQLite.Parser.UNARY_PARSERS,
         TokenType.PLUS: lambda self: UnaryPlus(this=self._parse_unary()),
@@ -150,11 +174,48 @@ class ShardqSQLite(SQLite):
     Generator = _SQLiteGenerator
 
 
-_GENERATORS: dict[str, Any] = {"sqlite": ShardqSQLite}
+# PostgreSQL functions sqlglot reads as another expression, which it writes
+# back with another name or meaning: read as plain calls instead.
+# (mod(k, 3), regexp_like(x, 'a') and power(a, b) would be named "?column?"; date_bin
+# would lose the quotes of its third argument.)
+_PG_PLAIN_CALLS = (
+    "TO_HEX", "DATE_PART", "SUBSTR", "CHAR_LENGTH", "CHARACTER_LENGTH", "CEILING", "MOD",
+    "STRPOS", "BTRIM", "REGEXP_LIKE", "DATE_BIN", "POW", "POWER", "LOG10",
+)  # fmt: skip
+
+
+class _PostgresParser(Postgres.Parser):  # type: ignore[misc,valid-type]
+    FUNCTIONS: ClassVar[dict[str, Any]] = {
+        k: v for k, v in Postgres.Parser.FUNCTIONS.items() if k not in _PG_PLAIN_CALLS
+    }
+    FUNCTION_PARSERS: ClassVar[dict[str, Any]] = {
+        k: v for k, v in Postgres.Parser.FUNCTION_PARSERS.items() if k not in _PG_PLAIN_CALLS
+    }
+
+
+class _PostgresGenerator(Postgres.Generator):  # type: ignore[misc,valid-type]
+    # substring(x FROM a FOR b) is the function substring(x, a, b) (substring(x, 'regex')
+    # for a pattern), which also reads back the user's substring(x, a, b) without a FOR.
+    TRANSFORMS: ClassVar[dict[Any, Any]] = {
+        **Postgres.Generator.TRANSFORMS,
+        exp.Substring: lambda self, e: self.func(
+            "SUBSTRING", e.this, e.args.get("start"), e.args.get("length")
+        ),
+    }
+
+
+class ShardqPostgres(Postgres):
+    """PostgreSQL as sqlglot reads it, with the calls it would rename kept (see the module)."""
+
+    Parser = _PostgresParser
+    Generator = _PostgresGenerator
+
+
+_GENERATORS: dict[str, Any] = {"sqlite": ShardqSQLite, "postgres": ShardqPostgres}
 
 
 def sqlite_read(dialect: str) -> Any:
-    """The dialect to parse ``dialect``'s SQL with (shardq's SQLite for SQLite)."""
+    """The dialect to parse ``dialect``'s SQL with (shardq's own, see the module)."""
     return _GENERATORS.get(dialect, dialect)
 
 

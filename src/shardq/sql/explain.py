@@ -58,7 +58,7 @@ _COMBINE_WORDS = {
     Combine.SET: "distinct values (united)",
     Combine.ANY: "same on every shard (a function of the key)",
 }
-_INFIX = {"+", "-", "*", "/", "%", "=", "<>", "<", "<=", ">", ">=", "and", "or"}
+_INFIX = {"+", "-", "*", "/", "%", "=", "<>", "<", "<=", ">", ">=", "and", "or", "||"}
 
 
 @dataclass(frozen=True, slots=True)

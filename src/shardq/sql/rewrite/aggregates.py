@@ -20,8 +20,20 @@ COUNT, SUM, MIN, MAX, AVG, bool_and/bool_or (also with FILTER), and
 COUNT/SUM/AVG(DISTINCT x) (whose distinct values are gathered: the shards
 also group by ``x``) decompose. Any other aggregate is refused: its partial
 results cannot be combined exactly. An expression of the group key alone is
-computed on the shards (it is equal on every shard); arithmetic, comparisons,
-``round`` and ``coalesce`` over aggregates are computed after the merge.
+computed on the shards (it is equal on every shard); arithmetic (dates,
+timestamps and intervals included), comparisons, BETWEEN, IN lists, CASE,
+``round``, ``coalesce``, ``nullif``, EXTRACT, ``date_part``, ``date_trunc``
+and the functions of :mod:`shardq.merge.functions` over aggregates are
+computed after the merge.
+
+A string literal compared with an aggregate (``HAVING min(ts) < '2023-03-05
+10:00'``) is, as in PostgreSQL, a value of the aggregate's type, read with
+the session's settings (time zone, date style). The merge does not know that
+type, nor how PostgreSQL reads the text: the shards read it, in a hidden
+column ``CASE WHEN false THEN min(ts) ELSE '2023-03-05 10:00' END``, which
+PostgreSQL types as the aggregate (its rules for an unknown literal in CASE
+are the ones for an operator) and which the merge then compares as a value.
+``to_hex`` of a negative value needs its type's width the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +43,9 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
+from shardq.merge import temporal
 from shardq.merge.evaluate import BOOL, INT4, INT8, NUMERIC, TEXT
+from shardq.merge.functions import FUNCTIONS
 from shardq.merge.steps import (
     Aggregation,
     Call,
@@ -70,6 +84,7 @@ _CASTS = {
     exp.DataType.Type.DECIMAL: "to_numeric",
     exp.DataType.Type.DOUBLE: "to_float8",
     exp.DataType.Type.FLOAT: "to_float4",
+    exp.DataType.Type.DATE: "to_date",
 }
 _BINARY: dict[type[exp.Expr], str] = {
     exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%",
@@ -128,6 +143,12 @@ class Decomposed:
     sort: tuple[SortKey, ...]
     hidden: int
     params: bool = False
+    words: frozenset[str] = frozenset()  # words the rewrite adds to the shards' SQL
+
+
+# The words of the hidden column that types a literal (see the module docstring).
+_TYPED_LITERAL_WORDS = frozenset({"case", "when", "false", "then", "else", "end"})
+_COMPARISON_NODES = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
 
 
 @dataclass
@@ -141,6 +162,7 @@ class _Decomposer:
     combines: list[Combine] = field(default_factory=list)
     seen: dict[tuple[str, Combine], int] = field(default_factory=dict)
     params: bool = False
+    words: set[str] = field(default_factory=set)
 
     def text(self, node: exp.Expr) -> str:
         return node.sql(self.dialect)
@@ -181,12 +203,11 @@ class _Decomposer:
         distinct = isinstance(agg.this, exp.Distinct)
         kind: type[exp.Expr] = type(agg)
         if isinstance(agg, exp.Anonymous) and agg.name.lower() in _ANONYMOUS:
-            # every(x), and bool_and/bool_or where sqlglot keeps them as plain calls.
-            if len(agg.expressions) != 1:
+            # every(x), and bool_and/bool_or where sqlglot keeps them as plain calls: the
+            # shards run the call as written (sqlglot would write every() as BOOL_AND).
+            if len(agg.expressions) != 1 or isinstance(agg.expressions[0], exp.Distinct):
                 raise UnsupportedQueryError(f"{agg.sql(self.dialect)}", "it takes one argument")
             kind = _ANONYMOUS[agg.name.lower()]
-            agg = kind(this=agg.expressions[0].copy())
-            node = exp.Filter(this=agg, expression=condition.copy()) if condition else agg
         if kind in _COMBINES and not distinct:
             return self.partial(node.copy(), _COMBINES[kind])
         if kind is exp.Avg and not distinct:
@@ -220,8 +241,8 @@ class _Decomposer:
         if target is None:
             raise UnsupportedQueryError(
                 f"the cast {node.sql(self.dialect)} over aggregates across shards",
-                "shardq casts merged aggregates to integer, numeric and floating-point "
-                "types only; pin the query to one shard",
+                "shardq casts merged aggregates to integer, numeric, floating-point and "
+                "date types only; pin the query to one shard",
             )
         if target != "to_numeric" or not node.to.expressions:
             return Call(target, (inner,))
@@ -232,6 +253,97 @@ class _Decomposer:
                 f"the cast {node.sql(self.dialect)}", "a negative numeric scale is not merged"
             )
         return Call("to_numeric", (inner, Const(precision), Const(scale)))
+
+    def operand(self, node: exp.Expr, other: exp.Expr) -> Expr:
+        """``node``, compared with ``other``: a string literal takes ``other``'s type."""
+        other = other.unnest()
+        typed = (
+            isinstance(node, exp.Literal)
+            and node.is_string
+            and not isinstance(other, exp.Literal | exp.Null | exp.Placeholder)
+        )
+        if not typed:
+            return self.translate(node)
+        self.words |= _TYPED_LITERAL_WORDS
+        ifs = [exp.If(this=exp.false(), true=other.copy())]
+        return self.partial(exp.Case(ifs=ifs, default=node.copy()), Combine.ANY)
+
+    def case(self, node: exp.Case) -> Expr:
+        """CASE as (condition, result) pairs and the ELSE result; NULL results are untyped."""
+
+        def result(value: exp.Expr | None) -> Expr:
+            if value is None or isinstance(value, exp.Null):
+                return Const(None, None)
+            return self.translate(value)
+
+        subject = node.this
+        args: list[Expr] = []
+        for branch in node.args.get("ifs") or []:
+            test = branch.this
+            if subject is not None:  # CASE x WHEN v ...: x = v
+                args.append(Call("=", (self.translate(subject), self.operand(test, subject))))
+            else:
+                args.append(self.translate(test))
+            args.append(result(branch.args.get("true")))
+        args.append(result(node.args.get("default")))
+        return Call("case", tuple(args))
+
+    def function(self, name: str, node: exp.Expr) -> Expr:
+        """A call of one of :data:`~shardq.merge.functions.FUNCTIONS`, if it takes these args."""
+        args = node.expressions if isinstance(node, exp.Anonymous) else list(
+            node.iter_expressions())  # fmt: skip
+        if isinstance(node, exp.Cast):
+            args = [node.this]
+        if len(args) not in FUNCTIONS[name].arity:
+            raise UnsupportedQueryError(
+                f"the expression {node.sql(self.dialect)} over aggregates across shards",
+                f"shardq computes {name}() with {FUNCTIONS[name].arity[0]} argument(s) after "
+                "a merge, not with these; pin the query to one shard",
+            )
+        return Call(name, tuple(
+            Const(None, None) if isinstance(a, exp.Null) else self.translate(a) for a in args
+        ))  # fmt: skip
+
+    def to_hex(self, arg: exp.Expr) -> Expr:
+        """to_hex(x), and the width of x's type for a negative x.
+
+        The width is the shards' ``to_hex`` of -1 in x's type, a hidden column
+        ``to_hex(CASE WHEN false THEN x ELSE -1 END)``: PostgreSQL types it.
+        """
+        self.words |= _TYPED_LITERAL_WORDS
+        ifs = [exp.If(this=exp.false(), true=arg.copy())]
+        typed = exp.Case(ifs=ifs, default=exp.Literal.number(-1))
+        width = self.partial(exp.Anonymous(this="to_hex", expressions=[typed]), Combine.ANY)
+        return Call("to_hex", (self.translate(arg), width))
+
+    def date_trunc(self, node: exp.TimestampTrunc) -> Expr:
+        """date_trunc of a unit shardq truncates to."""
+        unit = node.args.get("unit")
+        field = temporal.field_name(unit.name) if isinstance(unit, exp.Var | exp.Literal) else None
+        if field not in temporal.TRUNC_FIELDS or node.args.get("zone") is not None:
+            raise UnsupportedQueryError(
+                f"the expression {node.sql(self.dialect)} over aggregates across shards",
+                f"shardq truncates to {', '.join(sorted(temporal.TRUNC_FIELDS))} after a "
+                "merge; pin the query to one shard",
+            )
+        return Call("date_trunc", (Const(field), self.translate(node.this)))
+
+    def extract(self, node: exp.Extract | exp.Anonymous) -> Expr:
+        """EXTRACT (numeric) or date_part (float8) of a field shardq computes."""
+        if isinstance(node, exp.Extract):
+            op, unit, source = "extract", node.this, node.expression
+        elif len(node.expressions) == 2:
+            op, (unit, source) = "date_part", node.expressions
+        else:
+            op, unit, source = "date_part", None, node
+        field = temporal.field_name(unit.name) if isinstance(unit, exp.Var | exp.Literal) else None
+        if field is None:
+            raise UnsupportedQueryError(
+                f"the expression {node.sql(self.dialect)} over aggregates across shards",
+                f"shardq extracts {', '.join(sorted(temporal.FIELDS))} after a merge; "
+                "pin the query to one shard",
+            )
+        return Call(op, (Const(field), self.translate(source)))
 
     def translate(self, node: exp.Expr) -> Expr:
         if isinstance(node, exp.Alias):
@@ -258,6 +370,39 @@ class _Decomposer:
             return self.partial(node.copy(), Combine.ANY)
         if isinstance(node, exp.Paren):
             return self.translate(node.this)
+        if isinstance(node, _COMPARISON_NODES):
+            left, right = node.this, node.expression
+            return Call(_BINARY[type(node)], (self.operand(left, right), self.operand(right, left)))
+        if isinstance(node, exp.Between):
+            subject = node.this
+            low = Call(">=", (self.translate(subject), self.operand(node.args["low"], subject)))
+            high = Call("<=", (self.translate(subject), self.operand(node.args["high"], subject)))
+            return Call("and", (low, high))
+        if isinstance(node, exp.In) and node.expressions and not node.args.get("query"):
+            subject = node.this
+            tests = [Call("=", (self.translate(subject), self.operand(e, subject)))
+                     for e in node.expressions]  # fmt: skip
+            return tests[0] if len(tests) == 1 else Call("or", tuple(tests))
+        if isinstance(node, exp.Nullif):
+            first, second = node.this, node.expression
+            return Call("nullif", (self.translate(first), self.operand(second, first)))
+        if isinstance(node, exp.Case):
+            return self.case(node)
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "mod" and len(
+                node.expressions) == 2:  # fmt: skip
+            return Call("%", tuple(self.translate(a) for a in node.expressions))
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "to_hex" and len(
+                node.expressions) == 1:  # fmt: skip
+            return self.to_hex(node.expressions[0])
+        function = _function_name(node)
+        if function is not None:
+            return self.function(function, node)
+        if isinstance(node, exp.TimestampTrunc):
+            return self.date_trunc(node)
+        if isinstance(node, exp.Extract) or (
+            isinstance(node, exp.Anonymous) and node.name.lower() == "date_part"
+        ):
+            return self.extract(node)
         op = _BINARY.get(type(node))
         if op is not None:
             return Call(op, (self.translate(node.this), self.translate(node.expression)))
@@ -280,9 +425,28 @@ class _Decomposer:
             return Call("round", tuple(self.translate(a) for a in args))
         raise UnsupportedQueryError(
             f"the expression {node.sql(self.dialect)} over aggregates across shards",
-            "shardq computes arithmetic, comparisons, AND/OR/NOT, IS NULL, round and "
-            "coalesce over merged aggregates, and not this yet; pin the query to one shard",
+            "shardq computes arithmetic, comparisons, AND/OR/NOT, IS NULL, CASE, EXTRACT and a "
+            "few functions (round, coalesce, nullif, abs, greatest, substr, ...) over merged "
+            "aggregates, and not this yet; pin the query to one shard",
         )
+
+
+_FUNCTION_NODES: dict[type[exp.Expr], str] = {
+    exp.Abs: "abs", exp.Floor: "floor", exp.Ceil: "ceil", exp.Trunc: "trunc", exp.Sign: "sign",
+    exp.Greatest: "greatest", exp.Least: "least", exp.Length: "length", exp.Substring: "substr",
+    exp.DPipe: "||", exp.Concat: "concat", exp.Sqrt: "sqrt", exp.Pow: "power",
+}  # fmt: skip
+
+
+def _function_name(node: exp.Expr) -> str | None:
+    """The name in :data:`~shardq.merge.functions.FUNCTIONS` of the call ``node``, if one."""
+    if isinstance(node, exp.Anonymous):
+        name = node.name.lower()
+        return name if name in FUNCTIONS else None
+    if isinstance(node, exp.Cast) and isinstance(node.to, exp.DataType):
+        plain = node.to.this == exp.DataType.Type.TEXT
+        return "text" if plain else None
+    return _FUNCTION_NODES.get(type(node))
 
 
 def _plain_groups(select: exp.Select) -> list[exp.Expr]:
@@ -333,4 +497,5 @@ def decompose(
         sort=tuple(sort),
         hidden=len(outputs) - visible,
         params=d.params,
+        words=frozenset(d.words),
     )
