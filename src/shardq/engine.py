@@ -29,6 +29,7 @@ from shardq.execute.cursor import cursor_pools
 from shardq.execute.deadline import bounded
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
+from shardq.execute.gather import GatherPool, choose, estimate
 from shardq.execute.hosts import Hosts, host_failed
 from shardq.execute.scatter import Scatter, unavailable
 from shardq.execute.textorder import (
@@ -287,6 +288,7 @@ class Engine:
         read_policy: str = "primary",
         primary_for: Collection[str] = (),
         allow_partial: bool = False,
+        max_gather_rows: int | None = None,
     ) -> AsyncResult | StoredResult:
         """Run one statement and return its merged, streaming result.
 
@@ -298,7 +300,8 @@ class Engine:
         the primaries. With ``allow_partial``, such a read leaves out the
         shards that cannot answer (see :class:`~shardq.execute.scatter.Scatter`)
         and names them in the result's ``missing_shards``; it changes nothing
-        for a write or in a transaction.
+        for a write or in a transaction. ``max_gather_rows`` overrides the
+        configuration's for a read gathered to one shard.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if deadline is None or not self.planner.wants_catalog(sql):
@@ -311,14 +314,25 @@ class Engine:
             except TimeoutError:
                 raise QueryTimeoutError(timeout or 0.0, self.config.shard_names[:1]) from None
         if plan.deferred is not None:
-            return await self._execute_deferred(
-                plan,
-                timeout=timeout,
-                row_factory=row_factory,
-                transaction=transaction,
-                read_policy=read_policy,
-                primary_for=primary_for,
-                allow_partial=allow_partial,
+            try:
+                return await self._execute_deferred(
+                    plan,
+                    timeout=timeout,
+                    row_factory=row_factory,
+                    transaction=transaction,
+                    read_policy=read_policy,
+                    primary_for=primary_for,
+                    allow_partial=allow_partial,
+                )
+            except UnsupportedQueryError:
+                # Refused on the way (a subquery correlated on another column):
+                # gathered instead, when it can be.
+                if not self._can_gather(plan, transaction):
+                    raise
+                plan = self.planner.gathered(sql, params)
+        if plan.gather is not None:
+            return await self._execute_gather(
+                plan, timeout, deadline, row_factory, transaction, max_gather_rows
             )
         # Writes whose rows span shards, run as several statements: one transaction.
         steps = (
@@ -355,15 +369,29 @@ class Engine:
             if plan.kind.is_write:
                 scatter, types = await self._start(plan, shards, timeout, deadline=deadline)
             else:
-                scatter, types = await self._start_read(
-                    plan,
-                    shards,
-                    timeout,
-                    read_policy,
-                    primary_for,
-                    deadline=deadline,
-                    partial=allow_partial,
-                )
+                try:
+                    scatter, types = await self._start_read(
+                        plan,
+                        shards,
+                        timeout,
+                        read_policy,
+                        primary_for,
+                        deadline=deadline,
+                        partial=allow_partial,
+                    )
+                except UnsupportedQueryError:
+                    # Refused before any row was merged (an order the merge
+                    # cannot reproduce): gathered instead, when it can be.
+                    if len(shards) < 2 or not self._can_gather(plan, transaction):
+                        raise
+                    return await self._execute_gather(
+                        self.planner.gathered(sql, params),
+                        timeout,
+                        deadline,
+                        row_factory,
+                        transaction,
+                        max_gather_rows,
+                    )
         else:
             write = plan.kind.is_write
             transaction.check(shards, write)
@@ -380,6 +408,86 @@ class Engine:
         if self._readers_block_writers and not result.in_memory:
             self._reading.add(result)
         return result
+
+    def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:
+        """Whether a read refused at execution can be gathered to one shard instead."""
+        return (
+            transaction is None
+            and not plan.kind.is_write
+            and self.config.dialect == "postgres"
+            and len(self.config.shards) > 1
+            and plan.gather is None
+        )
+
+    async def _gather_setup(
+        self,
+        plan: QueryPlan,
+        deadline: float | None,
+        timeout: float | None,
+        max_gather_rows: int | None,
+    ) -> tuple[QueryPlan, GatherPool, int]:
+        """Estimate a gather, choose its shard, refuse it over ``max_gather_rows``.
+
+        Returns the plan (made again with the catalog, to move only the
+        columns the statement uses), the chosen shard's pool and the rows
+        estimated to move.
+        """
+        if self.planner.catalog is None:
+            await self._load_catalog()
+            plan = self.planner.gathered(plan.sql, plan.params)
+        gather = plan.gather
+        assert gather is not None
+        names = self.config.shard_names
+        try:
+            async with bounded(deadline, timeout):
+                counts = await _together(
+                    estimate(self.pools[shard], gather.tables) for shard in names
+                )
+        except TimeoutError:
+            raise QueryTimeoutError(timeout or 0.0, names) from None
+        target, moving = choose(dict(zip(names, counts, strict=True)))
+        limit = self.config.max_gather_rows if max_gather_rows is None else max_gather_rows
+        if moving > limit:
+            raise UnsupportedQueryError(
+                f"gathering about {moving:,} rows to one shard",
+                f"no merge answers this read exactly, so its tables' rows would be gathered "
+                f"to shard {target}, which is more than max_gather_rows ({limit:,}) allows; "
+                "filter it further, or raise max_gather_rows (configuration, or per call)",
+            )
+        sources = {s: self.pools[s] for s in names if s != target}
+        return plan, GatherPool(self.pools[target], gather, sources), moving
+
+    async def _execute_gather(
+        self,
+        plan: QueryPlan,
+        timeout: float | None,
+        deadline: float | None,
+        row_factory: RowFactory,
+        transaction: Transaction | None,
+        max_gather_rows: int | None,
+    ) -> AsyncResult:
+        """A read gathered to one shard (see :mod:`shardq.execute.gather`).
+
+        The statement runs as written on one connection of the chosen shard,
+        its result streamed as any other; the deadline bounds the estimate,
+        the rows' move and the statement alike.
+        """
+        if transaction is not None:
+            raise UnsupportedQueryError(
+                "a read gathered to one shard, in a transaction",
+                "no merge answers it exactly, so shardq would gather its tables' rows into "
+                "temporary tables on one shard, which it does outside transactions only; "
+                "run it outside the transaction",
+            )
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        plan, pool, _ = await self._gather_setup(plan, deadline, timeout, max_gather_rows)
+        shards = (pool.name,)
+        scatter, types = await self._start(
+            plan, shards, timeout, pools={pool.name: pool}, deadline=deadline
+        )
+        merge = merger(plan.merge, 1, self._semantics, types)
+        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
 
     async def _before_write(self) -> None:
         """Read into memory the results still reading shards where they would block a write.
