@@ -27,7 +27,7 @@ push down: correctness first, fewer rows second.
 >>> for table in plan_gather(analyze(parse(sql, "postgres"), config), columns).tables:
 ...     print(table.select)
 SELECT "a", "k" FROM t WHERE t.k > 5
-SELECT "a", "b" FROM u WHERE NOT u.b IS NULL
+SELECT "a", "b" FROM u WHERE u.b IS NOT NULL
 """
 
 from __future__ import annotations
