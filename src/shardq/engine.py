@@ -425,8 +425,10 @@ class Engine:
         deadline: float | None,
         timeout: float | None,
         max_gather_rows: int | None,
+        *,
+        check: bool = True,
     ) -> tuple[QueryPlan, GatherPool, int]:
-        """Estimate a gather, choose its shard, refuse it over ``max_gather_rows``.
+        """Estimate a gather, choose its shard, refuse it over ``max_gather_rows`` (``check``).
 
         Returns the plan (made again with the catalog, to move only the
         columns the statement uses), the chosen shard's pool and the rows
@@ -447,7 +449,7 @@ class Engine:
             raise QueryTimeoutError(timeout or 0.0, names) from None
         target, moving = choose(dict(zip(names, counts, strict=True)))
         limit = self.config.max_gather_rows if max_gather_rows is None else max_gather_rows
-        if moving > limit:
+        if moving > limit and check:
             raise UnsupportedQueryError(
                 f"gathering about {moving:,} rows to one shard",
                 f"no merge answers this read exactly, so its tables' rows would be gathered "
@@ -1180,6 +1182,8 @@ class Engine:
         plan = await self.plan_async(sql, params)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         total = len(self.config.shards)
+        if plan.gather is not None:
+            return await self._explain_gather(plan, analyze=analyze, timeout=timeout)
         if not analyze:
             return explain(plan, shards, total=total)
         if plan.kind.is_write:
@@ -1218,6 +1222,42 @@ class Engine:
         runs = tuple(ShardRun(name, received[i], done[i]) for i, name in enumerate(shards))
         analyzed = Analyzed(runs, rows, ended - began, merge_seconds=(ended - started) - waited)
         return explain(plan, shards, total=total, analyzed=analyzed)
+
+    async def _explain_gather(
+        self, plan: QueryPlan, *, analyze: bool, timeout: float | None
+    ) -> str:
+        """EXPLAIN of a gathered read: the shard chosen, the pushdowns; the rows moved."""
+        total = len(self.config.shards)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plan, pool, moving = await self._gather_setup(plan, deadline, timeout, None, check=False)
+        gather = plan.gather
+        assert gather is not None
+        limit = self.config.max_gather_rows
+        over = f", over max_gather_rows ({limit:,}): refused" if moving > limit else ""
+        strategy = (
+            f"gathered to shard {pool.name} (the most rows of its tables; about {moving:,} "
+            f"rows to move{over}): {gather.describe()}"
+        )
+        plan = dataclasses.replace(plan, strategy=strategy)
+        if not analyze:
+            return explain(plan, (pool.name,), total=total)
+        began = time.perf_counter()
+        scatter, _ = await self._start(
+            plan, (pool.name,), timeout, pools={pool.name: pool}, deadline=deadline
+        )
+        rows = 0
+        try:
+            while batch := await scatter.fetch(0):
+                rows += len(batch)
+        finally:
+            await scatter.close()
+        notes = tuple(
+            f"rows moved: {name} {pool.moved.get(name, 0)} from the other shards, "
+            f"{pool.local.get(name, 0)} of its own"
+            for name in (t.name for t in gather.tables)
+        )
+        analyzed = Analyzed((), rows, time.perf_counter() - began, notes=notes)
+        return explain(plan, (pool.name,), total=total, analyzed=analyzed)
 
     async def close(self) -> None:
         """Close every pool (every pool is closed even if one fails)."""
