@@ -324,12 +324,12 @@ class Engine:
                     primary_for=primary_for,
                     allow_partial=allow_partial,
                 )
-            except UnsupportedQueryError:
+            except UnsupportedQueryError as refused:
                 # Refused on the way (a subquery correlated on another column):
                 # gathered instead, when it can be.
                 if not self._can_gather(plan, transaction):
                     raise
-                plan = self.planner.gathered(sql, params)
+                plan = self.planner.gathered(sql, params, why=refused)
         if plan.gather is not None:
             return await self._execute_gather(
                 plan, timeout, deadline, row_factory, transaction, max_gather_rows
@@ -379,13 +379,13 @@ class Engine:
                         deadline=deadline,
                         partial=allow_partial,
                     )
-                except UnsupportedQueryError:
+                except UnsupportedQueryError as refused:
                     # Refused before any row was merged (an order the merge
                     # cannot reproduce): gathered instead, when it can be.
                     if len(shards) < 2 or not self._can_gather(plan, transaction):
                         raise
                     return await self._execute_gather(
-                        self.planner.gathered(sql, params),
+                        self.planner.gathered(sql, params, why=refused),
                         timeout,
                         deadline,
                         row_factory,
@@ -1234,9 +1234,11 @@ class Engine:
         assert gather is not None
         limit = self.config.max_gather_rows
         over = f", over max_gather_rows ({limit:,}): refused" if moving > limit else ""
-        strategy = (
-            f"gathered to shard {pool.name} (the most rows of its tables; about {moving:,} "
-            f"rows to move{over}): {gather.describe()}"
+        strategy = plan.strategy.replace(
+            "gathered to one shard",
+            f"gathered to shard {pool.name} (it holds the most of the rows; about {moving:,} "
+            f"rows to move{over})",
+            1,
         )
         plan = dataclasses.replace(plan, strategy=strategy)
         if not analyze:

@@ -256,13 +256,20 @@ class Planner:
             raise UnsupportedQueryError(found.construct, found.reason)
         return found
 
-    def gathered(self, sql: str, params: object = None, target: Route | None = None) -> QueryPlan:
+    def gathered(
+        self,
+        sql: str,
+        params: object = None,
+        target: Route | None = None,
+        why: UnsupportedQueryError | None = None,
+    ) -> QueryPlan:
         """The plan of a multi-shard read gathered to one shard (see :mod:`shardq.sql.gather`).
 
         The fallback when no merge answers it exactly, at planning or, for a
         refusal met at execution (a correlated subquery, an order the merge
-        cannot reproduce), then. Its columns are pruned with the catalog when
-        it is loaded (all of them otherwise).
+        cannot reproduce), then; ``why`` is that refusal, told in the strategy.
+        Its columns are pruned with the catalog when it is loaded (all of them
+        otherwise).
         """
         analysis = self.analyze(sql)
         key = ("gather", len(self.columns))
@@ -271,7 +278,12 @@ class Planner:
             gather = analysis.memo[key] = plan_gather(analysis, self.columns)
         if target is None:
             target = route(analysis, params, self.config, self.columns)
-        strategy = f"gathered to one shard: {gather.describe()}"
+        because = (
+            ""
+            if why is None
+            else f" as no merge answers it exactly ({why.construct}: {why.reason})"
+        )
+        strategy = f"gathered to one shard{because}: {gather.describe()}"
         return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, strategy, gather=gather)
 
     def _check_defaults(self, analysis: Analysis, table: str) -> None:
@@ -455,10 +467,10 @@ class Planner:
         except UnsupportedQueryError as refusal:
             try:
                 deferred = self.deferred(analysis, refusal)
-            except UnsupportedQueryError:
+            except UnsupportedQueryError as why:
                 if self.config.dialect != "postgres":
                     raise  # (shardq gathers to PostgreSQL shards only, so far)
-                return self.gathered(sql, params, target)
+                return self.gathered(sql, params, target, why)
             strategy = (
                 f"subqueries run first ({len(deferred.subplans)}), each as a distributed "
                 "query of its own; the statement is then planned again with their results "
