@@ -113,6 +113,15 @@ async def _all(runs: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
             task.cancel()
 
 
+def _in_transaction() -> UnsupportedQueryError:
+    return UnsupportedQueryError(
+        "a read gathered to one shard, in a transaction",
+        "no merge answers it exactly, so shardq would gather its tables' rows into "
+        "temporary tables on one shard, which it does outside transactions only; "
+        "run it outside the transaction",
+    )
+
+
 def _result(
     description: tuple[Column, ...] | None,
     rows: list[Any],
@@ -457,7 +466,8 @@ class Engine:
                 "filter it further, or raise max_gather_rows (configuration, or per call)",
             )
         sources = {s: self.pools[s] for s in names if s != target}
-        return plan, GatherPool(self.pools[target], gather, sources), moving
+        pool = GatherPool(self.pools[target], gather, sources, deadline=deadline)
+        return plan, pool, moving
 
     async def _execute_gather(
         self,
@@ -475,12 +485,7 @@ class Engine:
         the rows' move and the statement alike.
         """
         if transaction is not None:
-            raise UnsupportedQueryError(
-                "a read gathered to one shard, in a transaction",
-                "no merge answers it exactly, so shardq would gather its tables' rows into "
-                "temporary tables on one shard, which it does outside transactions only; "
-                "run it outside the transaction",
-            )
+            raise _in_transaction()
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         plan, pool, _ = await self._gather_setup(plan, deadline, timeout, max_gather_rows)
@@ -692,6 +697,8 @@ class Engine:
 
             sql, params = await self._substitute(plan, subquery)
             plan = await self.plan_async(sql, params, transaction=transaction)
+        if plan.gather is not None:
+            raise _in_transaction()
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         transaction.check(shards, False)
         pools = cursor_pools(transaction.view())
@@ -761,6 +768,13 @@ class Engine:
         plan = await self.plan_async(sql, params, lanes)
         if plan.deferred is not None:
             return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
+        if plan.gather is not None:
+            raise UnsupportedQueryError(
+                "a read gathered to one shard, in a batch",
+                "no merge answers it exactly, so shardq would gather its tables' rows to one "
+                "shard, which takes connections of every shard the batch's lanes may hold; "
+                "run it with execute()",
+            )
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind.is_write and len(shards) > 1:
             raise UnsupportedQueryError(

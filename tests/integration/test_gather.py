@@ -212,3 +212,27 @@ def test_sync_connection_gathers(edge: Edge) -> None:
     with shardq.connect(_config(edge)) as conn:
         same_result(conn, edge.dsn, "SELECT DISTINCT ON (grp) grp, id FROM facts ORDER BY grp, id")
     _assert_clean(edge.clusters)
+
+
+async def test_gather_in_a_batch_is_refused(conn: shardq.AsyncConnection) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="in a batch"):
+        await conn.execute([GATHERED, "SELECT count(*) FROM facts"])
+
+
+@pytest.mark.parametrize("target", ["s0", "s1", "s2", "s3"])
+async def test_the_answer_does_not_depend_on_the_shard_chosen(
+    conn: shardq.AsyncConnection, edge: Edge, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardq import engine
+
+    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:
+        return target, sum(sum(c) for s, c in estimates.items() if s != target)
+
+    monkeypatch.setattr(engine, "choose", choose)
+    for sql in [
+        "SELECT id, e FROM odd ORDER BY e, id",
+        "SELECT max(e), min(e), string_agg(e::text, ',' ORDER BY e, id) FROM odd",
+        "SELECT f.grp, s.v, rank() OVER (PARTITION BY s.v ORDER BY f.id) FROM facts f "
+        "JOIN sparse s ON s.v = f.k ORDER BY 1, 2, 3",
+    ]:
+        assert await _rows(conn, sql) == await _single(edge, sql), sql

@@ -29,7 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from shardq.execute.deadline import bounded
+from shardq.execute.deadline import GRACE_CAP, bounded
 from shardq.execute.driver import CopyRejected, read_whole
 
 if TYPE_CHECKING:
@@ -97,10 +97,18 @@ class GatherPool:
     rows each table received from the other shards, ``local`` its own.
     """
 
-    def __init__(self, pool: ShardPool, gather: Gather, sources: Mapping[str, ShardPool]):
+    def __init__(
+        self,
+        pool: ShardPool,
+        gather: Gather,
+        sources: Mapping[str, ShardPool],
+        *,
+        deadline: float | None = None,
+    ):
         self._pool = pool
         self._gather = gather
         self._sources = dict(sources)
+        self._deadline = deadline
         self.name = pool.name
         self.moved: dict[str, int] = {}
         self.local: dict[str, int] = {}
@@ -120,6 +128,17 @@ class GatherPool:
         async with self._pool.connection() as conn:
             await read_whole(conn, "BEGIN", None, stream=False)
             try:
+                if self._deadline is not None:
+                    # The server stops the transaction's statements itself at the
+                    # deadline (and a grace): a cancel lost on a busy host or a
+                    # dead client leaves nothing running.
+                    left = self._deadline - time.monotonic() + GRACE_CAP
+                    await read_whole(
+                        conn,
+                        f"SET LOCAL statement_timeout = {max(1, int(left * 1000))}",
+                        None,
+                        stream=False,
+                    )
                 for table in self._gather.tables:
                     await self._fill(conn, table)
                 yield conn
