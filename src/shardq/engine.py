@@ -445,7 +445,8 @@ class Engine:
         """
         if self.planner.catalog is None:
             await self._load_catalog()
-            plan = self.planner.gathered(plan.sql, plan.params)
+            again = self.planner.gathered(plan.sql, plan.params)
+            plan = dataclasses.replace(again, strategy=plan.strategy)  # (its why)
         gather = plan.gather
         assert gather is not None
         names = self.config.shard_names

@@ -195,17 +195,24 @@ async def test_gather_in_a_transaction_is_refused(conn: shardq.AsyncConnection) 
             await conn.execute(GATHERED)
 
 
-async def test_explain_names_the_shard_and_the_pushdown(conn: shardq.AsyncConnection) -> None:
+async def test_explain_names_the_shard_and_the_pushdown(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
     sql = (
         "SELECT f.grp, s.v, rank() OVER (PARTITION BY s.v ORDER BY f.id) FROM facts f "
         "JOIN sparse s ON s.v = f.k WHERE f.k > 3"
     )
     text = await conn.explain(sql)
     assert "gathered to shard s" in text
+    assert "as no merge answers it exactly (" in text
     assert 'facts (SELECT "id", "grp", "k" FROM facts AS f WHERE f.k > 3)' in text
     assert 'sparse (SELECT "id", "v" FROM sparse)' in text
     analyzed = await conn.explain(sql, analyze=True)
-    assert "rows moved: facts " in analyzed
+    moved = [line for line in analyzed.splitlines() if "rows moved" in line]
+    assert [line.split()[2] for line in moved] == ["facts", "sparse"]
+    single = await _single(edge, "SELECT count(*) FROM facts WHERE k > 3")
+    facts = [int(word) for word in moved[0].split() if word.isdigit()]
+    assert sum(facts) == single[0][0]  # from the others + its own: every row the filter keeps
 
 
 def test_sync_connection_gathers(edge: Edge) -> None:

@@ -189,8 +189,8 @@ def explain(
         return "\n".join([*lines, *_feed_lines(plan)])
     if plan.gather is not None:
         lines = [f"Gathered query on {shards[0]}", lines[-1]]
-        lines.append("Into a temporary table of the same name, from every shard:")
-        lines += [f"  {table.name}: {table.select}" for table in plan.gather.tables]
+        lines.append(f"Gathered to shard {shards[0]}, each into a temporary table of its name:")
+        lines += [f"  {table.name} ({table.select})" for table in plan.gather.tables]
         lines.append("Then the shard runs, as written:")
         lines += [f"  {line}" for line in plan.sql.strip().splitlines()]
         if analyzed is not None:

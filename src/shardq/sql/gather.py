@@ -74,10 +74,6 @@ class Gather:
 
     tables: tuple[GatheredTable, ...]
 
-    def describe(self) -> str:
-        """The tables and their pushdowns, for EXPLAIN."""
-        return ", ".join(f"{t.name} ({t.select})" for t in self.tables)
-
 
 # Nodes a pushed-down conjunct may hold: comparisons of columns with constants.
 # No function (volatile, or failing on rows the statement would not evaluate it

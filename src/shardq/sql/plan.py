@@ -283,7 +283,7 @@ class Planner:
             if why is None
             else f" as no merge answers it exactly ({why.construct}: {why.reason})"
         )
-        strategy = f"gathered to one shard{because}: {gather.describe()}"
+        strategy = f"gathered to one shard{because}"
         return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, strategy, gather=gather)
 
     def _check_defaults(self, analysis: Analysis, table: str) -> None:
