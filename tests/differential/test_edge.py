@@ -228,6 +228,8 @@ def test_a_literal_percent_with_parameters(edge: Edge, conn: shardq.Connection) 
         # gathered to one shard: the statement runs there as written, parameters too
         "SELECT grp, string_agg(grp, ',' ORDER BY id) FROM facts "
         "WHERE k %% 2 = %s AND grp LIKE 'a%%' GROUP BY grp ORDER BY grp",
+        "SELECT grp, string_agg(grp, ',' ORDER BY id) FROM facts "
+        "WHERE k %% 2 = %s AND grp || '%%' = 'a%%' GROUP BY grp ORDER BY grp",
     ]:
         same_result(conn, edge.dsn, sql, [0], ordered=True)
 

@@ -111,6 +111,9 @@ def test_columns_and_filters_pushed_down(
         # a subquery, a placeholder
         "SELECT string_agg(status, ',') FROM orders WHERE id IN (SELECT 1)",
         "SELECT string_agg(status, ',') FROM orders WHERE total > %s",
+        # a literal with "%": "%%" with parameters, "%" without
+        "SELECT string_agg(status, ',') FROM orders WHERE status = '100%%' AND total > %s",
+        "SELECT string_agg(status, ',') FROM orders WHERE status LIKE 'a%'",
         # the table read twice: each reference would need its own rows
         "SELECT string_agg(a.status, ',') FROM orders a JOIN orders b ON b.customer = a.total "
         "WHERE a.total > 3",
