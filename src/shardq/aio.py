@@ -128,6 +128,7 @@ class AsyncCursor:
         cache_key: str | None = None,
         read_policy: str | None = None,
         allow_partial: bool | None = None,
+        max_gather_rows: int | None = None,
     ) -> Self:
         """Run one statement on the shards that can hold its rows.
 
@@ -161,6 +162,9 @@ class AsyncCursor:
                 is a failure of every shard. True for a write or in a
                 transaction is a :class:`~shardq.ProgrammingError`: they are
                 whole or fail.
+            max_gather_rows: the most rows a read no merge answers may move
+                to the one shard it is gathered to (README, "Gather to one
+                shard"); defaults to the configuration's ``max_gather_rows``.
         """
         self._check_open()
         await self._discard()
@@ -217,6 +221,7 @@ class AsyncCursor:
                 read_policy=policy,
                 primary_for=connection._written_shards if connection.read_your_writes else (),
                 allow_partial=partial,
+                max_gather_rows=max_gather_rows,
             )
             if engine.planner.analyze(sql).kind.is_write:
                 connection._written_shards.update(self._result.shards)
@@ -538,10 +543,11 @@ class AsyncConnection:
         cache_key: str | None = None,
         read_policy: str | None = None,
         allow_partial: bool | None = None,
+        max_gather_rows: int | None = None,
     ) -> Any:
         """Run a statement on a new cursor and return the cursor (as psycopg does).
 
-        ``cache``, ``cache_key``, ``read_policy`` and ``allow_partial`` are
+        ``cache``, ``cache_key``, ``read_policy``, ``allow_partial`` and ``max_gather_rows`` are
         :meth:`AsyncCursor.execute`'s. Given a
         list of statements (and optionally a list of their parameter sets, one
         per statement), run them concurrently as :meth:`gather` does and
@@ -568,6 +574,7 @@ class AsyncConnection:
             cache_key=cache_key,
             read_policy=read_policy,
             allow_partial=allow_partial,
+            max_gather_rows=max_gather_rows,
         )
         cursor._hold_warnings = False
         cursor._issue()  # at this method's caller

@@ -62,6 +62,8 @@ DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 
 #: Seconds a commit may wait on the shards, when no statement's ``timeout=`` bounds it.
 DEFAULT_COMMIT_TIMEOUT = 5.0
+#: Rows a gathered read may move to its shard (see shardq.sql.gather) when not told otherwise.
+DEFAULT_MAX_GATHER_ROWS = 1_000_000
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
 _TOP_KEYS = frozenset(
     {
@@ -75,6 +77,7 @@ _TOP_KEYS = frozenset(
         "max_replica_lag",
         "read_your_writes",
         "commit_timeout",
+        "max_gather_rows",
     }
 )
 #: Where reads outside a transaction go (see shardq.execute.hosts).
@@ -159,6 +162,8 @@ class Config:
     read_your_writes: bool = False
     #: Seconds a commit may wait on the shards (see shardq.execute.transaction).
     commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
+    #: The most rows a gathered read may move (estimated before it starts; see shardq.sql.gather).
+    max_gather_rows: int = DEFAULT_MAX_GATHER_ROWS
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -469,6 +474,9 @@ class _Reader:
                 self.seconds(raw["max_replica_lag"], "max_replica_lag", positive=False)
                 if "max_replica_lag" in raw
                 else None
+            ),
+            max_gather_rows=self.size(
+                raw.get("max_gather_rows", DEFAULT_MAX_GATHER_ROWS), "max_gather_rows", 0
             ),
         )
 

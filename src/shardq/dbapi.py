@@ -135,13 +135,16 @@ class Cursor:
         cache_key: str | None = None,
         read_policy: str | None = None,
         allow_partial: bool | None = None,
+        max_gather_rows: int | None = None,
     ) -> Self:
         """Run one statement, text or SQLAlchemy (see :meth:`shardq.aio.AsyncCursor.execute`).
 
         The first batch of rows comes back with the same call into the
         event loop, so a small result costs one crossing, not two.
         """
-        return self._run(sql, params, timeout, cache, cache_key, read_policy, allow_partial)
+        return self._run(
+            sql, params, timeout, cache, cache_key, read_policy, allow_partial, max_gather_rows
+        )
 
     def _run(self, *args: Any) -> Self:
         self._local.clear()
@@ -159,6 +162,7 @@ class Cursor:
         cache_key: str | None,
         read_policy: str | None,
         allow_partial: bool | None,
+        max_gather_rows: int | None = None,
     ) -> tuple[list[Any], bool]:
         await self._inner.execute(
             sql,
@@ -168,6 +172,7 @@ class Cursor:
             cache_key=cache_key,
             read_policy=read_policy,
             allow_partial=allow_partial,
+            max_gather_rows=max_gather_rows,
         )
         if self._inner.description is None:
             return [], True
@@ -373,6 +378,7 @@ class Connection:
         cache_key: str | None = None,
         read_policy: str | None = None,
         allow_partial: bool | None = None,
+        max_gather_rows: int | None = None,
     ) -> Any:
         """Run a statement on a new cursor and return it (as psycopg does).
 
@@ -383,7 +389,7 @@ class Connection:
         if is_many(sql):
             return self._portal.call(self._inner.execute, sql, params, timeout=timeout)
         return self.cursor()._run(
-            sql, params, timeout, cache, cache_key, read_policy, allow_partial
+            sql, params, timeout, cache, cache_key, read_policy, allow_partial, max_gather_rows
         )
 
     def shard_for(self, table: str, key_value: object) -> str:

@@ -29,6 +29,7 @@ from shardq.execute.cursor import cursor_pools
 from shardq.execute.deadline import bounded
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
+from shardq.execute.gather import GatherPool, choose, estimate
 from shardq.execute.hosts import Hosts, host_failed
 from shardq.execute.scatter import Scatter, unavailable
 from shardq.execute.textorder import (
@@ -110,6 +111,15 @@ async def _all(runs: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _in_transaction() -> UnsupportedQueryError:
+    return UnsupportedQueryError(
+        "a read gathered to one shard, in a transaction",
+        "no merge answers it exactly, so shardq would gather its tables' rows into "
+        "temporary tables on one shard, which it does outside transactions only; "
+        "run it outside the transaction",
+    )
 
 
 def _result(
@@ -287,6 +297,7 @@ class Engine:
         read_policy: str = "primary",
         primary_for: Collection[str] = (),
         allow_partial: bool = False,
+        max_gather_rows: int | None = None,
     ) -> AsyncResult | StoredResult:
         """Run one statement and return its merged, streaming result.
 
@@ -298,7 +309,8 @@ class Engine:
         the primaries. With ``allow_partial``, such a read leaves out the
         shards that cannot answer (see :class:`~shardq.execute.scatter.Scatter`)
         and names them in the result's ``missing_shards``; it changes nothing
-        for a write or in a transaction.
+        for a write or in a transaction. ``max_gather_rows`` overrides the
+        configuration's for a read gathered to one shard.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if deadline is None or not self.planner.wants_catalog(sql):
@@ -311,14 +323,25 @@ class Engine:
             except TimeoutError:
                 raise QueryTimeoutError(timeout or 0.0, self.config.shard_names[:1]) from None
         if plan.deferred is not None:
-            return await self._execute_deferred(
-                plan,
-                timeout=timeout,
-                row_factory=row_factory,
-                transaction=transaction,
-                read_policy=read_policy,
-                primary_for=primary_for,
-                allow_partial=allow_partial,
+            try:
+                return await self._execute_deferred(
+                    plan,
+                    timeout=timeout,
+                    row_factory=row_factory,
+                    transaction=transaction,
+                    read_policy=read_policy,
+                    primary_for=primary_for,
+                    allow_partial=allow_partial,
+                )
+            except UnsupportedQueryError as refused:
+                # Refused on the way (a subquery correlated on another column):
+                # gathered instead, when it can be.
+                if not self._can_gather(plan, transaction):
+                    raise
+                plan = self.planner.gathered(sql, params, why=refused)
+        if plan.gather is not None:
+            return await self._execute_gather(
+                plan, timeout, deadline, row_factory, transaction, max_gather_rows
             )
         # Writes whose rows span shards, run as several statements: one transaction.
         steps = (
@@ -355,15 +378,29 @@ class Engine:
             if plan.kind.is_write:
                 scatter, types = await self._start(plan, shards, timeout, deadline=deadline)
             else:
-                scatter, types = await self._start_read(
-                    plan,
-                    shards,
-                    timeout,
-                    read_policy,
-                    primary_for,
-                    deadline=deadline,
-                    partial=allow_partial,
-                )
+                try:
+                    scatter, types = await self._start_read(
+                        plan,
+                        shards,
+                        timeout,
+                        read_policy,
+                        primary_for,
+                        deadline=deadline,
+                        partial=allow_partial,
+                    )
+                except UnsupportedQueryError as refused:
+                    # Refused before any row was merged (an order the merge
+                    # cannot reproduce): gathered instead, when it can be.
+                    if len(shards) < 2 or not self._can_gather(plan, transaction):
+                        raise
+                    return await self._execute_gather(
+                        self.planner.gathered(sql, params, why=refused),
+                        timeout,
+                        deadline,
+                        row_factory,
+                        transaction,
+                        max_gather_rows,
+                    )
         else:
             write = plan.kind.is_write
             transaction.check(shards, write)
@@ -380,6 +417,85 @@ class Engine:
         if self._readers_block_writers and not result.in_memory:
             self._reading.add(result)
         return result
+
+    def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:
+        """Whether a read refused at execution can be gathered to one shard instead."""
+        return (
+            transaction is None
+            and not plan.kind.is_write
+            and self.config.dialect == "postgres"
+            and len(self.config.shards) > 1
+            and plan.gather is None
+        )
+
+    async def _gather_setup(
+        self,
+        plan: QueryPlan,
+        deadline: float | None,
+        timeout: float | None,
+        max_gather_rows: int | None,
+        *,
+        check: bool = True,
+    ) -> tuple[QueryPlan, GatherPool, int]:
+        """Estimate a gather, choose its shard, refuse it over ``max_gather_rows`` (``check``).
+
+        Returns the plan (made again with the catalog, to move only the
+        columns the statement uses), the chosen shard's pool and the rows
+        estimated to move.
+        """
+        if self.planner.catalog is None:
+            await self._load_catalog()
+            again = self.planner.gathered(plan.sql, plan.params)
+            plan = dataclasses.replace(again, strategy=plan.strategy)  # (its why)
+        gather = plan.gather
+        assert gather is not None
+        names = self.config.shard_names
+        try:
+            async with bounded(deadline, timeout):
+                counts = await _together(
+                    estimate(self.pools[shard], gather.tables) for shard in names
+                )
+        except TimeoutError:
+            raise QueryTimeoutError(timeout or 0.0, names) from None
+        target, moving = choose(dict(zip(names, counts, strict=True)))
+        limit = self.config.max_gather_rows if max_gather_rows is None else max_gather_rows
+        if moving > limit and check:
+            raise UnsupportedQueryError(
+                f"gathering about {moving:,} rows to one shard",
+                f"no merge answers this read exactly, so its tables' rows would be gathered "
+                f"to shard {target}, which is more than max_gather_rows ({limit:,}) allows; "
+                "filter it further, or raise max_gather_rows (configuration, or per call)",
+            )
+        sources = {s: self.pools[s] for s in names if s != target}
+        pool = GatherPool(self.pools[target], gather, sources, deadline=deadline)
+        return plan, pool, moving
+
+    async def _execute_gather(
+        self,
+        plan: QueryPlan,
+        timeout: float | None,
+        deadline: float | None,
+        row_factory: RowFactory,
+        transaction: Transaction | None,
+        max_gather_rows: int | None,
+    ) -> AsyncResult:
+        """A read gathered to one shard (see :mod:`shardq.execute.gather`).
+
+        The statement runs as written on one connection of the chosen shard,
+        its result streamed as any other; the deadline bounds the estimate,
+        the rows' move and the statement alike.
+        """
+        if transaction is not None:
+            raise _in_transaction()
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        plan, pool, _ = await self._gather_setup(plan, deadline, timeout, max_gather_rows)
+        shards = (pool.name,)
+        scatter, types = await self._start(
+            plan, shards, timeout, pools={pool.name: pool}, deadline=deadline
+        )
+        merge = merger(plan.merge, 1, self._semantics, types)
+        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
 
     async def _before_write(self) -> None:
         """Read into memory the results still reading shards where they would block a write.
@@ -582,6 +698,8 @@ class Engine:
 
             sql, params = await self._substitute(plan, subquery)
             plan = await self.plan_async(sql, params, transaction=transaction)
+        if plan.gather is not None:
+            raise _in_transaction()
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         transaction.check(shards, False)
         pools = cursor_pools(transaction.view())
@@ -651,6 +769,13 @@ class Engine:
         plan = await self.plan_async(sql, params, lanes)
         if plan.deferred is not None:
             return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
+        if plan.gather is not None:
+            raise UnsupportedQueryError(
+                "a read gathered to one shard, in a batch",
+                "no merge answers it exactly, so shardq would gather its tables' rows to one "
+                "shard, which takes connections of every shard the batch's lanes may hold; "
+                "run it with execute()",
+            )
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind.is_write and len(shards) > 1:
             raise UnsupportedQueryError(
@@ -1072,6 +1197,8 @@ class Engine:
         plan = await self.plan_async(sql, params)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         total = len(self.config.shards)
+        if plan.gather is not None:
+            return await self._explain_gather(plan, analyze=analyze, timeout=timeout)
         if not analyze:
             return explain(plan, shards, total=total)
         if plan.kind.is_write:
@@ -1110,6 +1237,44 @@ class Engine:
         runs = tuple(ShardRun(name, received[i], done[i]) for i, name in enumerate(shards))
         analyzed = Analyzed(runs, rows, ended - began, merge_seconds=(ended - started) - waited)
         return explain(plan, shards, total=total, analyzed=analyzed)
+
+    async def _explain_gather(
+        self, plan: QueryPlan, *, analyze: bool, timeout: float | None
+    ) -> str:
+        """EXPLAIN of a gathered read: the shard chosen, the pushdowns; the rows moved."""
+        total = len(self.config.shards)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plan, pool, moving = await self._gather_setup(plan, deadline, timeout, None, check=False)
+        gather = plan.gather
+        assert gather is not None
+        limit = self.config.max_gather_rows
+        over = f", over max_gather_rows ({limit:,}): refused" if moving > limit else ""
+        strategy = plan.strategy.replace(
+            "gathered to one shard",
+            f"gathered to shard {pool.name} (it holds the most of the rows; about {moving:,} "
+            f"rows to move{over})",
+            1,
+        )
+        plan = dataclasses.replace(plan, strategy=strategy)
+        if not analyze:
+            return explain(plan, (pool.name,), total=total)
+        began = time.perf_counter()
+        scatter, _ = await self._start(
+            plan, (pool.name,), timeout, pools={pool.name: pool}, deadline=deadline
+        )
+        rows = 0
+        try:
+            while batch := await scatter.fetch(0):
+                rows += len(batch)
+        finally:
+            await scatter.close()
+        notes = tuple(
+            f"rows moved: {name} {pool.moved.get(name, 0)} from the other shards, "
+            f"{pool.local.get(name, 0)} of its own"
+            for name in (t.name for t in gather.tables)
+        )
+        analyzed = Analyzed((), rows, time.perf_counter() - began, notes=notes)
+        return explain(plan, (pool.name,), total=total, analyzed=analyzed)
 
     async def close(self) -> None:
         """Close every pool (every pool is closed even if one fails)."""

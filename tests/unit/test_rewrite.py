@@ -9,6 +9,7 @@ import pytest
 import shardq
 from shardq.merge.steps import Call, Col, Combine, SortKey
 from shardq.sql.plan import Planner
+from tests.unit.test_gather import gathered
 
 CONFIG = shardq.load_config(
     {
@@ -104,13 +105,19 @@ def test_output_names_follow_postgresql(planner: Planner) -> None:
 
 
 def test_refusals_name_the_construct(planner: Planner) -> None:
+    sql = "SELECT string_agg(status, ',') FROM orders"
     with pytest.raises(shardq.UnsupportedQueryError) as info:
-        planner.plan("SELECT string_agg(status, ',') FROM orders")
+        planner.distributed(planner.analyze(sql))
     assert info.value.construct == "the aggregate STRING_AGG(status, ',') across shards"
     assert "cannot be combined" in info.value.reason
     # The refusal is cached with the analysis and raised again, unchanged.
     with pytest.raises(shardq.UnsupportedQueryError, match="STRING_AGG"):
-        planner.plan("SELECT string_agg(status, ',') FROM orders")
+        planner.distributed(planner.analyze(sql))
+    # No merge answers it: the plan gathers orders to one shard instead.
+    plan = planner.plan(sql)
+    assert plan.gather is not None
+    assert [t.name for t in plan.gather.tables] == ["orders"]
+    assert plan.sql == sql
 
 
 def test_a_pinned_or_reference_read_is_not_rewritten(planner: Planner) -> None:
@@ -189,8 +196,7 @@ def test_a_subquery_that_is_not_local_runs_first(planner: Planner) -> None:
 
 def test_a_correlated_subquery_is_not_run_first(planner: Planner) -> None:
     sql = "SELECT * FROM countries c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.status = c.code)"
-    with pytest.raises(shardq.UnsupportedQueryError, match="correlated subquery"):
-        planner.plan(sql)
+    gathered(planner, sql, "correlated subquery")
 
 
 def test_the_catalog_tells_an_outer_column_from_the_subquerys_own() -> None:
@@ -219,11 +225,13 @@ def test_the_catalog_tells_an_outer_column_from_the_subquerys_own() -> None:
     plan = planner.plan(sql)
     assert plan.deferred is None  # correlated on the key: runs whole on each shard
     assert plan.merge.aggregate is not None
-    # And a correlation on another column is refused before any shard is asked.
-    with pytest.raises(shardq.UnsupportedQueryError, match="correlated subquery"):
-        planner.plan(
-            "SELECT count(*) FROM orders WHERE EXISTS (SELECT * FROM lines WHERE l_qty = o_status)"
-        )
+    # And a correlation on another column is refused by every merge before any
+    # shard is asked: gathered to one shard instead.
+    gathered(
+        planner,
+        "SELECT count(*) FROM orders WHERE EXISTS (SELECT * FROM lines WHERE l_qty = o_status)",
+        "correlated subquery",
+    )
 
 
 def test_groups_ordered_by_their_key_are_merged_as_they_close(planner: Planner) -> None:

@@ -131,11 +131,12 @@ SHOWCASE: list[tuple[str, str, tuple[Any, ...]]] = [
 ]
 
 #: The showcase on PostgreSQL shards, which take %s placeholders (the texts hold no other ?).
-#: PostgreSQL itself rejects the bare column of SHOWCASE's last query; refused here instead:
+#: PostgreSQL itself rejects the bare column of SHOWCASE's last query; in its place, a read
+#: no merge answers, gathered to one shard:
 SHOWCASE_POSTGRES = [
     *((title, sql.replace("?", "%s"), params) for title, sql, params in SHOWCASE[:-1]),
     (
-        "Refused rather than answered wrong: no median can be made from per-shard medians",
+        "No median can be made from per-shard medians: the amounts are gathered to one shard",
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) AS median FROM orders",
         (),
     ),

@@ -187,6 +187,16 @@ def explain(
         return "\n".join(lines)
     if plan.feed is not None:
         return "\n".join([*lines, *_feed_lines(plan)])
+    if plan.gather is not None:
+        lines = [f"Gathered query on {shards[0]}", lines[-1]]
+        lines.append(f"Gathered to shard {shards[0]}, each into a temporary table of its name:")
+        lines += [f"  {table.name} ({table.select})" for table in plan.gather.tables]
+        lines.append("Then the shard runs, as written:")
+        lines += [f"  {line}" for line in plan.sql.strip().splitlines()]
+        if analyzed is not None:
+            lines.append(f"Execution: {analyzed.rows} rows in {analyzed.seconds * 1000:.1f} ms")
+            lines += [f"  {note}" for note in analyzed.notes]
+        return "\n".join(lines)
     lines.append("Each shard runs:" if len(shards) > 1 else "The shard runs:")
     lines += [f"  {line}" for line in plan.sql.strip().splitlines()]
     if plan.params:

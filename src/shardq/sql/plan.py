@@ -19,6 +19,7 @@ from shardq.placement import text_pins
 from shardq.sql.affinity import shippable
 from shardq.sql.analyze import Analysis, StatementKind, analyze, normalize
 from shardq.sql.catalog import implicit_columns
+from shardq.sql.gather import Gather, plan_gather
 from shardq.sql.insert_select import Feed, plan_insert_select
 from shardq.sql.locality import Catalog, run_first
 from shardq.sql.move import Move, plan_move
@@ -78,6 +79,8 @@ class QueryPlan:
     move: Move | None = None
     # An INSERT ... SELECT whose selected rows shardq routes to their shards.
     feed: Feed | None = None
+    # A read gathered to one shard and run there as written (see shardq.sql.gather).
+    gather: Gather | None = None
 
 
 class Planner:
@@ -253,6 +256,36 @@ class Planner:
             raise UnsupportedQueryError(found.construct, found.reason)
         return found
 
+    def gathered(
+        self,
+        sql: str,
+        params: object = None,
+        target: Route | None = None,
+        why: UnsupportedQueryError | None = None,
+    ) -> QueryPlan:
+        """The plan of a multi-shard read gathered to one shard (see :mod:`shardq.sql.gather`).
+
+        The fallback when no merge answers it exactly, at planning or, for a
+        refusal met at execution (a correlated subquery, an order the merge
+        cannot reproduce), then; ``why`` is that refusal, told in the strategy.
+        Its columns are pruned with the catalog when it is loaded (all of them
+        otherwise).
+        """
+        analysis = self.analyze(sql)
+        key = ("gather", len(self.columns))
+        gather: Gather | None = analysis.memo.get(key)
+        if gather is None:
+            gather = analysis.memo[key] = plan_gather(analysis, self.columns)
+        if target is None:
+            target = route(analysis, params, self.config, self.columns)
+        because = (
+            ""
+            if why is None
+            else f" as no merge answers it exactly ({why.construct}: {why.reason})"
+        )
+        strategy = f"gathered to one shard{because}"
+        return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, strategy, gather=gather)
+
     def _check_defaults(self, analysis: Analysis, table: str) -> None:
         """Refuse an INSERT into a reference table that leaves a column to its default.
 
@@ -320,7 +353,12 @@ class Planner:
                 "it reads reference tables only, so every shard's view would hold every row "
                 "and a read would see each row once per shard; declare it a reference table",
             )
-        if inner.deferred is not None or not inner.merge.trivial or inner.sql != body_sql:
+        if (
+            inner.deferred is not None
+            or inner.gather is not None
+            or not inner.merge.trivial
+            or inner.sql != body_sql
+        ):
             raise UnsupportedQueryError(
                 construct,
                 "its query is merged across shards (an aggregate, DISTINCT, ORDER BY, LIMIT "
@@ -427,7 +465,12 @@ class Planner:
         try:
             rewritten = self.distributed(analysis)
         except UnsupportedQueryError as refusal:
-            deferred = self.deferred(analysis, refusal)
+            try:
+                deferred = self.deferred(analysis, refusal)
+            except UnsupportedQueryError as why:
+                if self.config.dialect != "postgres":
+                    raise  # (shardq gathers to PostgreSQL shards only, so far)
+                return self.gathered(sql, params, target, why)
             strategy = (
                 f"subqueries run first ({len(deferred.subplans)}), each as a distributed "
                 "query of its own; the statement is then planned again with their results "

@@ -411,7 +411,28 @@ class _Connection:
     def _error(self, exc: BaseException) -> ShardError:
         return translate_error(self._shard, exc, self._secrets, sqlstate_of=_sqlstate)
 
-    async def copy_from(self, sql: str, chunks: AsyncIterator[list[Row] | str]) -> int:
+    async def copy_to(self, sql: str, block: int) -> AsyncIterator[bytes]:
+        """Run ``COPY ... TO STDOUT`` (``sql``); yield its data in blocks of ``block`` bytes.
+
+        The server sends a message per row: joined into blocks, they cost one
+        write each on the connection they are copied into (a gather's).
+        """
+        cursor = self._cursor()
+        query: Any = sql
+        try:
+            async with cursor.copy(query) as copy:
+                data = bytearray()
+                async for piece in copy:
+                    data += piece
+                    if len(data) >= block:
+                        yield bytes(data)
+                        data.clear()
+                if data:
+                    yield bytes(data)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    async def copy_from(self, sql: str, chunks: AsyncIterator[list[Row] | str | bytes]) -> int:
         """Run ``COPY ... FROM STDIN`` (``sql``), sending each chunk; return the rows copied.
 
         A chunk is a list of rows, each formatted by psycopg (text format:
@@ -432,7 +453,7 @@ class _Connection:
             async with cursor.copy(query) as copy:
                 format_row = _row_formatter(copy)
                 async for chunk in chunks:
-                    if isinstance(chunk, str):
+                    if isinstance(chunk, str | bytes):  # (bytes: a binary COPY's data)
                         await copy.write(chunk)
                     elif format_row is None:
                         for row in chunk:

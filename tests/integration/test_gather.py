@@ -1,0 +1,245 @@
+"""Gather to one shard: what it leaves behind (nothing), its limit and its EXPLAIN.
+
+A gathered read holds one connection of the chosen shard in a transaction
+with temporary tables: after success, an error of the statement, a timeout,
+a cursor closed early or a task cancelled mid-stream, the servers must show
+no temporary table and no session still in a transaction or running, and the
+pool must lend a clean connection again (the next gather works). The servers
+are asked directly (pg_stat_activity, pg_class), not shardq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import shardq
+from tests.differential.compare import same_result
+from tests.fixtures.edge import DATABASE
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tests.fixtures.edge import Edge
+    from tests.fixtures.servers import PgCluster
+
+pytestmark = pytest.mark.postgres
+
+APP = "shardq-gather"
+# A window over the whole table: no merge answers it, so it is gathered.
+GATHERED = "SELECT id, k, sum(k) OVER (ORDER BY k, id) FROM facts"
+# Many rows from the gathered statement itself, to be stopped mid-stream.
+LONG = (
+    "SELECT f.id, g, row_number() OVER (ORDER BY f.id, g) FROM facts f, "
+    "generate_series(1, 3000) AS g"
+)
+
+
+def _config(edge: Edge, **extra: Any) -> dict[str, Any]:
+    shards = [
+        {"name": s["name"], "dsn": f"{s['dsn']}?application_name={APP}"}
+        for s in edge.config["shards"]
+    ]
+    return {**edge.config, "shards": shards, **extra}
+
+
+def _left_behind(clusters: list[PgCluster]) -> list[tuple[Any, ...]]:
+    """What shardq's sessions leave on the servers: busy sessions and temporary tables."""
+    found: list[tuple[Any, ...]] = []
+    for cluster in clusters:
+        found += cluster.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE application_name = %s "
+            "AND state <> 'idle'",
+            DATABASE,
+            [APP],
+        )
+        found += cluster.execute(
+            "SELECT relname FROM pg_class WHERE relpersistence = 't' AND relkind = 'r'", DATABASE
+        )
+    return found
+
+
+def _assert_clean(clusters: list[PgCluster]) -> None:
+    """Nothing left behind, polled to a deadline (a cancel or close takes a moment)."""
+    deadline = time.monotonic() + 5
+    while (left := _left_behind(clusters)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == []
+
+
+@pytest.fixture
+async def conn(edge: Edge) -> AsyncIterator[shardq.AsyncConnection]:
+    connection = await shardq.connect_async(_config(edge))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _single(edge: Edge, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in edge.single.execute(sql, DATABASE)]
+
+
+async def _rows(
+    conn: shardq.AsyncConnection, sql: str, timeout: float | None = None
+) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(sql, timeout=timeout)
+    return [tuple(r) for r in await cur.fetchall()]
+
+
+async def _again(conn: shardq.AsyncConnection, edge: Edge) -> None:
+    """The pools lend clean connections: the next gather answers as one database does."""
+    cur = await conn.execute(GATHERED + " ORDER BY id")
+    assert [tuple(r) for r in await cur.fetchall()] == await _single(
+        edge, GATHERED + " ORDER BY id"
+    )
+    _assert_clean(edge.clusters)
+
+
+async def test_success_leaves_nothing(conn: shardq.AsyncConnection, edge: Edge) -> None:
+    await _again(conn, edge)
+    await _again(conn, edge)
+
+
+async def test_an_error_of_the_statement_leaves_nothing(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
+    with pytest.raises(shardq.DataError, match="division by zero"):
+        await _rows(
+            conn, "SELECT string_agg(grp, ',' ORDER BY id), 1 / (count(*) - count(*)) FROM facts"
+        )
+    _assert_clean(edge.clusters)
+    await _again(conn, edge)
+
+
+async def test_a_timeout_leaves_nothing(conn: shardq.AsyncConnection, edge: Edge) -> None:
+    began = time.monotonic()
+    with pytest.raises(shardq.QueryTimeoutError):
+        await _rows(conn, "SELECT pg_sleep(30), string_agg(grp, ',' ORDER BY id) FROM facts", 1.0)
+    assert time.monotonic() - began < 3.0
+    _assert_clean(edge.clusters)
+    await _again(conn, edge)
+
+
+async def test_a_cursor_closed_mid_stream_leaves_nothing(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
+    cur = await conn.execute(LONG)
+    assert len(await cur.fetchmany(10)) == 10
+    # Mid-stream the chosen shard's session is in its transaction: what the
+    # checks look for is there (its temporary table, uncommitted, is visible
+    # to that session only; one left committed would show in pg_class).
+    during = _left_behind(edge.clusters)
+    assert any(row[0] in ("active", "idle in transaction") for row in during)
+    await cur.close()
+    _assert_clean(edge.clusters)
+    await _again(conn, edge)
+
+
+async def test_a_task_cancelled_mid_stream_leaves_nothing(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
+    reading = asyncio.Event()
+
+    async def read() -> None:
+        cur = await conn.execute(LONG)
+        async for _ in cur:
+            reading.set()
+
+    task = asyncio.create_task(read())
+    await asyncio.wait_for(reading.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    _assert_clean(edge.clusters)
+    await _again(conn, edge)
+
+
+async def test_a_task_cancelled_while_rows_move_leaves_nothing(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
+    # Cancelled at once: somewhere in the estimate, the move or the statement.
+    for delay in (0.0, 0.01, 0.03, 0.06):
+        task = asyncio.create_task(conn.execute(GATHERED))
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            cur = await task
+        except asyncio.CancelledError:
+            pass
+        else:
+            await cur.close()
+        _assert_clean(edge.clusters)
+    await _again(conn, edge)
+
+
+async def test_max_gather_rows_refuses_before_anything_moves(edge: Edge) -> None:
+    conn = await shardq.connect_async(_config(edge, max_gather_rows=5))
+    try:
+        with pytest.raises(shardq.UnsupportedQueryError, match=r"max_gather_rows \(5\)") as info:
+            await conn.execute(GATHERED)
+        assert "rows to one shard" in str(info.value)
+        cur = await conn.execute(GATHERED + " ORDER BY id", max_gather_rows=10_000)
+        assert len(await cur.fetchall()) == len(await _single(edge, GATHERED))
+    finally:
+        await conn.close()
+    _assert_clean(edge.clusters)
+
+
+async def test_gather_in_a_transaction_is_refused(conn: shardq.AsyncConnection) -> None:
+    async with conn.transaction():
+        with pytest.raises(shardq.UnsupportedQueryError, match="in a transaction"):
+            await conn.execute(GATHERED)
+
+
+async def test_explain_names_the_shard_and_the_pushdown(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
+    sql = (
+        "SELECT f.grp, s.v, rank() OVER (PARTITION BY s.v ORDER BY f.id) FROM facts f "
+        "JOIN sparse s ON s.v = f.k WHERE f.k > 3"
+    )
+    text = await conn.explain(sql)
+    assert "gathered to shard s" in text
+    assert "as no merge answers it exactly (" in text
+    assert 'facts (SELECT "id", "grp", "k" FROM facts AS f WHERE f.k > 3)' in text
+    assert 'sparse (SELECT "id", "v" FROM sparse)' in text
+    analyzed = await conn.explain(sql, analyze=True)
+    moved = [line for line in analyzed.splitlines() if "rows moved" in line]
+    assert [line.split()[2] for line in moved] == ["facts", "sparse"]
+    single = await _single(edge, "SELECT count(*) FROM facts WHERE k > 3")
+    facts = [int(word) for word in moved[0].split() if word.isdigit()]
+    assert sum(facts) == single[0][0]  # from the others + its own: every row the filter keeps
+
+
+def test_sync_connection_gathers(edge: Edge) -> None:
+    with shardq.connect(_config(edge)) as conn:
+        same_result(conn, edge.dsn, "SELECT DISTINCT ON (grp) grp, id FROM facts ORDER BY grp, id")
+    _assert_clean(edge.clusters)
+
+
+async def test_gather_in_a_batch_is_refused(conn: shardq.AsyncConnection) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="in a batch"):
+        await conn.execute([GATHERED, "SELECT count(*) FROM facts"])
+
+
+@pytest.mark.parametrize("target", ["s0", "s1", "s2", "s3"])
+async def test_the_answer_does_not_depend_on_the_shard_chosen(
+    conn: shardq.AsyncConnection, edge: Edge, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardq import engine
+
+    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:
+        return target, sum(sum(c) for s, c in estimates.items() if s != target)
+
+    monkeypatch.setattr(engine, "choose", choose)
+    for sql in [
+        "SELECT id, e FROM odd ORDER BY e, id",
+        "SELECT max(e), min(e), string_agg(e::text, ',' ORDER BY e, id) FROM odd",
+        "SELECT f.grp, s.v, rank() OVER (PARTITION BY s.v ORDER BY f.id) FROM facts f "
+        "JOIN sparse s ON s.v = f.k ORDER BY 1, 2, 3",
+    ]:
+        assert await _rows(conn, sql) == await _single(edge, sql), sql

@@ -1,0 +1,151 @@
+"""Planning a gather to one shard: which columns and filters are pushed down.
+
+What a pushdown leaves out must not change the statement's answer: columns
+the statement never names, rows its WHERE would drop anyway. Anything
+doubtful (a table read twice, an outer join, a function, a subquery, a
+placeholder, a column of another table) is not pushed down.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import shardq
+from shardq.config import load_config
+from shardq.sql.catalog import ColumnInfo
+from shardq.sql.plan import Planner
+
+CONFIG = load_config(
+    {
+        "dialect": "postgres",
+        "shards": [{"name": f"s{i}", "dsn": f"postgresql://u@h{i}/d"} for i in range(3)],
+        "tables": {
+            "orders": {"shard_key": "id"},
+            "items": {"shard_key": "id"},
+            "countries": {"reference": True},
+            "v": {"shard_key": "id"},
+        },
+    }
+)
+COLUMNS = {
+    "orders": tuple(ColumnInfo(c) for c in ("id", "customer", "status", "total")),
+    "items": tuple(ColumnInfo(c) for c in ("id", "order_id", "qty", "price")),
+    "countries": tuple(ColumnInfo(c) for c in ("code", "name")),
+}
+
+
+def gathered(planner: Planner, sql: str, construct: str) -> None:
+    """Assert that every merge refuses ``sql`` for ``construct``, so that it is gathered."""
+    plan = planner.plan(sql)
+    assert plan.gather is not None, plan.strategy
+    assert plan.sql == sql  # runs as written
+    assert re.search(construct, plan.strategy), plan.strategy
+    assert "no merge answers it exactly" in plan.strategy
+
+
+@pytest.fixture
+def planner() -> Planner:
+    planner = Planner(CONFIG)
+    planner.set_catalog({t: frozenset(c.name for c in cs) for t, cs in COLUMNS.items()}, COLUMNS)
+    return planner
+
+
+def selects(planner: Planner, sql: str) -> dict[str, str]:
+    plan = planner.plan(sql)
+    assert plan.gather is not None, plan.strategy
+    return {t.name: t.select for t in plan.gather.tables}
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # only the columns named; the filters on one table each
+        (
+            "SELECT o.status, string_agg(i.price::text, ',' ORDER BY i.id) FROM orders o "
+            "JOIN items i ON i.order_id = o.customer WHERE o.total > 10 AND i.qty IN (1, 2) "
+            "AND o.total < i.price GROUP BY o.status",
+            {
+                "orders": 'SELECT "id", "customer", "status", "total" FROM orders AS o '
+                "WHERE o.total > 10",
+                "items": 'SELECT "id", "order_id", "qty", "price" FROM items AS i '
+                "WHERE i.qty IN (1, 2)",
+            },
+        ),
+        # unqualified columns of the one table; a literal date and an interval
+        (
+            "SELECT status, percentile_cont(0.5) WITHIN GROUP (ORDER BY total) FROM orders "
+            "WHERE status BETWEEN 'a' AND 'f' AND total >= 3 * 2 GROUP BY status",
+            {
+                "orders": 'SELECT "status", "total" FROM orders '
+                "WHERE status BETWEEN 'a' AND 'f' AND total >= 3 * 2"
+            },
+        ),
+        # count(*) alone: one column keeps the rows
+        ("SELECT count(*) FROM orders GROUP BY ROLLUP (1)", {"orders": 'SELECT "id" FROM orders'}),
+        # * and a whole-row reference: every column
+        ("SELECT DISTINCT ON (status) * FROM orders", {"orders": "SELECT * FROM orders"}),
+        (
+            "SELECT array_agg(o ORDER BY o.id) FROM orders o",
+            {"orders": "SELECT * FROM orders"},
+        ),
+    ],
+)
+def test_columns_and_filters_pushed_down(
+    planner: Planner, sql: str, expected: dict[str, str]
+) -> None:
+    assert selects(planner, sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # the null-extended side of an outer join: IS NULL keeps the unmatched rows
+        "SELECT o.id, count(i.id) FROM orders o LEFT JOIN items i ON i.order_id = o.customer "
+        "WHERE i.qty > 1 GROUP BY ROLLUP (o.id)",
+        # functions (volatile, or failing on rows the statement would skip), casts of columns
+        "SELECT string_agg(status, ',') FROM orders WHERE random() < 0.5",
+        "SELECT string_agg(status, ',') FROM orders WHERE total::int > 3",
+        "SELECT string_agg(status, ',') FROM orders WHERE total / 0 > 3",
+        # a subquery, a placeholder
+        "SELECT string_agg(status, ',') FROM orders WHERE id IN (SELECT 1)",
+        "SELECT string_agg(status, ',') FROM orders WHERE total > %s",
+        # a literal with "%": "%%" with parameters, "%" without
+        "SELECT string_agg(status, ',') FROM orders WHERE status = '100%%' AND total > %s",
+        "SELECT string_agg(status, ',') FROM orders WHERE status LIKE 'a%'",
+        # the table read twice: each reference would need its own rows
+        "SELECT string_agg(a.status, ',') FROM orders a JOIN orders b ON b.customer = a.total "
+        "WHERE a.total > 3",
+    ],
+)
+def test_doubtful_filters_are_not_pushed_down(planner: Planner, sql: str) -> None:
+    for select in selects(planner, sql).values():
+        assert "WHERE" not in select
+
+
+def test_a_correlated_filter_is_not_pushed_down(planner: Planner) -> None:
+    sql = (
+        "SELECT o.id FROM orders o WHERE o.total > "
+        "(SELECT avg(i.price) FROM items i WHERE i.qty = o.customer AND i.price > 0)"
+    )
+    assert selects(planner, sql)["items"] == (
+        'SELECT "id", "qty", "price" FROM items AS i WHERE i.price > 0'
+    )
+
+
+def test_reference_tables_are_not_gathered(planner: Planner) -> None:
+    sql = (
+        "SELECT c.name, string_agg(o.status, ',') FROM orders o JOIN countries c ON TRUE GROUP BY 1"
+    )
+    assert list(selects(planner, sql)) == ["orders"]
+
+
+def test_a_table_named_with_its_schema_is_refused(planner: Planner) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="named with its schema"):
+        planner.plan("SELECT string_agg(status, ',') FROM public.orders")
+
+
+def test_a_gathered_read_is_not_a_distributed_view(planner: Planner) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="merged across shards"):
+        planner.plan("CREATE VIEW v AS SELECT id, rank() OVER (ORDER BY total) AS r FROM orders")
