@@ -130,6 +130,26 @@ CASES: list[tuple[str, bool]] = [
     ("SELECT id FROM facts ORDER BY id LIMIT NULL OFFSET 230", True),
     ("SELECT v FROM sparse ORDER BY v NULLS FIRST LIMIT 1", True),
     ("SELECT id FROM sparse ORDER BY id", True),
+    # FETCH FIRST: as LIMIT, and WITH TIES kept by the merge (k has many ties)
+    ("SELECT id FROM facts ORDER BY id FETCH FIRST 3 ROWS ONLY", True),
+    ("SELECT id FROM facts ORDER BY id FETCH FIRST ROW ONLY", True),
+    ("SELECT id, k FROM facts ORDER BY k, id OFFSET 5 ROWS FETCH NEXT 4 ROWS ONLY", True),
+    ("SELECT k FROM facts ORDER BY k FETCH FIRST 3 ROWS WITH TIES", True),
+    ("SELECT k, id FROM facts ORDER BY k DESC NULLS LAST FETCH FIRST 30 ROWS WITH TIES", False),
+    # (with an OFFSET, which of the tied rows come first is not fixed: their k only)
+    ("SELECT k FROM facts ORDER BY k OFFSET 50 FETCH FIRST 1 ROW WITH TIES", True),
+    ("SELECT k FROM facts ORDER BY k FETCH FIRST 0 ROWS WITH TIES", True),
+    ("SELECT k FROM facts ORDER BY k OFFSET 500 FETCH FIRST 2 ROWS WITH TIES", True),
+    ("SELECT id FROM facts ORDER BY k NULLS FIRST FETCH FIRST 2 ROWS WITH TIES", False),
+    ("SELECT id, grp FROM facts ORDER BY grp, f FETCH FIRST 12 ROWS WITH TIES", False),
+    ("SELECT id FROM odd ORDER BY f DESC FETCH FIRST 1 ROWS WITH TIES", False),
+    ("SELECT DISTINCT k FROM facts ORDER BY k FETCH FIRST 2 ROWS WITH TIES", True),
+    (
+        "SELECT grp, count(*) FROM facts GROUP BY grp ORDER BY count(*) DESC "
+        "FETCH FIRST 2 ROWS WITH TIES",
+        False,
+    ),
+    ("SELECT k, count(*) FROM facts GROUP BY k ORDER BY k FETCH FIRST 3 ROWS WITH TIES", True),
     # DISTINCT
     ("SELECT DISTINCT grp FROM facts", False),
     ("SELECT DISTINCT grp, label FROM facts ORDER BY grp, label", True),
@@ -214,6 +234,9 @@ def test_parameters_in_limit_and_having(edge: Edge, conn: shardq.Connection) -> 
     sql = "SELECT id FROM facts ORDER BY id LIMIT %s OFFSET %s"
     for window in [(3, 0), (0, 4), (10, 235), (None, 238)]:
         same_result(conn, edge.dsn, sql, window, ordered=True)
+    sql = "SELECT k FROM facts ORDER BY k OFFSET %s FETCH FIRST %s ROWS WITH TIES"
+    for window in [(0, 3), (4, 20), (238, 1), (10, 0)]:
+        same_result(conn, edge.dsn, sql, window, ordered=True)
     sql = "SELECT k, count(*) FROM facts GROUP BY k HAVING count(*) >= %(n)s ORDER BY k"
     for n in [0, 20, 10_000]:
         same_result(conn, edge.dsn, sql, {"n": n}, ordered=True)
@@ -269,7 +292,7 @@ REFUSED: list[tuple[str, str]] = [
     ("SELECT CASE WHEN sum(k) > 0 THEN 1 END FROM facts", "over aggregates"),
     ("SELECT id FROM facts UNION SELECT id FROM sparse", "UNION"),
     ("SELECT * FROM facts f JOIN sparse s ON s.v = f.k", "several distributed"),
-    ("SELECT id FROM facts ORDER BY id FETCH FIRST 3 ROWS WITH TIES", "FETCH"),
+    ("SELECT id FROM facts ORDER BY id FETCH FIRST 10 PERCENT ROWS ONLY", "PERCENT"),
     ("SELECT id, e FROM odd ORDER BY e, id", "type OID"),
     ("SELECT max(e), min(e) FROM odd", "type OID"),
     ("SELECT id, k FROM facts ORDER BY (k, id) LIMIT 12", "type OID"),

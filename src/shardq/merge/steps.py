@@ -9,7 +9,7 @@ merger follows, in this order:
 3. *filter* (``having``) and *project* (``outputs``) the merged groups, with
    expressions of the small language below;
 4. *de-duplicate* (``distinct``), *sort* (``sort``) and apply the global
-   ``offset`` and ``limit``;
+   ``offset`` and ``limit`` (and keep the rows tying with the last, ``ties``);
 5. drop the last ``hidden`` columns (they only served sorting).
 
 On SQLite shards a grouped merge is one :class:`FinalStep` instead of steps
@@ -170,6 +170,9 @@ class MergePlan:
     sort: tuple[SortKey, ...] = ()
     offset: int = 0
     limit: int | None = None
+    # FETCH FIRST ... WITH TIES: after ``limit`` rows, the rows tying with the last
+    # one in the ORDER BY (``order`` when rows pass through, ``sort`` after a regrouping).
+    ties: bool = False
     hidden: int = 0
     # SQLite shards: the merge ends in SQLite (then nothing above applies).
     final: FinalStep | None = None

@@ -143,7 +143,8 @@ def merge_steps(merge: MergePlan) -> list[str]:
         steps.append(f"sort by {_sort(merge.sort, names)}")
     if merge.offset or merge.limit is not None:
         end = "the end" if merge.limit is None else str(merge.offset + merge.limit)
-        steps.append(f"keep rows {merge.offset + 1} to {end}")
+        ties = " and the rows tying with the last" if merge.ties else ""
+        steps.append(f"keep rows {merge.offset + 1} to {end}{ties}")
     if merge.hidden:
         steps.append(f"drop the {merge.hidden} helper column(s) added for sorting")
     return steps

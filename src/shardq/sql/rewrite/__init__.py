@@ -91,7 +91,7 @@ class Distributed:
             return dataclasses.replace(merge, final=dataclasses.replace(merge.final, params=named))
         if self.window.bounded:
             offset, limit = self.window.resolve(params)
-            merge = dataclasses.replace(merge, offset=offset, limit=limit)
+            merge = dataclasses.replace(merge, offset=offset, limit=limit, ties=self.window.ties)
         if self.has_params:
             merge = dataclasses.replace(
                 merge,
@@ -303,7 +303,7 @@ def _rows(
     if keys:
         strategy += "; ORDER BY merged k-way"
     changed = bool(extra) or window.bounded
-    words = expanded | WINDOW_WORDS if window.negative_is_none else expanded
+    words = expanded | WINDOW_WORDS if window.negative_is_none or window.ties else expanded
     sql = regenerate(shard, analysis.parsed.source, dialect, words) if changed else None
     return Distributed(sql, merge, window, strategy)
 
