@@ -35,6 +35,7 @@ from shardq.merge.evaluate import (
 )
 from shardq.merge.final import FinalTable
 from shardq.merge.order import kway, sort_key, sqlite_value
+from shardq.merge.setop import Counter
 from shardq.merge.steps import Call, Col, Combine, Const, Output, SortKey
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def merger(
         return concat(1)  # the others did the same (a write to a reference table)
     if plan.limit == 0:
         return _nothing()
+    if plan.setop is not None:
+        return _counted(concat(sources), plan, sources, types)
     floats = _float_columns(types)
     inner = kway(sources, plan.order, floats) if plan.order else concat(sources)
     if plan.trivial:
@@ -259,6 +262,32 @@ def _sorted_groups(
             yield rows[start : start + _CHUNK]
 
 
+def _counted(inner: Merger, plan: MergePlan, sources: int, types: Sequence[Any] | None) -> Merger:
+    """A set operation: rows counted per branch, then sorted and windowed."""
+    assert plan.setop is not None
+    values = None if types is None else types[:-1]  # the branch number is the last column
+    canonical = _canonical_nans(_nan_columns(values))
+    if plan.collations is not None:
+        keys = [sqlite_value(c) for c in plan.collations]
+
+        def canonical(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(k(v) for k, v in zip(keys, row, strict=False))
+
+    counter = Counter(plan.setop, sources, canonical)
+
+    def count(rows: Rows) -> tuple[Rows, bool]:
+        counter.feed(rows)
+        return [], False
+
+    yield from _through(inner, count)
+    rows = counter.rows()
+    if plan.sort:
+        rows = _ordered(rows, plan.sort, plan, _float_columns(values))
+    rows = _with_ties(rows, plan)
+    for start in range(0, len(rows), _CHUNK):
+        yield rows[start : start + _CHUNK]
+
+
 def _in_memory(
     inner: Merger, plan: MergePlan, sem: Semantics, types: Sequence[Any] | None
 ) -> Merger:
@@ -445,6 +474,8 @@ def compared_columns(plan: MergePlan, types: Sequence[Any], sem: Semantics) -> l
             for i, c in enumerate(plan.aggregate.combines)
             if c in (Combine.MIN, Combine.MAX) and start + i < len(types)
         ]
+    if plan.setop is not None:
+        found += [types[k.column] for k in plan.sort if not k.code_point]
     if plan.outputs is not None and plan.sort:
         found += [
             output_type(plan.outputs[k.column].type, types, sem)

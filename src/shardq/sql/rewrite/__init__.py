@@ -34,10 +34,17 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import ProgrammingError, UnsupportedQueryError
-from shardq.merge.steps import Call, Col, Const, Expr, MergePlan, Param, SortKey
+from shardq.merge.steps import Call, Col, Const, Counting, Expr, MergePlan, Param, SortKey
 from shardq.sql.affinity import Resolver, collation_name, from_sources
-from shardq.sql.analyze import own_aggregates
-from shardq.sql.locality import Catalog, Relation, check_local, input_column, key_relation
+from shardq.sql.analyze import Analysis, StatementKind, own_aggregates, table_refs, volatile_call
+from shardq.sql.locality import (
+    Catalog,
+    Relation,
+    check_local,
+    input_column,
+    key_relation,
+    row_preserving,
+)
 from shardq.sql.parse import placeholder_value
 from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite.aggregates import Decomposed, decompose
@@ -50,11 +57,11 @@ from shardq.sql.rewrite.order import (
     is_star,
     sort_terms,
 )
+from shardq.sql.rewrite.setops import any_all, branches, only_union_all, shape, tagged
 from shardq.sql.rewrite.sqlite import finalize
 
 if TYPE_CHECKING:
     from shardq.config import Config
-    from shardq.sql.analyze import Analysis
     from shardq.sql.catalog import Columns
 
 __all__ = ["Distributed", "distribute", "positional_as_named"]
@@ -159,6 +166,8 @@ def distribute(
     ``catalog`` and ``columns`` describe the declared tables' columns (see
     :mod:`shardq.sql.catalog`), when the engine has read them.
     """
+    if isinstance(analysis.parsed.expression, exp.SetOperation):
+        return _set_operation(analysis, config, catalog, columns or {})
     relations = check_local(analysis, config, catalog)
     select = analysis.parsed.expression
     assert isinstance(select, exp.Select)
@@ -220,6 +229,112 @@ def distribute(
     if distinct is not None and dialect != "sqlite":
         _check_collations(select, dialect)
     return _rows(select, analysis, window, bool(groups), columns or {}, expanded)
+
+
+def _set_operation(
+    analysis: Analysis, config: Config, catalog: Catalog | None, columns: Columns
+) -> Distributed:
+    """A UNION, INTERSECT or EXCEPT [ALL] (see :mod:`.setops`)."""
+    statement = analysis.parsed.expression
+    dialect = analysis.parsed.dialect
+    if statement.args.get("with_") is not None:
+        raise UnsupportedQueryError(
+            f"WITH before a {statement.key.upper()} across shards",
+            "shardq merges a set operation whose branches are SELECTs; write the CTE in "
+            "the branches that read it, or pin the query to one shard",
+        )
+    leaves = branches(statement)
+    tree = shape(statement)
+    replicated = set()
+    for number, leaf in enumerate(leaves):
+        distinct = leaf.args.get("distinct")
+        if distinct is not None and distinct.args.get("on") is not None:
+            raise UnsupportedQueryError(
+                "DISTINCT ON in a branch of a set operation across shards",
+                "which row of each set is kept depends on rows of every shard; pin the query "
+                "to one shard",
+            )
+        parsed = dataclasses.replace(analysis.parsed, expression=leaf)
+        branch = Analysis(parsed, StatementKind.READ, table_refs(leaf, config))
+        if not branch.distributed:
+            volatile = volatile_call(leaf)
+            if volatile is not None:
+                raise UnsupportedQueryError(
+                    f"the volatile function {volatile.sql(dialect)} in a branch of a set "
+                    "operation over reference tables",
+                    "every shard computes the branch, and each would compute its own values",
+                )
+            replicated.add(number)
+            continue
+        row_preserving(branch, config, catalog, f"the branch {leaf.sql(dialect)}")
+    first = leaves[0]
+    shard = statement.copy()
+    if dialect == "sqlite":
+        # SQLite names the columns by the first branch's text as written.
+        sent = branches(shard)[0]
+        named = named_items(sent, analysis.parsed.text)
+        if named is not sent:
+            sent.replace(named)
+    collations = None
+    if dialect == "sqlite":
+        if any(is_star(item) for item in first.expressions):
+            raise UnsupportedQueryError(
+                f"* in a {statement.key.upper()} across SQLite shards",
+                "the merge compares each column under its collation; name the columns",
+            )
+        resolver = Resolver(first, analysis, columns)
+        collations = tuple(
+            _merged_collation(resolver, _unaliased(item), statement.key.upper())
+            for item in first.expressions
+        )
+    keys = _set_order(statement, first, dialect, collations)
+    window = split_window(statement, dialect)  # type: ignore[arg-type]
+    if only_union_all(tree) and not replicated:
+        if window.bounded:
+            push_window(shard, window)  # type: ignore[arg-type]
+        sql = None
+        if window.bounded or dialect == "sqlite":
+            sql = regenerate(shard, analysis.parsed.source, dialect, WINDOW_WORDS)
+        strategy = "UNION ALL: each shard's rows of every branch, concatenated"
+        if keys:
+            strategy += "; ORDER BY merged k-way"
+        return Distributed(sql, MergePlan(order=keys), window, strategy)
+    counted = tagged(shard, all_rows=any_all(tree))
+    merge = MergePlan(
+        setop=Counting(tree, len(leaves), frozenset(replicated)),
+        sort=keys,
+        hidden=1,
+        collations=collations,
+    )
+    sql = regenerate(counted, analysis.parsed.source, dialect, frozenset({"union", "all"}))
+    strategy = (
+        f"{statement.key.upper()}: each branch's rows, tagged with the branch, counted per "
+        "row across shards; the set operations applied to the counts"
+    )
+    return Distributed(sql, merge, window, strategy)
+
+
+def _set_order(
+    statement: exp.Expr, first: exp.Select, dialect: str, collations: tuple[str, ...] | None
+) -> tuple[SortKey, ...]:
+    """The sort keys of a set operation's ORDER BY: result columns, by name or position."""
+    order = statement.args.get("order")
+    if order is None:
+        return ()
+    probe = first.copy()
+    probe.set("order", order.copy())
+    keys = []
+    for term in sort_terms(probe, dialect):
+        if not isinstance(term.target, int):
+            raise UnsupportedQueryError(
+                f"ORDER BY {term.target.sql(dialect)} of a {statement.key.upper()}",
+                "a set operation is ordered by its result columns, by name or position",
+            )
+        collation = collations[term.target] if collations is not None else None
+        keys.append(
+            SortKey(term.target, term.descending, term.nulls_first, term.code_point, collation)
+        )
+    return tuple(keys)
 
 
 def _check_order_aggregates(select: exp.Select, aggregates: list[exp.Expr]) -> None:
