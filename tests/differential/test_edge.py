@@ -181,6 +181,20 @@ CASES: list[tuple[str, bool]] = [
     ("SELECT k FROM facts EXCEPT ALL SELECT 2 ORDER BY 1 FETCH FIRST 9 ROWS WITH TIES", True),
     ("SELECT k, count(*) FROM facts GROUP BY id, k UNION SELECT 1, 1", False),
     ("SELECT grp FROM facts WHERE id = 3 UNION ALL SELECT grp FROM facts WHERE id = 4", False),
+    # DISTINCT ON the shard key: each set on one shard, run there as written
+    ("SELECT DISTINCT ON (id) id, k FROM facts ORDER BY id, k LIMIT 5", True),
+    ("SELECT DISTINCT ON (k, id) k, id, grp FROM facts ORDER BY k NULLS FIRST, id", True),
+    (
+        "SELECT DISTINCT ON (f.id) f.id, n.v FROM facts f JOIN notes n ON n.fact_id = f.id "
+        "ORDER BY f.id, n.v DESC OFFSET 3",
+        True,
+    ),
+    ("SELECT DISTINCT ON (fact_id) fact_id, v FROM notes ORDER BY fact_id DESC, v", True),
+    (
+        "SELECT DISTINCT ON (id) id, grp FROM facts ORDER BY id FETCH FIRST 4 ROWS WITH TIES",
+        True,
+    ),
+    ("SELECT DISTINCT ON (id, grp) grp, k FROM facts WHERE k > 0", False),
     # DISTINCT
     ("SELECT DISTINCT grp FROM facts", False),
     ("SELECT DISTINCT grp, label FROM facts ORDER BY grp, label", True),
@@ -317,6 +331,13 @@ REFUSED: list[tuple[str, str]] = [
     ("SELECT grp, random() FROM facts GROUP BY grp", "volatile"),
     ("SELECT k, row_number() OVER (ORDER BY id) FROM facts", "window function"),
     ("SELECT DISTINCT ON (grp) grp, id FROM facts", "DISTINCT ON"),
+    ("SELECT DISTINCT ON (id) k AS id, grp FROM facts ORDER BY id", "DISTINCT ON"),
+    (
+        "SELECT DISTINCT ON (n.fact_id) n.fact_id, f.k FROM facts f "
+        "LEFT JOIN notes n ON n.fact_id = f.id",
+        "DISTINCT ON",
+    ),
+    ("SELECT DISTINCT ON (grp) grp, count(*) FROM facts GROUP BY grp", "DISTINCT ON"),
     ('SELECT id FROM facts ORDER BY grp COLLATE "en_US"', "COLLATE"),
     ("SELECT *, count(*) FROM facts GROUP BY k", "SELECT \\*"),
     ("SELECT k, count(*) FROM facts GROUP BY ROLLUP (k)", "ROLLUP"),

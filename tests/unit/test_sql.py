@@ -378,6 +378,16 @@ def test_set_operations_concatenate_or_count() -> None:
     assert " UNION SELECT " in P.plan("SELECT status FROM orders INTERSECT SELECT 'x'").sql
 
 
+def test_distinct_on_the_shard_key_runs_on_the_shards() -> None:
+    sql = "SELECT DISTINCT ON (customer_id) customer_id, total FROM orders ORDER BY 1, 2 DESC"
+    plan = P.plan(sql)
+    assert plan.sql == sql
+    assert not plan.merge.distinct
+    assert plan.merge.order == (SortKey(0), SortKey(1, descending=True, nulls_first=True))
+    with pytest.raises(shardq.UnsupportedQueryError, match="DISTINCT ON without the shard key"):
+        P.plan("SELECT DISTINCT ON (status) status, total FROM orders ORDER BY 1")
+
+
 def test_undeclared_tables_are_refused_but_ctes_are_not_tables() -> None:
     with pytest.raises(shardq.UndeclaredTableError, match="'customers'"):
         P.plan("SELECT * FROM orders o JOIN customers c ON true WHERE o.customer_id = 1")

@@ -6,8 +6,13 @@ the merge turns the shards' rows into the single database's answer:
 * rows that come whole from one shard (a filter, a co-located join) pass
   through; ORDER BY becomes a k-way merge on columns of the rows (helper
   columns are appended for sort expressions not in the select list); LIMIT
-  ``n`` OFFSET ``m`` runs as ``LIMIT n + m`` on each shard; DISTINCT runs on
-  each shard and again over the merge (:mod:`.order`, :mod:`.limit`);
+  ``n`` OFFSET ``m`` runs as ``LIMIT n + m`` on each shard (FETCH FIRST too,
+  WITH TIES kept by the merge); DISTINCT runs on each shard and again over
+  the merge (:mod:`.order`, :mod:`.limit`); DISTINCT ON an expression list
+  holding the shard key runs on the shards as written (each set of rows lies
+  on one shard);
+* a set operation's branches each run on the shards: UNION ALL is
+  concatenated, the others counted per row across shards (:mod:`.setops`);
 * a grouped query whose groups contain the shard key runs whole on each
   shard (no group spans two shards), HAVING and window functions included;
 * any other grouped query is split into partial aggregates and a final
@@ -36,7 +41,14 @@ from sqlglot import exp
 from shardq.errors import ProgrammingError, UnsupportedQueryError
 from shardq.merge.steps import Call, Col, Const, Counting, Expr, MergePlan, Param, SortKey
 from shardq.sql.affinity import Resolver, collation_name, from_sources
-from shardq.sql.analyze import Analysis, StatementKind, own_aggregates, table_refs, volatile_call
+from shardq.sql.analyze import (
+    Analysis,
+    StatementKind,
+    normalize,
+    own_aggregates,
+    table_refs,
+    volatile_call,
+)
 from shardq.sql.locality import (
     Catalog,
     Relation,
@@ -176,12 +188,9 @@ def distribute(
         select = named_items(select, analysis.parsed.text)
     select, expanded = _expand_stars(select, analysis, columns or {})
     distinct = select.args.get("distinct")
-    if distinct is not None and distinct.args.get("on") is not None:
-        raise UnsupportedQueryError(
-            "DISTINCT ON across shards",
-            "which row of each set is kept depends on rows of every shard; pin the query "
-            "to one shard",
-        )
+    distinct_on = distinct is not None and distinct.args.get("on") is not None
+    if distinct_on:
+        _check_distinct_on(select, relations, dialect)
     window = split_window(select, dialect)
     groups = group_terms(
         select, dialect, analysis.parsed.source, input_column(analysis, config, catalog)
@@ -197,6 +206,12 @@ def distribute(
     if (groups or aggregates or select.args.get("having")) and not any(
         key_relation(g, relations, dialect) for g in groups
     ):
+        if distinct_on:
+            raise UnsupportedQueryError(
+                "DISTINCT ON over aggregates merged across shards",
+                "its sets would be picked from groups that are merged after the shards "
+                "answer; group by the shard key, or pin the query to one shard",
+            )
         _check_windows(select, analysis, relations, allowed=False)
         if dialect == "sqlite":
             return _final_in_sqlite(select, analysis, groups, columns or {}, expanded)
@@ -226,9 +241,41 @@ def distribute(
         sql = regenerate(d.shard, analysis.parsed.source, dialect, expanded)
         return Distributed(sql, merge, window, strategy, d.params)
     _check_windows(select, analysis, relations, allowed=True)
-    if distinct is not None and dialect != "sqlite":
+    if distinct is not None and not distinct_on and dialect != "sqlite":
         _check_collations(select, dialect)
     return _rows(select, analysis, window, bool(groups), columns or {}, expanded)
+
+
+def _check_distinct_on(select: exp.Select, relations: list[Relation], dialect: str) -> None:
+    """Refuse DISTINCT ON unless one of its expressions is the shard key.
+
+    Then rows of one set have one key, so they lie on one shard, and each
+    shard's DISTINCT ON keeps the row one database keeps: the statement runs
+    on the shards as written and its ORDER BY is merged. A name that is also
+    an output column's alias names that column (as in ORDER BY), not the key.
+    """
+    on = select.args["distinct"].args["on"]
+    terms = on.expressions if isinstance(on, exp.Tuple) else [on]
+    aliases = {
+        normalize(item.args["alias"].this, dialect): item.this
+        for item in select.expressions
+        if isinstance(item, exp.Alias)
+    }
+
+    def is_key(term: exp.Expr) -> bool:
+        if isinstance(term, exp.Column) and not term.table:
+            aliased = aliases.get(normalize(term.this, dialect))
+            if aliased is not None and aliased != term:
+                return False
+        return key_relation(term, relations, dialect) is not None
+
+    if not any(is_key(term) for term in terms):
+        raise UnsupportedQueryError(
+            "DISTINCT ON without the shard key across shards",
+            "which row of each set is kept depends on rows of every shard; shardq runs "
+            "DISTINCT ON on the shards when its expressions include the shard key; pin "
+            "the query to one shard",
+        )
 
 
 def _set_operation(
@@ -402,7 +449,9 @@ def _rows(
         shard.select(exp.alias_(node.copy(), f"_shardq_o{i}"), append=True, copy=False)
     if window.bounded:
         push_window(shard, window)
-    distinct = select.args.get("distinct") is not None
+    # DISTINCT ON the shard key: each set of rows lies on one shard, which keeps its row.
+    found = select.args.get("distinct")
+    distinct = found is not None and found.args.get("on") is None
     collations = None
     if resolver is not None and distinct:
         collations = tuple(
