@@ -40,6 +40,15 @@ CASES: list[tuple[str, bool]] = [
     ("SELECT * FROM facts ORDER BY 3, 1 LIMIT 7", True),
     ("SELECT f.*, 1 AS one FROM facts f ORDER BY 3 DESC, 1 OFFSET 2", True),
     ("SELECT DISTINCT * FROM sparse ORDER BY 2, 1", True),
+    # ... and of derived tables, CTEs and renamed tables: from their select lists
+    ("SELECT * FROM (SELECT id, k, grp FROM facts) s ORDER BY 3, 1", True),
+    ("WITH s(a, b) AS (SELECT id, k FROM facts) SELECT * FROM s ORDER BY 2 DESC, 1", True),
+    ("SELECT * FROM facts AS f(a, b, c) ORDER BY 3, 1 LIMIT 20", True),
+    (
+        'SELECT s.*, f.k FROM (SELECT id AS "Id", upper(grp), k * 2 AS k2 FROM facts) s '
+        'JOIN facts f ON f.id = s."Id" ORDER BY 2, 3 DESC, 1',
+        True,
+    ),
     # aggregates without GROUP BY, over rows and over nothing
     ("SELECT count(*), count(k), sum(k), min(k), max(k), avg(k) FROM facts", True),
     ("SELECT count(*), sum(n), min(n), max(n), avg(n), sum(f), avg(f) FROM facts", True),
@@ -340,6 +349,7 @@ REFUSED: list[tuple[str, str]] = [
     ("SELECT DISTINCT ON (grp) grp, count(*) FROM facts GROUP BY grp", "DISTINCT ON"),
     ('SELECT id FROM facts ORDER BY grp COLLATE "en_US"', "COLLATE"),
     ("SELECT *, count(*) FROM facts GROUP BY k", "SELECT \\*"),
+    ("SELECT * FROM (SELECT id, 1 FROM facts) s ORDER BY 2, 1", "after a \\*"),
     ("SELECT k, count(*) FROM facts GROUP BY ROLLUP (k)", "ROLLUP"),
     ("SELECT CASE WHEN sum(k) > 0 THEN 1 END FROM facts", "over aggregates"),
     ("SELECT count(*) FROM facts UNION SELECT id FROM sparse", "aggregates in the branch"),

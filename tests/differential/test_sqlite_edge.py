@@ -294,6 +294,13 @@ CASES: dict[str, Case] = {
     "glob-parenthesized": Case(
         "SELECT name GLOB '[a-z]*', count(*) FROM ev GROUP BY 1 "
         "HAVING (name GLOB '[a-z]*') < ? ORDER BY 1", (2,), ordered=True),
+    # -- an ordinal after *: the columns of tables, derived tables and CTEs
+    "star-ordinal": Case("SELECT * FROM ev ORDER BY 3, 1 LIMIT 9", ordered=True),
+    "star-ordinal-derived": Case(
+        "SELECT * FROM (SELECT id, name, grp FROM ev) s ORDER BY 3, 1", ordered=True),
+    "star-ordinal-cte": Case(
+        "WITH s AS (SELECT id, qty * 2 AS q FROM ev) SELECT * FROM s ORDER BY 2 DESC, 1",
+        ordered=True),
     # -- set operations: UNION ALL concatenated, the others counted per row across shards
     "union-all": Case("SELECT grp FROM ev UNION ALL SELECT seq FROM ev2"),
     "union-all-ordered-limit": Case(

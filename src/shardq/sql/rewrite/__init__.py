@@ -62,7 +62,7 @@ from shardq.sql.regenerate import regenerate
 from shardq.sql.rewrite.aggregates import Decomposed, decompose
 from shardq.sql.rewrite.groups import group_terms
 from shardq.sql.rewrite.limit import WINDOW_WORDS, Window, push_window, split_window
-from shardq.sql.rewrite.names import named_items
+from shardq.sql.rewrite.names import named_items, output_name
 from shardq.sql.rewrite.order import (
     CODE_POINT_COLLATIONS,
     SQLITE_COLLATIONS,
@@ -519,9 +519,10 @@ def _expand_stars(
 
     An ordinal after a ``*`` (``SELECT * ... ORDER BY 3``) and a merged
     group need each column by position. The columns come from the catalog, in
-    the tables' order; when a source is not a declared table of known
-    columns, or a join has USING or NATURAL (its ``*`` merges columns), the
-    statement is returned as it is. Also returns the column names added.
+    the tables' order (derived tables and CTEs: their select lists'); when a
+    source's columns are not known, or a join has USING or NATURAL (its
+    ``*`` merges columns), the statement is returned as it is. Also returns
+    the column names added.
     """
     items = select.expressions
     if not columns or not any(is_star(i) for i in items):
@@ -538,11 +539,18 @@ def _expand_stars(
     sources: list[tuple[exp.Expr, tuple[str, ...]]] = []
     for source in from_sources(select):
         known = known_columns.get(source.alias_or_name.lower())
-        if not isinstance(source, exp.Table) or not known:
+        names = (
+            tuple(c.name for c in known)
+            if isinstance(source, exp.Table) and known
+            else _source_names(source, analysis, columns)
+        )
+        if names is None:
             return select, frozenset()
         alias = source.args.get("alias")
-        name = alias.this if alias is not None else source.this
-        sources.append((name, tuple(c.name for c in known)))
+        name = alias.this if alias is not None and alias.this else source.this
+        if not isinstance(name, exp.Identifier):
+            return select, frozenset()
+        sources.append((name, names))
     expanded: list[exp.Expr] = []
     added: set[str] = set()
     for item in items:
@@ -561,6 +569,45 @@ def _expand_stars(
     select = select.copy()
     select.set("expressions", expanded)
     return select, frozenset(added)
+
+
+def _source_names(source: exp.Expr, analysis: Analysis, columns: Columns) -> tuple[str, ...] | None:
+    """The column names a FROM item that is not a plain declared table offers, if known.
+
+    A table renaming its columns (``facts AS f(a, b)``), a derived table or a
+    CTE of SELECTs whose columns all have names of their own (no ``*``, no
+    ``?column?``, none twice).
+    """
+    dialect = analysis.parsed.dialect
+    alias = source.args.get("alias")
+    renamed = [c.name for c in alias.columns] if alias is not None and alias.columns else []
+    body: exp.Expr | None = None
+    if isinstance(source, exp.Subquery):
+        body = source.this
+    elif isinstance(source, exp.Table):
+        statement = analysis.parsed.expression
+        with_ = statement.args.get("with_")
+        ctes = {c.alias_or_name.lower(): c for c in with_.expressions} if with_ else {}
+        cte = ctes.get(source.name.lower()) if not source.db else None
+        if cte is not None:
+            body = cte.this
+            cte_alias = cte.args.get("alias")
+            if not renamed and cte_alias is not None and cte_alias.columns:
+                renamed = [c.name for c in cte_alias.columns]
+        elif renamed:
+            ref = next((r for r in analysis.refs if r.node is source), None)
+            known = columns.get(ref.table.name) if ref is not None else None
+            if not known or len(renamed) > len(known):
+                return None
+            return (*renamed, *(c.name for c in known[len(renamed) :]))
+    if not isinstance(body, exp.Select) or any(is_star(i) for i in body.expressions):
+        return None
+    names = [output_name(item, dialect, analysis.parsed.source) for item in body.expressions]
+    names[: len(renamed)] = renamed
+    folded = [n.lower() if dialect == "sqlite" else n for n in names]
+    if len(set(folded)) != len(folded) or "?column?" in names or len(renamed) > len(names):
+        return None
+    return tuple(names)
 
 
 def _group_order(d: Decomposed) -> tuple[SortKey, ...]:
