@@ -83,6 +83,46 @@ CASES: list[tuple[str, bool]] = [
         "FROM facts",
         True,
     ),
+    # stddev and variance: numeric from exact sums (scale rules), float8 over floats
+    (
+        "SELECT stddev(n), variance(n), stddev_pop(n), var_pop(n), stddev_samp(k), "
+        "var_samp(k), stddev(id), var_pop(id) FROM facts",
+        True,
+    ),
+    (
+        "SELECT stddev(f), variance(f), stddev_pop(f), var_pop(f), variance(f::real) FROM facts",
+        True,
+    ),
+    (
+        "SELECT grp, stddev(k), var_pop(n), stddev(f), variance(id) FROM facts GROUP BY grp "
+        "ORDER BY grp",
+        True,
+    ),
+    (
+        "SELECT variance(n * 123456789.123456789), stddev(n / 7), var_samp(k * 1e-30), "
+        "stddev(id::bigint * 922337203685477), var_pop(n * 1e40 + 1), stddev_pop(k + 0.000001) "
+        "FROM facts",
+        True,
+    ),
+    (
+        "SELECT stddev(n) FILTER (WHERE k > 0), variance(k) FILTER (WHERE flag), "
+        "round(stddev(n), 3), stddev(k) * 2, var_pop(k) IS NULL FROM facts",
+        True,
+    ),
+    ("SELECT stddev(n), var_pop(n), variance(k), stddev_pop(f) FROM facts WHERE id < 3", True),
+    (
+        "SELECT variance(id * power(1.0001, id)), stddev(1 / id::numeric), "
+        "var_pop(1e-20 / id) FROM facts",
+        True,
+    ),
+    ("SELECT stddev(v), var_pop(v), variance(v) FROM sparse", True),
+    ("SELECT stddev(f), variance(n), var_pop(f), stddev(id) FROM odd", True),
+    ("SELECT variance(k), stddev(n) FROM facts WHERE k > 10000", True),
+    (
+        "SELECT k, variance(n), stddev_pop(n) FROM facts GROUP BY k HAVING variance(n) > 1 "
+        "ORDER BY k",
+        True,
+    ),
     # GROUP BY: NULL groups, ordinals, aliases, expressions of the key, HAVING
     ("SELECT grp, count(*), sum(n), avg(k) FROM facts GROUP BY grp ORDER BY grp", True),
     ("SELECT grp, count(*) AS c FROM facts GROUP BY 1 ORDER BY c DESC, 1 NULLS FIRST", True),
@@ -333,10 +373,10 @@ def test_merge_errors_are_the_databases(conn: shardq.Connection) -> None:
 
 
 REFUSED: list[tuple[str, str]] = [
+    ("SELECT stddev(DISTINCT n) FROM facts", "STDDEV"),
     ("SELECT string_agg(grp, ',') FROM facts", "aggregate STRING_AGG"),
     ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY n) FROM facts", "PERCENTILE_CONT"),
     ("SELECT array_agg(k) FROM facts", "aggregate ARRAY_AGG"),
-    ("SELECT stddev(n) FROM facts", "STDDEV"),
     ("SELECT grp, random() FROM facts GROUP BY grp", "volatile"),
     ("SELECT k, row_number() OVER (ORDER BY id) FROM facts", "window function"),
     ("SELECT DISTINCT ON (grp) grp, id FROM facts", "DISTINCT ON"),

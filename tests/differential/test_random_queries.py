@@ -34,7 +34,8 @@ COLUMNS = ["id", "g", "k", "n", "v"]
 AGGREGATES = [
     "count(*)", "count(k)", "sum(v)", "sum(n)", "min(n)", "max(g)", "min(k)", "avg(n)",
     "avg(v)", "count(DISTINCT g)", "sum(DISTINCT k)", "max(v) - min(v)", "round(avg(v), 1)",
-    "count(*) FILTER (WHERE v > 0)", "bool_or(v > 100)",
+    "count(*) FILTER (WHERE v > 0)", "bool_or(v > 100)", "stddev(n)", "variance(v)",
+    "var_pop(k)", "stddev_pop(v)",
 ]  # fmt: skip
 # Only in grouped queries: every group has a row, so count(*) is never 0.
 GROUPED_ONLY = ["sum(v) / count(*)", "sum(n) / count(*)", "sum(v) % count(*)"]

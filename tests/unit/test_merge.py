@@ -351,3 +351,27 @@ def test_three_valued_logic() -> None:
     assert either((None, True)) is True
     assert either((None, False)) is None
     assert compile_expr(Call(">", (Col(0), Const(1))), PG)((None,)) is None
+
+
+@given(
+    parts=st.lists(
+        st.lists(st.floats(-1e6, 1e6, allow_nan=False), max_size=8), min_size=1, max_size=4
+    ),
+)
+def test_float_variance_states_combine_as_one(parts: list[list[float]]) -> None:
+    # Each shard's [N, Sx, var_pop * N], combined as float8_combine, is the variance of all.
+    import statistics
+
+    from shardq.merge.variance import float_combine, variance
+
+    state = None
+    for part in parts:
+        shard = [float(len(part)), sum(part), statistics.pvariance(part) * len(part)] if part else [
+            0.0, None, None]  # fmt: skip
+        state = float_combine(state, shard)
+    values = [v for part in parts for v in part]
+    got = variance("var_pop", len(values), 0.0, None, state)
+    if not values:
+        assert got is None
+    else:
+        assert got == pytest.approx(statistics.pvariance(values), rel=1e-9, abs=1e-6)

@@ -76,6 +76,7 @@ class Combine(enum.Enum):
     BOOL_OR = "bool_or"
     SET = "set"  # the distinct non-NULL values (for COUNT(DISTINCT x) and kin)
     ANY = "any"  # a value equal in every partial row of the group (a function of its key)
+    FLOAT_VAR = "float_var"  # [N, Sx, Sxx] float states, merged as PostgreSQL's float8_combine
 
 
 @dataclass(frozen=True, slots=True)

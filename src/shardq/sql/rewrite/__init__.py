@@ -238,7 +238,7 @@ def distribute(
             hidden=d.hidden,
         )
         strategy = "partial aggregates on each shard, regrouped after the merge"
-        sql = regenerate(d.shard, analysis.parsed.source, dialect, expanded)
+        sql = regenerate(d.shard, analysis.parsed.source, dialect, expanded | d.words)
         return Distributed(sql, merge, window, strategy, d.params)
     _check_windows(select, analysis, relations, allowed=True)
     if distinct is not None and not distinct_on and dialect != "sqlite":
