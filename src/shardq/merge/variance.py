@@ -15,7 +15,7 @@ var_pop * N]``.
 >>> variance("var_samp", 3, 6, Decimal(14), None)
 Decimal('1.00000000000000000000')
 >>> variance("stddev_pop", 4, Decimal("10.0"), Decimal("30.00"), None)
-Decimal('1.1180339887498949')
+Decimal('1.1180339887498948')
 >>> variance("var_pop", 3, 6.0, None, [3.0, 6.0, 2.0])
 0.6666666666666666
 """
