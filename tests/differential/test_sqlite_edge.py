@@ -321,6 +321,11 @@ CASES: dict[str, Case] = {
     "union-all-reference": Case(
         "SELECT label FROM kind UNION ALL SELECT name FROM ev WHERE id < 10 ORDER BY 1",
         ordered=True, loose={0: nocase}),
+    "union-collation-of-a-later-branch": Case(
+        "SELECT upper(name) FROM ev UNION SELECT note FROM ev ORDER BY 1", ordered=True,
+        loose={0: nocase}),
+    "intersect-collation-first-column": Case(
+        "SELECT name FROM ev INTERSECT SELECT note FROM ev", loose={0: nocase}),
     "union-offset": Case(
         "SELECT grp FROM ev UNION SELECT seq FROM ev2 ORDER BY 1 LIMIT 3 OFFSET 2",
         ordered=True),

@@ -329,10 +329,9 @@ def _set_operation(
                 f"* in a {statement.key.upper()} across SQLite shards",
                 "the merge compares each column under its collation; name the columns",
             )
-        resolver = Resolver(first, analysis, columns)
         collations = tuple(
-            _merged_collation(resolver, _unaliased(item), statement.key.upper())
-            for item in first.expressions
+            _compound_collation(leaves, i, analysis, columns, statement.key.upper())
+            for i in range(len(first.expressions))
         )
     keys = _set_order(statement, first, dialect, collations)
     window = split_window(statement, dialect)  # type: ignore[arg-type]
@@ -359,6 +358,49 @@ def _set_operation(
         "row across shards; the set operations applied to the counts"
     )
     return Distributed(sql, merge, window, strategy)
+
+
+def _compound_collation(
+    leaves: list[exp.Select], column: int, analysis: Analysis, columns: Columns, clause: str
+) -> str:
+    """The collation SQLite compares a compound SELECT's column under.
+
+    The collation of that column in the leftmost branch that has one (a
+    COLLATE, or a table column's declared one, BINARY by default), as
+    SQLite's ``multiSelectCollSeq``; BINARY when no branch has one
+    (expressions). An INTEGER PRIMARY KEY column (the rowid) has none, and
+    the catalog does not say which column that is: where it could decide,
+    the query is refused, unless every branch has the same collation there.
+    """
+    found = []
+    for leaf in leaves:
+        if column >= len(leaf.expressions) or is_star(leaf.expressions[column]):
+            break
+        resolver = Resolver(leaf, analysis, columns)
+        node = _unaliased(leaf.expressions[column])
+        bare = node
+        while isinstance(bare, exp.Paren | exp.Cast):
+            bare = bare.this
+        collation = resolver.collation(node)
+        info = resolver.column(bare) if isinstance(bare, exp.Column) else None
+        if collation.explicit or (info is not None and info.type.lower() != "integer"):
+            certain = True
+        elif isinstance(bare, exp.Column):
+            certain = False  # the rowid, or a column of a source shardq does not know
+        else:
+            continue  # an expression: no collation
+        found.append((certain, _merged_collation(resolver, node, clause)))
+    if len({name for _, name in found}) <= 1:
+        return found[0][1] if found else "binary"
+    certain, name = found[0]
+    if not certain:
+        raise UnsupportedQueryError(
+            f"a {clause} of columns with different collations across SQLite shards",
+            "SQLite compares by the leftmost branch's column collation, and an INTEGER "
+            "PRIMARY KEY column has none; shardq cannot tell which column that is: add a "
+            "COLLATE to the first branch's column",
+        )
+    return name
 
 
 def _set_order(
