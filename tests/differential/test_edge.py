@@ -395,6 +395,7 @@ REFUSED: list[tuple[str, str]] = [
     ("SELECT count(*) FROM facts UNION SELECT id FROM sparse", "aggregates in the branch"),
     ("(SELECT id FROM facts LIMIT 2) UNION SELECT id FROM sparse", "LIMIT inside a branch"),
     ("SELECT random() UNION ALL SELECT id FROM sparse", "volatile"),
+    ('SELECT grp COLLATE "en_US" FROM facts UNION SELECT label FROM facts', "COLLATE"),
     ("SELECT * FROM facts f JOIN sparse s ON s.v = f.k", "several distributed"),
     ("SELECT id FROM facts ORDER BY id FETCH FIRST 10 PERCENT ROWS ONLY", "PERCENT"),
     ("SELECT id, e FROM odd ORDER BY e, id", "type OID"),

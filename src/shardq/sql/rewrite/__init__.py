@@ -345,6 +345,9 @@ def _set_operation(
         if keys:
             strategy += "; ORDER BY merged k-way"
         return Distributed(sql, MergePlan(order=keys), window, strategy)
+    if dialect != "sqlite":
+        for leaf in leaves:  # the merge compares the rows' text by code point
+            _check_collations(leaf, dialect)
     counted = tagged(shard, all_rows=any_all(tree))
     merge = MergePlan(
         setop=Counting(tree, len(leaves), frozenset(replicated)),
