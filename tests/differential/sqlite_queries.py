@@ -193,9 +193,50 @@ def _window(draw: st.DrawFn) -> tuple[str, tuple[Any, ...]]:
     return f" LIMIT {limit}" + ("" if offset is None else f" OFFSET {offset}"), ()
 
 
+SET_OPERATIONS = ["UNION", "UNION ALL", "INTERSECT", "EXCEPT"]
+
+
+@st.composite
+def _set_operation(draw: st.DrawFn) -> Query:
+    """Two or three SELECTs of row expressions over ``ev`` under UNION, INTERSECT or EXCEPT.
+
+    Compared as a multiset: each column is loose as a number and under the
+    collation of its expressions (of equal values, the one shown is SQLite's choice).
+    """
+    source = SOURCES[0]
+    pool = [(e, f) for e, f in [*ROW_EXPRS, *source.rows] if not _is_concatenation(f)]
+    width = draw(st.integers(1, 2))
+    sql, params = "", ()
+    folds: dict[int, list[Fold]] = {i: [] for i in range(width)}
+    names: tuple[str, ...] = ()
+    kinds: list[Fold | None] = []
+    for branch in range(draw(st.integers(2, 3))):
+        # Each column under one collation in every branch: which of two collations SQLite
+        # picks depends on whether the first is the rowid (the twin file's schema differs).
+        columns = [
+            draw(_output([(e, f) for e, f in pool if not kinds or f is kinds[i]], (), source))
+            for i in range(width)
+        ]
+        kinds = kinds or [c[1] for c in columns]
+        where, where_params = draw(_where(source))
+        if branch:
+            sql += f" {draw(st.sampled_from(SET_OPERATIONS))} "
+        else:
+            names = tuple(c[0] for c in columns)
+        sql += f"SELECT {', '.join(c[0] for c in columns)} FROM {source.text}{where}"
+        params += where_params
+        for i, column in enumerate(columns):
+            if column[1] is not None:
+                folds[i].append(column[1])
+    loose = {i: _then_number(_all_of(f) if f else None) for i, f in folds.items()}
+    return Query(sql, params, ordered=False, loose=loose, columns=names)
+
+
 @st.composite
 def queries(draw: st.DrawFn) -> Query:
     """A SELECT over ``ev`` (maybe joined) and how to compare its answer (see the docstring)."""
+    if draw(st.integers(0, 7)) == 0:
+        return draw(_set_operation())
     source = draw(st.just(SOURCES[0]) | st.sampled_from(SOURCES[1:]))
     distinct = draw(st.booleans())
     grouped = draw(st.booleans())

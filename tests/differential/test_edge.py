@@ -40,6 +40,15 @@ CASES: list[tuple[str, bool]] = [
     ("SELECT * FROM facts ORDER BY 3, 1 LIMIT 7", True),
     ("SELECT f.*, 1 AS one FROM facts f ORDER BY 3 DESC, 1 OFFSET 2", True),
     ("SELECT DISTINCT * FROM sparse ORDER BY 2, 1", True),
+    # ... and of derived tables, CTEs and renamed tables: from their select lists
+    ("SELECT * FROM (SELECT id, k, grp FROM facts) s ORDER BY 3, 1", True),
+    ("WITH s(a, b) AS (SELECT id, k FROM facts) SELECT * FROM s ORDER BY 2 DESC, 1", True),
+    ("SELECT * FROM facts AS f(a, b, c) ORDER BY 3, 1 LIMIT 20", True),
+    (
+        'SELECT s.*, f.k FROM (SELECT id AS "Id", upper(grp), k * 2 AS k2 FROM facts) s '
+        'JOIN facts f ON f.id = s."Id" ORDER BY 2, 3 DESC, 1',
+        True,
+    ),
     # aggregates without GROUP BY, over rows and over nothing
     ("SELECT count(*), count(k), sum(k), min(k), max(k), avg(k) FROM facts", True),
     ("SELECT count(*), sum(n), min(n), max(n), avg(n), sum(f), avg(f) FROM facts", True),
@@ -72,6 +81,46 @@ CASES: list[tuple[str, bool]] = [
     (
         "SELECT count(DISTINCT grp), count(DISTINCT k), sum(DISTINCT k), avg(DISTINCT n) "
         "FROM facts",
+        True,
+    ),
+    # stddev and variance: numeric from exact sums (scale rules), float8 over floats
+    (
+        "SELECT stddev(n), variance(n), stddev_pop(n), var_pop(n), stddev_samp(k), "
+        "var_samp(k), stddev(id), var_pop(id) FROM facts",
+        True,
+    ),
+    (
+        "SELECT stddev(f), variance(f), stddev_pop(f), var_pop(f), variance(f::real) FROM facts",
+        True,
+    ),
+    (
+        "SELECT grp, stddev(k), var_pop(n), stddev(f), variance(id) FROM facts GROUP BY grp "
+        "ORDER BY grp",
+        True,
+    ),
+    (
+        "SELECT variance(n * 123456789.123456789), stddev(n / 7), var_samp(k * 1e-30), "
+        "stddev(id::bigint * 922337203685477), var_pop(n * 1e40 + 1), stddev_pop(k + 0.000001) "
+        "FROM facts",
+        True,
+    ),
+    (
+        "SELECT stddev(n) FILTER (WHERE k > 0), variance(k) FILTER (WHERE flag), "
+        "round(stddev(n), 3), stddev(k) * 2, var_pop(k) IS NULL FROM facts",
+        True,
+    ),
+    ("SELECT stddev(n), var_pop(n), variance(k), stddev_pop(f) FROM facts WHERE id < 3", True),
+    (
+        "SELECT variance(id * power(1.0001, id)), stddev(1 / id::numeric), "
+        "var_pop(1e-20 / id) FROM facts",
+        True,
+    ),
+    ("SELECT stddev(v), var_pop(v), variance(v) FROM sparse", True),
+    ("SELECT stddev(f), variance(n), var_pop(f), stddev(id) FROM odd", True),
+    ("SELECT variance(k), stddev(n) FROM facts WHERE k > 10000", True),
+    (
+        "SELECT k, variance(n), stddev_pop(n) FROM facts GROUP BY k HAVING variance(n) > 1 "
+        "ORDER BY k",
         True,
     ),
     # GROUP BY: NULL groups, ordinals, aliases, expressions of the key, HAVING
@@ -130,6 +179,71 @@ CASES: list[tuple[str, bool]] = [
     ("SELECT id FROM facts ORDER BY id LIMIT NULL OFFSET 230", True),
     ("SELECT v FROM sparse ORDER BY v NULLS FIRST LIMIT 1", True),
     ("SELECT id FROM sparse ORDER BY id", True),
+    # FETCH FIRST: as LIMIT, and WITH TIES kept by the merge (k has many ties)
+    ("SELECT id FROM facts ORDER BY id FETCH FIRST 3 ROWS ONLY", True),
+    ("SELECT id FROM facts ORDER BY id FETCH FIRST ROW ONLY", True),
+    ("SELECT id, k FROM facts ORDER BY k, id OFFSET 5 ROWS FETCH NEXT 4 ROWS ONLY", True),
+    ("SELECT k FROM facts ORDER BY k FETCH FIRST 3 ROWS WITH TIES", True),
+    ("SELECT k, id FROM facts ORDER BY k DESC NULLS LAST FETCH FIRST 30 ROWS WITH TIES", False),
+    # (with an OFFSET, which of the tied rows come first is not fixed: their k only)
+    ("SELECT k FROM facts ORDER BY k OFFSET 50 FETCH FIRST 1 ROW WITH TIES", True),
+    ("SELECT k FROM facts ORDER BY k FETCH FIRST 0 ROWS WITH TIES", True),
+    ("SELECT k FROM facts ORDER BY k OFFSET 500 FETCH FIRST 2 ROWS WITH TIES", True),
+    ("SELECT id FROM facts ORDER BY k NULLS FIRST FETCH FIRST 2 ROWS WITH TIES", False),
+    ("SELECT id, grp FROM facts ORDER BY grp, f FETCH FIRST 12 ROWS WITH TIES", False),
+    ("SELECT id FROM odd ORDER BY f DESC FETCH FIRST 1 ROWS WITH TIES", False),
+    ("SELECT DISTINCT k FROM facts ORDER BY k FETCH FIRST 2 ROWS WITH TIES", True),
+    (
+        "SELECT grp, count(*) FROM facts GROUP BY grp ORDER BY count(*) DESC "
+        "FETCH FIRST 2 ROWS WITH TIES",
+        False,
+    ),
+    ("SELECT k, count(*) FROM facts GROUP BY k ORDER BY k FETCH FIRST 3 ROWS WITH TIES", True),
+    # set operations: UNION ALL concatenated, the others counted per row across shards
+    ("SELECT k FROM facts UNION ALL SELECT v FROM sparse", False),
+    ("SELECT id, k FROM facts UNION ALL SELECT id, v FROM sparse ORDER BY 2 DESC, 1 LIMIT 9", True),
+    ("SELECT id AS i FROM facts WHERE k > 1 UNION ALL SELECT id FROM facts ORDER BY i", True),
+    ("SELECT k FROM facts UNION SELECT v FROM sparse", False),
+    ("SELECT grp, k FROM facts UNION SELECT grp, k FROM facts ORDER BY 1, 2", True),
+    ("SELECT k FROM facts INTERSECT SELECT v FROM sparse", False),
+    ("SELECT k FROM facts INTERSECT ALL SELECT k FROM facts WHERE flag", False),
+    ("SELECT k FROM facts EXCEPT SELECT k FROM facts WHERE flag", False),
+    ("SELECT k FROM facts EXCEPT ALL SELECT k FROM facts WHERE flag ORDER BY k", True),
+    ("SELECT grp FROM facts EXCEPT ALL SELECT name FROM labels", False),
+    ("SELECT label FROM facts UNION ALL SELECT code FROM labels", False),
+    ("SELECT label FROM facts INTERSECT ALL SELECT code FROM labels ORDER BY 1", True),
+    ("SELECT code FROM labels EXCEPT ALL SELECT label FROM facts WHERE k = 5", False),
+    (
+        "SELECT k, flag FROM facts UNION SELECT v, NULL FROM sparse "
+        "EXCEPT (SELECT k, flag FROM facts WHERE id < 50) ORDER BY 1 NULLS FIRST, 2",
+        True,
+    ),
+    ("SELECT n FROM facts UNION ALL SELECT k FROM facts EXCEPT SELECT 0", False),
+    ("SELECT f FROM odd UNION SELECT f FROM odd", False),
+    ("SELECT f FROM odd INTERSECT ALL SELECT f FROM odd WHERE id > 1", False),
+    ("SELECT k FROM facts UNION SELECT v FROM sparse ORDER BY k LIMIT 3 OFFSET 1", True),
+    (
+        "SELECT k FROM facts UNION ALL SELECT v FROM sparse ORDER BY k "
+        "FETCH FIRST 4 ROWS WITH TIES",
+        True,
+    ),
+    ("SELECT k FROM facts EXCEPT ALL SELECT 2 ORDER BY 1 FETCH FIRST 9 ROWS WITH TIES", True),
+    ("SELECT k, count(*) FROM facts GROUP BY id, k UNION SELECT 1, 1", False),
+    ("SELECT grp FROM facts WHERE id = 3 UNION ALL SELECT grp FROM facts WHERE id = 4", False),
+    # DISTINCT ON the shard key: each set on one shard, run there as written
+    ("SELECT DISTINCT ON (id) id, k FROM facts ORDER BY id, k LIMIT 5", True),
+    ("SELECT DISTINCT ON (k, id) k, id, grp FROM facts ORDER BY k NULLS FIRST, id", True),
+    (
+        "SELECT DISTINCT ON (f.id) f.id, n.v FROM facts f JOIN notes n ON n.fact_id = f.id "
+        "ORDER BY f.id, n.v DESC OFFSET 3",
+        True,
+    ),
+    ("SELECT DISTINCT ON (fact_id) fact_id, v FROM notes ORDER BY fact_id DESC, v", True),
+    (
+        "SELECT DISTINCT ON (id) id, grp FROM facts ORDER BY id FETCH FIRST 4 ROWS WITH TIES",
+        True,
+    ),
+    ("SELECT DISTINCT ON (id, grp) grp, k FROM facts WHERE k > 0", False),
     # DISTINCT
     ("SELECT DISTINCT grp FROM facts", False),
     ("SELECT DISTINCT grp, label FROM facts ORDER BY grp, label", True),
@@ -401,6 +515,9 @@ def test_parameters_in_limit_and_having(edge: Edge, conn: shardq.Connection) -> 
     sql = "SELECT id FROM facts ORDER BY id LIMIT %s OFFSET %s"
     for window in [(3, 0), (0, 4), (10, 235), (None, 238)]:
         same_result(conn, edge.dsn, sql, window, ordered=True)
+    sql = "SELECT k FROM facts ORDER BY k OFFSET %s FETCH FIRST %s ROWS WITH TIES"
+    for window in [(0, 3), (4, 20), (238, 1), (10, 0)]:
+        same_result(conn, edge.dsn, sql, window, ordered=True)
     sql = "SELECT k, count(*) FROM facts GROUP BY k HAVING count(*) >= %(n)s ORDER BY k"
     for n in [0, 20, 10_000]:
         same_result(conn, edge.dsn, sql, {"n": n}, ordered=True)
@@ -471,6 +588,18 @@ GATHERED: list[tuple[str, bool]] = [
     ("SELECT id, k FROM facts ORDER BY (k, id) LIMIT 12", True),
     ("SELECT id, j FROM odd ORDER BY j, id", False),
     ("WITH c AS (SELECT iv FROM odd GROUP BY iv) SELECT iv::text FROM c ORDER BY 1", True),
+    # (refused by the direct merges, which leave them to the gather)
+    ("SELECT stddev(DISTINCT n) FROM facts", True),
+    ("SELECT DISTINCT ON (id) k AS id, grp FROM facts ORDER BY id, grp", True),
+    (
+        "SELECT DISTINCT ON (n.fact_id) n.fact_id, f.k FROM facts f "
+        "LEFT JOIN notes n ON n.fact_id = f.id ORDER BY n.fact_id, f.k",
+        True,
+    ),
+    ("SELECT DISTINCT ON (grp) grp, count(*) FROM facts GROUP BY grp ORDER BY grp", True),
+    ("SELECT * FROM (SELECT id, 1 FROM facts) s ORDER BY 2, 1", True),
+    ("SELECT count(*) FROM facts UNION SELECT id FROM sparse", False),
+    ("(SELECT id FROM facts ORDER BY id LIMIT 2) UNION SELECT id FROM sparse", False),
     (
         "SELECT l.name, count(f.id) FROM labels l LEFT JOIN facts f ON f.label = l.code "
         "WHERE NOT EXISTS (SELECT 1 FROM notes n WHERE n.fact_id = f.id) GROUP BY l.name",
@@ -527,6 +656,12 @@ REFUSED: list[tuple[str, str]] = [
     # a schema-qualified name is not shadowed by the temporary table: no gather
     ("SELECT DISTINCT ON (grp) grp, id FROM public.facts", "named with its schema"),
 ]
+
+
+def test_fetch_percent_fails_as_on_one_database(conn: shardq.Connection) -> None:
+    # PostgreSQL has no FETCH FIRST n PERCENT: an error, as the single node gives.
+    with pytest.raises(shardq.Error, match="PERCENT"):
+        conn.execute("SELECT id FROM facts ORDER BY id FETCH FIRST 10 PERCENT ROWS ONLY")
 
 
 @pytest.mark.parametrize(("sql", "construct"), REFUSED, ids=[r[1] for r in REFUSED])

@@ -5,7 +5,8 @@ the key, ties, negative numbers, numerics, mixed-case and accented text) and
 a SELECT over them: plain rows or a grouped query with aggregates (and date
 arithmetic, CASE, NULLIF and EXTRACT over them), HAVING (with literals typed
 by what they are compared with), DISTINCT, ORDER BY in every direction and
-NULL placement, LIMIT and OFFSET.
+NULL placement, LIMIT and OFFSET, FETCH FIRST (WITH TIES), or set operations
+(UNION, INTERSECT, EXCEPT, ALL) of such SELECTs.
 The rows are loaded on the four shards (split by key) and on the single node;
 shardq's answer must be the single node's. Every query orders by all its
 output columns, so the expected order is fully determined.
@@ -35,6 +36,7 @@ AGGREGATES = [
     "count(*)", "count(k)", "sum(v)", "sum(n)", "min(n)", "max(g)", "min(k)", "avg(n)",
     "avg(v)", "count(DISTINCT g)", "sum(DISTINCT k)", "max(v) - min(v)", "round(avg(v), 1)",
     "count(*) FILTER (WHERE v > 0)", "bool_or(v > 100)", "every(k > 0)",
+    "stddev(n)", "variance(v)", "var_pop(k)", "stddev_pop(v)",
     # computed after the merge with PostgreSQL's types: dates, CASE, NULLIF, EXTRACT
     "max(DATE '2024-02-27' + v) - min(DATE '2024-02-27' + k)", "max(DATE '2024-02-27' + v) + 1",
     "date_part('dow', min(DATE '2024-02-27' + v))", "EXTRACT(doy FROM max(DATE '2024-02-27' + v))",
@@ -75,6 +77,10 @@ def order_by(draw: st.DrawFn, count: int) -> str:
 
 @st.composite
 def window(draw: st.DrawFn) -> str:
+    if draw(st.integers(0, 3)) == 0:
+        text = f" OFFSET {draw(st.integers(0, 12))} ROWS" if draw(st.booleans()) else ""
+        ties = draw(st.sampled_from(["ONLY", "WITH TIES"]))
+        return text + f" FETCH FIRST {draw(st.integers(0, 12))} ROWS {ties}"
     text = ""
     if draw(st.booleans()):
         text += f" LIMIT {draw(st.integers(0, 12))}"
@@ -83,8 +89,30 @@ def window(draw: st.DrawFn) -> str:
     return text
 
 
+SET_COLUMNS = {"text": ["g"], "number": ["k", "n", "v", "id"]}
+SET_OPERATIONS = [
+    f"{op}{every}" for op in ("UNION", "INTERSECT", "EXCEPT") for every in ("", " ALL")
+]
+
+
+@st.composite
+def set_operations(draw: st.DrawFn) -> str:
+    """Two or three SELECTs of hyp, columns of matching types, under random set operations."""
+    kinds = draw(st.lists(st.sampled_from(sorted(SET_COLUMNS)), min_size=1, max_size=2))
+    sql = ""
+    for i in range(draw(st.integers(2, 3))):
+        columns = [draw(st.sampled_from(SET_COLUMNS[kind])) for kind in kinds]
+        where = draw(st.sampled_from(["", *[f" WHERE {f}" for f in FILTERS]]))
+        if i:
+            sql += f" {draw(st.sampled_from(SET_OPERATIONS))} "
+        sql += f"SELECT {', '.join(columns)} FROM hyp{where}"
+    return sql + draw(order_by(len(kinds))) + draw(window())
+
+
 @st.composite
 def queries(draw: st.DrawFn) -> str:
+    if draw(st.integers(0, 4)) == 0:
+        return draw(set_operations())
     where = draw(st.sampled_from(["", *[f" WHERE {f}" for f in FILTERS]]))
     distinct = draw(st.sampled_from(["", "DISTINCT "]))
     if draw(st.booleans()):

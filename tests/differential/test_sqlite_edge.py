@@ -311,6 +311,41 @@ CASES: dict[str, Case] = {
     "glob-parenthesized": Case(
         "SELECT name GLOB '[a-z]*', count(*) FROM ev GROUP BY 1 "
         "HAVING (name GLOB '[a-z]*') < ? ORDER BY 1", (2,), ordered=True),
+    # -- an ordinal after *: the columns of tables, derived tables and CTEs
+    "star-ordinal": Case("SELECT * FROM ev ORDER BY 3, 1 LIMIT 9", ordered=True),
+    "star-ordinal-derived": Case(
+        "SELECT * FROM (SELECT id, name, grp FROM ev) s ORDER BY 3, 1", ordered=True),
+    "star-ordinal-cte": Case(
+        "WITH s AS (SELECT id, qty * 2 AS q FROM ev) SELECT * FROM s ORDER BY 2 DESC, 1",
+        ordered=True),
+    # -- set operations: UNION ALL concatenated, the others counted per row across shards
+    "union-all": Case("SELECT grp FROM ev UNION ALL SELECT seq FROM ev2"),
+    "union-all-ordered-limit": Case(
+        "SELECT id, grp FROM ev UNION ALL SELECT id, seq FROM ev2 ORDER BY 1 DESC, 2 LIMIT 7",
+        ordered=True),
+    "union": Case("SELECT grp FROM ev UNION SELECT seq FROM ev2 ORDER BY 1", ordered=True),
+    "union-untyped": Case("SELECT mixed FROM ev UNION SELECT grp FROM ev", loose={0: number}),
+    "union-declared-nocase": Case(
+        "SELECT note FROM ev UNION SELECT label FROM kind ORDER BY 1", ordered=True,
+        loose={0: nocase}),
+    "union-expressions-named": Case(
+        "SELECT grp + 1, qty IS NOT NULL FROM ev UNION SELECT 1, 0 ORDER BY 1, 2",
+        ordered=True),
+    "intersect": Case("SELECT grp FROM ev INTERSECT SELECT seq FROM ev2 ORDER BY 1",
+                      ordered=True),
+    "except": Case("SELECT qty FROM ev EXCEPT SELECT qty FROM ev WHERE flag = 1"),
+    "except-reference": Case("SELECT code FROM kind EXCEPT SELECT grp FROM ev WHERE id < 40"),
+    "union-all-reference": Case(
+        "SELECT label FROM kind UNION ALL SELECT name FROM ev WHERE id < 10 ORDER BY 1",
+        ordered=True, loose={0: nocase}),
+    "union-collation-of-a-later-branch": Case(
+        "SELECT upper(name) FROM ev UNION SELECT note FROM ev ORDER BY 1", ordered=True,
+        loose={0: nocase}),
+    "intersect-collation-first-column": Case(
+        "SELECT name FROM ev INTERSECT SELECT note FROM ev", loose={0: nocase}),
+    "union-offset": Case(
+        "SELECT grp FROM ev UNION SELECT seq FROM ev2 ORDER BY 1 LIMIT 3 OFFSET 2",
+        ordered=True),
     "aggregate-only-in-order-by": Case(
         "SELECT name FROM ev ORDER BY max(qty)", error="misuse of aggregate: max()"),
 }  # fmt: skip

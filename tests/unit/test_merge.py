@@ -130,6 +130,49 @@ def test_sorting_after_the_merge_orders_as_postgresql(
     assert len(got) == len(expected)
 
 
+def _with_ties(ordered: list[Any], terms: list[SortKey], offset: int, limit: int) -> list[Any]:
+    """PostgreSQL's OFFSET m FETCH FIRST n ROWS WITH TIES over rows already in order."""
+    values = _ordering(ordered, terms)
+    end = offset + limit
+    while limit and offset < end < len(ordered) and values[end] == values[end - 1]:
+        end += 1
+    return ordered[offset:end] if limit else []
+
+
+@given(
+    parts=st.lists(rows, min_size=1, max_size=4),
+    terms=keys,
+    limit=st.integers(0, 12),
+    offset=st.integers(0, 3),
+    batch=st.integers(1, 3),
+    regrouped=st.booleans(),
+)
+def test_with_ties_keeps_the_rows_tying_with_the_last(
+    parts: list[list[Any]],
+    terms: list[SortKey],
+    limit: int,
+    offset: int,
+    batch: int,
+    regrouped: bool,
+) -> None:
+    # FETCH FIRST n ROWS WITH TIES: from sorted shards (ties may run over batch
+    # boundaries) and over rows the merge sorts itself (as after a regroup).
+    if regrouped:
+        outputs = tuple(Output(f"c{i}", Col(i), TypeRule()) for i in range(2))
+        plan = MergePlan(outputs=outputs, sort=tuple(terms), offset=offset, limit=limit, ties=True)
+        shards = [[part] for part in parts]
+    else:
+        plan = MergePlan(order=tuple(terms), offset=offset, limit=limit, ties=True)
+        shards = []
+        for part in parts:
+            ordered = _reference_sorted(part, terms)
+            shards.append([ordered[i : i + batch] for i in range(0, len(ordered), batch)])
+    got = drive_sync(merger(plan, len(parts), PG), shards)
+    everything = _reference_sorted([r for part in parts for r in part], terms)
+    expected = _with_ties(everything, terms, offset, limit)
+    assert _ordering(got, terms) == _ordering(expected, terms)
+
+
 def test_limit_stops_asking_the_shards() -> None:
     plan = MergePlan(order=(SortKey(0),), limit=2)
     asked: list[int] = []
@@ -308,3 +351,27 @@ def test_three_valued_logic() -> None:
     assert either((None, True)) is True
     assert either((None, False)) is None
     assert compile_expr(Call(">", (Col(0), Const(1))), PG)((None,)) is None
+
+
+@given(
+    parts=st.lists(
+        st.lists(st.floats(-1e6, 1e6, allow_nan=False), max_size=8), min_size=1, max_size=4
+    ),
+)
+def test_float_variance_states_combine_as_one(parts: list[list[float]]) -> None:
+    # Each shard's [N, Sx, var_pop * N], combined as float8_combine, is the variance of all.
+    import statistics
+
+    from shardq.merge.variance import float_combine, variance
+
+    state = None
+    for part in parts:
+        shard = [float(len(part)), sum(part), statistics.pvariance(part) * len(part)] if part else [
+            0.0, None, None]  # fmt: skip
+        state = float_combine(state, shard)
+    values = [v for part in parts for v in part]
+    got = variance("var_pop", len(values), 0.0, None, state)
+    if not values:
+        assert got is None
+    else:
+        assert got == pytest.approx(statistics.pvariance(values), rel=1e-9, abs=1e-6)

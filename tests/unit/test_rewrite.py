@@ -140,6 +140,21 @@ def test_explain_names_shards_sql_and_merge_steps(planner: Planner) -> None:
     assert "sort by count DESC NULLS FIRST" in text
 
 
+def test_explain_shows_set_operations_ties_and_variance_states(planner: Planner) -> None:
+    from shardq.sql.explain import explain
+
+    plan = planner.plan(
+        "SELECT status FROM orders EXCEPT ALL SELECT code FROM countries INTERSECT "
+        "SELECT status FROM lines ORDER BY 1 FETCH FIRST 2 ROWS WITH TIES"
+    )
+    text = explain(plan, ("s0", "s1"), total=2)
+    assert "(branch 1 EXCEPT ALL (branch 2 INTERSECT branch 3))" in text
+    assert "keep rows 1 to 2 and the rows tying with the last" in text
+    assert "drop the branch column" in text
+    plan = planner.plan("SELECT status, stddev(total) FROM orders GROUP BY status")
+    assert "float variance states" in explain(plan, ("s0", "s1"), total=2)
+
+
 def test_a_repeated_statement_is_parsed_and_rewritten_once(
     planner: Planner, monkeypatch: pytest.MonkeyPatch
 ) -> None:

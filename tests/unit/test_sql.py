@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import shardq
 from shardq.config import load_config
+from shardq.merge.steps import Counting, SetOp, SetOpKind, SortKey
 from shardq.sql.analyze import StatementKind
 from shardq.sql.catalog import ColumnInfo
 from shardq.sql.parse import parse
@@ -204,7 +205,11 @@ def test_reference_only_reads_go_to_any_one_shard() -> None:
 @pytest.mark.parametrize(
     ("sql", "construct"),
     [
-        ("SELECT status FROM orders UNION SELECT code FROM countries", "UNION"),
+        ("SELECT count(*) FROM orders UNION SELECT code FROM countries", "aggregates in the"),
+        (
+            "(SELECT status FROM orders ORDER BY 1 LIMIT 1) UNION SELECT code FROM countries",
+            "inside a branch",
+        ),
         ("SELECT row_number() OVER () FROM orders", "window function"),
         ("SELECT * FROM orders o JOIN items i USING (customer_id)", "several distributed"),
         ("SELECT * FROM orders o JOIN items i ON i.total = o.customer_id", "several distributed"),
@@ -350,6 +355,40 @@ def test_updates_and_deletes_not_pinned_run_everywhere_on_postgres_only(sql: str
     sqlite = sql.replace("WITH orders AS (SELECT 1) ", "")
     with pytest.raises(shardq.UnsupportedQueryError, match="no two-phase commit"):
         planner("sqlite").plan(sqlite)
+
+
+def test_set_operations_concatenate_or_count() -> None:
+    # UNION ALL of distributed branches: each shard runs it, ORDER BY merged, LIMIT pushed.
+    plan = P.plan(
+        "SELECT status FROM orders UNION ALL SELECT status FROM items ORDER BY 1 LIMIT 3 OFFSET 1"
+    )
+    assert plan.merge.order == (SortKey(0),)
+    assert (plan.merge.offset, plan.merge.limit) == (1, 3)
+    assert plan.merge.setop is None
+    assert plan.sql.endswith("LIMIT 4")
+    # the others: each branch's rows tagged with its number, counted by the merge
+    plan = P.plan("SELECT status FROM orders EXCEPT ALL SELECT code FROM countries ORDER BY 1")
+    assert plan.merge.setop == Counting(SetOp(SetOpKind.EXCEPT, True, 0, 1), 2, frozenset({1}))
+    assert plan.merge.sort == (SortKey(0),)
+    assert plan.merge.hidden == 1
+    assert "1 AS _shardq_branch" in plan.sql
+    assert "ORDER BY" not in plan.sql
+    # no ALL anywhere: the shards de-duplicate (tagged rows) already
+    assert " UNION SELECT " in P.plan("SELECT status FROM orders INTERSECT SELECT 'x'").sql
+
+
+def test_distinct_on_the_shard_key_runs_on_the_shards() -> None:
+    sql = "SELECT DISTINCT ON (customer_id) customer_id, total FROM orders ORDER BY 1, 2 DESC"
+    plan = P.plan(sql)
+    assert plan.sql == sql
+    assert not plan.merge.distinct
+    assert plan.merge.order == (SortKey(0), SortKey(1, descending=True, nulls_first=True))
+    # Without the key: no merge answers it, the gather does.
+    gathered(
+        P,
+        "SELECT DISTINCT ON (status) status, total FROM orders ORDER BY 1",
+        "DISTINCT ON without the shard key",
+    )
 
 
 def test_undeclared_tables_are_refused_but_ctes_are_not_tables() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from shardq.merge.numeric import EXACT
 from shardq.merge.steps import Aggregation, Combine
+from shardq.merge.variance import float_combine
 
 __all__ = ["Regroup"]
 
@@ -87,6 +88,7 @@ def _regroup_source(
             Combine.MAX: "v if v > t or v != v else t",
             Combine.BOOL_AND: "t and v",
             Combine.BOOL_OR: "t or v",
+            Combine.FLOAT_VAR: "float_combine(t, v)",
         }[combine]
         fold.append(f"            s[{slot}] = v if t is None else {update}")
     fresh_state = ", ".join(fresh)
@@ -206,7 +208,7 @@ def _compiled(
     Compiling costs about as much as regrouping a few hundred rows; a plan
     run again (the planner caches plans) reuses the functions.
     """
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"float_combine": float_combine}
     exec(_regroup_source(groups, combines, split, nan_keys), namespace)
     return namespace["feed"], namespace["emit"]
 

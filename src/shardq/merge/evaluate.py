@@ -46,6 +46,7 @@ from shardq.merge.numeric import (
     unsigned_zero,
 )
 from shardq.merge.steps import Col, Const, Expr, Param, TypeRule
+from shardq.merge.variance import variance
 
 __all__ = [
     "EXACT",
@@ -186,6 +187,8 @@ class Semantics:
         if op == "sum_of":  # sum() over values of the given type
             t = types[0] if types else None
             return {INT2: INT8, INT4: INT8, INT8: NUMERIC}.get(t, t) if t is not None else None
+        if op == "variance":  # float8 over floats, numeric over integers and numerics
+            return FLOAT8 if len(types) > 2 and types[2] in (FLOAT4, FLOAT8) else NUMERIC
         if op in ("avg", "avg_of"):
             if op == "avg_of" and types and types[0] in _INTS:
                 return NUMERIC
@@ -325,7 +328,7 @@ OPERATORS = frozenset(
      "is_not_true", "is_false", "is_not_false", "coalesce", "nullif", "case",
      "round", "avg", "count_set", "sum_set", "avg_set", "to_int2", "to_int4", "to_int8",
      "to_numeric", "to_float8", "to_float4", "to_date", "extract", "date_part", "date_trunc",
-     *FUNCTIONS}
+     "variance", *FUNCTIONS}
 )  # fmt: skip
 
 Evaluator = Callable[[Sequence[Any]], Any]
@@ -410,6 +413,10 @@ def compile_expr(expr: Expr, sem: Semantics) -> Evaluator:
     if op == "avg":
         total, count = args
         return lambda row: sem.avg(total(row), count(row))
+    if op == "variance":
+        kind, count, total, squares, state = args
+        name = kind(())  # a constant
+        return lambda row: variance(name, count(row), total(row), squares(row), state(row))
     if op == "count_set":
         (inner,) = args
         return lambda row: len(inner(row))

@@ -35,6 +35,7 @@ from shardq.merge.evaluate import (
 )
 from shardq.merge.final import FinalTable
 from shardq.merge.order import kway, sort_key, sqlite_value
+from shardq.merge.setop import Counter
 from shardq.merge.steps import Call, Col, Combine, Const, Output, SortKey
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def merger(
         return concat(1)  # the others did the same (a write to a reference table)
     if plan.limit == 0:
         return _nothing()
+    if plan.setop is not None:
+        return _counted(concat(sources), plan, sources, types)
     floats = _float_columns(types)
     inner = kway(sources, plan.order, floats) if plan.order else concat(sources)
     if plan.trivial:
@@ -116,12 +119,19 @@ def _through(inner: Merger, transform: Transform) -> Merger:
 
 
 class _Window:
-    """OFFSET and LIMIT over rows that arrive in order, and the helper columns dropped."""
+    """OFFSET and LIMIT over rows that arrive in order, and the helper columns dropped.
 
-    def __init__(self, plan: MergePlan):
+    With ``ties`` (FETCH FIRST ... WITH TIES) the rows after the LIMIT's last
+    one are kept while their ``ties`` columns equal its own; the window is
+    full at the first row that does not tie.
+    """
+
+    def __init__(self, plan: MergePlan, ties: Sequence[SortKey] = ()):
         self._skip = plan.offset
         self._left = plan.limit
         self._hidden = plan.hidden
+        self._tie = _tie(ties) if plan.ties else None
+        self._last: tuple[Any, ...] | None = None
 
     def __call__(self, rows: Rows) -> tuple[Rows, bool]:
         """The rows of this batch inside the window, and whether the window is full."""
@@ -129,12 +139,47 @@ class _Window:
             taken = rows[: self._skip]
             rows = rows[self._skip :]
             self._skip -= len(taken)
+        full = False
         if self._left is not None:
-            rows = rows[: self._left]
-            self._left -= len(rows)
+            kept = rows[: self._left]
+            self._left -= len(kept)
+            full = self._left == 0
+            if full and self._tie is not None and (kept or self._last is not None):
+                last = kept[-1] if kept else self._last
+                assert last is not None
+                rest = rows[len(kept) :]
+                tied = 0
+                while tied < len(rest) and self._tie(rest[tied], last):
+                    tied += 1
+                kept += rest[:tied]
+                self._last = last
+                full = tied < len(rest)  # a row that does not tie ends the window
+            rows = kept
         if self._hidden:
             rows = [row[: -self._hidden] for row in rows]
-        return rows, self._left == 0
+        return rows, full
+
+
+def _tie(keys: Sequence[SortKey]) -> Callable[[tuple[Any, ...], tuple[Any, ...]], bool]:
+    """Whether two rows are peers in the ORDER BY of ``keys`` (NULLs, NaNs alike)."""
+    columns = [k.column for k in keys]
+
+    def same(a: Any, b: Any) -> bool:
+        return a is b or bool(a == b) or (a is not None and b is not None and a != a and b != b)
+
+    return lambda row, last: all(same(row[i], last[i]) for i in columns)
+
+
+def _with_ties(rows: Rows, plan: MergePlan) -> Rows:
+    """The OFFSET and LIMIT window of sorted ``rows``, with the rows tying with its last."""
+    end = None if plan.limit is None else plan.offset + plan.limit
+    window = rows[plan.offset : end]
+    if plan.ties and end is not None and window:
+        tie = _tie(plan.sort)
+        while end < len(rows) and tie(rows[end], window[-1]):
+            window.append(rows[end])
+            end += 1
+    return window
 
 
 def _final(inner: Merger, step: FinalStep) -> Merger:
@@ -155,7 +200,7 @@ def _final(inner: Merger, step: FinalStep) -> Merger:
 
 
 def _streaming(plan: MergePlan, nan_columns: Sequence[int] | None) -> Transform:
-    window = _Window(plan)
+    window = _Window(plan, plan.order)
     width = -plan.hidden or None
     seen: set[tuple[Any, ...]] | None = set() if plan.distinct else None
     canonical = _canonical_nans(nan_columns)
@@ -193,7 +238,7 @@ def _sorted_groups(
     assert regroup is not None
     keep = compile_expr(plan.having, sem) if plan.having is not None else None
     compute = compile_row([o.expr for o in plan.outputs], sem)
-    window = _Window(plan)
+    window = _Window(plan, plan.sort)
     finished = False
 
     def finish(groups: Rows) -> tuple[Rows, bool]:
@@ -215,6 +260,32 @@ def _sorted_groups(
         rows, _ = finish(regroup.rows())
         for start in range(0, len(rows), _CHUNK):
             yield rows[start : start + _CHUNK]
+
+
+def _counted(inner: Merger, plan: MergePlan, sources: int, types: Sequence[Any] | None) -> Merger:
+    """A set operation: rows counted per branch, then sorted and windowed."""
+    assert plan.setop is not None
+    values = None if types is None else types[:-1]  # the branch number is the last column
+    canonical = _canonical_nans(_nan_columns(values))
+    if plan.collations is not None:
+        keys = [sqlite_value(c) for c in plan.collations]
+
+        def canonical(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(k(v) for k, v in zip(keys, row, strict=False))
+
+    counter = Counter(plan.setop, sources, canonical)
+
+    def count(rows: Rows) -> tuple[Rows, bool]:
+        counter.feed(rows)
+        return [], False
+
+    yield from _through(inner, count)
+    rows = counter.rows()
+    if plan.sort:
+        rows = _ordered(rows, plan.sort, plan, _float_columns(values))
+    rows = _with_ties(rows, plan)
+    for start in range(0, len(rows), _CHUNK):
+        yield rows[start : start + _CHUNK]
 
 
 def _in_memory(
@@ -263,8 +334,7 @@ def _in_memory(
             rows = list(firsts.values())
         if plan.sort:
             rows = _ordered(rows, plan.sort, plan, _float_columns(out_types))
-    end = None if plan.limit is None else plan.offset + plan.limit
-    rows = rows[plan.offset : end]
+    rows = _with_ties(rows, plan)
     if plan.hidden:
         rows = [row[: -plan.hidden] for row in rows]
     for start in range(0, len(rows), _CHUNK):
@@ -325,8 +395,11 @@ def _column(output: Output) -> int:
 
 
 def _ordered(rows: Rows, sort: Sequence[SortKey], plan: MergePlan, floats: frozenset[int]) -> Rows:
-    """``rows`` in the ORDER BY's order; only the first OFFSET + LIMIT of them when that is set."""
-    end = None if plan.limit is None else plan.offset + plan.limit
+    """``rows`` in the ORDER BY's order; only the first OFFSET + LIMIT of them when that is set.
+
+    (Every row, with WITH TIES: the rows after the window that tie are kept too.)
+    """
+    end = None if plan.limit is None or plan.ties else plan.offset + plan.limit
     if len(sort) == 1 and sort[0].column not in floats and sort[0].collation is None:
         # One term: the NULLs apart, the values by the column itself (a C-level
         # key, no tuple per row). NaN, which needs a key of its own, takes the general way.
@@ -402,6 +475,8 @@ def compared_columns(plan: MergePlan, types: Sequence[Any], sem: Semantics) -> l
             for i, c in enumerate(plan.aggregate.combines)
             if c in (Combine.MIN, Combine.MAX) and start + i < len(types)
         ]
+    if plan.setop is not None:
+        found += [types[k.column] for k in plan.sort if not k.code_point]
     if plan.outputs is not None and plan.sort:
         found += [
             output_type(plan.outputs[k.column].type, types, sem)

@@ -9,8 +9,14 @@ merger follows, in this order:
 3. *filter* (``having``) and *project* (``outputs``) the merged groups, with
    expressions of the small language below;
 4. *de-duplicate* (``distinct``), *sort* (``sort``) and apply the global
-   ``offset`` and ``limit``;
+   ``offset`` and ``limit`` (and keep the rows tying with the last, ``ties``);
 5. drop the last ``hidden`` columns (they only served sorting).
+
+A set operation (``UNION``, ``INTERSECT``, ``EXCEPT`` and their ``ALL``
+forms) over branches that need merging is ``setop`` instead of steps 2 and
+3: the shards send each branch's rows tagged with the branch, the merge
+counts each distinct row per branch and emits it as many times as the
+operations say (:mod:`shardq.merge.setop`).
 
 On SQLite shards a grouped merge is one :class:`FinalStep` instead of steps
 2 to 5: SQLite computes it over the concatenated partial rows.
@@ -32,11 +38,14 @@ __all__ = [
     "Col",
     "Combine",
     "Const",
+    "Counting",
     "Expr",
     "FinalStep",
     "MergePlan",
     "Output",
     "Param",
+    "SetOp",
+    "SetOpKind",
     "SortKey",
     "TypeRule",
 ]
@@ -67,6 +76,7 @@ class Combine(enum.Enum):
     BOOL_OR = "bool_or"
     SET = "set"  # the distinct non-NULL values (for COUNT(DISTINCT x) and kin)
     ANY = "any"  # a value equal in every partial row of the group (a function of its key)
+    FLOAT_VAR = "float_var"  # [N, Sx, Sxx] float states, merged as PostgreSQL's float8_combine
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +147,38 @@ class Output:
     type: TypeRule
 
 
+class SetOpKind(enum.Enum):
+    """A set operation (its ALL form is :attr:`SetOp.all`)."""
+
+    UNION = "union"
+    INTERSECT = "intersect"
+    EXCEPT = "except"
+
+
+@dataclass(frozen=True, slots=True)
+class SetOp:
+    """One set operation of a tree whose leaves are branch numbers."""
+
+    kind: SetOpKind
+    all: bool
+    left: SetOp | int
+    right: SetOp | int
+
+
+@dataclass(frozen=True, slots=True)
+class Counting:
+    """A set operation merged by counting each row per branch across shards.
+
+    The shards' rows end with the number of the branch they come from.
+    ``replicated`` branches read reference tables only: every shard sends
+    the same rows, counted once.
+    """
+
+    tree: SetOp
+    branches: int
+    replicated: frozenset[int] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class FinalStep:
     """The last step of a merge on SQLite shards, computed by SQLite itself.
@@ -170,6 +212,9 @@ class MergePlan:
     sort: tuple[SortKey, ...] = ()
     offset: int = 0
     limit: int | None = None
+    # FETCH FIRST ... WITH TIES: after ``limit`` rows, the rows tying with the last
+    # one in the ORDER BY (``order`` when rows pass through, ``sort`` after a regrouping).
+    ties: bool = False
     hidden: int = 0
     # SQLite shards: the merge ends in SQLite (then nothing above applies).
     final: FinalStep | None = None
@@ -177,11 +222,15 @@ class MergePlan:
     collations: tuple[str, ...] | None = None
     # A write to a reference table: every shard did the same, its result is one shard's.
     first_source_only: bool = False
+    # A set operation counted across shards (then ``aggregate`` and ``outputs`` do not apply).
+    setop: Counting | None = None
 
     @property
     def streaming(self) -> bool:
         """Whether rows flow through without the whole result being held in memory."""
-        return self.aggregate is None and not self.sort and self.final is None
+        return (
+            self.aggregate is None and not self.sort and self.final is None and self.setop is None
+        )
 
     @property
     def compares(self) -> bool:
@@ -205,4 +254,5 @@ class MergePlan:
             and not self.hidden
             and self.final is None
             and not self.first_source_only
+            and self.setop is None
         )

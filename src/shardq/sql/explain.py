@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shardq.merge.steps import Call, Col, Combine, Const, Expr, MergePlan, Param, SortKey
+from shardq.merge.steps import Call, Col, Combine, Const, Expr, MergePlan, Param, SetOp, SortKey
 
 if TYPE_CHECKING:
     from shardq.sql.plan import QueryPlan
@@ -57,6 +57,7 @@ _COMBINE_WORDS = {
     Combine.BOOL_OR: "bool_or",
     Combine.SET: "distinct values (united)",
     Combine.ANY: "same on every shard (a function of the key)",
+    Combine.FLOAT_VAR: "float variance states (combined as float8_combine)",
 }
 _INFIX = {"+", "-", "*", "/", "%", "=", "<>", "<", "<=", ">", ">=", "and", "or", "||"}
 
@@ -108,6 +109,13 @@ def _sort(keys: tuple[SortKey, ...], names: list[str] | None) -> str:
     return ", ".join(terms)
 
 
+def _setop(node: SetOp | int) -> str:
+    if isinstance(node, int):
+        return f"branch {node + 1}"
+    word = f"{node.kind.value.upper()}{' ALL' if node.all else ''}"
+    return f"({_setop(node.left)} {word} {_setop(node.right)})"
+
+
 def merge_steps(merge: MergePlan) -> list[str]:
     """The merge plan as numbered sentences."""
     steps = []
@@ -121,6 +129,11 @@ def merge_steps(merge: MergePlan) -> list[str]:
         return ["concatenate the shards' rows as they arrive"]
     if merge.order:
         steps.append(f"k-way merge of the shards' sorted rows on {_sort(merge.order, None)}")
+    if merge.setop is not None:
+        steps.append(
+            f"count each row per branch (the last column numbers the branch), then "
+            f"{_setop(merge.setop.tree)}; each row as many times as that says"
+        )
     if merge.aggregate is not None:
         spec = merge.aggregate
         keys = ", ".join(f"column {i + 1}" for i in range(spec.groups)) or "nothing (one row)"
@@ -143,8 +156,11 @@ def merge_steps(merge: MergePlan) -> list[str]:
         steps.append(f"sort by {_sort(merge.sort, names)}")
     if merge.offset or merge.limit is not None:
         end = "the end" if merge.limit is None else str(merge.offset + merge.limit)
-        steps.append(f"keep rows {merge.offset + 1} to {end}")
-    if merge.hidden:
+        ties = " and the rows tying with the last" if merge.ties else ""
+        steps.append(f"keep rows {merge.offset + 1} to {end}{ties}")
+    if merge.setop is not None:
+        steps.append("drop the branch column")
+    elif merge.hidden:
         steps.append(f"drop the {merge.hidden} helper column(s) added for sorting")
     return steps
 

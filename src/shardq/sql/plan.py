@@ -219,7 +219,12 @@ class Planner:
         found = analysis.memo.get("deferred")
         if found is None:
             try:
-                first = run_first(analysis, self.config, self.catalog)
+                statement = analysis.parsed.expression
+                first = (  # (a set operation's own refusal says what it refuses)
+                    run_first(analysis, self.config, self.catalog)
+                    if isinstance(statement, exp.Select)
+                    else []
+                )
                 if (
                     first
                     and self.config.dialect == "sqlite"

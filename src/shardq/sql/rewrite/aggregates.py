@@ -16,7 +16,8 @@ and the merge sums the sums and counts, takes the maximum of the maxima, keeps
 the groups where ``_a3 > 1``, and outputs ``g``, ``_a0 / _a1`` with
 PostgreSQL's numeric division, and ``_a2 / 2`` with integer division.
 
-COUNT, SUM, MIN, MAX, AVG, bool_and/bool_or (also with FILTER), and
+COUNT, SUM, MIN, MAX, AVG, bool_and/bool_or, stddev and variance (also
+with FILTER), and
 COUNT/SUM/AVG(DISTINCT x) (whose distinct values are gathered: the shards
 also group by ``x``) decompose. Any other aggregate is refused: its partial
 results cannot be combined exactly. An expression of the group key alone is
@@ -77,6 +78,16 @@ _ANONYMOUS: dict[str, type[exp.Expr]] = {
     "bool_and": exp.LogicalAnd,
     "bool_or": exp.LogicalOr,
 }
+# stddev and variance are the sample forms.
+_VARIANCES: dict[type[exp.Expr], str] = {
+    exp.Stddev: "stddev_samp",
+    exp.StddevSamp: "stddev_samp",
+    exp.StddevPop: "stddev_pop",
+    exp.Variance: "var_samp",
+    exp.VariancePop: "var_pop",
+}
+#: The words the partials of a variance add to the shards' statement.
+VARIANCE_WORDS = frozenset({"array", "var_pop"})
 _CASTS = {
     exp.DataType.Type.SMALLINT: "to_int2",
     exp.DataType.Type.INT: "to_int4",
@@ -162,7 +173,7 @@ class _Decomposer:
     combines: list[Combine] = field(default_factory=list)
     seen: dict[tuple[str, Combine], int] = field(default_factory=dict)
     params: bool = False
-    words: set[str] = field(default_factory=set)
+    words: set[str] = field(default_factory=set)  # words the partials add (see regenerate)
 
     def text(self, node: exp.Expr) -> str:
         return node.sql(self.dialect)
@@ -210,6 +221,8 @@ class _Decomposer:
             kind = _ANONYMOUS[agg.name.lower()]
         if kind in _COMBINES and not distinct:
             return self.partial(node.copy(), _COMBINES[kind])
+        if kind in _VARIANCES and not distinct:
+            return self.variance(_VARIANCES[kind], agg.this, condition)
         if kind is exp.Avg and not distinct:
             total: exp.Expr = exp.Sum(this=agg.this.copy())
             count: exp.Expr = exp.Count(this=agg.this.copy())
@@ -230,6 +243,41 @@ class _Decomposer:
                 return Call(op, (self.partial(arg.copy(), Combine.SET),))
         raise UnsupportedQueryError(
             f"the aggregate {node.sql(self.dialect)} across shards", _NOT_DECOMPOSABLE
+        )
+
+    def variance(self, kind: str, x: exp.Expr, condition: exp.Expr | None) -> Expr:
+        """A variance or standard deviation from its partials (see :mod:`shardq.merge.variance`).
+
+        Exact sums for integers and numerics (count, sum, sum of squares in
+        numeric), and the float state ``[N, Sx, Sxx]`` for floats; the merge
+        picks by the sum's type.
+        """
+
+        def each(node: exp.Expr) -> exp.Expr:
+            return exp.Filter(this=node, expression=condition.copy()) if condition else node
+
+        def cast(to: str) -> exp.Expr:
+            return exp.Cast(this=exp.Paren(this=x.copy()), to=exp.DataType.build(to))
+
+        count = each(exp.Count(this=x.copy()))
+        squares = each(exp.Sum(this=exp.Mul(this=cast("numeric"), expression=cast("numeric"))))
+        state = exp.Array(
+            expressions=[
+                exp.Cast(this=count.copy(), to=exp.DataType.build("double")),
+                each(exp.Sum(this=cast("double"))),
+                exp.Mul(this=each(exp.VariancePop(this=cast("double"))), expression=count.copy()),
+            ]
+        )
+        self.words |= VARIANCE_WORDS
+        return Call(
+            "variance",
+            (
+                Const(kind, TEXT),
+                self.partial(count, Combine.COUNT),
+                self.partial(each(exp.Sum(this=x.copy())), Combine.SUM),
+                self.partial(squares, Combine.SUM),
+                self.partial(state, Combine.FLOAT_VAR),
+            ),
         )
 
     # -- expressions over groups and aggregates

@@ -6,6 +6,13 @@ The first ``n + m`` rows of the whole ordered result are among the first
 A LIMIT after a regrouping cannot be pushed: every shard sends all its
 groups.
 
+``FETCH FIRST n ROWS ONLY`` is the standard's LIMIT and is run as one.
+``FETCH FIRST n ROWS WITH TIES`` also keeps the rows that tie, in the ORDER
+BY, with the ``n``-th: each shard runs it with ``n + m`` (its rows that sort
+no later than its own ``(n + m)``-th include every row of the whole result
+that sorts no later than the whole result's), and the merge keeps rows
+while they tie with the last one of the window.
+
 >>> import sqlglot
 >>> select = sqlglot.parse_one("SELECT * FROM t ORDER BY a LIMIT 10 OFFSET 5")
 >>> window = split_window(select)
@@ -13,6 +20,10 @@ groups.
 'SELECT * FROM t ORDER BY a LIMIT 15'
 >>> window.resolve(None)
 (5, 10)
+>>> select = sqlglot.parse_one(
+...     "SELECT * FROM t ORDER BY a OFFSET 2 FETCH FIRST 3 ROWS WITH TIES", read="postgres")
+>>> push_window(select, split_window(select)).sql("postgres")
+'SELECT * FROM t ORDER BY a FETCH FIRST 5 ROWS WITH TIES'
 """
 
 from __future__ import annotations
@@ -28,7 +39,9 @@ from shardq.sql.route import constant_value
 __all__ = ["WINDOW_WORDS", "Window", "push_window", "split_window"]
 
 #: The words :func:`push_window` may add to a SQLite statement.
-WINDOW_WORDS = frozenset({"case", "when", "then", "else", "end", "max"})
+WINDOW_WORDS = frozenset(
+    {"case", "when", "then", "else", "end", "max", "fetch", "first", "rows", "with", "ties"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +52,8 @@ class Window:
     offset: exp.Expr | None = None
     # SQLite: a negative LIMIT means none, a negative OFFSET means 0.
     negative_is_none: bool = False
+    # FETCH FIRST ... WITH TIES: rows tying with the last one of the window are kept.
+    ties: bool = False
 
     @property
     def bounded(self) -> bool:
@@ -86,6 +101,20 @@ def split_window(select: exp.Select, dialect: str = "postgres") -> Window:
     """Read a query's LIMIT and OFFSET (refusing what cannot be resolved to numbers)."""
     limit = select.args.get("limit")
     offset = select.args.get("offset")
+    offset_value = _operand(offset.expression) if offset is not None else None
+    if isinstance(limit, exp.Fetch):
+        options = limit.args.get("limit_options")
+        if options is not None and options.args.get("percent"):
+            raise UnsupportedQueryError(
+                f"{limit.sql(dialect)} across shards",
+                "a percentage of the rows depends on the count of every shard's rows",
+            )
+        count = limit.args.get("count")
+        return Window(
+            _operand(count) if count is not None else exp.Literal.number(1),
+            offset_value,
+            ties=options is not None and bool(options.args.get("with_ties")),
+        )
     if limit is not None and not isinstance(limit, exp.Limit):
         raise UnsupportedQueryError(
             f"{limit.sql()} across shards", "only LIMIT and OFFSET are merged exactly"
@@ -94,7 +123,7 @@ def split_window(select: exp.Select, dialect: str = "postgres") -> Window:
         limit = None
     return Window(
         _operand(limit.expression) if limit is not None else None,
-        _operand(offset.expression) if offset is not None else None,
+        offset_value,
         negative_is_none=dialect == "sqlite",
     )
 
@@ -127,5 +156,11 @@ def push_window(select: exp.Select, window: Window) -> exp.Select:
             )  # fmt: skip
         else:
             total = exp.Add(this=window.limit.copy(), expression=window.offset.copy())
+    if window.ties:
+        if not isinstance(total, exp.Literal | exp.Placeholder):
+            total = exp.Paren(this=total)  # FETCH FIRST takes a constant or (an expression)
+        options = exp.LimitOptions(rows=True, with_ties=True)
+        select.set("limit", exp.Fetch(direction="FIRST", count=total, limit_options=options))
+        return select
     select.set("limit", exp.Limit(expression=total))
     return select

@@ -36,6 +36,7 @@ _LIST_ENDS = frozenset(
 )  # fmt: skip
 
 _UNKNOWN = "?column?"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _TYPE_NAMES = {
     "INT": "int4", "INTEGER": "int4", "BIGINT": "int8", "SMALLINT": "int2",
@@ -45,34 +46,41 @@ _TYPE_NAMES = {
 }  # fmt: skip
 
 
-def _figure(node: exp.Expr, dialect: str, strong: bool = False) -> str | None:
+def _figure(node: exp.Expr, dialect: str, strong: bool = False, source: str = "") -> str | None:
     """PostgreSQL's name for ``node``; with ``strong``, only a name from a column or a call.
 
     FigureColname ranks names: a column's or a function's is strong, a
     cast's type name or ``case`` weak; a CASE takes its ELSE's name when
-    that is strong (``CASE ... ELSE id END`` is named ``id``).
+    that is strong (``CASE ... ELSE id END`` is named ``id``). A function is
+    named as written in ``source`` when known (``variance(x)`` is
+    ``variance``, which sqlglot reads as ``VAR_SAMP``).
     """
     if isinstance(node, exp.Alias):
         return normalize(node.args["alias"], dialect)
     if isinstance(node, exp.Column):
         return normalize(node.this, dialect) if isinstance(node.this, exp.Identifier) else None
     if isinstance(node, exp.Paren | exp.Filter):
-        return _figure(node.this, dialect, strong)
+        return _figure(node.this, dialect, strong, source)
     if isinstance(node, exp.Cast):
-        inner = _figure(node.this, dialect, strong)
+        inner = _figure(node.this, dialect, strong, source)
         if inner is not None or strong:
             return inner
         kind = node.to.sql("postgres").upper().split("(")[0]
         return _TYPE_NAMES.get(kind, kind.lower())
     if isinstance(node, exp.Case):
         default = node.args.get("default")
-        named = None if default is None else _figure(default, dialect, strong=True)
+        named = None if default is None else _figure(default, dialect, True, source)
         return named if named is not None or strong else "case"
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower()
     if isinstance(node, exp.Connector | exp.Binary | exp.Predicate | exp.Unary):
         return None  # operators (AND, =, +, NOT, ...) are ?column?
     if isinstance(node, exp.Func):
+        start, end = node.meta.get("start"), node.meta.get("end")
+        if source and start is not None and end is not None:
+            written = source[start : end + 1]
+            if _NAME.fullmatch(written):
+                return written.lower()
         text = node.sql(dialect)
         match = _CALL.match(text)
         if match:
@@ -164,7 +172,7 @@ def output_name(node: exp.Expr, dialect: str, source: str = "") -> str:
         if isinstance(node, exp.Column):
             return str(node.name)
         return _span(node, source) or node.sql("sqlite")
-    return _figure(node, dialect) or _UNKNOWN
+    return _figure(node, dialect, source=source) or _UNKNOWN
 
 
 def named_items(select: exp.Select, text: str) -> exp.Select:

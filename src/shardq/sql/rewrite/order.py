@@ -109,13 +109,15 @@ def sort_terms(select: exp.Select, dialect: str) -> list[SortTerm]:
         target: int | exp.Expr
         if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
             position = int(node.name) - 1
-            if not 0 <= position < len(items):
-                raise ProgrammingError(f"ORDER BY position {node.name} is not in select list")
             if star is not None and position >= star:
+                # (Checked first: * stands for columns shardq could not list.)
                 raise UnsupportedQueryError(
                     f"ORDER BY {node.name} after a * in the select list",
-                    "shardq cannot tell which column of * the ordinal names; order by name",
+                    "shardq cannot tell which column of * the ordinal names (the columns "
+                    "of its source are not known); order by name",
                 )
+            if not 0 <= position < len(items):
+                raise ProgrammingError(f"ORDER BY position {node.name} is not in select list")
             target = position
         elif (
             isinstance(node, exp.Column)
