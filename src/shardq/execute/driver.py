@@ -34,6 +34,7 @@ __all__ = [
     "Column",
     "CopyRejected",
     "Driver",
+    "OneConnection",
     "Outcome",
     "Row",
     "ShardConnection",
@@ -208,6 +209,27 @@ async def read_whole(
     finally:
         await result.aclose()
     return Outcome(result.description, rows, result.rowcount)
+
+
+class OneConnection:
+    """A shard's pool as one statement sees it, lending one connection of its own.
+
+    A transaction's view (its held connection) and a gathered read's shard
+    (its connection with the temporary tables) are this: ``connection()`` is
+    theirs, everything else (``info_sql``, ``columns_query``,
+    ``collation_sql``, ...) the pool's.
+    """
+
+    def __init__(self, pool: ShardPool):
+        self._pool = pool
+        self.name = pool.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    @property
+    def max_size(self) -> int:
+        return 1
 
 
 class Driver(Protocol):

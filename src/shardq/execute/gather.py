@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardq.execute.deadline import GRACE_CAP, bounded
-from shardq.execute.driver import CopyRejected, read_whole
+from shardq.execute.driver import CopyRejected, OneConnection, read_whole
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -89,7 +89,7 @@ async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
         yield block
 
 
-class GatherPool:
+class GatherPool(OneConnection):
     """The chosen shard's pool as a gathered read sees it: one filled connection.
 
     Its connection is lent once, with the temporary tables in place (see the
@@ -105,20 +105,12 @@ class GatherPool:
         *,
         deadline: float | None = None,
     ):
-        self._pool = pool
+        super().__init__(pool)
         self._gather = gather
         self._sources = dict(sources)
         self._deadline = deadline
-        self.name = pool.name
         self.moved: dict[str, int] = {}
         self.local: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:  # info_sql, columns_query, collation_sql, ...
-        return getattr(self._pool, name)
-
-    @property
-    def max_size(self) -> int:
-        return 1
 
     def connection(self) -> AbstractAsyncContextManager[ShardConnection]:
         return self._lend()

@@ -33,7 +33,7 @@ import logging
 import time
 import uuid
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shardq import tracing
 from shardq.config import DEFAULT_COMMIT_TIMEOUT
@@ -44,7 +44,7 @@ from shardq.errors import (
     NotSupportedError,
 )
 from shardq.execute.deadline import ROLLBACK_TIMEOUT, bounded
-from shardq.execute.driver import read_whole
+from shardq.execute.driver import OneConnection, read_whole
 from shardq.execute.twophase import two_phase_commit
 
 if TYPE_CHECKING:
@@ -67,20 +67,12 @@ class _Held:
         self.lock = asyncio.Lock()
 
 
-class _View:
+class _View(OneConnection):
     """A shard's pool as a transaction sees it: always its one connection."""
 
     def __init__(self, transaction: Transaction, pool: ShardPool):
+        super().__init__(pool)
         self._transaction = transaction
-        self._pool = pool
-        self.name = pool.name
-
-    def __getattr__(self, name: str) -> Any:  # info_sql, columns_query, collation_sql, ...
-        return getattr(self._pool, name)
-
-    @property
-    def max_size(self) -> int:
-        return 1
 
     def connection(self) -> AbstractAsyncContextManager[ShardConnection]:
         return self._transaction.connection(self.name)
