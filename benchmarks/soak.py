@@ -119,7 +119,7 @@ from _common import command_line, interrupt_on_sigterm, rss, stamp, stop_cluster
 import shardq
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from tests.fixtures.servers import PgCluster
 
@@ -273,18 +273,24 @@ def machine_cpu() -> float:
     return (sum(fields[:8]) - idle) / _TICK
 
 
-def servers_cpu(postmasters: Sequence[int]) -> float:
-    """CPU seconds of the postmasters and their live children, and of children reaped."""
-    total = 0
-    wanted = set(postmasters)
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """Every live process's pid and the fields of its ``/proc/PID/stat`` after the name."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        pid, parent = int(entry.name), int(fields[1])
+            continue  # ended meanwhile
+        yield int(entry.name), fields
+
+
+def servers_cpu(postmasters: Sequence[int]) -> float:
+    """CPU seconds of the postmasters and their live children, and of children reaped."""
+    total = 0
+    wanted = set(postmasters)
+    for pid, fields in _processes():
+        parent = int(fields[1])
         if pid in wanted:  # its own, and its reaped children's (a backend that ended)
             total += sum(int(f) for f in fields[11:15])
         elif parent in wanted:
@@ -375,17 +381,7 @@ def _process_start(pid: int) -> str | None:
 
 def children_of(pid: int) -> list[tuple[int, str]]:
     """The (pid, start time) of ``pid``'s child processes (its backends, for a postmaster)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append((int(entry.name), fields[19]))
-    return found
+    return [(child, fields[19]) for child, fields in _processes() if int(fields[1]) == pid]
 
 
 def kill(cluster: PgCluster, mode: str) -> list[tuple[int, str]]:

@@ -1080,17 +1080,20 @@ class Engine:
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-        async def subquery(sql: str, params: object) -> Result:
-            result = await self.execute(
+        def run(sql: str, params: object, factory: RowFactory) -> Awaitable[Any]:
+            return self.execute(
                 sql,
                 params,
                 timeout=left(),
-                row_factory=tuple_row,
+                row_factory=factory,
                 transaction=transaction,
                 read_policy=read_policy,
                 primary_for=primary_for,
                 allow_partial=allow_partial,
             )
+
+        async def subquery(sql: str, params: object) -> Result:
+            result = await run(sql, params, tuple_row)
             rows = await result.fetchall()
             missing.update(result.missing)
             description = result.description or ()
@@ -1101,16 +1104,7 @@ class Engine:
             )
 
         sql, bound = await self._substitute(plan, subquery)
-        result = await self.execute(
-            sql,
-            bound,
-            timeout=left(),
-            row_factory=row_factory,
-            transaction=transaction,
-            read_policy=read_policy,
-            primary_for=primary_for,
-            allow_partial=allow_partial,
-        )
+        result: AsyncResult | StoredResult = await run(sql, bound, row_factory)
         if missing:
             result.left_out(missing)
         return result
