@@ -394,9 +394,13 @@ class AsyncCursor:
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         result = self._current()
-        async for row in result:
+        # Batch by batch, as the result iterates: a partial read's warnings are
+        # issued when a batch arrives, not looked for at every row.
+        buffer = result._buffer
+        while await result._fill():
             self._issue()
-            yield row
+            while buffer:
+                yield buffer.popleft()
         self._issue()
 
     async def close(self) -> None:
