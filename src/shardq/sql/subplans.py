@@ -54,9 +54,14 @@ _PG_TYPES = {
 
 @dataclass(frozen=True, slots=True)
 class Subplan:
-    """One subquery to run first: its SQL, standalone."""
+    """One subquery to run first: its SQL, standalone.
+
+    ``table`` tells whether the statement reads its rows as a table (a
+    derived table or a CTE), rather than as a value or a list of values.
+    """
 
     sql: str
+    table: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +197,11 @@ def defer(
                 "shardq runs such a subquery first and on its own, where the CTE is not "
                 "defined; write the CTE's query into the subquery",
             )
-        subplans.append(Subplan(regenerate(body, source, dialect)))
+        parent = body.parent
+        table = isinstance(parent, exp.CTE) or (
+            isinstance(parent, exp.Subquery) and isinstance(parent.parent, exp.From | exp.Join)
+        )
+        subplans.append(Subplan(regenerate(body, source, dialect), table))
         copies[id(body)].replace(exp.Placeholder(this=f"{_MARK}{i}"))
     if dialect == "sqlite" and isinstance(template, exp.Select) and text:
         # Written back by sqlglot, SQLite would name its columns by sqlglot's words.
