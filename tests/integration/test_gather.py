@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import shardq
+from shardq.execute.driver import read_whole
 from tests.differential.compare import same_result
 from tests.fixtures.edge import DATABASE
 
@@ -243,3 +244,99 @@ async def test_the_answer_does_not_depend_on_the_shard_chosen(
         "JOIN sparse s ON s.v = f.k ORDER BY 1, 2, 3",
     ]:
         assert await _rows(conn, sql) == await _single(edge, sql), sql
+
+
+async def test_a_derived_table_that_needs_a_gather_gathers_the_whole_read(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
+    # Run first, the ranking would be gathered, all its rows brought back to the
+    # client and shipped out again: the whole read is gathered instead.
+    sql = (
+        "SELECT grp, id, r FROM (SELECT grp, id, rank() OVER (PARTITION BY grp "
+        "ORDER BY k, id) AS r FROM facts WHERE k > 1) ranked WHERE r <= 2 ORDER BY grp, id"
+    )
+    text = await conn.explain(sql)
+    assert text.startswith("Gathered query on s")
+    assert "the whole read is gathered instead" in text
+    assert 'facts (SELECT "id", "grp", "k" FROM facts WHERE k > 1)' in text
+    assert await _rows(conn, sql) == await _single(edge, sql)
+    # A subquery read as a value stays run first: the rest is distributed.
+    scalar = (
+        "SELECT id, k FROM facts WHERE k > (SELECT percentile_cont(0.5) WITHIN GROUP "
+        "(ORDER BY k) FROM facts) ORDER BY id"
+    )
+    assert "subqueries run first (1)" in await conn.explain(scalar)
+    assert await _rows(conn, scalar) == await _single(edge, scalar)
+    _assert_clean(edge.clusters)
+
+
+async def test_a_copy_failing_mid_stream_raises_and_leaves_the_connection_clean(
+    conn: shardq.AsyncConnection,
+) -> None:
+    # The fast COPY reader (below psycopg's Copy) must report an error the
+    # server sends after rows, and leave the connection ready for the next
+    # statement; closed early, the COPY is cancelled and drained.
+    pool = conn._engine.pools["s0"]
+    failing = "COPY (SELECT 10 / (500 - g) FROM generate_series(1, 1000) AS g) TO STDOUT"
+    async with pool.connection() as lent:
+        received = bytearray()
+
+        async def read_all() -> None:
+            async for block in lent.copy_to(failing, 64):  # type: ignore[attr-defined]
+                received.extend(block)
+
+        with pytest.raises(shardq.DataError, match="division by zero") as info:
+            await read_all()
+        assert isinstance(info.value, shardq.ShardError)
+        assert info.value.shard == "s0"
+        assert received.count(b"\n") >= 400  # the rows before the error came
+        outcome = await read_whole(lent, "SELECT 1", None, stream=False)
+        assert outcome.rows == [(1,)]
+        whole = bytearray()
+        async for block in lent.copy_to(  # type: ignore[attr-defined]
+            "COPY (SELECT g FROM generate_series(1, 5000) AS g) TO STDOUT", 1000
+        ):
+            whole += block
+        assert whole == b"".join(b"%d\n" % g for g in range(1, 5001))
+        blocks = lent.copy_to(  # type: ignore[attr-defined]
+            "COPY (SELECT g FROM generate_series(1, 10000000) AS g) TO STDOUT", 1000
+        )
+        first = await blocks.__anext__()
+        assert first.startswith(b"1\n2\n")
+        await blocks.aclose()  # stopped early: cancelled on the server and drained
+        outcome = await read_whole(lent, "SELECT 2", None, stream=False)
+        assert outcome.rows == [(2,)]
+
+
+async def test_gathered_tables_stay_in_memory(conn: shardq.AsyncConnection, edge: Edge) -> None:
+    from shardq.execute.gather import TEMP_BUFFERS
+
+    await _rows(conn, GATHERED)
+    settings = []
+    for shard in ("s0", "s1", "s2", "s3"):
+        async with conn._engine.pools[shard].connection() as lent:
+            outcome = await read_whole(lent, "SHOW temp_buffers", None, stream=False)
+            settings.append(outcome.rows[0][0])
+    assert TEMP_BUFFERS in settings  # the shard gathered to: for its session
+
+
+async def test_a_session_that_used_temporary_tables_still_gathers(edge: Edge) -> None:
+    # PostgreSQL refuses to change temp_buffers once a session has used a
+    # temporary table: the gather keeps the session's limit and runs as well.
+    async with shardq.AsyncConnection(_config(edge)) as conn:
+        for shard in ("s0", "s1", "s2", "s3"):
+            async with conn._engine.pools[shard].connection() as lent:
+                for statement in (
+                    "SET temp_buffers = '1MB'",
+                    "CREATE TEMP TABLE scratch (x int)",
+                    "INSERT INTO scratch VALUES (1)",
+                    "DROP TABLE scratch",
+                ):
+                    await read_whole(lent, statement, None, stream=False)
+        sql = GATHERED + " ORDER BY id"
+        assert await _rows(conn, sql) == await _single(edge, sql)
+        for shard in ("s0", "s1", "s2", "s3"):
+            async with conn._engine.pools[shard].connection() as lent:
+                outcome = await read_whole(lent, "SHOW temp_buffers", None, stream=False)
+                assert outcome.rows == [("1MB",)]
+    _assert_clean(edge.clusters)

@@ -12,7 +12,10 @@ DROP AS`` its pushdown over the shard's own rows (the same column types,
 type modifiers and collations, and no row crosses the network), then every
 other shard's rows arrive by binary COPY, streamed from a ``COPY ... TO
 STDOUT`` on that shard straight into a ``COPY ... FROM STDIN`` on the chosen
-one, a few blocks of memory per shard at most. The statement then runs on
+one, a few blocks of memory per shard at most; when the statement reads more
+than one table, the temporary tables are analyzed, so that its joins are
+planned on their real sizes. The session keeps them in memory
+(``temp_buffers``, see :func:`_room_for_temp_tables`). The statement then runs on
 that connection as written and streams like any other; when its result is
 closed (read to the end, closed early, failed, timed out, cancelled) the
 transaction is rolled back, dropping the temporary tables. A ROLLBACK that
@@ -29,6 +32,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from shardq.errors import ShardError
 from shardq.execute.deadline import GRACE_CAP, bounded
 from shardq.execute.driver import CopyRejected, OneConnection, read_whole
 
@@ -39,12 +43,15 @@ if TYPE_CHECKING:
     from shardq.execute.driver import ShardConnection, ShardPool
     from shardq.sql.gather import Gather, GatheredTable
 
-__all__ = ["ROLLBACK_TIMEOUT", "GatherPool", "choose", "estimate"]
+__all__ = ["ROLLBACK_TIMEOUT", "TEMP_BUFFERS", "GatherPool", "choose", "estimate"]
 
 log = logging.getLogger("shardq.gather")
 
 #: Seconds the ROLLBACK ending a gather may take before its connection is closed instead.
 ROLLBACK_TIMEOUT = 5.0
+#: The most memory a session's temporary tables may use before going to disk (see
+#: :func:`_room_for_temp_tables`).
+TEMP_BUFFERS = "256MB"
 # Blocks of COPY data read ahead per source shard (about 128 KiB each).
 _AHEAD = 4
 _BLOCK = 1 << 17
@@ -118,6 +125,7 @@ class GatherPool(OneConnection):
     @contextlib.asynccontextmanager
     async def _lend(self) -> AsyncIterator[ShardConnection]:
         async with self._pool.connection() as conn:
+            await _room_for_temp_tables(self.name, conn)
             await read_whole(conn, "BEGIN", None, stream=False)
             try:
                 if self._deadline is not None:
@@ -166,6 +174,29 @@ class GatherPool(OneConnection):
                 first = first.exceptions[0]
             raise first from first.__cause__
         self.moved[table.name] = moved
+        if self._gather.analyze:
+            await read_whole(conn, f"ANALYZE pg_temp.{table.name}", None, stream=False)
+
+
+async def _room_for_temp_tables(shard: str, conn: ShardConnection) -> None:
+    """Let the session keep its temporary tables in memory (``temp_buffers``).
+
+    PostgreSQL keeps a session's temporary tables in its own buffers, 8 MB
+    by default: a gathered table larger than that is written out and read
+    back, and the statement over it ran 30 % slower than over the real table
+    (half a million rows: 0.61 s against 0.47 s). The buffers are taken as
+    the tables grow, so a larger limit costs nothing until a gather needs it.
+    Set for the session, outside the gather's transaction (whose ROLLBACK
+    would undo it), and always to the same value: PostgreSQL refuses a
+    change once a temporary table has been used in the session, which then
+    keeps the limit it had (the gather runs as well, just slower).
+    """
+    try:
+        await read_whole(conn, f"SET temp_buffers = '{TEMP_BUFFERS}'", None, stream=False)
+    except ShardError as exc:
+        if exc.sqlstate != "22023":  # invalid_parameter_value: temporary tables used before
+            raise
+        log.debug("shard %s: temp_buffers left as it was (%s)", shard, exc, extra={"shard": shard})
 
 
 async def _roll_back(shard: str, conn: ShardConnection) -> None:

@@ -415,12 +415,18 @@ class _Connection:
         """Run ``COPY ... TO STDOUT`` (``sql``); yield its data in blocks of ``block`` bytes.
 
         The server sends a message per row: joined into blocks, they cost one
-        write each on the connection they are copied into (a gather's).
+        write each on the connection they are copied into (a gather's). They
+        are read below psycopg's ``Copy`` (see :func:`pgpipeline.copy_blocks`):
+        its reads cost about 3 µs a row, most of a gather's time.
         """
         cursor = self._cursor()
         query: Any = sql
         try:
             async with cursor.copy(query) as copy:
+                if pgpipeline.AVAILABLE:
+                    async for blocked in pgpipeline.copy_blocks(cursor.connection, block):
+                        yield blocked
+                    return
                 data = bytearray()
                 async for piece in copy:
                     data += piece
