@@ -113,15 +113,6 @@ async def _all(runs: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
             task.cancel()
 
 
-def _in_transaction() -> UnsupportedQueryError:
-    return UnsupportedQueryError(
-        "a read gathered to one shard, in a transaction",
-        "no merge answers it exactly, so shardq would gather its tables' rows into "
-        "temporary tables on one shard, which it does outside transactions only; "
-        "run it outside the transaction",
-    )
-
-
 def _result(
     description: tuple[Column, ...] | None,
     rows: list[Any],
@@ -421,8 +412,7 @@ class Engine:
     def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:
         """Whether a read refused at execution can be gathered to one shard instead."""
         return (
-            transaction is None
-            and not plan.kind.is_write
+            not plan.kind.is_write
             and self.config.dialect == "postgres"
             and len(self.config.shards) > 1
             and plan.gather is None
@@ -436,16 +426,27 @@ class Engine:
         max_gather_rows: int | None,
         *,
         check: bool = True,
+        transaction: Transaction | None = None,
     ) -> tuple[QueryPlan, GatherPool, int]:
         """Estimate a gather, choose its shard, refuse it over ``max_gather_rows`` (``check``).
 
         Returns the plan (made again with the catalog, to move only the
         columns the statement uses), the chosen shard's pool and the rows
         estimated to move.
+
+        In a ``transaction``, the statement runs on a session of its own, not
+        the transaction's, so that no temporary table touches the transaction
+        (PostgreSQL would refuse its PREPARE TRANSACTION); the rows are read
+        through the transaction's connections, to see its writes: every
+        shard's rows, the chosen one's too, and the reference tables the
+        statement reads, from one shard.
         """
         if self.planner.catalog is None:
             await self._load_catalog()
-            again = self.planner.gathered(plan.sql, plan.params)
+        if self.planner.catalog is not None or transaction is not None:
+            again = self.planner.gathered(
+                plan.sql, plan.params, everything=transaction is not None
+            )
             plan = dataclasses.replace(again, strategy=plan.strategy)  # (its why)
         gather = plan.gather
         assert gather is not None
@@ -458,6 +459,13 @@ class Engine:
         except TimeoutError:
             raise QueryTimeoutError(timeout or 0.0, names) from None
         target, moving = choose(dict(zip(names, counts, strict=True)))
+        if transaction is not None:  # every row moves, a reference table's once
+            moving = sum(
+                count
+                for shard, shard_counts in zip(names, counts, strict=True)
+                for table, count in zip(gather.tables, shard_counts, strict=True)
+                if not table.reference or shard == target
+            )
         limit = self.config.max_gather_rows if max_gather_rows is None else max_gather_rows
         if moving > limit and check:
             raise UnsupportedQueryError(
@@ -466,8 +474,14 @@ class Engine:
                 f"to shard {target}, which is more than max_gather_rows ({limit:,}) allows; "
                 "filter it further, or raise max_gather_rows (configuration, or per call)",
             )
-        sources = {s: self.pools[s] for s in names if s != target}
-        pool = GatherPool(self.pools[target], gather, sources, deadline=deadline)
+        if transaction is None:
+            sources = {s: self.pools[s] for s in names if s != target}
+        else:
+            views = transaction.view()
+            sources = {s: views[s] for s in sorted(names, key=lambda s: s != target)}
+        pool = GatherPool(
+            self.pools[target], gather, sources, deadline=deadline, own=transaction is None
+        )
         return plan, pool, moving
 
     async def _execute_gather(
@@ -483,17 +497,28 @@ class Engine:
 
         The statement runs as written on one connection of the chosen shard,
         its result streamed as any other; the deadline bounds the estimate,
-        the rows' move and the statement alike.
+        the rows' move and the statement alike. In a transaction (see
+        :meth:`_gather_setup`), a failure before the first row aborts the
+        transaction, as it would on one database.
         """
-        if transaction is not None:
-            raise _in_transaction()
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
-        plan, pool, _ = await self._gather_setup(plan, deadline, timeout, max_gather_rows)
-        shards = (pool.name,)
-        scatter, types = await self._start(
-            plan, shards, timeout, pools={pool.name: pool}, deadline=deadline
-        )
+        if transaction is not None:
+            transaction.check(self.config.shard_names, False)
+        try:
+            plan, pool, _ = await self._gather_setup(
+                plan, deadline, timeout, max_gather_rows, transaction=transaction
+            )
+            shards = (pool.name,)
+            scatter, types = await self._start(
+                plan, shards, timeout, pools={pool.name: pool}, deadline=deadline
+            )
+        except UnsupportedQueryError:
+            raise  # refused before anything ran (max_gather_rows)
+        except BaseException as exc:
+            if transaction is not None:
+                transaction.fail(exc)
+            raise
         merge = merger(plan.merge, 1, self._semantics, types)
         return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
 
@@ -699,7 +724,7 @@ class Engine:
             sql, params = await self._substitute(plan, subquery)
             plan = await self.plan_async(sql, params, transaction=transaction)
         if plan.gather is not None:
-            raise _in_transaction()
+            return await self._execute_gather(plan, timeout, None, tuple_row, transaction, None)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         transaction.check(shards, False)
         pools = cursor_pools(transaction.view())

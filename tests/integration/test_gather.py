@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
 import shardq
@@ -22,7 +23,7 @@ from tests.differential.compare import same_result
 from tests.fixtures.edge import DATABASE
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from tests.fixtures.edge import Edge
     from tests.fixtures.servers import PgCluster
@@ -190,10 +191,116 @@ async def test_max_gather_rows_refuses_before_anything_moves(edge: Edge) -> None
     _assert_clean(edge.clusters)
 
 
-async def test_gather_in_a_transaction_is_refused(conn: shardq.AsyncConnection) -> None:
-    async with conn.transaction():
-        with pytest.raises(shardq.UnsupportedQueryError, match="in a transaction"):
-            await conn.execute(GATHERED)
+TX_SCHEMA = """
+DROP TABLE IF EXISTS gx, gxref;
+CREATE TABLE gx (id integer PRIMARY KEY, g integer, v integer);
+CREATE TABLE gxref (g integer PRIMARY KEY, name text);
+INSERT INTO gxref VALUES (0, 'zero'), (1, 'one'), (2, 'two');
+"""
+# A window over every row, and a subquery correlated on a non-key column to a
+# reference table: gathered, the reference table with it in a transaction.
+TX_READ = (
+    "SELECT id, g, v, rank() OVER (PARTITION BY g ORDER BY v, id) AS r, "
+    "(SELECT name FROM gxref WHERE gxref.g = gx.g) AS name FROM gx ORDER BY id"
+)
+TX_WRITES = [
+    "INSERT INTO gx VALUES (100, 1, 5), (101, 2, 0), (102, 0, 0)",
+    "UPDATE gxref SET name = 'changed' WHERE g = 1",
+    "DELETE FROM gx WHERE id = 3",
+    "UPDATE gx SET v = v + 100 WHERE g = 2",
+]
+TX_MORE = "INSERT INTO gx SELECT g, g % 3, g % 5 FROM generate_series(200, 239) AS g"
+
+
+@pytest.fixture
+def tx_tables(edge: Edge) -> Iterator[dict[str, Any]]:
+    for cluster in [*edge.clusters, edge.single]:
+        cluster.execute(TX_SCHEMA, DATABASE)  # the reference table: every row everywhere
+    edge.load("gx", [(i, i % 3, i * 7 % 11) for i in range(1, 41)])
+    tables = {**edge.config["tables"], "gx": {"shard_key": "id"}, "gxref": {"reference": True}}
+    yield _config(edge, tables=tables)
+    for cluster in [*edge.clusters, edge.single]:
+        cluster.execute("DROP TABLE IF EXISTS gx, gxref", DATABASE)
+
+
+def _single_after(edge: Edge, writes: list[str], sql: str) -> list[tuple[Any, ...]]:
+    """``sql``'s rows on the single node after ``writes``, in a transaction rolled back."""
+    with psycopg.connect(edge.dsn) as single:
+        for write in writes:
+            single.execute(write)
+        rows = [tuple(r) for r in single.execute(sql).fetchall()]
+        single.rollback()
+    return rows
+
+
+async def test_a_gather_in_a_transaction_sees_its_writes_and_lets_it_commit(
+    edge: Edge, tx_tables: dict[str, Any]
+) -> None:
+    async with shardq.AsyncConnection(tx_tables) as conn:
+        assert "gathered to shard" in await conn.explain(TX_READ)
+        async with conn.transaction():
+            for write in TX_WRITES:
+                await conn.execute(write)
+            # Its own writes, to the distributed table and the reference table.
+            assert await _rows(conn, TX_READ) == _single_after(edge, TX_WRITES, TX_READ)
+            # Then a write on every shard: the commit prepares on each, the
+            # gathered shard's too (no temporary table touched the transaction).
+            await conn.execute(TX_MORE)
+            after = [*TX_WRITES, TX_MORE]
+            assert await _rows(conn, TX_READ) == _single_after(edge, after, TX_READ)
+        assert await _rows(conn, TX_READ) == _single_after(edge, after, TX_READ)
+        # Outside the transaction the same read gathers as before.
+        sql = (
+            "SELECT g, count(*), percentile_disc(0.5) WITHIN GROUP (ORDER BY v) FROM gx GROUP BY g"
+        )
+        assert sorted(await _rows(conn, sql)) == sorted(_single_after(edge, after, sql))
+    _assert_clean(edge.clusters)
+
+
+async def test_a_gather_failing_in_a_transaction_aborts_it(
+    edge: Edge, tx_tables: dict[str, Any]
+) -> None:
+    async with shardq.AsyncConnection(tx_tables) as conn:
+        # As on one database: the transaction is aborted, the next statement refused.
+        with pytest.raises(shardq.InFailedTransactionError):  # noqa: PT012
+            async with conn.transaction():
+                await conn.execute("INSERT INTO gx VALUES (300, 1, 5)")
+                with pytest.raises(shardq.DataError, match="division by zero"):
+                    await conn.execute("SELECT id, sum(10 / (v - 5)) OVER (ORDER BY id) FROM gx")
+                await conn.execute("SELECT count(*) FROM gx")
+        # Rolled back: the write did not stay.
+        assert await _rows(conn, "SELECT count(*) FROM gx WHERE id = 300") == [(0,)]
+    _assert_clean(edge.clusters)
+
+
+async def test_an_insert_from_a_gathered_read(edge: Edge, tx_tables: dict[str, Any]) -> None:
+    # INSERT ... SELECT whose SELECT no merge answers: the rows are read by a
+    # gather inside the write's transaction, then routed to their shards.
+    insert = (
+        "INSERT INTO gx SELECT id + 1000, g, rank() OVER (ORDER BY v, id) FROM gx WHERE id < 20"
+    )
+    check = "SELECT id, g, v FROM gx ORDER BY id"
+    async with shardq.AsyncConnection(tx_tables) as conn:
+        cur = await conn.execute(insert)
+        assert cur.rowcount == 19
+        assert await _rows(conn, check) == _single_after(edge, [insert], check)
+    _assert_clean(edge.clusters)
+
+
+def test_a_gather_through_the_dbapi_outside_autocommit(
+    edge: Edge, tx_tables: dict[str, Any]
+) -> None:
+    with shardq.connect(tx_tables) as conn:
+        conn.autocommit = False
+        cur = conn.cursor()
+        cur.execute(TX_WRITES[0])
+        cur.execute(TX_READ)
+        assert [tuple(r) for r in cur.fetchall()] == _single_after(edge, TX_WRITES[:1], TX_READ)
+        conn.rollback()
+        cur.execute(TX_READ)
+        assert [tuple(r) for r in cur.fetchall()] == _single_after(edge, [], TX_READ)
+        conn.rollback()
+    _assert_clean(edge.clusters)
 
 
 async def test_explain_names_the_shard_and_the_pushdown(

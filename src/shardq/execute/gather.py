@@ -102,6 +102,11 @@ class GatherPool(OneConnection):
     Its connection is lent once, with the temporary tables in place (see the
     module docstring); giving it back rolls back. ``moved`` then holds the
     rows each table received from the other shards, ``local`` its own.
+
+    ``sources`` are the pools the rows come from: the other shards' or, with
+    ``own=False`` (in a transaction, whose writes the gather's own session
+    does not see), every shard's, the chosen one's first, through the
+    transaction's connections; a reference table is then read from the first.
     """
 
     def __init__(
@@ -111,11 +116,13 @@ class GatherPool(OneConnection):
         sources: Mapping[str, ShardPool],
         *,
         deadline: float | None = None,
+        own: bool = True,
     ):
         super().__init__(pool)
         self._gather = gather
         self._sources = dict(sources)
         self._deadline = deadline
+        self._own = own
         self.moved: dict[str, int] = {}
         self.local: dict[str, int] = {}
 
@@ -147,21 +154,25 @@ class GatherPool(OneConnection):
 
     async def _fill(self, conn: ShardConnection, table: GatheredTable) -> None:
         """Create ``table``'s temporary table from the shard's own rows, then copy the others in."""
-        created = await read_whole(
-            conn,
-            f"CREATE TEMP TABLE {table.name} ON COMMIT DROP AS {table.select}",
-            None,
-            stream=False,
-        )
-        self.local[table.name] = max(created.rowcount, 0)
+        sources = list(self._sources.values())
+        if self._own:
+            create = f"CREATE TEMP TABLE {table.name} ON COMMIT DROP AS {table.select}"
+            if table.reference:
+                sources = []  # every row is here
+        else:
+            create = f"CREATE TEMP TABLE {table.name} ON COMMIT DROP AS {table.select} WITH NO DATA"
+            if table.reference:
+                sources = sources[:1]
+        created = await read_whole(conn, create, None, stream=False)
+        self.local[table.name] = max(created.rowcount, 0) if self._own else 0
         out = f"COPY ({table.select}) TO STDOUT (FORMAT BINARY)"
         into = f"COPY pg_temp.{table.name} FROM STDIN (FORMAT BINARY)"
         copy_from: Any = conn.copy_from  # type: ignore[attr-defined]
-        queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(_AHEAD) for _ in self._sources]
+        queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(_AHEAD) for _ in sources]
         moved = 0
         try:
             async with asyncio.TaskGroup() as group:
-                for pool, queue in zip(self._sources.values(), queues, strict=True):
+                for pool, queue in zip(sources, queues, strict=True):
                     group.create_task(_copy_out(pool, out, queue))
                 for queue in queues:  # one COPY at a time on the target; the others read ahead
                     try:

@@ -59,6 +59,8 @@ class GatheredTable:
             collation) for the temporary table; empty when not known.
         select: the pushdown: the SELECT every shard runs for its rows of it.
         pushed: whether a filter was pushed down (for EXPLAIN).
+        reference: a reference table (gathered in a transaction only), whose
+            rows are read from one shard.
     """
 
     name: str
@@ -66,6 +68,7 @@ class GatheredTable:
     declared: tuple[ColumnInfo, ...]
     select: str
     pushed: bool
+    reference: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +192,12 @@ def _quote(name: str, dialect: str) -> str:
     return exp.to_identifier(name, quoted=True).sql(dialect)
 
 
-def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
+def plan_gather(analysis: Analysis, columns: Columns, *, everything: bool = False) -> Gather:
     """The gather of a read (see the module docstring).
+
+    With ``everything``, the reference tables the read uses are gathered
+    too: in a transaction, the read runs on a session of its own, which must
+    see the transaction's writes to them as well.
 
     Raises:
         UnsupportedQueryError: a distributed table is named with its schema,
@@ -198,7 +205,7 @@ def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
     """
     dialect = analysis.parsed.dialect
     by_table: dict[str, list[TableRef]] = {}
-    for ref in analysis.distributed:
+    for ref in analysis.refs if everything else analysis.distributed:
         if ref.node.db:
             raise UnsupportedQueryError(
                 f"gathering the table {ref.node.sql(dialect)}, named with its schema",
@@ -232,6 +239,7 @@ def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
                 moved or (known or ()),
                 select,
                 bool(conjuncts),
+                reference=not refs[0].table.distributed,
             )
         )
     return Gather(tuple(tables), analyze=len(analysis.refs) > 1)

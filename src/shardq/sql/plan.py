@@ -267,6 +267,8 @@ class Planner:
         params: object = None,
         target: Route | None = None,
         why: UnsupportedQueryError | None = None,
+        *,
+        everything: bool = False,
     ) -> QueryPlan:
         """The plan of a multi-shard read gathered to one shard (see :mod:`shardq.sql.gather`).
 
@@ -274,13 +276,16 @@ class Planner:
         refusal met at execution (a correlated subquery, an order the merge
         cannot reproduce), then; ``why`` is that refusal, told in the strategy.
         Its columns are pruned with the catalog when it is loaded (all of them
-        otherwise).
+        otherwise). ``everything``: its reference tables are gathered too (in
+        a transaction).
         """
         analysis = self.analyze(sql)
-        key = ("gather", len(self.columns))
+        key = ("gather", len(self.columns), everything)
         gather: Gather | None = analysis.memo.get(key)
         if gather is None:
-            gather = analysis.memo[key] = plan_gather(analysis, self.columns)
+            gather = analysis.memo[key] = plan_gather(
+                analysis, self.columns, everything=everything
+            )
         if target is None:
             target = route(analysis, params, self.config, self.columns)
         because = (
