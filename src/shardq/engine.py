@@ -163,6 +163,13 @@ class Engine:
             getattr(pool, "readers_block_writers", False) for pool in self.pools.values()
         )
         self._reading: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
+        # Gathers at once, at most the smallest pool's size: each holds one
+        # connection of its shard while it waits for one of every other shard,
+        # so more of them, gathering to different shards, could hold every
+        # connection and wait for each other (see GatherPool).
+        self._gathers = asyncio.Semaphore(
+            min((getattr(p, "max_size", 1) for p in self.pools.values()), default=1)
+        )
 
     @classmethod
     def from_config(cls, config: Config, *, fetch_size: int = DEFAULT_FETCH_SIZE) -> Engine:
@@ -480,7 +487,12 @@ class Engine:
             views = transaction.view()
             sources = {s: views[s] for s in sorted(names, key=lambda s: s != target)}
         pool = GatherPool(
-            self.pools[target], gather, sources, deadline=deadline, own=transaction is None
+            self.pools[target],
+            gather,
+            sources,
+            deadline=deadline,
+            own=transaction is None,
+            slots=self._gathers,
         )
         return plan, pool, moving
 
@@ -795,12 +807,7 @@ class Engine:
         if plan.deferred is not None:
             return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
         if plan.gather is not None:
-            raise UnsupportedQueryError(
-                "a read gathered to one shard, in a batch",
-                "no merge answers it exactly, so shardq would gather its tables' rows to one "
-                "shard, which takes connections of every shard the batch's lanes may hold; "
-                "run it with execute()",
-            )
+            return await self._run_gather(plan, timeout, deadline, row_factory)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind.is_write and len(shards) > 1:
             raise UnsupportedQueryError(
@@ -827,12 +834,38 @@ class Engine:
         else:
             types = [c.type_code for c in description or ()]
             if plan.merge.compares:
-                self._check_text_order(plan, shards, types)
+                try:
+                    self._check_text_order(plan, shards, types)
+                except UnsupportedQueryError as refused:
+                    if len(shards) < 2 or not self._can_gather(plan, None):
+                        raise
+                    gathered = self.planner.gathered(sql, params, why=refused)
+                    return await self._run_gather(gathered, timeout, deadline, row_factory)
             merge = merger(plan.merge, len(shards), self._semantics, types)
             rows = drive_sync(merge, [[o.rows] for o in outcomes])
             description = describe(plan.merge, description, self._semantics)
             rowcount = len(rows)
         return _result(description, rows, rowcount, shards, row_factory)
+
+    async def _run_gather(
+        self,
+        plan: QueryPlan,
+        timeout: float | None,
+        deadline: float | None,
+        row_factory: RowFactory,
+    ) -> ResultSet:
+        """:meth:`_execute_gather` for a batch: read whole.
+
+        Not through the lanes: a gather holds a connection of every shard,
+        from the pools, while the lanes' workers hold theirs only while their
+        queues have work, so it waits for them at worst.
+        """
+        result = await self._execute_gather(plan, timeout, deadline, tuple_row, None, None)
+        try:
+            rows = await result.fetchall()
+        finally:
+            await result.close()
+        return _result(result.description, rows, len(rows), result.shards, row_factory)
 
     async def _run_deferred(
         self,

@@ -11,6 +11,7 @@ are asked directly (pg_stat_activity, pg_class), not shardq.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -329,9 +330,43 @@ def test_sync_connection_gathers(edge: Edge) -> None:
     _assert_clean(edge.clusters)
 
 
-async def test_gather_in_a_batch_is_refused(conn: shardq.AsyncConnection) -> None:
-    with pytest.raises(shardq.UnsupportedQueryError, match="in a batch"):
-        await conn.execute([GATHERED, "SELECT count(*) FROM facts"])
+async def test_gathers_in_a_batch(conn: shardq.AsyncConnection, edge: Edge) -> None:
+    sqls = [
+        GATHERED + " ORDER BY id",
+        "SELECT count(*) FROM facts",
+        "SELECT grp, string_agg(label, ',' ORDER BY id) FROM facts GROUP BY grp ORDER BY grp",
+        "SELECT id, k FROM facts WHERE k > (SELECT percentile_cont(0.5) WITHIN GROUP "
+        "(ORDER BY k) FROM facts) ORDER BY id",
+    ] * 3
+    results = await conn.gather(sqls, concurrency=6)
+    for sql, result in zip(sqls, results, strict=True):
+        assert [tuple(r) for r in result] == await _single(edge, sql), sql
+    _assert_clean(edge.clusters)
+
+
+async def test_concurrent_gathers_to_different_shards_do_not_wait_for_each_other(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each gather holds a connection of its shard while it waits for one of
+    # every other shard: with two connections a pool, twelve gathers to four
+    # different shards would hold them all and wait for each other.
+    from shardq import engine
+
+    turn = itertools.cycle(["s0", "s1", "s2", "s3"])
+
+    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:
+        target = next(turn)
+        return target, sum(sum(c) for s, c in estimates.items() if s != target)
+
+    monkeypatch.setattr(engine, "choose", choose)
+    config = _config(edge)
+    config["shards"] = [{**shard, "pool_max_size": 2} for shard in config["shards"]]
+    sql = GATHERED + " ORDER BY id"
+    async with shardq.AsyncConnection(config) as conn:
+        answers = await asyncio.gather(*(_rows(conn, sql, timeout=60) for _ in range(12)))
+    expected = await _single(edge, sql)
+    assert all(answer == expected for answer in answers)
+    _assert_clean(edge.clusters)
 
 
 @pytest.mark.parametrize("target", ["s0", "s1", "s2", "s3"])

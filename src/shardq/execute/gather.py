@@ -107,6 +107,12 @@ class GatherPool(OneConnection):
     ``own=False`` (in a transaction, whose writes the gather's own session
     does not see), every shard's, the chosen one's first, through the
     transaction's connections; a reference table is then read from the first.
+
+    ``slots`` bounds the gathers under way (the engine's, as many as the
+    smallest pool has connections): a gather holds its shard's connection
+    while it waits for the other shards' (its sources), so gathers to
+    different shards, more of them than a pool has connections, could each
+    hold one that another waits for, and all wait until their timeouts.
     """
 
     def __init__(
@@ -117,8 +123,10 @@ class GatherPool(OneConnection):
         *,
         deadline: float | None = None,
         own: bool = True,
+        slots: asyncio.Semaphore | None = None,
     ):
         super().__init__(pool)
+        self._slots = slots
         self._gather = gather
         self._sources = dict(sources)
         self._deadline = deadline
@@ -131,7 +139,7 @@ class GatherPool(OneConnection):
 
     @contextlib.asynccontextmanager
     async def _lend(self) -> AsyncIterator[ShardConnection]:
-        async with self._pool.connection() as conn:
+        async with self._slots or contextlib.nullcontext(), self._pool.connection() as conn:
             await _room_for_temp_tables(self.name, conn)
             await read_whole(conn, "BEGIN", None, stream=False)
             try:
