@@ -482,3 +482,50 @@ async def test_a_session_that_used_temporary_tables_still_gathers(edge: Edge) ->
                 outcome = await read_whole(lent, "SHOW temp_buffers", None, stream=False)
                 assert outcome.rows == [("1MB",)]
     _assert_clean(edge.clusters)
+
+
+async def test_arrays_and_composites_of_types_made_in_the_database(edge: Edge) -> None:
+    # Binary COPY carries the OID of an array's elements and of a composite's
+    # fields, and types made in a database get a different OID on each server
+    # (a type made first on one shard shifts them): the receiving server
+    # takes them (PostgreSQL 15 checks neither against its own), and the
+    # gathered answer is the single node's.
+    schema = """
+        DROP TABLE IF EXISTS gxu; DROP TYPE IF EXISTS gxmood, gxpair, gxpad;
+        CREATE TYPE gxmood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TYPE gxpair AS (a integer, b text, m gxmood);
+        CREATE TABLE gxu (id integer PRIMARY KEY, ms gxmood[], pair gxpair, n numeric);
+    """
+    edge.clusters[0].execute("DROP TYPE IF EXISTS gxpad; CREATE TYPE gxpad AS ENUM ('x')", DATABASE)
+    for cluster in [*edge.clusters, edge.single]:
+        cluster.execute(
+            schema.replace(
+                "DROP TYPE IF EXISTS gxmood, gxpair, gxpad;", "DROP TYPE IF EXISTS gxmood, gxpair;"
+            ),
+            DATABASE,
+        )
+    moods = ["sad", "ok", "happy"]
+    rows = [
+        (
+            i,
+            "{" + ",".join(moods[(i + j) % 3] for j in range(i % 3)) + "}",
+            f'({i % 4},"t {i}",{moods[i % 3]})',
+            i / 8,
+        )
+        for i in range(1, 41)
+    ]
+    edge.load("gxu", rows)
+    tables = {**edge.config["tables"], "gxu": {"shard_key": "id"}}
+    sql = (
+        "SELECT id, ms, pair, (pair).b, rank() OVER (PARTITION BY (pair).a ORDER BY n DESC, id) "
+        "FROM gxu ORDER BY id"
+    )
+    try:
+        async with shardq.AsyncConnection(_config(edge, tables=tables)) as conn:
+            assert "gathered to shard" in await conn.explain(sql)
+            assert await _rows(conn, sql) == await _single(edge, sql)
+    finally:
+        for cluster in [*edge.clusters, edge.single]:
+            cluster.execute("DROP TABLE gxu; DROP TYPE gxmood, gxpair", DATABASE)
+        edge.clusters[0].execute("DROP TYPE gxpad", DATABASE)
+    _assert_clean(edge.clusters)
