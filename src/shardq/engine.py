@@ -46,6 +46,7 @@ from shardq.rows import is_tuple_factory, tuple_row
 from shardq.sql.analyze import StatementKind
 from shardq.sql.catalog import ColumnInfo, Columns, sqlite_columns
 from shardq.sql.explain import Analyzed, ShardRun, explain
+from shardq.sql.gather import bind_gather
 from shardq.sql.move import ROWS, TIDS
 from shardq.sql.plan import Planner, QueryPlan
 from shardq.sql.regenerate import for_psycopg
@@ -451,12 +452,13 @@ class Engine:
         if self.planner.catalog is None:
             await self._load_catalog()
         if self.planner.catalog is not None or transaction is not None:
-            again = self.planner.gathered(
-                plan.sql, plan.params, everything=transaction is not None
-            )
+            again = self.planner.gathered(plan.sql, plan.params, everything=transaction is not None)
             plan = dataclasses.replace(again, strategy=plan.strategy)  # (its why)
         gather = plan.gather
         assert gather is not None
+        if gather.placeholders:
+            gather = bind_gather(gather, plan.params)
+            plan = dataclasses.replace(plan, gather=gather)
         names = self.config.shard_names
         try:
             async with bounded(deadline, timeout):

@@ -11,8 +11,10 @@ are asked directly (pg_stat_activity, pg_class), not shardq.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import time
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -528,4 +530,42 @@ async def test_arrays_and_composites_of_types_made_in_the_database(edge: Edge) -
         for cluster in [*edge.clusters, edge.single]:
             cluster.execute("DROP TABLE gxu; DROP TYPE gxmood, gxpair", DATABASE)
         edge.clusters[0].execute("DROP TYPE gxpad", DATABASE)
+    _assert_clean(edge.clusters)
+
+
+@pytest.mark.parametrize(
+    ("where", "params"),
+    [
+        ("f.k > %s AND f.grp <> %s", [2, "apple"]),
+        ("f.n >= %s AND f.n < %s", [Decimal("-1.5"), Decimal("2")]),
+        ("f.f > %s", [0.1]),
+        ("f.ts >= %(since)s", {"since": dt.datetime(2024, 4, 1, tzinfo=dt.UTC)}),
+        ("f.k = %s OR f.k IS NULL", [None]),
+        ("f.grp = %s", ["o'k"]),
+        ("f.k IN (%s, %s) AND f.id - %s > 0", [1, 3, -5]),
+    ],
+)
+async def test_a_parameterized_gather_moves_only_the_rows_it_keeps(
+    conn: shardq.AsyncConnection, edge: Edge, where: str, params: Any
+) -> None:
+    sql = (
+        f"SELECT f.id, f.grp, rank() OVER (PARTITION BY f.grp ORDER BY f.k, f.id) FROM facts f "
+        f"WHERE {where} ORDER BY f.id"
+    )
+    text = await conn.explain(sql, params)
+    assert "gathered to shard" in text
+    pushdown = next(line for line in text.splitlines() if line.startswith("  facts ("))
+    assert " WHERE " in pushdown, pushdown
+    assert "%" not in pushdown, pushdown
+    with psycopg.connect(edge.dsn) as single:
+        expected = [tuple(r) for r in single.execute(sql, params).fetchall()]
+    cur = await conn.execute(sql, params)
+    assert [tuple(r) for r in await cur.fetchall()] == expected
+    analyzed = await conn.explain(sql, params, analyze=True)
+    moved = next(line for line in analyzed.splitlines() if "rows moved" in line)
+    rows = sum(int(word) for word in moved.split() if word.isdigit())
+    with psycopg.connect(edge.dsn) as single:
+        kept = single.execute(f"SELECT count(*) FROM facts f WHERE {where}", params).fetchone()
+    assert kept is not None
+    assert rows == kept[0]  # no more than the statement keeps
     _assert_clean(edge.clusters)

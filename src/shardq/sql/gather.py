@@ -32,19 +32,29 @@ SELECT "a", "b" FROM u WHERE u.b IS NOT NULL
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+import functools
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
 from shardq.sql.analyze import normalize
+from shardq.sql.rewrite import positional_as_named
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from shardq.sql.analyze import Analysis, TableRef
     from shardq.sql.catalog import ColumnInfo, Columns
 
-__all__ = ["Gather", "GatheredTable", "plan_gather"]
+__all__ = ["Gather", "GatheredTable", "bind_gather", "plan_gather"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,10 @@ class GatheredTable:
         pushed: whether a filter was pushed down (for EXPLAIN).
         reference: a reference table (gathered in a transaction only), whose
             rows are read from one shard.
+        head: the pushdown before its WHERE.
+        filters: the pushdown's conjuncts, each as SQL; on PostgreSQL they may
+            hold placeholders, which :func:`bind_gather` replaces by the values
+            (``select`` holds them until then).
     """
 
     name: str
@@ -69,6 +83,8 @@ class GatheredTable:
     select: str
     pushed: bool
     reference: bool = False
+    head: str = ""
+    filters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,8 @@ class Gather:
 
     tables: tuple[GatheredTable, ...]
     analyze: bool = False
+    positional: int = 0  # the statement's positional placeholders (named _p0, _p1, ...)
+    placeholders: bool = False  # whether a filter holds one: see bind_gather
 
 
 # Nodes a pushed-down conjunct may hold: comparisons of columns with constants.
@@ -98,9 +116,15 @@ _SAFE = (
 )  # fmt: skip
 
 
-def _safe(conjunct: exp.Expr) -> bool:
-    """Whether evaluating ``conjunct`` on every row of its table is harmless."""
+def _safe(conjunct: exp.Expr, dialect: str) -> bool:
+    """Whether evaluating ``conjunct`` on every row of its table is harmless.
+
+    A placeholder is, on PostgreSQL: :func:`bind_gather` writes its value in,
+    or leaves the conjunct out.
+    """
     for node in conjunct.walk():
+        if isinstance(node, exp.Placeholder) and dialect == "postgres":
+            continue
         if isinstance(node, exp.Cast):  # of a literal only: date '1998-12-01'
             if not isinstance(node.this, exp.Literal):
                 return False
@@ -175,7 +199,7 @@ def _pushdown(
     own = {normalize(c.name, dialect) if dialect == "sqlite" else c.name for c in known or ()}
     found = []
     for conjunct in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
-        if not _safe(conjunct):
+        if not _safe(conjunct, dialect):
             continue
         columns = list(conjunct.find_all(exp.Column))
         if all(
@@ -227,19 +251,98 @@ def plan_gather(analysis: Analysis, columns: Columns, *, everything: bool = Fals
         source = refs[0].node.this.sql(dialect)
         conjuncts = _pushdown(refs[0], len(refs), known, dialect)
         alias = refs[0].node.args.get("alias")
-        select = f"SELECT {listed} FROM {source}"
+        head = f"SELECT {listed} FROM {source}"
         if alias is not None and conjuncts:
-            select += f" AS {alias.this.sql(dialect)}"
-        if conjuncts:
-            select += " WHERE " + " AND ".join(c.sql(dialect) for c in conjuncts)
+            head += f" AS {alias.this.sql(dialect)}"
+        filters = tuple(c.sql(dialect) for c in conjuncts)
         tables.append(
             GatheredTable(
                 source,
                 tuple(_quote(c.name, dialect) for c in moved),
                 moved or (known or ()),
-                select,
+                _select(head, filters),
                 bool(conjuncts),
                 reference=not refs[0].table.distributed,
+                head=head,
+                filters=filters,
             )
         )
-    return Gather(tuple(tables), analyze=len(analysis.refs) > 1)
+    placeholders = (
+        any(_PLACEHOLDER.search(f) for table in tables for f in table.filters)
+        and dialect == "postgres"
+    )
+    return Gather(
+        tuple(tables),
+        analyze=len(analysis.refs) > 1,
+        positional=analysis.parsed.positional,
+        placeholders=placeholders,
+    )
+
+
+def _select(head: str, filters: Sequence[str]) -> str:
+    return f"{head} WHERE {' AND '.join(filters)}" if filters else head
+
+
+# A psycopg placeholder as sqlglot writes one back (positional ones renamed _pN).
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+# The Python types whose value a literal states exactly as psycopg binds it: an
+# untyped literal where psycopg sends no type (str) or one the literal takes
+# (int, Decimal: numeric), a typed literal otherwise. Not lists, dicts, JSON.
+_LITERAL_TYPES = (
+    bool, int, Decimal, str, bytes, dt.date, dt.datetime, dt.time, dt.timedelta, uuid.UUID,
+)  # fmt: skip
+
+
+def _literal(value: object) -> str | None:
+    """``value`` as the SQL literal of what psycopg would bind, or None when it cannot say."""
+    if value is None:
+        return "(NULL)"
+    if type(value) is float:  # psycopg binds float8: so does the literal
+        text = "NaN" if math.isnan(value) else repr(value).replace("inf", "Infinity")
+        return f"('{text}'::float8)"
+    if not isinstance(value, _LITERAL_TYPES):
+        return None
+    from psycopg import sql  # (PostgreSQL shards only: psycopg is there)
+
+    try:
+        literal = sql.Literal(value).as_string(None)
+    except Exception:  # (a NUL in a string, a value psycopg cannot dump)
+        return None
+    return f"({literal.strip()})"
+
+
+def _value_of(literals: Mapping[str, str | None], match: re.Match[str]) -> str:
+    return str(literals[match.group(1)])
+
+
+def bind_gather(gather: Gather, params: object) -> Gather:
+    """``gather`` with its pushdowns' placeholders replaced by ``params``' values.
+
+    A ``COPY (query) TO STDOUT`` takes no parameters, so each value is written
+    in as the literal of what psycopg would bind (:func:`_literal`): the
+    conjunct then keeps the rows the statement's own conjunct keeps. A
+    conjunct with a value that has no such literal (a list, a dict) is not
+    pushed down: its rows move, and the statement filters them.
+    """
+    if not gather.placeholders:
+        return gather
+    named = positional_as_named(params, gather.positional)
+    values = named if isinstance(named, Mapping) else {}
+    tables = []
+    for table in gather.tables:
+        kept = []
+        for conjunct in table.filters:
+            names = _PLACEHOLDER.findall(conjunct)
+            literals = {n: _literal(values[n]) if n in values else None for n in names}
+            if any(literal is None for literal in literals.values()):
+                continue
+            kept.append(_PLACEHOLDER.sub(functools.partial(_value_of, literals), conjunct))
+        tables.append(
+            replace(
+                table,
+                select=_select(table.head, kept),
+                filters=tuple(kept),
+                pushed=bool(kept),
+            )
+        )
+    return replace(gather, tables=tuple(tables), placeholders=False)

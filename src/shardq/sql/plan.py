@@ -283,9 +283,7 @@ class Planner:
         key = ("gather", len(self.columns), everything)
         gather: Gather | None = analysis.memo.get(key)
         if gather is None:
-            gather = analysis.memo[key] = plan_gather(
-                analysis, self.columns, everything=everything
-            )
+            gather = analysis.memo[key] = plan_gather(analysis, self.columns, everything=everything)
         if target is None:
             target = route(analysis, params, self.config, self.columns)
         because = (
