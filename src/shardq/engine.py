@@ -29,9 +29,10 @@ from shardq.execute.cursor import cursor_pools
 from shardq.execute.deadline import bounded
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
-from shardq.execute.gather import GatherPool, choose, estimate
+from shardq.execute.gather import GatherPool, choose
 from shardq.execute.hosts import Hosts, host_failed
 from shardq.execute.scatter import Scatter, unavailable
+from shardq.execute.sqlite_gather import SQLiteGatherPool
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
     TEXT_TYPES,
@@ -161,6 +162,10 @@ class Engine:
         self.planner = Planner(config)
         self.fetch_size = fetch_size
         self._semantics = semantics(config.dialect)
+        # How a read is gathered to one shard: by COPY, or on SQLite by rows.
+        self._gather_pool: type[GatherPool] = (
+            SQLiteGatherPool if config.dialect == "sqlite" else GatherPool
+        )
         # Each shard's default text order, asked once: "code point" or its collation.
         self._text_order: dict[str, str] = {}
         # Reads of reference tables only go to one shard, taken in turn.
@@ -336,7 +341,7 @@ class Engine:
             except UnsupportedQueryError as refused:
                 # Refused on the way (a subquery correlated on another column):
                 # gathered instead, when it can be.
-                if not self._can_gather(plan, transaction):
+                if not (refused.gatherable and self._can_gather(plan, transaction)):
                     raise
                 plan = self.planner.gathered(sql, params, why=refused)
         if plan.gather is not None:
@@ -391,7 +396,9 @@ class Engine:
                 except UnsupportedQueryError as refused:
                     # Refused before any row was merged (an order the merge
                     # cannot reproduce): gathered instead, when it can be.
-                    if len(shards) < 2 or not self._can_gather(plan, transaction):
+                    if len(shards) < 2 or not (
+                        refused.gatherable and self._can_gather(plan, transaction)
+                    ):
                         raise
                     return await self._execute_gather(
                         self.planner.gathered(sql, params, why=refused),
@@ -423,7 +430,6 @@ class Engine:
         return (
             transaction is None
             and not plan.kind.is_write
-            and self.config.dialect == "postgres"
             and len(self.config.shards) > 1
             and plan.gather is None
         )
@@ -453,7 +459,7 @@ class Engine:
         try:
             async with bounded(deadline, timeout):
                 counts = await _together(
-                    estimate(self.pools[shard], gather.tables) for shard in names
+                    self._gather_pool.estimate(self.pools[shard], gather.tables) for shard in names
                 )
         except TimeoutError:
             raise QueryTimeoutError(timeout or 0.0, names) from None
@@ -467,7 +473,7 @@ class Engine:
                 "filter it further, or raise max_gather_rows (configuration, or per call)",
             )
         sources = {s: self.pools[s] for s in names if s != target}
-        pool = GatherPool(self.pools[target], gather, sources, deadline=deadline)
+        pool = self._gather_pool(self.pools[target], gather, sources, deadline=deadline)
         return plan, pool, moving
 
     async def _execute_gather(
@@ -495,7 +501,11 @@ class Engine:
             plan, shards, timeout, pools={pool.name: pool}, deadline=deadline
         )
         merge = merger(plan.merge, 1, self._semantics, types)
-        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        result = await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        if self._readers_block_writers and not result.in_memory:
+            # Its transaction holds the chosen file's shared lock until it ends.
+            self._reading.add(result)
+        return result
 
     async def _before_write(self) -> None:
         """Read into memory the results still reading shards where they would block a write.

@@ -29,6 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from shardq.errors import UnsupportedQueryError
 from shardq.execute.deadline import GRACE_CAP, bounded
 from shardq.execute.driver import CopyRejected, OneConnection, read_whole
 
@@ -118,24 +119,48 @@ class GatherPool(OneConnection):
     @contextlib.asynccontextmanager
     async def _lend(self) -> AsyncIterator[ShardConnection]:
         async with self._pool.connection() as conn:
+            self._check(conn)
             await read_whole(conn, "BEGIN", None, stream=False)
             try:
-                if self._deadline is not None:
-                    # The server stops the transaction's statements itself at the
-                    # deadline (and a grace): a cancel lost on a busy host or a
-                    # dead client leaves nothing running.
-                    left = self._deadline - time.monotonic() + GRACE_CAP
-                    await read_whole(
-                        conn,
-                        f"SET LOCAL statement_timeout = {max(1, int(left * 1000))}",
-                        None,
-                        stream=False,
-                    )
+                await self._begun(conn)
                 for table in self._gather.tables:
                     await self._fill(conn, table)
                 yield conn
             finally:
-                await _roll_back(self.name, conn)
+                await self._end(conn)
+
+    def _check(self, conn: ShardConnection) -> None:
+        """Refuse before anything moves when ``conn`` cannot receive rows by COPY."""
+        if not hasattr(conn, "copy_from"):
+            raise UnsupportedQueryError(
+                "a read gathered to one shard over PEP 249 connections",
+                "no merge answers it exactly, so shardq would gather its tables' rows to one "
+                "shard by COPY, which it does on its own PostgreSQL connections only; "
+                "connect with a configuration (shardq.connect) to have it gathered",
+            )
+
+    @staticmethod
+    async def estimate(pool: ShardPool, tables: Sequence[GatheredTable]) -> list[int]:
+        """The rows of each of ``tables`` that ``pool``'s shard would send: its planner's guess."""
+        return await estimate(pool, tables)
+
+    async def _begun(self, conn: ShardConnection) -> None:
+        """Set the transaction up once BEGIN ran (PostgreSQL: its statement timeout)."""
+        if self._deadline is not None:
+            # The server stops the transaction's statements itself at the
+            # deadline (and a grace): a cancel lost on a busy host or a
+            # dead client leaves nothing running.
+            left = self._deadline - time.monotonic() + GRACE_CAP
+            await read_whole(
+                conn,
+                f"SET LOCAL statement_timeout = {max(1, int(left * 1000))}",
+                None,
+                stream=False,
+            )
+
+    async def _end(self, conn: ShardConnection) -> None:
+        """Roll the transaction back, and with it the temporary tables."""
+        await _roll_back(self.name, conn)
 
     async def _fill(self, conn: ShardConnection, table: GatheredTable) -> None:
         """Create ``table``'s temporary table from the shard's own rows, then copy the others in."""

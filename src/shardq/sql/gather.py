@@ -13,6 +13,15 @@ uses and the WHERE conjuncts that concern that table alone (the *pushdown*),
 as a SELECT each shard runs. What it does not know to be safe it does not
 push down: correctness first, fewer rows second.
 
+On SQLite the temporary table is declared, not created from a query: each
+moved column with its declared type's affinity and its collation, as the
+catalog reads them (``declared``), so that values inserted keep the storage
+class the real table gave them and compare as they would there. The chosen
+shard fills it with its own rows by the pushdown naming its table in
+``main`` (``local``: the unqualified name would already mean the temporary
+table). Its ``rowid`` would not be the real table's, so a statement naming
+one is not gathered.
+
 >>> from shardq.config import load_config
 >>> from shardq.sql.catalog import ColumnInfo
 >>> config = load_config({"dialect": "postgres", "shards": [
@@ -55,10 +64,15 @@ class GatheredTable:
         name: the table's name as the statement writes it (the temporary
             table's name, which shadows it).
         columns: the columns moved, quoted, in the table's order; empty for all.
-        declared: on SQLite, each moved column's declaration (name, type,
-            collation) for the temporary table; empty when not known.
+        declared: each moved column's declaration (name, type, collation)
+            as the catalog reads it (all the table's columns when ``columns``
+            is empty): SQLite's temporary table is declared from it; empty
+            when not known.
         select: the pushdown: the SELECT every shard runs for its rows of it.
         pushed: whether a filter was pushed down (for EXPLAIN).
+        local: the pushdown reading the table by its schema (SQLite:
+            ``main``), which the chosen shard runs once the temporary table
+            shadows the bare name (the same as ``select`` on PostgreSQL).
     """
 
     name: str
@@ -66,6 +80,7 @@ class GatheredTable:
     declared: tuple[ColumnInfo, ...]
     select: str
     pushed: bool
+    local: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +101,16 @@ _SAFE = (
 )  # fmt: skip
 
 
-def _safe(conjunct: exp.Expr) -> bool:
-    """Whether evaluating ``conjunct`` on every row of its table is harmless."""
+def _safe(conjunct: exp.Expr, dialect: str) -> bool:
+    """Whether evaluating ``conjunct`` on every row of its table is harmless.
+
+    On SQLite not even a literal's cast: its affinity comes from the type
+    name as written (``CAST('5' AS STRING)`` is numeric), which the SQL
+    generated again may spell otherwise.
+    """
     for node in conjunct.walk():
+        if isinstance(node, exp.Cast | exp.DataType) and dialect == "sqlite":
+            return False
         if isinstance(node, exp.Cast):  # of a literal only: date '1998-12-01'
             if not isinstance(node.this, exp.Literal):
                 return False
@@ -163,7 +185,7 @@ def _pushdown(
     own = {normalize(c.name, dialect) if dialect == "sqlite" else c.name for c in known or ()}
     found = []
     for conjunct in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
-        if not _safe(conjunct):
+        if not _safe(conjunct, dialect):
             continue
         columns = list(conjunct.find_all(exp.Column))
         if all(
@@ -178,6 +200,37 @@ def _pushdown(
 
 def _quote(name: str, dialect: str) -> str:
     return exp.to_identifier(name, quoted=True).sql(dialect)
+
+
+# The names by which SQLite reads a table's rowid when no column takes them.
+_ROWID = frozenset({"rowid", "oid", "_rowid_"})
+
+
+def _check_rowid(analysis: Analysis, columns: Columns, names: list[str]) -> None:
+    """Refuse a SQLite statement naming a gathered table's rowid (its own, in the temporary table).
+
+    >>> from shardq.config import load_config
+    >>> from shardq.sql.analyze import analyze
+    >>> from shardq.sql.parse import parse
+    >>> config = load_config({"dialect": "sqlite", "shards": [
+    ...     {"name": "s1", "dsn": "a.db"}, {"name": "s2", "dsn": "b.db"}],
+    ...     "tables": {"t": {"shard_key": "id"}}})
+    >>> sql = "SELECT rowid, id FROM t ORDER BY 1"
+    >>> _check_rowid(analyze(parse(sql, "sqlite"), config), {}, ["t"])
+    Traceback (most recent call last):
+    ...
+    shardq.errors.UnsupportedQueryError: the rowid of a gathered table is not supported: ...
+    """
+    own = {c.name.lower() for name in names for c in columns.get(name, ())}
+    for column in analysis.parsed.expression.find_all(exp.Column):
+        name = column.name.lower()
+        if name in _ROWID and name not in own:
+            raise UnsupportedQueryError(
+                "the rowid of a gathered table",
+                f"no merge answers this read exactly, so shardq would gather its tables' rows "
+                f"into temporary tables on one shard, where {column.name} would number the "
+                "rows as they arrived, not as the tables do; name the key column instead",
+            )
 
 
 def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
@@ -197,6 +250,8 @@ def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
                 "shadows only the unqualified name; write the table's name without its schema",
             )
         by_table.setdefault(ref.table.name, []).append(ref)
+    if dialect == "sqlite":
+        _check_rowid(analysis, columns, list(by_table))
     used = _used_names(analysis)
     tables = []
     for name, refs in by_table.items():
@@ -211,11 +266,15 @@ def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
         source = refs[0].node.this.sql(dialect)
         conjuncts = _pushdown(refs[0], len(refs), known, dialect)
         alias = refs[0].node.args.get("alias")
+        filtered = " WHERE " + " AND ".join(c.sql(dialect) for c in conjuncts) if conjuncts else ""
+        named = alias.this.sql(dialect) if alias is not None else source
         select = f"SELECT {listed} FROM {source}"
         if alias is not None and conjuncts:
-            select += f" AS {alias.this.sql(dialect)}"
-        if conjuncts:
-            select += " WHERE " + " AND ".join(c.sql(dialect) for c in conjuncts)
+            select += f" AS {named}"
+        select += filtered
+        # SQLite's own rows, read once the temporary table shadows the name: by
+        # its schema, under the name the conjuncts qualify its columns by.
+        local = f"SELECT {listed} FROM main.{source} AS {named}{filtered}" if fold else select
         tables.append(
             GatheredTable(
                 source,
@@ -223,6 +282,7 @@ def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
                 moved or (known or ()),
                 select,
                 bool(conjuncts),
+                local,
             )
         )
     return Gather(tuple(tables))

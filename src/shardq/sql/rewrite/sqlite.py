@@ -408,6 +408,9 @@ def finalize(
             "row of the group (from the row holding the minimum or maximum only when the "
             "query has exactly one min() or max()), which shardq cannot reproduce across "
             "shards; add it to GROUP BY or aggregate it",
+            # Gathered, SQLite would take it from another arbitrary row than one
+            # file does: no answer to compare, so none is given.
+            gatherable=False,
         )
     shard = select.copy()
     for arg in ("having", "order", "limit", "offset", "distinct"):
