@@ -150,7 +150,11 @@ def _whole_rows(analysis: Analysis, refs: list[TableRef]) -> bool:
 def _used_names(analysis: Analysis) -> set[str]:
     """Every column name the statement writes anywhere (over-inclusion is harmless)."""
     dialect = analysis.parsed.dialect
-    names = {normalize(c.this, dialect) for c in analysis.parsed.expression.find_all(exp.Column)}
+    names = {
+        normalize(c.this, dialect)
+        for c in analysis.parsed.expression.find_all(exp.Column)
+        if not isinstance(c.this, exp.Star)  # t.*: whole rows (see _whole_rows)
+    }
     for join in analysis.parsed.expression.find_all(exp.Join):
         for using in join.args.get("using") or ():
             names.add(

@@ -133,6 +133,15 @@ class _Finalizer:
             node, None)  # fmt: skip
         name = str(agg.this).lower() if isinstance(agg, exp.Anonymous) else _NAMES.get(
             agg.key, agg.key)  # fmt: skip
+        if isinstance(agg.this, exp.Order) or any(
+            isinstance(a, exp.Order) for a in agg.expressions
+        ):
+            # group_concat(x, ',' ORDER BY y) (SQLite 3.44): each shard would
+            # order its own values only, and their concatenation would not be.
+            raise UnsupportedQueryError(
+                f"the aggregate {self.text(node)} across shards",
+                "its ORDER BY orders the values of each shard's partial only; " + _NOT_DECOMPOSABLE,
+            )
         args = _arguments(agg)
         distinct = _is_distinct(agg)
         if distinct:
