@@ -19,6 +19,12 @@ transaction is rolled back, dropping the temporary tables. A ROLLBACK that
 cannot finish leaves the connection out of its idle state, so its pool
 closes it, and a closed session drops its temporary tables too: nothing
 stays behind.
+
+That is PostgreSQL's way, this module's; SQLite shards count their rows
+instead of estimating them and receive the others' rows by ``executemany``
+into declared temporary tables (:mod:`shardq.execute.sqlite_gather`, whose
+:class:`~shardq.execute.sqlite_gather.SQLiteGatherPool` overrides the steps
+here: ``estimate``, ``_check``, ``_begun``, ``_fill`` and ``_end``).
 """
 
 from __future__ import annotations
