@@ -429,11 +429,29 @@ GATHERED: dict[str, Case] = {
     "group-concat-column-separator": Case(
         "SELECT flag, group_concat(note, name) FROM ev WHERE id < 3 GROUP BY flag "
         "ORDER BY flag", ordered=True),
+    "bare-column-of-the-one-max-gathered": Case(
+        "SELECT flag, max(id), name, count(*) OVER () FROM ev GROUP BY flag ORDER BY flag",
+        ordered=True),
     "unknown-collation": Case(
         "SELECT note FROM ev ORDER BY note COLLATE my_collation",
         error="no such collation sequence: my_collation"),
 }  # fmt: skip
 CASES.update(GATHERED)
+# Still refused, not gathered: a bare column SQLite takes from an arbitrary row, which the
+# gathered shard need not take as the single file does.
+CASES.update({
+    "bare-column-under-a-window": Case(
+        "SELECT grp, name, rank() OVER (ORDER BY grp) FROM ev GROUP BY grp",
+        refused="the bare column name"),
+    "bare-column-of-a-join-not-on-key": Case(
+        "SELECT e.grp, f.tag FROM ev e JOIN ev2 f ON f.seq = e.flag GROUP BY e.grp",
+        refused="the bare column f.tag"),
+    "bare-column-in-a-window-argument": Case(
+        "SELECT flag, sum(qty) OVER () FROM ev GROUP BY flag", refused="the bare column qty"),
+    "bare-column-under-a-correlated-subquery": Case(
+        "SELECT grp, name FROM ev e WHERE qty > (SELECT avg(qty) FROM ev x WHERE "
+        "x.flag = e.flag) GROUP BY grp", refused="the bare column name"),
+})  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from shardq.errors import UnsupportedQueryError
-from shardq.sql.analyze import normalize
+from shardq.sql.analyze import normalize, own_aggregates
 
 if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis, TableRef
@@ -237,6 +237,112 @@ def _check_rowid(analysis: Analysis, columns: Columns, names: list[str]) -> None
             )
 
 
+def _stripped(node: exp.Expr) -> str:
+    """``node``'s SQL without the COLLATE clauses (a group under NOCASE is still its column's)."""
+    bare = node.copy().transform(lambda n: n.this if isinstance(n, exp.Collate) else n)
+    return str(bare.sql("sqlite"))
+
+
+def _grouped(select: exp.Select) -> set[str]:
+    """The expressions ``select`` groups by (ordinals and output names resolved)."""
+    items = select.expressions
+    names = {normalize(i.alias, "sqlite"): i.unalias() for i in items if i.alias}
+    found = set()
+    group = select.args.get("group")
+    for key in group.expressions if group is not None else ():
+        if isinstance(key, exp.Literal) and key.is_int and 0 < int(key.this) <= len(items):
+            key = items[int(key.this) - 1].unalias()
+        found.add(_stripped(key))
+        if isinstance(key, exp.Column) and not key.table:
+            aliased = names.get(normalize(key.this, "sqlite"))
+            if aliased is not None:
+                found.add(_stripped(aliased))
+    return found
+
+
+def _check_bare(analysis: Analysis, columns: Columns) -> None:
+    """Refuse a grouped SELECT showing a column SQLite takes from an arbitrary row.
+
+    As the merge does (:mod:`shardq.sql.rewrite.sqlite`): a column neither
+    grouped nor aggregated comes from the row of the query's one min() or
+    max(), else from any row of the group, which need not be the one another
+    file holding the same rows would take. Only a column surely of the
+    SELECT's own tables counts (qualified by one of them, or a column of one
+    in the catalog); an outer query's column is one value per group.
+
+    >>> from shardq.config import load_config
+    >>> from shardq.sql.analyze import analyze
+    >>> from shardq.sql.catalog import ColumnInfo
+    >>> from shardq.sql.parse import parse
+    >>> config = load_config({"dialect": "sqlite", "shards": [
+    ...     {"name": "s1", "dsn": "a.db"}, {"name": "s2", "dsn": "b.db"}],
+    ...     "tables": {"t": {"shard_key": "id"}}})
+    >>> cols = {"t": (ColumnInfo("id"), ColumnInfo("g"), ColumnInfo("v"))}
+    >>> def check(sql):
+    ...     _check_bare(analyze(parse(sql, "sqlite"), config), cols)
+    >>> check("SELECT g, max(v), id, rank() OVER (ORDER BY g) FROM t GROUP BY 1")
+    >>> check("SELECT g + 1 AS h, count(*) OVER () FROM t GROUP BY h")
+    >>> check("SELECT g, v, rank() OVER (ORDER BY g) FROM t GROUP BY g")
+    Traceback (most recent call last):
+    ...
+    shardq.errors.UnsupportedQueryError: the bare column v in a grouped query is not supported: ...
+    """
+    for select in analysis.parsed.expression.find_all(exp.Select):
+        found = _bare_column(select, columns)
+        if found is not None:
+            raise UnsupportedQueryError(
+                f"the bare column {found.sql('sqlite')} in a grouped query",
+                "SQLite takes a column that is neither grouped nor aggregated from an "
+                "arbitrary row of the group (from the row holding the minimum or maximum "
+                "only when the query has exactly one min() or max()); gathered to one shard, "
+                "it could take another row than one file holding the same rows does; add it "
+                "to GROUP BY or aggregate it",
+                gatherable=False,
+            )
+
+
+def _bare_column(select: exp.Select, columns: Columns) -> exp.Column | None:
+    """The first column of ``select`` SQLite would take from an arbitrary row, if any."""
+    having, order = select.args.get("having"), select.args.get("order")
+    parts = [(i.unalias(), False) for i in select.expressions]
+    parts += [(p, True) for p in (having, order) if p is not None]
+    aggregates = [a for part, _ in parts for a in own_aggregates(part, select)]
+    if select.args.get("group") is None and not aggregates:
+        return None
+    if len({a.sql("sqlite") for a in aggregates if isinstance(a, exp.Min | exp.Max)}) == 1:
+        return None  # the row of the one min() or max(): SQLite's documented choice
+    grouped = _grouped(select)
+    first = select.args.get("from_") or select.args.get("from")
+    sources = [first, *(select.args.get("joins") or ())]
+    tables = [s.this for s in sources if s is not None and isinstance(s.this, exp.Table)]
+    own = {normalize(t.alias_or_name, "sqlite") for t in tables}
+    known = {c.name.lower() for t in tables for c in columns.get(t.name.lower(), ())}
+    outputs = {normalize(i.alias, "sqlite") for i in select.expressions if i.alias}
+    pruned = {id(a) for a in aggregates}
+
+    def bare(node: exp.Expr, ordering: bool) -> exp.Column | None:
+        if id(node) in pruned or isinstance(node, exp.Select | exp.Subquery):
+            return None
+        if _stripped(node) in grouped:
+            return None
+        if isinstance(node, exp.Column) and isinstance(node.this, exp.Identifier):
+            name = normalize(node.this, "sqlite")
+            if node.table:
+                mine = normalize(node.args.get("table"), "sqlite") in own
+            else:  # an output name in HAVING and ORDER BY; else, if known, a column
+                mine = name in known and not (ordering and name in outputs)
+            return node if mine else None
+        for child in node.iter_expressions():
+            if (found := bare(child, ordering)) is not None:
+                return found
+        return None
+
+    for part, ordering in parts:
+        if (found := bare(part, ordering)) is not None:
+            return found
+    return None
+
+
 def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
     """The gather of a read (see the module docstring).
 
@@ -256,6 +362,7 @@ def plan_gather(analysis: Analysis, columns: Columns) -> Gather:
         by_table.setdefault(ref.table.name, []).append(ref)
     if dialect == "sqlite":
         _check_rowid(analysis, columns, list(by_table))
+        _check_bare(analysis, columns)
     used = _used_names(analysis)
     tables = []
     for name, refs in by_table.items():
