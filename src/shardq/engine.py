@@ -29,9 +29,10 @@ from shardq.execute.cursor import cursor_pools
 from shardq.execute.deadline import bounded
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
 from shardq.execute.feed import feed_rows
-from shardq.execute.gather import GatherPool, choose, estimate
+from shardq.execute.gather import GatherPool, choose
 from shardq.execute.hosts import Hosts, host_failed
 from shardq.execute.scatter import Scatter, unavailable
+from shardq.execute.sqlite_gather import SQLiteGatherPool
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
     TEXT_TYPES,
@@ -153,6 +154,10 @@ class Engine:
         self.planner = Planner(config)
         self.fetch_size = fetch_size
         self._semantics = semantics(config.dialect)
+        # How a read is gathered to one shard: by COPY, or on SQLite by rows.
+        self._gather_pool: type[GatherPool] = (
+            SQLiteGatherPool if config.dialect == "sqlite" else GatherPool
+        )
         # Each shard's default text order, asked once: "code point" or its collation.
         self._text_order: dict[str, str] = {}
         # Reads of reference tables only go to one shard, taken in turn.
@@ -335,7 +340,7 @@ class Engine:
             except UnsupportedQueryError as refused:
                 # Refused on the way (a subquery correlated on another column):
                 # gathered instead, when it can be.
-                if not self._can_gather(plan, transaction):
+                if not (refused.gatherable and self._can_gather(plan, transaction)):
                     raise
                 plan = self.planner.gathered(sql, params, why=refused)
         if plan.gather is not None:
@@ -390,7 +395,9 @@ class Engine:
                 except UnsupportedQueryError as refused:
                     # Refused before any row was merged (an order the merge
                     # cannot reproduce): gathered instead, when it can be.
-                    if len(shards) < 2 or not self._can_gather(plan, transaction):
+                    if len(shards) < 2 or not (
+                        refused.gatherable and self._can_gather(plan, transaction)
+                    ):
                         raise
                     return await self._execute_gather(
                         self.planner.gathered(sql, params, why=refused),
@@ -421,7 +428,8 @@ class Engine:
         """Whether a read refused at execution can be gathered to one shard instead."""
         return (
             not plan.kind.is_write
-            and self.config.dialect == "postgres"
+            and (transaction is None or self.config.dialect == "postgres")
+            and (transaction is None or transaction.failed is None)
             and len(self.config.shards) > 1
             and plan.gather is None
         )
@@ -460,10 +468,12 @@ class Engine:
             gather = bind_gather(gather, plan.params)
             plan = dataclasses.replace(plan, gather=gather)
         names = self.config.shard_names
+        # In a transaction, through its connections: it may hold the tables locked.
+        views = self.pools if transaction is None else transaction.view()
         try:
             async with bounded(deadline, timeout):
                 counts = await _together(
-                    estimate(self.pools[shard], gather.tables) for shard in names
+                    self._gather_pool.estimate(views[shard], gather.tables) for shard in names
                 )
         except TimeoutError:
             raise QueryTimeoutError(timeout or 0.0, names) from None
@@ -486,9 +496,18 @@ class Engine:
         if transaction is None:
             sources = {s: self.pools[s] for s in names if s != target}
         else:
-            views = transaction.view()
+            size = getattr(self.pools[target], "max_size", 2)
+            if size < 2:
+                raise UnsupportedQueryError(
+                    "a read gathered to one shard, in a transaction, with pool_max_size 1",
+                    f"no merge answers it exactly, so shardq would gather its tables' rows to "
+                    f"shard {target} on a session of its own, beside the transaction's "
+                    f"connection there, and the shard's pool_max_size ({size}) allows one "
+                    "connection; raise pool_max_size to 2 or more, or run it outside the "
+                    "transaction",
+                )
             sources = {s: views[s] for s in sorted(names, key=lambda s: s != target)}
-        pool = GatherPool(
+        pool = self._gather_pool(
             self.pools[target],
             gather,
             sources,
@@ -515,6 +534,14 @@ class Engine:
         :meth:`_gather_setup`), a failure before the first row aborts the
         transaction, as it would on one database.
         """
+        if transaction is not None and self.config.dialect != "postgres":
+            raise UnsupportedQueryError(
+                "a read gathered to one shard, in a transaction on SQLite shards",
+                "no merge answers it exactly, so shardq would gather its tables' rows to one "
+                "shard, which on SQLite it does outside transactions only (the gather's "
+                "connection would not see the transaction's writes); run it outside the "
+                "transaction",
+            )
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         if transaction is not None:
@@ -534,7 +561,11 @@ class Engine:
                 transaction.fail(exc)
             raise
         merge = merger(plan.merge, 1, self._semantics, types)
-        return await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        result = await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        if self._readers_block_writers and not result.in_memory:
+            # Its transaction holds the chosen file's shared lock until it ends.
+            self._reading.add(result)
+        return result
 
     async def _before_write(self) -> None:
         """Read into memory the results still reading shards where they would block a write.

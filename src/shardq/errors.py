@@ -236,11 +236,16 @@ class UnsupportedQueryError(NotSupportedError):
     Attributes:
         construct: what in the statement is not supported (e.g. ``"multi-shard UPDATE"``).
         reason: why it cannot be distributed correctly.
+        gatherable: whether gathering the read to one shard would answer it
+            as one database does (False: one database's own answer is
+            arbitrary there, such as SQLite's value of a bare column, and
+            shardq's could not be the same).
     """
 
-    def __init__(self, construct: str, reason: str):
+    def __init__(self, construct: str, reason: str, *, gatherable: bool = True):
         self.construct = construct
         self.reason = reason
+        self.gatherable = gatherable
         super().__init__(f"{construct} is not supported: {reason}")
 
 

@@ -350,6 +350,109 @@ CASES: dict[str, Case] = {
         "SELECT name FROM ev ORDER BY max(qty)", error="misuse of aggregate: max()"),
 }  # fmt: skip
 
+# No merge answers these: gathered to one shard (temporary tables declared with the columns'
+# affinities and collations), then run there as written. Each must be gathered (checked
+# below), and answer as the single file does: values, storage classes, names.
+GATHERED: dict[str, Case] = {
+    # -- windows whose partitions span shards
+    "window-running-sum": Case(
+        "SELECT id, qty, sum(qty) OVER (ORDER BY id) FROM ev ORDER BY id", ordered=True),
+    "window-partition-affinity": Case(
+        # grp holds '12' stored as 12 and 'abc' as text: the partitions are the real table's
+        "SELECT id, grp, count(*) OVER (PARTITION BY grp), rank() OVER (PARTITION BY grp "
+        "ORDER BY amount, id) FROM ev ORDER BY id", ordered=True),
+    "window-partition-declared-nocase": Case(
+        "SELECT id, note, count(*) OVER (PARTITION BY note), "
+        "first_value(id) OVER (PARTITION BY note ORDER BY id) FROM ev ORDER BY id",
+        ordered=True),
+    "window-partition-declared-rtrim": Case(
+        "SELECT id, seq, tag, dense_rank() OVER (ORDER BY tag) FROM ev2 ORDER BY id, seq",
+        ordered=True),
+    "window-lag-types": Case(
+        "SELECT id, mixed, typeof(mixed), lag(mixed) OVER (ORDER BY mixed, id), "
+        "typeof(amount), typeof(grp), big FROM ev ORDER BY id", ordered=True),
+    "window-ordered-concatenation": Case(
+        # SQLite 3.40 has no ORDER BY inside group_concat(): a window orders it instead
+        "SELECT DISTINCT flag, group_concat(name, '|') OVER (PARTITION BY flag ORDER BY id "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) FROM ev ORDER BY 1",
+        ordered=True),
+    "window-filtered-pushdown": Case(
+        "SELECT id, grp, lag(grp) OVER (ORDER BY id) FROM ev WHERE grp > '2' AND id < 120 "
+        "ORDER BY id", ordered=True),
+    "window-filter-cast-not-pushed": Case(
+        "SELECT id, amount, row_number() OVER (ORDER BY id) FROM ev "
+        "WHERE amount > CAST('5' AS STRING) ORDER BY id", ordered=True),
+    "window-params": Case(
+        "SELECT id, rank() OVER (PARTITION BY flag ORDER BY id) FROM ev WHERE qty > ? "
+        "ORDER BY id", (2,), ordered=True),
+    "window-over-reference-join": Case(
+        "SELECT k.label, e.id, row_number() OVER (PARTITION BY k.label ORDER BY e.id) "
+        "FROM ev e JOIN kind k ON k.code = e.grp ORDER BY 2", ordered=True),
+    "window-in-grouped": Case(
+        "SELECT flag, count(*), rank() OVER (ORDER BY count(*) DESC, flag) FROM ev "
+        "GROUP BY flag ORDER BY flag", ordered=True),
+    # -- joins of tables not co-located or not joined on their keys
+    "join-not-on-key": Case(
+        "SELECT e.id, f.id, f.seq FROM ev e JOIN ev2 f ON f.seq = e.flag WHERE e.id < 40 "
+        "ORDER BY 1, 2, 3", ordered=True),
+    "join-text-collation": Case(
+        # f.tag = e.name compares under tag's RTRIM: 'x' matches 'x  '
+        "SELECT e.id, e.name, f.id, f.seq, f.tag FROM ev e JOIN ev2 f ON f.tag = e.name "
+        "ORDER BY 1, 3, 4"),
+    "join-left-not-on-key": Case(
+        "SELECT e.id, count(f.id) FROM ev e LEFT JOIN ev2 f ON f.seq = e.qty GROUP BY e.id "
+        "ORDER BY e.id", ordered=True),
+    "join-self-on-other-column": Case(
+        "SELECT a.id, b.id FROM ev a JOIN ev b ON b.grp = a.grp AND b.id > a.id "
+        "WHERE a.id < 30 ORDER BY 1, 2", ordered=True),
+    "join-star": Case(
+        "SELECT e.*, f.* FROM ev e JOIN ev2 f ON f.seq = e.qty ORDER BY e.id, f.id, f.seq",
+        ordered=True),
+    # -- subqueries correlated on other columns than the key
+    "correlated-average": Case(
+        "SELECT id FROM ev e WHERE qty > (SELECT avg(qty) FROM ev x WHERE x.flag = e.flag) "
+        "ORDER BY id", ordered=True),
+    "correlated-exists-collation": Case(
+        # f.tag = e.note compares under tag's RTRIM, e.note's NOCASE does not apply
+        "SELECT count(*), total(id) FROM ev e WHERE EXISTS "
+        "(SELECT 1 FROM ev2 f WHERE f.tag = e.note)"),
+    "correlated-select-list": Case(
+        "SELECT id, (SELECT count(*) FROM ev2 f WHERE f.seq = e.flag) FROM ev e "
+        "WHERE id < 50 ORDER BY id", ordered=True),
+    "in-subquery-affinity": Case(
+        # kind.code is INTEGER: compared with grp's values by affinity, not as shipped values
+        "SELECT code, label FROM kind WHERE code IN (SELECT grp FROM ev WHERE id < 60) "
+        "ORDER BY code", ordered=True),
+    # -- whole rows, other merges refused
+    "star-with-window": Case(
+        "SELECT *, rank() OVER (ORDER BY mixed, id) FROM ev ORDER BY id", ordered=True),
+    "group-concat-column-separator": Case(
+        "SELECT flag, group_concat(note, name) FROM ev WHERE id < 3 GROUP BY flag "
+        "ORDER BY flag", ordered=True),
+    "bare-column-of-the-one-max-gathered": Case(
+        "SELECT flag, max(id), name, count(*) OVER () FROM ev GROUP BY flag ORDER BY flag",
+        ordered=True),
+    "unknown-collation": Case(
+        "SELECT note FROM ev ORDER BY note COLLATE my_collation",
+        error="no such collation sequence: my_collation"),
+}  # fmt: skip
+CASES.update(GATHERED)
+# Still refused, not gathered: a bare column SQLite takes from an arbitrary row, which the
+# gathered shard need not take as the single file does.
+CASES.update({
+    "bare-column-under-a-window": Case(
+        "SELECT grp, name, rank() OVER (ORDER BY grp) FROM ev GROUP BY grp",
+        refused="the bare column name"),
+    "bare-column-of-a-join-not-on-key": Case(
+        "SELECT e.grp, f.tag FROM ev e JOIN ev2 f ON f.seq = e.flag GROUP BY e.grp",
+        refused="the bare column f.tag"),
+    "bare-column-in-a-window-argument": Case(
+        "SELECT flag, sum(qty) OVER () FROM ev GROUP BY flag", refused="the bare column qty"),
+    "bare-column-under-a-correlated-subquery": Case(
+        "SELECT grp, name FROM ev e WHERE qty > (SELECT avg(qty) FROM ev x WHERE "
+        "x.flag = e.flag) GROUP BY grp", refused="the bare column name"),
+})  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def conn(sqlite_edge: SqliteEdge) -> Iterator[shardq.Connection]:
@@ -411,6 +514,23 @@ def test_sqlite_edge_case_between_two_files(
                     loose=case.loose, tie=case.tie)  # fmt: skip
     finally:
         twin.close()
+
+
+@pytest.mark.parametrize("case", GATHERED.values(), ids=GATHERED.keys())
+def test_what_no_merge_answers_is_gathered(case: Case, conn: shardq.Connection) -> None:
+    # The cases above test the gather only if that is how they are answered.
+    assert "gathered to shard s" in conn.explain(case.sql, case.params or None)
+
+
+@pytest.mark.skipif(
+    sqlite3.sqlite_version_info < (3, 44), reason="ORDER BY inside an aggregate: SQLite 3.44"
+)
+def test_an_ordered_group_concat_is_gathered(
+    conn: shardq.Connection, single: sqlite3.Connection
+) -> None:
+    sql = "SELECT flag, group_concat(name, '|' ORDER BY name, id) FROM ev GROUP BY flag ORDER BY 1"
+    assert "gathered to shard s" in conn.explain(sql)
+    same_answer(conn, single, sql, ordered=True)
 
 
 def test_the_data_reaches_the_merge(

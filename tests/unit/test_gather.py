@@ -197,3 +197,68 @@ def test_a_value_without_a_literal_is_not_pushed_down(planner: Planner) -> None:
     assert bound(planner, sql, [[1, 2], 3, "x"]) == {
         "orders": 'SELECT "id", "status", "total" FROM orders WHERE status = (\'x\')'
     }
+
+
+SQLITE = load_config(
+    {
+        "dialect": "sqlite",
+        "shards": [{"name": f"s{i}", "dsn": f"s{i}.db"} for i in range(3)],
+        "tables": {"ev": {"shard_key": "id"}, "kinds": {"reference": True}},
+    }
+)
+EV = (
+    ColumnInfo("Id", "INTEGER"),
+    ColumnInfo("name", "VARCHAR(20)", "nocase"),
+    ColumnInfo("grp", "INTEGER"),
+    ColumnInfo("blob", ""),
+)
+
+
+@pytest.fixture
+def sqlite_planner() -> Planner:
+    planner = Planner(SQLITE)
+    planner.set_catalog({"ev": frozenset(c.name.lower() for c in EV)}, {"ev": EV})
+    return planner
+
+
+def test_sqlite_tables_are_declared_and_filled_from_main(sqlite_planner: Planner) -> None:
+    plan = sqlite_planner.plan(
+        "SELECT e.name, rank() OVER (ORDER BY e.grp) FROM ev e WHERE e.grp > 2 AND e.id < ?",
+        (9,),
+    )
+    assert plan.gather is not None, plan.strategy
+    (table,) = plan.gather.tables
+    # The catalog's declarations of the columns moved (names as declared, case folded to match).
+    assert table.declared == EV[:3]
+    assert table.select == 'SELECT "Id", "name", "grp" FROM ev AS e WHERE e.grp > 2'
+    # The shard's own rows, read once the temporary table shadows "ev": by its schema.
+    assert table.local == 'SELECT "Id", "name", "grp" FROM main.ev AS e WHERE e.grp > 2'
+    star = sqlite_planner.plan("SELECT *, rank() OVER (ORDER BY grp) FROM ev")
+    assert star.gather is not None
+    assert star.gather.tables[0].declared == EV  # every column, for the temporary table
+    assert star.gather.tables[0].local == "SELECT * FROM main.ev AS ev"
+
+
+def test_sqlite_does_not_push_down_a_cast(sqlite_planner: Planner) -> None:
+    # CAST('5' AS STRING) is numeric in SQLite; the SQL written again may say TEXT.
+    sql = "SELECT rank() OVER (ORDER BY grp) FROM ev WHERE grp > CAST('5' AS STRING) AND grp < 9"
+    plan = sqlite_planner.plan(sql)
+    assert plan.gather is not None
+    assert plan.gather.tables[0].select.endswith(" WHERE grp < 9")
+
+
+@pytest.mark.parametrize("rowid", ["rowid", "OID", "_rowid_"])
+def test_sqlite_refuses_a_gathered_tables_rowid(sqlite_planner: Planner, rowid: str) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="the rowid of a gathered table"):
+        sqlite_planner.plan(f"SELECT {rowid}, rank() OVER (ORDER BY grp) FROM ev")
+
+
+def test_sqlite_declarations_keep_affinity_and_collation() -> None:
+    from shardq.execute.sqlite_gather import declaration
+
+    assert [declaration(c) for c in EV] == [
+        '"Id" INTEGER',
+        '"name" TEXT COLLATE "nocase"',
+        '"grp" INTEGER',
+        '"blob"',
+    ]

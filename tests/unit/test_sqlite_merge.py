@@ -124,11 +124,21 @@ def test_bare_columns_without_one_min_or_max_are_refused(planner: Planner, sql: 
     with pytest.raises(UnsupportedQueryError, match="bare column note") as info:
         planner.plan(sql)
     assert "arbitrary" in str(info.value)
+    # Not gathered either: SQLite would take it from another arbitrary row than one file does.
+    assert not info.value.gatherable
 
 
-def test_a_non_constant_separator_is_refused(planner: Planner) -> None:
-    with pytest.raises(UnsupportedQueryError, match="separator"):
-        planner.plan("SELECT group_concat(note, name) FROM ev")
+def _gathered(planner: Planner, sql: str, refusal: str) -> None:
+    """The merge refuses ``sql`` for ``refusal``: it is gathered to one shard instead."""
+    plan = planner.plan(sql)
+    assert plan.gather is not None, plan.strategy
+    assert plan.sql == sql  # runs as written, by SQLite
+    assert "no merge answers it exactly" in plan.strategy
+    assert refusal in plan.strategy
+
+
+def test_a_non_constant_separator_is_gathered(planner: Planner) -> None:
+    _gathered(planner, "SELECT group_concat(note, name) FROM ev", "separator is not a constant")
 
 
 def test_a_group_key_shown_without_its_collation(planner: Planner) -> None:
@@ -165,9 +175,21 @@ def test_limit_minus_one_is_no_limit(planner: Planner) -> None:
     assert (plan.merge.offset, plan.merge.limit) == (3, None)
 
 
-def test_collations_the_merge_cannot_reproduce_are_refused(planner: Planner) -> None:
-    with pytest.raises(UnsupportedQueryError, match="BINARY, NOCASE"):
-        planner.plan("SELECT note FROM ev ORDER BY note COLLATE my_collation")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT grp, group_concat(name, '|' ORDER BY name, Id) FROM ev GROUP BY grp",
+        "SELECT group_concat(note ORDER BY Id DESC) FROM ev",
+    ],
+)
+def test_ordered_aggregates_are_gathered(planner: Planner, sql: str) -> None:
+    # SQLite 3.44 orders inside aggregates: concatenating each shard's ordered partial
+    # would not order the whole.
+    _gathered(planner, sql, "ORDER BY orders the values of each shard's partial only")
+
+
+def test_collations_the_merge_cannot_reproduce_are_gathered(planner: Planner) -> None:
+    _gathered(planner, "SELECT note FROM ev ORDER BY note COLLATE my_collation", "BINARY, NOCASE")
 
 
 def test_catalog_reads_declared_collations() -> None:

@@ -208,7 +208,7 @@ class Planner:
                 found = exc
             analysis.memo["distributed"] = found
         if isinstance(found, UnsupportedQueryError):
-            raise UnsupportedQueryError(found.construct, found.reason)
+            raise UnsupportedQueryError(found.construct, found.reason, gatherable=found.gatherable)
         return found
 
     def deferred(self, analysis: Analysis, refusal: UnsupportedQueryError) -> Deferred:
@@ -258,7 +258,7 @@ class Planner:
                 found = exc
             analysis.memo["deferred"] = found
         if isinstance(found, UnsupportedQueryError):
-            raise UnsupportedQueryError(found.construct, found.reason)
+            raise UnsupportedQueryError(found.construct, found.reason, gatherable=found.gatherable)
         return found
 
     def gathered(
@@ -513,8 +513,8 @@ class Planner:
             try:
                 deferred = self.deferred(analysis, refusal)
             except UnsupportedQueryError as why:
-                if self.config.dialect != "postgres":
-                    raise  # (shardq gathers to PostgreSQL shards only, so far)
+                if not why.gatherable:
+                    raise
                 return self.gathered(sql, params, target, why)
             gathered = self._gathered_instead(analysis, deferred, sql, params, target)
             if gathered is not None:

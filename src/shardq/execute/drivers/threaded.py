@@ -90,14 +90,21 @@ class ThreadedConnection:
 
         psycopg2 says a connection closed or lost with a non-zero ``closed``
         (psycopg's sync connections with True); sqlite3's have no such
-        attribute and never break. Reading it does not touch the network, so
-        it is checked on every checkout too (see :mod:`shardq.execute.pool`).
+        attribute and never break, but one shardq opened is not lent again
+        while sqlite3 says it is in a transaction. Reading these does not
+        touch the network, so it is checked on every checkout too (see
+        :mod:`shardq.execute.pool`).
         A connection shardq opened is then replaced; a user's own connection
         (``from_connections``) cannot be, and its statements fail naming the
         shard until the user gives a new one.
         """
         conn = self._conn
         if conn is None:
+            return False
+        if self._owned and getattr(conn, "in_transaction", False) is True:
+            # Left inside a transaction (sqlite3 says so): an interrupted
+            # ROLLBACK would lend its locks and temporary tables to the next
+            # statement. A user's connection is the user's to end.
             return False
         closed = getattr(conn, "closed", False)
         return not (isinstance(closed, int) and closed)  # bool is an int; a method is not

@@ -133,6 +133,15 @@ class _Finalizer:
             node, None)  # fmt: skip
         name = str(agg.this).lower() if isinstance(agg, exp.Anonymous) else _NAMES.get(
             agg.key, agg.key)  # fmt: skip
+        if isinstance(agg.this, exp.Order) or any(
+            isinstance(a, exp.Order) for a in agg.expressions
+        ):
+            # group_concat(x, ',' ORDER BY y) (SQLite 3.44): each shard would
+            # order its own values only, and their concatenation would not be.
+            raise UnsupportedQueryError(
+                f"the aggregate {self.text(node)} across shards",
+                "its ORDER BY orders the values of each shard's partial only; " + _NOT_DECOMPOSABLE,
+            )
         args = _arguments(agg)
         distinct = _is_distinct(agg)
         if distinct:
@@ -408,6 +417,9 @@ def finalize(
             "row of the group (from the row holding the minimum or maximum only when the "
             "query has exactly one min() or max()), which shardq cannot reproduce across "
             "shards; add it to GROUP BY or aggregate it",
+            # Gathered, SQLite would take it from another arbitrary row than one
+            # file does: no answer to compare, so none is given.
+            gatherable=False,
         )
     shard = select.copy()
     for arg in ("having", "order", "limit", "offset", "distinct"):
