@@ -486,7 +486,9 @@ async def test_a_session_that_used_temporary_tables_still_gathers(edge: Edge) ->
     _assert_clean(edge.clusters)
 
 
-async def test_arrays_and_composites_of_types_made_in_the_database(edge: Edge) -> None:
+async def test_arrays_and_composites_of_types_made_in_the_database(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Binary COPY carries the OID of an array's elements and of a composite's
     # fields, and types made in a database get a different OID on each server
     # (a type made first on one shard shifts them): the receiving server
@@ -522,9 +524,17 @@ async def test_arrays_and_composites_of_types_made_in_the_database(edge: Edge) -
         "SELECT id, ms, pair, (pair).b, rank() OVER (PARTITION BY (pair).a ORDER BY n DESC, id) "
         "FROM gxu ORDER BY id"
     )
+    oids = "SELECT 'gxmood[]'::regtype::oid, 'gxpair'::regtype::oid"
+    assert edge.clusters[0].execute(oids, DATABASE) != edge.clusters[1].execute(oids, DATABASE)
+    from shardq import engine
+
+    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:  # s0: OIDs of its own
+        return "s0", sum(sum(c) for s, c in estimates.items() if s != "s0")
+
+    monkeypatch.setattr(engine, "choose", choose)
     try:
         async with shardq.AsyncConnection(_config(edge, tables=tables)) as conn:
-            assert "gathered to shard" in await conn.explain(sql)
+            assert "gathered to shard s0" in await conn.explain(sql)
             assert await _rows(conn, sql) == await _single(edge, sql)
     finally:
         for cluster in [*edge.clusters, edge.single]:
@@ -568,4 +578,132 @@ async def test_a_parameterized_gather_moves_only_the_rows_it_keeps(
         kept = single.execute(f"SELECT count(*) FROM facts f WHERE {where}", params).fetchone()
     assert kept is not None
     assert rows == kept[0]  # no more than the statement keeps
+    _assert_clean(edge.clusters)
+
+
+async def test_a_gather_after_truncate_or_alter_in_the_transaction(
+    edge: Edge, tx_tables: dict[str, Any]
+) -> None:
+    # The transaction holds gx locked: the estimate and the temporary table's
+    # columns go through its connections, not sessions that would wait for it.
+    writes = [
+        "TRUNCATE gx",
+        "ALTER TABLE gx ADD COLUMN w integer",
+        "INSERT INTO gx VALUES (1, 0, 5, 7), (2, 1, 6, NULL), (3, 0, 4, 9), (4, 2, 1, 1)",
+    ]
+    sql = "SELECT *, rank() OVER (PARTITION BY g ORDER BY v, id) FROM gx ORDER BY id"
+    async with shardq.AsyncConnection(tx_tables) as conn:
+        with pytest.raises(_RollBack):  # noqa: PT012
+            async with conn.transaction():
+                for write in writes:
+                    await conn.execute(write)
+                assert await _rows(conn, sql, timeout=20) == _single_after(edge, writes, sql)
+                raise _RollBack
+        assert await _rows(conn, "SELECT count(*) FROM gx") == [(40,)]
+    _assert_clean(edge.clusters)
+
+
+class _RollBack(Exception):
+    """Raised in a transaction's block to roll it back."""
+
+
+async def test_a_gather_in_a_transaction_needs_two_connections(
+    edge: Edge, tx_tables: dict[str, Any]
+) -> None:
+    config = {**tx_tables, "shards": [{**s, "pool_max_size": 1} for s in tx_tables["shards"]]}
+    async with shardq.AsyncConnection(config) as conn, conn.transaction():
+        with pytest.raises(shardq.UnsupportedQueryError, match="pool_max_size"):
+            await conn.execute(TX_READ, timeout=20)
+    _assert_clean(edge.clusters)
+
+
+async def test_open_gathered_results_leave_later_gathers_free(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slot is held while the tables fill, not while the result is read.
+    from shardq import engine
+
+    turn = itertools.cycle(["s0", "s1", "s2", "s3"])
+
+    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:
+        target = next(turn)
+        return target, sum(sum(c) for s, c in estimates.items() if s != target)
+
+    monkeypatch.setattr(engine, "choose", choose)
+    config = _config(edge)
+    config["shards"] = [{**shard, "pool_max_size": 2} for shard in config["shards"]]
+    async with shardq.AsyncConnection(config) as conn:
+        open_ = [await conn.execute(LONG) for _ in range(2)]  # to s0 and s1, unread
+        sql = GATHERED + " ORDER BY id"
+        assert await _rows(conn, sql, timeout=20) == await _single(edge, sql)
+        for cursor in open_:
+            await cursor.close()
+    _assert_clean(edge.clusters)
+
+
+async def test_a_slot_is_given_back_whatever_ends_the_gather(edge: Edge) -> None:
+    # One slot (pools of one connection): a slot kept by any ending would
+    # leave the last gather waiting until its timeout.
+    config = _config(edge)
+    config["shards"] = [{**shard, "pool_max_size": 1} for shard in config["shards"]]
+    async with shardq.AsyncConnection(config) as conn:
+        with pytest.raises(shardq.DataError):
+            await conn.execute("SELECT id, sum(10 / (k - k)) OVER (ORDER BY id) FROM facts")
+        with pytest.raises(shardq.QueryTimeoutError):
+            await _rows(conn, LONG, timeout=0.3)
+        task = asyncio.create_task(_rows(conn, LONG))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cur = await conn.execute(LONG)
+        await cur.fetchmany(5)
+        await cur.close()
+        sql = GATHERED + " ORDER BY id"
+        assert await _rows(conn, sql, timeout=20) == await _single(edge, sql)
+    _assert_clean(edge.clusters)
+
+
+async def test_a_derived_table_beside_another_distributed_table_runs_first(
+    conn: shardq.AsyncConnection, edge: Edge
+) -> None:
+    # Gathered whole, notes would move too; run first, it stays on its shards.
+    sql = (
+        "SELECT n.fact_id, n.v, x.r FROM notes n JOIN (SELECT id, rank() OVER "
+        "(ORDER BY k, id) AS r FROM facts) x ON x.id = n.fact_id ORDER BY 1, 2, 3"
+    )
+    assert "subqueries run first (1)" in await conn.explain(sql)
+    assert await _rows(conn, sql) == await _single(edge, sql)
+    _assert_clean(edge.clusters)
+
+
+async def test_a_session_whose_tables_outgrew_the_default_buffers_is_closed(
+    conn: shardq.AsyncConnection, edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL keeps a session's temporary buffers until it ends.
+    from shardq.execute import gather
+
+    sql = "SELECT pg_backend_pid(), rank() OVER (ORDER BY k, id) FROM facts"
+
+    def alive(pid: int) -> bool:
+        return any(
+            c.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", DATABASE, [pid])
+            for c in edge.clusters
+        )
+
+    small = (await _rows(conn, sql))[0][0]  # a few kB: the session stays
+    assert alive(small)
+    monkeypatch.setattr(gather, "_DEFAULT_TEMP_BUFFERS", 0)
+    large = (await _rows(conn, sql))[0][0]
+
+    def gone(pid: int) -> bool:
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not alive(pid)
+
+    assert await asyncio.to_thread(gone, large)
+    assert await _rows(conn, GATHERED + " ORDER BY id") == await _single(
+        edge, GATHERED + " ORDER BY id"
+    )
     _assert_clean(edge.clusters)

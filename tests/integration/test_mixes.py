@@ -253,16 +253,12 @@ def subquery_first(s: State) -> None:
     """A subquery run first, then the statement with its result in place (alone and in a batch).
 
     SQLite shards gather it to one shard instead (it would compare shipped rows without
-    their affinity), which a batch does not do.
+    their affinity), in a batch too.
     """
     key = s.key()
     sql = s.sql(SUBQUERY)
     expected = [(i,) for i in range(1, 201) if i % 5 == key % 5]
     assert s.conn.execute(sql, [key]).fetchall() == expected
-    if s.backend.dialect == "sqlite":
-        with pytest.raises(shardq.UnsupportedQueryError, match="in a batch"):
-            s.conn.gather([(sql, [key]), (s.sql(LOOKUP), [key])])
-        return
     (batched, looked_up) = s.conn.gather([(sql, [key]), (s.sql(LOOKUP), [key])])
     assert batched.rows == expected
     assert looked_up.rows == [(key, key * 10)]

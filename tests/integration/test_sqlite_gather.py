@@ -255,13 +255,21 @@ async def test_what_a_gather_does_not_do_is_refused(conn: shardq.AsyncConnection
     async with conn.transaction():
         with pytest.raises(shardq.UnsupportedQueryError, match="in a transaction"):
             await conn.execute(GATHERED)
-    with pytest.raises(shardq.UnsupportedQueryError, match="in a batch"):
-        await conn.execute([GATHERED, "SELECT count(*) FROM ev"])
     with pytest.raises(shardq.UnsupportedQueryError, match="named with its schema"):
         await conn.execute("SELECT id, rank() OVER (ORDER BY grp) FROM main.ev")
     # The temporary table's rowid numbers rows as they arrived, not as the table does.
     with pytest.raises(shardq.UnsupportedQueryError, match="the rowid of a gathered table"):
         await conn.execute("SELECT rowid, rank() OVER (ORDER BY grp) FROM ev")
+
+
+async def test_a_gather_in_a_batch(
+    conn: shardq.AsyncConnection, single: sqlite3.Connection, data: SqliteEdge
+) -> None:
+    sqls = [GATHERED + " ORDER BY id", "SELECT count(*) FROM ev"] * 2
+    results = await conn.gather(sqls, concurrency=4)
+    for sql, result in zip(sqls, results, strict=True):
+        assert result.rows == single.execute(sql).fetchall(), sql
+    await _assert_clean(conn, data)
 
 
 @pytest.mark.parametrize("target", ["s0", "s1", "s2", "s3"])

@@ -297,20 +297,23 @@ class Planner:
     def _gathered_instead(
         self, analysis: Analysis, deferred: Deferred, sql: str, params: object, target: Route
     ) -> QueryPlan | None:
-        """The gather of a read whose run-first derived table would itself be gathered.
+        """The gather of a read whose run-first derived tables would themselves be gathered.
 
         Run first, such a table is gathered to one shard, its rows (all of
         them: the statement filters, joins or ranks them afterwards) brought
-        back to the client and shipped out again as parameters. Gathering the
-        whole statement moves the same base rows once and reads them where they
-        are: never more work, often far less (a window over half a million
-        rows: 3.4 s run first, 1.6 s gathered whole). A subquery read as a
-        value or a list stays run first: its result is usually small, and the
-        statement around it then runs distributed.
+        back to the client and shipped out again as parameters. When they hold
+        every distributed table the statement reads, gathering the whole
+        statement moves the same base rows once and reads them where they are
+        (a window over half a million rows: 3.4 s run first, 1.0 s gathered
+        whole). When the statement reads another distributed table, that one
+        would move too, where run first it stays on its shards: run first it
+        is. A subquery read as a value or a list stays run first as well: its
+        result is usually small, and the statement around it distributed.
         """
         if self.config.dialect != "postgres" or not any(s.table for s in deferred.subplans):
             return None
         named = positional_as_named(params, analysis.parsed.positional)
+        gathered = []
         for subplan in deferred.subplans:
             if not subplan.table:
                 continue
@@ -318,18 +321,20 @@ class Planner:
                 inner = self.plan(subplan.sql, named)
             except (UnsupportedQueryError, ProgrammingError):
                 continue
-            if inner.gather is None:
-                continue
-            why = UnsupportedQueryError(
-                f"the derived table ({subplan.sql})",
-                "no merge answers it exactly, so it would be gathered to one shard, its rows "
-                "brought back and shipped out again; the whole read is gathered instead",
-            )
-            try:
-                return self.gathered(sql, params, target, why)
-            except UnsupportedQueryError:
-                return None  # (a name the gather cannot shadow): run first, as before
-        return None
+            if inner.gather is not None:
+                gathered.append(subplan)
+        inside = sum(len(self.analyze(s.sql).distributed) for s in gathered)
+        if not gathered or inside < len(analysis.distributed):
+            return None
+        why = UnsupportedQueryError(
+            f"the derived table ({gathered[0].sql})",
+            "no merge answers it exactly, so it would be gathered to one shard, its rows "
+            "brought back and shipped out again; the whole read is gathered instead",
+        )
+        try:
+            return self.gathered(sql, params, target, why)
+        except UnsupportedQueryError:
+            return None  # (a name the gather cannot shadow): run first, as before
 
     def _check_defaults(self, analysis: Analysis, table: str) -> None:
         """Refuse an INSERT into a reference table that leaves a column to its default.

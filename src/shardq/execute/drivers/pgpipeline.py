@@ -340,13 +340,17 @@ async def copy_blocks(conn: psycopg.AsyncConnection[Any], block: int) -> AsyncIt
         elif size == 0:
             await _ready(pgconn.socket, write=False)
             pgconn.consume_input()
-        else:
+        elif size == -1:
             break
-    while pgconn.is_busy():
-        await _ready(pgconn.socket, write=False)
-        pgconn.consume_input()
+        else:  # -2: libpq's own error (the connection broke)
+            raise psycopg.OperationalError(pgconn.get_error_message())
     failed = None
-    while (result := pgconn.get_result()) is not None:
+    while True:
+        while pgconn.is_busy():  # get_result() would block the loop until it is not
+            await _ready(pgconn.socket, write=False)
+            pgconn.consume_input()
+        if (result := pgconn.get_result()) is None:
+            break
         if result.status != pq.ExecStatus.COMMAND_OK and failed is None:
             failed = result
     if failed is not None:
