@@ -214,6 +214,7 @@ class GatherPool(OneConnection):
             await read_whole(
                 conn, f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'", None, stream=False
             )
+        await self._statistics(conn)
         if self._deadline is not None:
             # The server stops the transaction's statements itself at the
             # deadline (and a grace): a cancel lost on a busy host or a
@@ -295,6 +296,16 @@ class GatherPool(OneConnection):
         self.moved[table.name] = moved
         if self._gather.analyze:
             await read_whole(conn, f"ANALYZE pg_temp.{table.name}", None, stream=False)
+
+    async def _statistics(self, conn: ShardConnection) -> None:
+        """Make the ANALYZE of the temporary tables cheap: a sample of 3,000 rows each.
+
+        The plan needs their sizes and rough distributions, not fine ones:
+        PostgreSQL's default samples 30,000 rows a table (0.15 s for two of
+        200,000 and 100,000 rows, most of what analyzing them saved).
+        """
+        if self._gather.analyze:
+            await read_whole(conn, "SET LOCAL default_statistics_target = 10", None, stream=False)
 
 
 # Each column of a table as a temporary table's declaration would name it:
