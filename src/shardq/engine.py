@@ -1123,7 +1123,7 @@ class Engine:
             if self.config.dialect == "postgres" and escaped:
                 sub_sql = for_psycopg(sub_sql, strings_escaped=True)  # its "%" operators
             try:
-                results.append(await subquery(sub_sql, params))
+                result = await subquery(sub_sql, params)
             except ShardError as exc:
                 if exc.sqlstate in ("42703", "42P01") or "no such column" in str(exc):
                     raise UnsupportedQueryError(
@@ -1134,6 +1134,14 @@ class Engine:
                         "shard key, with the outer column qualified",
                     ) from exc
                 raise
+            if subplan.max_rows is not None and len(result.rows) > subplan.max_rows:
+                # (execute() then gathers the statement, when it can be.)
+                raise UnsupportedQueryError(
+                    f"a decorrelated subquery of {len(result.rows):,} groups",
+                    f"shardq ships at most max_decorrelated_rows ({subplan.max_rows:,}) groups "
+                    "back to the shards; more move fewer rows gathered to one shard",
+                )
+            results.append(result)
         sql, bound = deferred.substitute(results, plan.params)
         if self.config.dialect == "postgres":
             sql = for_psycopg(sql, strings_escaped=escaped)
@@ -1199,7 +1207,13 @@ class Engine:
             raise ProgrammingError("EXPLAIN ANALYZE runs the statement; shardq analyzes reads only")
         began = time.perf_counter()
         if plan.deferred is not None:
-            result = await self._execute_deferred(plan, timeout=timeout, row_factory=tuple_row)
+            try:
+                result = await self._execute_deferred(plan, timeout=timeout, row_factory=tuple_row)
+            except UnsupportedQueryError as refused:
+                if not self._can_gather(plan, None):
+                    raise
+                gathered = self.planner.gathered(sql, params, why=refused)
+                return await self._explain_gather(gathered, analyze=analyze, timeout=timeout)
             count = len(await result.fetchall())
             analyzed = Analyzed((), count, time.perf_counter() - began)
             return explain(plan, shards, total=total, analyzed=analyzed)

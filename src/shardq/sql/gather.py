@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis, TableRef
     from shardq.sql.catalog import ColumnInfo, Columns
 
-__all__ = ["Gather", "GatheredTable", "plan_gather"]
+__all__ = ["Gather", "GatheredTable", "plan_gather", "safe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +86,15 @@ _SAFE = (
 )  # fmt: skip
 
 
-def _safe(conjunct: exp.Expr) -> bool:
-    """Whether evaluating ``conjunct`` on every row of its table is harmless."""
+def safe(conjunct: exp.Expr, *, placeholders: bool = False) -> bool:
+    """Whether evaluating ``conjunct`` on every row of its table is harmless.
+
+    ``placeholders`` allows bound parameters too (a pushdown is sent without
+    any; a subquery run first has the statement's).
+    """
     for node in conjunct.walk():
+        if placeholders and isinstance(node, exp.Placeholder):
+            continue
         if isinstance(node, exp.Cast):  # of a literal only: date '1998-12-01'
             if not isinstance(node.this, exp.Literal):
                 return False
@@ -144,7 +150,7 @@ def _pushdown(
 
     Only when the table is read once (else each reference would need its own
     rows), from a SELECT with inner joins only (a filter on a null-extended
-    side changes which rows are extended), each conjunct :func:`_safe` and
+    side changes which rows are extended), each conjunct :func:`safe` and
     naming columns of ``ref`` only: qualified by its alias, or unqualified
     when it is the SELECT's one table and has the column.
     """
@@ -163,7 +169,7 @@ def _pushdown(
     own = {normalize(c.name, dialect) if dialect == "sqlite" else c.name for c in known or ()}
     found = []
     for conjunct in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
-        if not _safe(conjunct):
+        if not safe(conjunct):
             continue
         columns = list(conjunct.find_all(exp.Column))
         if all(

@@ -54,9 +54,14 @@ _PG_TYPES = {
 
 @dataclass(frozen=True, slots=True)
 class Subplan:
-    """One subquery to run first: its SQL, standalone."""
+    """One subquery to run first: its SQL, standalone.
+
+    ``max_rows``: the most rows its result may have, or None (a decorrelated
+    subquery's groups: over it, the statement is gathered instead).
+    """
 
     sql: str
+    max_rows: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,437 @@
+"""Decorrelation: a subquery correlated on another column than the shard key, made a CTE.
+
+A scalar aggregate subquery, or an ``EXISTS``, over distributed tables that
+refers to the outer query by equalities of plain columns (TPC-H Q17:
+``l_quantity < (SELECT 0.2 * avg(l_quantity) FROM lineitem WHERE l_partkey
+= p_partkey)``) is neither tied to the outer row's shard nor independent of
+it. Grouped by the columns it is correlated on, it becomes independent: a
+CTE the planner runs first as a distributed GROUP BY (whose merge is exact:
+``avg`` from sums and counts), whose groups then replace it, shipped back as
+parameters (:mod:`shardq.sql.subplans`)::
+
+    WITH _shardq_d0 AS (SELECT l_partkey AS _shardq_k0, AVG(l_quantity) AS _shardq_a0
+                        FROM lineitem GROUP BY l_partkey)
+    SELECT ... WHERE ... AND l_quantity < 0.2 * (SELECT _shardq_d0._shardq_a0
+        FROM _shardq_d0 WHERE _shardq_d0._shardq_k0 = p_partkey)
+
+Why it is the same answer: each aggregate of the subquery becomes its own
+scalar subquery over the groups, matched on the correlation columns with the
+same ``=`` the subquery used (between the same types: a group's key is
+shipped with its column's type). A group holds exactly the rows the
+subquery would aggregate for an outer row with those values, so the
+aggregate is the same value of the same type; an outer row whose values
+find no group (none of its rows, or a NULL value) gets NULL, which is what
+``sum``/``avg``/``min``/``max`` of no row is, and ``count`` becomes
+``coalesce(..., 0)``. The expression around the aggregates (``0.2 * ...``)
+is evaluated in the outer query on those same values. ``EXISTS`` becomes
+``EXISTS`` over the groups. What is not provably the same is left alone (and
+gathered to one shard instead):
+
+* the subquery has GROUP BY, HAVING, DISTINCT, ORDER BY, LIMIT, a window, a
+  WITH, a nested subquery, an outer join, or reads anything but declared
+  tables;
+* it refers to the outer query other than by ``own_column = outer_column``
+  conjuncts of its WHERE, or a correlation column is not an integer,
+  numeric or date column (GROUP BY and ``=`` agree for those; not for text
+  under a nondeterministic collation, nor for floats' -0 and NaN);
+* its select list is other than one expression over ``count``, ``sum``,
+  ``avg``, ``min``, ``max`` (no DISTINCT or FILTER; ``sum`` and ``avg`` of
+  integer and numeric columns only: a float sum depends on the order of its
+  terms) with no column outside them;
+* a conjunct it keeps could fail on a row the subquery would never have
+  read (the groups cover every row): only comparisons of columns with
+  constants, as a gather's pushdown (:func:`shardq.sql.gather.safe`);
+* it is not in a WHERE clause (a select-list subquery names its column).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sqlglot
+from sqlglot import exp
+
+from shardq.errors import UnsupportedQueryError
+from shardq.sql.analyze import is_aggregate, normalize
+from shardq.sql.colocation import conjuncts
+from shardq.sql.gather import safe
+from shardq.sql.regenerate import regenerate
+
+if TYPE_CHECKING:
+    from shardq.sql.analyze import Analysis, TableRef
+    from shardq.sql.catalog import Columns
+
+__all__ = ["MARK", "Decorrelated", "decorrelate", "decorrelated_columns", "decorrelated_ctes"]
+
+#: The prefix of the CTEs and columns decorrelation adds.
+MARK = "_shardq_d"
+_KEY = "_shardq_k"
+_VALUE = "_shardq_a"
+_AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
+# Declared types (format_type) whose GROUP BY and = agree, shipped back exactly.
+_KEY_TYPES = ("smallint", "integer", "bigint", "numeric", "date")
+_SUMMABLE = ("smallint", "integer", "bigint", "numeric")
+# Nodes the expression around the aggregates may hold (evaluated in the outer query).
+_AROUND = (
+    exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div,
+    exp.Neg, exp.Cast, exp.DataType, exp.DataTypeParam, exp.Coalesce, exp.Placeholder,
+)  # fmt: skip
+# Nodes a summed expression may hold: no division, nothing that can fail.
+_SUMMED = (exp.Column, exp.Identifier, exp.Literal, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Neg)
+
+
+@dataclass(frozen=True, slots=True)
+class Decorrelated:
+    """The statement with its correlated subqueries decorrelated.
+
+    Attributes:
+        sql: the new statement (named placeholders: bind the parameters as
+            :func:`shardq.sql.rewrite.positional_as_named` gives them).
+        subqueries: each decorrelated subquery and what it is correlated on,
+            in words (for EXPLAIN).
+    """
+
+    sql: str
+    subqueries: tuple[str, ...]
+
+
+class _Refused(Exception):
+    """This subquery is not decorrelated (the reason, for EXPLAIN)."""
+
+
+def _type_of(column: exp.Column, ref: TableRef, columns: Columns) -> str:
+    """The declared type of an own column, as ``format_type`` writes it ("" if unknown)."""
+    name = normalize(column.this, "postgres")
+    for info in columns.get(ref.table.name, ()):
+        if info.name == name:
+            return info.type.lower()
+    return ""
+
+
+class _Scope:
+    """The columns of one subquery: its own (by source) or the outer query's."""
+
+    def __init__(self, body: exp.Select, analysis: Analysis, columns: Columns):
+        self.body = body
+        self.columns = columns
+        refs = {id(r.node): r for r in analysis.refs}
+        sources: list[exp.Expr] = []
+        from_ = body.args.get("from_")
+        if from_ is not None:
+            sources.append(from_.this)
+        for join in body.args.get("joins") or []:
+            if join.side or join.args.get("method") or join.args.get("using"):
+                raise _Refused("it has an outer, natural or USING join")
+            if str(join.args.get("kind") or "").upper() not in ("", "INNER", "CROSS"):
+                raise _Refused("it has a join other than an inner one")
+            sources.append(join.this)
+        if not sources:
+            raise _Refused("it has no FROM")
+        self.own: dict[str, TableRef] = {}
+        for source in sources:
+            ref = refs.get(id(source))
+            if ref is None or ref.renames_columns or ref.node.db or ref.table.name not in columns:
+                raise _Refused("it reads something other than declared tables of known columns")
+            if ref.alias in self.own:
+                raise _Refused("it names two sources alike")
+            self.own[ref.alias] = ref
+        if not any(r.table.distributed for r in self.own.values()):
+            raise _Refused("it reads no distributed table")
+
+    def owner(self, column: exp.Column) -> TableRef | None:
+        """The own source of ``column``, or None when it is the outer query's."""
+        if column.args.get("db") or column.args.get("catalog"):
+            raise _Refused("a column is named with its schema")
+        if not isinstance(column.this, exp.Identifier):
+            raise _Refused("it has a whole-row or star reference")
+        name = normalize(column.this, "postgres")
+        if column.table:
+            return self.own.get(normalize(column.args["table"], "postgres"))
+        owners = [
+            ref
+            for ref in self.own.values()
+            if any(c.name == name for c in self.columns[ref.table.name])
+        ]
+        if len(owners) > 1:
+            raise _Refused(f"the column {name} is ambiguous")
+        return owners[0] if owners else None
+
+    def outer(self, node: exp.Expr) -> bool:
+        """Whether ``node`` names a column of the outer query."""
+        return any(self.owner(c) is None for c in node.find_all(exp.Column))
+
+
+def _where_placed(subquery: exp.Expr) -> bool:
+    """Whether ``subquery`` sits in the WHERE clause of the SELECT around it."""
+    node = subquery
+    while node.parent is not None:
+        if isinstance(node.parent, exp.Where):
+            return isinstance(node.parent.parent, exp.Select)
+        if isinstance(node.parent, exp.Select):
+            return False
+        node = node.parent
+    return False
+
+
+def _check_body(body: exp.Select) -> None:
+    for arg in ("with_", "group", "having", "order", "limit", "offset", "fetch", "distinct",
+                "qualify", "windows", "laterals", "pivots", "sample", "locks"):  # fmt: skip
+        if body.args.get(arg):
+            raise _Refused(f"it has {arg.rstrip('_').upper()}")
+    if any(node is not body for node in body.find_all(exp.Select)):
+        raise _Refused("it holds a subquery")
+    if any(isinstance(n, exp.Window | exp.Lateral | exp.Unnest) for n in body.walk()):
+        raise _Refused("it has a window or a table function")
+
+
+def _check_safe(node: exp.Expr, what: str) -> None:
+    if not safe(node, placeholders=True):
+        raise _Refused(
+            f"its {what} {node.sql('postgres')} could fail on rows the subquery would never "
+            "read (the groups cover every row)"
+        )
+
+
+def _aggregates(item: exp.Expr, scope: _Scope) -> list[exp.Expr]:
+    """The aggregates of the select item, checked (see the module docstring)."""
+    found: list[exp.Expr] = []
+    for node in item.walk():
+        if isinstance(node, exp.Filter | exp.WithinGroup):
+            raise _Refused("an aggregate has FILTER or WITHIN GROUP")
+        if not is_aggregate(node):
+            continue
+        if type(node) not in _AGGREGATES:
+            raise _Refused(f"the aggregate {node.sql('postgres')} is not count, sum, avg, min, max")
+        argument = node.this
+        if isinstance(argument, exp.Distinct) or node.args.get("expressions"):
+            raise _Refused(f"the aggregate {node.sql('postgres')} has DISTINCT or more arguments")
+        if isinstance(node, exp.Count) and isinstance(argument, exp.Star):
+            found.append(node)
+            continue
+        if scope.outer(argument):
+            raise _Refused(f"the aggregate {node.sql('postgres')} names an outer column")
+        if isinstance(node, exp.Sum | exp.Avg):
+            for part in argument.walk():
+                if not isinstance(part, _SUMMED):
+                    raise _Refused(f"the aggregate {node.sql('postgres')} sums an expression")
+                if isinstance(part, exp.Column):
+                    owner = scope.owner(part)
+                    kind = "" if owner is None else _type_of(part, owner, scope.columns)
+                    if not kind.startswith(_SUMMABLE):
+                        raise _Refused(
+                            f"the aggregate {node.sql('postgres')} sums a column that is not "
+                            "an integer or numeric (a float sum depends on its order)"
+                        )
+        elif not isinstance(argument, exp.Column):
+            raise _Refused(f"the aggregate {node.sql('postgres')} is over an expression")
+        found.append(node)
+    for node in item.walk(prune=is_aggregate):
+        if not is_aggregate(node) and not isinstance(node, _AROUND):
+            raise _Refused(f"its select list has {node.sql('postgres')} outside the aggregates")
+    if not found:
+        raise _Refused("its select list has no aggregate")
+    return found
+
+
+def _split_where(
+    body: exp.Select, scope: _Scope
+) -> tuple[list[tuple[exp.Column, exp.Column]], list[exp.Expr]]:
+    """The WHERE of ``body`` as correlation pairs (own, outer) and its own conjuncts."""
+    pairs: list[tuple[exp.Column, exp.Column]] = []
+    local: list[exp.Expr] = []
+    for term in conjuncts(body.args.get("where")):
+        if not scope.outer(term):
+            _check_safe(term, "condition")
+            local.append(term)
+            continue
+        if isinstance(term, exp.EQ):
+            for mine, theirs in ((term.this, term.expression), (term.expression, term.this)):
+                if not (isinstance(mine, exp.Column) and isinstance(theirs, exp.Column)):
+                    continue
+                owner = scope.owner(mine)
+                if owner is None or scope.owner(theirs) is not None:
+                    continue
+                if not _type_of(mine, owner, scope.columns).startswith(_KEY_TYPES):
+                    raise _Refused(
+                        f"it is correlated on {mine.sql('postgres')}, not an integer, numeric "
+                        "or date column"
+                    )
+                pairs.append((mine, theirs))
+                break
+            else:
+                raise _Refused(f"it refers to the outer query in {term.sql('postgres')}")
+            continue
+        raise _Refused(f"it refers to the outer query in {term.sql('postgres')}")
+    if not pairs:
+        raise _Refused("it is not correlated by an equality")
+    return pairs, local
+
+
+def _grouped(
+    body: exp.Select, keys: list[exp.Column], values: list[exp.Expr], local: list[exp.Expr]
+) -> exp.Select:
+    """The CTE: ``body``'s rows that pass ``local``, grouped by ``keys``."""
+    items = [k.copy().as_(f"{_KEY}{i}") for i, k in enumerate(keys)]
+    items += [v.copy().as_(f"{_VALUE}{j}") for j, v in enumerate(values)]
+    grouped = exp.Select(expressions=items)
+    grouped.set("from_", body.args["from_"].copy())
+    if body.args.get("joins"):
+        grouped.set("joins", [j.copy() for j in body.args["joins"]])
+    if local:
+        grouped = grouped.where(exp.and_(*(c.copy() for c in local)), copy=False)
+    if keys:
+        grouped = grouped.group_by(*(k.copy() for k in keys), copy=False)
+    return grouped
+
+
+def _lookup(name: str, pairs: list[tuple[int, exp.Column]], value: str | None) -> exp.Select:
+    """``SELECT name.value FROM name WHERE name.k_i = outer_i AND ...`` (1 for EXISTS)."""
+    terms = [
+        exp.EQ(this=exp.column(f"{_KEY}{i}", table=name), expression=theirs.copy())
+        for i, theirs in pairs
+    ]
+    item: exp.Expr = exp.column(value, table=name) if value else exp.Literal.number(1)
+    return (
+        exp.Select(expressions=[item]).from_(name, copy=False).where(exp.and_(*terms), copy=False)
+    )
+
+
+def _decorrelate_one(
+    subquery: exp.Expr, body: exp.Select, name: str, analysis: Analysis, columns: Columns
+) -> tuple[exp.Select, exp.Expr, str]:
+    """The CTE for one subquery, what replaces it, and how (in words)."""
+    _check_body(body)
+    scope = _Scope(body, analysis, columns)
+    for join in body.args.get("joins") or []:
+        on = join.args.get("on")
+        if on is not None:
+            if scope.outer(on):
+                raise _Refused("a join condition refers to the outer query")
+            _check_safe(on, "join condition")
+    pairs, local = _split_where(body, scope)
+    keys: list[exp.Column] = []
+    matched: list[tuple[int, exp.Column]] = []  # (the key's position, the outer column)
+    for mine, theirs in pairs:
+        owner, column = scope.owner(mine), normalize(mine.this, "postgres")
+        same = [
+            i for i, k in enumerate(keys)
+            if scope.owner(k) is owner and normalize(k.this, "postgres") == column
+        ]  # fmt: skip
+        if not same:
+            keys.append(mine)
+        matched.append((same[0] if same else len(keys) - 1, theirs))
+    on_text = " and ".join(f"{m.sql('postgres')} = {t.sql('postgres')}" for m, t in pairs)
+    if isinstance(subquery, exp.Exists):
+        for item in body.expressions:
+            if not isinstance(item, exp.Star | exp.Literal | exp.Column) or (
+                isinstance(item, exp.Column) and scope.outer(item)
+            ):
+                raise _Refused("its select list has more than columns and constants")
+        cte = _grouped(body, keys, [], local)
+        replacement: exp.Expr = exp.Exists(this=_lookup(name, matched, None))
+        return cte, replacement, f"EXISTS correlated on {on_text}"
+    if len(body.expressions) != 1:
+        raise _Refused("it selects more than one column")
+    item = body.expressions[0].unalias()
+    found = _aggregates(item, scope)
+    cte = _grouped(body, keys, found, local)
+    around = item.copy()
+    copies = {id(a): b for a, b in zip(item.walk(), around.walk(), strict=True)}
+    for j, aggregate in enumerate(found):
+        value: exp.Expr = exp.Subquery(this=_lookup(name, matched, f"{_VALUE}{j}"))
+        if isinstance(aggregate, exp.Count):  # of no row: 0, not NULL
+            value = exp.Coalesce(this=value, expressions=[exp.Literal.number(0)])
+        replaced = copies[id(aggregate)]
+        if replaced is around:
+            around = value
+        else:
+            replaced.replace(value)
+    return cte, exp.Paren(this=around), f"a scalar subquery correlated on {on_text}"
+
+
+def decorrelate(analysis: Analysis, columns: Columns) -> Decorrelated:
+    """Decorrelate ``analysis``'s correlated subqueries (see the module docstring).
+
+    Raises:
+        UnsupportedQueryError: no subquery is decorrelated; the reason says
+            why the first one met is not.
+    """
+    statement = analysis.parsed.expression
+    dialect = analysis.parsed.dialect
+    if dialect != "postgres" or not isinstance(statement, exp.Select):
+        raise UnsupportedQueryError("decorrelation", "PostgreSQL SELECT statements only")
+    with_ = statement.args.get("with_")
+    if with_ is not None and with_.args.get("recursive"):
+        raise UnsupportedQueryError("decorrelation", "the statement has WITH RECURSIVE")
+    tree = statement.copy()
+    copies = {id(a): b for a, b in zip(statement.walk(), tree.walk(), strict=True)}
+    ctes: list[exp.CTE] = []
+    done: list[str] = []
+    refusals: list[str] = []
+    for body in list(statement.find_all(exp.Select)):
+        if body is statement:
+            continue
+        holder = body.parent
+        if isinstance(holder, exp.Exists):
+            subquery: exp.Expr = holder
+        elif (
+            isinstance(holder, exp.Subquery)
+            and not isinstance(
+                holder.parent, exp.From | exp.Join | exp.In | exp.Any | exp.All | exp.CTE
+            )
+            and not isinstance(holder.parent, exp.SetOperation)
+        ):
+            subquery = holder
+        else:
+            continue
+        name = f"{MARK}{len(ctes)}"
+        try:
+            if not _where_placed(subquery):
+                raise _Refused("it is not in a WHERE clause")
+            cte_body, replacement, how = _decorrelate_one(subquery, body, name, analysis, columns)
+        except _Refused as exc:
+            if _reads_distributed(body, analysis):
+                refusals.append(f"{body.sql('postgres')}: {exc}")
+            continue
+        # MATERIALIZED: the groups are unnested once, not once per outer row.
+        alias = exp.TableAlias(this=exp.to_identifier(name))
+        ctes.append(exp.CTE(this=cte_body, alias=alias, materialized=True))
+        copies[id(subquery)].replace(replacement)
+        done.append(f"{how} ({name})")
+    if not ctes:
+        raise UnsupportedQueryError(
+            "decorrelation", refusals[0] if refusals else "no correlated subquery to decorrelate"
+        )
+    existing = tree.args.get("with_")
+    if existing is None:
+        tree.set("with_", exp.With(expressions=ctes))
+    else:
+        existing.set("expressions", [*ctes, *existing.expressions])
+    sql = regenerate(
+        tree,
+        analysis.parsed.source,
+        dialect,
+        frozenset({"with", "materialized", "coalesce", "exists"}),
+    )
+    return Decorrelated(sql, tuple(done))
+
+
+def _reads_distributed(body: exp.Select, analysis: Analysis) -> bool:
+    return any(ref.table.distributed and ref.node.parent_select is body for ref in analysis.refs)
+
+
+def decorrelated_ctes(statement: exp.Expr) -> list[exp.Select]:
+    """The bodies of the CTEs :func:`decorrelate` added to ``statement``, in order."""
+    with_ = statement.args.get("with_")
+    return [
+        cte.this
+        for cte in (with_.expressions if isinstance(with_, exp.With) else ())
+        if cte.alias.startswith(MARK) and isinstance(cte.this, exp.Select)
+    ]
+
+
+def decorrelated_columns(sql: str) -> tuple[str, ...]:
+    """The column names of a CTE body :func:`decorrelate` wrote, from its SQL."""
+    body = sqlglot.parse_one(sql, read="postgres")
+    return tuple(item.alias_or_name for item in body.expressions)
