@@ -769,6 +769,30 @@ DECORRELATED: list[tuple[str, list[object] | None]] = [
         "WHERE p.a = r.a AND p.q > %s) ORDER BY 1, 2",
         [0, "1.5"],
     ),
+    # the groups LEFT JOINed after the item the outer columns are of: a reference
+    # table first (the join would repeat its rows per shard: looked up instead), *
+    # (the join's columns would show), two subqueries, columns of two outer tables
+    (
+        "SELECT r.a, count(*) FROM pair_ref r, pairs p WHERE p.a = r.a AND p.q > "
+        "(SELECT avg(i.q) FROM pairs i WHERE i.b = r.b) GROUP BY r.a ORDER BY 1",
+        None,
+    ),
+    (
+        "SELECT * FROM pair_ref r WHERE r.x < (SELECT sum(p.q) FROM pairs p WHERE p.a = r.a) "
+        "ORDER BY a, b",
+        None,
+    ),
+    (
+        "SELECT r.a, r.b FROM pair_ref r LEFT JOIN labels l ON l.code = r.t "
+        "WHERE r.x < (SELECT sum(p.q) FROM pairs p WHERE p.a = r.a) "
+        "AND (SELECT count(*) FROM pairs p2 WHERE p2.b = r.b) > 20 ORDER BY 1, 2",
+        None,
+    ),
+    (
+        "SELECT count(*), sum(r.x) FROM pair_ref r, pair_ref s WHERE s.a = r.b "
+        "AND r.x < (SELECT sum(p.q) FROM pairs p WHERE p.a = r.a AND p.b = s.b)",
+        None,
+    ),
     # an unqualified outer column; a bigint compared with an integer
     (
         "SELECT count(*), sum(x) FROM pair_ref WHERE x < (SELECT max(q) FROM pairs WHERE b = c)",

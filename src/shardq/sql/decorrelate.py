@@ -297,10 +297,63 @@ def _lookup(name: str, pairs: list[tuple[int, exp.Column]], value: str | None) -
     )
 
 
+def _joined_source(
+    subquery: exp.Expr, outer: list[exp.Column], analysis: Analysis, columns: Columns
+) -> exp.Expr | None:
+    """The FROM item of the SELECT around ``subquery`` that all ``outer`` columns are of.
+
+    None when there is none, when it cannot be told for sure, or when a LEFT
+    JOIN after it could change the SELECT's rows or columns (``*``, a RIGHT,
+    FULL or NATURAL join).
+    """
+    select = subquery.parent_select
+    if not isinstance(select, exp.Select) or select.args.get("from_") is None:
+        return None
+    if any(isinstance(item, exp.Star) for item in select.expressions):
+        return None
+    joins = select.args.get("joins") or []
+    if any(str(j.side or "").upper() in ("RIGHT", "FULL") or j.args.get("method") for j in joins):
+        return None
+    refs = {id(r.node): r for r in analysis.refs}
+    sources: list[exp.Expr] = [select.args["from_"].this, *(j.this for j in joins)]
+    owners = set()
+    for column in outer:
+        if column.table:
+            qualifier = normalize(column.args["table"], "postgres")
+            found = [
+                s for s in sources if (refs[id(s)].alias if id(s) in refs else s.alias_or_name)
+                == qualifier
+            ]  # fmt: skip
+        else:
+            name = normalize(column.this, "postgres")
+            if any(id(s) not in refs or refs[id(s)].renames_columns for s in sources):
+                return None
+            found = [
+                s for s in sources
+                if any(c.name == name for c in columns.get(refs[id(s)].table.name, ()))
+            ]  # fmt: skip
+        if len(found) != 1:
+            return None
+        owners.add(id(found[0]))
+    if len(owners) != 1:
+        return None
+    return next(s for s in sources if id(s) in owners)
+
+
 def _decorrelate_one(
-    subquery: exp.Expr, body: exp.Select, name: str, analysis: Analysis, columns: Columns
-) -> tuple[exp.Select, exp.Expr, str]:
-    """The CTE for one subquery, what replaces it, and how (in words)."""
+    subquery: exp.Expr,
+    body: exp.Select,
+    name: str,
+    analysis: Analysis,
+    columns: Columns,
+    joined: bool,
+) -> tuple[exp.Select, exp.Expr, str, tuple[exp.Expr, exp.Join] | None]:
+    """The CTE for one subquery, what replaces it, and how (in words).
+
+    With ``joined``, a scalar subquery whose outer columns are all of one FROM
+    item of the SELECT around it becomes a LEFT JOIN of the groups to that item
+    (the database can hash it), returned last: the item and the join.
+    """
     _check_body(body)
     scope = _Scope(body, analysis, columns)
     for join in body.args.get("joins") or []:
@@ -330,16 +383,28 @@ def _decorrelate_one(
                 raise _Refused("its select list has more than columns and constants")
         cte = _grouped(body, keys, [], local)
         replacement: exp.Expr = exp.Exists(this=_lookup(name, matched, None))
-        return cte, replacement, f"EXISTS correlated on {on_text}"
+        return cte, replacement, f"EXISTS correlated on {on_text}", None
     if len(body.expressions) != 1:
         raise _Refused("it selects more than one column")
     item = body.expressions[0].unalias()
     found = _aggregates(item, scope)
     cte = _grouped(body, keys, found, local)
+    source = _joined_source(subquery, [t for _, t in pairs], analysis, columns) if joined else None
+    join = None
+    if source is not None:
+        on = exp.and_(
+            *(exp.EQ(this=exp.column(f"{_KEY}{i}", table=name), expression=t.copy())
+              for i, t in matched)
+        )  # fmt: skip
+        join = exp.Join(this=exp.to_table(name), side="LEFT", on=on)
     around = item.copy()
     copies = {id(a): b for a, b in zip(item.walk(), around.walk(), strict=True)}
     for j, aggregate in enumerate(found):
-        value: exp.Expr = exp.Subquery(this=_lookup(name, matched, f"{_VALUE}{j}"))
+        value: exp.Expr = (
+            exp.column(f"{_VALUE}{j}", table=name)
+            if join is not None
+            else exp.Subquery(this=_lookup(name, matched, f"{_VALUE}{j}"))
+        )
         if isinstance(aggregate, exp.Count):  # of no row: 0, not NULL
             value = exp.Coalesce(this=value, expressions=[exp.Literal.number(0)])
         replaced = copies[id(aggregate)]
@@ -347,11 +412,18 @@ def _decorrelate_one(
             around = value
         else:
             replaced.replace(value)
-    return cte, exp.Paren(this=around), f"a scalar subquery correlated on {on_text}"
+    how = f"a scalar subquery correlated on {on_text}"
+    if source is None or join is None:
+        return cte, exp.Paren(this=around), how + ", its groups looked up", None
+    return cte, exp.Paren(this=around), how + ", its groups LEFT JOINed", (source, join)
 
 
-def decorrelate(analysis: Analysis, columns: Columns) -> Decorrelated:
+def decorrelate(analysis: Analysis, columns: Columns, *, joined: bool = True) -> Decorrelated:
     """Decorrelate ``analysis``'s correlated subqueries (see the module docstring).
+
+    ``joined``: LEFT JOIN the groups where the subquery's outer columns are
+    of one FROM item (otherwise each aggregate is a lookup, a scalar subquery
+    over the groups).
 
     Raises:
         UnsupportedQueryError: no subquery is decorrelated; the reason says
@@ -389,7 +461,9 @@ def decorrelate(analysis: Analysis, columns: Columns) -> Decorrelated:
         try:
             if not _where_placed(subquery):
                 raise _Refused("it is not in a WHERE clause")
-            cte_body, replacement, how = _decorrelate_one(subquery, body, name, analysis, columns)
+            cte_body, replacement, how, attach = _decorrelate_one(
+                subquery, body, name, analysis, columns, joined
+            )
         except _Refused as exc:
             if _reads_distributed(body, analysis):
                 refusals.append(f"{body.sql('postgres')}: {exc}")
@@ -398,6 +472,8 @@ def decorrelate(analysis: Analysis, columns: Columns) -> Decorrelated:
         alias = exp.TableAlias(this=exp.to_identifier(name))
         ctes.append(exp.CTE(this=cte_body, alias=alias, materialized=True))
         copies[id(subquery)].replace(replacement)
+        if attach is not None:
+            _attach(copies[id(attach[0])], attach[1])
         done.append(f"{how} ({name})")
     if not ctes:
         raise UnsupportedQueryError(
@@ -412,9 +488,26 @@ def decorrelate(analysis: Analysis, columns: Columns) -> Decorrelated:
         tree,
         analysis.parsed.source,
         dialect,
-        frozenset({"with", "materialized", "coalesce", "exists"}),
+        frozenset({"with", "materialized", "coalesce", "exists", "left", "join", "on"}),
     )
     return Decorrelated(sql, tuple(done))
+
+
+def _attach(source: exp.Expr, join: exp.Join) -> None:
+    """Put ``join`` right after the FROM item ``source``: its ON reads that item's columns.
+
+    ``a, b LEFT JOIN d ON d.k = b.x`` joins ``d`` to ``b`` alone (a join binds
+    tighter than a comma), so it goes after ``b``, before any later item.
+    """
+    select = source.parent_select
+    assert isinstance(select, exp.Select)
+    joins = list(select.args.get("joins") or [])
+    holder = source.parent
+    at = 0 if isinstance(holder, exp.From) else next(
+        i + 1 for i, j in enumerate(joins) if j is holder
+    )  # fmt: skip
+    joins.insert(at, join)
+    select.set("joins", joins)
 
 
 def _reads_distributed(body: exp.Select, analysis: Analysis) -> bool:

@@ -282,44 +282,49 @@ class Planner:
         limit = self.config.max_decorrelated_rows
         if limit == 0 or self.catalog is None:
             return None
-        key = ("decorrelated", len(self.columns))
-        found: tuple[Decorrelated, Deferred] | UnsupportedQueryError | None = analysis.memo.get(key)
-        if found is None:
-            try:
-                decorrelated = decorrelate(analysis, self.columns)
-                rewritten = self.analyze(decorrelated.sql)
-                deferred = defer(
-                    rewritten.parsed.expression,
-                    decorrelated_ctes(rewritten.parsed.expression),
-                    self.config.dialect,
-                    rewritten.parsed.positional,
-                    rewritten.parsed.source,
-                    rewritten.parsed.text,
-                )
-                subplans = tuple(replace(s, max_rows=limit) for s in deferred.subplans)
-                found = (decorrelated, replace(deferred, subplans=subplans))
-            except UnsupportedQueryError as exc:
-                found = exc
-            analysis.memo[key] = found
-        if isinstance(found, UnsupportedQueryError):
-            return None
-        decorrelated, deferred = found
         bound = positional_as_named(params, analysis.parsed.positional)
-        # Planned with no group in place (the plan does not depend on how many):
-        # if even then the statement would be gathered, gather the original.
-        empty = [
-            Result(names, (20,) * len(names), [])
-            for names in (decorrelated_columns(s.sql) for s in deferred.subplans)
-        ]
-        dry_sql, dry_params = deferred.substitute(empty, bound)
-        dry = self.plan(for_psycopg(dry_sql, strings_escaped=bound is not None), dry_params)
-        if dry.gather is not None:
+        chosen = None
+        for joined in (True, False):  # LEFT JOINs of the groups, or else lookups
+            key = ("decorrelated", joined, len(self.columns))
+            found: tuple[Decorrelated, Deferred] | UnsupportedQueryError | None
+            found = analysis.memo.get(key)
+            if found is None:
+                try:
+                    decorrelated = decorrelate(analysis, self.columns, joined=joined)
+                    rewritten = self.analyze(decorrelated.sql)
+                    deferred = defer(
+                        rewritten.parsed.expression,
+                        decorrelated_ctes(rewritten.parsed.expression),
+                        self.config.dialect,
+                        rewritten.parsed.positional,
+                        rewritten.parsed.source,
+                        rewritten.parsed.text,
+                    )
+                    subplans = tuple(replace(s, max_rows=limit) for s in deferred.subplans)
+                    found = (decorrelated, replace(deferred, subplans=subplans))
+                except UnsupportedQueryError as exc:
+                    found = exc
+                analysis.memo[key] = found
+            if isinstance(found, UnsupportedQueryError):
+                return None
+            # Planned with no group in place (the plan does not depend on how many):
+            # if even then the statement would be gathered, gather the original.
+            empty = [
+                Result(names, (20,) * len(names), [])
+                for names in (decorrelated_columns(s.sql) for s in found[1].subplans)
+            ]
+            dry_sql, dry_params = found[1].substitute(empty, bound)
+            dry = self.plan(for_psycopg(dry_sql, strings_escaped=bound is not None), dry_params)
+            if dry.gather is None:
+                chosen = found
+                break
+        if chosen is None:
             return None
+        decorrelated, deferred = chosen
         strategy = (
             f"decorrelated ({why.construct}): {'; '.join(decorrelated.subqueries)}; each "
-            "grouped by the columns it is correlated on, run first as a distributed query of "
-            "its own, and its groups looked up by those columns; the statement is then "
-            "planned again with the groups as parameters"
+            "grouped by the columns it is correlated on and run first as a distributed query "
+            "of its own; the statement is then planned again with the groups as parameters"
         )
         target = route(analysis, params, self.config, self.columns)
         return QueryPlan(
