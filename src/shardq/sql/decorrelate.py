@@ -7,29 +7,45 @@ refers to the outer query by equalities of plain columns (TPC-H Q17:
 it. Grouped by the columns it is correlated on, it becomes independent: a
 CTE the planner runs first as a distributed GROUP BY (whose merge is exact:
 ``avg`` from sums and counts), whose groups then replace it, shipped back as
-parameters (:mod:`shardq.sql.subplans`)::
+parameters (:mod:`shardq.sql.subplans`). Where the outer columns are all of
+one FROM item, the groups are LEFT JOINed right after it (the database
+hashes the join); otherwise each aggregate is looked up by a scalar
+subquery over the groups:
 
-    WITH _shardq_d0 AS (SELECT l_partkey AS _shardq_k0, AVG(l_quantity) AS _shardq_a0
-                        FROM lineitem GROUP BY l_partkey)
-    SELECT ... WHERE ... AND l_quantity < 0.2 * (SELECT _shardq_d0._shardq_a0
-        FROM _shardq_d0 WHERE _shardq_d0._shardq_k0 = p_partkey)
+>>> from shardq.config import load_config
+>>> from shardq.sql.analyze import analyze
+>>> from shardq.sql.catalog import ColumnInfo
+>>> from shardq.sql.parse import parse
+>>> config = load_config({"dialect": "postgres", "shards": [
+...     {"name": "s1", "dsn": "postgresql:///a"}, {"name": "s2", "dsn": "postgresql:///b"}],
+...     "tables": {"lineitem": {"shard_key": "l_orderkey"}, "part": {"reference": True}}})
+>>> columns = {
+...     "lineitem": (ColumnInfo("l_orderkey", "integer"), ColumnInfo("l_partkey", "integer"),
+...                  ColumnInfo("l_quantity", "numeric(15,2)")),
+...     "part": (ColumnInfo("p_partkey", "integer"), ColumnInfo("p_brand", "text"))}
+>>> sql = ("SELECT count(*) FROM lineitem, part WHERE p_partkey = l_partkey AND l_quantity"
+...        " < (SELECT 0.2 * avg(l_quantity) FROM lineitem WHERE l_partkey = p_partkey)")
+>>> print(decorrelate(analyze(parse(sql, "postgres"), config), columns).sql)
+WITH _shardq_d0 AS MATERIALIZED (SELECT l_partkey AS _shardq_k0, AVG(l_quantity) AS \
+_shardq_a0 FROM lineitem GROUP BY l_partkey) SELECT COUNT(*) FROM lineitem, part LEFT JOIN \
+_shardq_d0 ON _shardq_d0._shardq_k0 = p_partkey WHERE p_partkey = l_partkey AND l_quantity \
+< (0.2 * _shardq_d0._shardq_a0)
 
-Why it is the same answer: each aggregate of the subquery becomes its own
-scalar subquery over the groups, matched on the correlation columns with the
-same ``=`` the subquery used (between the same types: a group's key is
-shipped with its column's type). A group holds exactly the rows the
-subquery would aggregate for an outer row with those values, so the
-aggregate is the same value of the same type; an outer row whose values
-find no group (none of its rows, or a NULL value) gets NULL, which is what
-``sum``/``avg``/``min``/``max`` of no row is, and ``count`` becomes
-``coalesce(..., 0)``. The expression around the aggregates (``0.2 * ...``)
-is evaluated in the outer query on those same values. ``EXISTS`` becomes
-``EXISTS`` over the groups. What is not provably the same is left alone (and
-gathered to one shard instead):
+Why it is the same answer: a group holds exactly the rows the subquery
+would aggregate for an outer row with its key values, matched with the
+same ``=`` the subquery used, between the same types (a group's key is
+shipped back with its column's type), and keys are unique, so a row finds
+one group or none; each aggregate is then the same value of the same type.
+An outer row that finds no group (no row has its values, or one is NULL)
+gets NULL, which is what ``sum``/``avg``/``min``/``max`` of no row is;
+``count`` becomes ``coalesce(..., 0)``. The expression around the
+aggregates (``0.2 * ...``) is evaluated in the outer query on those same
+values, for the same rows. ``EXISTS`` becomes ``EXISTS`` over the groups.
+What is not provably the same is left alone (and gathered to one shard):
 
 * the subquery has GROUP BY, HAVING, DISTINCT, ORDER BY, LIMIT, a window, a
   WITH, a nested subquery, an outer join, or reads anything but declared
-  tables;
+  tables (nor a table a CTE's name hides);
 * it refers to the outer query other than by ``own_column = outer_column``
   conjuncts of its WHERE, or a correlation column is not an integer,
   numeric or date column (GROUP BY and ``=`` agree for those; not for text
@@ -37,11 +53,15 @@ gathered to one shard instead):
 * its select list is other than one expression over ``count``, ``sum``,
   ``avg``, ``min``, ``max`` (no DISTINCT or FILTER; ``sum`` and ``avg`` of
   integer and numeric columns only: a float sum depends on the order of its
-  terms) with no column outside them;
+  terms; ``min`` and ``max`` of numbers, dates and times: text shipped back
+  loses its column's collation) with no column outside them;
 * a conjunct it keeps could fail on a row the subquery would never have
   read (the groups cover every row): only comparisons of columns with
   constants, as a gather's pushdown (:func:`shardq.sql.gather.safe`);
 * it is not in a WHERE clause (a select-list subquery names its column).
+
+The LEFT JOIN is not used after a ``SELECT *`` (its columns would show) or
+with RIGHT, FULL or NATURAL joins in the SELECT.
 """
 
 from __future__ import annotations
@@ -72,6 +92,9 @@ _AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
 # Declared types (format_type) whose GROUP BY and = agree, shipped back exactly.
 _KEY_TYPES = ("smallint", "integer", "bigint", "numeric", "date")
 _SUMMABLE = ("smallint", "integer", "bigint", "numeric")
+# Types min and max are taken of: compared alike wherever the value goes.
+_ORDERED = (*_KEY_TYPES, "real", "double precision", "timestamp", "time ")
+_SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
 # Nodes the expression around the aggregates may hold (evaluated in the outer query).
 _AROUND = (
     exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div,
@@ -128,11 +151,19 @@ class _Scope:
             sources.append(join.this)
         if not sources:
             raise _Refused("it has no FROM")
+        # A CTE of the statement by a table's name is that CTE, not the table; moved
+        # into a CTE of its own before it, the subquery would read the table.
+        ctes = {
+            normalize(c.args["alias"].this, "postgres")
+            for c in analysis.parsed.expression.find_all(exp.CTE)
+        }
         self.own: dict[str, TableRef] = {}
         for source in sources:
             ref = refs.get(id(source))
             if ref is None or ref.renames_columns or ref.node.db or ref.table.name not in columns:
                 raise _Refused("it reads something other than declared tables of known columns")
+            if normalize(ref.node.this, "postgres") in ctes:
+                raise _Refused(f"it reads {ref.node.name}, also the name of a CTE")
             if ref.alias in self.own:
                 raise _Refused("it names two sources alike")
             self.own[ref.alias] = ref
@@ -148,6 +179,8 @@ class _Scope:
         name = normalize(column.this, "postgres")
         if column.table:
             return self.own.get(normalize(column.args["table"], "postgres"))
+        if name in _SYSTEM_COLUMNS:  # every table has them; the catalog does not list them
+            raise _Refused(f"it names the system column {name}")
         owners = [
             ref
             for ref in self.own.values()
@@ -225,6 +258,14 @@ def _aggregates(item: exp.Expr, scope: _Scope) -> list[exp.Expr]:
                         )
         elif not isinstance(argument, exp.Column):
             raise _Refused(f"the aggregate {node.sql('postgres')} is over an expression")
+        elif isinstance(node, exp.Min | exp.Max):
+            owner = scope.owner(argument)
+            kind = "" if owner is None else _type_of(argument, owner, scope.columns)
+            if not kind.startswith(_ORDERED):
+                raise _Refused(
+                    f"the aggregate {node.sql('postgres')} is of a column that is not a number, "
+                    "date or time (text keeps its column's collation only where it is)"
+                )
         found.append(node)
     for node in item.walk(prune=is_aggregate):
         if not is_aggregate(node) and not isinstance(node, _AROUND):
