@@ -1069,10 +1069,12 @@ class Engine:
         read_policy: str = "primary",
         primary_for: Collection[str] = (),
         allow_partial: bool = False,
+        counts: list[int] | None = None,
     ) -> AsyncResult | StoredResult:
         """Run a plan's subqueries first, then the statement with their results in place.
 
         A partial read is partial for the shards its subqueries left out too.
+        ``counts``, when given, receives each subquery's number of rows (EXPLAIN).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         missing: dict[str, BaseException] = {}
@@ -1096,6 +1098,8 @@ class Engine:
             result = await run(sql, params, tuple_row)
             rows = await result.fetchall()
             missing.update(result.missing)
+            if counts is not None:
+                counts.append(len(rows))
             description = result.description or ()
             return Result(
                 tuple(c.name for c in description),
@@ -1207,15 +1211,19 @@ class Engine:
             raise ProgrammingError("EXPLAIN ANALYZE runs the statement; shardq analyzes reads only")
         began = time.perf_counter()
         if plan.deferred is not None:
+            counts: list[int] = []
             try:
-                result = await self._execute_deferred(plan, timeout=timeout, row_factory=tuple_row)
+                result = await self._execute_deferred(
+                    plan, timeout=timeout, row_factory=tuple_row, counts=counts
+                )
             except UnsupportedQueryError as refused:
                 if not self._can_gather(plan, None):
                     raise
                 gathered = self.planner.gathered(sql, params, why=refused)
                 return await self._explain_gather(gathered, analyze=analyze, timeout=timeout)
             count = len(await result.fetchall())
-            analyzed = Analyzed((), count, time.perf_counter() - began)
+            notes = tuple(f"run first: {i}. {n:,} rows" for i, n in enumerate(counts, 1))
+            analyzed = Analyzed((), count, time.perf_counter() - began, notes=notes)
             return explain(plan, shards, total=total, analyzed=analyzed)
         received = [0] * len(shards)
         done: list[float | None] = [None] * len(shards)
