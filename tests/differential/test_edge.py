@@ -769,6 +769,17 @@ DECORRELATED: list[tuple[str, list[object] | None]] = [
         "WHERE p.a = r.a AND p.q > %s) ORDER BY 1, 2",
         [0, "1.5"],
     ),
+    # a literal percent sign, with parameters and without
+    (
+        "SELECT r.a, r.b FROM pair_ref r WHERE r.t LIKE %s AND r.t NOT LIKE 'z%%' AND r.x < "
+        "(SELECT sum(p.q) FROM pairs p WHERE p.a = r.a AND p.q > %s) ORDER BY 1, 2",
+        ["%", -1],
+    ),
+    (
+        "SELECT r.a, r.b FROM pair_ref r WHERE r.t NOT LIKE 'z%' AND r.x < "
+        "(SELECT sum(p.q) FROM pairs p WHERE p.a = r.a) ORDER BY 1, 2",
+        None,
+    ),
     # the groups LEFT JOINed after the item the outer columns are of: a reference
     # table first (the join would repeat its rows per shard: looked up instead), *
     # (the join's columns would show), two subqueries, columns of two outer tables

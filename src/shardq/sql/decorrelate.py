@@ -113,10 +113,12 @@ class Decorrelated:
             :func:`shardq.sql.rewrite.positional_as_named` gives them).
         subqueries: each decorrelated subquery and what it is correlated on,
             in words (for EXPLAIN).
+        ctes: the names of the CTEs added, to run first.
     """
 
     sql: str
     subqueries: tuple[str, ...]
+    ctes: tuple[str, ...]
 
 
 class _Refused(Exception):
@@ -480,6 +482,8 @@ def decorrelate(analysis: Analysis, columns: Columns, *, joined: bool = True) ->
     tree = statement.copy()
     copies = {id(a): b for a, b in zip(statement.walk(), tree.walk(), strict=True)}
     ctes: list[exp.CTE] = []
+    # (a statement planned again after its groups came back has such CTEs already)
+    taken = sum(1 for c in statement.find_all(exp.CTE) if c.alias.startswith(MARK))
     done: list[str] = []
     refusals: list[str] = []
     for body in list(statement.find_all(exp.Select)):
@@ -498,7 +502,7 @@ def decorrelate(analysis: Analysis, columns: Columns, *, joined: bool = True) ->
             subquery = holder
         else:
             continue
-        name = f"{MARK}{len(ctes)}"
+        name = f"{MARK}{len(ctes) + taken}"
         try:
             if not _where_placed(subquery):
                 raise _Refused("it is not in a WHERE clause")
@@ -531,7 +535,7 @@ def decorrelate(analysis: Analysis, columns: Columns, *, joined: bool = True) ->
         dialect,
         frozenset({"with", "materialized", "coalesce", "exists", "left", "join", "on"}),
     )
-    return Decorrelated(sql, tuple(done))
+    return Decorrelated(sql, tuple(done), tuple(c.alias for c in ctes))
 
 
 def _attach(source: exp.Expr, join: exp.Join) -> None:
@@ -555,13 +559,13 @@ def _reads_distributed(body: exp.Select, analysis: Analysis) -> bool:
     return any(ref.table.distributed and ref.node.parent_select is body for ref in analysis.refs)
 
 
-def decorrelated_ctes(statement: exp.Expr) -> list[exp.Select]:
-    """The bodies of the CTEs :func:`decorrelate` added to ``statement``, in order."""
+def decorrelated_ctes(statement: exp.Expr, names: tuple[str, ...]) -> list[exp.Select]:
+    """The bodies of the CTEs ``names`` :func:`decorrelate` added to ``statement``, in order."""
     with_ = statement.args.get("with_")
     return [
         cte.this
         for cte in (with_.expressions if isinstance(with_, exp.With) else ())
-        if cte.alias.startswith(MARK) and isinstance(cte.this, exp.Select)
+        if cte.alias in names and isinstance(cte.this, exp.Select)
     ]
 
 

@@ -294,7 +294,7 @@ class Planner:
                     rewritten = self.analyze(decorrelated.sql)
                     deferred = defer(
                         rewritten.parsed.expression,
-                        decorrelated_ctes(rewritten.parsed.expression),
+                        decorrelated_ctes(rewritten.parsed.expression, decorrelated.ctes),
                         self.config.dialect,
                         rewritten.parsed.positional,
                         rewritten.parsed.source,
@@ -307,15 +307,20 @@ class Planner:
                 analysis.memo[key] = found
             if isinstance(found, UnsupportedQueryError):
                 return None
-            # Planned with no group in place (the plan does not depend on how many):
-            # if even then the statement would be gathered, gather the original.
-            empty = [
-                Result(names, (20,) * len(names), [])
-                for names in (decorrelated_columns(s.sql) for s in found[1].subplans)
-            ]
-            dry_sql, dry_params = found[1].substitute(empty, bound)
-            dry = self.plan(for_psycopg(dry_sql, strings_escaped=bound is not None), dry_params)
-            if dry.gather is None:
+            # Planned with no group in place (whether it is gathered depends on the
+            # text, not on the groups): if even then the statement would be
+            # gathered, gather the original.
+            gathers: bool | None = analysis.memo.get((*key, "gathers"))
+            if gathers is None:
+                empty = [
+                    Result(names, (20,) * len(names), [])
+                    for names in (decorrelated_columns(s.sql) for s in found[1].subplans)
+                ]
+                dry_sql, dry_params = found[1].substitute(empty, bound)
+                escaped = for_psycopg(dry_sql, strings_escaped=bound is not None)
+                gathers = self.plan(escaped, dry_params).gather is not None
+                analysis.memo[(*key, "gathers")] = gathers
+            if not gathers:
                 chosen = found
                 break
         if chosen is None:
