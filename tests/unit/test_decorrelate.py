@@ -124,6 +124,13 @@ NOT_DECORRELATED = [
      "(SELECT max(i.qty) FROM items i WHERE i.part = p.pk)", None),
     ("SELECT pk FROM parts p WHERE EXISTS (SELECT count(*) FROM items i WHERE i.part = p.pk)",
      "more than columns and constants"),
+    # evaluated maybe before the other conditions: nothing that can fail
+    ("SELECT pk FROM parts p WHERE p.size > 0 AND 1 / p.size < (SELECT max(i.qty) FROM items i "
+     "WHERE i.part = p.pk)", "could fail"),
+    ("SELECT pk FROM parts p WHERE p.size > (SELECT 1 / sum(i.qty) FROM items i "
+     "WHERE i.part = p.pk)", "could fail"),
+    ("SELECT pk FROM parts p WHERE p.size > (SELECT sum(i.part * i.part) FROM items i "
+     "WHERE i.supplier = p.supplier)", "integer arithmetic"),
 ]  # fmt: skip
 
 

@@ -57,8 +57,14 @@ What is not provably the same is left alone (and gathered to one shard):
   loses its column's collation) with no column outside them;
 * a conjunct it keeps could fail on a row the subquery would never have
   read (the groups cover every row): only comparisons of columns with
-  constants, as a gather's pushdown (:func:`shardq.sql.gather.safe`);
-* it is not in a WHERE clause (a select-list subquery names its column).
+  constants, as a gather's pushdown (:func:`shardq.sql.gather.safe`); nor
+  integer arithmetic in a sum (it could overflow there);
+* it is not in a WHERE clause (a select-list subquery names its column);
+* the expression around its aggregates, or the WHERE conjunct that holds it,
+  could fail (a division, a function but ``coalesce`` and ``length``, a cast
+  but to text): the database evaluates a subquery's conjunct after the
+  cheaper ones, the decorrelated conjunct maybe before them, on rows they
+  would have dropped.
 
 The LEFT JOIN is not used after a ``SELECT *`` (its columns would show) or
 with RIGHT, FULL or NATURAL joins in the SELECT.
@@ -95,13 +101,43 @@ _SUMMABLE = ("smallint", "integer", "bigint", "numeric")
 # Types min and max are taken of: compared alike wherever the value goes.
 _ORDERED = (*_KEY_TYPES, "real", "double precision", "timestamp", "time ")
 _SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
-# Nodes the expression around the aggregates may hold (evaluated in the outer query).
-_AROUND = (
-    exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div,
-    exp.Neg, exp.Cast, exp.DataType, exp.DataTypeParam, exp.Coalesce, exp.Placeholder,
+# Nodes whose evaluation cannot fail, whatever the values: the expression
+# around the aggregates and the WHERE conjunct holding the subquery. The
+# database evaluates a subquery's conjunct last (it costs the most); the
+# decorrelated one may come first, on rows another conjunct would have dropped.
+_HARMLESS = (
+    exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.EQ,
+    exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Is, exp.In,
+    exp.Between, exp.Like, exp.ILike, exp.Add, exp.Sub, exp.Mul, exp.Neg, exp.Coalesce,
+    exp.Placeholder, exp.Length, exp.DataType, exp.DataTypeParam, exp.Var, exp.Interval,
+    exp.Tuple,
 )  # fmt: skip
-# Nodes a summed expression may hold: no division, nothing that can fail.
+_TEXT = (exp.DataType.Type.TEXT, exp.DataType.Type.VARCHAR, exp.DataType.Type.CHAR)
+# Nodes a summed expression of numeric columns may hold: nothing that can fail.
 _SUMMED = (exp.Column, exp.Identifier, exp.Literal, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Neg)
+
+
+def _harmless(node: exp.Expr, leaves: list[exp.Expr]) -> bool:
+    """Whether evaluating ``node`` cannot fail, whatever the values of ``leaves``.
+
+    No division, no function but ``coalesce`` and ``length``, no cast but of a
+    literal or to text, no subquery (but ``leaves``).
+    """
+    skip = {id(leaf) for leaf in leaves}
+    for part in node.walk(prune=lambda n: id(n) in skip):
+        if id(part) in skip:
+            continue
+        if isinstance(part, exp.Cast):
+            if not (isinstance(part.this, exp.Literal) or part.to.this in _TEXT):
+                return False
+            continue
+        if isinstance(part, exp.In) and (part.args.get("query") or part.args.get("unnest")):
+            return False
+        if isinstance(part, exp.Subquery) and isinstance(part.this, exp.Subquery):
+            continue  # ((SELECT ...)): parentheses
+        if not isinstance(part, _HARMLESS):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,16 +233,24 @@ class _Scope:
         return any(self.owner(c) is None for c in node.find_all(exp.Column))
 
 
-def _where_placed(subquery: exp.Expr) -> bool:
-    """Whether ``subquery`` sits in the WHERE clause of the SELECT around it."""
+def _where_conjunct(subquery: exp.Expr) -> exp.Expr | None:
+    """The conjunct of the WHERE clause around ``subquery`` that holds it, or None.
+
+    None when ``subquery`` is not in the WHERE of the SELECT around it.
+    """
     node = subquery
     while node.parent is not None:
         if isinstance(node.parent, exp.Where):
-            return isinstance(node.parent.parent, exp.Select)
+            if not isinstance(node.parent.parent, exp.Select):
+                return None
+            for term in conjuncts(node.parent):
+                if term is subquery or any(n is subquery for n in term.walk()):
+                    return term
+            return None
         if isinstance(node.parent, exp.Select):
-            return False
+            return None
         node = node.parent
-    return False
+    return None
 
 
 def _check_body(body: exp.Select) -> None:
@@ -258,6 +302,11 @@ def _aggregates(item: exp.Expr, scope: _Scope) -> list[exp.Expr]:
                             f"the aggregate {node.sql('postgres')} sums a column that is not "
                             "an integer or numeric (a float sum depends on its order)"
                         )
+                    if part is not argument and not kind.startswith("numeric"):
+                        raise _Refused(
+                            f"the aggregate {node.sql('postgres')} sums integer arithmetic, "
+                            "which could overflow on rows the subquery would never read"
+                        )
         elif not isinstance(argument, exp.Column):
             raise _Refused(f"the aggregate {node.sql('postgres')} is over an expression")
         elif isinstance(node, exp.Min | exp.Max):
@@ -269,9 +318,10 @@ def _aggregates(item: exp.Expr, scope: _Scope) -> list[exp.Expr]:
                     "date or time (text keeps its column's collation only where it is)"
                 )
         found.append(node)
-    for node in item.walk(prune=is_aggregate):
-        if not is_aggregate(node) and not isinstance(node, _AROUND):
-            raise _Refused(f"its select list has {node.sql('postgres')} outside the aggregates")
+    if any(isinstance(node, exp.Column) for node in item.walk(prune=is_aggregate)):
+        raise _Refused("its select list has a column outside the aggregates")
+    if not _harmless(item, found):
+        raise _Refused(f"the expression {item.sql('postgres')} could fail (a division, a function)")
     if not found:
         raise _Refused("its select list has no aggregate")
     return found
@@ -504,8 +554,14 @@ def decorrelate(analysis: Analysis, columns: Columns, *, joined: bool = True) ->
             continue
         name = f"{MARK}{len(ctes) + taken}"
         try:
-            if not _where_placed(subquery):
+            term = _where_conjunct(subquery)
+            if term is None:
                 raise _Refused("it is not in a WHERE clause")
+            if not _harmless(term, [subquery]):
+                raise _Refused(
+                    f"the condition {term.sql('postgres')} could fail (a division, a function) "
+                    "on rows another condition drops first"
+                )
             cte_body, replacement, how, attach = _decorrelate_one(
                 subquery, body, name, analysis, columns, joined
             )
