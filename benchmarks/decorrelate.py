@@ -23,6 +23,11 @@ DB-API facade, :func:`time.perf_counter`), both ways in turn, ``--repeat``
 node's. ``explain(analyze=True)`` gives what moves: the rows each
 decorrelated subquery sent back (the groups), and the rows a gather moved.
 
+At a larger ``--scale`` mind the single node and the gather: with no index on
+``l_partkey`` (the suite's schema has none), they run Q17's subquery once per
+outer row, each a scan of ``lineitem``: at scale 0.1 that is hours, not the
+seconds the decorrelated plan takes (not measured to its end).
+
 Run it from the repository::
 
     python benchmarks/decorrelate.py
