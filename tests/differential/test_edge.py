@@ -835,6 +835,9 @@ NOT_DECORRELATED = [
     "SELECT r.a FROM pair_ref r WHERE r.x < (SELECT max(p.q) FROM pairs p WHERE p.a = r.a LIMIT 1)",
     "SELECT r.a FROM pair_ref r WHERE r.x < (SELECT max(p.q) FROM pairs p WHERE p.a = r.a "
     "AND 10 / p.b > 1)",
+    # a division beside it, which the database may now evaluate before r.b > 0
+    "SELECT r.a FROM pair_ref r WHERE r.b > 0 AND 10 / r.b < (SELECT max(p.q) FROM pairs p "
+    "WHERE p.a = r.a)",
     # in the select list (its column's name)
     "SELECT r.a, r.b, (SELECT max(p.q) FROM pairs p WHERE p.a = r.a) FROM pair_ref r",
 ]
