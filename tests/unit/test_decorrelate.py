@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 
 from shardq.config import load_config
+from shardq.errors import UnsupportedQueryError
 from shardq.sql.catalog import ColumnInfo
+from shardq.sql.decorrelate import decorrelate
 from shardq.sql.plan import Planner
 
 CONFIG = {
@@ -143,6 +145,13 @@ def test_not_provably_the_same_is_gathered(sql: str, why: str | None) -> None:
         assert plan.gather is not None, plan.strategy
         refusal = chosen.analyze(sql).memo[("decorrelated", True, len(COLUMNS))]
         assert why in refusal.reason, refusal.reason
+
+
+def test_a_statement_that_locks_rows_is_not_decorrelated() -> None:
+    chosen = planner()
+    analysis = chosen.analyze(DECORRELATED[1][0] + " FOR UPDATE")
+    with pytest.raises(UnsupportedQueryError, match="locks rows"):
+        decorrelate(analysis, chosen.columns)
 
 
 def test_max_decorrelated_rows_zero_turns_it_off() -> None:

@@ -290,6 +290,9 @@ def decorrelate(analysis: Analysis, columns: Columns, *, joined: bool = True) ->
     with_ = statement.args.get("with_")
     if with_ is not None and with_.args.get("recursive"):
         raise UnsupportedQueryError("decorrelation", "the statement has WITH RECURSIVE")
+    if any(select.args.get("locks") for select in statement.find_all(exp.Select)):
+        # (FOR UPDATE cannot lock the groups, nor the nullable side of their join)
+        raise UnsupportedQueryError("decorrelation", "the statement locks rows (FOR UPDATE)")
     tree = statement.copy()
     copies = {id(a): b for a, b in zip(statement.walk(), tree.walk(), strict=True)}
     ctes: list[exp.CTE] = []
