@@ -64,6 +64,7 @@ DEFAULT_DRIVERS: dict[str, str] = {"postgres": "psycopg", "sqlite": "sqlite"}
 DEFAULT_COMMIT_TIMEOUT = 5.0
 #: Rows a gathered read may move to its shard (see shardq.sql.gather) when not told otherwise.
 DEFAULT_MAX_GATHER_ROWS = 1_000_000
+DEFAULT_MAX_DECORRELATED_ROWS = 100_000
 _DEFAULT_SCHEMA = {"postgres": "public", "sqlite": "main"}
 _TOP_KEYS = frozenset(
     {
@@ -78,6 +79,7 @@ _TOP_KEYS = frozenset(
         "read_your_writes",
         "commit_timeout",
         "max_gather_rows",
+        "max_decorrelated_rows",
     }
 )
 #: Where reads outside a transaction go (see shardq.execute.hosts).
@@ -164,6 +166,9 @@ class Config:
     commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
     #: The most rows a gathered read may move (estimated before it starts; see shardq.sql.gather).
     max_gather_rows: int = DEFAULT_MAX_GATHER_ROWS
+    #: The most groups a decorrelated subquery may ship back (0: never decorrelate; see
+    #: shardq.sql.decorrelate); over it, the read is gathered instead.
+    max_decorrelated_rows: int = DEFAULT_MAX_DECORRELATED_ROWS
     placement: Placement = field(init=False, repr=False, compare=False)
     secrets: Secrets = field(init=False, repr=False, compare=False)
     #: The shards' names, in order.
@@ -477,6 +482,11 @@ class _Reader:
             ),
             max_gather_rows=self.size(
                 raw.get("max_gather_rows", DEFAULT_MAX_GATHER_ROWS), "max_gather_rows", 0
+            ),
+            max_decorrelated_rows=self.size(
+                raw.get("max_decorrelated_rows", DEFAULT_MAX_DECORRELATED_ROWS),
+                "max_decorrelated_rows",
+                0,
             ),
         )
 

@@ -1160,10 +1160,12 @@ class Engine:
         read_policy: str = "primary",
         primary_for: Collection[str] = (),
         allow_partial: bool = False,
+        counts: list[int] | None = None,
     ) -> AsyncResult | StoredResult:
         """Run a plan's subqueries first, then the statement with their results in place.
 
         A partial read is partial for the shards its subqueries left out too.
+        ``counts``, when given, receives each subquery's number of rows (EXPLAIN).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         missing: dict[str, BaseException] = {}
@@ -1187,6 +1189,8 @@ class Engine:
             result = await run(sql, params, tuple_row)
             rows = await result.fetchall()
             missing.update(result.missing)
+            if counts is not None:
+                counts.append(len(rows))
             description = result.description or ()
             return Result(
                 tuple(c.name for c in description),
@@ -1214,7 +1218,7 @@ class Engine:
             if self.config.dialect == "postgres" and escaped:
                 sub_sql = for_psycopg(sub_sql, strings_escaped=True)  # its "%" operators
             try:
-                results.append(await subquery(sub_sql, params))
+                result = await subquery(sub_sql, params)
             except ShardError as exc:
                 if exc.sqlstate in ("42703", "42P01") or "no such column" in str(exc):
                     raise UnsupportedQueryError(
@@ -1225,6 +1229,14 @@ class Engine:
                         "shard key, with the outer column qualified",
                     ) from exc
                 raise
+            if subplan.max_rows is not None and len(result.rows) > subplan.max_rows:
+                # (execute() then gathers the statement, when it can be.)
+                raise UnsupportedQueryError(
+                    f"a decorrelated subquery of {len(result.rows):,} groups",
+                    f"shardq ships at most max_decorrelated_rows ({subplan.max_rows:,}) groups "
+                    "back to the shards; more move fewer rows gathered to one shard",
+                )
+            results.append(result)
         sql, bound = deferred.substitute(results, plan.params)
         if self.config.dialect == "postgres":
             sql = for_psycopg(sql, strings_escaped=escaped)
@@ -1290,9 +1302,19 @@ class Engine:
             raise ProgrammingError("EXPLAIN ANALYZE runs the statement; shardq analyzes reads only")
         began = time.perf_counter()
         if plan.deferred is not None:
-            result = await self._execute_deferred(plan, timeout=timeout, row_factory=tuple_row)
+            counts: list[int] = []
+            try:
+                result = await self._execute_deferred(
+                    plan, timeout=timeout, row_factory=tuple_row, counts=counts
+                )
+            except UnsupportedQueryError as refused:
+                if not self._can_gather(plan, None):
+                    raise
+                gathered = self.planner.gathered(sql, params, why=refused)
+                return await self._explain_gather(gathered, analyze=analyze, timeout=timeout)
             count = len(await result.fetchall())
-            analyzed = Analyzed((), count, time.perf_counter() - began)
+            notes = tuple(f"run first: {i}. {n:,} rows" for i, n in enumerate(counts, 1))
+            analyzed = Analyzed((), count, time.perf_counter() - began, notes=notes)
             return explain(plan, shards, total=total, analyzed=analyzed)
         received = [0] * len(shards)
         done: list[float | None] = [None] * len(shards)

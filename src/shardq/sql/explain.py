@@ -200,6 +200,7 @@ def explain(
         lines.append(f"  {plan.deferred.template.sql(plan.deferred.dialect)}")
         if analyzed is not None:
             lines.append(f"Execution: {analyzed.rows} rows in {analyzed.seconds * 1000:.1f} ms")
+            lines += [f"  {note}" for note in analyzed.notes]
         return "\n".join(lines)
     if plan.feed is not None:
         return "\n".join([*lines, *_feed_lines(plan)])

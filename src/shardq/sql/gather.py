@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from shardq.sql.analyze import Analysis, TableRef
     from shardq.sql.catalog import ColumnInfo, Columns
 
-__all__ = ["Gather", "GatheredTable", "bind_gather", "plan_gather"]
+__all__ = ["Gather", "GatheredTable", "bind_gather", "plan_gather", "safe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +129,18 @@ _SAFE = (
 )  # fmt: skip
 
 
-def _safe(conjunct: exp.Expr, dialect: str) -> bool:
+def safe(conjunct: exp.Expr, *, placeholders: bool = False, dialect: str = "postgres") -> bool:
     """Whether evaluating ``conjunct`` on every row of its table is harmless.
 
-    A placeholder is, on PostgreSQL: :func:`bind_gather` writes its value in,
-    or leaves the conjunct out. On SQLite not even a literal's cast: its
-    affinity comes from the type name as written (``CAST('5' AS STRING)`` is
-    numeric), which the SQL generated again may spell otherwise.
+    ``placeholders`` allows bound parameters too (a subquery run first has
+    the statement's; a PostgreSQL pushdown has them written in by
+    :func:`bind_gather`, which leaves out a conjunct whose value it cannot
+    write). On SQLite not even a literal's cast: its affinity comes from the
+    type name as written (``CAST('5' AS STRING)`` is numeric), which the SQL
+    generated again may spell otherwise.
     """
     for node in conjunct.walk():
-        if isinstance(node, exp.Placeholder) and dialect == "postgres":
+        if placeholders and isinstance(node, exp.Placeholder):
             continue
         if isinstance(node, exp.Cast | exp.DataType) and dialect == "sqlite":
             return False
@@ -201,7 +203,7 @@ def _pushdown(
 
     Only when the table is read once (else each reference would need its own
     rows), from a SELECT with inner joins only (a filter on a null-extended
-    side changes which rows are extended), each conjunct :func:`_safe` and
+    side changes which rows are extended), each conjunct :func:`safe` and
     naming columns of ``ref`` only: qualified by its alias, or unqualified
     when it is the SELECT's one table and has the column.
     """
@@ -220,7 +222,7 @@ def _pushdown(
     own = {normalize(c.name, dialect) if dialect == "sqlite" else c.name for c in known or ()}
     found = []
     for conjunct in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
-        if not _safe(conjunct, dialect):
+        if not safe(conjunct, placeholders=dialect == "postgres", dialect=dialect):
             continue
         columns = list(conjunct.find_all(exp.Column))
         if all(

@@ -8,7 +8,7 @@ text); routing depends on the bound parameters and is redone per call.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
@@ -19,6 +19,12 @@ from shardq.placement import text_pins
 from shardq.sql.affinity import shippable
 from shardq.sql.analyze import Analysis, StatementKind, analyze, normalize
 from shardq.sql.catalog import implicit_columns
+from shardq.sql.decorrelate import (
+    Decorrelated,
+    decorrelate,
+    decorrelated_columns,
+    decorrelated_ctes,
+)
 from shardq.sql.gather import Gather, plan_gather
 from shardq.sql.insert_select import Feed, plan_insert_select
 from shardq.sql.locality import Catalog, run_first
@@ -37,7 +43,7 @@ from shardq.sql.route import (
     written_table,
 )
 from shardq.sql.split import Split, split_insert
-from shardq.sql.subplans import Deferred, defer
+from shardq.sql.subplans import Deferred, Result, defer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -260,6 +266,75 @@ class Planner:
         if isinstance(found, UnsupportedQueryError):
             raise UnsupportedQueryError(found.construct, found.reason, gatherable=found.gatherable)
         return found
+
+    def decorrelated(
+        self, analysis: Analysis, params: object, why: UnsupportedQueryError
+    ) -> QueryPlan | None:
+        """The plan of a read whose correlated subqueries are decorrelated, or None.
+
+        See :mod:`shardq.sql.decorrelate`: the statement is rewritten, its
+        new CTEs run first (each a distributed GROUP BY) and their groups put
+        in their place, and the statement is then planned again. None when
+        nothing is decorrelated, or when the statement would still be
+        gathered then (gathering the original is cheaper), or when
+        ``max_decorrelated_rows`` is 0.
+        """
+        limit = self.config.max_decorrelated_rows
+        if limit == 0 or self.catalog is None:
+            return None
+        bound = positional_as_named(params, analysis.parsed.positional)
+        chosen = None
+        for joined in (True, False):  # LEFT JOINs of the groups, or else lookups
+            key = ("decorrelated", joined, len(self.columns))
+            found: tuple[Decorrelated, Deferred] | UnsupportedQueryError | None
+            found = analysis.memo.get(key)
+            if found is None:
+                try:
+                    decorrelated = decorrelate(analysis, self.columns, joined=joined)
+                    rewritten = self.analyze(decorrelated.sql)
+                    deferred = defer(
+                        rewritten.parsed.expression,
+                        decorrelated_ctes(rewritten.parsed.expression, decorrelated.ctes),
+                        self.config.dialect,
+                        rewritten.parsed.positional,
+                        rewritten.parsed.source,
+                        rewritten.parsed.text,
+                    )
+                    subplans = tuple(replace(s, max_rows=limit) for s in deferred.subplans)
+                    found = (decorrelated, replace(deferred, subplans=subplans))
+                except UnsupportedQueryError as exc:
+                    found = exc
+                analysis.memo[key] = found
+            if isinstance(found, UnsupportedQueryError):
+                return None
+            # Planned with no group in place (whether it is gathered depends on the
+            # text, not on the groups): if even then the statement would be
+            # gathered, gather the original.
+            gathers: bool | None = analysis.memo.get((*key, "gathers"))
+            if gathers is None:
+                empty = [
+                    Result(names, (20,) * len(names), [])
+                    for names in (decorrelated_columns(s.sql) for s in found[1].subplans)
+                ]
+                dry_sql, dry_params = found[1].substitute(empty, bound)
+                escaped = for_psycopg(dry_sql, strings_escaped=bound is not None)
+                gathers = self.plan(escaped, dry_params).gather is not None
+                analysis.memo[(*key, "gathers")] = gathers
+            if not gathers:
+                chosen = found
+                break
+        if chosen is None:
+            return None
+        decorrelated, deferred = chosen
+        strategy = (
+            f"decorrelated ({why.construct}): {'; '.join(decorrelated.subqueries)}; each "
+            "grouped by the columns it is correlated on and run first as a distributed query "
+            "of its own; the statement is then planned again with the groups as parameters"
+        )
+        target = route(analysis, params, self.config, self.columns)
+        return QueryPlan(
+            decorrelated.sql, bound, analysis.kind, target, _PASS_THROUGH, strategy, deferred
+        )
 
     def gathered(
         self,
@@ -520,6 +595,10 @@ class Planner:
             except UnsupportedQueryError as why:
                 if not why.gatherable:
                     raise
+                if self.config.dialect == "postgres":
+                    decorrelated = self.decorrelated(analysis, params, why)
+                    if decorrelated is not None:
+                        return decorrelated
                 return self.gathered(sql, params, target, why)
             gathered = self._gathered_instead(analysis, deferred, sql, params, target)
             if gathered is not None:

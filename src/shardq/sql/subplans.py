@@ -58,10 +58,13 @@ class Subplan:
 
     ``table`` tells whether the statement reads its rows as a table (a
     derived table or a CTE), rather than as a value or a list of values.
+    ``max_rows``: the most rows its result may have, or None (a decorrelated
+    subquery's groups: over it, the statement is gathered instead).
     """
 
     sql: str
     table: bool = False
+    max_rows: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
