@@ -23,7 +23,12 @@ as it goes, and collects what each wrote with ``--json``:
   ``benchmarks/soak.png``, over time).
 - ``gather``: ``gather.py``, a window not partitioned by the shard key and a
   join of tables that are not co-located (reads answered by gathering to one
-  shard), beside the single node and a hand-written pull into pandas.
+  shard), beside the single node and a hand-written pull into pandas;
+- ``sqlite_gather``: ``sqlite_gather.py``, the same two reads on 4 SQLite shard
+  files, beside one SQLite file holding every row;
+- ``decorrelate``: ``decorrelate.py``, TPC-H Q17, Q20 and Q22 (subqueries
+  correlated on another key than the shard key) decorrelated and gathered, at
+  scale factor 0.01 on 4 shards.
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -65,6 +70,8 @@ SCENARIOS = {
     "commit": "commit.py",
     "soak": "soak.py",
     "gather": "gather.py",
+    "sqlite_gather": "sqlite_gather.py",
+    "decorrelate": "decorrelate.py",
 }
 
 

@@ -19,24 +19,34 @@ temporary table on one shard, the read run there as written):
 shardq (``shardq.connect``, ``fetchall()``) and the single file (sqlite3)
 take turns, ``--repeat`` (5) rounds, each timed from the query to its last
 row; every answer is compared with the single file's (``ok`` or ``WRONG``).
-The table gives each one's median seconds and shardq's ratio::
+The table gives each one's median seconds and shardq's ratio; the aim, as
+``benchmarks/gather.py``'s, is shardq within 2x the single file, with its
+answer. ``--json PATH`` writes the results as ``python -m benchmarks`` reads
+them (``sqlite_gather`` there)::
 
     python benchmarks/sqlite_gather.py
-    python benchmarks/sqlite_gather.py --quick --repeat 3
+    python benchmarks/sqlite_gather.py --quick --repeat 3 --json sqlite_gather.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from _common import command_line, stamp, versions
 
 import shardq
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 SCHEMA = """
 CREATE TABLE events (id INTEGER PRIMARY KEY, account INTEGER, kind INTEGER, amount INTEGER,
@@ -56,6 +66,9 @@ QUERIES = {
     ),
 }
 REGIONS = ["eu", "us", "apac", "latam", "mea"]
+SHARDQ = "shardq, 4 SQLite shards"
+SINGLE = "one SQLite file (sqlite3)"
+AIM_SINGLE = 2.0  # benchmarks/gather.py's aim for the same reads on PostgreSQL
 
 
 def build(folder: Path, rows: int) -> dict[str, Any]:
@@ -92,20 +105,11 @@ def build(folder: Path, rows: int) -> dict[str, Any]:
     return config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--quick", action="store_true", help="20,000 events")
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    rows = 20_000 if args.quick else args.rows
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        config = build(folder, rows)
-        single = sqlite3.connect(folder / "single.sqlite")
-        print(f"{rows:,} events, {rows // 10:,} accounts; 4 SQLite shards vs one file; "
-              f"median of {args.repeat}")  # fmt: skip
-        print(f"{'read':8} {'shardq s':>10} {'single s':>10} {'ratio':>7}  moved  answer")
+def measure(config: dict[str, Any], single_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Each read's timings, verdict and rows moved: shardq and the single file take turns."""
+    found: dict[str, Any] = {}
+    single = sqlite3.connect(single_path)
+    try:
         with shardq.connect(config) as conn:
             for name, sql in QUERIES.items():
                 times: dict[str, list[float]] = {"shardq": [], "single": []}
@@ -125,10 +129,93 @@ def main() -> None:
                 moved = sum(
                     int(line.split()[3]) for line in explained.splitlines() if "rows moved" in line
                 )
-                a, b = statistics.median(times["shardq"]), statistics.median(times["single"])
-                print(f"{name:8} {a:10.3f} {b:10.3f} {a / b:6.1f}x  {moved:,}  {verdict}")
+                found[name] = {"times": times, "verdict": verdict, "moved": moved}
+    finally:
         single.close()
+    return found
+
+
+def report(found: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the table and the aims; the results document ``python -m benchmarks`` reads.
+
+    Only shardq's answer is checked (the single file's is the reference).
+    """
+    print(f"{'read':8} {'shardq s':>10} {'single s':>10} {'ratio':>7}  moved  answer")
+    tables = []
+    aims = []
+    for name, read in found.items():
+        times, verdict, moved = read["times"], read["verdict"], read["moved"]
+        a, b = statistics.median(times["shardq"]), statistics.median(times["single"])
+        print(f"{name:8} {a:10.3f} {b:10.3f} {a / b:6.1f}x  {moved:,}  {verdict}")
+        aims.append(
+            {
+                "text": f"{name}: shardq within {AIM_SINGLE:g}x the single file",
+                "passed": verdict == "ok" and a / b <= AIM_SINGLE,
+                "detail": f"{a / b:.2f}x",
+            }
+        )
+        tables.append(
+            {
+                "title": f"{name}: seconds per read (median of {args.repeat}), "
+                f"{args.rows:,} events, SQLite",
+                "metric": "s",
+                "higher_is_better": False,
+                "results": [
+                    {
+                        "contender": who,
+                        "shardq": key == "shardq",
+                        "case": name,
+                        "value": round(statistics.median(times[key]), 4),
+                        "spread": [round(min(times[key]), 4), round(max(times[key]), 4)],
+                        "correct": verdict == "ok" if key == "shardq" else None,
+                        "note": f"{moved:,} rows moved" if key == "shardq" else "",
+                    }
+                    for key, who in (("shardq", SHARDQ), ("single", SINGLE))
+                ],
+            }
+        )
+    print()
+    for aim in aims:
+        print(f"{'PASS' if aim['passed'] else 'MISS'}  {aim['text']} ({aim['detail']})")
+    return {
+        "scenario": "sqlite_gather",
+        "title": f"Gather to one shard on SQLite: {args.rows:,} events over 4 SQLite files",
+        "command": command_line(__file__, args.argv),
+        "quick": args.quick,
+        **stamp(),
+        "tables": tables,
+        "aims": aims,
+    }
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time reads answered by gathering to one SQLite shard, beside one file."
+    )
+    parser.add_argument("--rows", type=int, default=None, help="events (default 200,000)")
+    parser.add_argument("--quick", action="store_true", help="20,000 events")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write results")
+    args = parser.parse_args(argv)
+    if args.rows is None:
+        args.rows = 20_000 if args.quick else 200_000
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    print(versions())
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = build(folder, args.rows)
+        print(f"{args.rows:,} events, {args.rows // 10:,} accounts; 4 SQLite shards vs one file; "
+              f"median of {args.repeat}")  # fmt: skip
+        document = report(measure(config, folder / "single.sqlite", args), args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
