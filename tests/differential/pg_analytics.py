@@ -43,7 +43,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ import shardq
 from tests.differential.compare import same_rows, single_node
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from tests.fixtures.edge import Edge
 
@@ -117,6 +117,7 @@ class Query:
     sql: str
     shape: str
     ordered: bool = True
+    params: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -127,14 +128,26 @@ FILTERS = [
 ]  # fmt: skip
 
 
+# Filters with a bound parameter (psycopg's %(name)s), and the values each may take.
+PARAM_FILTERS = ["x > %(px)s", "g = %(pg)s", "ts < %(pts)s", "d >= %(pd)s", "q <> %(pq)s"]
+PARAM_VALUES: dict[str, list[Any]] = {
+    "px": [Decimal("1.5"), 0, -20], "pg": ["a", "é", ""],
+    "pts": [BASE_TS, BASE_TS + dt.timedelta(hours=30)], "pd": [dt.date(2024, 2, 28)],
+    "pq": [0, 3], "pl": [0, 2, 5],
+}  # fmt: skip
+
+
 @st.composite
-def _where(draw: st.DrawFn, alias: str = "") -> str:
-    if not draw(st.booleans()):
-        return ""
-    text = draw(st.sampled_from(FILTERS))
+def _filter(draw: st.DrawFn, alias: str = "") -> str:
+    text = draw(st.sampled_from(FILTERS + PARAM_FILTERS))
     if alias:
         text = re.sub(r"\b(x|c|g|q|ts|d)\b", rf"{alias}.\1", text)
-    return f" WHERE {text}"
+    return text
+
+
+@st.composite
+def _where(draw: st.DrawFn) -> str:
+    return f" WHERE {draw(_filter())}" if draw(st.booleans()) else ""
 
 
 def _direction(draw: st.DrawFn) -> str:
@@ -162,7 +175,10 @@ def suffix(draw: st.DrawFn) -> str:
         row = "ROW" if count in ("", " 1") else "ROWS"
         ties = draw(st.sampled_from(["ONLY", "WITH TIES"]))
         return f"{offset} FETCH FIRST{count} {row} {ties}"
-    text = f" LIMIT {draw(st.integers(0, 10))}" if draw(st.booleans()) else ""
+    text = ""
+    if draw(st.booleans()):
+        limit = draw(st.integers(-1, 10))
+        text = " LIMIT %(pl)s" if limit < 0 else f" LIMIT {limit}"
     if choice == 3 or not text:
         text += f" OFFSET {draw(st.integers(0, 10))}"
     return text
@@ -266,9 +282,9 @@ def window_term(draw: st.DrawFn) -> str:
 
 @st.composite
 def window_queries(draw: st.DrawFn) -> Query:
-    """Window functions over rows, over groups, or filtered outside (top n per group)."""
+    """Window functions over rows, over groups, filtered outside (top n per group) or grouped."""
     where = draw(_where())
-    variant = draw(st.integers(0, 5))
+    variant = draw(st.integers(0, 6))
     if variant == 0:  # over groups: windows of aggregates
         key = draw(st.sampled_from(["c", "g", "d"]))
         aggregate = draw(st.sampled_from(["sum(x)", "count(*)", "max(ts)", "avg(q)"]))
@@ -288,6 +304,15 @@ def window_queries(draw: st.DrawFn) -> Query:
         sql = (f"SELECT * FROM (SELECT id, c, g, x, {function} OVER (PARTITION BY {partition} "
                f"{spec}) AS r FROM ana{where}) s WHERE r <= {n}")  # fmt: skip
         return draw(_ordered(sql, 5, "top n per group"))
+    if variant == 2:  # a window in a CTE, grouped outside
+        partition = draw(st.sampled_from(["c", "g", "d", "id"]))
+        function = draw(st.sampled_from(["row_number()", "rank()", "dense_rank()"]))
+        spec = draw(_sort(total=function == "row_number()"))
+        key = draw(st.sampled_from(["c", "g"]))
+        sql = (f"WITH r AS (SELECT id, c, g, x, {function} OVER (PARTITION BY {partition} "
+               f"{spec}) AS rk FROM ana{where}) SELECT {key}, count(*), sum(x), max(rk) FROM r "
+               f"WHERE rk <= 2 GROUP BY {key}")  # fmt: skip
+        return draw(_ordered(sql, 4, "window in a CTE"))
     columns = draw(st.lists(st.sampled_from(COLUMNS), max_size=3, unique=True))
     windows = draw(st.lists(window_term(), min_size=1, max_size=3))
     select = ", ".join(columns + windows)
@@ -446,6 +471,8 @@ def correlated_queries(draw: st.DrawFn) -> Query:
     terms = draw(st.lists(st.sampled_from(CONDITIONS), min_size=1, max_size=2, unique=True))
     where = f" {draw(st.sampled_from(['AND', 'OR']))} ".join(terms)
     if draw(st.integers(0, 2)) == 0:
+        where = f"({where}) AND {draw(_filter('t'))}"
+    if draw(st.integers(0, 2)) == 0:
         key = draw(st.sampled_from(["t.c", "t.g", "t.d"]))
         aggregates = draw(st.lists(st.sampled_from(["count(*)", "sum(t.x)", "max(t.ts)",
                                                     "avg(t.q)"]), min_size=1, max_size=2,
@@ -459,15 +486,32 @@ def correlated_queries(draw: st.DrawFn) -> Query:
     return draw(_ordered(sql, len(columns), "correlated"))
 
 
-def queries() -> st.SearchStrategy[Query]:
-    """A read of one of the shapes above (see the module docstring)."""
-    return st.one_of(
-        window_queries(),
-        aggregate_queries(),
-        distinct_on_queries(),
-        set_queries(),
-        correlated_queries(),
+@st.composite
+def queries(draw: st.DrawFn) -> Query:
+    """A read of one of the shapes above (see the module docstring), with its parameters."""
+    query = draw(
+        st.one_of(
+            window_queries(),
+            aggregate_queries(),
+            distinct_on_queries(),
+            set_queries(),
+            correlated_queries(),
+        )
     )
+    return bound(query, lambda name: draw(st.sampled_from(PARAM_VALUES[name])))
+
+
+def bound(query: Query, value: Callable[[str], Any]) -> Query:
+    """``query`` with a value for each ``%(name)s`` it holds, its other ``%`` written ``%%``.
+
+    psycopg reads ``%`` as a placeholder's start only when parameters are
+    given, so that the SQL of a query without any is left as it is.
+    """
+    names = re.findall(r"%\((\w+)\)s", query.sql)
+    if not names:
+        return query
+    sql = re.sub(r"%(?!\()", "%%", query.sql)
+    return replace(query, sql=sql, params={name: value(name) for name in dict.fromkeys(names)})
 
 
 # ----------------------------------------------------------------------------- each construct
@@ -478,8 +522,8 @@ def constructs() -> list[Query]:
 
     Where the random queries may leave a pool's entry undrawn, this draws
     every one: each window function (partitions in turn), partition, frame,
-    aggregate, HAVING, DISTINCT ON, set operation branch and operation, and
-    correlated condition.
+    aggregate, HAVING, DISTINCT ON, set operation branch and operation,
+    filter with a parameter, and correlated condition.
     """
     found: list[Query] = []
     functions = RANKING + NUMBERING + OFFSETS + WINDOW_AGGREGATES
@@ -521,6 +565,16 @@ def constructs() -> list[Query]:
         for operation in SET_OPERATIONS:
             sql = f"{branches[0]} {operation} {branches[1]}{order} LIMIT 5"
             found.append(Query(sql, "set operation"))
+    for i, condition in enumerate(PARAM_FILTERS):
+
+        def value(name: str, i: int = i) -> Any:  # the filters' values in turn
+            return PARAM_VALUES[name][i % len(PARAM_VALUES[name])]
+
+        window = (f"SELECT id, rank() OVER (PARTITION BY c ORDER BY x) FROM ana "
+                  f"WHERE {condition} ORDER BY 1 LIMIT %(pl)s")  # fmt: skip
+        grouped = (f"SELECT g, string_agg(g, '%' ORDER BY id) FROM ana WHERE {condition} "
+                   "GROUP BY g HAVING g NOT LIKE '%b%' ORDER BY 1")  # fmt: skip
+        found += [bound(Query(window, "window"), value), bound(Query(grouped, "aggregates"), value)]
     for condition in CONDITIONS:
         sql = f"SELECT t.id FROM ana t WHERE {condition} ORDER BY 1"
         found.append(Query(sql, "correlated"))
@@ -545,11 +599,11 @@ def outcome(conn: shardq.Connection, edge: Edge, query: Query, **options: Any) -
     """Run ``query`` through shardq (with ``options``, e.g. ``max_gather_rows``) and on
     the single node, and classify the result."""
     try:
-        want_description, want = single_node(edge.dsn, query.sql)
+        want_description, want = single_node(edge.dsn, query.sql, query.params)
     except psycopg.Error as error:  # a query the generator should not draw
         return Outcome("invalid", f"on the single node: {error}")
     try:
-        cur = conn.execute(query.sql, **options)
+        cur = conn.execute(query.sql, query.params, **options)
         got = cur.fetchall()
     except shardq.UnsupportedQueryError as refusal:
         return Outcome("refused", f"{refusal.construct}: {refusal.reason}")

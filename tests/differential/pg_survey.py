@@ -8,7 +8,7 @@ query) and prints how many answered the same (merged across the shards or
 gathered to one), were refused (by reason) or differ, by shape, with the
 shortest query of each failing kind::
 
-    python -m tests.differential.pg_survey -n 1500 [--seed 1]
+    python -m tests.differential.pg_survey -n 1500 [--seed 1] [--timezone Europe/Paris]
 
 The servers are stopped (by pid) when it ends, however it ends.
 """
@@ -25,15 +25,21 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import shardq
 from tests.differential.pg_analytics import Query, ana_rows, anb_rows, outcome, queries
-from tests.fixtures.edge import Edge, build_edge
+from tests.fixtures.edge import DATABASE, Edge, build_edge
 from tests.fixtures.servers import PgCluster, start_pg_clusters
 
 SHARDS = 4
 
 
-def _strategy(conn: shardq.Connection, sql: str) -> str:
-    """``merged`` or ``gathered``: how shardq answers ``sql`` (EXPLAIN's first line)."""
-    return "gathered" if conn.explain(sql).startswith("Gathered") else "merged"
+def _strategy(conn: shardq.Connection, query: Query) -> str:
+    """``merged`` or ``gathered``: how shardq plans ``query`` (EXPLAIN's first line).
+
+    A merge refused once the shards describe their rows (an order or a date
+    computation the merge cannot reproduce) is gathered then, but EXPLAIN
+    shows the merge planned.
+    """
+    text = conn.explain(query.sql, query.params)
+    return "gathered" if text.startswith("Gathered") else "merged"
 
 
 def survey(edge: Edge, examples: int, random_seed: int) -> tuple[Counter[str], dict[str, str]]:
@@ -51,8 +57,10 @@ def survey(edge: Edge, examples: int, random_seed: int) -> tuple[Counter[str], d
             result = outcome(conn, edge, query)
             counts[result.kind] += 1
             counts[f"{result.kind} / {query.shape}"] += 1
+            if query.params:
+                counts[f"{result.kind} / with parameters"] += 1
             if result.kind == "same":
-                counts[f"same: {_strategy(conn, query.sql)}"] += 1
+                counts[f"same: {_strategy(conn, query)}"] += 1
                 return
             key = f"{result.kind}: {re.sub(r'[0-9]+', 'N', result.detail)[:160]}"
             counts[key] += 1
@@ -68,12 +76,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-n", type=int, default=1500, help="examples to draw (default 1500)")
     parser.add_argument("--seed", type=int, default=1, help="hypothesis seed (default 1)")
+    parser.add_argument(
+        "--timezone", help="the sessions' TimeZone on every server (default: the servers', UTC)"
+    )
     args = parser.parse_args()
     clusters = start_pg_clusters(SHARDS)
     single = PgCluster(name="single")
     try:
         single.start()
         edge = build_edge(clusters, single)
+        if args.timezone:
+            for cluster in [*clusters, single]:
+                cluster.execute(f"ALTER DATABASE {DATABASE} SET TimeZone = '{args.timezone}'")
         started = time.monotonic()
         counts, shortest = survey(edge, args.n, args.seed)
         took = time.monotonic() - started
