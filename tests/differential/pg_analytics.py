@@ -4,22 +4,29 @@ The constructs issue 17 made answerable on PostgreSQL shards, by a merge or by
 the gather to one shard (README, "Gather to one shard"):
 
 - window functions (``row_number``, ``rank``, ``dense_rank``, ``ntile``,
-  ``sum``/``avg``/``count``/``min``/``max``, ``lag``/``lead``,
+  ``sum``/``avg``/``count``/``min``/``max`` with FILTER, ``lag``/``lead``,
   ``first_value``/``nth_value``), partitioned by the key, by other columns or
   not at all, with frames (``ROWS``, ``RANGE`` with offsets, ``GROUPS``,
-  ``EXCLUDE``), over rows or over groups, and the top-n-per-group pattern
-  (a window in a derived table, filtered outside);
+  ``EXCLUDE``), named (``WINDOW w AS``), under DISTINCT, over rows or over
+  groups, the top-n-per-group pattern (a window in a derived table, filtered
+  outside) and a window in a CTE grouped outside;
 - ordered aggregates (``string_agg``/``array_agg ... ORDER BY``, with and
   without DISTINCT), ``percentile_cont``/``percentile_disc``/``mode() WITHIN
   GROUP``, ``stddev``/``variance`` (DISTINCT too), date and time arithmetic
   over merged aggregates, HAVING against literals of timestamps and dates;
+  ``ROLLUP``, ``CUBE``, ``GROUPING SETS`` and ``grouping()``;
 - ``DISTINCT ON`` the key or other columns;
-- set operations (``UNION``, ``INTERSECT``, ``EXCEPT``, ``ALL``) of branches
-  that read either table, group, carry their own ``LIMIT`` or read a CTE;
+- set operations (``UNION``, ``INTERSECT``, ``EXCEPT``, ``ALL``, nested) of
+  branches that read either table, the reference table ``labels``, a CTE or
+  nothing, group, or carry their own ``LIMIT``;
 - subqueries correlated on columns other than the key (TPC-H Q17's
   ``x < (SELECT avg(x) ... WHERE t2.c = t.c)``), ``EXISTS``/``NOT EXISTS``,
-  ``IN``/``NOT IN`` (NULLs included), scalar subqueries in the select list;
-- ``LIMIT``/``OFFSET`` and ``FETCH FIRST n ROWS ONLY``/``WITH TIES``.
+  ``IN``/``NOT IN`` (NULLs included), ``ALL``/``ANY``, scalar subqueries in
+  the select list, and in HAVING, correlated on the group key;
+- joins of the two tables, which are not co-located (inner, outer, on ``id``
+  or other columns), and LATERAL subqueries;
+- ``LIMIT`` (a bound parameter too), ``OFFSET`` and ``FETCH FIRST n ROWS
+  ONLY``/``WITH TIES``; filters with bound parameters (``%(name)s``).
 
 Every answer is deterministic on one database: the ORDER BY of a query lists
 all its output columns (rows equal in every column cannot be told apart), a
@@ -207,7 +214,12 @@ OFFSETS = [
 ]  # fmt: skip
 WINDOW_AGGREGATES = [
     "sum(x)", "sum(q)", "avg(x)", "avg(q)", "count(*)", "count(g)", "min(ts)", "max(d)",
-    "min(g)", "max(x)",
+    "min(g)", "max(x)", "sum(x) FILTER (WHERE q > 0)", "count(*) FILTER (WHERE g = 'a')",
+]  # fmt: skip
+# Over ``WINDOW w AS (PARTITION BY ... ORDER BY ..., id)``: a total order.
+NAMED_WINDOWS = [
+    "row_number() OVER w", "lag(x) OVER w", "sum(q) OVER w",
+    "count(*) OVER (w ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)", "first_value(g) OVER w",
 ]  # fmt: skip
 PARTITIONS = [
     "", "PARTITION BY id", "PARTITION BY c", "PARTITION BY g", "PARTITION BY c, g",
@@ -315,8 +327,12 @@ def window_queries(draw: st.DrawFn) -> Query:
         return draw(_ordered(sql, 4, "window in a CTE"))
     columns = draw(st.lists(st.sampled_from(COLUMNS), max_size=3, unique=True))
     windows = draw(st.lists(window_term(), min_size=1, max_size=3))
-    select = ", ".join(columns + windows)
-    sql = f"SELECT {select} FROM ana{where}"
+    named = ""
+    if draw(st.integers(0, 3)) == 0:  # a named window, used as is or with a frame
+        named = f" WINDOW w AS ({draw(st.sampled_from(PARTITIONS[1:]))} {draw(_sort(total=True))})"
+        windows += draw(st.lists(st.sampled_from(NAMED_WINDOWS), min_size=1, max_size=2))
+    distinct = "DISTINCT " if draw(st.integers(0, 4)) == 0 else ""
+    sql = f"SELECT {distinct}{', '.join(columns + windows)} FROM ana{where}{named}"
     return draw(_ordered(sql, len(columns) + len(windows), "window"))
 
 
@@ -363,14 +379,27 @@ GROUP_KEYS = ["c", "g", "d", "id", "q % 2", "date_trunc('day', ts)"]
 
 @st.composite
 def aggregate_queries(draw: st.DrawFn) -> Query:
-    """Groups (or one) with ordered aggregates, percentiles, statistics and date arithmetic."""
+    """Groups (or one; or grouping sets) with ordered aggregates, percentiles, statistics and
+    date arithmetic."""
     keys = draw(st.lists(st.sampled_from(GROUP_KEYS), max_size=2, unique=True))
     family = draw(st.sampled_from([ORDERED_AGGREGATES, PERCENTILES, STATISTICS, DATETIME]))
     aggregates = draw(st.lists(st.sampled_from(family), min_size=1, max_size=2, unique=True))
     aggregates += draw(st.lists(st.sampled_from(PLAIN + STATISTICS + DATETIME), max_size=1))
+    grouping = ""
+    if keys:
+        grouping = ", ".join(keys)
+        kind = draw(st.integers(0, 7))
+        if kind == 0:
+            grouping = f"ROLLUP ({grouping})"
+        elif kind == 1:
+            grouping = f"CUBE ({grouping})"
+        elif kind == 2:
+            grouping = f"GROUPING SETS (({grouping}), ({keys[-1]}), ())"
+        if kind <= 2 and draw(st.booleans()):
+            aggregates.append(f"grouping({keys[0]})")
     sql = f"SELECT {', '.join(keys + aggregates)} FROM ana{draw(_where())}"
     if keys:
-        sql += " GROUP BY " + ", ".join(keys)
+        sql += f" GROUP BY {grouping}"
     if draw(st.booleans()):
         sql += " HAVING " + draw(st.sampled_from(HAVINGS))
     return draw(_ordered(sql, len(keys) + len(aggregates), "aggregates", ties=False))
@@ -409,6 +438,7 @@ BRANCHES = {
         "SELECT c, min(g) FROM ana GROUP BY c", "SELECT id % 3, g FROM ana", "SELECT c, g FROM w",
         "SELECT q, g FROM ana WHERE d > '2024-02-28'",
         "(SELECT c, g FROM anb ORDER BY id DESC LIMIT 4)",
+        "SELECT length(code), name FROM labels", "SELECT 1, code FROM labels WHERE code < 'b'",
     ],
     "date": [
         "SELECT d FROM ana", "SELECT min(d) FROM ana GROUP BY c", "SELECT ts::date FROM ana",
@@ -428,16 +458,23 @@ CTE = "WITH w AS (SELECT c, g FROM ana WHERE x > 0) "
 
 @st.composite
 def set_queries(draw: st.DrawFn) -> Query:
-    """Two or three branches of one column signature under random set operations."""
+    """Two or three branches of one column signature under random set operations.
+
+    A branch reads ``ana``, ``anb``, the reference table ``labels``, a CTE or
+    nothing; groups across shards, or has its own ORDER BY and LIMIT.
+    """
     signature = draw(st.sampled_from(sorted(BRANCHES)))
     branches = draw(st.lists(st.sampled_from(BRANCHES[signature]), min_size=2, max_size=3))
-    sql = branches[0]
-    for branch in branches[1:]:
-        sql += f" {draw(st.sampled_from(SET_OPERATIONS))} {branch}"
+    operations = [draw(st.sampled_from(SET_OPERATIONS)) for _ in branches[1:]]
+    if len(branches) == 3 and draw(st.booleans()):  # A op (B op C): the parentheses decide
+        sql = f"{branches[0]} {operations[0]} ({branches[1]} {operations[1]} {branches[2]})"
+    else:
+        pairs = zip(operations, branches[1:], strict=True)
+        sql = branches[0] + "".join(f" {o} {b}" for o, b in pairs)
     if " w" in sql:
         sql = CTE + sql
     width = signature.count(",") + 1
-    return Query(sql + draw(order_by(width)) + draw(suffix()), "set operation")
+    return draw(_ordered(sql, width, "set operation"))
 
 
 # ----------------------------------------------------------------------------- correlated
@@ -458,6 +495,12 @@ CONDITIONS = [
     "t.x > ALL (SELECT b.x FROM anb b WHERE b.c = t.c)",
     "t.q = ANY (SELECT t2.c FROM ana t2 WHERE t2.g = t.g)",
 ]
+# HAVING with a subquery correlated on the group key (of ``ana t``)
+CORRELATED_HAVINGS = {
+    "t.c": "count(*) >= (SELECT count(*) FROM anb b WHERE b.c = t.c)",
+    "t.g": "max(t.x) > ALL (SELECT b.x FROM anb b WHERE b.g = t.g AND b.x IS NOT NULL)",
+    "t.d": "NOT EXISTS (SELECT 1 FROM ana t2 WHERE t2.d = t.d + 1)",
+}
 SCALARS = [
     "(SELECT count(*) FROM anb b WHERE b.c = t.c)",
     "(SELECT max(b.x) FROM anb b WHERE b.g = t.g)",
@@ -471,19 +514,53 @@ def correlated_queries(draw: st.DrawFn) -> Query:
     terms = draw(st.lists(st.sampled_from(CONDITIONS), min_size=1, max_size=2, unique=True))
     where = f" {draw(st.sampled_from(['AND', 'OR']))} ".join(terms)
     if draw(st.integers(0, 2)) == 0:
-        where = f"({where}) AND {draw(_filter('t'))}"
+        where = f"({where}) AND ({draw(_filter('t'))})"
     if draw(st.integers(0, 2)) == 0:
         key = draw(st.sampled_from(["t.c", "t.g", "t.d"]))
         aggregates = draw(st.lists(st.sampled_from(["count(*)", "sum(t.x)", "max(t.ts)",
                                                     "avg(t.q)"]), min_size=1, max_size=2,
                                    unique=True))  # fmt: skip
         sql = f"SELECT {key}, {', '.join(aggregates)} FROM ana t WHERE {where} GROUP BY {key}"
+        if draw(st.booleans()):
+            sql += f" HAVING {CORRELATED_HAVINGS[key]}"
         return draw(_ordered(sql, 1 + len(aggregates), "correlated, grouped"))
     columns = draw(st.lists(st.sampled_from(["t.id", "t.c", "t.g", "t.x", "t.d"]), min_size=1,
                             max_size=3, unique=True))  # fmt: skip
     columns += draw(st.lists(st.sampled_from(SCALARS), max_size=1))
     sql = f"SELECT {', '.join(columns)} FROM ana t WHERE {where}"
     return draw(_ordered(sql, len(columns), "correlated"))
+
+
+# ----------------------------------------------------------------------------- joins
+
+JOINS = [
+    "ana a JOIN anb b ON b.c = a.c", "ana a LEFT JOIN anb b ON b.c = a.c AND b.x > a.x",
+    "ana a JOIN anb b ON b.id = a.id", "ana a FULL JOIN anb b ON b.id = a.id AND b.g = a.g",
+    "ana a JOIN anb b ON b.g = a.g AND b.c <> a.c", "anb b RIGHT JOIN ana a ON a.q = b.c",
+    "ana a CROSS JOIN LATERAL (SELECT b.id, b.x FROM anb b WHERE b.c = a.c "
+    "ORDER BY b.x NULLS LAST, b.id LIMIT 1) b",
+    "ana a LEFT JOIN LATERAL (SELECT b.id, b.x FROM anb b WHERE b.g = a.g "
+    "ORDER BY b.id DESC LIMIT 2) b ON true",
+]  # fmt: skip
+JOIN_OUTPUTS = [
+    ["a.id", "b.id"], ["a.id", "b.x", "a.x"],
+    ["a.c", "count(*)", "sum(b.x)"], ["a.g", "count(b.id)", "max(a.ts)"],
+    ["a.id", "b.id", "rank() OVER (PARTITION BY a.c ORDER BY b.x, a.id, b.id)"],
+    ["a.id", "b.id", "count(*) OVER (PARTITION BY b.id)"],
+]  # fmt: skip
+
+
+@st.composite
+def join_queries(draw: st.DrawFn) -> Query:
+    """Joins of ``ana`` and ``anb`` (not co-located: on other columns, or on ``id`` without
+    ``colocate_with``), LATERAL subqueries, with groups or windows over them."""
+    source = draw(st.sampled_from(JOINS))
+    outputs = draw(st.sampled_from(JOIN_OUTPUTS))
+    where = f" WHERE {draw(_filter('a'))}" if draw(st.booleans()) else ""
+    sql = f"SELECT {', '.join(outputs)} FROM {source}{where}"
+    if outputs[1].startswith("count(") or outputs[1].startswith("sum("):
+        sql += f" GROUP BY {outputs[0]}"
+    return draw(_ordered(sql, len(outputs), "join"))
 
 
 @st.composite
@@ -496,6 +573,7 @@ def queries(draw: st.DrawFn) -> Query:
             distinct_on_queries(),
             set_queries(),
             correlated_queries(),
+            join_queries(),
         )
     )
     return bound(query, lambda name: draw(st.sampled_from(PARAM_VALUES[name])))
@@ -522,8 +600,9 @@ def constructs() -> list[Query]:
 
     Where the random queries may leave a pool's entry undrawn, this draws
     every one: each window function (partitions in turn), partition, frame,
-    aggregate, HAVING, DISTINCT ON, set operation branch and operation,
-    filter with a parameter, and correlated condition.
+    named window, aggregate, grouping set, HAVING, DISTINCT ON, set operation
+    branch and operation, filter with a parameter, join, and correlated
+    condition.
     """
     found: list[Query] = []
     functions = RANKING + NUMBERING + OFFSETS + WINDOW_AGGREGATES
@@ -575,6 +654,20 @@ def constructs() -> list[Query]:
         grouped = (f"SELECT g, string_agg(g, '%' ORDER BY id) FROM ana WHERE {condition} "
                    "GROUP BY g HAVING g NOT LIKE '%b%' ORDER BY 1")  # fmt: skip
         found += [bound(Query(window, "window"), value), bound(Query(grouped, "aggregates"), value)]
+    for named in NAMED_WINDOWS:
+        sql = f"SELECT id, {named} FROM ana WINDOW w AS (PARTITION BY g ORDER BY d, id) ORDER BY 1"
+        found.append(Query(sql, "window"))
+    for keys, grouping in [("c, g", "ROLLUP (c, g)"), ("c, d", "CUBE (c, d)"),
+                           ("c, g", "GROUPING SETS ((c), (g), ())")]:  # fmt: skip
+        sql = (f"SELECT {keys}, grouping(c), count(*), string_agg(g, ',' ORDER BY g) FROM ana "
+               f"GROUP BY {grouping} ORDER BY 1, 2, 3, 4, 5")  # fmt: skip
+        found.append(Query(sql, "aggregates"))
+    for source in JOINS:
+        sql = f"SELECT a.id, b.id FROM {source} ORDER BY 1, 2"
+        found.append(Query(sql, "join"))
+    for key, having in CORRELATED_HAVINGS.items():
+        sql = f"SELECT {key}, count(*) FROM ana t GROUP BY {key} HAVING {having} ORDER BY 1, 2"
+        found.append(Query(sql, "correlated, grouped"))
     for condition in CONDITIONS:
         sql = f"SELECT t.id FROM ana t WHERE {condition} ORDER BY 1"
         found.append(Query(sql, "correlated"))
