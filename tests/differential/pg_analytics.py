@@ -225,6 +225,7 @@ PARTITIONS = [
     "", "PARTITION BY id", "PARTITION BY c", "PARTITION BY g", "PARTITION BY c, g",
     "PARTITION BY d", "PARTITION BY q % 2",
 ]  # fmt: skip
+KEY_PARTITIONS = ["PARTITION BY id", "PARTITION BY id, c", "PARTITION BY g, id"]
 SORT_KEYS = ["x", "q", "ts", "d", "g", "c"]
 # Frames that depend only on peer groups (any ORDER BY) and those that count rows (a total one).
 PEER_FRAMES = [
@@ -262,9 +263,10 @@ def _sort(draw: st.DrawFn, total: bool, keys: Sequence[str] = SORT_KEYS) -> str:
 
 
 @st.composite
-def window_term(draw: st.DrawFn) -> str:
-    """One window function call over ``ana``'s rows, deterministic on one database."""
-    partition = draw(st.sampled_from(PARTITIONS))
+def window_term(draw: st.DrawFn, by_key: bool = False) -> str:
+    """One window function call over ``ana``'s rows, deterministic on one database;
+    partitioned by the shard key (each partition on one shard) if ``by_key``."""
+    partition = draw(st.sampled_from(KEY_PARTITIONS if by_key else PARTITIONS))
     kind = draw(st.integers(0, 3))
     if kind == 0:
         function = draw(st.sampled_from(RANKING))
@@ -326,7 +328,10 @@ def window_queries(draw: st.DrawFn) -> Query:
                f"WHERE rk <= 2 GROUP BY {key}")  # fmt: skip
         return draw(_ordered(sql, 4, "window in a CTE"))
     columns = draw(st.lists(st.sampled_from(COLUMNS), max_size=3, unique=True))
-    windows = draw(st.lists(window_term(), min_size=1, max_size=3))
+    # Windows partitioned by the key are merged (each shard computes its own partitions),
+    # the others gathered: a third of the queries have only the former.
+    by_key = draw(st.integers(0, 2)) == 0
+    windows = draw(st.lists(window_term(by_key), min_size=1, max_size=3))
     named = ""
     if draw(st.integers(0, 3)) == 0:  # a named window, used as is or with a frame
         named = f" WINDOW w AS ({draw(st.sampled_from(PARTITIONS[1:]))} {draw(_sort(total=True))})"
@@ -382,7 +387,9 @@ def aggregate_queries(draw: st.DrawFn) -> Query:
     """Groups (or one; or grouping sets) with ordered aggregates, percentiles, statistics and
     date arithmetic."""
     keys = draw(st.lists(st.sampled_from(GROUP_KEYS), max_size=2, unique=True))
-    family = draw(st.sampled_from([ORDERED_AGGREGATES, PERCENTILES, STATISTICS, DATETIME]))
+    # Statistics and date arithmetic merge directly; ordered aggregates and percentiles gather.
+    family = draw(st.sampled_from([ORDERED_AGGREGATES, PERCENTILES, STATISTICS, STATISTICS,
+                                   DATETIME, DATETIME, PLAIN]))  # fmt: skip
     aggregates = draw(st.lists(st.sampled_from(family), min_size=1, max_size=2, unique=True))
     aggregates += draw(st.lists(st.sampled_from(PLAIN + STATISTICS + DATETIME), max_size=1))
     grouping = ""
@@ -407,7 +414,8 @@ def aggregate_queries(draw: st.DrawFn) -> Query:
 
 # ----------------------------------------------------------------------------- DISTINCT ON
 
-DISTINCT_ON = [["c"], ["g"], ["c", "g"], ["id"], ["d"], ["q % 2"]]
+# With the key among them, each set of rows is on one shard: merged; else gathered.
+DISTINCT_ON = [["c"], ["g"], ["c", "g"], ["id"], ["d"], ["q % 2"], ["c", "id"], ["id", "g"]]
 
 
 @st.composite
@@ -464,7 +472,14 @@ def set_queries(draw: st.DrawFn) -> Query:
     nothing; groups across shards, or has its own ORDER BY and LIMIT.
     """
     signature = draw(st.sampled_from(sorted(BRANCHES)))
-    branches = draw(st.lists(st.sampled_from(BRANCHES[signature]), min_size=2, max_size=3))
+    # Plain reads of distributed or reference tables are merged by counting rows per branch;
+    # a branch that groups, has a LIMIT or reads a CTE is gathered: two in three are plain.
+    pool = BRANCHES[signature]
+    plain = [b for b in pool if not re.search(r"GROUP BY|LIMIT| w\b", b)]
+    branches = [
+        draw(st.sampled_from(plain if draw(st.integers(0, 2)) else pool))
+        for _ in range(draw(st.integers(2, 3)))
+    ]
     operations = [draw(st.sampled_from(SET_OPERATIONS)) for _ in branches[1:]]
     if len(branches) == 3 and draw(st.booleans()):  # A op (B op C): the parentheses decide
         sql = f"{branches[0]} {operations[0]} ({branches[1]} {operations[1]} {branches[2]})"

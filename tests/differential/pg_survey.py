@@ -60,7 +60,9 @@ def survey(edge: Edge, examples: int, random_seed: int) -> tuple[Counter[str], d
             if query.params:
                 counts[f"{result.kind} / with parameters"] += 1
             if result.kind == "same":
-                counts[f"same: {_strategy(conn, query)}"] += 1
+                strategy = _strategy(conn, query)
+                counts[f"same: {strategy}"] += 1
+                counts[f"same: {strategy} / {query.shape}"] += 1
                 return
             key = f"{result.kind}: {re.sub(r'[0-9]+', 'N', result.detail)[:160]}"
             counts[key] += 1

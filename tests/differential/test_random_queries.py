@@ -13,11 +13,12 @@ output columns, so the expected order is fully determined.
 
 The analytic queries (:mod:`tests.differential.pg_analytics`) draw the rows of
 ``ana`` and ``anb`` and the reads issue 17 made answerable, by a merge or by
-the gather to one shard: windows, ordered aggregates, percentiles, date
-arithmetic after the merge, DISTINCT ON, set operations of branches that
-need merging, subqueries correlated on other columns than the key. Each must
-be answered exactly: a refusal fails (only a user-set limit such as
-``max_gather_rows`` may refuse a read one database answers).
+the gather to one shard: windows, ordered aggregates, percentiles, grouping
+sets, date arithmetic after the merge, DISTINCT ON, set operations of branches
+that need merging, subqueries correlated on other columns than the key, joins
+that are not co-located, bound parameters. Each must be answered exactly: a
+refusal fails (only a user-set limit such as ``max_gather_rows`` may refuse a
+read one database answers).
 
 ``SHARDQ_EXAMPLES`` sets every property's number of examples (defaults: 80,
 and 100 analytic ones, about 30 s); ``python -m tests.differential.pg_survey -n
@@ -253,7 +254,7 @@ def test_analytic_queries_match_one_database(
 ) -> None:
     edge.load_tables({"ana": ana, "anb": anb})
     result = analytics.outcome(conn, edge, query)
-    assert result.kind == "same", f"{result.kind}: {result.detail}\n{query.sql}"
+    assert result.kind == "same", f"{result.kind}: {result.detail}\n{query.sql} {query.params}"
 
 
 def test_every_analytic_construct_is_answered(edge: Edge, conn: shardq.Connection) -> None:
@@ -266,7 +267,7 @@ def test_every_analytic_construct_is_answered(edge: Edge, conn: shardq.Connectio
     for query in analytics.constructs():
         result = analytics.outcome(conn, edge, query)
         if result.kind != "same":
-            failures.append(f"{result.kind}: {result.detail}\n  {query.sql}")
+            failures.append(f"{result.kind}: {result.detail}\n  {query.sql} {query.params}")
     assert not failures, "\n".join(failures)
     limited: Counter[str] = Counter()
     for query in analytics.constructs():
