@@ -219,6 +219,11 @@ CASES: list[tuple[str, bool]] = [
         True,
     ),
     ("SELECT n FROM facts UNION ALL SELECT k FROM facts EXCEPT SELECT 0", False),
+    # rows equal but written otherwise (0 and 0.000) are one row, shown as the first branch
+    # writes it, as PostgreSQL's hashed set operations show the first of their first input
+    ("SELECT k FROM facts INTERSECT SELECT n FROM facts ORDER BY 1", True),
+    ("SELECT n FROM facts WHERE k > 0 UNION SELECT k FROM facts ORDER BY 1", True),
+    ("SELECT k FROM facts UNION SELECT n FROM facts ORDER BY 1", True),
     ("SELECT f FROM odd UNION SELECT f FROM odd", False),
     ("SELECT f FROM odd INTERSECT ALL SELECT f FROM odd WHERE id > 1", False),
     ("SELECT k FROM facts UNION SELECT v FROM sparse ORDER BY k LIMIT 3 OFFSET 1", True),

@@ -66,27 +66,35 @@ class Counter:
         self._counting = counting
         self._sources = max(sources, 1)
         self._canonical = canonical
-        self._seen: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[int]]] = {}
+        # canonical row -> [the row shown, its branch, the count in each branch]
+        self._seen: dict[tuple[Any, ...], list[Any]] = {}
 
     def feed(self, rows: Rows) -> None:
-        """Count ``rows`` (each ends with its branch number)."""
+        """Count ``rows`` (each ends with its branch number).
+
+        Rows equal but written otherwise (numerics ``1`` and ``1.00``) are one
+        row; the one shown is the first seen of the lowest branch, as
+        PostgreSQL's hashed set operations show the first of their first input.
+        """
         seen = self._seen
         branches = self._counting.branches
         canonical = self._canonical
         for row in rows:
-            values = row[:-1]
+            values, branch = row[:-1], row[-1]
             key = canonical(values)
             entry = seen.get(key)
             if entry is None:
-                entry = seen[key] = (values, [0] * branches)
-            entry[1][row[-1]] += 1
+                entry = seen[key] = [values, branch, [0] * branches]
+            elif branch < entry[1]:
+                entry[0], entry[1] = values, branch
+            entry[2][branch] += 1
 
     def rows(self) -> Rows:
         """Each distinct row, as many times as the operations say, in the order first seen."""
         replicated = self._counting.replicated
         tree = self._counting.tree
         out: Rows = []
-        for values, counts in self._seen.values():
+        for values, _, counts in self._seen.values():
             for branch in replicated:
                 # Every shard sent the rows of a branch over reference tables.
                 counts[branch] //= self._sources
