@@ -34,9 +34,13 @@ window's ORDER BY ends with the unique ``id`` wherever a frame of rows, an
 offset or a row number depends on the order of peers, and ordered aggregates
 order by their argument (or by ``id`` too). ``WITH TIES`` under an ORDER BY
 of one column keeps a determined set of rows in an open order: such a query
-is compared as a multiset. No float column exists: sums are of integers and
-numerics, exact in any order (``percentile_cont`` and ``percent_rank`` give
-float8, computed by one server from the same rows).
+is compared as a multiset. Numerics that are equal but written with other
+scales (``1.50`` and ``1.5000``) never meet in a set operation or under
+DISTINCT: which one is kept depends on the plan (PostgreSQL puts the smaller
+input of an INTERSECT first, by its estimates), on one database too. No
+float column exists: sums are of integers and numerics, exact in any order
+(``percentile_cont`` and ``percent_rank`` give float8, computed by one server
+from the same rows).
 
 :func:`outcome` runs one query and says what happened: ``same``, ``refused``
 (``UnsupportedQueryError``, with its construct and reason), ``differ`` (the
@@ -336,7 +340,10 @@ def window_queries(draw: st.DrawFn) -> Query:
     if draw(st.integers(0, 3)) == 0:  # a named window, used as is or with a frame
         named = f" WINDOW w AS ({draw(st.sampled_from(PARTITIONS[1:]))} {draw(_sort(total=True))})"
         windows += draw(st.lists(st.sampled_from(NAMED_WINDOWS), min_size=1, max_size=2))
-    distinct = "DISTINCT " if draw(st.integers(0, 4)) == 0 else ""
+    # (Not over averages: of two equal ones written with other scales, which one DISTINCT
+    # keeps depends on the plan.)
+    averages = any("avg(" in w for w in windows)
+    distinct = "DISTINCT " if not averages and draw(st.integers(0, 4)) == 0 else ""
     sql = f"SELECT {distinct}{', '.join(columns + windows)} FROM ana{where}{named}"
     return draw(_ordered(sql, len(columns) + len(windows), "window"))
 
@@ -453,7 +460,7 @@ BRANCHES = {
         "SELECT DATE '2024-02-29'", "SELECT d FROM ana WHERE q > 0",
     ],
     "numeric": [
-        "SELECT x FROM ana", "SELECT x FROM anb", "SELECT avg(x) FROM ana GROUP BY c",
+        "SELECT x FROM ana", "SELECT x FROM anb", "SELECT round(avg(x), 2) FROM ana GROUP BY c",
         "SELECT sum(x) FROM anb GROUP BY g", "SELECT x FROM ana WHERE c = 1",
         "SELECT max(x) FROM anb",
     ],
