@@ -4,9 +4,10 @@ The property test stops at the first failure; this script does not. It starts
 the four shard clusters and the single node (as the test fixtures do), loads
 the edge dataset, draws ``-n`` examples with the property test's strategies
 (:mod:`tests.differential.pg_analytics`: rows of ``ana`` and ``anb``, then a
-query) and prints how many answered the same (merged across the shards or
-gathered to one), were refused (by reason) or differ, by shape, with the
-shortest query of each failing kind::
+query), compares each answer (:func:`tests.differential.pg_constructs.outcome`)
+and prints how many answered the same (merged across the shards or gathered
+to one), were refused (by reason) or differ, by shape, with the shortest
+query of each failing kind::
 
     python -m tests.differential.pg_survey -n 1500 [--seed 1] [--timezone Europe/Paris]
 
@@ -24,7 +25,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import shardq
-from tests.differential.pg_analytics import Query, ana_rows, anb_rows, outcome, queries
+from tests.differential.pg_analytics import Query, ana_rows, anb_rows, queries
+from tests.differential.pg_constructs import outcome
 from tests.fixtures.edge import DATABASE, Edge, build_edge
 from tests.fixtures.servers import PgCluster, start_pg_clusters
 

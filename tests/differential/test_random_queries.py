@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 import shardq
 from tests.differential import pg_analytics as analytics
 from tests.differential.compare import same_result
+from tests.differential.pg_constructs import constructs, fixed_rows, outcome
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -253,7 +254,7 @@ def test_analytic_queries_match_one_database(
     conn: shardq.Connection,
 ) -> None:
     edge.load_tables({"ana": ana, "anb": anb})
-    result = analytics.outcome(conn, edge, query)
+    result = outcome(conn, edge, query)
     assert result.kind == "same", f"{result.kind}: {result.detail}\n{query.sql} {query.params}"
 
 
@@ -261,17 +262,17 @@ def test_every_analytic_construct_is_answered(edge: Edge, conn: shardq.Connectio
     # The property above may leave an entry of a pool undrawn: each one, once, answered
     # exactly. Then under max_gather_rows=0 the merges still answer and every read a
     # merge does not answer is refused for that limit, and for nothing else.
-    ana, anb = analytics.fixed_rows()
+    ana, anb = fixed_rows()
     edge.load_tables({"ana": ana, "anb": anb})
     failures = []
-    for query in analytics.constructs():
-        result = analytics.outcome(conn, edge, query)
+    for query in constructs():
+        result = outcome(conn, edge, query)
         if result.kind != "same":
             failures.append(f"{result.kind}: {result.detail}\n  {query.sql} {query.params}")
     assert not failures, "\n".join(failures)
     limited: Counter[str] = Counter()
-    for query in analytics.constructs():
-        result = analytics.outcome(conn, edge, query, max_gather_rows=0)
+    for query in constructs():
+        result = outcome(conn, edge, query, max_gather_rows=0)
         assert result.kind in ("same", "refused"), f"{result.detail}\n{query.sql}"
         if result.kind == "refused":
             assert "max_gather_rows (0)" in result.detail, result.detail
