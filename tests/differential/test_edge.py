@@ -657,6 +657,7 @@ GATHERED: list[tuple[str, bool]] = [
     ),
     ("SELECT max(ts) + interval '1 day' FROM facts WHERE k > 10000", True),  # no row: its type
     ("SELECT date_trunc('day', max(ts)::date), greatest(max(ts), min(ts)::date) FROM facts", True),
+    ("SELECT CASE WHEN count(*) > 0 THEN max(ts)::date ELSE min(ts) END FROM facts", True),
 ]
 
 

@@ -269,7 +269,7 @@ def refusal(op: str, types: list[Any]) -> str | None:
     Only operands of date and time types (:data:`DATE`, :data:`TIMESTAMP`,
     :data:`TIMESTAMPTZ`, :data:`INTERVAL`, time) are judged; ``None`` (unknown)
     types are not. Arithmetic is computed where :func:`output_type` knows its
-    result; comparisons and ``greatest``/``least``/``coalesce`` of one type;
+    result; comparisons, ``greatest``/``least``/``coalesce`` and CASE results of one type;
     ``EXTRACT``/``date_part`` of dates and timestamps; ``date_trunc`` of
     timestamps; no text of any of them.
 
@@ -293,6 +293,10 @@ def refusal(op: str, types: list[Any]) -> str | None:
         return f"date_trunc of {names[-1]}"
     if op in ("greatest", "least", "coalesce") and len(set(known)) > 1:
         return f"{op} of {', '.join(names)}"
+    if op == "case":  # results of two types: PostgreSQL casts them to the common one
+        results = sorted({t for t in [*types[1:-1:2], types[-1]] if t is not None})
+        if len(results) > 1:
+            return f"CASE with results of {', '.join(_NAMES.get(t, str(t)) for t in results)}"
     if op in _TEXT_OPS:
         return f"the text of {next(n for n in names if n in _NAMES.values())}"
     return None
