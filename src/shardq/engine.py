@@ -40,7 +40,7 @@ from shardq.execute.textorder import (
     collation_name,
 )
 from shardq.merge.drive import drive, drive_sync
-from shardq.merge.evaluate import semantics
+from shardq.merge.evaluate import semantics, uncomputable
 from shardq.merge.pipeline import compared_columns, describe, merger
 from shardq.results import AsyncResult, ResultSet, StoredResult
 from shardq.rows import is_tuple_factory, tuple_row
@@ -866,14 +866,13 @@ class Engine:
             rowcount = -1 if -1 in counts else sum(counts)
         else:
             types = [c.type_code for c in description or ()]
-            if plan.merge.compares:
-                try:
-                    self._check_text_order(plan, shards, types)
-                except UnsupportedQueryError as refused:
-                    if len(shards) < 2 or not self._can_gather(plan, None):
-                        raise
-                    gathered = self.planner.gathered(sql, params, why=refused)
-                    return await self._run_gather(gathered, timeout, deadline, row_factory)
+            try:
+                self._check_merge(plan, shards, types)
+            except UnsupportedQueryError as refused:
+                if len(shards) < 2 or not (refused.gatherable and self._can_gather(plan, None)):
+                    raise
+                gathered = self.planner.gathered(sql, params, why=refused)
+                return await self._run_gather(gathered, timeout, deadline, row_factory)
             merge = merger(plan.merge, len(shards), self._semantics, types)
             rows = drive_sync(merge, [[o.rows] for o in outcomes])
             description = describe(plan.merge, description, self._semantics)
@@ -1131,12 +1130,11 @@ class Engine:
                     seconds * 1000,
                 )
         types = [c.type_code for c in scatter.description or ()]
-        if plan.merge.compares:
-            try:
-                self._check_text_order(plan, tuple(answered), types)
-            except BaseException:
-                await scatter.close()
-                raise
+        try:
+            self._check_merge(plan, tuple(answered), types)
+        except BaseException:
+            await scatter.close()
+            raise
         return scatter, types
 
     def _failed(
@@ -1264,6 +1262,19 @@ class Engine:
             rows = await self._query(shard, sql, None, lanes, transaction, pools)
             row = rows[0] if rows else ()
             self._text_order[shard] = "code point" if code_point_order(row) else collation_name(row)
+
+    def _check_merge(self, plan: QueryPlan, shards: tuple[str, ...], types: list[Any]) -> None:
+        """Refuse, before any row is merged, a merge that would compute or order values
+        otherwise than one database (a read is then gathered to one shard instead)."""
+        why = uncomputable(plan.merge, types, self._semantics)
+        if why is not None:
+            raise UnsupportedQueryError(
+                f"{why} over values merged across shards",
+                "PostgreSQL computes it with the session's calendar, time zone or date style, "
+                "which shardq's merge does not reproduce; pin the query to one shard",
+            )
+        if plan.merge.compares:
+            self._check_text_order(plan, shards, types)
 
     def _check_text_order(self, plan: QueryPlan, shards: tuple[str, ...], types: list[Any]) -> None:
         """Refuse a merge that would order values in another order than the shards'."""

@@ -45,7 +45,7 @@ from shardq.merge.numeric import (
     numeric_round,
     unsigned_zero,
 )
-from shardq.merge.steps import Col, Const, Expr, Param, TypeRule
+from shardq.merge.steps import Col, Const, Expr, MergePlan, Param, TypeRule
 from shardq.merge.variance import variance
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "numeric_round",
     "output_type",
     "semantics",
+    "uncomputable",
 ]
 
 # Enough digits that +, - and * of numerics are exact, as they are in PostgreSQL.
@@ -497,3 +498,49 @@ def output_type(rule: TypeRule, source_types: Sequence[Any], sem: Semantics) -> 
     if rule.op is None:
         return rule.fixed
     return sem.output_type(rule.op, [output_type(a, source_types, sem) for a in rule.args])
+
+
+def uncomputable(plan: MergePlan, types: Sequence[Any], sem: Semantics) -> str | None:
+    """What ``plan`` computes after the merge that it cannot over the shards' column ``types``.
+
+    The planner does not know the columns' types; the shards' descriptions
+    do, before any row is merged. Arithmetic, comparisons and functions of
+    dates, times and intervals are computed only as :func:`temporal.refusal`
+    allows (``max(ts) + interval '1 day'`` follows the session's calendar);
+    asked here, such a read is refused whole (and gathered to one shard)
+    rather than failing at its first row.
+
+    >>> from shardq.merge.steps import Call, Output
+    >>> plus = Call("+", (Col(0), Col(1)))
+    >>> plan = MergePlan(outputs=(Output("x", plus, TypeRule(op="+")),))
+    >>> uncomputable(plan, [temporal.TIMESTAMPTZ, temporal.INTERVAL], semantics("postgres"))
+    'timestamptz + interval'
+    >>> uncomputable(plan, [temporal.DATE, INT4], semantics("postgres")) is None
+    True
+    """
+    exprs = [o.expr for o in plan.outputs or ()]
+    if plan.having is not None:
+        exprs.append(plan.having)
+    for expr in exprs:
+        why = _typed(expr, types, sem)[1]
+        if why is not None:
+            return why
+    return None
+
+
+def _typed(expr: Expr, types: Sequence[Any], sem: Semantics) -> tuple[Any, str | None]:
+    """``expr``'s type code (None if unknown), and what in it cannot be computed."""
+    if isinstance(expr, Col):
+        return (types[expr.index] if -len(types) <= expr.index < len(types) else None), None
+    if isinstance(expr, Const):
+        return expr.type_code, None
+    if isinstance(expr, Param):
+        return None, None
+    args = []
+    for arg in expr.args:
+        type_code, why = _typed(arg, types, sem)
+        if why is not None:
+            return None, why
+        args.append(type_code)
+    why = temporal.refusal(expr.op, args)
+    return (None, why) if why is not None else (sem.output_type(expr.op, args), None)

@@ -18,7 +18,9 @@ the values the driver returned, with PostgreSQL's rules and result types:
 
 Whatever else mixes these values (``timestamptz + interval``, which
 PostgreSQL computes on the session's calendar, across daylight saving
-changes) is refused rather than guessed.
+changes) is refused rather than guessed: :func:`refusal` says so from the
+operands' types, before any row is merged, so that such a read is gathered to
+one shard instead (README, "Gather to one shard").
 
 >>> import datetime as dt
 >>> arith("-", dt.date(2024, 3, 1), dt.date(2024, 2, 1)), arith("+", 1, dt.date(2024, 2, 28))
@@ -47,6 +49,7 @@ __all__ = [
     "extract",
     "field_name",
     "output_type",
+    "refusal",
     "to_date",
 ]
 
@@ -247,4 +250,53 @@ def output_type(op: str, left: Any, right: Any) -> Any:
         return DATE
     if op in ("+", "-") and left == right == INTERVAL:
         return INTERVAL
+    return None
+
+
+_NAMES = {DATE: "date", TIMESTAMP: "timestamp", TIMESTAMPTZ: "timestamptz", INTERVAL: "interval",
+          1083: "time", 1266: "timetz"}  # fmt: skip
+_TIMESTAMPS = (TIMESTAMP, TIMESTAMPTZ)
+_ARITHMETIC = frozenset({"+", "-", "*", "/", "%"})
+_COMPARED = frozenset({"=", "<>", "<", "<=", ">", ">="})
+# Text of a value (casts, ||, concat, length, substr): a date's follows the session's DateStyle.
+_TEXT_OPS = frozenset({"text", "||", "concat", "length", "char_length", "character_length",
+                       "substr"})  # fmt: skip
+
+
+def refusal(op: str, types: list[Any]) -> str | None:
+    """What in ``op`` over operands of ``types`` the merge cannot compute, if anything.
+
+    Only operands of date and time types (:data:`DATE`, :data:`TIMESTAMP`,
+    :data:`TIMESTAMPTZ`, :data:`INTERVAL`, time) are judged; ``None`` (unknown)
+    types are not. Arithmetic is computed where :func:`output_type` knows its
+    result; comparisons, ``greatest``/``least``/``coalesce`` and CASE results of one type;
+    ``EXTRACT``/``date_part`` of dates and timestamps; ``date_trunc`` of
+    timestamps; no text of any of them.
+
+    >>> refusal("+", [TIMESTAMPTZ, INTERVAL]), refusal("-", [TIMESTAMPTZ, TIMESTAMPTZ])
+    ('timestamptz + interval', None)
+    >>> refusal("extract", [25, INTERVAL]), refusal("<", [DATE, TIMESTAMPTZ])
+    ('extract of interval', 'date < timestamptz')
+    """
+    known = [t for t in types if t is not None]
+    if not any(t in _NAMES for t in known):
+        return None
+    names = [_NAMES.get(t, f"type OID {t}") for t in known]
+    if op in _COMPARED or op in _ARITHMETIC:
+        if len(types) != 2 or len(known) != 2:
+            return None
+        computed = types[0] == types[1] if op in _COMPARED else output_type(op, *types)
+        return None if computed else f"{names[0]} {op} {names[1]}"
+    if op in ("extract", "date_part") and types[-1] not in (DATE, *_TIMESTAMPS):
+        return f"{op} of {names[-1]}"
+    if op == "date_trunc" and types[-1] not in _TIMESTAMPS:
+        return f"date_trunc of {names[-1]}"
+    if op in ("greatest", "least", "coalesce") and len(set(known)) > 1:
+        return f"{op} of {', '.join(names)}"
+    if op == "case":  # results of two types: PostgreSQL casts them to the common one
+        results = sorted({t for t in [*types[1:-1:2], types[-1]] if t is not None})
+        if len(results) > 1:
+            return f"CASE with results of {', '.join(_NAMES.get(t, str(t)) for t in results)}"
+    if op in _TEXT_OPS:
+        return f"the text of {next(n for n in names if n in _NAMES.values())}"
     return None
