@@ -33,6 +33,7 @@ from shardq.execute.gather import GatherPool, choose
 from shardq.execute.hosts import Hosts, host_failed
 from shardq.execute.scatter import Scatter, unavailable
 from shardq.execute.sqlite_gather import SQLiteGatherPool
+from shardq.execute.tasks import first_failure
 from shardq.execute.textorder import (
     ORDERABLE_TYPES,
     TEXT_TYPES,
@@ -94,14 +95,9 @@ async def _fetch_all(scatter: Scatter, source: int) -> list[Row]:
 
 async def _together(runs: Iterable[Coroutine[Any, Any, _R]]) -> list[_R]:
     """Run ``runs`` at once; the first failure cancels the others, waits for them, is raised."""
-    try:
+    with first_failure():
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(run) for run in runs]
-    except BaseExceptionGroup as failed:
-        first: BaseException = failed
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from first.__cause__
     return [task.result() for task in tasks]
 
 

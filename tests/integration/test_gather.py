@@ -226,6 +226,19 @@ def tx_tables(edge: Edge) -> Iterator[dict[str, Any]]:
         cluster.execute("DROP TABLE IF EXISTS gx, gxref", DATABASE)
 
 
+def _rotate_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gather to s0, s1, s2, s3 in turn, whatever the estimates say."""
+    from shardq import engine
+
+    turn = itertools.cycle(["s0", "s1", "s2", "s3"])
+
+    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:
+        target = next(turn)
+        return target, sum(sum(c) for s, c in estimates.items() if s != target)
+
+    monkeypatch.setattr(engine, "choose", choose)
+
+
 def _single_after(edge: Edge, writes: list[str], sql: str) -> list[tuple[Any, ...]]:
     """``sql``'s rows on the single node after ``writes``, in a transaction rolled back."""
     with psycopg.connect(edge.dsn) as single:
@@ -352,15 +365,7 @@ async def test_concurrent_gathers_to_different_shards_do_not_wait_for_each_other
     # Each gather holds a connection of its shard while it waits for one of
     # every other shard: with two connections a pool, twelve gathers to four
     # different shards would hold them all and wait for each other.
-    from shardq import engine
-
-    turn = itertools.cycle(["s0", "s1", "s2", "s3"])
-
-    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:
-        target = next(turn)
-        return target, sum(sum(c) for s, c in estimates.items() if s != target)
-
-    monkeypatch.setattr(engine, "choose", choose)
+    _rotate_targets(monkeypatch)
     config = _config(edge)
     config["shards"] = [{**shard, "pool_max_size": 2} for shard in config["shards"]]
     sql = GATHERED + " ORDER BY id"
@@ -621,15 +626,7 @@ async def test_open_gathered_results_leave_later_gathers_free(
     edge: Edge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A slot is held while the tables fill, not while the result is read.
-    from shardq import engine
-
-    turn = itertools.cycle(["s0", "s1", "s2", "s3"])
-
-    def choose(estimates: dict[str, list[int]]) -> tuple[str, int]:
-        target = next(turn)
-        return target, sum(sum(c) for s, c in estimates.items() if s != target)
-
-    monkeypatch.setattr(engine, "choose", choose)
+    _rotate_targets(monkeypatch)
     config = _config(edge)
     config["shards"] = [{**shard, "pool_max_size": 2} for shard in config["shards"]]
     async with shardq.AsyncConnection(config) as conn:

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from shardq.errors import ShardError, UnsupportedQueryError
 from shardq.execute.deadline import GRACE_CAP, bounded
 from shardq.execute.driver import CopyRejected, OneConnection, read_whole
+from shardq.execute.tasks import first_failure
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -279,7 +280,7 @@ class GatherPool(OneConnection):
         copy_from: Any = conn.copy_from  # type: ignore[attr-defined]
         queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(_AHEAD) for _ in sources]
         moved = 0
-        try:
+        with first_failure():
             async with asyncio.TaskGroup() as group:
                 for pool, queue in zip(sources, queues, strict=True):
                     group.create_task(_copy_out(pool, out, queue))
@@ -288,11 +289,6 @@ class GatherPool(OneConnection):
                         moved += await copy_from(into, _drain(queue))
                     except CopyRejected as exc:
                         raise exc.error from exc.error.__cause__
-        except BaseExceptionGroup as failed:
-            first: BaseException = failed
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from first.__cause__
         self.moved[table.name] = moved
         if self._gather.analyze:
             await read_whole(conn, f"ANALYZE pg_temp.{table.name}", None, stream=False)

@@ -44,6 +44,7 @@ from shardq.errors import ShardError
 from shardq.execute.deadline import bounded
 from shardq.execute.driver import CopyRejected, read_whole
 from shardq.execute.gather import ROLLBACK_TIMEOUT, GatherPool
+from shardq.execute.tasks import first_failure
 from shardq.sql.catalog import sqlite_columns
 from shardq.sql.dialects import sqlite_affinity
 
@@ -150,7 +151,7 @@ class SQLiteGatherPool(GatherPool):
             asyncio.Queue(_AHEAD) for _ in self._sources
         ]
         moved = 0
-        try:
+        with first_failure():
             async with asyncio.TaskGroup() as group:
                 for pool, queue in zip(self._sources.values(), queues, strict=True):
                     group.create_task(_read_out(pool, table.select, queue))
@@ -160,11 +161,6 @@ class SQLiteGatherPool(GatherPool):
                             moved += await insert_many(insert, batch)
                         except CopyRejected as exc:
                             raise exc.error from exc.error.__cause__
-        except BaseExceptionGroup as failed:
-            first: BaseException = failed
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from first.__cause__
         self.moved[table.name] = moved
 
     async def _end(self, conn: ShardConnection) -> None:
