@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from shardq.results import ResultSet
     from shardq.statements import SQL
     from shardq.stats import HostStats
+    from shardq.verify import VerifyResult
 
 __all__ = ["DEFAULT_CONCURRENCY", "AsyncConnection", "AsyncCursor", "connect_async"]
 
@@ -915,6 +916,38 @@ class AsyncConnection:
         sql, params = as_statement((sql, params), self.config.dialect)
         return await self._engine.explain(
             sql, params, analyze=analyze, timeout=timeout if timeout is not None else self.timeout
+        )
+
+    async def verify(
+        self,
+        sql: SQL,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        against: str,
+        limit: int = 10,
+        timeout: float | None = None,
+    ) -> VerifyResult:
+        """Run a read through shardq and on ``against``, one database holding every row.
+
+        ``against`` is a PostgreSQL DSN, or for a SQLite configuration a file
+        path or ``sqlite:///`` URL (opened read-only). The answers are compared
+        as the differential suite compares them (:mod:`shardq.verify`): column
+        names and types, rows value for value, and the order where the ORDER BY
+        fixes it. Returns a :class:`~shardq.verify.VerifyResult` holding the
+        first ``limit`` differences (``.ok`` when there are none), both
+        answers' rows and times.
+        """
+        from shardq.verify import verify
+
+        self._check_open()
+        sql, params = as_statement((sql, params), self.config.dialect)
+        return await verify(
+            self,
+            sql,
+            params,
+            against=against,
+            limit=limit,
+            timeout=timeout if timeout is not None else self.timeout,
         )
 
     async def check(self) -> CheckReport:

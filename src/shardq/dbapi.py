@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from shardq.results import ResultSet
     from shardq.statements import SQL
     from shardq.stats import HostStats
+    from shardq.verify import VerifyResult
 
 __all__ = [
     "BINARY",
@@ -538,6 +539,20 @@ class Connection:
     ) -> str:
         """See :meth:`shardq.aio.AsyncConnection.explain`."""
         return self._portal.call(self._inner.explain, sql, params, analyze=analyze, timeout=timeout)
+
+    def verify(
+        self,
+        sql: SQL,
+        params: Params = None,
+        *,
+        against: str,
+        limit: int = 10,
+        timeout: float | None = None,
+    ) -> VerifyResult:
+        """See :meth:`shardq.aio.AsyncConnection.verify`."""
+        return self._portal.call(
+            self._inner.verify, sql, params, against=against, limit=limit, timeout=timeout
+        )
 
     def check(self) -> CheckReport:
         """See :meth:`shardq.aio.AsyncConnection.check`."""
