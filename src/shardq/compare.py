@@ -295,7 +295,7 @@ def compare_rows(
             break
         g_key, w_key = key(got[gs]), key(want[ws])
         if not same_row(g_key, w_key):
-            found += _desynchronized(names, got, want, gs, ws, keys, limit)
+            found += _desynchronized(names, got, want, (gs, ws), keys, limit)
             break
         last = n == len(g_groups) - 1 or n == len(w_groups) - 1
         if (cut and last) or (cut_start and n == 0):
@@ -308,8 +308,11 @@ def compare_rows(
             where = f"rows {gs}-{ge - 1} (tied on the ORDER BY key {g_key!r})"
             found += _set_differences(got[gs:ge], want[ws:we], where, limit)
     else:
-        if len(got) != len(want) and not found:
-            found += _set_differences(got, want, "in all", limit)
+        done = min(len(g_groups), len(w_groups))
+        if len(g_groups) != len(w_groups):  # one answer goes on: its rows are extra or missing
+            gs = g_groups[done][0] if done < len(g_groups) else len(got)
+            ws = w_groups[done][0] if done < len(w_groups) else len(want)
+            found += _set_differences(got[gs:], want[ws:], f"from row {gs} on", limit)
     return found[:limit]
 
 
@@ -324,28 +327,33 @@ def _desynchronized(
     names: Sequence[str],
     got: Sequence[Row],
     want: Sequence[Row],
-    gs: int,
-    ws: int,
+    at: tuple[int, int],
     keys: Sequence[int],
     limit: int,
 ) -> list[Difference]:
-    """The keys part at row ``gs``: the rows differ, or the same rows come in another order."""
-    extra, missing = unmatched(got, want)
+    """The ORDER BY keys part at row ``at``: the rows differ, or the same rows come in
+    another order. Rows before ``at`` were compared already: only the rest are."""
+    gs, ws = at
     key_names = [names[i] for i in keys]
     g_key, w_key = tuple(got[gs][i] for i in keys), tuple(want[ws][i] for i in keys)
+    where = (
+        f"from row {gs} on (ORDER BY {', '.join(key_names)}: shardq {g_key!r} vs single {w_key!r})"
+    )
+    extra, missing = unmatched(got[gs:], want[ws:])
     if not extra and not missing:
         return [
             Difference(
                 DifferenceKind.ORDER,
-                f"row {gs}: the same rows in another order: ORDER BY key {key_names} is "
-                f"shardq {g_key!r} vs single {w_key!r}",
+                f"row {gs}: the same rows in another order: ORDER BY {', '.join(key_names)} "
+                f"is shardq {g_key!r} vs single {w_key!r}",
                 row=gs,
                 shardq=g_key,
                 single=w_key,
             )
         ]
-    if gs == ws and gs < len(got) and len(extra) == len(missing) == 1:
+    if gs == ws and len(extra) == len(missing) == 1 and len(got) == len(want):
+        # One row changed its key: show it column by column, where it was.
         return _row_differences(gs, names, got[gs], want[ws]) or _set_differences(
-            got, want, "in all", limit
+            got[gs:], want[ws:], where, limit
         )
-    return _set_differences(got, want, "in all", limit)
+    return _set_differences(got[gs:], want[ws:], where, limit)

@@ -108,7 +108,8 @@ class VerifyResult:
     def __str__(self) -> str:
         if self.ok:
             return (
-                f"same answer: {len(self.shardq_rows)} rows, {len(self.names)} columns, "
+                f"same answer: {_count(len(self.shardq_rows), 'row')}, "
+                f"{_count(len(self.names), 'column')}, "
                 f"{self._how()}; {self._times()}"
             )
         lines = [
@@ -157,6 +158,10 @@ class VerifyResult:
                 for d in self.differences
             ],
         }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def order_keys(tree: exp.Expr, names: Sequence[str]) -> tuple[list[int] | None, bool, bool]:
@@ -254,6 +259,11 @@ def postgres_type_name(oid: Any) -> str:
     return f"{info.name} ({oid})" if info is not None else str(oid)
 
 
+def shown_dsn(dialect: str, against: str) -> str:
+    """``against`` as it may be shown: a PostgreSQL DSN redacted, a SQLite file as given."""
+    return redact(against) if dialect == "postgres" else against
+
+
 async def run_single(dialect: str, against: str, sql: str, params: Any) -> Answer:
     """Run ``sql`` on the single database ``against`` (a PostgreSQL DSN or a SQLite file).
 
@@ -262,6 +272,7 @@ async def run_single(dialect: str, against: str, sql: str, params: Any) -> Answe
             the message names the database redacted, never its password.
     """
     secrets = Secrets.of(against)
+    shown = shown_dsn(dialect, against)
     try:
         if dialect == "postgres":
             return await _run_postgres(against, sql, params)
@@ -271,7 +282,7 @@ async def run_single(dialect: str, against: str, sql: str, params: Any) -> Answe
     except Exception as exc:
         message = secrets.scrub(f"{type(exc).__name__}: {exc}".strip())
         raise OperationalError(
-            f"the single database {redact(against)} could not answer: {message}"
+            f"the single database {shown} could not answer: {message}"
         ) from None  # the driver's exception may carry the DSN
 
 
@@ -293,10 +304,15 @@ async def _run_postgres(dsn: str, sql: str, params: Any) -> Answer:
 def _sqlite_path(against: str) -> str:
     """``sqlite:///path`` or a path, as the read-only URI sqlite3 opens.
 
-    >>> _sqlite_path("sqlite:///data/all rows.db"), _sqlite_path("copy.db")
+    As SQLAlchemy spells it, ``sqlite:///`` is followed by the path: relative,
+    or absolute with a fourth slash.
+
+    >>> _sqlite_path("sqlite:////data/all rows.db"), _sqlite_path("sqlite:///copy.db")
     ('file:/data/all%20rows.db?mode=ro', 'file:copy.db?mode=ro')
+    >>> _sqlite_path("/data/copy.db")
+    'file:/data/copy.db?mode=ro'
     """
-    path = against.removeprefix("sqlite://").removeprefix("file:")
+    path = against.removeprefix("sqlite:///").removeprefix("file:")
     return f"file:{quote(path)}?mode=ro"
 
 
@@ -361,5 +377,5 @@ async def verify(
         names=got.names,
         ordered=ordered,
         shards=shards,
-        against=redact(against),
+        against=shown_dsn(conn.config.dialect, against),
     )

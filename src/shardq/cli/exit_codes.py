@@ -10,6 +10,7 @@ code  meaning
 4     the SQL was refused before running: syntax, undeclared
       table, or a construct shardq cannot answer exactly
 5     the statement timed out (and was cancelled on the shards)
+6     ``verify``: shardq's answer differs from the single database's
 130   interrupted (Ctrl-C); running statements were cancelled
 ====  =========================================================
 """
@@ -39,6 +40,7 @@ class ExitCode(enum.IntEnum):
     CONFIG = 3
     REFUSED = 4
     TIMEOUT = 5
+    DIFFERS = 6
     INTERRUPTED = 130
 
 
