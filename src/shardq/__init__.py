@@ -54,6 +54,7 @@ from shardq.execute.batch import ExecutionResult, Progress
 from shardq.execute.copy import CopyProgress, CopyResult
 from shardq.results import ResultSet
 from shardq.rows import dict_row, namedtuple_row, tuple_row
+from shardq.verify import VerifyResult
 
 __version__ = "0.1.0.dev0"
 
@@ -110,6 +111,7 @@ __all__ = [
     "TimestampFromTicks",
     "UndeclaredTableError",
     "UnsupportedQueryError",
+    "VerifyResult",
     "Warning",
     "apilevel",
     "connect",

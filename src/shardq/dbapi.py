@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import html
 import sys
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Self
 from shardq import errors
 from shardq._portal import Portal
 from shardq.aio import DEFAULT_CONCURRENCY, AsyncConnection, AsyncCursor, ConfigSource
+from shardq.display import MAX_ROWS, html_table, ran_on
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
 from shardq.results import issue
 from shardq.rows import RowFactory, tuple_row
@@ -80,6 +82,7 @@ class Cursor:
         # Rows already brought over from the event loop, not yet handed out.
         self._local: deque[Any] = deque()
         self._drained = True  # nothing more to bring over from the loop
+        self._seconds: float | None = None  # how long execute() took, to its first rows
         inner._hold_warnings = True  # issued here, in the caller's thread
 
     def __repr__(self) -> str:
@@ -149,7 +152,9 @@ class Cursor:
 
     def _run(self, *args: Any) -> Self:
         self._local.clear()
+        began = time.monotonic()
         rows, self._drained = self._portal.call(self._execute, *args)
+        self._seconds = time.monotonic() - began
         self._local.extend(rows)
         self._issue(3)  # (at the caller of Cursor.execute or Connection.execute)
         return self
@@ -254,6 +259,25 @@ class Cursor:
             if not batch:
                 return
             self._local.extend(batch)
+
+    def _repr_html_(self) -> str:
+        """The rows not fetched yet as an HTML table (Jupyter), without consuming them.
+
+        Up to :data:`shardq.display.MAX_ROWS` rows are read ahead into the
+        cursor's buffer, where ``fetch*()`` still finds them; the caption names
+        the shards and the time ``execute()`` took (to its first rows).
+        """
+        description = self._inner.description
+        if self.closed or description is None:
+            return html.escape(repr(self) if self.closed else f"{self.rowcount} rows affected")
+        while len(self._local) <= MAX_ROWS and not self._drained:
+            self._local.extend(self._more())
+        rows = [list(r.values()) if isinstance(r, dict) else r for r in self._local]
+        more = len(rows) > MAX_ROWS or not self._drained
+        caption = ran_on(self.shards, self._seconds)
+        return html_table(
+            [c.name for c in description], rows[:MAX_ROWS], more=more, caption=caption
+        )
 
     def nextset(self) -> None:
         """Every statement has one result set: always ``None`` (PEP 249)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["MAX_ROWS", "html_table", "seconds_text"]
+__all__ = ["MAX_ROWS", "html_table", "ran_on", "seconds_text"]
 
 #: Rows shown before the table is cut.
 MAX_ROWS = 50
@@ -44,19 +44,31 @@ def seconds_text(seconds: float | None) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def ran_on(shards: Sequence[str], seconds: float | None) -> str:
+    """Where a statement ran and how long it took, for a caption.
+
+    >>> ran_on(("s1", "s2"), 0.004), ran_on(("s1",), None)
+    ('ran on s1, s2 in 4.0 ms', 'ran on s1')
+    """
+    took = f" in {seconds_text(seconds)}" if seconds is not None else ""
+    return f"ran on {', '.join(shards)}{took}"
+
+
 def html_table(
     names: Sequence[str],
     rows: Sequence[Sequence[Any]],
     *,
     total: int | None = None,
+    more: bool = False,
     caption: str = "",
     max_rows: int = MAX_ROWS,
 ) -> str:
     """An HTML table of ``rows`` (the first ``max_rows``) under ``names``.
 
     Args:
-        total: how many rows there are, if more than ``rows`` holds (a cursor's
-            rows not read yet); default ``len(rows)``.
+        total: how many rows there are, if more than ``rows`` holds; default ``len(rows)``.
+        more: there are more rows than ``rows`` holds, how many is not known
+            (a cursor's rows not read yet).
         caption: text (escaped here) shown under the table, e.g. the shards and the time.
 
     >>> print(html_table(["a<b"], [("<i>x</i>",), (None,)]))  # doctest: +NORMALIZE_WHITESPACE
@@ -71,7 +83,9 @@ def html_table(
     head = "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
     body = "\n".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in shown)
     note = f"{count} row{'s' if count != 1 else ''}"
-    if count > len(shown):
+    if more:
+        note = f"the first {len(shown)} rows (more not read yet)"
+    elif count > len(shown):
         note += f", the first {len(shown)} shown"
     if caption:
         note += f"; {caption}"

@@ -117,14 +117,19 @@ def _result(
     rowcount: int,
     shards: tuple[str, ...],
     row_factory: RowFactory,
+    began: float | None = None,
 ) -> ResultSet:
-    """A batch statement's :class:`ResultSet` from its (merged) rows."""
+    """A batch statement's :class:`ResultSet` from its (merged) rows.
+
+    ``began``: when the statement started (``time.monotonic()``), for its ``seconds``.
+    """
     if description is not None:
         rowcount = len(rows)
         if not is_tuple_factory(row_factory):
             make = row_factory(description)
             rows = [make(row) for row in rows]
-    return ResultSet(description, rows, rowcount, shards)
+    seconds = None if began is None else time.monotonic() - began
+    return ResultSet(description, rows, rowcount, shards, seconds)
 
 
 class Engine:
@@ -802,9 +807,12 @@ class Engine:
         if shard is None:
             return False
         shards = (shard,)
+        began = time.monotonic()
 
         def result(outcome: Outcome) -> ResultSet:
-            return _result(outcome.description, outcome.rows, outcome.rowcount, shards, row_factory)
+            return _result(
+                outcome.description, outcome.rows, outcome.rowcount, shards, row_factory, began
+            )
 
         deadline = None if timeout is None else time.monotonic() + timeout
         lanes.submit(
@@ -831,12 +839,13 @@ class Engine:
         The plan and the merge are those of :meth:`execute`; the shards' rows
         are gathered whole by the lanes' workers, then merged in memory.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
         plan = await self.plan_async(sql, params, lanes)
         if plan.deferred is not None:
             return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
         if plan.gather is not None:
-            return await self._run_gather(plan, timeout, deadline, row_factory)
+            return await self._run_gather(plan, timeout, deadline, row_factory, began)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
         if plan.kind.is_write and len(shards) > 1:
             raise UnsupportedQueryError(
@@ -868,12 +877,12 @@ class Engine:
                 if len(shards) < 2 or not (refused.gatherable and self._can_gather(plan, None)):
                     raise
                 gathered = self.planner.gathered(sql, params, why=refused)
-                return await self._run_gather(gathered, timeout, deadline, row_factory)
+                return await self._run_gather(gathered, timeout, deadline, row_factory, began)
             merge = merger(plan.merge, len(shards), self._semantics, types)
             rows = drive_sync(merge, [[o.rows] for o in outcomes])
             description = describe(plan.merge, description, self._semantics)
             rowcount = len(rows)
-        return _result(description, rows, rowcount, shards, row_factory)
+        return _result(description, rows, rowcount, shards, row_factory, began)
 
     async def _run_gather(
         self,
@@ -881,6 +890,7 @@ class Engine:
         timeout: float | None,
         deadline: float | None,
         row_factory: RowFactory,
+        began: float | None = None,
     ) -> ResultSet:
         """:meth:`_execute_gather` for a batch: read whole.
 
@@ -893,7 +903,7 @@ class Engine:
             rows = await result.fetchall()
         finally:
             await result.close()
-        return _result(result.description, rows, len(rows), result.shards, row_factory)
+        return _result(result.description, rows, len(rows), result.shards, row_factory, began)
 
     async def _run_deferred(
         self,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import warnings
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from shardq.display import MAX_ROWS, html_table, ran_on
 from shardq.errors import PartialResultWarning
 from shardq.merge.drive import drive
 from shardq.merge.pipeline import describe
@@ -43,9 +45,10 @@ class ResultSet:
         rows: the rows, in the order the statement returns them.
         rowcount: rows written by a write, rows returned by a read.
         shards: the shards the statement ran on.
+        seconds: how long the statement took (run and read), if measured.
     """
 
-    __slots__ = ("description", "rowcount", "rows", "shards")
+    __slots__ = ("description", "rowcount", "rows", "seconds", "shards")
 
     def __init__(
         self,
@@ -53,11 +56,13 @@ class ResultSet:
         rows: list[Any],
         rowcount: int,
         shards: tuple[str, ...],
+        seconds: float | None = None,
     ):
         self.description = description
         self.rows = rows
         self.rowcount = rowcount
         self.shards = shards
+        self.seconds = seconds
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -74,6 +79,20 @@ class ResultSet:
         names = [c.name for c in self.description]
         shards = list(self.shards)
         return f"<shardq.ResultSet rows={len(self.rows)} columns={names} shards={shards}>"
+
+    def _repr_html_(self) -> str:
+        """The rows as an HTML table (Jupyter), with the shards that ran and the time."""
+        if self.description is None:
+            return html.escape(repr(self))
+        names = [c.name for c in self.description]
+        rows = [_values(r) for r in self.rows[:MAX_ROWS]]
+        caption = ran_on(self.shards, self.seconds)
+        return html_table(names, rows, total=len(self.rows), caption=caption)
+
+
+def _values(row: Any) -> Any:
+    # A row built by a row factory: a dict's values, a named tuple's or a tuple's items.
+    return list(row.values()) if isinstance(row, dict) else row
 
 
 _abandoned: set[asyncio.Task[None]] = set()  # strong references until they finish

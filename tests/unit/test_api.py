@@ -24,8 +24,8 @@ def test_exported_members() -> None:
         "Progress",
         "QueryTimeoutError", "ROWID", "ResultSet", "SQLSyntaxError", "STRING", "ShardConfig",
         "ShardError", "TableConfig", "Time", "TimeFromTicks", "Timestamp", "TimestampFromTicks",
-        "UndeclaredTableError", "UnsupportedQueryError", "Warning", "apilevel", "connect",
-        "connect_async", "dict_row", "from_connections", "load_config", "namedtuple_row",
+        "UndeclaredTableError", "UnsupportedQueryError", "VerifyResult", "Warning", "apilevel",
+        "connect", "connect_async", "dict_row", "from_connections", "load_config", "namedtuple_row",
         "paramstyle", "threadsafety", "tuple_row",
     }  # fmt: skip
     for name in shardq.__all__:
