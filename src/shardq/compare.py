@@ -13,8 +13,9 @@ The rules are the differential suite's (``tests/differential``), so that
 - the rows are compared as a multiset, and in the order the ORDER BY fixes:
   rows whose ORDER BY keys tie may come in any order, so the order is checked
   on the keys, and each group of tied rows as a multiset. With a LIMIT (or
-  OFFSET) the tied rows at the cut are arbitrary: the last group is compared
-  by size only.
+  OFFSET) the tied rows at the cut are arbitrary, but whether the key ties
+  there is not known: a difference there is reported, saying so. A LIMIT
+  without ORDER BY keeps any rows: only their number is compared.
 
 The comparison is pure: it takes rows and returns :class:`Difference` values.
 """
@@ -25,7 +26,7 @@ import enum
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["Difference", "DifferenceKind", "compare_rows", "row_key", "same_row", "same_value"]
 
 Row = tuple[Any, ...]
+_AT_CUT = (
+    " [at the LIMIT/OFFSET's cut: if more rows tie on the ORDER BY key there, either answer"
+    " may be right; add a unique column to the ORDER BY to tell]"
+)
 # Unmatched rows paired with a tolerance, one by one: quadratic, so bounded.
 _MAX_PAIRING = 2000
 
@@ -199,7 +204,8 @@ def _show(v: Any) -> str:
 
 def _row_differences(i: int, names: Sequence[str], got: Row, want: Row) -> list[Difference]:
     found = []
-    for name, g, w in zip(names, got, want, strict=False):
+    for j, (g, w) in enumerate(zip(got, want, strict=False)):
+        name = names[j] if j < len(names) else f"#{j + 1}"
         if not same_value(g, w):
             kind = "type and value" if type(g) is not type(w) else "value"
             found.append(
@@ -267,7 +273,9 @@ def compare_rows(
             (the leading terms that are output columns): None compares the
             rows as a multiset.
         cut: a LIMIT or OFFSET may cut through rows the ORDER BY ties at the
-            end: the last group of tied rows is compared by size.
+            end: a difference in the last group of tied rows says so (it is
+            still reported: the key may be unique, and only the caller knows).
+            Without ``order_keys`` only the number of rows is compared.
         cut_start: an OFFSET may cut through the first group too.
         limit: how many differences at most (a first line about counts included).
 
@@ -298,15 +306,14 @@ def compare_rows(
             found += _desynchronized(names, got, want, (gs, ws), keys, limit)
             break
         last = n == len(g_groups) - 1 or n == len(w_groups) - 1
-        if (cut and last) or (cut_start and n == 0):
-            if ge - gs != we - ws:
-                found += _count_only(got, want)
-            continue
         if ge - gs == 1 and we - ws == 1:
-            found += _row_differences(gs, names, got[gs], want[ws])
+            here = _row_differences(gs, names, got[gs], want[ws])
         else:
             where = f"rows {gs}-{ge - 1} (tied on the ORDER BY key {g_key!r})"
-            found += _set_differences(got[gs:ge], want[ws:we], where, limit)
+            here = _set_differences(got[gs:ge], want[ws:we], where, limit)
+        if (cut and last) or (cut_start and n == 0):
+            here = [replace(d, message=d.message + _AT_CUT) for d in here]
+        found += here
     else:
         done = min(len(g_groups), len(w_groups))
         if len(g_groups) != len(w_groups):  # one answer goes on: its rows are extra or missing

@@ -17,7 +17,6 @@ and its passwords are scrubbed from every error (:mod:`shardq.dsn`).
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -69,8 +68,9 @@ class VerifyResult:
         shardq_seconds: the time shardq took (run and fetch).
         single_seconds: the time the single database took.
         names: the columns (shardq's names).
-        ordered: how the order was checked: the ORDER BY keys compared, or
-            None when the rows were compared as a multiset.
+        ordered: the ORDER BY keys whose order was compared, or None when the
+            rows were compared as a multiset.
+        how: how the answers were compared, for a person.
         shards: the shards the statement ran on.
         against: the single database, redacted.
     """
@@ -83,6 +83,7 @@ class VerifyResult:
     single_seconds: float
     names: tuple[str, ...]
     ordered: tuple[str, ...] | None
+    how: str
     shards: tuple[str, ...]
     against: str
 
@@ -92,11 +93,6 @@ class VerifyResult:
 
     def __bool__(self) -> bool:
         return self.ok
-
-    def _how(self) -> str:
-        if self.ordered is None:
-            return "compared as a multiset"
-        return f"compared in the order of {', '.join(self.ordered)}"
 
     def _times(self) -> str:
         shards = f"{len(self.shards)} shard{'s' if len(self.shards) != 1 else ''}"
@@ -110,10 +106,10 @@ class VerifyResult:
             return (
                 f"same answer: {_count(len(self.shardq_rows), 'row')}, "
                 f"{_count(len(self.names), 'column')}, "
-                f"{self._how()}; {self._times()}"
+                f"{self.how}; {self._times()}"
             )
         lines = [
-            f"DIFFERS: {len(self.differences)} difference(s) shown, {self._how()}; "
+            f"DIFFERS: {len(self.differences)} difference(s) shown, {self.how}; "
             f"shardq {len(self.shardq_rows)} rows, single {len(self.single_rows)} rows; "
             f"{self._times()}"
         ]
@@ -127,7 +123,7 @@ class VerifyResult:
         color = "green" if self.ok else "#b00"
         parts = [
             f'<p><b style="color: {color}">{status}</b>: '
-            f"{html.escape(self._how())}; {html.escape(self._times())}</p>"
+            f"{html.escape(self.how)}; {html.escape(self._times())}</p>"
         ]
         if self.differences:
             items = "".join(f"<li>{html.escape(str(d))}</li>" for d in self.differences)
@@ -140,6 +136,7 @@ class VerifyResult:
         return {
             "ok": self.ok,
             "ordered_by": list(self.ordered) if self.ordered is not None else None,
+            "how": self.how,
             "shardq_rows": len(self.shardq_rows),
             "single_rows": len(self.single_rows),
             "shardq_seconds": self.shardq_seconds,
@@ -219,8 +216,12 @@ def compare_answers(
     *,
     limit: int = 10,
     type_name: Any = None,
-) -> tuple[list[Difference], tuple[str, ...] | None]:
-    """The differences between shardq's answer and the single database's, and the order keys."""
+) -> tuple[list[Difference], tuple[str, ...] | None, str]:
+    """The differences between shardq's answer and the single database's.
+
+    Returns the differences, the ORDER BY keys whose order was compared, and
+    how the rows were compared, for a person.
+    """
     found: list[Difference] = []
     if got.names != want.names:
         found.append(
@@ -248,7 +249,15 @@ def compare_answers(
         got.names, got.rows, want.rows, order_keys=keys, cut=cut, cut_start=cut_start, limit=limit
     )
     ordered = None if keys is None else tuple(want.names[i] for i in keys)
-    return found[:limit], ordered
+    if ordered is not None:
+        how = f"compared in the order of {', '.join(ordered)}"
+    elif cut:
+        how = "only the number of rows compared: a LIMIT without ORDER BY keeps any rows"
+    elif isinstance(tree.args.get("order"), exp.Order):
+        how = "compared as a multiset: the ORDER BY's first term is not an output column"
+    else:
+        how = "compared as a multiset (no ORDER BY)"
+    return found[:limit], ordered, how
 
 
 def postgres_type_name(oid: Any) -> str:
@@ -317,6 +326,7 @@ def _sqlite_path(against: str) -> str:
 
 
 def _run_sqlite(uri: str, sql: str, params: Any) -> Answer:
+    import sqlite3  # not at import time: ``import shardq`` loads no driver
     db = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         start = time.perf_counter()
@@ -364,7 +374,7 @@ async def verify(
     await cursor.close()
     want = await run_single(conn.config.dialect, against, sql, params)
     type_name = postgres_type_name if conn.config.dialect == "postgres" else None
-    differences, ordered = compare_answers(
+    differences, ordered, how = compare_answers(
         got, want, analysis.parsed.expression, limit=limit, type_name=type_name
     )
     return VerifyResult(
@@ -376,6 +386,7 @@ async def verify(
         single_seconds=want.seconds,
         names=got.names,
         ordered=ordered,
+        how=how,
         shards=shards,
         against=shown_dsn(conn.config.dialect, against),
     )
