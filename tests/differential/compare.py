@@ -6,40 +6,23 @@ compared in order when the query's ORDER BY fixes the order, as a multiset
 otherwise. Floats are the one tolerance: a sum of floats depends on the order
 of its terms (on one server too, with parallel workers), so they match to
 1e-9 relative.
+
+The value rules (:func:`shardq.compare.same_value`, and the sort key for the
+multiset comparison) are shardq's own, shared with ``shardq verify``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+# The rules live in shardq, where ``shardq verify`` applies them too.
+from shardq.compare import row_key as _key
+from shardq.compare import same_value as _same_value
+
 if TYPE_CHECKING:
     import shardq
-
-
-def _key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    # NaN (float or Decimal) neither orders nor equals: it sorts as a flag, after the numbers.
-    return tuple(
-        (v is None, str(type(v)), _is_nan(v), 0 if v is None or _is_nan(v) else v) for v in row
-    )
-
-
-def _is_nan(v: Any) -> bool:
-    return (isinstance(v, float) and math.isnan(v)) or (hasattr(v, "is_nan") and bool(v.is_nan()))
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b or math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
-    if hasattr(a, "is_nan") and a.is_nan() and b.is_nan():
-        return True
-    if hasattr(a, "as_tuple") and a == b:
-        return bool(a.as_tuple().exponent == b.as_tuple().exponent)  # the same scale
-    return bool(a == b)
 
 
 def same_rows(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]], ordered: bool) -> None:

@@ -47,10 +47,10 @@ pass those columns as ``loose`` then.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shardq.compare import same_value  # shared with ``shardq verify``
 from tests.differential.sqlite_order import Fold, Row, Term, boundary, check_order, keys_for
 
 if TYPE_CHECKING:
@@ -119,17 +119,6 @@ def _rank(v: Any) -> tuple[int, Any]:
 
 def _sort_key(row: Row) -> tuple[Any, ...]:
     return tuple((_rank(v), type(v).__name__) for v in row)
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """The same Python type and value; floats to 1e-9 relative."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b or math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
-    if isinstance(a, tuple):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def _fold(row: Row, folds: Mapping[int, Fold]) -> Row:
