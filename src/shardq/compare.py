@@ -232,7 +232,7 @@ def _set_differences(
             DifferenceKind.ROW_COUNT if len(got) != len(want) else DifferenceKind.MISSING,
             f"{where}: {len(missing)} row(s) of the single database missing from shardq's "
             f"answer, {len(extra)} row(s) in shardq's answer not in the single database's "
-            f"({len(got)} rows vs {len(want)})",
+            f"(here shardq has {len(got)} rows, single {len(want)})",
             shardq=len(got),
             single=len(want),
         )

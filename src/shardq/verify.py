@@ -327,6 +327,7 @@ def _sqlite_path(against: str) -> str:
 
 def _run_sqlite(uri: str, sql: str, params: Any) -> Answer:
     import sqlite3  # not at import time: ``import shardq`` loads no driver
+
     db = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         start = time.perf_counter()

@@ -29,7 +29,7 @@ def test_unordered_missing_and_extra_rows_are_counted_and_shown() -> None:
     assert kinds(found) == ["ROW_COUNT", "MISSING", "EXTRA", "EXTRA"]
     assert "1 row(s) of the single database missing" in found[0].message
     assert "2 row(s) in shardq's answer not in" in found[0].message
-    assert "(4 rows vs 3)" in found[0].message
+    assert "(here shardq has 4 rows, single 3)" in found[0].message
     assert found[1].single == (3,)
     assert {d.shardq for d in found[2:]} == {(2,), (4,)}
 
