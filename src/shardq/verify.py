@@ -273,8 +273,13 @@ def shown_dsn(dialect: str, against: str) -> str:
     return redact(against) if dialect == "postgres" else against
 
 
-async def run_single(dialect: str, against: str, sql: str, params: Any) -> Answer:
+async def run_single(
+    dialect: str, against: str, sql: str, params: Any, *, timeout: float | None = None
+) -> Answer:
     """Run ``sql`` on the single database ``against`` (a PostgreSQL DSN or a SQLite file).
+
+    ``timeout`` bounds the statement there too (PostgreSQL's ``statement_timeout``,
+    SQLite's interrupt).
 
     Raises:
         OperationalError: it could not connect or the statement failed there;
@@ -284,8 +289,8 @@ async def run_single(dialect: str, against: str, sql: str, params: Any) -> Answe
     shown = shown_dsn(dialect, against)
     try:
         if dialect == "postgres":
-            return await _run_postgres(against, sql, params)
-        return await asyncio.to_thread(_run_sqlite, _sqlite_path(against), sql, params)
+            return await _run_postgres(against, sql, params, timeout)
+        return await asyncio.to_thread(_run_sqlite, _sqlite_path(against), sql, params, timeout)
     except ProgrammingError:
         raise
     except Exception as exc:
@@ -295,12 +300,14 @@ async def run_single(dialect: str, against: str, sql: str, params: Any) -> Answe
         ) from None  # the driver's exception may carry the DSN
 
 
-async def _run_postgres(dsn: str, sql: str, params: Any) -> Answer:
+async def _run_postgres(dsn: str, sql: str, params: Any, timeout: float | None) -> Answer:
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         # A copy to compare with is read, never written: refuse a write rather than run it.
         await conn.execute("SET default_transaction_read_only = on")
+        if timeout is not None:
+            await conn.execute(f"SET statement_timeout = {max(1, round(timeout * 1000))}")
         start = time.perf_counter()
         cur = await conn.execute(sql, params)
         rows = await cur.fetchall() if cur.description is not None else []
@@ -325,10 +332,13 @@ def _sqlite_path(against: str) -> str:
     return f"file:{quote(path)}?mode=ro"
 
 
-def _run_sqlite(uri: str, sql: str, params: Any) -> Answer:
+def _run_sqlite(uri: str, sql: str, params: Any, timeout: float | None) -> Answer:
     import sqlite3  # not at import time: ``import shardq`` loads no driver
 
     db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    if timeout is not None:
+        deadline = time.monotonic() + timeout
+        db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
         start = time.perf_counter()
         cur = db.execute(sql, params or ())
@@ -365,7 +375,8 @@ async def verify(
         )
     cursor = conn.cursor(row_factory=tuple_row)
     start = time.perf_counter()
-    await cursor.execute(sql, params, timeout=timeout)
+    # Never from the result cache: verify checks what the shards answer now.
+    await cursor.execute(sql, params, timeout=timeout, cache=False)
     rows = await cursor.fetchall()
     seconds = time.perf_counter() - start
     if cursor.description is None:
@@ -373,7 +384,7 @@ async def verify(
     got = Answer.of(cursor.description, rows, seconds)
     shards = cursor.shards
     await cursor.close()
-    want = await run_single(conn.config.dialect, against, sql, params)
+    want = await run_single(conn.config.dialect, against, sql, params, timeout=timeout)
     type_name = postgres_type_name if conn.config.dialect == "postgres" else None
     differences, ordered, how = compare_answers(
         got, want, analysis.parsed.expression, limit=limit, type_name=type_name

@@ -333,3 +333,11 @@ def test_cursor_renders_in_jupyter_without_consuming(sqlite_edge: SqliteEdge) ->
         assert small._repr_html_().count("NULL") == len(rows)
         (results,) = [conn.execute(["SELECT count(*) FROM ev"])]
         assert results[0]._repr_html_().endswith(" ms</p>")
+
+
+async def test_the_timeout_bounds_the_copy_too(sqlite_edge: SqliteEdge) -> None:
+    from shardq.verify import run_single
+
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
+    with pytest.raises(OperationalError, match="could not answer: OperationalError: interrupted"):
+        await run_single("sqlite", str(sqlite_edge.single), endless, None, timeout=0.05)
