@@ -843,7 +843,9 @@ class Engine:
         deadline = None if timeout is None else began + timeout
         plan = await self.plan_async(sql, params, lanes)
         if plan.deferred is not None:
-            return await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
+            result = await self._run_deferred(plan, lanes, timeout, deadline, row_factory)
+            result.seconds = time.monotonic() - began  # every step's, not only the last
+            return result
         if plan.gather is not None:
             return await self._run_gather(plan, timeout, deadline, row_factory, began)
         shards = plan.route.resolve(self.config.shard_names, next(self._turn))
