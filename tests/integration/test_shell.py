@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,7 +25,6 @@ from tests.unit.test_extras import run_without
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.fixtures.servers import PgCluster
     from tests.fixtures.sqlite_edge import SqliteEdge
@@ -342,3 +342,18 @@ def test_d_table_and_a_query_on_postgres_shards(pg_clusters: list[PgCluster]) ->
     finally:
         for cluster in clusters:
             cluster.execute("DROP TABLE IF EXISTS shell_t")
+
+
+def test_the_readme_session_is_what_the_shell_prints_on_the_demo(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### `shardq shell`") :]
+    start = section.index("```text\n") + len("```text\n")
+    transcript = section[start : section.index("\n```", start)]
+    lines = transcript.splitlines()
+    assert lines[0] == "$ shardq shell"
+    typed = [line[8:] for line in lines if line.startswith(("shardq=> ", "shardq-> "))]
+    printed = [line for line in lines[1:] if not line.startswith(("shardq=> ", "shardq-> "))]
+    with shardq.connect(create_dataset(tmp_path)) as conn:  # `shardq demo`'s data
+        out, err = Session(conn).type(*typed)
+    assert err == ""
+    assert out.splitlines() == printed
