@@ -357,3 +357,25 @@ def test_the_readme_session_is_what_the_shell_prints_on_the_demo(tmp_path: Path)
         out, err = Session(conn).type(*typed)
     assert err == ""
     assert out.splitlines() == printed
+
+
+def test_the_prompt_feeds_typed_lines_keeps_history_and_ends_on_ctrl_d(
+    session: Session, tmp_path: Path
+) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from shardq.cli import prompt
+
+    history = tmp_path / "state" / "shardq" / "history"
+    with create_pipe_input() as keys:
+        # a statement over two lines; Ctrl-C drops a half-typed one; Ctrl-D quits
+        keys.send_text("SELECT 7 AS seven\r;\rSELECT 'dropped'\r\x03\x04")
+        prompt.loop(session.shell, history, input=keys, output=DummyOutput())
+    out = session.out.getvalue()
+    assert "\n seven\n-------\n     7\n(1 row)\n" in out
+    assert "dropped" not in out
+    assert not session.shell.continues  # (Ctrl-D alone would have left it typed)
+    saved = history.read_text()
+    assert "+SELECT 7 AS seven" in saved
+    assert "+SELECT 'dropped'" in saved

@@ -45,8 +45,15 @@ def _lexer() -> Any:
         return None
 
 
-def loop(shell: Shell, history: Path) -> None:
-    """Read lines at the prompt and feed them to ``shell`` until ``\\q`` or Ctrl-D."""
+def loop(shell: Shell, history: Path, **session: Any) -> None:
+    """Read lines at the prompt and feed them to ``shell`` until ``\\q`` or Ctrl-D.
+
+    Args:
+        shell: what the lines are fed to.
+        history: the history file (its folder is made if missing).
+        session: more arguments of prompt_toolkit's ``PromptSession`` (tests give
+            ``input`` and ``output``).
+    """
     require()
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -56,12 +63,12 @@ def loop(shell: Shell, history: Path) -> None:
         kept: Any = FileHistory(str(history))
     except OSError:  # a read-only home: the session still has its own history
         kept = InMemoryHistory()
-    session: PromptSession[str] = PromptSession(history=kept, lexer=_lexer())
+    prompt_session: PromptSession[str] = PromptSession(history=kept, lexer=_lexer(), **session)
     shell.out.write("shardq shell: statements end with ;  \\? for help, \\q to quit\n")
     while not shell.done:
         prompt = "shardq-> " if shell.continues else "shardq=> "
         try:
-            line = session.prompt(prompt)
+            line = prompt_session.prompt(prompt)
         except KeyboardInterrupt:
             shell.cancel_input()
             continue
