@@ -379,3 +379,62 @@ def test_the_prompt_feeds_typed_lines_keeps_history_and_ends_on_ctrl_d(
     saved = history.read_text()
     assert "+SELECT 7 AS seven" in saved
     assert "+SELECT 'dropped'" in saved
+
+
+def test_progress_counts_rows_per_shard_then_erases_its_line(
+    demo_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardq.cli import progress
+
+    monkeypatch.setattr(progress, "DELAY", 0.0)
+    monkeypatch.setattr(progress, "_EVERY", 0.0)  # draw every batch
+    with shardq.connect(demo_config) as conn:
+        out, err = Session(conn, progress=True).type("SELECT id FROM customers;")
+        assert conn.async_connection._engine.on_rows is None  # detached after the read
+        placed = [conn.shard_for("customers", i) for i in range(1, 121)]
+    assert "(120 rows)" in out
+    assert err.endswith("\r\x1b[K")  # the line is erased before the result prints
+    last = err.split("\r\x1b[K")[-2]
+    total, _, shards = last.partition("  ")
+    assert total == "rows received: 120"
+    counts = dict(part.split(" ") for part in shards.split(" · "))
+    assert counts == {name: str(placed.count(name)) for name in set(placed)}
+
+
+def test_query_shows_progress_on_a_terminal_and_never_in_a_pipe(demo_config: Path) -> None:
+    import pty
+
+    sql = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) "
+        "SELECT customers.id, c.x FROM customers, c WHERE customers.id <= 3"
+    )
+    command = [sys.executable, "-m", "shardq.cli", "query", "-c", str(demo_config), "-f", "csv"]
+    piped = shardq_cli(*command[3:], sql.format(n=1000))
+    assert piped.returncode == 0
+    assert piped.stdout.count("\n") == 3001
+    assert piped.stderr == ""
+    master, terminal = pty.openpty()
+    try:
+        # long enough to pass the display's delay: 300,000 rows
+        long = sql.format(n=100_000)
+        with subprocess.Popen([*command, long], stdout=subprocess.PIPE, stderr=terminal) as proc:
+            os.close(terminal)
+            out, _ = proc.communicate(timeout=120)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the other end is closed: all is read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert out.count(b"\n") == 300_001
+    lines = drawn.decode().split("\r\x1b[K")
+    assert lines[0] == ""
+    assert lines[-1] == ""  # erased at the end
+    assert all(line.startswith("rows received: ") for line in lines[1:-1])
+    assert len(lines) > 3  # redrawn as the rows came

@@ -148,3 +148,37 @@ def test_the_pager_is_pager_from_the_environment_and_its_absence_prints(
     monkeypatch.setenv("PAGER", "no-such-pager-anywhere")
     render.page(["c"], out)
     assert out.getvalue() == "c\n"
+
+
+def test_progress_waits_redraws_at_most_ten_times_a_second_and_clears() -> None:
+    import io
+
+    from shardq.cli.progress import Progress
+
+    now = [0.0]
+    stream = io.StringIO()
+    line = Progress(stream, clock=lambda: now[0], columns=60)
+    line.rows("s0", 10)
+    line.clear()
+    assert stream.getvalue() == ""  # a quick read shows nothing, and nothing to erase
+    now[0] = 0.6
+    line.rows("s1", 5)
+    now[0] = 0.65
+    line.rows("s0", 1)  # too soon after the last redraw
+    assert stream.getvalue() == "\r\x1b[Krows received: 15  s0 10 · s1 5"
+    now[0] = 0.8
+    line.rows("s0", 1)
+    line.clear()
+    assert stream.getvalue().endswith("\r\x1b[Krows received: 17  s0 12 · s1 5\r\x1b[K")
+
+
+def test_progress_fits_the_terminal() -> None:
+    import io
+
+    from shardq.cli.progress import Progress
+
+    line = Progress(io.StringIO(), columns=40)
+    for i in range(20):
+        line.rows(f"shard-{i}", 1000)
+    assert len(line.text()) == 39
+    assert line.text().endswith("…")

@@ -43,6 +43,7 @@ import shardq
 from shardq.cli import render
 from shardq.cli.arguments import add_config_argument, config_path
 from shardq.cli.exit_codes import ExitCode
+from shardq.cli.progress import showing
 from shardq.cli.split import is_blank, split
 from shardq.errors import Error, ProgrammingError
 
@@ -79,6 +80,8 @@ class Shell:
         size: the terminal's size, asked for each result (it may be resized).
         pager: runs the lines of a long result through a pager (default: :func:`render.page`).
         editor: edits a file in place for ``\\e`` (default: ``$EDITOR``, else ``vi``).
+        progress: show rows received per shard on ``err`` while a read runs
+            (see :mod:`shardq.cli.progress`); for ``err`` a terminal.
     """
 
     conn: Connection
@@ -88,6 +91,7 @@ class Shell:
     size: Callable[[], os.terminal_size] = field(default=lambda: os.terminal_size((80, 24)))
     pager: Callable[[list[str]], None] | None = None
     editor: Callable[[Path], None] | None = None
+    progress: bool = False
     timing: bool = False
     expanded: bool = False
     buffer: str = ""  #: the statement being typed
@@ -153,16 +157,19 @@ class Shell:
         self.out.flush()
 
     def _execute(self, sql: str) -> None:
-        cur = self.conn.execute(sql)
-        try:
-            if cur.description is None:
+        names: list[str] | None = None
+        with showing(self.conn, self.err, enabled=self.progress):
+            cur = self.conn.execute(sql)
+            try:
                 count = cur.rowcount
-                self.out.write(f"OK, {count} row{'s' if count != 1 else ''} affected\n")
-                return
-            names = [c.name for c in cur.description]
-            rows = cur.fetchall()
-        finally:
-            cur.close()
+                if cur.description is not None:
+                    names = [c.name for c in cur.description]
+                    rows = cur.fetchall()
+            finally:
+                cur.close()
+        if names is None:
+            self.out.write(f"OK, {count} row{'s' if count != 1 else ''} affected\n")
+            return
         self.show(names, rows)
 
     def show(self, names: list[str], rows: list[Any]) -> None:
@@ -352,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
             conn,
             terminal=sys.stdout.isatty(),
             size=lambda: _terminal_size(sys.stdout),
+            progress=sys.stderr.isatty(),
         )
         if interactive:
             prompt.loop(shell, history_path())
