@@ -97,6 +97,7 @@ def test_blank_lines_and_comments_alone_run_nothing(session: Session) -> None:
 def test_d_lists_declared_tables_with_kind_key_and_colocation(edge_session: Session) -> None:
     out, err = edge_session.type("\\d")
     assert err == ""
+    assert edge_session.type("\\dt") == (out, "")
     assert out.splitlines() == [
         "Declared tables",
         " table |    kind     | shard key | co-located with",
@@ -121,7 +122,7 @@ def test_d_table_shows_its_columns_from_the_catalog(
     assert body == declared
     assert lines[-4] == f"({len(declared)} rows)"
     assert lines[-3:] == ["Distributed by: id", "Co-located with: ev", "Shards: s0, s1, s2, s3"]
-    out, _ = edge_session.type("\\d kind")
+    out, _ = edge_session.type("\\d kind;")
     assert "Reference table: every shard holds all its rows." in out
 
 

@@ -10,7 +10,7 @@ A statement runs when a ``;`` ends it outside quotes and comments (see
 with ``\\`` is a command and ends at the end of the line:
 
 =====================  ==================================================
-``\\d``                 the declared tables: distributed or reference,
+``\\d``, ``\\dt``       the declared tables: distributed or reference,
                        shard key, the table it is co-located with
 ``\\d TABLE``           its columns and types (from the shards' catalog),
                        shard key, co-location
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["HELP", "Shell", "add_parser", "history_path", "run"]
 
 HELP = """\
-  \\d             list the declared tables
+  \\d, \\dt        list the declared tables
   \\d TABLE       describe a table: columns, types, shard key, co-location
   \\timing        toggle printing each statement's time (or \\timing on|off)
   \\x             toggle expanded display (or \\x on|off)
@@ -198,6 +198,8 @@ class Shell:
         """Run one backslash command (the whole line, ``\\`` included)."""
         name, _, arg = line[1:].partition(" ")
         arg = arg.strip()
+        if name in ("d", "dt"):  # psql's \dt lists tables too; `\d t;` names t
+            name, arg = "d", arg.rstrip(";").strip()
         handlers: dict[str, Callable[[str], None]] = {
             "d": self._describe,
             "timing": self._timing,
