@@ -287,9 +287,12 @@ def test_ctrl_c_cancels_the_running_statement_and_the_shell_goes_on(demo_config:
     ) as proc:
         try:
             assert proc.stdin is not None
-            proc.stdin.write(f"{slow}\nSELECT 'after' AS next;\n")
+            assert proc.stdout is not None
+            proc.stdin.write(f"SELECT 'ready' AS r;\n{slow}\nSELECT 'after' AS next;\n")
             proc.stdin.flush()  # (communicate closes it)
-            time.sleep(1.5)  # the interpreter is up and the slow statement runs
+            while proc.stdout.readline() not in ("(1 row)\n", ""):
+                pass  # the shell is up: the slow statement starts
+            time.sleep(0.5)
             started = time.monotonic()
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=60)
@@ -370,16 +373,19 @@ def test_the_prompt_feeds_typed_lines_keeps_history_and_ends_on_ctrl_d(
 
     history = tmp_path / "state" / "shardq" / "history"
     with create_pipe_input() as keys:
-        # a statement over two lines; Ctrl-C drops a half-typed one; Ctrl-D quits
-        keys.send_text("SELECT 7 AS seven\r;\rSELECT 'dropped'\r\x03\x04")
+        # Enter before the ; goes on with the statement on a new line; Ctrl-C drops a
+        # half-typed one; a backslash command runs at its Enter; Ctrl-D quits
+        keys.send_text("SELECT 7\r AS seven\r;\rSELECT 'dropped'\r\x03\\x\r\x04")
         prompt.loop(session.shell, history, input=keys, output=DummyOutput())
     out = session.out.getvalue()
     assert "\n seven\n-------\n     7\n(1 row)\n" in out
     assert "dropped" not in out
-    assert not session.shell.continues  # (Ctrl-D alone would have left it typed)
+    assert out.endswith("Expanded display is on.\n\n")
+    assert not session.shell.continues
     saved = history.read_text()
-    assert "+SELECT 7 AS seven" in saved
-    assert "+SELECT 'dropped'" in saved
+    assert "\n+SELECT 7\n+ AS seven\n+;\n" in saved  # one entry: Up brings it back whole
+    assert "dropped" not in saved
+    assert "\n+\\x\n" in saved
 
 
 def test_progress_counts_rows_per_shard_then_erases_its_line(

@@ -1,9 +1,11 @@
 """The interactive front of ``shardq shell``: prompt_toolkit's prompt around :class:`Shell`.
 
 Everything a terminal needs lives here and nowhere else: the history file,
-line editing, SQL colours (pygments, when installed) and the keys. The
-prompt reads one line at a time, so a statement's lines reach the shell as
-typed and each goes into the history as one entry, as in psql.
+line editing, SQL colours (pygments, when installed) and the keys. Enter
+runs what is typed once it is complete (a ``;`` ends it outside quotes and
+comments, or it is a backslash command) and otherwise starts a new line of
+the same statement, so a statement of several lines is edited as one and
+comes back whole from the history (Up), as in psql.
 
 Ctrl-C at the prompt drops the statement being typed; Ctrl-C while a
 statement runs reaches the waiting call, whose portal cancels the statement
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from shardq.cli.split import is_blank, split
 from shardq.errors import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 
     from shardq.cli.shell import Shell
 
-__all__ = ["loop", "require"]
+__all__ = ["complete", "loop", "require"]
 
 
 def require() -> None:
@@ -45,6 +48,20 @@ def _lexer() -> Any:
         return None
 
 
+def complete(text: str) -> bool:
+    """Whether Enter after ``text`` runs it rather than starting another line.
+
+    >>> complete("SELECT 1"), complete("SELECT ';'"), complete("SELECT 1;"), complete("\\\\d")
+    (False, False, True, True)
+    >>> complete(""), complete("SELECT 1;\\nSELECT"), complete("SELECT 1\\n\\\\e")
+    (True, False, True)
+    """
+    if text.rpartition("\n")[2].lstrip().startswith("\\"):
+        return True
+    statements, rest = split(text)
+    return is_blank(rest) and (bool(statements) or is_blank(text))
+
+
 def loop(shell: Shell, history: Path, **session: Any) -> None:
     """Read lines at the prompt and feed them to ``shell`` until ``\\q`` or Ctrl-D.
 
@@ -57,22 +74,41 @@ def loop(shell: Shell, history: Path, **session: Any) -> None:
     require()
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+
+    keys = KeyBindings()
+
+    @keys.add("enter")
+    def _enter(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        if complete(buffer.text):
+            buffer.validate_and_handle()
+        else:
+            buffer.insert_text("\n")
 
     try:
         history.parent.mkdir(parents=True, exist_ok=True)
         kept: Any = FileHistory(str(history))
     except OSError:  # a read-only home: the session still has its own history
         kept = InMemoryHistory()
-    prompt_session: PromptSession[str] = PromptSession(history=kept, lexer=_lexer(), **session)
+    prompt_session: PromptSession[str] = PromptSession(
+        history=kept,
+        lexer=_lexer(),
+        multiline=True,
+        key_bindings=keys,
+        prompt_continuation="shardq-> ",
+        **session,
+    )
     shell.out.write("shardq shell: statements end with ;  \\? for help, \\q to quit\n")
     while not shell.done:
-        prompt = "shardq-> " if shell.continues else "shardq=> "
         try:
-            line = prompt_session.prompt(prompt)
-        except KeyboardInterrupt:
+            text = prompt_session.prompt("shardq=> ")
+        except KeyboardInterrupt:  # drops what is typed
             shell.cancel_input()
             continue
         except EOFError:
             shell.out.write("\n")
             return
-        shell.feed(line)
+        for line in text.split("\n"):
+            if not shell.feed(line):
+                return
