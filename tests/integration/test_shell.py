@@ -89,6 +89,13 @@ def test_two_statements_on_a_line_run_in_order_and_a_quoted_semicolon_waits(
     assert "open;↵still open" in out
 
 
+def test_a_line_starting_with_a_backslash_inside_a_quote_is_text(session: Session) -> None:
+    out, err = session.type("SELECT 'a", "\\x' AS s;")
+    assert err == ""
+    assert "a↵\\x" in out
+    assert not session.shell.expanded
+
+
 def test_blank_lines_and_comments_alone_run_nothing(session: Session) -> None:
     assert session.type("", "-- a comment", "/* and ; another */", "   ") == ("", "")
     assert not session.shell.continues

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shardq.cli.split import is_blank, split
+from shardq.cli.split import is_blank, is_open, split
 from shardq.errors import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -55,8 +55,11 @@ def complete(text: str) -> bool:
     (False, False, True, True)
     >>> complete(""), complete("SELECT 1;\\nSELECT"), complete("SELECT 1\\n\\\\e")
     (True, False, True)
+    >>> complete("SELECT $$\\n\\\\d")  # in a dollar quote: text, not a command
+    False
     """
-    if text.rpartition("\n")[2].lstrip().startswith("\\"):
+    before, _, last = text.rpartition("\n")
+    if last.lstrip().startswith("\\") and not is_open(before):
         return True
     statements, rest = split(text)
     return is_blank(rest) and (bool(statements) or is_blank(text))

@@ -44,7 +44,7 @@ from shardq.cli import render
 from shardq.cli.arguments import add_config_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.progress import showing
-from shardq.cli.split import is_blank, split
+from shardq.cli.split import is_blank, is_open, split
 from shardq.errors import Error, ProgrammingError
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Shell:
 
     def feed(self, line: str) -> bool:
         """Take one line typed at the prompt; return False once the shell should end."""
-        if line.lstrip().startswith("\\"):
+        if line.lstrip().startswith("\\") and not is_open(self.buffer):
             self.command(line.strip())
         else:
             self.buffer += line + "\n"

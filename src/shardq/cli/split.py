@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["is_blank", "split"]
+__all__ = ["is_blank", "is_open", "split"]
 
 _TAG = re.compile(r"\$([A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?\$")
 _CLOSERS = {'"': '"', "`": "`", "[": "]"}
@@ -121,3 +121,14 @@ def is_blank(text: str) -> bool:
         else:
             return False
     return True
+
+
+def is_open(text: str) -> bool:
+    """Whether ``text`` ends inside a quote, a dollar quote or a ``/* comment``.
+
+    A line typed there is part of the statement, even one that starts with ``\\``.
+
+    >>> is_open("SELECT $$"), is_open("SELECT 'a''"), is_open("SELECT 1 -- it's"), is_open("")
+    (True, True, False, False)
+    """
+    return not is_blank(split(text + "\n;")[1])
