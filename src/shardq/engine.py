@@ -153,6 +153,8 @@ class Engine:
             labels.update({id(pool): (name, f"replica {i}") for i, pool in enumerate(standbys, 1)})
         self.stats = Stats(labels)
         self.planner = Planner(config)
+        #: Given to each read's scatter (see :attr:`Scatter.on_rows`): the CLI's progress.
+        self.on_rows: Callable[[str, int], None] | None = None
         self.fetch_size = fetch_size
         self._semantics = semantics(config.dialect)
         # How a read is gathered to one shard: by COPY, or on SQLite by rows.
@@ -1096,6 +1098,7 @@ class Engine:
         if pools is None:
             pools = self.pools if transaction is None else transaction.view()
         scatter = Scatter(pools, shards, timeout, deadline=deadline, partial=partial)
+        scatter.on_rows = self.on_rows
         statement = scatter.statement = next(_STATEMENT_IDS)
         tracing.started(plan.route, shards, statement)
         prepare = None

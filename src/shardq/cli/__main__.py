@@ -6,7 +6,19 @@ import argparse
 import logging
 import sys
 
-from shardq.cli import batch, cache, check, demo, explain, load, query, recover, stats, verify
+from shardq.cli import (
+    batch,
+    cache,
+    check,
+    demo,
+    explain,
+    load,
+    query,
+    recover,
+    shell,
+    stats,
+    verify,
+)
 from shardq.cli.exit_codes import ExitCode, exit_code_for
 from shardq.errors import Error
 
@@ -20,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (query, batch, explain, verify, check, stats, load, recover, cache, demo):
+    for module in (query, batch, explain, verify, shell, check, stats, load, recover, cache, demo):
         module.add_parser(commands)
     return parser
 

@@ -9,6 +9,7 @@ import shardq
 from shardq.cli.arguments import add_config_argument, add_param_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.output import FORMATS, write_rows
+from shardq.cli.progress import showing, until_first
 from shardq.cli.stats import addresses
 from shardq.stats import format_table
 
@@ -56,12 +57,17 @@ def run(args: argparse.Namespace) -> int:
     params = args.param or None
     with shardq.connect(config_path(args), timeout=args.timeout) as conn:
         try:
-            cur = conn.execute(sql, params)
-            if cur.description is None:
-                print(f"OK, {cur.rowcount} row{'s' if cur.rowcount != 1 else ''} affected")
-                return ExitCode.OK
-            names = [c.name for c in cur.description]
-            write_rows(sys.stdout, args.format, names, cur)
+            # Rows received per shard on a terminal; when the rows print on one too, only
+            # until the first of them.
+            with showing(conn, sys.stderr, enabled=sys.stderr.isatty()) as stop:
+                cur = conn.execute(sql, params)
+                if cur.description is None:
+                    stop()
+                    print(f"OK, {cur.rowcount} row{'s' if cur.rowcount != 1 else ''} affected")
+                    return ExitCode.OK
+                names = [c.name for c in cur.description]
+                rows = until_first(cur, stop) if sys.stdout.isatty() else cur
+                write_rows(sys.stdout, args.format, names, rows)
         finally:
             if args.stats:  # a failure's too: which host it met
                 sys.stdout.flush()

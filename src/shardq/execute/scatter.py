@@ -170,6 +170,9 @@ class Scatter:
         self._failure: BaseException | None = None  # met by receive(), raised by fetch()
         self._receiving: asyncio.Future[None] | None = None
         self.closed = False
+        #: Told ``(shard, rows)`` for each batch a shard's rows are taken in (the CLI's
+        #: progress display); None, the default, costs one test per batch.
+        self.on_rows: Callable[[str, int], None] | None = None
 
     @property
     def shards(self) -> tuple[str, ...]:
@@ -347,6 +350,12 @@ class Scatter:
         in the background, so that every shard keeps sending while the merge
         works on what has arrived.
         """
+        rows = await self._fetch(index)
+        if self.on_rows is not None and rows:
+            self.on_rows(self._leases[index].shard, len(rows))
+        return rows
+
+    async def _fetch(self, index: int) -> list[Row]:
         receiving = self._receiving
         if receiving is not None and not receiving.done():
             await asyncio.shield(receiving)  # the rows are coming into memory
