@@ -109,6 +109,18 @@ def add_param_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_timeout_argument(parser: argparse.ArgumentParser, what: str = "the statement") -> None:
+    """``-t``/``--timeout SECONDS``: ``what`` is cancelled on the shards after this long."""
+    parser.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"cancel {what} on the shards after this long (default: no limit)",
+    )
+
+
 def at_least_one(text: str) -> int:
     """An ``argparse`` type: a whole number of at least 1 (a count of shards, of runs)."""
     try:

@@ -6,7 +6,12 @@ import sys
 from typing import TYPE_CHECKING
 
 import shardq
-from shardq.cli.arguments import add_config_argument, add_param_argument, config_path
+from shardq.cli.arguments import (
+    add_config_argument,
+    add_param_argument,
+    add_timeout_argument,
+    config_path,
+)
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.output import FORMATS, write_rows
 from shardq.cli.progress import showing, until_first
@@ -42,14 +47,7 @@ def add_statement_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("sql", help="the statement, or - to read it from standard input")
     add_param_argument(parser)
-    parser.add_argument(
-        "-t",
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="cancel the statement on the shards after this long (default: no limit)",
-    )
+    add_timeout_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import shardq
 from shardq.cli import render
-from shardq.cli.arguments import add_config_argument, config_path
+from shardq.cli.arguments import add_config_argument, add_timeout_argument, config_path
 from shardq.cli.exit_codes import ExitCode
 from shardq.cli.progress import showing
 from shardq.cli.split import is_blank, is_open, split
@@ -339,14 +339,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "terminal, reads statements from it (needs no prompt_toolkit).",
     )
     add_config_argument(parser)
-    parser.add_argument(
-        "-t",
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="cancel each statement on the shards after this long (default: no limit)",
-    )
+    add_timeout_argument(parser, "each statement")
     parser.set_defaults(run=run)
 
 

@@ -14,7 +14,12 @@ import sys
 from typing import Any
 
 import shardq
-from shardq.cli.arguments import add_config_argument, at_least_one, config_path
+from shardq.cli.arguments import (
+    add_config_argument,
+    add_timeout_argument,
+    at_least_one,
+    config_path,
+)
 from shardq.cli.exit_codes import ExitCode
 
 __all__ = ["add_parser", "parse_params", "run"]
@@ -72,14 +77,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show at most N differences (default: 10)",
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    parser.add_argument(
-        "-t",
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="cancel the statement on the shards after this long (default: no limit)",
-    )
+    add_timeout_argument(parser)
     parser.set_defaults(run=run)
 
 
