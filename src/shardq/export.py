@@ -285,6 +285,8 @@ class _ColumnBuilder:
         self.declared = arrow_type(column) if self.oid is not None else None
         self.constrained = column.precision is not None and column.scale is not None
         self.chunks: list[Any] = []
+        # An unconstrained numeric's widest integer digits and scale so far (None: none).
+        self.digits: tuple[int, int] | None = None
 
     def add(self, values: Sequence[Any]) -> None:
         pa = self.pa
@@ -300,21 +302,33 @@ class _ColumnBuilder:
                 self.chunks.append(pa.nulls(len(values)))
                 return
         element = _ARRAYS.get(oid)
-        prepare = _PREPARE.get(element if element is not None else oid)
-        if prepare is not None:
-            values = [_prepare_nested(prepare, v) for v in values]
+        if element is not None:
+            prepare = _PREPARE.get(element)
+            if prepare is not None:
+                values = [_prepare_nested(prepare, v) for v in values]
+        elif oid in _PREPARE:
+            prepare = _PREPARE[oid]  # a JSON array is one value, not an array
+            values = [None if v is None else prepare(v) for v in values]
         if pa.types.is_list(declared):
             for _ in range(_depth(values) - 1):
                 declared = pa.list_(declared)
             if element == _TIMESTAMPTZ:
                 declared = _nest(pa, pa.timestamp("us", tz=_zone(_flat(values))), declared)
             elif element == _NUMERIC:
-                declared = _nest(pa, _decimal_for(pa, self.name, _flat(values)), declared)
+                declared = _nest(pa, self._decimal(_flat(values)), declared)
         elif oid == _TIMESTAMPTZ:
             declared = pa.timestamp("us", tz=_zone(values))
         elif oid == _NUMERIC and not (self.constrained and self.declared is not None):
-            declared = _decimal_for(pa, self.name, values)
+            declared = self._decimal(values)
         self.chunks.append(self._array(values, declared))
+
+    def _decimal(self, values: Sequence[Any]) -> Any:
+        """The decimal type holding ``values`` and every unconstrained numeric before."""
+        digits, scale = _digits(self.name, values)
+        if self.digits is not None:
+            digits, scale = max(digits, self.digits[0]), max(scale, self.digits[1])
+        self.digits = digits, scale
+        return _decimal_type(self.pa, self.name, digits, scale)
 
     def _array(self, values: Sequence[Any], declared: Any) -> Any:
         pa = self.pa
@@ -333,6 +347,9 @@ class _ColumnBuilder:
         """The column as one chunked array, every chunk of one type."""
         pa = self.pa
         types = [c.type for c in self.chunks if not pa.types.is_null(c.type)]
+        if self.digits is not None:  # every batch's decimals at the widest scale
+            widest = _decimal_type(pa, self.name, *self.digits)
+            types = [_nest_decimal(pa, t, widest) for t in types]
         final = _unify(pa, self.name, types)
         if final is None:
             final = self.declared if self.declared is not None else pa.null()
@@ -362,12 +379,18 @@ def _nest(pa: Any, inner: Any, shape: Any) -> Any:
     return inner
 
 
-def _decimal_for(pa: Any, name: str, values: Sequence[Any]) -> Any:
-    """decimal128(38, s) for numerics of no declared scale: s the widest of ``values``.
+def _nest_decimal(pa: Any, kind: Any, decimal_type: Any) -> Any:
+    """``kind`` with its (innermost) decimal type replaced by ``decimal_type``."""
+    if pa.types.is_list(kind):
+        return pa.list_(_nest_decimal(pa, kind.value_type, decimal_type))
+    return decimal_type if pa.types.is_decimal(kind) else kind
 
-    >>> import pyarrow as pa, decimal
-    >>> str(_decimal_for(pa, "x", [decimal.Decimal("1.50"), None, decimal.Decimal("-3")]))
-    'decimal128(38, 2)'
+
+def _digits(name: str, values: Sequence[Any]) -> tuple[int, int]:
+    """The widest integer digits and scale of numeric ``values``.
+
+    >>> _digits("x", [decimal.Decimal("1.50"), None, decimal.Decimal("-300")])
+    (3, 2)
     """
     scale = digits = 0
     for value in values:
@@ -381,6 +404,16 @@ def _decimal_for(pa: Any, name: str, values: Sequence[Any]) -> Any:
             )
         scale = max(scale, -exponent)
         digits = max(digits, len(value_digits) + exponent)
+    return digits, scale
+
+
+def _decimal_type(pa: Any, name: str, digits: int, scale: int) -> Any:
+    """decimal128(38, scale) if 38 digits hold ``digits`` and ``scale``, else decimal256(76, ...).
+
+    >>> import pyarrow as pa
+    >>> str(_decimal_type(pa, "x", 3, 2)), str(_decimal_type(pa, "x", 30, 20))
+    ('decimal128(38, 2)', 'decimal256(76, 20)')
+    """
     if digits + scale <= 38:
         return pa.decimal128(38, scale)
     if digits + scale <= 76:
@@ -398,12 +431,6 @@ def _unify(pa: Any, name: str, types: list[Any]) -> Any:
     first = types[0]
     if all(t == first for t in types):
         return first
-    if all(pa.types.is_decimal(t) for t in types):
-        scale = max(t.scale for t in types)
-        digits = max(t.precision - t.scale for t in types)
-        return (pa.decimal128 if digits + scale <= 38 else pa.decimal256)(
-            38 if digits + scale <= 38 else 76, scale
-        )
     kinds = sorted({str(t) for t in types})
     raise DataError(
         f"column {name!r} holds values of several types ({', '.join(kinds)}), and an Arrow "
@@ -483,7 +510,7 @@ def to_polars(table: pyarrow.Table) -> polars.DataFrame:
 
 def _polars_ready(pa: Any, name: str, column: Any) -> Any:
     kind = column.type
-    if isinstance(kind, pa.ExtensionType) and kind.extension_name == "arrow.json":
+    if getattr(kind, "extension_name", None) == "arrow.json":
         return pa.chunked_array([c.storage for c in column.chunks], type=kind.storage_type)
     if kind == pa.month_day_nano_interval():
         values: list[int | None] = []

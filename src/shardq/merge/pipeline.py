@@ -502,7 +502,9 @@ def describe(
     return columns[: -plan.hidden] if plan.hidden else columns
 
 
-def _described(output: Output, shards: Sequence[Column], types: list[Any], sem: Semantics) -> Column:
+def _described(
+    output: Output, shards: Sequence[Column], types: list[Any], sem: Semantics
+) -> Column:
     """An output column's entry: its type, and a numeric's precision and scale when known.
 
     A copied column keeps its source's; a cast to ``numeric(p, s)`` has the
