@@ -1,6 +1,6 @@
 """Columnar results against rows: every edge query read both ways.
 
-Each query of :mod:`tests.differential.test_edge` (PostgreSQL) and of
+Each query of :mod:`tests.differential.test_edge` and TPC-H (PostgreSQL) and of
 :mod:`tests.differential.test_sqlite_edge` (SQLite) runs through shardq twice:
 once read with ``fetchall()``, once with ``fetch_arrow_table()``. The table's
 rows must be the fetched rows, value for value (in the Arrow forms
@@ -28,14 +28,17 @@ import pytest
 import shardq
 from shardq.execute.driver import Column
 from shardq.export import to_table
-from tests.differential import test_edge, test_sqlite_edge
+from tests.differential import test_edge, test_sqlite_edge, test_tpch
 from tests.differential.compare import same_rows
+from tests.fixtures.tpch import DATABASE as TPCH
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from tests.fixtures.edge import Edge
     from tests.fixtures.sqlite_edge import SqliteEdge
+    from tests.fixtures.tpch import Tpch
 
 
 def _f32(value: float) -> float:
@@ -140,6 +143,17 @@ def test_postgres_table_is_the_rows(
     same_as_rows(table, rows, ordered)
     want = single_table(edge.dsn, sql)
     assert table.schema.types == want.schema.types, sql
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", test_tpch.QUERIES, ids=[p.stem for p in test_tpch.QUERIES])
+def test_tpch_table_is_the_rows(path: Path, tpch: Tpch) -> None:
+    sql = path.read_text()
+    with shardq.connect(tpch.config) as conn:
+        rows = conn.execute(sql).fetchall()
+        table = conn.execute(sql).fetch_arrow_table()
+    same_as_rows(table, rows, ordered=True)
+    assert table.schema.types == single_table(tpch.single.dsn(TPCH), sql).schema.types
 
 
 # SQLite
