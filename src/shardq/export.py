@@ -32,7 +32,8 @@ interval                    month_day_nano_interval (phase 1: psycopg gives mont
 uuid                        arrow.uuid (extension over fixed_size_binary(16))
 json, jsonb                 arrow.json (extension over string): the value's JSON text
 arrays of these             list<...> (nested lists for several dimensions)
-anything else               from the values, as SQLite's columns below
+anything else               from the values, as SQLite's columns below (an enum's are
+                            text: string, also when no value tells)
 ==========================  ============================================================
 
 Values that have no exact Arrow form are refused with a
@@ -357,8 +358,12 @@ class _ColumnBuilder:
             widest = _decimal_type(pa, self.name, *self.digits)
             types = [_nest_decimal(pa, t, widest) for t in types]
         final = _unify(pa, self.name, types)
-        if final is None:
-            final = self.declared if self.declared is not None else pa.null()
+        if final is None and self.declared is not None:
+            final = self.declared
+        elif final is None:
+            # A PostgreSQL type of no mapping (an enum, a domain...) with no value to tell:
+            # psycopg reads a type it has no loader for as text. SQLite's: no type at all.
+            final = pa.null() if self.oid is None else pa.string()
         chunks = []
         for chunked in self.chunks:
             if pa.types.is_null(chunked.type):

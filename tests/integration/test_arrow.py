@@ -116,6 +116,8 @@ def test_enum_and_unconstrained_numeric(conn: shardq.Connection, edge: Edge) -> 
     assert pa.types.is_decimal(table.schema.field("n").type)
     assert table.schema.types == single_table(edge.dsn, sql).schema.types
     same_as_rows(table, conn.execute(sql).fetchall(), ordered=True)
+    empty = conn.read_arrow("SELECT e FROM odd WHERE false")
+    assert empty.schema.types == [pa.string()]
 
 
 def test_numeric_nan_is_refused_by_column(conn: shardq.Connection) -> None:

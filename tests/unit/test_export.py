@@ -93,6 +93,8 @@ def test_an_empty_result_keeps_its_types() -> None:
     table = to_table([Column("id", 23), Column("n", 1700, precision=4, scale=1), Column("x")], [])
     assert table.num_rows == 0
     assert table.schema.types == [pa.int32(), pa.decimal128(4, 1), pa.null()]
+    enum = to_table([Column("e", 16390)], [])  # a type of no mapping: psycopg reads it as text
+    assert enum.schema.types == [pa.string()]
 
 
 def test_polars_gets_durations_and_refuses_months() -> None:
