@@ -38,6 +38,7 @@ from shardq.execute.hosts import check_policy
 from shardq.execute.lanes import Lanes
 from shardq.execute.transaction import Transaction
 from shardq.execute.twophase import Recovery, recover
+from shardq.export import TableBuilder, require, rows_as_tuples, to_pandas, to_polars
 from shardq.health import CheckReport, check
 from shardq.results import AsyncResult, StoredResult, issue
 from shardq.rows import RowFactory, tuple_row
@@ -48,6 +49,10 @@ from shardq.statements import as_statement, compiler, is_many, statement_text
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
+
+    import pandas
+    import polars
+    import pyarrow
 
     from shardq.cache.backend import Result
     from shardq.execute.driver import Column
@@ -388,6 +393,44 @@ class AsyncCursor:
         self._issue()
         return rows
 
+    async def fetch_arrow_table(self) -> pyarrow.Table:
+        """Return the rest of the result as a ``pyarrow.Table``, as :meth:`fetchall` would.
+
+        The ADBC DB-API extension's name, so polars' ``read_database`` and
+        other tools that look for it use it. Types follow the columns'
+        (:mod:`shardq.export` has the mapping); an empty result keeps its
+        schema. Needs ``pip install 'shardq[arrow]'``.
+        """
+        return await self._arrow_table([])
+
+    async def _arrow_table(self, first: list[Any]) -> pyarrow.Table:
+        """The table of ``first`` (rows already taken from the result) and the rest."""
+        result = self._current()
+        assert result.description is not None
+        builder = TableBuilder(result.description)
+        builder.add(rows_as_tuples(first))
+        while batch := await result.next_batch():
+            builder.add(rows_as_tuples(batch))
+            self._issue()
+        self._issue()
+        return builder.finish()
+
+    async def fetch_df(self) -> pandas.DataFrame:
+        """Return the rest of the result as a pandas DataFrame (``shardq[pandas]``).
+
+        The :meth:`fetch_arrow_table` table's ``to_pandas()``.
+        """
+        require("pandas", "pandas", "fetch_df()")
+        return to_pandas(await self.fetch_arrow_table())
+
+    async def fetch_polars(self) -> polars.DataFrame:
+        """Return the rest of the result as a polars DataFrame (``shardq[polars]``).
+
+        See :func:`shardq.export.to_polars` for the two types polars reads differently.
+        """
+        require("polars", "polars", "fetch_polars()")
+        return to_polars(await self.fetch_arrow_table())
+
     @property
     def in_memory(self) -> bool:
         """Whether the rest of the last result is already received (reading needs no IO)."""
@@ -584,6 +627,20 @@ class AsyncConnection:
         cursor._hold_warnings = False
         cursor._issue()  # at this method's caller
         return cursor
+
+    async def read_arrow(self, sql: Any, params: Any = None, **options: Any) -> pyarrow.Table:
+        """Run a read and return its rows as a ``pyarrow.Table`` (``shardq[arrow]``).
+
+        ``options`` are :meth:`execute`'s (``timeout``, ``cache``, ...). The
+        cursor is closed after.
+        """
+        require("pyarrow", "arrow", "read_arrow()")
+        cursor = await self.execute(sql, params, **options)
+        try:
+            table: pyarrow.Table = await cursor.fetch_arrow_table()
+        finally:
+            await cursor.close()
+        return table
 
     async def execute_concurrent(
         self,

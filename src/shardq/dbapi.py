@@ -32,12 +32,17 @@ from shardq._portal import Portal
 from shardq.aio import DEFAULT_CONCURRENCY, AsyncConnection, AsyncCursor, ConfigSource
 from shardq.display import MAX_ROWS, html_table, ran_on
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
+from shardq.export import require, rows_as_tuples, to_pandas, to_polars, to_table
 from shardq.results import issue
 from shardq.rows import RowFactory, tuple_row
 from shardq.statements import is_many
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    import pandas
+    import polars
+    import pyarrow
 
     from shardq.cache.regions import CacheChoice
     from shardq.execute.batch import ExecutionResult, Progress
@@ -250,6 +255,37 @@ class Cursor:
         self._issue(2)
         return rows
 
+    def fetch_arrow_table(self) -> pyarrow.Table:
+        """Return the rest of the result as a ``pyarrow.Table`` (``shardq[arrow]``).
+
+        See :meth:`shardq.aio.AsyncCursor.fetch_arrow_table`. A result already
+        brought over is built here; the rest is built as it arrives, on the
+        connection's event loop thread.
+        """
+        self._check_readable()
+        first = list(self._local)
+        self._local.clear()
+        if self._drained:
+            assert self.description is not None
+            return to_table(self.description, [rows_as_tuples(first)])
+        self._drained = True
+        table: pyarrow.Table = self._portal.call(self._inner._arrow_table, first)
+        self._issue(2)
+        return table
+
+    def fetch_df(self) -> pandas.DataFrame:
+        """Return the rest of the result as a pandas DataFrame (``shardq[pandas]``)."""
+        require("pandas", "pandas", "fetch_df()")
+        return to_pandas(self.fetch_arrow_table())
+
+    def fetch_polars(self) -> polars.DataFrame:
+        """Return the rest of the result as a polars DataFrame (``shardq[polars]``).
+
+        See :func:`shardq.export.to_polars` for the two types polars reads differently.
+        """
+        require("polars", "polars", "fetch_polars()")
+        return to_polars(self.fetch_arrow_table())
+
     def __iter__(self) -> Iterator[Any]:
         self._check_readable()
         while True:
@@ -416,6 +452,18 @@ class Connection:
         return self.cursor()._run(
             sql, params, timeout, cache, cache_key, read_policy, allow_partial, max_gather_rows
         )
+
+    def read_arrow(self, sql: Any, params: Any = None, **options: Any) -> pyarrow.Table:
+        """Run a read and return its rows as a ``pyarrow.Table`` (``shardq[arrow]``).
+
+        ``options`` are :meth:`execute`'s (``timeout``, ``cache``, ...). The
+        cursor is closed after. polars can read one too:
+        ``polars.read_database(sql, conn.cursor())``.
+        """
+        require("pyarrow", "arrow", "read_arrow()")
+        with self.execute(sql, params, **options) as cursor:
+            table: pyarrow.Table = cursor.fetch_arrow_table()
+        return table
 
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""

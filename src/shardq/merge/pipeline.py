@@ -498,5 +498,26 @@ def describe(
         columns = tuple(shards)
     else:
         types = [c.type_code for c in shards]
-        columns = tuple(Column(o.name, output_type(o.type, types, sem)) for o in plan.outputs)
+        columns = tuple(_described(o, shards, types, sem) for o in plan.outputs)
     return columns[: -plan.hidden] if plan.hidden else columns
+
+
+def _described(
+    output: Output, shards: Sequence[Column], types: list[Any], sem: Semantics
+) -> Column:
+    """An output column's entry: its type, and a numeric's precision and scale when known.
+
+    A copied column keeps its source's; a cast to ``numeric(p, s)`` has the
+    cast's (as PostgreSQL describes it: columnar results type it by them).
+    """
+    type_code = output_type(output.type, types, sem)
+    source = output.type.copy
+    if source is not None and -len(shards) <= source < len(shards):
+        column = shards[source]
+        return Column(output.name, type_code, precision=column.precision, scale=column.scale)
+    expr = output.expr
+    if isinstance(expr, Call) and expr.op == "to_numeric" and len(expr.args) == 3:
+        precision, scale = expr.args[1], expr.args[2]
+        if isinstance(precision, Const) and isinstance(scale, Const):
+            return Column(output.name, type_code, precision=precision.value, scale=scale.value)
+    return Column(output.name, type_code)
