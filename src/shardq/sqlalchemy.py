@@ -45,12 +45,12 @@ import shardq
 from shardq.errors import InterfaceError, NotSupportedError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from sqlalchemy.engine import URL, Connection
     from sqlalchemy.engine.interfaces import DBAPIConnection, IsolationLevel
 
-__all__ = ["ShardqPGDialect", "ShardqSQLiteDialect"]
+__all__ = ["ShardqPGDialect", "ShardqSQLiteDialect", "copy_rows"]
 
 #: Keywords of :func:`shardq.connect` a URL's query string may give, and their types.
 _CONNECT_OPTIONS = {"timeout": float, "fetch_size": int}
@@ -243,6 +243,24 @@ class ShardqSQLiteDialect(_ShardqDialect, SQLiteDialect_pysqlite):
         args = "?, ?" if schema else "?"
         params = (table_name, schema) if schema else (table_name,)
         return connection.exec_driver_sql(f"SELECT * FROM pragma_{pragma}({args})", params)
+
+
+def copy_rows(table: Any, conn: Connection, keys: list[str], rows: Iterable[Sequence[Any]]) -> int:
+    """``DataFrame.to_sql(..., method=copy_rows)``: load the rows with shardq's bulk path.
+
+    pandas' default sends an ``executemany``, one routed INSERT per row;
+    this hands the rows to :meth:`shardq.Connection.copy_in` instead: split by
+    shard key, one ``COPY`` per PostgreSQL shard, in the connection's open
+    transaction (SQLite shards, which have no two-phase commit, load on one
+    shard per transaction).
+
+    Returns:
+        The number of rows loaded.
+    """
+    dbapi_connection = conn.connection.dbapi_connection
+    assert isinstance(dbapi_connection, shardq.Connection)
+    name = f"{table.schema}.{table.name}" if table.schema else table.name
+    return int(dbapi_connection.copy_in(name, rows, keys))
 
 
 registry.register("shardq.postgresql", "shardq.sqlalchemy", "ShardqPGDialect")

@@ -236,6 +236,31 @@ def test_to_sql_appends_rows_routed_by_their_key(pg: Any, pg_clusters: list[PgCl
                 conn.execute(sa.text("DELETE FROM orders WHERE customer_id > 500"))
 
 
+def test_to_sql_can_load_through_copy(pg: Any, pg_clusters: list[PgCluster]) -> None:
+    sharded, single = pg
+    frame = pd.DataFrame(
+        {"customer_id": range(701, 761), "id": range(60), "total": [i / 4 for i in range(60)]}
+    )
+    try:
+        loaded = frame.to_sql(
+            "orders", sharded, if_exists="append", index=False, method=shardq.sqlalchemy.copy_rows
+        )
+        assert loaded == 60
+        frame.to_sql("orders", single, if_exists="append", index=False)
+        sql = "SELECT * FROM orders WHERE customer_id > 700 ORDER BY customer_id"
+        pd.testing.assert_frame_equal(pd.read_sql(sql, sharded), pd.read_sql(sql, single))
+        on_shards = [
+            cluster.execute("SELECT count(*) FROM orders WHERE customer_id > 700", DATABASE)[0][0]
+            for cluster in pg_clusters
+        ]
+        assert sum(on_shards) == 60
+        assert sum(1 for n in on_shards if n) > 1  # spread over the shards by key
+    finally:
+        for engine in (sharded, single):
+            with engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM orders WHERE customer_id > 700"))
+
+
 def test_to_sql_on_sqlite_shards_writes_one_shard_per_transaction(
     lite: tuple[sa.Engine, sa.Engine, Path],
 ) -> None:
