@@ -171,6 +171,32 @@ class _ShardqDialect:
         return found
 
 
+def _declared_only(name: str) -> Any:
+    """A ``get_multi_*`` reflection method that leaves out undeclared tables.
+
+    Asked with no ``filter_names`` (``inspector.get_multi_columns()``),
+    PostgreSQL's answers for every table of the schema.
+    """
+
+    def method(self: _ShardqDialect, connection: Connection, **kw: Any) -> list[Any]:
+        found = getattr(super(_ShardqDialect, self), name)(connection, **kw)
+        declared = self._declared(connection)
+        return [
+            (key, value) for key, value in found if key[1] in declared or key[1].lower() in declared
+        ]
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "get_multi_columns", "get_multi_pk_constraint", "get_multi_foreign_keys",
+    "get_multi_indexes", "get_multi_unique_constraints", "get_multi_check_constraints",
+    "get_multi_table_comment", "get_multi_table_options",
+):  # fmt: skip
+    setattr(_ShardqDialect, _name, _declared_only(_name))
+
+
 class ShardqPGDialect(_ShardqDialect, PGDialect_psycopg):
     """PostgreSQL shards: psycopg's dialect (types, compiler, ``%s`` placeholders) over shardq."""
 

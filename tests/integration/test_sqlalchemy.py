@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import decimal
 import sqlite3
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -135,11 +137,13 @@ def test_the_url_names_the_configuration_relative_or_absolute(
             "shardq+sqlite://", creator=lambda: shardq.connect(folder / "shardq.toml")
         ),
         sa.create_engine("shardq+sqlite:///shardq.toml?timeout=5&fetch_size=100"),
+        sa.create_engine("shardq+sqlite:///shardq.toml", pool_pre_ping=True),
     ]
     assert f"{folder}".startswith("/")
     for engine in engines:
-        with engine.connect() as conn:
-            assert conn.scalar(count) == len(ORDERS)
+        for _ in range(2):  # the second from the pool (pinged first by the pre-ping engine)
+            with engine.connect() as conn:
+                assert conn.scalar(count) == len(ORDERS)
         engine.dispose()
     with pytest.raises(shardq.InterfaceError, match="unknown option 'colour'"):
         sa.create_engine("shardq+sqlite:///shardq.toml?colour=red")
@@ -191,6 +195,47 @@ def test_reflection_answers_from_the_shards_catalog_for_declared_tables_only(
         assert _reflected(sharded, table) == _reflected(single, table)
     orders = sa.Table("orders", sa.MetaData(), autoload_with=sharded)
     assert [c.name for c in orders.primary_key] == ["customer_id", "id"]
+    metadata = sa.MetaData()
+    metadata.reflect(sharded)
+    assert sorted(metadata.tables) == ["countries", "orders"]
+    assert sorted(name for _, name in inspector.get_multi_columns()) == ["countries", "orders"]
+    assert sorted(name for _, name in inspector.get_multi_indexes()) == ["countries", "orders"]
+
+
+def test_the_dialects_are_found_by_their_entry_points() -> None:
+    # A fresh interpreter that never imports shardq.sqlalchemy itself.
+    code = (
+        "import sqlalchemy as sa\n"
+        "for url in ('shardq+postgresql:///a.toml', 'shardq+sqlite:///a.toml'):\n"
+        "    print(type(sa.create_engine(url).dialect).__name__)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["ShardqPGDialect", "ShardqSQLiteDialect"]
+
+
+def test_transactions_and_autocommit_are_shardqs(pg: Any) -> None:
+    sharded, _ = pg
+    with sharded.connect() as conn:
+        dbapi_connection = conn.connection.dbapi_connection
+        assert isinstance(dbapi_connection, shardq.Connection)
+        assert conn.get_isolation_level() == "READ COMMITTED"
+        conn.execute(sa.text("INSERT INTO orders (customer_id, id) VALUES (901, 1), (902, 2)"))
+        assert dbapi_connection.in_transaction  # begun by the first statement
+        conn.rollback()
+        assert conn.scalar(sa.text("SELECT count(*) FROM orders WHERE customer_id > 900")) == 0
+    with sharded.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("INSERT INTO orders (customer_id, id) VALUES (901, 1)"))
+        assert not conn.connection.dbapi_connection.in_transaction  # type: ignore[union-attr]
+        conn.execute(sa.text("DELETE FROM orders WHERE customer_id = 901"))
+    with sharded.connect() as conn:  # the pool's connection, given back to transactions
+        assert conn.get_isolation_level() == "READ COMMITTED"
+        assert not conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+    with (
+        pytest.raises(sa.exc.ArgumentError, match=r"are AUTOCOMMIT, READ COMMITTED$"),
+        sharded.connect() as conn,
+    ):
+        conn.execution_options(isolation_level="REPEATABLE READ")
 
 
 # -- pandas
