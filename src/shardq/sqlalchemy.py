@@ -19,6 +19,7 @@ Transactions: SQLAlchemy begins one with each connection's first statement
 and ends it with ``commit()`` or ``rollback()``: the shardq connection runs
 with ``autocommit = False`` (two-phase commit when several shards are
 written). ``isolation_level="AUTOCOMMIT"`` gives shardq's autocommit.
+Savepoints (``Session.begin_nested()``) are the transaction's savepoints.
 
 Reflection asks the system catalog of one shard (see
 :func:`shardq.sql.analyze.table_refs`) and lists only the declared tables
@@ -136,6 +137,35 @@ class _ShardqDialect:
     def is_disconnect(self, e: Exception, connection: Any, cursor: Any) -> bool:
         # shardq's pools replace a lost server connection themselves.
         return connection is not None and bool(getattr(connection, "closed", False))
+
+    # Savepoints (Session.begin_nested()): shardq's, on every shard the
+    # transaction has joined and those it joins later; the SAVEPOINT statement
+    # itself is not one shardq runs.
+
+    def _savepoints(self, connection: Connection) -> tuple[shardq.Connection, dict[str, str]]:
+        dbapi_connection = connection.connection.dbapi_connection
+        assert isinstance(dbapi_connection, shardq.Connection)
+        names: dict[str, str] = connection.connection.info.setdefault("shardq_savepoints", {})
+        return dbapi_connection, names
+
+    def do_savepoint(self, connection: Connection, name: str) -> None:
+        conn, names = self._savepoints(connection)
+        transaction = conn.async_connection._transaction_for_statement()
+        if transaction is None:
+            raise NotSupportedError("a savepoint needs a transaction: not under AUTOCOMMIT")
+        names[name] = conn._portal.call(transaction.savepoint)
+
+    def do_rollback_to_savepoint(self, connection: Connection, name: str) -> None:
+        conn, names = self._savepoints(connection)
+        transaction = conn.async_connection._transaction
+        if transaction is not None:
+            conn._portal.call(transaction.rollback_to, names.pop(name))
+
+    def do_release_savepoint(self, connection: Connection, name: str) -> None:
+        conn, names = self._savepoints(connection)
+        transaction = conn.async_connection._transaction
+        if transaction is not None:
+            conn._portal.call(transaction.release, names.pop(name))
 
     @staticmethod
     def _declared(connection: Connection) -> dict[str, Any]:

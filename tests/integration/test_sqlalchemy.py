@@ -416,6 +416,15 @@ def test_an_orm_session_queries_adds_commits_and_rolls_back(pg: Any) -> None:
                 sa.select(Order).where(Order.customer_id > 800).order_by(Order.id)
             )
             assert [(o.customer_id, o.total) for o in kept] == [(801, 1), (802, 2)]
+            with session.begin_nested():  # a savepoint on every shard joined
+                session.add(Order(customer_id=804, id=4, total=4))
+            nested = session.begin_nested()
+            session.add(Order(customer_id=805, id=5, total=5))
+            session.flush()
+            nested.rollback()
+            session.commit()
+            kept = session.scalars(sa.select(Order.customer_id).where(Order.customer_id > 800))
+            assert sorted(kept) == [801, 802, 804]
             session.execute(sa.delete(Order).where(Order.customer_id > 800))
             session.commit()
     queries = [
