@@ -253,6 +253,13 @@ def test_read_sql_gives_the_single_databases_frame(
     ]
     for sql in queries:  # filterwarnings = error: pandas warns of a DB-API connection
         pd.testing.assert_frame_equal(pd.read_sql(sql, sharded), pd.read_sql(sql, single))
+    # A literal % beside bound values (SQLAlchemy writes %% for psycopg's placeholders).
+    query = sa.text("SELECT id, note FROM orders WHERE note LIKE 'n%' AND customer_id IN (:a, :b)")
+    for params in ({"a": 3, "b": 4}, {"a": 5, "b": 40}):
+        pd.testing.assert_frame_equal(
+            pd.read_sql(query, sharded, params=params).sort_values("id", ignore_index=True),
+            pd.read_sql(query, single, params=params).sort_values("id", ignore_index=True),
+        )
     frame = pd.read_sql_table("countries", sharded)
     pd.testing.assert_frame_equal(frame, pd.read_sql_table("countries", single))
 
