@@ -33,14 +33,18 @@ from __future__ import annotations
 
 import sqlite3
 import types
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import sqlglot
+import sqlglot.errors
 from sqlalchemy import pool, text
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import reflection
+from sqlglot import exp
 
 import shardq
 from shardq.errors import InterfaceError, NotSupportedError
@@ -227,6 +231,49 @@ for _name in (
     setattr(_ShardqDialect, _name, _declared_only(_name))
 
 
+def _copy_target(
+    statement: str, parameters: Any, context: Any, config: shardq.Config
+) -> tuple[str, list[str], list[str]] | None:
+    """(table, columns, parameter names) when an executemany INSERT can be a COPY, else None."""
+    compiled = getattr(context, "compiled", None)
+    if compiled is None or not getattr(context, "isinsert", False) or compiled.effective_returning:
+        return None
+    if not parameters or not all(isinstance(row, Mapping) for row in parameters):
+        return None
+    try:
+        tree = sqlglot.parse_one(statement, read="postgres")
+    except sqlglot.errors.SqlglotError:
+        return None
+    if not isinstance(tree, exp.Insert) or {k for k, v in tree.args.items() if v} - _PLAIN_INSERT:
+        return None
+    schema, values = tree.this, tree.expression
+    if not isinstance(schema, exp.Schema) or not isinstance(values, exp.Values):
+        return None
+    if len(values.expressions) != 1 or not isinstance(schema.this, exp.Table):
+        return None
+    table = schema.this
+    if table.args.get("alias") or table.catalog:
+        return None
+    # psycopg's dialect writes a cast of each value to its SQLAlchemy type
+    # (%(id)s::BIGINT); COPY reads the value as the column's type instead.
+    cells = [c.this if isinstance(c, exp.Cast) else c for c in values.expressions[0].expressions]
+    if len(cells) != len(schema.expressions) or not all(
+        isinstance(cell, exp.Placeholder) and cell.name for cell in cells
+    ):
+        return None
+    name = f"{table.db}.{table.name}" if table.db else table.name
+    try:
+        if not config.table(name).distributed:
+            return None  # a reference table: INSERT checks that every copy comes out the same
+    except shardq.UndeclaredTableError:
+        return None
+    return name, [column.name for column in schema.expressions], [cell.name for cell in cells]
+
+
+#: The parts of a plain ``INSERT INTO t (columns) VALUES (...)`` in sqlglot's tree.
+_PLAIN_INSERT = frozenset({"this", "expression"})
+
+
 class ShardqPGDialect(_ShardqDialect, PGDialect_psycopg):
     """PostgreSQL shards: psycopg's dialect (types, compiler, ``%s`` placeholders) over shardq."""
 
@@ -235,7 +282,9 @@ class ShardqPGDialect(_ShardqDialect, PGDialect_psycopg):
     use_native_hstore = False  # psycopg's hstore adapter needs a psycopg connection
     minimum_dbapi_version = None  # type: ignore[assignment]  # psycopg's minimum; shardq requires its own psycopg
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, copy_executemany: bool = True, **kwargs: Any):
+        """``copy_executemany=False`` (a ``create_engine`` keyword): INSERTs row by row."""
+        self.copy_executemany = copy_executemany
         # Not psycopg's __init__: it builds an adapters map from the DB-API
         # module, which is shardq here (shardq's psycopg pools adapt values).
         super(PGDialect_psycopg, self).__init__(**kwargs)  # type: ignore[no-untyped-call]
@@ -255,6 +304,34 @@ class ShardqPGDialect(_ShardqDialect, PGDialect_psycopg):
         PGDialect.initialize(self, connection)  # type: ignore[no-untyped-call]
         if not self.insert_returning:
             self.insert_executemany_returning = False
+
+    def do_executemany(
+        self, cursor: Any, statement: str, parameters: Any, context: Any = None
+    ) -> None:
+        """An INSERT of many rows into a distributed table is a COPY per shard.
+
+        What ``DataFrame.to_sql`` and the ORM send (``INSERT INTO t (a, b)
+        VALUES (%(a)s, %(b)s)`` with one parameter set per row, nothing
+        returned) loads the same rows through :meth:`shardq.Connection.copy_in`
+        as the routed INSERTs would, in the same transaction, with column
+        defaults and triggers as INSERT has them, one round trip per shard
+        rather than one per row. Anything else (RETURNING, ON CONFLICT, a
+        value computed in SQL, a reference table) is shardq's executemany, as
+        is every INSERT with ``create_engine(..., copy_executemany=False)``.
+        COPY reads each value as its column's type, where INSERT casts it to
+        the type SQLAlchemy bound it as first: text into a date column, which
+        INSERT refuses (``character varying``), loads.
+        """
+        conn = cursor.connection
+        target = self.copy_executemany and _copy_target(statement, parameters, context, conn.config)
+        if not target:
+            super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
+            return
+        table, columns, names = target
+        loaded = conn.copy_in(table, ([row[n] for n in names] for row in parameters), columns)
+        # What the routed INSERTs would have reported (pandas returns it from to_sql).
+        cursor._inner._result = None
+        cursor._inner._rowcount = int(loaded)
 
     def _set_backslash_escapes(self, connection: Connection) -> None:
         # SHOW is not a statement shardq runs; current_setting() is a table-free read.
@@ -304,11 +381,12 @@ class ShardqSQLiteDialect(_ShardqDialect, SQLiteDialect_pysqlite):
 def copy_rows(table: Any, conn: Connection, keys: list[str], rows: Iterable[Sequence[Any]]) -> int:
     """``DataFrame.to_sql(..., method=copy_rows)``: load the rows with shardq's bulk path.
 
-    pandas' default sends an ``executemany``, one routed INSERT per row;
-    this hands the rows to :meth:`shardq.Connection.copy_in` instead: split by
-    shard key, one ``COPY`` per PostgreSQL shard, in the connection's open
-    transaction (SQLite shards, which have no two-phase commit, load on one
-    shard per transaction).
+    pandas' default sends an ``executemany`` through SQLAlchemy (a COPY per
+    shard on PostgreSQL too: :meth:`ShardqPGDialect.do_executemany`, after
+    SQLAlchemy made a parameter dict per row); this hands pandas' rows to
+    :meth:`shardq.Connection.copy_in` as they are: split by shard key, one
+    ``COPY`` per shard, in the connection's open transaction (SQLite shards,
+    which have no two-phase commit, load on one shard per transaction).
 
     Returns:
         The number of rows loaded.

@@ -288,6 +288,76 @@ def test_to_sql_appends_rows_routed_by_their_key(pg: Any, pg_clusters: list[PgCl
                 conn.execute(sa.text("DELETE FROM orders WHERE customer_id > 500"))
 
 
+@pytest.fixture
+def copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables shardq.Connection.copy_in is asked to load, in order."""
+    calls: list[str] = []
+    copy_in = shardq.Connection.copy_in
+
+    def spy(self: shardq.Connection, table: str, *args: Any, **kw: Any) -> Any:
+        calls.append(table)
+        return copy_in(self, table, *args, **kw)
+
+    monkeypatch.setattr(shardq.Connection, "copy_in", spy)
+    return calls
+
+
+def test_an_executemany_insert_is_a_copy_per_shard_on_postgres(
+    pg: Any, pg_clusters: list[PgCluster], copies: list[str]
+) -> None:
+    sharded, single = pg
+    orders = sa.Table("orders", sa.MetaData(), autoload_with=sharded)
+    countries = sa.Table("countries", sa.MetaData(), autoload_with=sharded)
+    rows = [{"customer_id": 900 + i, "id": i, "total": i} for i in range(40)]
+    plain = sa.create_engine(
+        sharded.url, copy_executemany=False, connect_args={"config": _cfg(sharded)}
+    )
+    try:
+        with sharded.begin() as conn:
+            assert conn.execute(orders.insert(), rows).rowcount == 40
+        with single.begin() as conn:
+            conn.execute(orders.insert(), rows)
+        assert copies == ["orders"]
+        with sharded.begin() as conn:  # not a COPY: RETURNING, ON CONFLICT, a reference table
+            conn.execute(
+                orders.insert().returning(orders.c.id),
+                [{**r, "customer_id": 990} for r in rows[:2]],
+            )
+            conn.execute(sa.dialects.postgresql.insert(orders).on_conflict_do_nothing(), rows[:3])
+            conn.execute(
+                countries.insert(), [{"code": "X1", "name": "x"}, {"code": "X2", "name": "y"}]
+            )
+            conn.execute(countries.delete().where(countries.c.code.in_(["X1", "X2"])))
+        with plain.begin() as conn:
+            conn.execute(orders.insert(), [{**r, "customer_id": 991} for r in rows[:3]])
+        assert copies == ["orders"]
+        sql = (
+            "SELECT customer_id, id, total, note FROM orders "
+            "WHERE customer_id BETWEEN 900 AND 939 ORDER BY 1, 2"
+        )
+        pd.testing.assert_frame_equal(
+            pd.read_sql(sql, sharded), pd.read_sql(sql, single)
+        )  # note: its default
+        on_shards = [
+            c.execute(
+                "SELECT count(*) FROM orders WHERE customer_id BETWEEN 900 AND 939", DATABASE
+            )[0][0]
+            for c in pg_clusters
+        ]
+        assert sum(on_shards) == 40
+        assert sum(1 for n in on_shards if n) > 1
+    finally:
+        plain.dispose()
+        for engine in (sharded, single):
+            with engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM orders WHERE customer_id >= 900"))
+
+
+def _cfg(engine: sa.Engine) -> Any:
+    with engine.connect() as conn:
+        return conn.connection.dbapi_connection.config  # type: ignore[union-attr]
+
+
 def test_to_sql_can_load_through_copy(pg: Any, pg_clusters: list[PgCluster]) -> None:
     sharded, single = pg
     frame = pd.DataFrame(
