@@ -21,6 +21,10 @@ with ``autocommit = False`` (two-phase commit when several shards are
 written). ``isolation_level="AUTOCOMMIT"`` gives shardq's autocommit.
 Savepoints (``Session.begin_nested()``) are the transaction's savepoints.
 
+On PostgreSQL shards an ``executemany`` of a plain INSERT (``to_sql``'s)
+is a COPY per shard (:meth:`ShardqPGDialect.do_executemany`); other
+statements, and SQLite shards, use shardq's routed ``executemany``.
+
 Reflection asks the system catalog of one shard (see
 :func:`shardq.sql.analyze.table_refs`) and lists only the declared tables
 and views: the others are not part of the sharded database.
@@ -399,5 +403,3 @@ def copy_rows(table: Any, conn: Connection, keys: list[str], rows: Iterable[Sequ
 
 registry.register("shardq.postgresql", "shardq.sqlalchemy", "ShardqPGDialect")
 registry.register("shardq.sqlite", "shardq.sqlalchemy", "ShardqSQLiteDialect")
-registry.register("postgresql.shardq", "shardq.sqlalchemy", "ShardqPGDialect")
-registry.register("sqlite.shardq", "shardq.sqlalchemy", "ShardqSQLiteDialect")
