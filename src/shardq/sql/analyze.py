@@ -206,6 +206,31 @@ def _dml_target(statement: exp.Expr) -> exp.Table | None:
     return target if isinstance(target, exp.Table) else None
 
 
+#: System catalogs: every shard has its own, describing the same declared tables.
+_CATALOG_SCHEMAS = {"postgres": frozenset({"pg_catalog", "information_schema"})}
+_CATALOG_TABLES = {
+    "sqlite": frozenset(
+        {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
+    )
+}
+
+
+def _system_catalog(name: str, schema: str, config: Config) -> bool:
+    """Whether a table name is a system catalog's (``pg_catalog.pg_class``, ``sqlite_master``).
+
+    PostgreSQL searches ``pg_catalog`` before the schemas of the search path
+    unless the path names it, so an unqualified ``pg_class`` is the catalog's
+    (unless the configuration declares a table of that name). SQLite reserves
+    names starting ``sqlite_``.
+    """
+    dialect = config.dialect
+    if schema in _CATALOG_SCHEMAS.get(dialect, ()):
+        return True
+    if dialect == "postgres" and not schema and name.startswith("pg_"):
+        return name not in config.tables
+    return name in _CATALOG_TABLES.get(dialect, ())
+
+
 def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
     """Return every declared table the statement reads or writes.
 
@@ -213,12 +238,20 @@ def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
     (``generate_series(...)``) are not tables; the target of INSERT, UPDATE
     or DELETE always is. A table the configuration does not declare raises
     :class:`~shardq.errors.UndeclaredTableError`.
+
+    A read of system catalogs only (``pg_catalog``, ``information_schema``,
+    ``sqlite_master``: what SQLAlchemy's reflection and BI tools ask) touches
+    no declared table, so it runs on one shard as a table-free read does:
+    every shard's catalog describes the same declared tables (schema changes
+    run on all of them). A catalog beside a declared table, or written, is
+    refused: its rows would be one shard's, joined to every shard's.
     """
     dialect = config.dialect
     if isinstance(statement, exp.Drop) and str(statement.args.get("kind")).upper() == "INDEX":
         return ()  # it names an index, not a table
     target = _dml_target(statement)
     refs = []
+    catalogs = []
     for node in statement.find_all(exp.Table):
         if not isinstance(node.this, exp.Identifier):
             continue  # a table function such as generate_series(...)
@@ -226,6 +259,9 @@ def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
         if not node.db and node is not target and _is_cte_reference(node, name, dialect):
             continue
         schema = normalize(node.args["db"], dialect) if node.db else ""
+        if _system_catalog(name, schema, config):
+            catalogs.append(f"{schema}.{name}" if schema else name)
+            continue
         table = config.table(f"{schema}.{name}" if schema else name, resolved=True)
         alias = node.args.get("alias")
         refs.append(
@@ -235,6 +271,12 @@ def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
                 node,
                 renames_columns=bool(alias and alias.columns),
             )
+        )
+    if catalogs and (refs or not isinstance(statement, _READS)):
+        raise UnsupportedQueryError(
+            f"the system catalog {catalogs[0]} in a write or beside a declared table",
+            "every shard has its own catalog: shardq reads one shard's in a statement of its "
+            "own; read the catalog apart from the tables",
         )
     return tuple(refs)
 
