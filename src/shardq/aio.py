@@ -37,7 +37,7 @@ from shardq.execute.copy import CopyProgress, CopyResult, CsvFormat, copy_in
 from shardq.execute.hosts import check_policy
 from shardq.execute.lanes import Lanes
 from shardq.execute.transaction import Transaction
-from shardq.execute.twophase import Recovery, recover
+from shardq.execute.twophase import RECOVERY_WAIT, Recovery, recover
 from shardq.export import TableBuilder, require, rows_as_tuples, to_pandas, to_polars
 from shardq.health import CheckReport, check
 from shardq.results import AsyncResult, StoredResult, issue
@@ -1137,17 +1137,20 @@ class AsyncConnection:
         else:
             await transaction.rollback_to(savepoint)
 
-    async def recover(self) -> Recovery:
+    async def recover(self, *, wait: float = RECOVERY_WAIT) -> Recovery:
         """Finish every two-phase commit left prepared on the shards (``shardq recover``).
 
         Each is committed if its decision was made durable and rolled back
         otherwise; one still being committed by its coordinator is left alone.
+        Sessions still inside a transaction it rolls back (a killed
+        coordinator's, whose PREPARE may land after recovery looked) are
+        waited for up to ``wait`` seconds, then terminated.
         Safe at any time, and twice. SQLite shards have nothing to recover.
         """
         self._check_open()
         if self.config.dialect != "postgres":
             return Recovery()
-        return await recover(self._engine.pools)
+        return await recover(self._engine.pools, wait=wait)
 
     async def close(self) -> None:
         """Roll back an open transaction, stop every result still being read, close the pools."""

@@ -32,6 +32,7 @@ from shardq._portal import Portal
 from shardq.aio import DEFAULT_CONCURRENCY, AsyncConnection, AsyncCursor, ConfigSource
 from shardq.display import MAX_ROWS, html_table, ran_on
 from shardq.engine import DEFAULT_FETCH_SIZE, Engine
+from shardq.execute.twophase import RECOVERY_WAIT
 from shardq.export import require, rows_as_tuples, to_pandas, to_polars, to_table
 from shardq.results import issue
 from shardq.rows import RowFactory, tuple_row
@@ -666,9 +667,9 @@ class Connection:
         """Whether a transaction is open on this connection."""
         return self._inner.in_transaction
 
-    def recover(self) -> Recovery:
+    def recover(self, *, wait: float = RECOVERY_WAIT) -> Recovery:
         """See :meth:`shardq.aio.AsyncConnection.recover`."""
-        return self._portal.call(self._inner.recover)
+        return self._portal.call(self._inner.recover, wait=wait)
 
     def close(self) -> None:
         """Close the shards' pools and stop the connection's loop thread."""

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -220,6 +221,131 @@ def test_recover_finishes_what_a_killed_writer_left(
     assert _prepared(backend) == []
     rows = _stored(backend)
     assert rows == ([(k, "crash") for k in keys] if committed else []), (step, report)
+
+
+@pytest.fixture
+def slow_prepare(pg_backend_writes: Backend) -> Iterator[tuple[Backend, list[int], int]]:
+    """Keys of ``writes`` on three shards; the last one's PREPARE sleeps (a deferred trigger).
+
+    The writer's PREPAREs go out at once: the first answered is the fast
+    participant's, and a writer killed there (``after-prepare``) leaves the
+    slow one's PREPARE still running on its server: the race recovery must
+    wait out. Yields the backend, the keys and the slow shard's index.
+    """
+    backend = pg_backend_writes
+    with backend.connect() as conn:
+        keys = _keys_on_distinct_shards(conn, 3)
+        slow = max(int(conn.shard_for("writes", key)[1:]) for key in keys)
+    backend.direct(
+        slow,
+        "CREATE FUNCTION slow_prepare() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(current_setting('shardq_test.sleep')::float8); "
+        "RETURN NULL; END $$",
+    )
+    backend.direct(
+        slow,
+        "CREATE CONSTRAINT TRIGGER slow_prepare AFTER INSERT ON writes "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_prepare()",
+    )
+    try:
+        yield backend, keys, slow
+    finally:
+        # A failed test may leave a PREPARE asleep, or prepared: its lock would
+        # hold the DROP TRIGGER (and the next test's DELETE) forever.
+        backend.direct(
+            slow,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'PREPARE TRANSACTION%' AND pid <> pg_backend_pid()",
+        )
+        give_up = time.monotonic() + 10
+        while _prepared(backend) or backend.direct(slow, _PREPARING):
+            for i in range(4):
+                for (gid,) in backend.direct(i, "SELECT gid FROM pg_prepared_xacts"):
+                    backend.direct(i, f"ROLLBACK PREPARED '{gid}'")
+            assert time.monotonic() < give_up, "a PREPARE outlived its termination"
+            time.sleep(0.05)
+        database = backend.direct(slow, "SELECT current_database()")[0][0]
+        backend.direct(slow, f"ALTER DATABASE {database} RESET shardq_test.sleep")
+        backend.direct(slow, "DROP TRIGGER slow_prepare ON writes")
+        backend.direct(slow, "DROP FUNCTION slow_prepare()")
+
+
+_PREPARING = (
+    "SELECT pid FROM pg_stat_activity "
+    "WHERE query LIKE 'PREPARE TRANSACTION%' AND state = 'active' AND pid <> pg_backend_pid()"
+)
+
+
+def _sleep_in_prepare(backend: Backend, slow: int, seconds: float) -> None:
+    """Make the slow shard's deferred trigger sleep ``seconds`` (a database default)."""
+    database = backend.direct(slow, "SELECT current_database()")[0][0]
+    backend.direct(slow, f"ALTER DATABASE {database} SET shardq_test.sleep = '{seconds}'")
+
+
+def _recover_until_settled(conn: Any, **options: Any) -> list[Any]:
+    """``conn.recover()`` until nothing is in progress (a killed holder's session may linger)."""
+    reports = []
+    give_up = time.monotonic() + 30
+    while True:
+        reports.append(conn.recover(**options))
+        if not reports[-1].in_progress:
+            return reports
+        assert time.monotonic() < give_up, reports[-1].in_progress
+        time.sleep(0.01)
+
+
+def test_recover_waits_for_a_prepare_still_on_its_way(
+    slow_prepare: tuple[Backend, list[int], int],
+) -> None:
+    backend, keys, slow = slow_prepare
+    _sleep_in_prepare(backend, slow, 1.0)
+    killed = time.monotonic()
+    _kill_writer_at(backend, keys, "after-prepare")
+    with backend.connect() as conn:
+        reports = _recover_until_settled(conn)
+    # Recovery waited for the slow PREPARE to land, then rolled it back too.
+    assert time.monotonic() - killed >= 1.0
+    rolled_back = [gid for report in reports for gid in report.rolled_back]
+    assert len(rolled_back) == 2, reports  # both participants; the holder aborted on its own
+    assert any(gid.startswith(f"s{slow}: ") for gid in rolled_back), rolled_back
+    time.sleep(0.2)  # nothing else is on its way
+    assert _prepared(backend) == []
+    assert _stored(backend) == []
+    tagged = "SELECT pid FROM pg_stat_activity WHERE application_name LIKE '%shardq:%'"
+    assert [row for i in range(4) for row in backend.direct(i, tagged)] == []
+
+
+def test_recover_terminates_a_session_that_outlives_its_wait(
+    slow_prepare: tuple[Backend, list[int], int],
+) -> None:
+    backend, keys, slow = slow_prepare
+    _sleep_in_prepare(backend, slow, 60.0)
+    _kill_writer_at(backend, keys, "after-prepare")
+    started = time.monotonic()
+    with backend.connect() as conn:
+        reports = _recover_until_settled(conn, wait=0.3)
+        assert time.monotonic() - started < 30  # not the 60 s of the PREPARE
+        assert conn.recover().in_progress == []
+    assert _prepared(backend) == []
+    assert _stored(backend) == []
+    rolled_back = [gid for report in reports for gid in report.rolled_back]
+    assert len(rolled_back) == 1, reports  # the fast participant; the slow one was ended
+    assert backend.direct(slow, _PREPARING) == []
+
+
+def test_a_transaction_names_itself_in_its_sessions(pg_backend_writes: Backend) -> None:
+    """While open, a transaction's sessions carry its tag after their own name; then not."""
+    backend = pg_backend_writes
+    query = "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE '%shardq:%'"
+    with backend.connect() as conn:
+        key = _keys_on_distinct_shards(conn, 1)[0]
+        shard = int(conn.shard_for("writes", key)[1:])
+        with conn.transaction():
+            conn.execute("INSERT INTO writes (id, note) VALUES (%s, %s)", [key, "tagged"])
+            (name,) = backend.direct(shard, query)
+            assert name[0].startswith("shardq:") or " shardq:" in name[0]
+            assert len(name[0].rsplit("shardq:", 1)[1]) == 16
+        assert backend.direct(shard, query) == []
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import shardq
 from shardq.cli.arguments import add_config_argument, config_path
 from shardq.cli.exit_codes import ExitCode
+from shardq.execute.twophase import RECOVERY_WAIT
 
 if TYPE_CHECKING:
     import argparse
@@ -27,12 +28,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     add_config_argument(parser)
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=RECOVERY_WAIT,
+        metavar="SECONDS",
+        help="how long to wait for the sessions of a transaction it rolls back to end before "
+        f"terminating them (a killed writer's PREPARE may still be on its way; default "
+        f"{RECOVERY_WAIT:g})",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     with shardq.connect(config_path(args)) as conn:
-        report = conn.recover()
+        report = conn.recover(wait=args.wait)
     for gid in report.committed:
         print(f"committed: {gid}")
     for gid in report.rolled_back:

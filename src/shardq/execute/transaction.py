@@ -45,7 +45,7 @@ from shardq.errors import (
 )
 from shardq.execute.deadline import ROLLBACK_TIMEOUT, bounded
 from shardq.execute.driver import OneConnection, read_whole
-from shardq.execute.twophase import two_phase_commit
+from shardq.execute.twophase import begin_tagged, two_phase_commit
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping
@@ -159,7 +159,8 @@ class Transaction:
         cm = self._pools[shard].connection()
         conn = await cm.__aenter__()
         try:
-            await read_whole(conn, "BEGIN", None, stream=False)
+            begin = begin_tagged(self.txid) if self.dialect == "postgres" else "BEGIN"
+            await read_whole(conn, begin, None, stream=False)
             for name in self._savepoints:
                 await read_whole(conn, f"SAVEPOINT {name}", None, stream=False)
         except BaseException as exc:

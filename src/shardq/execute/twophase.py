@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
 
     from shardq.execute.driver import ShardConnection, ShardPool
 
-__all__ = ["DECISIONS", "Recovery", "recover", "two_phase_commit"]
+__all__ = ["DECISIONS", "RECOVERY_WAIT", "Recovery", "begin_tagged", "recover", "two_phase_commit"]
 
 log = logging.getLogger("shardq.twophase")
 
@@ -83,6 +84,21 @@ _LIST_PREPARED = (
     "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'shardq:%%'"
 )
 _T = TypeVar("_T")
+# Sessions still inside a transaction of shardq's (see begin_tagged), and
+# those running a PREPARE TRANSACTION of shardq's: a dead coordinator's PREPARE
+# may still be on its way through such a session when recover() looks.
+_LIST_SESSIONS = (
+    "SELECT pid, application_name, state, query FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND (application_name LIKE '%%shardq:%%' "
+    "OR (state = 'active' AND query LIKE 'PREPARE TRANSACTION ''shardq:%%'))"
+)
+_TAG = re.compile(r"shardq:([0-9a-f]{16})$")
+_PREPARING = re.compile(r"PREPARE TRANSACTION '(shardq:[^']*)'")
+#: How long :func:`recover` waits for the sessions of a transaction it rolled
+#: back to end (a killed coordinator's, which their servers close once they
+#: see the socket gone), before it terminates them.
+RECOVERY_WAIT = 2.0
 # The decision row, the holder transaction's id, and a durable commit: with
 # synchronous_commit off, COMMIT returns before its WAL record is flushed, so a
 # crash of the holder's server could lose a decision whose participants were
@@ -132,6 +148,28 @@ async def _timed(
             return await step
     except TimeoutError:
         raise _Silent(shard) from None
+
+
+def _tag(txid: str) -> str:
+    return f"shardq:{txid[:16]}"
+
+
+def begin_tagged(txid: str) -> str:
+    """``BEGIN`` on a PostgreSQL shard, naming transaction ``txid`` in the session's name.
+
+    Until the transaction ends (committed, rolled back or prepared), the
+    session's ``application_name`` ends in ``shardq:`` and the first 16
+    characters of ``txid`` (what the session was called before is kept in
+    front, cut to 39 characters: PostgreSQL shows 63). :func:`recover` reads
+    it in ``pg_stat_activity``: a coordinator killed while its PREPAREs were
+    on their way leaves sessions that may still prepare after recovery has
+    looked, and so recovery waits for the sessions of a transaction it rolls
+    back. Sent as one simple query with the ``BEGIN``: no round trip more.
+    """
+    return (
+        "BEGIN; SELECT set_config('application_name', concat_ws(' ', "
+        f"nullif(left(current_setting('application_name'), 39), ''), '{_tag(txid)}'), true)"
+    )
 
 
 def _gid(txid: str, participant: str, holder: str, holder_xid: int) -> str:
@@ -418,12 +456,79 @@ async def _status(pool: ShardPool, txid: str, xid: int) -> str:
         return "committed" if rows else "aborted"
 
 
-async def recover(pools: Mapping[str, ShardPool]) -> Recovery:
-    """Finish every two-phase commit shardq left prepared on the shards (see the module)."""
+async def recover(pools: Mapping[str, ShardPool], *, wait: float = RECOVERY_WAIT) -> Recovery:
+    """Finish every two-phase commit shardq left prepared on the shards (see the module).
+
+    A coordinator killed between two PREPAREs can leave one on its way
+    through a participant's server after the first was answered: the holder's
+    transaction aborts, recovery rolls back what is prepared, and that
+    PREPARE lands afterwards, holding its locks until the next recovery. So
+    the sessions of every transaction rolled back here that are still inside
+    it (named by :func:`begin_tagged`, or seen running its PREPARE) are waited
+    for, up to ``wait`` seconds, then terminated (their transaction's fate is
+    decided: rolled back), and whatever they prepared meanwhile is rolled back
+    too. Left out: a session of such a transaction that has not yet read its
+    PREPARE while none of its siblings was prepared: nothing on the servers
+    says yet which transaction it belongs to.
+    """
     report = Recovery()
+    aborted: set[str] = set()
+    give_up = time.monotonic() + wait
+    terminated = False
+    while True:
+        in_progress: list[str] = []
+        doomed = await _recover_once(pools, report, in_progress, aborted)
+        if not doomed:
+            break
+        if time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
+            continue
+        if terminated:  # not ended by a second wait after pg_terminate_backend
+            in_progress += [f"{shard}: session {p}" for shard, ps in doomed.items() for p in ps]
+            break
+        await _terminate(pools, doomed)
+        terminated = True
+        give_up = time.monotonic() + wait
+    report.in_progress = in_progress
+    await _sweep(pools)
+    return report
+
+
+async def _recover_once(
+    pools: Mapping[str, ShardPool],
+    report: Recovery,
+    in_progress: list[str],
+    aborted: set[str],
+) -> dict[str, list[int]]:
+    """One look at every shard: finish what is prepared; the sessions still to wait for.
+
+    ``aborted`` gathers the tags of transactions known rolled back, over the
+    passes. Each shard's sessions are listed before its prepared
+    transactions: a session that prepares in between is in both lists.
+    """
+    statuses: dict[tuple[str, str, int], str] = {}
+
+    async def status(txid: str, holder: str, xid: int) -> str:
+        if (txid, holder, xid) not in statuses:
+            statuses[txid, holder, xid] = await _status(pools[holder], txid, xid)
+        return statuses[txid, holder, xid]
+
+    sessions: dict[str, list[tuple[int, str]]] = {}
     for shard, pool in pools.items():
         async with pool.connection() as conn:
+            listed = (await read_whole(conn, _LIST_SESSIONS, None)).rows
             rows = (await read_whole(conn, _LIST_PREPARED, None)).rows
+        for pid, name, state, query in listed:
+            tag = _TAG.search(str(name or ""))
+            preparing = _PREPARING.match(str(query or "")) if state == "active" else None
+            parsed = _parse_gid(preparing.group(1)) if preparing else None
+            if parsed is not None and parsed[2] in pools:
+                txid, _participant, holder, xid = parsed
+                if await status(txid, holder, xid) == "aborted":
+                    aborted.add(_tag(txid))
+                sessions.setdefault(shard, []).append((int(pid), _tag(txid)))
+            elif tag is not None:
+                sessions.setdefault(shard, []).append((int(pid), f"shardq:{tag.group(1)}"))
         for (gid,) in rows:
             parsed = _parse_gid(str(gid))
             if parsed is None:
@@ -432,24 +537,44 @@ async def recover(pools: Mapping[str, ShardPool]) -> Recovery:
             if holder not in pools:
                 log.warning("prepared transaction %s names an unknown shard %r", gid, holder)
                 continue
-            status = await _status(pools[holder], txid, xid)
-            if status == "in progress":
-                report.in_progress.append(f"{shard}: {gid}")
+            decided = await status(txid, holder, xid)
+            if decided == "in progress":
+                in_progress.append(f"{shard}: {gid}")
                 continue
-            verb = "COMMIT" if status == "committed" else "ROLLBACK"
+            if decided == "aborted":
+                aborted.add(_tag(txid))
+            verb = "COMMIT" if decided == "committed" else "ROLLBACK"
             async with pool.connection() as conn:
                 try:
                     await read_whole(conn, f"{verb} PREPARED '{gid}'", None, stream=False)
                 except ShardError as exc:
                     if exc.sqlstate == _BUSY:  # its coordinator (or another recover) is on it
-                        report.in_progress.append(f"{shard}: {gid}")
+                        in_progress.append(f"{shard}: {gid}")
                         continue
                     if exc.sqlstate == _UNDEFINED_OBJECT:  # finished meanwhile: fine
                         continue
                     raise
             (report.committed if verb == "COMMIT" else report.rolled_back).append(f"{shard}: {gid}")
-    await _sweep(pools)
-    return report
+    doomed: dict[str, list[int]] = {}
+    for shard, found in sessions.items():
+        pids = sorted({pid for pid, tag in found if tag in aborted})
+        if pids:
+            doomed[shard] = pids
+    return doomed
+
+
+async def _terminate(pools: Mapping[str, ShardPool], doomed: Mapping[str, list[int]]) -> None:
+    """End the sessions of rolled-back transactions that outlived the wait."""
+    for shard, pids in doomed.items():
+        log.warning(
+            "recover: terminating %d session(s) on shard %r of a rolled-back transaction",
+            len(pids),
+            shard,
+        )
+        async with pools[shard].connection() as conn:
+            await read_whole(
+                conn, "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,)
+            )
 
 
 async def _sweep(pools: Mapping[str, ShardPool]) -> None:

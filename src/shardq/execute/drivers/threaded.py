@@ -145,9 +145,15 @@ class ThreadedConnection:
         driver's ``commit()`` or ``rollback()``.
         """
         word = sql.strip().upper()
-        if word == "BEGIN":
+        if word == "BEGIN" or word.startswith("BEGIN;"):
+            # "BEGIN; ..." (twophase.begin_tagged): the rest runs in the transaction.
             self._in_transaction = True
-            return self._commit_after
+            if not self._commit_after:
+                return False
+            rest = sql.strip()[len("BEGIN;") :].strip()
+            if rest:  # its first statement opens the driver's transaction
+                self._conn.cursor().execute(rest)
+            return True
         if word in ("COMMIT", "ROLLBACK") or word.startswith("PREPARE TRANSACTION"):
             self._in_transaction = False
             if self._commit_after and not word.startswith("PREPARE"):
