@@ -188,6 +188,16 @@ def test_explain_prints_shardqs_explain(session: Session, demo_config: Path) -> 
     assert "needs a statement" in err
 
 
+def test_explain_analyze_runs_the_statement(session: Session) -> None:
+    out, err = session.type("\\explain analyze SELECT count(*) FROM customers;")
+    assert err == ""
+    # The plan, then what running it did: one row, and each shard's part.
+    assert "Execution: 1 rows in" in out
+    assert out.index("Execution:") > 0
+    plain, _ = session.type("\\explain SELECT count(*) FROM customers;")
+    assert "Execution:" not in plain
+
+
 def test_e_edits_the_statement_being_typed_then_runs_it(session: Session) -> None:
     seen: list[str] = []
 

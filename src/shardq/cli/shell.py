@@ -17,6 +17,7 @@ with ``\\`` is a command and ends at the end of the line:
 ``\\timing [on|off]``   print how long each statement took
 ``\\x [on|off]``        expanded display: each row as a record
 ``\\explain SQL``       how shardq runs SQL: shards, per-shard SQL, merge
+``\\explain analyze SQL`` runs it too: rows, time, per-shard rows and times
 ``\\e``                 edit the statement being typed (else the last one)
                        in ``$EDITOR``, then run it
 ``\\q``                 quit (as does Ctrl-D)
@@ -62,6 +63,7 @@ HELP = """\
   \\timing        toggle printing each statement's time (or \\timing on|off)
   \\x             toggle expanded display (or \\x on|off)
   \\explain SQL   how shardq runs SQL: target shards, per-shard SQL, merge steps
+  \\explain analyze SQL   run it too: rows, time, and each shard's rows and time
   \\e             edit the current (else the last) statement in $EDITOR, then run it
   \\q             quit (or Ctrl-D)
   \\?             this help
@@ -243,10 +245,14 @@ class Shell:
 
     def _explain(self, arg: str) -> None:
         sql = arg.rstrip().rstrip(";")
+        word, _, rest = sql.partition(" ")
+        analyze = word.lower() == "analyze" and bool(rest.strip())
+        if analyze:
+            sql = rest.strip()
         if not sql:
-            self.err.write("\\explain needs a statement: \\explain SELECT ...\n")
+            self.err.write("\\explain needs a statement: \\explain [analyze] SELECT ...\n")
             return
-        self.out.write(self.conn.explain(sql).rstrip("\n") + "\n")
+        self.out.write(self.conn.explain(sql, analyze=analyze).rstrip("\n") + "\n")
 
     def _describe(self, arg: str) -> None:
         config = self.conn.config
