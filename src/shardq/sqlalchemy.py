@@ -158,22 +158,15 @@ class _ShardqDialect:
 
     def do_savepoint(self, connection: Connection, name: str) -> None:
         conn, names = self._savepoints(connection)
-        transaction = conn.async_connection._transaction_for_statement()
-        if transaction is None:
-            raise NotSupportedError("a savepoint needs a transaction: not under AUTOCOMMIT")
-        names[name] = conn._portal.call(transaction.savepoint)
+        names[name] = conn.savepoint()
 
     def do_rollback_to_savepoint(self, connection: Connection, name: str) -> None:
         conn, names = self._savepoints(connection)
-        transaction = conn.async_connection._transaction
-        if transaction is not None:
-            conn._portal.call(transaction.rollback_to, names.pop(name))
+        conn.rollback_to_savepoint(names.pop(name))
 
     def do_release_savepoint(self, connection: Connection, name: str) -> None:
         conn, names = self._savepoints(connection)
-        transaction = conn.async_connection._transaction
-        if transaction is not None:
-            conn._portal.call(transaction.release, names.pop(name))
+        conn.release_savepoint(names.pop(name))
 
     @staticmethod
     def _declared(connection: Connection) -> dict[str, Any]:
@@ -332,10 +325,9 @@ class ShardqPGDialect(_ShardqDialect, PGDialect_psycopg):
             super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
             return
         table, columns, names = target
-        loaded = conn.copy_in(table, ([row[n] for n in names] for row in parameters), columns)
-        # What the routed INSERTs would have reported (pandas returns it from to_sql).
-        cursor._inner._result = None
-        cursor._inner._rowcount = int(loaded)
+        # The cursor's rowcount is then what the routed INSERTs would have
+        # reported (pandas returns it from to_sql).
+        cursor.copy_in(table, ([row[n] for n in names] for row in parameters), columns)
 
     def _set_backslash_escapes(self, connection: Connection) -> None:
         # SHOW is not a statement shardq runs; current_setting() is a table-free read.
