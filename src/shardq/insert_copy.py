@@ -20,7 +20,7 @@ and ``t`` the other; an aware datetime into a ``timestamp`` is converted to
 the session's time zone by the cast and loses its offset in COPY; a float
 into ``numeric`` keeps 15 digits through ``float8``, 17 through its text.
 :func:`copy_agrees` says yes only for values whose type, cast and column
-are a pair known to agree (:data:`_AGREE`, checked against one PostgreSQL by
+are a pair known to agree (:func:`_agree`, checked against one PostgreSQL by
 ``tests/differential/test_sqlalchemy_executemany.py``); anything else runs as
 the INSERT itself, row by row. What pandas sends for a frame whose dtypes
 match the table (ints, floats, text, bools, dates, datetimes) agrees.
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ def _json_types() -> tuple[type, ...]:
     return (Json, Jsonb)
 
 
+@functools.cache  # (psycopg is imported then: the SQLite dialect does without it)
 def _agree() -> dict[type, dict[int, frozenset[int | None]]]:
     """Python type -> column type -> the casts (None: no cast) under which COPY agrees.
 
@@ -125,10 +127,14 @@ def _str_casts(column: int) -> frozenset[int | None]:
     return frozenset({None, column, *(_TEXTS if column in _TEXTS else ())})
 
 
-#: A catalog read (one shard answers it): the table's columns and their type OIDs.
+#: A catalog read (one shard answers it): the table's columns and their type OIDs;
+#: none for a table with an INSERT rule, which COPY does not apply, or not a table.
 COLUMN_TYPES_SQL = (
     "SELECT a.attname, a.atttypid::int FROM pg_catalog.pg_attribute a "
-    "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+    "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+    "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+    "AND c.relkind IN ('r', 'p') AND NOT EXISTS "
+    "(SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type = '3')"
 )
 
 
@@ -237,7 +243,7 @@ def copy_agrees(
     >>> copy_agrees(t, {"k": INT4, "d": TEXT}, [{"k": 2**40, "d": "x"}])  # ::INTEGER refuses
     False
     """
-    agree = _AGREE
+    agree = _agree()
     for catalog_name, name, cast in zip(
         target.catalog_names, target.names, target.casts, strict=True
     ):
@@ -264,5 +270,3 @@ def copy_agrees(
                 return False
     return True
 
-
-_AGREE = _agree()

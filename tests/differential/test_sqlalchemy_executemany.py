@@ -40,6 +40,8 @@ CREATE TABLE typed (
     f float8, r real, d date, vc varchar(5), t text, ts timestamp, tstz timestamptz,
     j json, jb jsonb, tm time, u uuid, by bytea, nn text NOT NULL DEFAULT 'x'
 );
+CREATE TABLE ruled (k integer NOT NULL, t text);
+CREATE RULE skip AS ON INSERT TO ruled WHERE NEW.t = 'skip' DO INSTEAD NOTHING;
 """
 KEYS = [1, 2, 3, 4, 5, 6, 7, 8]  # on several of the four shards
 NAIVE = dt.datetime(2024, 1, 2, 10, 30, 15, 123456)
@@ -151,7 +153,11 @@ def engines(
     for cluster in [*pg_clusters, pg_single]:
         _load(cluster)
     shards = [{"name": f"s{i}", "dsn": c.dsn(DATABASE)} for i, c in enumerate(pg_clusters)]
-    config = {"dialect": "postgres", "shards": shards, "tables": {"typed": {"shard_key": "k"}}}
+    config = {
+        "dialect": "postgres",
+        "shards": shards,
+        "tables": {"typed": {"shard_key": "k"}, "ruled": {"shard_key": "k"}},
+    }
     sharded = sa.create_engine("shardq+postgresql://", connect_args={"config": config})
     single = sa.create_engine(
         pg_single.dsn(DATABASE).replace("postgresql://", "postgresql+psycopg://")
@@ -253,3 +259,18 @@ def test_to_sql_of_a_frame_typed_otherwise_stores_what_one_database_does(
     frame = pd.DataFrame({"k": [1, 2], column.name: column})
     assert _to_sql(sharded, frame) == _to_sql(single, frame)
     assert copies == []
+
+
+def test_an_insert_rule_is_applied_as_one_database_applies_it(
+    engines: tuple[sa.Engine, sa.Engine], copies: list[str]
+) -> None:
+    ruled = sa.Table("ruled", sa.MetaData(), sa.Column("k", sa.Integer), sa.Column("t", sa.Text))
+    rows = [{"k": k, "t": "skip" if k % 2 else "keep"} for k in KEYS]
+    stored = []
+    for engine in engines:
+        with engine.begin() as conn:
+            conn.execute(ruled.insert(), rows)
+            stored.append(conn.execute(sa.text("SELECT k, t FROM ruled ORDER BY k")).all())
+            conn.execute(sa.text("DELETE FROM ruled"))
+    assert stored[0] == stored[1] == [(k, "keep") for k in KEYS if k % 2 == 0]
+    assert copies == []  # COPY does not apply rules
