@@ -269,4 +269,3 @@ def copy_agrees(
             if min(ints) < low or max(ints) > high:
                 return False
     return True
-
