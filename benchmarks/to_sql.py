@@ -25,8 +25,9 @@ against the frame's. The cases:
     through ``shardq.connect(...).execute`` and through psycopg on the
     single node, each statement timed alone (the median over statements);
 ``INSERT 1,000 rows, literals``
-    the same rows with their values written in the text: a new statement
-    text each time, planned from its text.
+    1,000 rows with their values written in the text: a text not seen
+    before each time (another chunk of the frame each round), planned from
+    its text.
 
 The single node is written through SQLAlchemy's psycopg dialect
 (``postgresql+psycopg://``) for the ``to_sql`` cases and through psycopg
@@ -121,7 +122,12 @@ def measure(
     }
     data = frame(args.rows)
     chunks = [data.iloc[i : i + INSERT_ROWS] for i in range(0, len(data), INSERT_ROWS)]
-    chunks = chunks[: args.statements]
+    # Each round's literal INSERTs are texts not seen before (a planned text is kept).
+    rounds = [
+        [chunks[(r * args.statements + j) % len(chunks)] for j in range(args.statements)]
+        for r in range(args.repeat)
+    ]
+    done = {"shardq": 0, "single node": 0}  # rounds of literal INSERTs run
 
     def empty() -> None:
         for cluster in [*clusters, single]:
@@ -153,6 +159,11 @@ def measure(
     def inserts(name: str, literal: bool) -> Callable[[], list[float]]:
         def run() -> list[float]:
             seconds = []
+            if literal:
+                chunks = rounds[done[name]]
+                done[name] += 1
+            else:
+                chunks = rounds[0]
             for chunk in chunks:  # each statement timed alone; the shards emptied in between
                 sql, params = (
                     (literal_statement(chunk), None) if literal else insert_statement(chunk)
@@ -176,14 +187,16 @@ def measure(
         f"{insert}, parameters": {name: inserts(name, False) for name in executes},
         f"{insert}, literals": {name: inserts(name, True) for name in executes},
     }
-    expected = {case: data if case.startswith("to_sql") else chunks[-1] for case in cases}
     try:
-        for _ in range(args.repeat):
+        for r in range(args.repeat):
             for case, contenders in cases.items():
+                expected = data if case.startswith("to_sql") else rounds[0][-1]
+                if case.endswith("literals"):
+                    expected = rounds[r][-1]
                 for name, run in contenders.items():
                     empty()
                     times.setdefault((case, name), []).extend(run())
-                    if not check(counts[name], expected[case]):
+                    if not check(counts[name], expected):
                         wrong[(case, name)] = wrong.get((case, name), 0) + 1
     finally:
         conn.close()

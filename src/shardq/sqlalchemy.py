@@ -22,7 +22,8 @@ written). ``isolation_level="AUTOCOMMIT"`` gives shardq's autocommit.
 Savepoints (``Session.begin_nested()``) are the transaction's savepoints.
 
 On PostgreSQL shards an ``executemany`` of a plain INSERT (``to_sql``'s)
-is a COPY per shard (:meth:`ShardqPGDialect.do_executemany`); other
+is a COPY per shard when COPY stores what the INSERT would
+(:meth:`ShardqPGDialect.do_executemany`, :mod:`shardq.insert_copy`); other
 statements, and SQLite shards, use shardq's routed ``executemany``.
 
 Reflection asks the system catalog of one shard (see
@@ -237,8 +238,8 @@ def _copy_target(
         return None
     # One catalog read, on one shard, in the open transaction: a table
     # altered since is read as it is now.
-    found = conn.execute(COLUMN_TYPES_SQL, [target.relation]).fetchall()
-    types = {str(name): int(oid) for name, oid in found}
+    with conn.execute(COLUMN_TYPES_SQL, [target.relation]) as cursor:
+        types = {str(name): int(oid) for name, oid in cursor.fetchall()}
     return target if copy_agrees(target, types, parameters) else None
 
 
