@@ -353,9 +353,11 @@ def copy_rows(table: Any, conn: Connection, keys: list[str], rows: Iterable[Sequ
     """``DataFrame.to_sql(..., method=copy_rows)``: load the rows with shardq's bulk path.
 
     pandas' default sends an ``executemany`` through SQLAlchemy (a COPY per
-    shard on PostgreSQL too: :meth:`ShardqPGDialect.do_executemany`, after
-    SQLAlchemy made a parameter dict per row); this hands pandas' rows to
-    :meth:`shardq.Connection.copy_in` as they are: split by shard key, one
+    shard on PostgreSQL too when COPY stores what the INSERT would:
+    :meth:`ShardqPGDialect.do_executemany`, after SQLAlchemy made a
+    parameter dict per row); this hands pandas' rows to
+    :meth:`shardq.Connection.copy_in` as they are, unchecked (each value read
+    as COPY reads it, text into a date column too): split by shard key, one
     ``COPY`` per shard, in the connection's open transaction (SQLite shards,
     which have no two-phase commit, load on one shard per transaction).
 
