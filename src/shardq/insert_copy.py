@@ -149,6 +149,7 @@ class CopyTarget:
         catalog_names: the same as the catalog spells them (unquoted names folded).
         names: each column's parameter name.
         casts: the type each value is cast to: an OID, :data:`OTHER`, None (no cast).
+        key: the shard key's index in ``columns`` (None: not among them; COPY says so).
     """
 
     table: str
@@ -157,6 +158,7 @@ class CopyTarget:
     catalog_names: tuple[str, ...]
     names: tuple[str, ...]
     casts: tuple[int | None, ...]
+    key: int | None = None
 
 
 #: The parts of a plain ``INSERT INTO t (columns) VALUES (...)`` in sqlglot's tree.
@@ -202,11 +204,14 @@ def copy_target(statement: str, parameters: Sequence[Any], config: Config) -> Co
         return None
     name = f"{table.db}.{table.name}" if table.db else table.name
     try:
-        if not config.table(name).distributed:
-            return None
+        declared = config.table(name)
     except UndeclaredTableError:
         return None
+    if not declared.distributed:
+        return None
     columns = schema.expressions
+    wanted = (declared.shard_key or "").lower()
+    keys = [i for i, column in enumerate(columns) if column.name.lower() == wanted]
     return CopyTarget(
         table=name,
         relation=table.sql("postgres"),
@@ -216,6 +221,7 @@ def copy_target(statement: str, parameters: Sequence[Any], config: Config) -> Co
         ),
         names=tuple(cell.name for cell in inner),
         casts=tuple(_cast_type(cell) for cell in cells),
+        key=keys[0] if keys else None,
     )
 
 
@@ -242,16 +248,23 @@ def copy_agrees(
     False
     >>> copy_agrees(t, {"k": INT4, "d": TEXT}, [{"k": 2**40, "d": "x"}])  # ::INTEGER refuses
     False
+    >>> keyed = CopyTarget("t", "t", ("k",), ("k",), ("k",), (INT4,), key=0)
+    >>> copy_agrees(keyed, {"k": INT4}, [{"k": 1}]), copy_agrees(keyed, {"k": INT4}, [{"k": "1"}])
+    (True, False)
     """
     agree = _agree()
-    for catalog_name, name, cast in zip(
-        target.catalog_names, target.names, target.casts, strict=True
+    for index, (catalog_name, name, cast) in enumerate(
+        zip(target.catalog_names, target.names, target.casts, strict=True)
     ):
         column = column_types.get(catalog_name)
         if column is None or cast == OTHER:
             return False
         kinds = {type(row[name]) for row in parameters}
         kinds.discard(type(None))
+        if index == target.key and str in kinds and column not in _TEXTS:
+            # Text for a key of another type: the INSERT's routing decides whether
+            # its cast may read it as another key than placement does.
+            return False
         if dt.datetime in kinds:  # naive or aware: not the same pairs
             kinds.discard(dt.datetime)
             kinds.update(

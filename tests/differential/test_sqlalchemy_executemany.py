@@ -261,6 +261,22 @@ def test_to_sql_of_a_frame_typed_otherwise_stores_what_one_database_does(
     assert copies == []
 
 
+def test_text_for_an_integer_shard_key_is_routed_as_the_insert_routes_it(
+    engines: tuple[sa.Engine, sa.Engine], copies: list[str]
+) -> None:
+    sharded, _ = engines
+    table = sa.Table("typed", sa.MetaData(), sa.Column("k", sa.Integer), sa.Column("t", sa.Text))
+    rows = [{"k": str(k), "t": "x"} for k in KEYS]
+    with pytest.raises(sa.exc.DBAPIError, match="may become another key once cast"):
+        with sharded.begin() as conn:
+            conn.execute(table.insert(), rows)
+    assert copies == []  # not loaded by COPY, which would place the text as its number
+    with sharded.begin() as conn:  # a key of its own type goes by COPY
+        conn.execute(table.insert(), [{**row, "k": int(row["k"])} for row in rows])
+        conn.execute(sa.text("DELETE FROM typed"))
+    assert copies == ["typed"]
+
+
 def test_an_insert_rule_is_applied_as_one_database_applies_it(
     engines: tuple[sa.Engine, sa.Engine], copies: list[str]
 ) -> None:
