@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
     from tests.fixtures.servers import PgCluster
 
+pytestmark = pytest.mark.postgres
+
 DATABASE = "sqla_types"
 SCHEMA = """
 CREATE TABLE typed (
