@@ -49,6 +49,12 @@ CASES = [
         "({i}, 'x%'' {i}', {i} % 7 + coalesce(NULL, -2.5))",
         None,
     ),
+    (  # a word only the rows have (a type of the database's own)
+        "postgres",
+        "INSERT INTO orders (customer_id, note) VALUES {rows}",
+        "(%s, %s::mood)",
+        2,
+    ),
     (
         "postgres",
         "INSERT INTO orders AS o (customer_id, note) VALUES {rows} RETURNING o.customer_id, note",

@@ -138,8 +138,31 @@ _PLAIN = (
 
 
 def _plain(row: exp.Expr) -> bool:
-    """Whether ``row`` is made of :data:`_PLAIN` nodes only (values, parameters, their casts)."""
-    return all(isinstance(node, _PLAIN) for node in row.walk())
+    """Whether ``row`` is made of :data:`_PLAIN` nodes only (values, parameters, their casts).
+
+    A named parameter's name (an identifier under its placeholder) is written back as read.
+    """
+    return all(
+        isinstance(node, _PLAIN)
+        or (isinstance(node, exp.Identifier) and isinstance(node.parent, exp.Placeholder))
+        for node in row.walk()
+    )
+
+
+def _around(values: exp.Values, source: str) -> str:
+    """The text of the statement without its rows' (``source`` if their offsets are not known).
+
+    The check against it is the first of two (its words are some of the
+    whole text's): tokenizing the whole text again cost as much as writing
+    every row. It is cut where the tokens of the rows' values begin and end,
+    so each side holds whole tokens, as in the whole text.
+    """
+    rows = values.expressions
+    starts = [n.meta["start"] for n in rows[0].walk() if "start" in n.meta]
+    ends = [n.meta["end"] for n in rows[-1].walk() if "end" in n.meta]
+    if not starts or not ends or min(starts) > max(ends):
+        return source
+    return f"{source[: min(starts)]} {source[max(ends) + 1 :]}"
 
 
 def _pieces(analysis: Analysis, with_params: bool) -> _Pieces:
@@ -176,7 +199,12 @@ def _pieces(analysis: Analysis, with_params: bool) -> _Pieces:
     checked = [text for row, text in zip(values.expressions, rows, strict=True) if not _plain(row)]
     # A plain row's casts are checked once per type they name.
     checked += sorted({generate(t, dialect) for t in values.find_all(exp.DataType)})
-    check_regenerated(f"{head}{', '.join(checked)}{tail}", analysis.parsed.source, dialect)
+    written = f"{head}{', '.join(checked)}{tail}"
+    source = analysis.parsed.source
+    try:
+        check_regenerated(written, _around(values, source), dialect)
+    except UnsupportedQueryError:  # perhaps a word only the rows have: against them all
+        check_regenerated(written, source, dialect)
     if dialect == "postgres":
         # Sent with parameters always, so that psycopg reads every "%%" alike.
         # (rows not through for_psycopg's cache: a thousand of them would empty it)
