@@ -29,6 +29,10 @@ as it goes, and collects what each wrote with ``--json``:
 - ``decorrelate``: ``decorrelate.py``, TPC-H Q17, Q20 and Q22 (subqueries
   correlated on another key than the shard key) decorrelated and gathered, at
   scale factor 0.01 on 4 shards.
+- ``to_sql``: ``to_sql.py``, pandas' ``to_sql`` of 20,000 rows through the
+  SQLAlchemy dialect (a COPY per shard, and ``method="multi"``: 1,000-row
+  INSERTs) and 1,000-row INSERTs through ``shardq.connect``, beside one
+  PostgreSQL.
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -72,6 +76,7 @@ SCENARIOS = {
     "gather": "gather.py",
     "sqlite_gather": "sqlite_gather.py",
     "decorrelate": "decorrelate.py",
+    "to_sql": "to_sql.py",
 }
 
 

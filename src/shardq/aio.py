@@ -298,6 +298,38 @@ class AsyncCursor:
             connection._written_shards.update(shards)
         self._rowcount = total
 
+    async def copy_in(
+        self,
+        table: str,
+        source: object,
+        columns: Sequence[str] | None = None,
+        *,
+        header: bool = False,
+        delimiter: str = ",",
+        quote: str = '"',
+        escape: str | None = None,
+        null: str = "",
+        encoding: str = "utf-8",
+        atomic: bool = True,
+        progress: Callable[[CopyProgress], object] | None = None,
+    ) -> CopyResult:
+        """:meth:`AsyncConnection.copy_in`, with :attr:`rowcount` the rows loaded.
+
+        As psycopg's ``cursor.copy()`` leaves its cursor's ``rowcount``: code
+        given a cursor (a DB-API ``executemany`` done as a load, pandas'
+        ``to_sql``) reports the load as it would report the INSERTs.
+        """
+        self._check_open()
+        await self._discard()
+        self._rowcount = -1
+        result = await self.connection.copy_in(
+            table, source, columns,
+            header=header, delimiter=delimiter, quote=quote, escape=escape, null=null,
+            encoding=encoding, atomic=atomic, progress=progress,
+        )  # fmt: skip
+        self._rowcount = result.rowcount
+        return result
+
     def _writes_every_shard(self, sql: SQL) -> bool:
         """Whether ``sql`` writes a reference table (every shard, whatever its parameters)."""
         connection = self.connection
@@ -1042,6 +1074,44 @@ class AsyncConnection:
     def in_transaction(self) -> bool:
         """Whether a transaction is open on this connection."""
         return self._transaction is not None
+
+    async def savepoint(self) -> str:
+        """Take a savepoint in the open transaction and return its name.
+
+        With autocommit off and no transaction open, this opens one, as a
+        statement would. The savepoint is on every shard the transaction has
+        joined and on each it joins later. ``async with conn.transaction():``
+        nested is the usual way; these three methods are for code that names
+        its savepoints itself (SQLAlchemy's ``Session.begin_nested()``).
+
+        Raises:
+            ProgrammingError: no transaction is open and autocommit is on.
+        """
+        self._check_open()
+        transaction = self._transaction_for_statement()
+        if transaction is None:
+            raise ProgrammingError(
+                "a savepoint needs a transaction: open one with transaction(), "
+                "or set autocommit to False"
+            )
+        return await transaction.savepoint()
+
+    async def rollback_to_savepoint(self, name: str) -> None:
+        """Undo what was done since savepoint ``name`` and end it; the transaction goes on.
+
+        It also clears the failure of a statement that failed after the
+        savepoint. With no transaction open (it ended), nothing to undo, as
+        with :meth:`rollback`.
+        """
+        self._check_open()
+        if self._transaction is not None:
+            await self._transaction.rollback_to(name)
+
+    async def release_savepoint(self, name: str) -> None:
+        """Keep what was done since savepoint ``name`` and end it (nothing if no transaction)."""
+        self._check_open()
+        if self._transaction is not None:
+            await self._transaction.release(name)
 
     def _transaction_for_statement(self) -> Transaction | None:
         """The open transaction, opened now if autocommit is off."""

@@ -221,6 +221,33 @@ class Cursor:
             self._inner.executemany, sql, params_seq, timeout=timeout, concurrency=concurrency
         )
 
+    def copy_in(
+        self,
+        table: str,
+        source: object,
+        columns: Sequence[str] | None = None,
+        *,
+        header: bool = False,
+        delimiter: str = ",",
+        quote: str = '"',
+        escape: str | None = None,
+        null: str = "",
+        encoding: str = "utf-8",
+        atomic: bool = True,
+        progress: Callable[[CopyProgress], object] | None = None,
+    ) -> CopyResult:
+        """:meth:`Connection.copy_in`, with :attr:`rowcount` the rows loaded.
+
+        See :meth:`shardq.aio.AsyncCursor.copy_in`.
+        """
+        self._local.clear()
+        self._drained = True
+        return self._portal.call(
+            self._inner.copy_in, table, source, columns,
+            header=header, delimiter=delimiter, quote=quote, escape=escape, null=null,
+            encoding=encoding, atomic=atomic, progress=progress,
+        )  # fmt: skip
+
     def _check_readable(self) -> None:
         # Raises as the async cursor would: closed cursor, nothing executed, no rows.
         if self._inner.closed or self._inner.description is None:
@@ -666,6 +693,18 @@ class Connection:
     def in_transaction(self) -> bool:
         """Whether a transaction is open on this connection."""
         return self._inner.in_transaction
+
+    def savepoint(self) -> str:
+        """See :meth:`shardq.aio.AsyncConnection.savepoint`: take one, return its name."""
+        return self._portal.call(self._inner.savepoint)
+
+    def rollback_to_savepoint(self, name: str) -> None:
+        """See :meth:`shardq.aio.AsyncConnection.rollback_to_savepoint`."""
+        self._portal.call(self._inner.rollback_to_savepoint, name)
+
+    def release_savepoint(self, name: str) -> None:
+        """See :meth:`shardq.aio.AsyncConnection.release_savepoint`."""
+        self._portal.call(self._inner.release_savepoint, name)
 
     def recover(self, *, wait: float = RECOVERY_WAIT) -> Recovery:
         """See :meth:`shardq.aio.AsyncConnection.recover`."""

@@ -22,7 +22,8 @@ written). ``isolation_level="AUTOCOMMIT"`` gives shardq's autocommit.
 Savepoints (``Session.begin_nested()``) are the transaction's savepoints.
 
 On PostgreSQL shards an ``executemany`` of a plain INSERT (``to_sql``'s)
-is a COPY per shard (:meth:`ShardqPGDialect.do_executemany`); other
+is a COPY per shard when COPY stores what the INSERT would
+(:meth:`ShardqPGDialect.do_executemany`, :mod:`shardq.insert_copy`); other
 statements, and SQLite shards, use shardq's routed ``executemany``.
 
 Reflection asks the system catalog of one shard (see
@@ -37,21 +38,18 @@ from __future__ import annotations
 
 import sqlite3
 import types
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import sqlglot
-import sqlglot.errors
 from sqlalchemy import pool, text
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import reflection
-from sqlglot import exp
 
 import shardq
 from shardq.errors import InterfaceError, NotSupportedError
+from shardq.insert_copy import COLUMN_TYPES_SQL, CopyTarget, copy_agrees, copy_target
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -158,22 +156,15 @@ class _ShardqDialect:
 
     def do_savepoint(self, connection: Connection, name: str) -> None:
         conn, names = self._savepoints(connection)
-        transaction = conn.async_connection._transaction_for_statement()
-        if transaction is None:
-            raise NotSupportedError("a savepoint needs a transaction: not under AUTOCOMMIT")
-        names[name] = conn._portal.call(transaction.savepoint)
+        names[name] = conn.savepoint()
 
     def do_rollback_to_savepoint(self, connection: Connection, name: str) -> None:
         conn, names = self._savepoints(connection)
-        transaction = conn.async_connection._transaction
-        if transaction is not None:
-            conn._portal.call(transaction.rollback_to, names.pop(name))
+        conn.rollback_to_savepoint(names.pop(name))
 
     def do_release_savepoint(self, connection: Connection, name: str) -> None:
         conn, names = self._savepoints(connection)
-        transaction = conn.async_connection._transaction
-        if transaction is not None:
-            conn._portal.call(transaction.release, names.pop(name))
+        conn.release_savepoint(names.pop(name))
 
     @staticmethod
     def _declared(connection: Connection) -> dict[str, Any]:
@@ -236,46 +227,20 @@ for _name in (
 
 
 def _copy_target(
-    statement: str, parameters: Any, context: Any, config: shardq.Config
-) -> tuple[str, list[str], list[str]] | None:
-    """(table, columns, parameter names) when an executemany INSERT can be a COPY, else None."""
+    statement: str, parameters: Any, context: Any, conn: shardq.Connection
+) -> CopyTarget | None:
+    """The COPY an ``executemany`` INSERT can be, storing what it would store; else None."""
     compiled = getattr(context, "compiled", None)
     if compiled is None or not getattr(context, "isinsert", False) or compiled.effective_returning:
         return None
-    if not parameters or not all(isinstance(row, Mapping) for row in parameters):
+    target = copy_target(statement, parameters, conn.config)
+    if target is None:
         return None
-    try:
-        tree = sqlglot.parse_one(statement, read="postgres")
-    except sqlglot.errors.SqlglotError:
-        return None
-    if not isinstance(tree, exp.Insert) or {k for k, v in tree.args.items() if v} - _PLAIN_INSERT:
-        return None
-    schema, values = tree.this, tree.expression
-    if not isinstance(schema, exp.Schema) or not isinstance(values, exp.Values):
-        return None
-    if len(values.expressions) != 1 or not isinstance(schema.this, exp.Table):
-        return None
-    table = schema.this
-    if table.args.get("alias") or table.catalog:
-        return None
-    # psycopg's dialect writes a cast of each value to its SQLAlchemy type
-    # (%(id)s::BIGINT); COPY reads the value as the column's type instead.
-    cells = [c.this if isinstance(c, exp.Cast) else c for c in values.expressions[0].expressions]
-    if len(cells) != len(schema.expressions) or not all(
-        isinstance(cell, exp.Placeholder) and cell.name for cell in cells
-    ):
-        return None
-    name = f"{table.db}.{table.name}" if table.db else table.name
-    try:
-        if not config.table(name).distributed:
-            return None  # a reference table: INSERT checks that every copy comes out the same
-    except shardq.UndeclaredTableError:
-        return None
-    return name, [column.name for column in schema.expressions], [cell.name for cell in cells]
-
-
-#: The parts of a plain ``INSERT INTO t (columns) VALUES (...)`` in sqlglot's tree.
-_PLAIN_INSERT = frozenset({"this", "expression"})
+    # One catalog read, on one shard, in the open transaction: a table
+    # altered since is read as it is now.
+    with conn.execute(COLUMN_TYPES_SQL, [target.relation]) as cursor:
+        types = {str(name): int(oid) for name, oid in cursor.fetchall()}
+    return target if copy_agrees(target, types, parameters) else None
 
 
 class ShardqPGDialect(_ShardqDialect, PGDialect_psycopg):
@@ -312,30 +277,32 @@ class ShardqPGDialect(_ShardqDialect, PGDialect_psycopg):
     def do_executemany(
         self, cursor: Any, statement: str, parameters: Any, context: Any = None
     ) -> None:
-        """An INSERT of many rows into a distributed table is a COPY per shard.
+        """An INSERT of many rows into a distributed table is a COPY per shard, when exact.
 
         What ``DataFrame.to_sql`` and the ORM send (``INSERT INTO t (a, b)
         VALUES (%(a)s, %(b)s)`` with one parameter set per row, nothing
-        returned) loads the same rows through :meth:`shardq.Connection.copy_in`
+        returned) loads the same rows through :meth:`shardq.Cursor.copy_in`
         as the routed INSERTs would, in the same transaction, with column
         defaults and triggers as INSERT has them, one round trip per shard
-        rather than one per row. Anything else (RETURNING, ON CONFLICT, a
-        value computed in SQL, a reference table) is shardq's executemany, as
-        is every INSERT with ``create_engine(..., copy_executemany=False)``.
-        COPY reads each value as its column's type, where INSERT casts it to
-        the type SQLAlchemy bound it as first: text into a date column, which
-        INSERT refuses (``character varying``), loads.
+        rather than one per row. COPY reads a value's text as its column's
+        type, where the INSERT casts it to the type SQLAlchemy bound it as:
+        the rows are checked first against the table's column types
+        (:func:`shardq.insert_copy.copy_agrees`), and an INSERT whose values
+        COPY would read otherwise (text into a date column bound as
+        ``VARCHAR``, a float into an integer column) runs as the INSERT,
+        row by row, storing or refusing what one PostgreSQL would. So do
+        RETURNING, ON CONFLICT, a value computed in SQL, a reference table,
+        and every INSERT with ``create_engine(..., copy_executemany=False)``.
         """
         conn = cursor.connection
-        target = self.copy_executemany and _copy_target(statement, parameters, context, conn.config)
+        target = self.copy_executemany and _copy_target(statement, parameters, context, conn)
         if not target:
             super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
             return
-        table, columns, names = target
-        loaded = conn.copy_in(table, ([row[n] for n in names] for row in parameters), columns)
-        # What the routed INSERTs would have reported (pandas returns it from to_sql).
-        cursor._inner._result = None
-        cursor._inner._rowcount = int(loaded)
+        # The cursor's rowcount is then what the routed INSERTs would have
+        # reported (pandas returns it from to_sql).
+        rows = ([row[n] for n in target.names] for row in parameters)
+        cursor.copy_in(target.table, rows, target.columns)
 
     def _set_backslash_escapes(self, connection: Connection) -> None:
         # SHOW is not a statement shardq runs; current_setting() is a table-free read.
@@ -386,9 +353,11 @@ def copy_rows(table: Any, conn: Connection, keys: list[str], rows: Iterable[Sequ
     """``DataFrame.to_sql(..., method=copy_rows)``: load the rows with shardq's bulk path.
 
     pandas' default sends an ``executemany`` through SQLAlchemy (a COPY per
-    shard on PostgreSQL too: :meth:`ShardqPGDialect.do_executemany`, after
-    SQLAlchemy made a parameter dict per row); this hands pandas' rows to
-    :meth:`shardq.Connection.copy_in` as they are: split by shard key, one
+    shard on PostgreSQL too when COPY stores what the INSERT would:
+    :meth:`ShardqPGDialect.do_executemany`, after SQLAlchemy made a
+    parameter dict per row); this hands pandas' rows to
+    :meth:`shardq.Connection.copy_in` as they are, unchecked (each value read
+    as COPY reads it, text into a date column too): split by shard key, one
     ``COPY`` per shard, in the connection's open transaction (SQLite shards,
     which have no two-phase commit, load on one shard per transaction).
 

@@ -290,15 +290,15 @@ def test_to_sql_appends_rows_routed_by_their_key(pg: Any, pg_clusters: list[PgCl
 
 @pytest.fixture
 def copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The tables shardq.Connection.copy_in is asked to load, in order."""
+    """The tables shardq.Cursor.copy_in is asked to load, in order."""
     calls: list[str] = []
-    copy_in = shardq.Connection.copy_in
+    copy_in = shardq.Cursor.copy_in
 
-    def spy(self: shardq.Connection, table: str, *args: Any, **kw: Any) -> Any:
+    def spy(self: shardq.Cursor, table: str, *args: Any, **kw: Any) -> Any:
         calls.append(table)
         return copy_in(self, table, *args, **kw)
 
-    monkeypatch.setattr(shardq.Connection, "copy_in", spy)
+    monkeypatch.setattr(shardq.Cursor, "copy_in", spy)
     return calls
 
 

@@ -110,6 +110,50 @@ def test_a_nested_transaction_is_a_savepoint(empty_writes: Backend) -> None:
         assert _stored(backend) == [(outer, "outer"), (kept, "inner kept")]
 
 
+def test_named_savepoints_on_the_connection(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    with backend.connect() as conn:
+        first, undone, failed, kept = _keys_on_one_shard(conn, 4)
+        with pytest.raises(shardq.ProgrammingError, match="a savepoint needs a transaction"):
+            conn.savepoint()  # autocommit, no transaction
+        assert not conn.in_transaction
+        conn.autocommit = False
+        outer = conn.savepoint()  # opens the transaction, as a statement would
+        assert conn.in_transaction
+        conn.execute(insert, [first, "first"])
+        inner = conn.savepoint()
+        conn.execute(insert, [undone, "undone"])
+        conn.rollback_to_savepoint(inner)
+        again = conn.savepoint()
+        with pytest.raises(shardq.IntegrityError):
+            conn.execute(insert, [first, "duplicate"])
+        with pytest.raises(shardq.InFailedTransactionError):
+            conn.execute(insert, [failed, "after the failure"])
+        conn.rollback_to_savepoint(again)  # clears the failure
+        conn.execute(insert, [kept, "kept"])
+        conn.release_savepoint(outer)
+        conn.commit()
+        assert _stored(backend) == sorted([(first, "first"), (kept, "kept")])
+        conn.rollback_to_savepoint(outer)  # no transaction open: nothing to undo
+        conn.release_savepoint(outer)
+        conn.autocommit = True
+
+
+async def test_named_savepoints_on_the_async_connection(empty_writes: Backend) -> None:
+    backend = empty_writes
+    insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
+    async with await backend.connect_async() as conn:
+        first, second = _keys_on_one_shard(conn, 2)
+        async with conn.transaction():
+            await conn.execute(insert, [first, "kept"])
+            name = await conn.savepoint()
+            await conn.execute(insert, [second, "undone"])
+            await conn.rollback_to_savepoint(name)
+            await conn.release_savepoint(await conn.savepoint())
+    assert _stored(backend) == [(first, "kept")]
+
+
 def test_a_failed_statement_aborts_the_transaction(empty_writes: Backend) -> None:
     backend = empty_writes
     insert = backend.sql("INSERT INTO writes (id, note) VALUES ({}, {})")
@@ -631,6 +675,32 @@ def test_executemany_in_a_transaction_is_part_of_it(empty_writes: Backend) -> No
             cur.executemany(insert, [(k, "kept") for k in keys[2:]])
         conn.autocommit = True
         assert _stored(backend) == [(k, "kept") for k in keys[2:]]
+
+
+def test_cursor_copy_in_reports_its_rows_as_rowcount(empty_writes: Backend) -> None:
+    backend = empty_writes
+    with backend.connect() as conn:
+        keys = _keys_on_one_shard(conn, 3)
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM writes")
+        loaded = cur.copy_in("writes", [(k, "loaded") for k in keys], ["id", "note"])
+        assert (loaded.rowcount, cur.rowcount, cur.description) == (3, 3, None)
+        with pytest.raises(shardq.ProgrammingError, match="no statement"):
+            cur.fetchall()  # the read before it is gone, as after an INSERT
+        with pytest.raises(shardq.IntegrityError):
+            cur.copy_in("writes", [(keys[0], "duplicate")], ["id", "note"])
+        assert cur.rowcount == -1  # the failed load reports no count, not the last one
+    assert _stored(backend) == [(k, "loaded") for k in keys]
+
+
+async def test_async_cursor_copy_in_reports_its_rows_as_rowcount(empty_writes: Backend) -> None:
+    backend = empty_writes
+    async with await backend.connect_async() as conn:
+        keys = _keys_on_one_shard(conn, 2)
+        cur = conn.cursor()
+        await cur.copy_in("writes", [(k, "async") for k in keys], ["id", "note"])
+        assert cur.rowcount == 2
+    assert _stored(backend) == [(k, "async") for k in keys]
 
 
 def test_executemany_into_a_reference_table(backend: Backend) -> None:

@@ -67,6 +67,8 @@ class Analysis:
     parsed: Parsed
     kind: StatementKind
     refs: tuple[TableRef, ...]
+    #: Whether it reads a system catalog (then it has no declared table: :func:`table_refs`).
+    reads_catalog: bool = False
     # Facts derived from the text alone (key terms, refusals), computed once
     # per cached analysis rather than once per call.
     memo: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -241,14 +243,22 @@ def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
 
     A read of system catalogs only (``pg_catalog``, ``information_schema``,
     ``sqlite_master``: what SQLAlchemy's reflection and BI tools ask) touches
-    no declared table, so it runs on one shard as a table-free read does:
-    every shard's catalog describes the same declared tables (schema changes
-    run on all of them). A catalog beside a declared table, or written, is
+    no declared table, so it runs on one shard: every shard's catalog
+    describes the same declared tables (schema changes run on all of them),
+    though under OIDs of its own, so it is always the first shard
+    (:attr:`Analysis.reads_catalog`). A catalog beside a declared table, or written, is
     refused: its rows would be one shard's, joined to every shard's.
     """
+    return _refs_and_catalogs(statement, config)[0]
+
+
+def _refs_and_catalogs(
+    statement: exp.Expr, config: Config
+) -> tuple[tuple[TableRef, ...], list[str]]:
+    """:func:`table_refs`, and the system catalogs the statement reads."""
     dialect = config.dialect
     if isinstance(statement, exp.Drop) and str(statement.args.get("kind")).upper() == "INDEX":
-        return ()  # it names an index, not a table
+        return (), []  # it names an index, not a table
     target = _dml_target(statement)
     refs = []
     catalogs = []
@@ -278,13 +288,15 @@ def table_refs(statement: exp.Expr, config: Config) -> tuple[TableRef, ...]:
             "every shard has its own catalog: shardq reads one shard's in a statement of its "
             "own; read the catalog apart from the tables",
         )
-    return tuple(refs)
+    return tuple(refs), catalogs
 
 
 def analyze(parsed: Parsed, config: Config) -> Analysis:
     """Classify a parsed statement and resolve its tables against ``config``."""
     statement = parsed.expression
-    return Analysis(parsed, _kind(statement), table_refs(statement, config))
+    kind = _kind(statement)  # (first: it refuses what it cannot classify)
+    refs, catalogs = _refs_and_catalogs(statement, config)
+    return Analysis(parsed, kind, refs, reads_catalog=bool(catalogs))
 
 
 # Aggregates sqlglot parses as plain function calls (exp.Anonymous). A

@@ -31,7 +31,7 @@ from shardq.sql.dialects import SQLITE_AFFINITY_WORDS, generate
 if TYPE_CHECKING:
     from sqlglot import exp
 
-__all__ = ["for_psycopg", "regenerate"]
+__all__ = ["check_regenerated", "for_psycopg", "regenerate"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words shardq's rewrites add, and spellings sqlglot uses for the same thing.
@@ -70,7 +70,13 @@ def regenerate(
 
     ``extra`` are more words (lower case) the caller's rewrite adds.
     """
-    sql = generate(expression, dialect)
+    return check_regenerated(generate(expression, dialect), original, dialect, extra)
+
+
+def check_regenerated(
+    sql: str, original: str, dialect: str, extra: frozenset[str] = frozenset()
+) -> str:
+    """:func:`regenerate`'s check of ``sql``, written by sqlglot from ``original``'s tree."""
     new = _words(sql, dialect) - _words(original, dialect) - _OURS - extra
     if dialect == "sqlite":
         # A CAST is written with its affinity's name; ifnull(a, b) is coalesce(a, b).

@@ -297,6 +297,11 @@ def pinning_placeholder(analysis: Analysis) -> tuple[str, int | None, str | None
 def _read_route_of(analysis: Analysis, params: object, config: Config) -> Route:
     distributed = analysis.distributed
     if not distributed:
+        if analysis.reads_catalog:
+            # Always the same shard: the shards' catalogs describe the same tables
+            # under different OIDs, and reflection passes the OIDs one query
+            # found to the next (SQLAlchemy's primary key after the table's OID).
+            return Route(RouteKind.SHARDS, config.shard_names[:1])
         return ANY
     statement = analysis.parsed.expression
     if not isinstance(statement, exp.Select):
