@@ -283,9 +283,14 @@ class Cursor:
         untouched, self._untouched = self._untouched, False
         first = list(self._local)
         self._local.clear()
-        if self._drained and not (untouched and self.connection.arrow_reads == "adbc"):
+        mode = self.connection.arrow_reads
+        if self._drained and not (untouched and mode == "adbc"):
             assert self.description is not None
-            self._inner.arrow_path, self._inner.arrow_fallback = "rows", "received whole"
+            why = (
+                f"arrow_reads is {mode!r}" if mode != "adbc"
+                else "rows were taken from the result before"
+            )  # fmt: skip
+            self._inner.arrow_path, self._inner.arrow_fallback = "rows", why
             return to_table(self.description, [rows_as_tuples(first)])
         self._drained = True
         table: pyarrow.Table = self._portal.call(self._inner._arrow_table, first, untouched)

@@ -508,8 +508,11 @@ class Engine:
         if self._arrow is None:
             self._arrow = arrowread.ArrowReader(self.config)
         plan = read.plan
+        # Without parameters psycopg sends a statement as it is, with (an empty set of)
+        # them it reads %% as % first: ADBC gets what PostgreSQL would.
+        sql = plan.sql if plan.params is None else plan.sql.replace("%%", "%")
         tables = await arrowread.read_all(
-            self._arrow, plan.sql, read.shards, read.timeout, read.deadline
+            self._arrow, sql, read.shards, read.timeout, read.deadline
         )
         columns = columns_of(tables[0][0].schema)
         if isinstance(columns, str):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import threading
 import time
 from dataclasses import dataclass
@@ -64,13 +65,11 @@ class ColumnarRead:
 
 
 def available() -> bool:
-    """Whether ADBC's PostgreSQL driver and pyarrow are installed."""
-    try:
-        require("adbc_driver_postgresql.dbapi", "adbc", "Arrow reads")
-        require("pyarrow", "arrow", "Arrow reads")
-    except ImportError:
-        return False
-    return True
+    """Whether ADBC's PostgreSQL driver and pyarrow are installed (imports nothing)."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("adbc_driver_postgresql", "adbc_driver_manager", "pyarrow")
+    )
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -78,15 +77,64 @@ def _sqlstate(exc: BaseException) -> str | None:
     return state if isinstance(state, str) and state else None
 
 
+class _Stopped(Exception):
+    """A read stopped (out of time, or cancelled) before its statement started."""
+
+
+class _Conn:
+    """An ADBC connection, its one statement, and the ``statement_timeout`` last set."""
+
+    def __init__(self, manager: Any, connection: Any):
+        self.connection = connection
+        self.statement = manager.AdbcStatement(connection)
+        self.timeout_ms = 0
+
+    def update(self, sql: str) -> None:
+        self.statement.set_sql_query(sql)
+        self.statement.execute_update()
+
+    def query(self, sql: str) -> pyarrow.Table:
+        from adbc_driver_manager import _reader
+
+        self.statement.set_sql_query(sql)
+        stream, _ = self.statement.execute_query()
+        # ADBC's reader raises the driver's errors (with their SQLSTATE), not pyarrow's.
+        return _reader.AdbcRecordBatchReader._import_from_c(stream.address).read_all()
+
+    def close(self) -> None:
+        for part in (self.statement, self.connection):
+            with contextlib.suppress(Exception):
+                part.close()
+
+
+async def _cancel(work: asyncio.Future[Any], stop: threading.Event, on: list[Any]) -> None:
+    """Stop a read: cancel its statement on the server until its thread is done.
+
+    The cancel request is sent again while the thread runs: one sent just
+    before the statement reached the server finds nothing to cancel. The
+    thread's connection is closed, not reused (its statement did not finish).
+    """
+    stop.set()
+    while not work.done():
+        for statement in on:
+            with contextlib.suppress(Exception):
+                statement.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(work), 0.1)
+    with contextlib.suppress(BaseException):
+        work.result()
+
+
 class _Shard:
     """One shard's idle ADBC connections and the bound on those reading at once."""
 
     def __init__(self, dsn: str, limit: int):
         self.dsn = dsn
-        self.idle: list[Any] = []
+        self.idle: list[_Conn] = []
         self.slots = asyncio.Semaphore(limit)
         self.lock = threading.Lock()  # idle is touched from worker threads
         self.zone: str | None = None  # the sessions' TimeZone, asked once
+        self.database: Any = None  # ADBC's database: the driver and the DSN
 
 
 class ArrowReader:
@@ -110,30 +158,43 @@ class ArrowReader:
     def __repr__(self) -> str:
         return f"<ArrowReader shards={list(self._shards)}>"
 
-    def _connect(self, shard: _Shard) -> Any:
+    def _connect(self, shard: _Shard) -> _Conn:
+        # ADBC's own API, not its DB-API module: that one imports pandas and polars
+        # (two seconds) for methods shardq does not call.
+        manager = require("adbc_driver_manager", "adbc", "Arrow reads")
         with shard.lock:
             if shard.idle:
                 return shard.idle.pop()
-        dbapi = require("adbc_driver_postgresql.dbapi", "adbc", "Arrow reads")
-        conn = dbapi.connect(shard.dsn, autocommit=True)
+            if shard.database is None:
+                driver = require("adbc_driver_postgresql", "adbc", "Arrow reads")
+                shard.database = driver.connect(shard.dsn)
+            database = shard.database
+        conn = _Conn(manager, manager.AdbcConnection(database))
         if shard.zone is None:
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT current_setting('TimeZone')")
-                shard.zone = str(cursor.fetchone()[0])
+            zone = conn.query("SELECT current_setting('TimeZone')")
+            shard.zone = str(zone.column(0)[0].as_py())
         return conn
 
-    def _run(self, shard: _Shard, sql: str, timeout_ms: int, started: list[Any]) -> Any:
-        """The thread's part: one statement on a connection of ``shard``, read whole."""
+    def _run(
+        self, shard: _Shard, sql: str, deadline: float | None, stop: threading.Event, on: list[Any]
+    ) -> Any:
+        """The thread's part: one statement on a connection of ``shard``, read whole.
+
+        ``statement_timeout`` is the time left when the statement starts (set
+        only when it changes); a read stopped or out of time before it
+        starts does not start.
+        """
         conn = self._connect(shard)
         reusable = False
         try:
-            with conn.cursor() as cursor:
-                started.append(cursor)
-                cursor.execute(f"SET statement_timeout = {timeout_ms}")
-                cursor.execute(sql)
-                table = cursor.fetch_arrow_table()
-                if timeout_ms:
-                    cursor.execute("SET statement_timeout = 0")
+            on.append(conn.statement)
+            wanted = 0 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if stop.is_set() or (deadline is not None and wanted <= 0):
+                raise _Stopped
+            if wanted != conn.timeout_ms:
+                conn.update(f"SET statement_timeout = {wanted}")
+                conn.timeout_ms = wanted
+            table = conn.query(sql)
             reusable = True
             return table
         finally:
@@ -141,8 +202,7 @@ class ArrowReader:
                 with shard.lock:
                     shard.idle.append(conn)
             else:
-                with contextlib.suppress(Exception):
-                    conn.close()
+                conn.close()
 
     async def read(self, name: str, sql: str, *, timeout: float | None) -> tuple[Any, str]:
         """Run ``sql`` on shard ``name``; its result as an Arrow table, and the session zone.
@@ -153,27 +213,25 @@ class ArrowReader:
             ShardError: the shard refused or failed, its message scrubbed.
         """
         shard = self._shards[name]
+        deadline = None if timeout is None else time.monotonic() + timeout
         async with shard.slots:
-            timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
-            started: list[Any] = []
+            stop = threading.Event()
+            on: list[Any] = []
             work = asyncio.ensure_future(
-                asyncio.to_thread(self._run, shard, sql, timeout_ms, started)
+                asyncio.to_thread(self._run, shard, sql, deadline, stop, on)
             )
             try:
-                table = await asyncio.wait_for(asyncio.shield(work), timeout)
+                left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                table = await asyncio.wait_for(asyncio.shield(work), left)
             except (TimeoutError, asyncio.CancelledError) as stopped:
-                # Cancel on the server, then wait for the thread: its connection
-                # is closed (not reused) since its statement did not finish.
-                for cursor in started:
-                    with contextlib.suppress(Exception):
-                        cursor.adbc_cancel()
-                with contextlib.suppress(BaseException):
-                    await work
+                await _cancel(work, stop, on)
                 if isinstance(stopped, TimeoutError):
                     raise QueryTimeoutError(timeout or 0.0, (name,)) from None
                 raise
+            except _Stopped:
+                raise QueryTimeoutError(timeout or 0.0, (name,)) from None
             except Exception as exc:
-                if "statement timeout" in str(exc) or _sqlstate(exc) == "57014":
+                if _sqlstate(exc) == "57014":  # query_canceled: the statement_timeout
                     raise QueryTimeoutError(timeout or 0.0, (name,)) from None
                 raise translate_error(name, exc, self._secrets, sqlstate_of=_sqlstate) from exc
         return table, shard.zone or "UTC"
@@ -184,8 +242,11 @@ class ArrowReader:
             with shard.lock:
                 idle, shard.idle = shard.idle, []
             for conn in idle:
+                await asyncio.to_thread(conn.close)
+            database, shard.database = shard.database, None
+            if database is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(conn.close)
+                    database.close()
 
 
 async def read_all(
