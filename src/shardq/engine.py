@@ -42,7 +42,8 @@ from shardq.execute.textorder import (
     code_point_order,
     collation_name,
 )
-from shardq.merge.columnar import columns_of, finish, unsupported, unsupported_plan
+from shardq.merge.arrowtypes import columns_of
+from shardq.merge.columnar import finish, unsupported, unsupported_plan
 from shardq.merge.drive import drive, drive_sync
 from shardq.merge.evaluate import semantics, uncomputable
 from shardq.merge.pipeline import compared_columns, describe, merger
@@ -451,7 +452,7 @@ class Engine:
         """How a started read can be read again into Arrow, or why it cannot."""
         why = self._columnar_refused(plan, partial or bool(scatter.missing))
         if why is None and scatter.description is not None:
-            why = unsupported(plan.merge, scatter.description)
+            why = unsupported(plan.merge, scatter.description, self._semantics)
         return why or ColumnarRead(plan, shards, timeout, deadline, *statement)
 
     def _columnar_refused(self, plan: QueryPlan, partial: bool) -> str | None:
@@ -519,7 +520,7 @@ class Engine:
             return columns
         if any(columns_of(table.schema) != columns for table, _ in tables[1:]):
             return "shards that describe the columns differently"
-        why = unsupported(plan.merge, columns)
+        why = unsupported(plan.merge, columns, self._semantics)
         if why is not None:
             return why
         try:
@@ -528,7 +529,7 @@ class Engine:
             return str(refused)  # the row path answers it (by gathering, or refuses it)
         description = describe(plan.merge, columns, self._semantics)
         assert description is not None
-        return finish(tables, columns, plan.merge, description)
+        return finish(tables, columns, plan.merge, description, self._semantics)
 
     def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:
         """Whether a read refused at execution can be gathered to one shard instead."""

@@ -3,38 +3,50 @@
 When the shards' rows arrive as Arrow (:mod:`shardq.execute.arrowread`),
 the merge runs on whole columns with pyarrow compute instead of Python rows:
 
-1. each shard's table is *conformed* to the types the row path gives
-   (:func:`conform`: numeric(p, s) as decimal128(p, s), timestamptz in the
-   session's zone, ADBC's column metadata dropped);
-2. the tables are concatenated; a plan that regroups folds the partial
-   aggregates by group key (COUNT and SUM summed, MIN, MAX) with
-   ``Table.group_by``;
+1. each shard's table is conformed to the row path's types
+   (:mod:`shardq.merge.arrowtypes`) and the tables are concatenated;
+2. a plan that regroups folds the partial aggregates by group key with
+   ``Table.group_by`` (COUNT and SUM summed, MIN, MAX; without GROUP BY,
+   one row even from none); HAVING and computed output columns (``avg``
+   from its sum and count, expressions) are then evaluated per *group* by
+   the row path's own evaluator (:mod:`shardq.merge.evaluate`), so they
+   mean what they mean there; plain output columns stay Arrow;
 3. the result is sorted when the plan orders it (``sort_indices`` over the
-   whole result: the same order as the k-way merge, which only interleaves
-   runs already sorted the same way), then OFFSET and LIMIT are a slice, and
-   the helper columns are dropped.
+   whole result: the order of the k-way merge, which only interleaves runs
+   sorted the same way), OFFSET and LIMIT are a slice, the helper columns
+   are dropped.
 
-:func:`unsupported` says, before any row is read, why a plan or a column
-type is not one of these (then the row path answers, so the answer never
-differs): DISTINCT, HAVING, WITH TIES, set operations, computed outputs
-(``avg``, expressions), a scalar aggregate, COUNT(DISTINCT), float group
-keys or MIN/MAX of floats (NaN and -0.0), interval, uuid, JSON, array,
-timetz, oid and unconstrained numeric columns (the row path sizes their
-decimal to the values it emits), and any type it does not know.
+:func:`unsupported` says why a plan or a column type is not one of these;
+the row path answers those, so the answer never differs: DISTINCT, WITH
+TIES, set operations, COUNT(DISTINCT) and the other combines, a sorted
+regroup, float group keys and MIN or MAX of floats (NaN and -0.0), and
+columns of a type ADBC reads otherwise than psycopg (interval, uuid, JSON,
+arrays, timetz, oid, enums, ...).
 
-Ordering matches PostgreSQL's: NULLs first or last per key (a helper key
-per column), NaN above every number in either direction, text by code
-point (the engine refuses to merge text ordered under another collation
-before this runs), bytea bytewise.
+Ordering matches PostgreSQL's: NULLs first or last per key (a helper key),
+NaN above every number in either direction, text by code point (the engine
+refuses to merge text ordered under another collation before this runs),
+bytea bytewise.
 """
 
 from __future__ import annotations
 
+import decimal
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import DataError
 from shardq.export import arrow_type
-from shardq.merge.steps import Col, Combine
+from shardq.merge.arrowtypes import (
+    NUMERIC,
+    READABLE,
+    TIMESTAMPTZ,
+    conform,
+    python_values,
+    settle,
+)
+from shardq.merge.evaluate import compile_expr, output_type
+from shardq.merge.pipeline import _typed
+from shardq.merge.steps import Call, Col, Combine, Param
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,57 +54,13 @@ if TYPE_CHECKING:
     import pyarrow
 
     from shardq.execute.driver import Column
-    from shardq.merge.steps import MergePlan, SortKey
+    from shardq.merge.evaluate import Semantics
+    from shardq.merge.steps import Aggregation, Expr, MergePlan, SortKey
 
-__all__ = ["columns_of", "conform", "finish", "merge", "unsupported", "unsupported_plan"]
+__all__ = ["finish", "merge", "unsupported", "unsupported_plan"]
 
 _FLOATS = frozenset({700, 701})
-_NUMERIC, _TIMESTAMPTZ = 1700, 1184
-#: Types whose ADBC column is the row path's as it is (or after a cast of the zone or
-#: the numeric text): bool, bytea, "char", name, int8/2/4, text, float4/8, bpchar,
-#: varchar, date, time, timestamp, timestamptz, numeric(p, s).
-_READABLE = frozenset(
-    {16, 17, 18, 19, 20, 21, 23, 25, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184, 1700}
-)
 _COMBINES = {Combine.COUNT: "sum", Combine.SUM: "sum", Combine.MIN: "min", Combine.MAX: "max"}
-#: ADBC's type names (its fields' ``POSTGRESQL:type`` metadata) of the readable types.
-_OIDS = {
-    b"bool": 16, b"bytea": 17, b"char": 18, b"name": 19, b"int8": 20, b"int2": 21,
-    b"int4": 23, b"text": 25, b"float4": 700, b"float8": 701, b"bpchar": 1042,
-    b"varchar": 1043, b"date": 1082, b"time": 1083, b"timestamp": 1114,
-    b"timestamptz": 1184, b"numeric": 1700,
-}  # fmt: skip
-
-
-def columns_of(schema: pyarrow.Schema) -> tuple[Column, ...] | str:
-    """The ``description`` of a result ADBC read, from its schema; or why it has none.
-
-    ADBC names each column's PostgreSQL type, and a numeric's type modifier,
-    in the field's metadata.
-
-    >>> import pyarrow as pa
-    >>> meta = {"POSTGRESQL:type": "numeric", "POSTGRESQL:typmod": str((12 << 16 | 3) + 4)}
-    >>> [(c.name, c.type_code, c.precision, c.scale)
-    ...  for c in columns_of(pa.schema([pa.field("n", pa.string(), metadata=meta)]))]
-    [('n', 1700, 12, 3)]
-    >>> columns_of(pa.schema([pa.field("j", pa.string(), metadata={"POSTGRESQL:type": "json"})]))
-    "column 'j' of type json"
-    """
-    from shardq.execute.driver import Column
-
-    columns = []
-    for field in schema:
-        meta = field.metadata or {}
-        name = meta.get(b"POSTGRESQL:type", b"")
-        oid = _OIDS.get(name)
-        if oid is None:
-            return f"column {field.name!r} of type {name.decode(errors='replace') or 'unknown'}"
-        precision = scale = None
-        typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
-        if oid == _NUMERIC and typmod >= 4:
-            precision, scale = (typmod - 4) >> 16 & 0xFFFF, (typmod - 4) & 0xFFFF
-        columns.append(Column(field.name, oid, precision=precision, scale=scale))
-    return tuple(columns)
 
 
 def unsupported_plan(plan: MergePlan) -> str | None:
@@ -110,45 +78,54 @@ def unsupported_plan(plan: MergePlan) -> str | None:
         else "a write's result" if plan.first_source_only
         else "DISTINCT" if plan.distinct
         else "WITH TIES" if plan.ties
-        else "HAVING" if plan.having is not None
         else None
     )  # fmt: skip
     if why is not None:
         return why
     if plan.aggregate is not None:
-        aggregate = plan.aggregate
-        if aggregate.scalar or aggregate.sorted:
-            return "an aggregate without GROUP BY" if aggregate.scalar else "a sorted regroup"
-        if any(c not in _COMBINES for c in aggregate.combines):
+        if plan.aggregate.sorted:
+            return "a sorted regroup"
+        if any(c not in _COMBINES for c in plan.aggregate.combines):
             return "a combine other than count, sum, min and max"
-        if plan.outputs is None or not all(isinstance(o.expr, Col) for o in plan.outputs):
-            return "a computed output column"
-    elif plan.outputs is not None or plan.sort:
+        if plan.outputs is None:
+            return "a regroup without output columns"
+        exprs = [o.expr for o in plan.outputs]
+        if plan.having is not None:
+            exprs.append(plan.having)
+        if any(_has_param(e) for e in exprs):
+            return "a bound parameter in the merge"
+    elif plan.outputs is not None or plan.sort or plan.having is not None:
         return "a computed output column"
     if any(key.collation is not None for key in (*plan.order, *plan.sort)):
         return "a SQLite collation"
     return None
 
 
-def unsupported(plan: MergePlan, columns: Sequence[Column]) -> str | None:
+def _has_param(expr: Expr) -> bool:
+    if isinstance(expr, Param):
+        return True
+    return isinstance(expr, Call) and any(_has_param(a) for a in expr.args)
+
+
+def unsupported(plan: MergePlan, columns: Sequence[Column], sem: Semantics) -> str | None:
     """Why the columnar merge cannot carry out ``plan`` over ``columns``; None if it can.
 
     >>> from shardq.execute.driver import Column
+    >>> from shardq.merge.evaluate import semantics
     >>> from shardq.merge.steps import MergePlan, SortKey
-    >>> unsupported(MergePlan(order=(SortKey(0),), limit=3), [Column("x", 23)])
-    >>> unsupported(MergePlan(distinct=True), [Column("x", 23)])
+    >>> pg = semantics("postgres")
+    >>> unsupported(MergePlan(order=(SortKey(0),), limit=3), [Column("x", 23)], pg)
+    >>> unsupported(MergePlan(distinct=True), [Column("x", 23)], pg)
     'DISTINCT'
-    >>> unsupported(MergePlan(), [Column("x", 114)])
+    >>> unsupported(MergePlan(), [Column("x", 114)], pg)
     "column 'x' of type OID 114"
     """
     why = unsupported_plan(plan)
     if why is not None:
         return why
     for column in columns:
-        if column.type_code not in _READABLE:
+        if column.type_code not in READABLE:
             return f"column {column.name!r} of type OID {column.type_code}"
-        if column.type_code == _NUMERIC and (column.precision is None or column.scale is None):
-            return f"column {column.name!r}: numeric without precision and scale"
     types = [c.type_code for c in columns]
     keys = plan.order
     if plan.aggregate is not None:
@@ -162,7 +139,11 @@ def unsupported(plan: MergePlan, columns: Sequence[Column]) -> str | None:
             ):
                 return "MIN or MAX of floats"
         assert plan.outputs is not None
-        types = [types[o.expr.index] for o in plan.outputs if isinstance(o.expr, Col)]
+        outputs = [output_type(o.type, types, sem) for o in plan.outputs]
+        for output, kind in zip(plan.outputs, outputs, strict=True):
+            if not isinstance(output.expr, Col) and (kind not in READABLE or kind == TIMESTAMPTZ):
+                return f"a computed column {output.name!r} of type OID {kind}"
+        types = outputs
         keys = plan.sort
     for key in keys:
         if not -len(types) <= key.column < len(types):
@@ -170,145 +151,198 @@ def unsupported(plan: MergePlan, columns: Sequence[Column]) -> str | None:
     return None
 
 
-def conform(table: pyarrow.Table, columns: Sequence[Column], zone: str) -> pyarrow.Table:
-    """ADBC's table of one shard with the types the row path gives ``columns``.
-
-    ``zone`` is the session's TimeZone, the zone psycopg gives timestamptz
-    values. Numeric NaN or Infinity has no decimal: refused as the row path
-    refuses it.
-    """
-    import pyarrow as pa
-
-    arrays = []
-    fields = []
-    for column, array in zip(columns, table.columns, strict=True):
-        wanted = arrow_type(column)
-        if column.type_code == _TIMESTAMPTZ:
-            wanted = pa.timestamp("us", tz=zone)
-        if array.type != wanted:
-            source = array
-            if isinstance(array.type, pa.ExtensionType):  # numeric: arrow.opaque over text
-                source = pa.chunked_array(
-                    [c.storage for c in array.chunks], array.type.storage_type
-                )
-            try:
-                array = source.cast(wanted)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise DataError(
-                    f"column {column.name!r}: a value has no exact Arrow {wanted} form ({exc}); "
-                    "cast the column in the SQL (to float8 or text)"
-                ) from exc
-        arrays.append(array)
-        fields.append(pa.field(column.name, wanted))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def merge(tables: Sequence[pyarrow.Table], plan: MergePlan) -> pyarrow.Table:
-    """The merged result of the shards' conformed ``tables`` (see the module docstring).
-
-    >>> import pyarrow as pa
-    >>> from shardq.merge.steps import MergePlan, SortKey
-    >>> a = pa.table({"x": [1, 4, None]})
-    >>> b = pa.table({"x": [2, 3]})
-    >>> plan = MergePlan(order=(SortKey(0, descending=True, nulls_first=True),), limit=3)
-    >>> merge([a, b], plan).column("x").to_pylist()
-    [None, 4, 3]
-    """
-    import pyarrow as pa
-
-    table = pa.concat_tables(tables)
-    keys = plan.order
-    if plan.aggregate is not None:
-        table = _regroup(table, plan)
-        keys = plan.sort
-    if keys:
-        table = table.take(_order(table, keys))
-    if plan.offset or plan.limit is not None:
-        table = table.slice(plan.offset, plan.limit)
-    if plan.hidden:
-        table = table.select(range(table.num_columns - plan.hidden))
-    return table
-
-
-def _regroup(table: pyarrow.Table, plan: MergePlan) -> pyarrow.Table:
-    """Fold the partial rows by group key, then take the output columns."""
-    import pyarrow as pa
-
-    aggregate = plan.aggregate
-    assert aggregate is not None
-    assert plan.outputs is not None
-    names = [f"c{i}" for i in range(table.num_columns)]
-    renamed = table.rename_columns(names)
-    groups = names[: aggregate.groups]
-    folds = [
-        (names[aggregate.groups + i], _COMBINES[combine])
-        for i, combine in enumerate(aggregate.combines)
-    ]
-    folded = renamed.group_by(groups, use_threads=False).aggregate(folds)
-    by_name = {name: folded.column(name) for name in groups}
-    for name, function in folds:
-        by_name[name] = folded.column(f"{name}_{function}")
-    arrays = []
-    fields = []
-    for output in plan.outputs:
-        assert isinstance(output.expr, Col)
-        index = output.expr.index
-        array = by_name[names[index]]
-        kind = table.schema.field(index).type
-        if array.type != kind:  # a sum's wider type: back to the column's (ranges checked)
-            array = array.cast(kind)
-        arrays.append(array)
-        fields.append(pa.field(output.name, kind))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def _order(table: pyarrow.Table, keys: Sequence[SortKey]) -> pyarrow.Array:
-    """The row indices of ``table`` in the order of ``keys``, PostgreSQL's order."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    width = table.num_columns
-    helpers: dict[str, Any] = {}
-    sort: list[tuple[str, str]] = []
-    for n, key in enumerate(keys):
-        column = table.column(key.column % width)
-        # NULLs first or last per key: a boolean helper key before the value.
-        nulls = f"n{n}"
-        helpers[nulls] = pc.is_null(column)
-        sort.append((nulls, "descending" if key.nulls_first else "ascending"))
-        direction = "descending" if key.descending else "ascending"
-        if pa.types.is_floating(column.type):
-            # NaN is above every number in PostgreSQL, in either direction.
-            nans = f"f{n}"
-            helpers[nans] = pc.fill_null(pc.is_nan(column), False)
-            sort.append((nans, direction))
-        values = f"v{n}"
-        helpers[values] = column
-        sort.append((values, direction))
-    keyed = pa.table(helpers)
-    return pc.sort_indices(keyed, sort_keys=sort)
-
-
 def finish(
     tables: Sequence[tuple[pyarrow.Table, str]],
     columns: Sequence[Column],
     plan: MergePlan,
     description: Sequence[Column],
+    sem: Semantics,
 ) -> pyarrow.Table:
     """The result of the shards' ADBC ``(table, session zone)`` pairs, typed as rows give it.
 
-    ``columns`` are the shards' (:func:`columns_of`), ``description`` the
-    merged result's (its names).
+    ``columns`` are the shards' (:func:`~shardq.merge.arrowtypes.columns_of`),
+    ``description`` the merged result's.
+    """
+    return settle(merge(conform(tables, columns), plan, columns, sem), description)
+
+
+def merge(
+    tables: Sequence[pyarrow.Table], plan: MergePlan, columns: Sequence[Column], sem: Semantics
+) -> pyarrow.Table:
+    """The merged result of the shards' conformed ``tables`` (see the module docstring).
+
+    >>> import pyarrow as pa
+    >>> from shardq.execute.driver import Column
+    >>> from shardq.merge.evaluate import semantics
+    >>> from shardq.merge.steps import MergePlan, SortKey
+    >>> a, b = pa.table({"c0": [1, 4, None]}), pa.table({"c0": [2, 3]})
+    >>> plan = MergePlan(order=(SortKey(0, descending=True, nulls_first=True),), limit=3)
+    >>> merge([a, b], plan, [Column("x", 20)], semantics("postgres")).column("c0").to_pylist()
+    [None, 4, 3]
     """
     import pyarrow as pa
 
-    conformed = [conform(table, columns, zone) for table, zone in tables]
-    table = merge(conformed, plan).rename_columns([c.name for c in description])
-    # The row path gives an aware column with no value to tell its zone UTC.
-    utc = pa.timestamp("us", tz="UTC")
-    for i, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type) and field.type.tz is not None and field.type != utc:
-            column = table.column(i)
-            if column.null_count == len(column):
-                table = table.set_column(i, pa.field(field.name, utc), column.cast(utc))
+    table = pa.concat_tables(tables)
+    width = len(columns)
+    keys = plan.order
+    if plan.aggregate is not None:
+        assert plan.outputs is not None
+        table = _regroup(table, plan.aggregate, width)
+        table = _outputs(table, plan, [c.type_code for c in columns], sem)
+        width = len(plan.outputs)
+        keys = plan.sort
+    if keys:
+        table = table.take(_order(table, keys, width))
+    if plan.offset or plan.limit is not None:
+        table = table.slice(plan.offset, plan.limit)
+    if plan.hidden:
+        gone = {f"{p}{i}" for i in range(width - plan.hidden, width) for p in "cs"}
+        table = table.select([n for n in table.column_names if n not in gone])
     return table
+
+
+def _regroup(table: pyarrow.Table, aggregate: Aggregation, width: int) -> pyarrow.Table:
+    """Fold the partial rows by group key: columns ``c<i>`` as the partial rows have them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    groups = [f"c{i}" for i in range(aggregate.groups)]
+    folds = [(f"c{aggregate.groups + i}", _COMBINES[c]) for i, c in enumerate(aggregate.combines)]
+    folds += [(name, "max") for name in table.column_names if name.startswith("s")]
+    for name, function in folds:
+        column = table.column(name)
+        if function == "sum" and pa.types.is_decimal128(column.type) and len(column):
+            # A sum may need more digits than its terms: decimal256 when 38 may not hold it.
+            low, high = pc.min_max(column).values()
+            widest = max(abs(low.as_py() or 0), abs(high.as_py() or 0))
+            digits = (widest.adjusted() + 1 if widest >= 1 else 0) + len(str(len(column)))
+            if digits + column.type.scale > 38:
+                wide = pa.decimal256(76, column.type.scale)
+                table = table.set_column(table.column_names.index(name), name, column.cast(wide))
+    if aggregate.scalar:  # exactly one row, even from no rows
+        arrays = {}
+        for name, function in folds:
+            column = table.column(name)
+            value = getattr(pc, function)(column).as_py()
+            if value is None and _is_count(aggregate, name):
+                value = 0  # count() of no rows
+            arrays[name] = pa.array([value], type=column.type)
+        return pa.table(arrays)
+    folded = table.group_by(groups, use_threads=False).aggregate(folds)
+    arrays = {name: folded.column(name) for name in groups}
+    for name, function in folds:
+        arrays[name] = folded.column(f"{name}_{function}")
+    return pa.table(arrays)
+
+
+def _is_count(aggregate: Aggregation, name: str) -> bool:
+    if not name.startswith("c"):
+        return False
+    offset = int(name[1:]) - aggregate.groups
+    return 0 <= offset < len(aggregate.combines) and aggregate.combines[offset] is Combine.COUNT
+
+
+def _outputs(
+    table: pyarrow.Table, plan: MergePlan, types: Sequence[Any], sem: Semantics
+) -> pyarrow.Table:
+    """HAVING, then the output columns ``c<j>`` (and their scale columns) of the groups."""
+    import pyarrow as pa
+
+    assert plan.outputs is not None
+    if plan.having is not None:
+        keep = compile_expr(plan.having, sem)
+        rows = _rows(table, [plan.having], len(types))
+        table = table.filter(pa.array([keep(row) is True for row in rows], type=pa.bool_()))
+    computed = [o.expr for o in plan.outputs if not isinstance(o.expr, Col)]
+    values: dict[int, list[Any]] = {}
+    if computed:
+        rows = _rows(table, computed, len(types))
+        outputs = [
+            None if isinstance(o.expr, Col) else compile_expr(o.expr, sem) for o in plan.outputs
+        ]
+        shaped = [tuple(f(row) if f else None for f in outputs) for row in rows]
+        typed = _typed(shaped, plan, types, sem)
+        values = {j: [row[j] for row in typed] for j, f in enumerate(outputs) if f is not None}
+    arrays: dict[str, Any] = {}
+    for j, output in enumerate(plan.outputs):
+        if isinstance(output.expr, Col):
+            index = output.expr.index
+            arrays[f"c{j}"] = table.column(f"c{index}")
+            if f"s{index}" in table.column_names:
+                arrays[f"s{j}"] = table.column(f"s{index}")
+            continue
+        kind = output_type(output.type, types, sem)
+        arrays.update(_computed(output.name, j, values[j], kind))
+    return pa.table(arrays)
+
+
+def _refs(expr: Expr, found: set[int]) -> set[int]:
+    if isinstance(expr, Col):
+        found.add(expr.index)
+    elif isinstance(expr, Call):
+        for arg in expr.args:
+            _refs(arg, found)
+    return found
+
+
+def _rows(table: pyarrow.Table, exprs: Sequence[Expr], width: int) -> list[tuple[Any, ...]]:
+    """The groups as the row path's rows, with only the columns ``exprs`` use filled in."""
+    used: set[int] = set()
+    for expr in exprs:
+        _refs(expr, used)
+    if not used:
+        return [()] * table.num_rows
+    empty = [None] * table.num_rows  # (read only: one list serves every unused column)
+    columns = [python_values(table, i) if i in used else empty for i in range(width)]
+    return list(zip(*columns, strict=True))
+
+
+def _computed(name: str, j: int, values: list[Any], kind: Any) -> dict[str, Any]:
+    """A computed output column ``c<j>`` of type ``kind`` (OID), with its scale column."""
+    import pyarrow as pa
+
+    from shardq.execute.driver import Column
+
+    if kind != NUMERIC:
+        return {f"c{j}": pa.array(values, type=arrow_type(Column(name, kind)))}
+    scales: list[int | None] = []
+    for value in values:
+        if value is None:
+            scales.append(None)
+            continue
+        exponent = decimal.Decimal(value).as_tuple().exponent
+        if not isinstance(exponent, int):
+            raise DataError(
+                f"column {name!r} holds numeric {value}, which no Arrow decimal holds; "
+                "cast the column to float8 or text in the SQL"
+            )
+        scales.append(max(-exponent, 0))
+    widest = max((s for s in scales if s is not None), default=0)
+    kind = pa.decimal128(38, widest)
+    try:
+        array = pa.array(values, type=kind)
+    except (pa.ArrowInvalid, OverflowError):
+        array = pa.array(values, type=pa.decimal256(76, widest))
+    return {f"c{j}": array, f"s{j}": pa.array(scales, type=pa.int32())}
+
+
+def _order(table: pyarrow.Table, keys: Sequence[SortKey], width: int) -> pyarrow.Array:
+    """The row indices of ``table`` in the order of ``keys``, PostgreSQL's order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    helpers: dict[str, Any] = {}
+    sort: list[tuple[str, str]] = []
+    for n, key in enumerate(keys):
+        column = table.column(f"c{key.column % width}")
+        # NULLs first or last per key: a boolean helper key before the value.
+        helpers[f"n{n}"] = pc.is_null(column)
+        sort.append((f"n{n}", "descending" if key.nulls_first else "ascending"))
+        direction = "descending" if key.descending else "ascending"
+        if pa.types.is_floating(column.type):
+            # NaN is above every number in PostgreSQL, in either direction.
+            helpers[f"f{n}"] = pc.fill_null(pc.is_nan(column), False)
+            sort.append((f"f{n}", direction))
+        helpers[f"v{n}"] = column
+        sort.append((f"v{n}", direction))
+    return pc.sort_indices(pa.table(helpers), sort_keys=sort)
