@@ -112,6 +112,13 @@ def test_an_error_of_the_statement_is_the_databases(conn: shardq.Connection) -> 
     with pytest.raises(shardq.ProgrammingError, match="no_such_column") as failed:
         conn.read_arrow("SELECT no_such_column FROM facts")
     assert failed.value.sqlstate == "42703"
+    with pytest.raises(shardq.DataError) as by_rows:
+        conn.execute("SELECT 1 / (id - id) AS x FROM facts").fetchall()
+    with pytest.raises(shardq.DataError) as by_adbc:
+        conn.read_arrow("SELECT 1 / (id - id) AS x FROM facts")
+    assert by_adbc.value.sqlstate == by_rows.value.sqlstate == "22012"
+    # PostgreSQL's words, as the row path gives them (ADBC's wrapping dropped).
+    assert str(by_adbc.value).split(": ", 1)[1] == str(by_rows.value).split(": ", 1)[1]
 
 
 def test_what_the_columnar_path_leaves_to_the_rows(edge: Edge, conn: shardq.Connection) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -75,6 +76,22 @@ def available() -> bool:
 def _sqlstate(exc: BaseException) -> str | None:
     state = getattr(exc, "sqlstate", None)
     return state if isinstance(state, str) and state else None
+
+
+def _pg_message(text: str) -> str:
+    r"""PostgreSQL's own words in an ADBC message: its prefix and the COPY it wrapped dropped.
+
+    >>> _pg_message("INVALID_DATA: [libpq] Failed to execute query: could not begin COPY: "
+    ...             "ERROR:  division by zero\n\nQuery was: COPY (SELECT 1/0) TO STDOUT")
+    'division by zero'
+    >>> _pg_message("IO: [libpq] ...: ERROR:  division by zero. SQLSTATE: 22012")
+    'division by zero'
+    """
+    _, found, rest = text.partition("ERROR:  ")
+    if not found:
+        return text
+    rest = rest.split("\n\nQuery was:", 1)[0].strip()
+    return re.sub(r"\. SQLSTATE: \w+$", "", rest)
 
 
 class _Stopped(Exception):
@@ -233,6 +250,8 @@ class ArrowReader:
             except Exception as exc:
                 if _sqlstate(exc) == "57014":  # query_canceled: the statement_timeout
                     raise QueryTimeoutError(timeout or 0.0, (name,)) from None
+                if exc.args and isinstance(exc.args[0], str):
+                    exc.args = (_pg_message(exc.args[0]), *exc.args[1:])
                 raise translate_error(name, exc, self._secrets, sqlstate_of=_sqlstate) from exc
         return table, shard.zone or "UTC"
 
