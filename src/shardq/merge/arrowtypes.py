@@ -49,7 +49,6 @@ READABLE = frozenset(OIDS.values())
 # How ADBC writes numeric NaN and the infinities, and how the row path names them.
 _SPECIAL_TEXTS = ["nan", "NaN", "inf", "Infinity", "-inf", "-Infinity"]
 _SPECIAL_NAMES = ["NaN", "NaN", "Infinity", "Infinity", "-Infinity", "-Infinity"]
-_SPECIAL: Any = None  # pyarrow.array(_SPECIAL_TEXTS), made on first use
 
 
 def columns_of(schema: pyarrow.Schema) -> tuple[Column, ...] | str:
@@ -109,7 +108,9 @@ def _scales(pc: Any, text: Any) -> tuple[Any, int, int]:
 
 def _finite(pc: Any, column: Column, text: Any) -> None:
     """Refuse numeric NaN and the infinities as the row path does: no decimal holds them."""
-    special = pc.index_in(text, value_set=_SPECIAL)
+    import pyarrow as pa
+
+    special = pc.index_in(text, value_set=pa.array(_SPECIAL_TEXTS))
     found = pc.max(special).as_py()
     if found is not None:
         raise DataError(
@@ -122,6 +123,10 @@ def _cast(pa: Any, column: Column, array: Any, wanted: Any) -> Any:
     try:
         return array.cast(wanted)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        if column.type_code == NUMERIC:  # NaN or an infinity, named as the row path names it
+            import pyarrow.compute as pc
+
+            _finite(pc, column, array)
         raise DataError(
             f"column {column.name!r}: a value has no exact Arrow {wanted} form ({exc}); "
             "cast the column in the SQL (to float8 or text)"
@@ -141,9 +146,6 @@ def conform(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    global _SPECIAL
-    if _SPECIAL is None:
-        _SPECIAL = pa.array(_SPECIAL_TEXTS)
     loose = [i for i, c in enumerate(columns) if _unconstrained(c)]
     scales: dict[tuple[int, int], Any] = {}
     common: dict[int, Any] = {}
@@ -151,7 +153,6 @@ def conform(
         widest = digits = 0
         for t, (table, _zone) in enumerate(tables):
             text = _text(pa, table.column(i))
-            _finite(pc, columns[i], text)
             found, scale, whole = _scales(pc, text)
             scales[t, i] = found
             widest, digits = max(widest, scale), max(digits, whole)
@@ -164,10 +165,7 @@ def conform(
             if column.type_code == TIMESTAMPTZ:
                 wanted = pa.timestamp("us", tz=zone)
             if array.type != wanted:
-                source = array
-                if column.type_code == NUMERIC:
-                    source = _text(pa, array)
-                    _finite(pc, column, source)
+                source = _text(pa, array) if column.type_code == NUMERIC else array
                 array = _cast(pa, column, source, wanted)
             arrays[f"c{i}"] = array
         for i in loose:
