@@ -42,7 +42,7 @@ from shardq.execute.textorder import (
     code_point_order,
     collation_name,
 )
-from shardq.merge.arrowtypes import columns_of
+from shardq.merge.arrowtypes import columns_of, prepare
 from shardq.merge.columnar import finish, unsupported, unsupported_plan
 from shardq.merge.drive import drive, drive_sync
 from shardq.merge.evaluate import semantics, uncomputable
@@ -89,6 +89,14 @@ log = logging.getLogger("shardq.engine")
 _STATEMENT_IDS = itertools.count(1)
 
 _R = TypeVar("_R")
+
+
+def _prepared(table: pyarrow.Table, zone: str) -> tuple[pyarrow.Table, tuple[Column, ...] | str]:
+    """A shard's ADBC table with the row path's types (in its read's thread), and its columns."""
+    columns = columns_of(table.schema)
+    if isinstance(columns, str):
+        return table, columns
+    return prepare(table, columns, zone), columns
 
 
 async def _fetch_all(scatter: Scatter, source: int) -> list[Row]:
@@ -512,13 +520,13 @@ class Engine:
         # Without parameters psycopg sends a statement as it is, with (an empty set of)
         # them it reads %% as % first: ADBC gets what PostgreSQL would.
         sql = plan.sql if plan.params is None else plan.sql.replace("%%", "%")
-        tables = await arrowread.read_all(
-            self._arrow, sql, read.shards, read.timeout, read.deadline
+        read_in = await arrowread.read_all(
+            self._arrow, sql, read.shards, read.timeout, read.deadline, _prepared
         )
-        columns = columns_of(tables[0][0].schema)
+        columns = read_in[0][1]
         if isinstance(columns, str):
             return columns
-        if any(columns_of(table.schema) != columns for table, _ in tables[1:]):
+        if any(found != columns for _, found in read_in[1:]):
             return "shards that describe the columns differently"
         why = unsupported(plan.merge, columns, self._semantics)
         if why is not None:
@@ -529,6 +537,7 @@ class Engine:
             return str(refused)  # the row path answers it (by gathering, or refuses it)
         description = describe(plan.merge, columns, self._semantics)
         assert description is not None
+        tables = [table for table, _ in read_in]
         return finish(tables, columns, plan.merge, description, self._semantics)
 
     def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from shardq.execute.driver import Column
 from shardq.export import to_table
-from shardq.merge.arrowtypes import conform, settle
+from shardq.merge.arrowtypes import conform, prepare, settle
 from shardq.merge.columnar import merge, unsupported
 from shardq.merge.drive import drive_sync
 from shardq.merge.evaluate import semantics
@@ -58,7 +58,9 @@ def same(a: Any, b: Any) -> bool:
 
 
 def columnar(shards: list[list[tuple[Any, ...]]], plan: MergePlan, columns: list[Column]) -> Any:
-    tables = conform([(adbc_table(rows, columns), "UTC") for rows in shards], columns)
+    tables = conform(
+        [prepare(adbc_table(rows, columns), columns, "UTC") for rows in shards], columns
+    )
     description = describe(plan, columns, PG)
     assert description is not None
     return settle(merge(tables, plan, columns, PG), description)

@@ -32,15 +32,16 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from shardq import errors as shardq_errors
 from shardq.errors import QueryTimeoutError
 from shardq.execute.driver import translate_error
 from shardq.execute.tasks import first_failure
 from shardq.export import require
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import pyarrow
 
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from shardq.sql.plan import QueryPlan
 
 __all__ = ["ArrowReader", "ColumnarRead", "available", "read_all"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +226,26 @@ class ArrowReader:
             else:
                 conn.close()
 
-    async def read(self, name: str, sql: str, *, timeout: float | None) -> tuple[Any, str]:
-        """Run ``sql`` on shard ``name``; its result as an Arrow table, and the session zone.
+    def _work(
+        self,
+        shard: _Shard,
+        sql: str,
+        deadline: float | None,
+        stop: threading.Event,
+        on: list[Any],
+        then: Callable[[Any, str], Any],
+    ) -> Any:
+        # Its connection is back in the pool before ``then`` works on the table.
+        table = self._run(shard, sql, deadline, stop, on)
+        return then(table, shard.zone or "UTC")
+
+    async def read(
+        self, name: str, sql: str, *, timeout: float | None, then: Callable[[Any, str], Any]
+    ) -> Any:
+        """Run ``sql`` on shard ``name``; ``then(table, session zone)`` of its result.
+
+        ``then`` runs in the read's thread too (pyarrow's compute releases the
+        GIL: a shard's table is worked on while the others still read).
 
         Raises:
             QueryTimeoutError: ``timeout`` seconds passed (the read is cancelled
@@ -237,11 +258,11 @@ class ArrowReader:
             stop = threading.Event()
             on: list[Any] = []
             work = asyncio.ensure_future(
-                asyncio.to_thread(self._run, shard, sql, deadline, stop, on)
+                asyncio.to_thread(self._work, shard, sql, deadline, stop, on, then)
             )
             try:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0)
-                table = await asyncio.wait_for(asyncio.shield(work), left)
+                done = await asyncio.wait_for(asyncio.shield(work), left)
             except (TimeoutError, asyncio.CancelledError) as stopped:
                 await _cancel(work, stop, on)
                 if isinstance(stopped, TimeoutError):
@@ -249,13 +270,15 @@ class ArrowReader:
                 raise
             except _Stopped:
                 raise QueryTimeoutError(timeout or 0.0, (name,)) from None
+            except shardq_errors.Error:
+                raise  # then()'s own (a value with no Arrow form)
             except Exception as exc:
                 if _sqlstate(exc) == "57014":  # query_canceled: the statement_timeout
                     raise QueryTimeoutError(timeout or 0.0, (name,)) from None
                 if exc.args and isinstance(exc.args[0], str):
                     exc.args = (_pg_message(exc.args[0]), *exc.args[1:])
                 raise translate_error(name, exc, self._secrets, sqlstate_of=_sqlstate) from exc
-        return table, shard.zone or "UTC"
+        return done
 
     async def close(self) -> None:
         """Close every idle connection (reads still running close theirs)."""
@@ -276,8 +299,9 @@ async def read_all(
     shards: Sequence[str],
     timeout: float | None,
     deadline: float | None,
-) -> list[tuple[pyarrow.Table, str]]:
-    """Run ``sql`` on ``shards`` at once into Arrow: each one's table and session zone.
+    then: Callable[[pyarrow.Table, str], _T],
+) -> list[_T]:
+    """Run ``sql`` on ``shards`` at once into Arrow: ``then(table, session zone)`` of each.
 
     The first failure cancels the other shards' reads (on their servers) and
     is raised; the time left until ``deadline`` bounds each read.
@@ -287,7 +311,8 @@ async def read_all(
         with first_failure():
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(reader.read(shard, sql, timeout=left)) for shard in shards
+                    group.create_task(reader.read(shard, sql, timeout=left, then=then))
+                    for shard in shards
                 ]
     except QueryTimeoutError as late:  # the statement's timeout, not the time left
         raise QueryTimeoutError(timeout or late.timeout, late.shards) from None

@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 
     from shardq.execute.driver import Column
 
-__all__ = ["NUMERIC", "TIMESTAMPTZ", "columns_of", "conform", "python_values", "settle"]
+__all__ = [
+    "NUMERIC",
+    "TIMESTAMPTZ",
+    "columns_of",
+    "conform",
+    "prepare",
+    "python_values",
+    "settle",
+]
 
 NUMERIC, TIMESTAMPTZ = 1700, 1184
 #: ADBC's type names (its fields' ``POSTGRESQL:type`` metadata) of the types it reads
@@ -133,45 +141,50 @@ def _cast(pa: Any, column: Column, array: Any, wanted: Any) -> Any:
         ) from exc
 
 
-def conform(
-    tables: Sequence[tuple[pyarrow.Table, str]], columns: Sequence[Column]
-) -> list[pyarrow.Table]:
-    """The shards' ADBC ``(table, session zone)`` pairs with the row path's types.
+def prepare(table: pyarrow.Table, columns: Sequence[Column], zone: str) -> pyarrow.Table:
+    """One shard's ADBC table with the row path's types, but for unconstrained numerics.
 
-    Columns become ``c<i>``; an unconstrained numeric ``i`` becomes a decimal
-    at the widest scale of every shard's values, with its scale column
-    ``s<i>``. Numeric NaN or Infinity has no decimal: refused as the row
-    path refuses it.
+    Columns become ``c<i>``; timestamptz takes ``zone`` (the session's
+    TimeZone, the zone psycopg gives the values); numeric(p, s) becomes
+    decimal128(p, s); an unconstrained numeric stays text until
+    :func:`conform` sees every shard's. Numeric NaN or Infinity has no
+    decimal: refused as the row path refuses it.
     """
+    import pyarrow as pa
+
+    arrays: dict[str, Any] = {}
+    for i, (column, array) in enumerate(zip(columns, table.columns, strict=True)):
+        if _unconstrained(column):
+            arrays[f"c{i}"] = _text(pa, array)
+            continue
+        wanted = pa.timestamp("us", tz=zone) if column.type_code == TIMESTAMPTZ else None
+        wanted = wanted or arrow_type(column)
+        if array.type != wanted:
+            source = _text(pa, array) if column.type_code == NUMERIC else array
+            array = _cast(pa, column, source, wanted)
+        arrays[f"c{i}"] = array
+    return pa.table(arrays)
+
+
+def conform(tables: Sequence[pyarrow.Table], columns: Sequence[Column]) -> list[pyarrow.Table]:
+    """The shards' tables from :func:`prepare`, each unconstrained numeric ``i`` made a decimal
+    at the widest scale of every shard's values, with its scale column ``s<i>``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     loose = [i for i, c in enumerate(columns) if _unconstrained(c)]
-    scales: dict[tuple[int, int], Any] = {}
-    common: dict[int, Any] = {}
+    if not loose:
+        return list(tables)
+    out = [{name: table.column(name) for name in table.column_names} for table in tables]
     for i in loose:
-        widest = digits = 0
-        for t, (table, _zone) in enumerate(tables):
-            text = _text(pa, table.column(i))
-            found, scale, whole = _scales(pc, text)
-            scales[t, i] = found
-            widest, digits = max(widest, scale), max(digits, whole)
-        common[i] = _decimal_type(pa, columns[i].name, digits, widest)  # > 76 digits: refused
-    out = []
-    for t, (table, zone) in enumerate(tables):
-        arrays: dict[str, Any] = {}
-        for i, (column, array) in enumerate(zip(columns, table.columns, strict=True)):
-            wanted = common.get(i) or arrow_type(column)
-            if column.type_code == TIMESTAMPTZ:
-                wanted = pa.timestamp("us", tz=zone)
-            if array.type != wanted:
-                source = _text(pa, array) if column.type_code == NUMERIC else array
-                array = _cast(pa, column, source, wanted)
-            arrays[f"c{i}"] = array
-        for i in loose:
-            arrays[f"s{i}"] = scales[t, i]
-        out.append(pa.table(arrays))
-    return out
+        found = [_scales(pc, table.column(f"c{i}")) for table in tables]
+        widest = max((scale for _, scale, _ in found), default=0)
+        digits = max((whole for _, _, whole in found), default=0)
+        kind = _decimal_type(pa, columns[i].name, digits, widest)  # > 76 digits: refused
+        for arrays, table, (scales, _, _) in zip(out, tables, found, strict=True):
+            arrays[f"c{i}"] = _cast(pa, columns[i], table.column(f"c{i}"), kind)
+            arrays[f"s{i}"] = scales
+    return [pa.table(arrays) for arrays in out]
 
 
 def python_values(table: pyarrow.Table, index: int) -> list[Any]:

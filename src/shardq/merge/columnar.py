@@ -152,13 +152,14 @@ def unsupported(plan: MergePlan, columns: Sequence[Column], sem: Semantics) -> s
 
 
 def finish(
-    tables: Sequence[tuple[pyarrow.Table, str]],
+    tables: Sequence[pyarrow.Table],
     columns: Sequence[Column],
     plan: MergePlan,
     description: Sequence[Column],
     sem: Semantics,
 ) -> pyarrow.Table:
-    """The result of the shards' ADBC ``(table, session zone)`` pairs, typed as rows give it.
+    """The result of the shards' tables from :func:`~shardq.merge.arrowtypes.prepare`, typed
+    as rows give it.
 
     ``columns`` are the shards' (:func:`~shardq.merge.arrowtypes.columns_of`),
     ``description`` the merged result's.
