@@ -514,6 +514,8 @@ class Engine:
 
     async def read_columnar(self, read: ColumnarRead) -> pyarrow.Table | str:
         """Run ``read`` on its shards into Arrow and merge it; or why the rows must answer."""
+        if not read.shards:
+            return "no shard to read"
         if self._arrow is None:
             self._arrow = arrowread.ArrowReader(self.config)
         plan = read.plan

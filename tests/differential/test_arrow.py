@@ -217,6 +217,7 @@ FALLBACKS = re.compile(
     r"|MIN or MAX of floats|a combine other than count, sum, min and max"
     r"|a computed column '[^']*' of type OID (1186|1184|1266|114|3802|2950|\d{4,})"
     r"|bound parameters|a bound parameter in the merge|a statement that is not a plain read"
+    r"|no shard to read"
     r"|column '[^']*' of type (json|jsonb|interval|timetz|uuid|oid|mood|_\w+|unknown))$"
 )
 
