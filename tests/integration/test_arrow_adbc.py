@@ -94,6 +94,27 @@ async def test_a_cancelled_task_cancels_the_read_on_the_server(edge: Edge) -> No
         assert sum(table.column("c").to_pylist()) > 100
 
 
+def test_the_sessions_own_statement_timeout_is_kept(edge: Edge) -> None:
+    # A statement_timeout the DSN sets is the session's, on both paths; a read with a
+    # timeout of its own sets another for itself, and the next read has the session's again.
+    options = "options=-c%20statement_timeout%3D300"
+    shards = [{**s, "dsn": f"{s['dsn']}?{options}"} for s in edge.config["shards"]]
+    slow = SLOW.format(n=400000003)
+    with shardq.connect({**edge.config, "shards": shards}) as timed:
+        with pytest.raises(shardq.OperationalError) as by_rows:
+            timed.execute(slow).fetchall()
+        for _ in range(2):
+            began = time.monotonic()
+            with pytest.raises(shardq.OperationalError) as by_adbc:
+                timed.read_arrow(slow)
+            assert time.monotonic() - began < 3.0  # the session's 0.3 s, not the 5 s set since
+            assert type(by_adbc.value) is type(by_rows.value)
+            assert by_adbc.value.sqlstate == by_rows.value.sqlstate == "57014"
+            table = timed.read_arrow("SELECT id FROM facts WHERE id < 3", timeout=5)
+            assert timed.arrow_path == "adbc"
+            assert sorted(table.column("id").to_pylist()) == [1, 2]
+
+
 def test_a_shards_error_names_it_without_the_password(edge: Edge) -> None:
     shards = [dict(s) for s in edge.config["shards"]]
     password = edge.clusters[1].password

@@ -109,7 +109,7 @@ class _Conn:
     def __init__(self, manager: Any, connection: Any):
         self.connection = connection
         self.statement = manager.AdbcStatement(connection)
-        self.timeout_ms = 0
+        self.timeout_ms: int | None = None  # None: the session's default
 
     def update(self, sql: str) -> None:
         self.statement.set_sql_query(sql)
@@ -210,11 +210,12 @@ class ArrowReader:
         reusable = False
         try:
             on.append(conn.statement)
-            wanted = 0 if deadline is None else int((deadline - time.monotonic()) * 1000)
-            if stop.is_set() or (deadline is not None and wanted <= 0):
+            wanted = None if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if stop.is_set() or (wanted is not None and wanted <= 0):
                 raise _Stopped
             if wanted != conn.timeout_ms:
-                conn.update(f"SET statement_timeout = {wanted}")
+                # DEFAULT: the session's own (a DSN's options may set one), as psycopg's.
+                conn.update(f"SET statement_timeout = {'DEFAULT' if wanted is None else wanted}")
                 conn.timeout_ms = wanted
             table = conn.query(sql)
             reusable = True
@@ -273,8 +274,8 @@ class ArrowReader:
             except shardq_errors.Error:
                 raise  # then()'s own (a value with no Arrow form)
             except Exception as exc:
-                if _sqlstate(exc) == "57014":  # query_canceled: the statement_timeout
-                    raise QueryTimeoutError(timeout or 0.0, (name,)) from None
+                if _sqlstate(exc) == "57014" and timeout is not None:  # our statement_timeout
+                    raise QueryTimeoutError(timeout, (name,)) from None
                 if exc.args and isinstance(exc.args[0], str):
                     exc.args = (_pg_message(exc.args[0]), *exc.args[1:])
                 raise translate_error(name, exc, self._secrets, sqlstate_of=_sqlstate) from exc
