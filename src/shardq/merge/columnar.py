@@ -6,8 +6,9 @@ the merge runs on whole columns with pyarrow compute instead of Python rows:
 1. each shard's table is conformed to the row path's types
    (:mod:`shardq.merge.arrowtypes`) and the tables are concatenated;
 2. a plan that regroups folds the partial aggregates by group key with
-   ``Table.group_by`` (COUNT and SUM summed, MIN, MAX; without GROUP BY,
-   one row even from none); HAVING and computed output columns (``avg``
+   ``Table.group_by`` (COUNT and SUM summed, MIN, MAX, BOOL_AND, BOOL_OR;
+   without GROUP BY, one row even from none), in the group key's order when
+   the shards sorted their partial rows for the result; HAVING and computed output columns (``avg``
    from its sum and count, expressions) are then evaluated per *group* by
    the row path's own evaluator (:mod:`shardq.merge.evaluate`), so they
    mean what they mean there; plain output columns stay Arrow;
@@ -18,8 +19,8 @@ the merge runs on whole columns with pyarrow compute instead of Python rows:
 
 :func:`unsupported` says why a plan or a column type is not one of these;
 the row path answers those, so the answer never differs: DISTINCT, WITH
-TIES, set operations, COUNT(DISTINCT) and the other combines, a sorted
-regroup, float group keys and MIN or MAX of floats (NaN and -0.0), and
+TIES, set operations, COUNT(DISTINCT) and the float aggregates' states
+(stddev, variance), float group keys and MIN or MAX of floats (NaN and -0.0), and
 columns of a type ADBC reads otherwise than psycopg (interval, uuid, JSON,
 arrays, timetz, oid, enums, ...).
 
@@ -60,7 +61,12 @@ if TYPE_CHECKING:
 __all__ = ["finish", "merge", "unsupported", "unsupported_plan"]
 
 _FLOATS = frozenset({700, 701})
-_COMBINES = {Combine.COUNT: "sum", Combine.SUM: "sum", Combine.MIN: "min", Combine.MAX: "max"}
+#: pyarrow's (hash) aggregate folding each combine's partial values across shards.
+_COMBINES = {
+    Combine.COUNT: "sum", Combine.SUM: "sum", Combine.MIN: "min", Combine.MAX: "max",
+    Combine.BOOL_AND: "all", Combine.BOOL_OR: "any",
+    Combine.ANY: "min",  # equal in every partial row of its group: any one of them
+}  # fmt: skip
 
 
 def unsupported_plan(plan: MergePlan) -> str | None:
@@ -83,10 +89,8 @@ def unsupported_plan(plan: MergePlan) -> str | None:
     if why is not None:
         return why
     if plan.aggregate is not None:
-        if plan.aggregate.sorted:
-            return "a sorted regroup"
         if any(c not in _COMBINES for c in plan.aggregate.combines):
-            return "a combine other than count, sum, min and max"
+            return "COUNT(DISTINCT) or a float aggregate's state"
         if plan.outputs is None:
             return "a regroup without output columns"
         exprs = [o.expr for o in plan.outputs]
@@ -134,10 +138,12 @@ def unsupported(plan: MergePlan, columns: Sequence[Column], sem: Semantics) -> s
             return "a float group key"
         for offset, combine in enumerate(aggregate.combines):
             if (
-                combine in (Combine.MIN, Combine.MAX)
+                combine in (Combine.MIN, Combine.MAX, Combine.ANY)
                 and types[aggregate.groups + offset] in _FLOATS
             ):
                 return "MIN or MAX of floats"
+        if aggregate.sorted and any(not -len(types) <= k.column < len(types) for k in plan.order):
+            return "a sort key outside the columns"
         assert plan.outputs is not None
         outputs = [output_type(o.type, types, sem) for o in plan.outputs]
         for output, kind in zip(plan.outputs, outputs, strict=True):
@@ -189,6 +195,9 @@ def merge(
     if plan.aggregate is not None:
         assert plan.outputs is not None
         table = _regroup(table, plan.aggregate, width)
+        if plan.aggregate.sorted and plan.order:
+            # The groups in the order the shards sorted their partial rows (the result's).
+            table = table.take(_order(table, plan.order, width))
         table = _outputs(table, plan, [c.type_code for c in columns], sem)
         width = len(plan.outputs)
         keys = plan.sort
