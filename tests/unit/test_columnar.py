@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shardq.errors import DataError
 from shardq.execute.driver import Column
 from shardq.export import to_table
 from shardq.merge.arrowtypes import conform, prepare, settle
@@ -198,3 +199,16 @@ def test_an_unconstrained_numeric_is_sized_on_the_rows_kept() -> None:
     # The row kept with scale 3 is gone: the widest scale of the two kept is 2.
     assert table.schema.field("n").type == pa.decimal128(38, 2)
     assert rows_of(table) == [(1, Decimal("1.50")), (2, Decimal("-2.25"))]
+
+
+def test_an_integer_sum_out_of_range_is_refused_not_wrapped() -> None:
+    plan = MergePlan(
+        aggregate=Aggregation(groups=1, combines=(Combine.SUM,)),
+        outputs=(Output("g", Col(0), TypeRule(copy=0)), Output("sum", Col(1), TypeRule(copy=1))),
+    )
+    columns = [Column("g", INT8), Column("s", INT8)]
+    near = 2**62 + 1
+    fits = columnar([[(1, near)], [(1, -near)], [(2, 5)]], plan, columns)
+    assert sorted(rows_of(fits)) == [(1, 0), (2, 5)]
+    with pytest.raises(DataError, match="out of the range"):
+        columnar([[(1, near)], [(1, near)]], plan, columns)

@@ -219,9 +219,18 @@ def _regroup(table: pyarrow.Table, aggregate: Aggregation, width: int) -> pyarro
     groups = [f"c{i}" for i in range(aggregate.groups)]
     folds = [(f"c{aggregate.groups + i}", _COMBINES[c]) for i, c in enumerate(aggregate.combines)]
     folds += [(name, "max") for name in table.column_names if name.startswith("s")]
+    summed_wide: dict[str, Any] = {}  # integer sums done in decimal: name -> integer type
     for name, function in folds:
         column = table.column(name)
-        if function == "sum" and pa.types.is_decimal128(column.type) and len(column):
+        if function == "sum" and pa.types.is_integer(column.type) and len(column):
+            # pyarrow's integer sums wrap around; PostgreSQL's (and the rows') do not.
+            low, high = pc.min_max(column).values()
+            widest = max(abs(low.as_py() or 0), abs(high.as_py() or 0))
+            if widest * len(column) >= 2**63:
+                summed_wide[name] = column.type
+                index = table.column_names.index(name)
+                table = table.set_column(index, name, column.cast(pa.decimal128(38, 0)))
+        elif function == "sum" and pa.types.is_decimal128(column.type) and len(column):
             # A sum may need more digits than its terms: decimal256 when 38 may not hold it.
             low, high = pc.min_max(column).values()
             widest = max(abs(low.as_py() or 0), abs(high.as_py() or 0))
@@ -229,19 +238,24 @@ def _regroup(table: pyarrow.Table, aggregate: Aggregation, width: int) -> pyarro
             if digits + column.type.scale > 38:
                 wide = pa.decimal256(76, column.type.scale)
                 table = table.set_column(table.column_names.index(name), name, column.cast(wide))
+    arrays: dict[str, Any] = {}
     if aggregate.scalar:  # exactly one row, even from no rows
-        arrays = {}
         for name, function in folds:
             column = table.column(name)
             value = getattr(pc, function)(column).as_py()
             if value is None and _is_count(aggregate, name):
                 value = 0  # count() of no rows
             arrays[name] = pa.array([value], type=column.type)
-        return pa.table(arrays)
-    folded = table.group_by(groups, use_threads=False).aggregate(folds)
-    arrays = {name: folded.column(name) for name in groups}
-    for name, function in folds:
-        arrays[name] = folded.column(f"{name}_{function}")
+    else:
+        folded = table.group_by(groups, use_threads=False).aggregate(folds)
+        arrays = {name: folded.column(name) for name in groups}
+        for name, function in folds:
+            arrays[name] = folded.column(f"{name}_{function}")
+    for name, kind in summed_wide.items():
+        try:
+            arrays[name] = arrays[name].cast(kind)
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"a sum is out of the range of its type ({kind}): {exc}") from exc
     return pa.table(arrays)
 
 
