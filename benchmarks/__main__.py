@@ -28,11 +28,14 @@ as it goes, and collects what each wrote with ``--json``:
   files, beside one SQLite file holding every row;
 - ``decorrelate``: ``decorrelate.py``, TPC-H Q17, Q20 and Q22 (subqueries
   correlated on another key than the shard key) decorrelated and gathered, at
-  scale factor 0.01 on 4 shards.
+  scale factor 0.01 on 4 shards;
 - ``to_sql``: ``to_sql.py``, pandas' ``to_sql`` of 20,000 rows through the
   SQLAlchemy dialect (a COPY per shard, and ``method="multi"``: 1,000-row
   INSERTs) and 1,000-row INSERTs through ``shardq.connect``, beside one
-  PostgreSQL.
+  PostgreSQL;
+- ``arrow``: ``arrow.py``, 1,000,000 rows over 4 shards into Arrow (shardq's
+  row and columnar paths beside a hand-written ADBC gather and a single
+  node), and a GROUP BY of 100,000 groups beside the raw fetch of its partials.
 
 Then it prints every table and every aim once more, side by side, writes
 ``benchmarks/results.json`` (all the scenarios' results, the machine and the
@@ -77,6 +80,7 @@ SCENARIOS = {
     "sqlite_gather": "sqlite_gather.py",
     "decorrelate": "decorrelate.py",
     "to_sql": "to_sql.py",
+    "arrow": "arrow.py",
 }
 
 

@@ -25,7 +25,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from shardq import tracing
 from shardq.cache.regions import CacheChoice, Regions
@@ -82,6 +82,11 @@ class AsyncCursor:
         self.closed = False
         # The sync facade issues warnings itself, in its caller's thread.
         self._hold_warnings = False
+        #: How the last fetch_arrow_table() read its rows: "adbc" (straight into
+        #: Arrow, merged on Arrow data) or "rows" (the rows fetchall() gives); None before.
+        self.arrow_path: str | None = None
+        #: Why the last fetch_arrow_table() read rows ("rows"), else None.
+        self.arrow_fallback: str | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -433,10 +438,40 @@ class AsyncCursor:
         (:mod:`shardq.export` has the mapping); an empty result keeps its
         schema. Needs ``pip install 'shardq[arrow]'``.
         """
-        return await self._arrow_table([])
+        result = self._current()
+        return await self._arrow_table([], isinstance(result, AsyncResult) and result.untouched)
 
-    async def _arrow_table(self, first: list[Any]) -> pyarrow.Table:
-        """The table of ``first`` (rows already taken from the result) and the rest."""
+    async def _arrow_table(self, first: list[Any], untouched: bool) -> pyarrow.Table:
+        """The table of ``first`` (rows already taken from the result) and the rest.
+
+        A read no row of which was taken by the caller (``untouched``) is read
+        again straight into Arrow when the connection's :attr:`~AsyncConnection.arrow_reads`
+        and the read allow it (see :mod:`shardq.execute.arrowread`); else the
+        rows are built into columns. :attr:`arrow_path` tells which was done.
+        """
+        result = self._current()
+        assert result.description is not None
+        why = self._columnar_refused(result, untouched)
+        if why is None and isinstance(result, AsyncResult):
+            read = result.columnar
+            assert not isinstance(read, str)
+            await result.close()  # its statements are cancelled on the shards
+            engine = self.connection._engine
+            found = await engine.read_columnar(read)
+            if not isinstance(found, str):
+                await result.replaced(found.num_rows)
+                self.arrow_path, self.arrow_fallback = "adbc", None
+                return found
+            # A column ADBC describes otherwise (rare): the rows, read again.
+            self._result = await engine.execute(
+                read.statement, read.params, timeout=read.timeout, row_factory=self.row_factory
+            )
+            first, why = [], found
+        self.arrow_path, self.arrow_fallback = "rows", why
+        return await self._rows_table(first)
+
+    async def _rows_table(self, first: list[Any]) -> pyarrow.Table:
+        """The table built from ``first`` and the rest of the result's rows."""
         result = self._current()
         assert result.description is not None
         builder = TableBuilder(result.description)
@@ -446,6 +481,19 @@ class AsyncCursor:
             self._issue()
         self._issue()
         return builder.finish()
+
+    def _columnar_refused(self, result: AsyncResult | StoredResult, untouched: bool) -> str | None:
+        """Why ``result`` is not read again into Arrow; None when it is."""
+        mode = self.connection.arrow_reads
+        if mode != "adbc":
+            return f"arrow_reads is {mode!r}"
+        if not isinstance(result, AsyncResult):
+            return "a result received whole (cached)"
+        if isinstance(result.columnar, str):
+            return result.columnar
+        if not untouched:
+            return "rows were taken from the result before"
+        return None
 
     async def fetch_df(self) -> pandas.DataFrame:
         """Return the rest of the result as a pandas DataFrame (``shardq[pandas]``).
@@ -544,6 +592,15 @@ class AsyncConnection:
         self._transaction: Transaction | None = None
         # Tables written by the open transaction: their cached reads go at commit.
         self._invalidate_at_commit: set[str] = set()
+        #: How reads into Arrow go on PostgreSQL shards: "auto" (read_arrow() reads
+        #: straight into Arrow with ADBC when the read allows it; a cursor's
+        #: fetch_arrow_table() builds the columns from the rows), "adbc" (fetch_arrow_table()
+        #: too runs an executed read again with ADBC, when no row was taken from it) or
+        #: "rows" (always from the rows fetchall() gives).
+        self.arrow_reads: Literal["auto", "adbc", "rows"] = "auto"
+        #: How the last read_arrow() read: "adbc" or "rows" (then arrow_fallback says why).
+        self.arrow_path: str | None = None
+        self.arrow_fallback: str | None = None
 
     @classmethod
     async def connect(
@@ -663,16 +720,51 @@ class AsyncConnection:
     async def read_arrow(self, sql: Any, params: Any = None, **options: Any) -> pyarrow.Table:
         """Run a read and return its rows as a ``pyarrow.Table`` (``shardq[arrow]``).
 
-        ``options`` are :meth:`execute`'s (``timeout``, ``cache``, ...). The
-        cursor is closed after.
+        ``options`` are :meth:`execute`'s (``timeout``, ``cache``, ...). On
+        PostgreSQL shards, with ``shardq[adbc]`` installed, a read outside a
+        transaction whose merge the columnar path carries out is read
+        straight into Arrow by ADBC and merged on Arrow data (README, "Arrow,
+        pandas and polars"); anything else is read as rows, as
+        :meth:`AsyncCursor.fetch_arrow_table` reads them. The same table
+        either way; :attr:`arrow_path` and :attr:`arrow_fallback` tell which.
         """
         require("pyarrow", "arrow", "read_arrow()")
+        self._check_open()
+        why = self._arrow_refused(options)
+        if why is None:
+            statement, bound = as_statement((sql, params), self.config.dialect)
+            tracing.query(statement)
+            timeout = options.get("timeout")
+            found = await self._engine.read_arrow(
+                statement, bound, timeout=self.timeout if timeout is None else timeout
+            )
+            if not isinstance(found, str):
+                self.arrow_path, self.arrow_fallback = "adbc", None
+                return found
+            why = found
         cursor = await self.execute(sql, params, **options)
         try:
-            table: pyarrow.Table = await cursor.fetch_arrow_table()
+            table: pyarrow.Table = await cursor._rows_table([])
         finally:
             await cursor.close()
+        self.arrow_path, self.arrow_fallback = "rows", why
         return table
+
+    def _arrow_refused(self, options: Mapping[str, Any]) -> str | None:
+        """Why :meth:`read_arrow` with ``options`` reads rows, before any plan is made."""
+        if self.arrow_reads == "rows":
+            return "arrow_reads is 'rows'"
+        if self._transaction_for_statement() is not None:
+            return "a read in a transaction"
+        if set(options) - {"timeout"}:
+            return f"the option(s) {', '.join(sorted(set(options) - {'timeout'}))}"
+        if self._caches.pick(None) is not None:
+            return "a connection that caches reads"
+        if self.allow_partial:
+            return "a partial read"
+        if self.read_policy != "primary":
+            return f"the read policy {self.read_policy!r}"
+        return None
 
     async def execute_concurrent(
         self,

@@ -25,7 +25,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from shardq import errors
 from shardq._portal import Portal
@@ -89,6 +89,8 @@ class Cursor:
         self._local: deque[Any] = deque()
         self._drained = True  # nothing more to bring over from the loop
         self._seconds: float | None = None  # how long execute() took, to its first rows
+        # No row was handed out since execute(): fetch_arrow_table() may read again.
+        self._untouched = False
         inner._hold_warnings = True  # issued here, in the caller's thread
 
     def __repr__(self) -> str:
@@ -97,6 +99,16 @@ class Cursor:
     @property
     def description(self) -> tuple[Column, ...] | None:
         return self._inner.description
+
+    @property
+    def arrow_path(self) -> str | None:
+        """See :attr:`shardq.aio.AsyncCursor.arrow_path`: "adbc" or "rows"."""
+        return self._inner.arrow_path
+
+    @property
+    def arrow_fallback(self) -> str | None:
+        """See :attr:`shardq.aio.AsyncCursor.arrow_fallback`: why "rows"."""
+        return self._inner.arrow_fallback
 
     @property
     def rowcount(self) -> int:
@@ -162,6 +174,7 @@ class Cursor:
         rows, self._drained = self._portal.call(self._execute, *args)
         self._seconds = time.monotonic() - began
         self._local.extend(rows)
+        self._untouched = True
         self._issue(3)  # (at the caller of Cursor.execute or Connection.execute)
         return self
 
@@ -194,6 +207,7 @@ class Cursor:
         return await self._inner.next_batch(), False
 
     def _more(self) -> list[Any]:
+        self._untouched = False
         if self._drained:
             return []
         batch: list[Any] = self._portal.call(self._inner.next_batch)
@@ -255,12 +269,14 @@ class Cursor:
 
     def fetchone(self) -> Any | None:
         self._check_readable()
+        self._untouched = False
         if not self._local:
             self._local.extend(self._more())
         return self._local.popleft() if self._local else None
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         self._check_readable()
+        self._untouched = False
         size = self.arraysize if size is None else size
         rows: list[Any] = []
         while len(rows) < size:
@@ -274,6 +290,7 @@ class Cursor:
 
     def fetchall(self) -> list[Any]:
         self._check_readable()
+        self._untouched = False
         rows = list(self._local)
         self._local.clear()
         if self._drained:
@@ -291,13 +308,20 @@ class Cursor:
         connection's event loop thread.
         """
         self._check_readable()
+        untouched, self._untouched = self._untouched, False
         first = list(self._local)
         self._local.clear()
-        if self._drained:
+        mode = self.connection.arrow_reads
+        if self._drained and not (untouched and mode == "adbc"):
             assert self.description is not None
+            why = (
+                f"arrow_reads is {mode!r}" if mode != "adbc"
+                else "rows were taken from the result before"
+            )  # fmt: skip
+            self._inner.arrow_path, self._inner.arrow_fallback = "rows", why
             return to_table(self.description, [rows_as_tuples(first)])
         self._drained = True
-        table: pyarrow.Table = self._portal.call(self._inner._arrow_table, first)
+        table: pyarrow.Table = self._portal.call(self._inner._arrow_table, first, untouched)
         self._issue(2)
         return table
 
@@ -316,6 +340,7 @@ class Cursor:
 
     def __iter__(self) -> Iterator[Any]:
         self._check_readable()
+        self._untouched = False
         while True:
             while self._local:
                 yield self._local.popleft()
@@ -424,6 +449,17 @@ class Connection:
         self._inner.read_policy = policy
 
     @property
+    def arrow_reads(self) -> Literal["auto", "adbc", "rows"]:
+        """See :attr:`shardq.aio.AsyncConnection.arrow_reads` ("auto" by default)."""
+        return self._inner.arrow_reads
+
+    @arrow_reads.setter
+    def arrow_reads(self, value: Literal["auto", "adbc", "rows"]) -> None:
+        if value not in ("auto", "adbc", "rows"):
+            raise ValueError(f"arrow_reads is 'auto', 'adbc' or 'rows', not {value!r}")
+        self._inner.arrow_reads = value
+
+    @property
     def allow_partial(self) -> bool:
         """See :attr:`shardq.aio.AsyncConnection.allow_partial` (False by default)."""
         return self._inner.allow_partial
@@ -484,14 +520,31 @@ class Connection:
     def read_arrow(self, sql: Any, params: Any = None, **options: Any) -> pyarrow.Table:
         """Run a read and return its rows as a ``pyarrow.Table`` (``shardq[arrow]``).
 
-        ``options`` are :meth:`execute`'s (``timeout``, ``cache``, ...). The
-        cursor is closed after. polars can read one too:
-        ``polars.read_database(sql, conn.cursor())``.
+        ``options`` are :meth:`execute`'s (``timeout``, ``cache``, ...). See
+        :meth:`shardq.aio.AsyncConnection.read_arrow` for the reads that go
+        straight into Arrow (:attr:`arrow_path` tells). polars can read one
+        too: ``polars.read_database(sql, conn.cursor())``.
         """
         require("pyarrow", "arrow", "read_arrow()")
+        why = self._inner._arrow_refused(options)
+        if why is None:
+            found: pyarrow.Table = self._portal.call(self._inner.read_arrow, sql, params, **options)
+            return found
+        # Through a cursor of this thread: its warnings are issued here.
         with self.execute(sql, params, **options) as cursor:
             table: pyarrow.Table = cursor.fetch_arrow_table()
+        self._inner.arrow_path, self._inner.arrow_fallback = "rows", why
         return table
+
+    @property
+    def arrow_path(self) -> str | None:
+        """How the last :meth:`read_arrow` read: "adbc" or "rows" (then :attr:`arrow_fallback`)."""
+        return self._inner.arrow_path
+
+    @property
+    def arrow_fallback(self) -> str | None:
+        """Why the last :meth:`read_arrow` read rows; None when it read with ADBC."""
+        return self._inner.arrow_fallback
 
     def shard_for(self, table: str, key_value: object) -> str:
         """Return the name of the shard holding ``table``'s rows whose key is ``key_value``."""

@@ -25,6 +25,8 @@ from shardq.errors import (
     UnsupportedQueryError,
     missing_dependency,
 )
+from shardq.execute import arrowread
+from shardq.execute.arrowread import ColumnarRead
 from shardq.execute.cursor import cursor_pools
 from shardq.execute.deadline import bounded
 from shardq.execute.driver import Column, Row, ShardPool, Statement, get_driver, read_whole
@@ -40,6 +42,8 @@ from shardq.execute.textorder import (
     code_point_order,
     collation_name,
 )
+from shardq.merge.arrowtypes import columns_of, prepare
+from shardq.merge.columnar import finish, unsupported, unsupported_plan
 from shardq.merge.drive import drive, drive_sync
 from shardq.merge.evaluate import semantics, uncomputable
 from shardq.merge.pipeline import compared_columns, describe, merger
@@ -67,6 +71,8 @@ if TYPE_CHECKING:
         Sequence,
     )
 
+    import pyarrow
+
     from shardq.config import Config
     from shardq.execute.driver import Outcome
     from shardq.execute.lanes import Lanes
@@ -83,6 +89,14 @@ log = logging.getLogger("shardq.engine")
 _STATEMENT_IDS = itertools.count(1)
 
 _R = TypeVar("_R")
+
+
+def _prepared(table: pyarrow.Table, zone: str) -> tuple[pyarrow.Table, tuple[Column, ...] | str]:
+    """A shard's ADBC table with the row path's types (in its read's thread), and its columns."""
+    columns = columns_of(table.schema)
+    if isinstance(columns, str):
+        return table, columns
+    return prepare(table, columns, zone), columns
 
 
 async def _fetch_all(scatter: Scatter, source: int) -> list[Row]:
@@ -172,6 +186,8 @@ class Engine:
             getattr(pool, "readers_block_writers", False) for pool in self.pools.values()
         )
         self._reading: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
+        # ADBC's connections for reads into Arrow, opened on the first one.
+        self._arrow: arrowread.ArrowReader | None = None
         # Gathers at once, at most the smallest pool's size: each holds one
         # connection of its shard while it waits for one of every other shard,
         # so more of them, gathering to different shards, could hold every
@@ -423,9 +439,108 @@ class Engine:
             transaction.note(shards, write)
         merge = merger(plan.merge, len(shards), self._semantics, types)
         result = await AsyncResult.start(scatter, merge, row_factory, plan.merge, self._semantics)
+        if transaction is None and not plan.kind.is_write:
+            result.columnar = self._columnar(
+                plan, shards, scatter, timeout, deadline, allow_partial, (sql, params)
+            )
         if self._readers_block_writers and not result.in_memory:
             self._reading.add(result)
         return result
+
+    def _columnar(
+        self,
+        plan: QueryPlan,
+        shards: tuple[str, ...],
+        scatter: Scatter,
+        timeout: float | None,
+        deadline: float | None,
+        partial: bool,
+        statement: tuple[str, object],
+    ) -> ColumnarRead | str:
+        """How a started read can be read again into Arrow, or why it cannot."""
+        why = self._columnar_refused(plan, partial or bool(scatter.missing))
+        if why is None and scatter.description is not None:
+            why = unsupported(plan.merge, scatter.description, self._semantics)
+        return why or ColumnarRead(plan, shards, timeout, deadline, *statement)
+
+    def _columnar_refused(self, plan: QueryPlan, partial: bool) -> str | None:
+        """Why a read's plan keeps it from ADBC and the columnar merge, whatever its columns.
+
+        ADBC reads PostgreSQL primaries only (no replicas to pick among),
+        whole (not partial), without bound parameters (psycopg binds them;
+        ADBC's placeholders are others).
+        """
+        why = (
+            f"{self.config.dialect} shards" if self.config.dialect != "postgres"
+            else "adbc-driver-postgresql is not installed (shardq[adbc])"
+            if not arrowread.available()
+            else "a statement that is not a plain read"
+            if plan.kind is not StatementKind.READ or plan.gather is not None
+            or plan.deferred is not None or plan.move is not None or plan.split is not None
+            or plan.feed is not None
+            else "bound parameters" if plan.params
+            else "a partial read" if partial
+            else "shards with replicas" if self.hosts
+            else None
+        )  # fmt: skip
+        return why or unsupported_plan(plan.merge)
+
+    async def read_arrow(
+        self, sql: str, params: object = None, *, timeout: float | None
+    ) -> pyarrow.Table | str:
+        """Run a read straight into Arrow (ADBC, merged on Arrow data), or say why not.
+
+        Nothing is read when the plan stands against it; a reason returned
+        after reading (a column type the columnar merge does not carry) means
+        the caller reads the rows instead (:class:`~shardq.aio.AsyncConnection.read_arrow`).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            async with bounded(deadline, timeout):
+                plan = await self.plan_async(sql, params)
+        except TimeoutError:
+            raise QueryTimeoutError(timeout or 0.0, self.config.shard_names[:1]) from None
+        why = self._columnar_refused(plan, False)
+        if why is not None:
+            return why
+        shards = plan.route.resolve(self.config.shard_names, next(self._turn))
+        if plan.merge.compares:
+            try:
+                async with bounded(deadline, timeout):
+                    await self._learn_text_order(shards)
+            except TimeoutError:
+                raise QueryTimeoutError(timeout or 0.0, shards) from None
+        return await self.read_columnar(ColumnarRead(plan, shards, timeout, deadline))
+
+    async def read_columnar(self, read: ColumnarRead) -> pyarrow.Table | str:
+        """Run ``read`` on its shards into Arrow and merge it; or why the rows must answer."""
+        if not read.shards:
+            return "no shard to read"
+        if self._arrow is None:
+            self._arrow = arrowread.ArrowReader(self.config)
+        plan = read.plan
+        # Without parameters psycopg sends a statement as it is, with (an empty set of)
+        # them it reads %% as % first: ADBC gets what PostgreSQL would.
+        sql = plan.sql if plan.params is None else plan.sql.replace("%%", "%")
+        read_in = await arrowread.read_all(
+            self._arrow, sql, read.shards, read.timeout, read.deadline, _prepared
+        )
+        columns = read_in[0][1]
+        if isinstance(columns, str):
+            return columns
+        if any(found != columns for _, found in read_in[1:]):
+            return "shards that describe the columns differently"
+        why = unsupported(plan.merge, columns, self._semantics)
+        if why is not None:
+            return why
+        try:
+            self._check_merge(plan, read.shards, [c.type_code for c in columns])
+        except UnsupportedQueryError as refused:
+            return str(refused)  # the row path answers it (by gathering, or refuses it)
+        description = describe(plan.merge, columns, self._semantics)
+        assert description is not None
+        tables = [table for table, _ in read_in]
+        return finish(tables, columns, plan.merge, description, self._semantics)
 
     def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:
         """Whether a read refused at execution can be gathered to one shard instead."""
@@ -1408,6 +1523,8 @@ class Engine:
     async def close(self) -> None:
         """Close every pool (every pool is closed even if one fails)."""
         errors = []
+        if self._arrow is not None:
+            await self._arrow.close()
         for pool in [*self.pools.values(), *self.hosts.pools()]:
             try:
                 await pool.close()

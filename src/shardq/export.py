@@ -3,8 +3,10 @@
 ``cursor.fetch_arrow_table()`` (the ADBC DB-API extension's name, which
 polars' ``read_database`` looks for), ``fetch_df()`` and ``fetch_polars()``
 read the rest of the current result, as ``fetchall()`` does, and build the
-columns from the merged rows one batch at a time (phase 1: the rows still
-pass through Python objects; the values are the ones ``fetchall()`` gives).
+columns from the merged rows one batch at a time (the values are the ones
+``fetchall()`` gives). On PostgreSQL shards ``read_arrow()`` reads most reads
+without Python objects instead (:mod:`shardq.execute.arrowread`, merged by
+:mod:`shardq.merge.columnar`), into the same schema as the one below.
 
 The Arrow types carry the database's, taken from the cursor's
 ``description`` (PostgreSQL type OIDs, and a numeric column's precision and
@@ -27,8 +29,9 @@ timestamptz                 timestamp[us, tz=the values' zone: psycopg gives the
                             session's TimeZone; UTC for an empty or all-NULL column]
 time                        time64[us]
 timetz                      string (ISO 8601, with the offset: Arrow has no zoned time)
-interval                    month_day_nano_interval (phase 1: psycopg gives months as
-                            30 days, so months are 0, as in fetchall's timedelta)
+interval                    month_day_nano_interval (psycopg gives months as 30 days,
+                            so months are 0, as in fetchall's timedelta; intervals
+                            always take this path)
 uuid                        arrow.uuid (extension over fixed_size_binary(16))
 json, jsonb                 arrow.json (extension over string): the value's JSON text
 arrays of these             list<...> (nested lists for several dimensions)

@@ -18,6 +18,7 @@ from shardq.rows import RowFactory, RowMaker, is_tuple_factory
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
+    from shardq.execute.arrowread import ColumnarRead
     from shardq.execute.driver import Column
     from shardq.execute.scatter import Scatter
     from shardq.merge import Merger, Rows
@@ -238,6 +239,9 @@ class AsyncResult(_Fetching):
     their pools when the last row has been read or :meth:`close` is called.
     """
 
+    #: How the read can be read again into Arrow (the engine sets it), or why it cannot.
+    columnar: ColumnarRead | str = "a write, or a statement of a transaction"
+
     def __init__(
         self,
         scatter: Scatter,
@@ -297,6 +301,16 @@ class AsyncResult(_Fetching):
     @property
     def closed(self) -> bool:
         return self._batches is None
+
+    @property
+    def untouched(self) -> bool:
+        """Whether no row has been taken from the result yet."""
+        return self._received == 0 and not self._buffer and self._batches is not None
+
+    async def replaced(self, rows: int) -> None:
+        """Close the result, read whole (``rows``) by another way (:attr:`columnar`)."""
+        await self.close()
+        self._rowcount = rows
 
     async def receive(self) -> None:
         """Read the rest of the shards' rows into memory, giving their connections back.

@@ -10,6 +10,14 @@ table's types must be the ones the same mapping gives to the single node's
 answer (its description and rows), so a merge that loses a column's type
 shows up here. On SQLite each column's type is its values' storage class,
 and a column whose values are of two classes is refused by name.
+
+Every PostgreSQL query is also read both ways into Arrow: by the rows (phase
+1, ``arrow_reads = "rows"``) and on the columnar path (ADBC per shard,
+merged on Arrow data: ``read_arrow()``, and ``fetch_arrow_table()`` of an
+executed read with ``arrow_reads = "adbc"``). The tables must be equal,
+schema and values; a query the columnar path leaves to the rows must say
+why with one of the documented reasons (:data:`FALLBACKS`), and the queries
+of :data:`COLUMNAR` must take the columnar path.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import re
 import sqlite3
 import struct
 from typing import TYPE_CHECKING, Any
@@ -198,3 +207,107 @@ def test_sqlite_fetchall_is_unchanged_by_a_table_read(sqlite_conn: shardq.Connec
     single = sqlite3.connect(":memory:")
     assert single.execute(sql).fetchall() == before
     single.close()
+
+
+# Both ways: rows and the columnar path (ADBC, merged on Arrow data).
+
+#: Why the columnar path leaves a read to the rows (shardq.merge.columnar and the engine).
+FALLBACKS = re.compile(
+    r"^(DISTINCT|WITH TIES|a set operation|a float group key"
+    r"|MIN or MAX of floats|COUNT\(DISTINCT\) or a float aggregate's state"
+    r"|a computed column '[^']*' of type OID (1186|1184|1266|114|3802|2950|\d{4,})"
+    r"|bound parameters|a bound parameter in the merge|a statement that is not a plain read"
+    r"|no shard to read"
+    r"|column '[^']*' of type (json|jsonb|interval|timetz|uuid|oid|mood|_\w+|unknown))$"
+)
+
+#: Reads the columnar path must carry: concatenation, ORDER BY (NULLS FIRST/LAST, DESC,
+#: NaN, text by code point), OFFSET/LIMIT, and the regroup of count, sum, min and max.
+COLUMNAR = [
+    ("SELECT id, grp, k, n, f, ts, flag, label FROM facts", False),
+    ("SELECT id, k FROM facts WHERE k > 1000", False),
+    ("SELECT id, f FROM facts ORDER BY f DESC NULLS LAST, id", True),
+    ("SELECT id, f FROM facts ORDER BY f NULLS FIRST, id LIMIT 15 OFFSET 4", True),
+    ('SELECT grp, id FROM facts ORDER BY grp COLLATE "C" DESC, id LIMIT 20', True),
+    ("SELECT n, ts, id FROM facts ORDER BY n NULLS FIRST, ts DESC, id OFFSET 7", True),
+    ("SELECT id FROM facts ORDER BY k, id LIMIT 0", True),
+    ("SELECT grp, count(*), count(k), sum(k), min(k), max(ts) FROM facts GROUP BY grp", False),
+    ("SELECT label, flag, count(*) AS c, min(n), max(n), sum(n) FROM facts GROUP BY 1, 2", False),
+    ("SELECT grp, avg(k), avg(n), sum(f) FROM facts GROUP BY grp HAVING count(*) > 2", False),
+    ("SELECT count(*), sum(n), min(ts), avg(k) FROM facts WHERE k > 10000", True),
+    ("SELECT k, count(*) AS c FROM facts GROUP BY k ORDER BY c DESC, k NULLS FIRST LIMIT 3", True),
+    ("SELECT grp, k, bool_and(flag), bool_or(flag) FROM facts GROUP BY 1, 2 ORDER BY 1, 2", True),
+    ("SELECT id, v FROM sparse", False),
+    ("SELECT id, k FROM facts WHERE false", False),
+]
+
+
+def rows_of(table: pa.Table) -> list[tuple[Any, ...]]:
+    columns = [column.to_pylist() for column in table.columns]
+    return [tuple(c[i] for c in columns) for i in range(table.num_rows)]
+
+
+def both_ways(conn: shardq.Connection, sql: str, ordered: bool) -> tuple[str, str | None]:
+    """Read ``sql`` by the rows and on the columnar path (both entries); assert the tables
+    are equal; return how ``read_arrow`` read it, and why the rows when they did."""
+    conn.arrow_reads = "rows"
+    try:
+        want = conn.read_arrow(sql)
+    except shardq.DataError:
+        conn.arrow_reads = "auto"
+        with pytest.raises(shardq.DataError):
+            conn.read_arrow(sql)
+        return "error", None
+    assert conn.arrow_path == "rows"
+    conn.arrow_reads = "auto"
+    got = conn.read_arrow(sql)
+    path, why = conn.arrow_path, conn.arrow_fallback
+    conn.arrow_reads = "adbc"
+    cursor = conn.execute(sql)
+    again = cursor.fetch_arrow_table()
+    assert cursor.arrow_path == path, (cursor.arrow_path, cursor.arrow_fallback, path, why)
+    conn.arrow_reads = "auto"
+    for table in (got, again):
+        assert table.schema == want.schema, sql
+        same_rows(rows_of(table), rows_of(want), ordered)
+    return path or "", why
+
+
+def check_path(path: str, why: str | None, sql: str) -> None:
+    if path == "rows":
+        assert why is not None, sql
+        assert FALLBACKS.match(why), f"undocumented fallback {why!r}: {sql}"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("sql", "ordered"), test_edge.CASES, ids=[c[0][:60] for c in test_edge.CASES]
+)
+def test_postgres_columnar_path_is_the_row_path(
+    sql: str, ordered: bool, pg_conn: shardq.Connection
+) -> None:
+    path, why = both_ways(pg_conn, sql, ordered)
+    check_path(path, why, sql)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("sql", "ordered"), COLUMNAR, ids=[c[0][:60] for c in COLUMNAR])
+def test_postgres_common_plans_take_the_columnar_path(
+    sql: str, ordered: bool, edge: Edge, pg_conn: shardq.Connection
+) -> None:
+    path, why = both_ways(pg_conn, sql, ordered)
+    assert (path, why) == ("adbc", None), sql
+    pg_conn.arrow_reads = "auto"
+    table = pg_conn.read_arrow(sql)
+    want = single_table(edge.dsn, sql)
+    assert table.schema == want.schema.remove_metadata(), sql
+    same_as_rows(table, [tuple(r) for r in rows_of(want)], ordered)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", test_tpch.QUERIES, ids=[p.stem for p in test_tpch.QUERIES])
+def test_tpch_columnar_path_is_the_row_path(path: Path, tpch: Tpch) -> None:
+    sql = path.read_text()
+    with shardq.connect(tpch.config) as conn:
+        way, why = both_ways(conn, sql, ordered=True)
+    check_path(way, why, sql)
