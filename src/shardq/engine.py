@@ -42,7 +42,7 @@ from shardq.execute.textorder import (
     code_point_order,
     collation_name,
 )
-from shardq.merge.arrowtypes import columns_of, prepare
+from shardq.merge.arrowtypes import NumericSpecial, columns_of, prepare
 from shardq.merge.columnar import finish, unsupported, unsupported_plan
 from shardq.merge.drive import drive, drive_sync
 from shardq.merge.evaluate import semantics, uncomputable
@@ -96,7 +96,10 @@ def _prepared(table: pyarrow.Table, zone: str) -> tuple[pyarrow.Table, tuple[Col
     columns = columns_of(table.schema)
     if isinstance(columns, str):
         return table, columns
-    return prepare(table, columns, zone), columns
+    try:
+        return prepare(table, columns, zone), columns
+    except NumericSpecial:
+        return table, "a numeric NaN or infinity"
 
 
 async def _fetch_all(scatter: Scatter, source: int) -> list[Row]:
@@ -525,9 +528,11 @@ class Engine:
         read_in = await arrowread.read_all(
             self._arrow, sql, read.shards, read.timeout, read.deadline, _prepared
         )
+        for _, found in read_in:
+            if isinstance(found, str):
+                return found
         columns = read_in[0][1]
-        if isinstance(columns, str):
-            return columns
+        assert not isinstance(columns, str)
         if any(found != columns for _, found in read_in[1:]):
             return "shards that describe the columns differently"
         why = unsupported(plan.merge, columns, self._semantics)
@@ -540,7 +545,10 @@ class Engine:
         description = describe(plan.merge, columns, self._semantics)
         assert description is not None
         tables = [table for table, _ in read_in]
-        return finish(tables, columns, plan.merge, description, self._semantics)
+        try:
+            return finish(tables, columns, plan.merge, description, self._semantics)
+        except NumericSpecial:  # unconstrained numerics are made decimals here
+            return "a numeric NaN or infinity"
 
     def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:
         """Whether a read refused at execution can be gathered to one shard instead."""

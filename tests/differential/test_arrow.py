@@ -217,7 +217,7 @@ FALLBACKS = re.compile(
     r"|MIN or MAX of floats|COUNT\(DISTINCT\) or a float aggregate's state"
     r"|a computed column '[^']*' of type OID (1186|1184|1266|114|3802|2950|\d{4,})"
     r"|bound parameters|a bound parameter in the merge|a statement that is not a plain read"
-    r"|no shard to read"
+    r"|no shard to read|a numeric NaN or infinity"
     r"|column '[^']*' of type (json|jsonb|interval|timetz|uuid|oid|mood|_\w+|unknown))$"
 )
 

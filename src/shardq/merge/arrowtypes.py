@@ -114,6 +114,15 @@ def _scales(pc: Any, text: Any) -> tuple[Any, int, int]:
     return scales, widest, pc.max(whole).as_py() or 0
 
 
+class NumericSpecial(DataError):
+    """A numeric NaN or infinity read into Arrow: no decimal holds it.
+
+    The columnar path gives the read to the row path then: the value may be
+    in a column of the merge's own (a sort key, a partial aggregate) that the
+    answer does not show, and the row path refuses it only where it does.
+    """
+
+
 def _finite(pc: Any, column: Column, text: Any) -> None:
     """Refuse numeric NaN and the infinities as the row path does: no decimal holds them."""
     import pyarrow as pa
@@ -121,7 +130,7 @@ def _finite(pc: Any, column: Column, text: Any) -> None:
     special = pc.index_in(text, value_set=pa.array(_SPECIAL_TEXTS))
     found = pc.max(special).as_py()
     if found is not None:
-        raise DataError(
+        raise NumericSpecial(
             f"column {column.name!r} holds numeric {_SPECIAL_NAMES[found]}, which no Arrow decimal "
             "holds; cast the column to float8 or text in the SQL"
         )

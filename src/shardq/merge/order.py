@@ -90,7 +90,9 @@ def _component(key: SortKey, is_float: bool = False) -> KeyFn:
     def value(v: Any) -> Any:
         if sqlite is not None:
             return sqlite(v)
-        return (v != v, v) if is_float else v  # NaN after every number
+        # NaN after every number; every NaN one value (Python's NaNs compare
+        # neither equal nor less, and a Decimal NaN refuses to be ordered).
+        return (True, 0) if is_float and v != v else (False, v) if is_float else v
 
     if key.descending:
         return lambda row: ((row[i] is None) == null_last, _Descending(value(row[i])))
@@ -103,8 +105,10 @@ def sort_key(keys: Sequence[SortKey], floats: frozenset[int] = frozenset()) -> t
     When every term goes the same way the key is one flat tuple,
     ``(row[i] is None, row[i], ...)``, built by a function compiled for
     these terms, and ``reverse`` says DESC: no Python-level comparison runs.
-    Columns in ``floats`` hold floating-point values: their key also says
-    whether the value is NaN, which PostgreSQL sorts after every number.
+    Columns in ``floats`` hold floating-point or numeric values: their key
+    also says whether the value is NaN, which PostgreSQL sorts after every
+    number, and puts every NaN level with the others (rows then ordered by
+    the next term).
 
     >>> from shardq.merge.steps import SortKey
     >>> rows = [(1, "b"), (None, "a"), (2, "a"), (1, "a")]
@@ -129,7 +133,11 @@ def sort_key(keys: Sequence[SortKey], floats: frozenset[int] = frozenset()) -> t
                 parts.append(f"k{n}(r[{i}])")
                 continue
             if i in floats:
-                parts.append(f"r[{i}] != r[{i}]")  # NaN: after every number
+                # NaN after every number, all NaNs one value: ties go on to the
+                # next term (a NaN is neither equal to another nor less).
+                parts.append(f"r[{i}] != r[{i}]")
+                parts.append(f"(r[{i}] if r[{i}] == r[{i}] else 0)")
+                continue
             parts.append(f"r[{i}]")
         # Only integers are formatted into the source: it cannot hold anything else.
         return eval(f"lambda r: ({', '.join(parts)},)", namespace), reverse

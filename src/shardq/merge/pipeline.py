@@ -85,11 +85,11 @@ def merger(
 
 
 def _float_columns(types: Sequence[Any] | None) -> frozenset[int]:
-    """The columns (also as negative indices) whose type is floating point."""
+    """The columns (also as negative indices) that can hold NaN: float and numeric."""
     if types is None:
         return frozenset()
     width = len(types)
-    found = {i for i, t in enumerate(types) if t in (FLOAT4, FLOAT8)}
+    found = {i for i, t in enumerate(types) if t in _NAN_TYPES}
     return frozenset(found | {i - width for i in found})
 
 
