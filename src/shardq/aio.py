@@ -42,8 +42,7 @@ from shardq.export import TableBuilder, require, rows_as_tuples, to_pandas, to_p
 from shardq.health import CheckReport, check
 from shardq.results import AsyncResult, StoredResult, issue
 from shardq.rows import RowFactory, tuple_row
-from shardq.sql.analyze import StatementKind, volatile_call
-from shardq.sql.parse import parse
+from shardq.sql.analyze import StatementKind
 from shardq.sql.route import written_table
 from shardq.statements import as_statement, compiler, is_many, statement_text
 
@@ -494,11 +493,6 @@ class AsyncCursor:
             return result.columnar
         if not untouched:
             return "rows were taken from the result before"
-        # The read ran once already (execute()): another run would call it again.
-        parsed = parse(result.columnar.statement, self.connection.config.dialect)
-        call = volatile_call(parsed.expression)
-        if call is not None:
-            return "a volatile function call, which a second read would repeat"
         return None
 
     async def fetch_df(self) -> pandas.DataFrame:
