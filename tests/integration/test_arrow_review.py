@@ -163,25 +163,3 @@ async def test_waiting_for_a_connection_ends_at_the_deadline(edge: Edge) -> None
             await aconn.read_arrow("SELECT id FROM facts WHERE id = 1", timeout=0.5)
         assert time.monotonic() - began < 1.5
         assert (await holding).column("id").to_pylist() == [1]
-
-
-def test_a_read_with_a_volatile_call_is_not_run_twice(edge: Edge, conn: shardq.Connection) -> None:
-    # fetch_arrow_table() with arrow_reads = "adbc" reads an executed read again with ADBC:
-    # not one whose every run changes something (a sequence here).
-    for cluster in edge.clusters:
-        cluster.execute("DROP SEQUENCE IF EXISTS arrow_review_seq; "
-                        "CREATE SEQUENCE arrow_review_seq", DATABASE)  # fmt: skip
-    conn.arrow_reads = "adbc"
-    try:
-        cursor = conn.execute("SELECT nextval('arrow_review_seq') AS v")
-        table = cursor.fetch_arrow_table()
-    finally:
-        conn.arrow_reads = "auto"
-    assert cursor.arrow_path == "rows"
-    assert table.column("v").to_pylist() == [1]
-    calls = 0
-    for cluster in edge.clusters:
-        with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as db:
-            row = db.execute("SELECT last_value, is_called FROM arrow_review_seq").fetchone()
-            calls += row[0] if row and row[1] else 0
-    assert calls == 1
