@@ -18,8 +18,12 @@ has at most ``pool_max_size`` of them reading at once, as its psycopg pool.
 The statement's deadline is honoured twice: ``statement_timeout`` is set on
 the server for the read, and when the time runs out (or the awaiting task
 is cancelled) the read is cancelled on the server from the event loop
-(``AdbcStatementCancel``, a libpq cancel request), then waited for, so no
-thread outlives its statement. Errors pass :func:`translate_error` with the
+(``AdbcStatementCancel``, a libpq cancel request, sent from a thread),
+then waited for a moment (:data:`GRACE`). A server that stopped answering
+leaves a libpq call blocked until the network gives up: its read still
+fails on time, as on the row path, and its thread (a daemon of its own, the
+shard's slot still held) closes the connection when it returns. Waiting for
+a slot counts in the deadline too. Errors pass :func:`translate_error` with the
 configuration's secrets (a driver message can quote the connection string).
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import re
 import threading
@@ -99,6 +104,10 @@ def _pg_message(text: str) -> str:
     return re.sub(r"\. SQLSTATE: \w+$", "", rest)
 
 
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0)
+
+
 class _Stopped(Exception):
     """A read stopped (out of time, or cancelled) before its statement started."""
 
@@ -129,22 +138,75 @@ class _Conn:
                 part.close()
 
 
+#: How long a stopped read's thread is waited for after its cancel requests are sent:
+#: a server that answers ends its statement in milliseconds; one that stopped answering
+#: (a dead network) is left to its thread, which closes the connection when it returns.
+GRACE = 1.0
+
+
+def _threaded(fn: Callable[[], _T]) -> asyncio.Future[_T]:
+    """``fn()`` in a daemon thread of its own, as a future of the running loop.
+
+    Not the loop's executor: a libpq call on a connection whose server
+    stopped answering does not return, and such a thread must keep neither
+    the caller nor the interpreter's exit waiting (the executor's threads
+    are joined at exit). The outcome of a future no one awaits any more is
+    retrieved, not logged.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    def post(outcome: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
+            loop.call_soon_threadsafe(outcome)
+
+    def settle(value: Any, failure: BaseException | None) -> None:
+        if future.done():
+            return
+        if failure is None:
+            future.set_result(value)
+        else:
+            future.set_exception(failure)
+
+    def run() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            post(functools.partial(settle, None, exc))
+        else:
+            post(functools.partial(settle, value, None))
+
+    threading.Thread(target=run, name="shardq-adbc", daemon=True).start()
+    return future
+
+
+def _send_cancels(on: Sequence[Any]) -> None:
+    """A cancel request for each statement of ``on`` (libpq's, blocking: in a thread)."""
+    for statement in on:
+        with contextlib.suppress(Exception):
+            statement.cancel()
+
+
 async def _cancel(work: asyncio.Future[Any], stop: threading.Event, on: list[Any]) -> None:
     """Stop a read: cancel its statement on the server until its thread is done.
 
     The cancel request is sent again while the thread runs: one sent just
     before the statement reached the server finds nothing to cancel. The
-    thread's connection is closed, not reused (its statement did not finish).
+    requests go from threads (a cancel request to a server that does not
+    answer blocks), and the read's thread is waited for :data:`GRACE`
+    seconds at most: the caller gets its timeout or cancellation when the
+    row path would, whatever the network does. The thread's connection is
+    closed, not reused (its statement did not finish), when it returns.
     """
     stop.set()
-    while not work.done():
-        for statement in on:
-            with contextlib.suppress(Exception):
-                statement.cancel()
+    give_up = time.monotonic() + GRACE
+    sending: asyncio.Future[None] | None = None
+    while not work.done() and time.monotonic() < give_up:
+        if on and (sending is None or sending.done()):
+            sending = _threaded(lambda: _send_cancels(list(on)))
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(asyncio.shield(work), 0.1)
-    with contextlib.suppress(BaseException):
-        work.result()
 
 
 class _Shard:
@@ -170,6 +232,7 @@ class ArrowReader:
         from psycopg.conninfo import make_conninfo
 
         self._secrets = config.secrets
+        self._closed = False
         self._shards: dict[str, _Shard] = {}
         for shard in config.shards:
             extra = {} if "connect_timeout" in shard.dsn else {"connect_timeout": 10}
@@ -187,10 +250,19 @@ class ArrowReader:
         with shard.lock:
             if shard.idle:
                 return shard.idle.pop()
-            if shard.database is None:
-                driver = require("adbc_driver_postgresql", "adbc", "Arrow reads")
-                shard.database = driver.connect(shard.dsn)
             database = shard.database
+        if database is None:
+            # Not under the lock: ADBC connects to the server here, and a server that
+            # does not answer would hold every other read of the shard for connect_timeout.
+            driver = require("adbc_driver_postgresql", "adbc", "Arrow reads")
+            fresh = driver.connect(shard.dsn)
+            with shard.lock:
+                if shard.database is None:
+                    shard.database, fresh = fresh, None
+                database = shard.database
+            if fresh is not None:  # another read's came first
+                with contextlib.suppress(Exception):
+                    fresh.close()
         conn = _Conn(manager, manager.AdbcConnection(database))
         if shard.zone is None:
             zone = conn.query("SELECT current_setting('TimeZone')")
@@ -221,10 +293,13 @@ class ArrowReader:
             reusable = True
             return table
         finally:
-            if reusable:
-                with shard.lock:
+            with shard.lock:
+                # Not after a cancel request (one still on its way would stop the next
+                # statement), nor into a closed reader's pool (a read left to its thread).
+                keep = reusable and not stop.is_set() and not self._closed
+                if keep:
                     shard.idle.append(conn)
-            else:
+            if not keep:
                 conn.close()
 
     def _work(
@@ -255,34 +330,42 @@ class ArrowReader:
         """
         shard = self._shards[name]
         deadline = None if timeout is None else time.monotonic() + timeout
-        async with shard.slots:
-            stop = threading.Event()
-            on: list[Any] = []
-            work = asyncio.ensure_future(
-                asyncio.to_thread(self._work, shard, sql, deadline, stop, on, then)
-            )
-            try:
-                left = None if deadline is None else max(deadline - time.monotonic(), 0)
-                done = await asyncio.wait_for(asyncio.shield(work), left)
-            except (TimeoutError, asyncio.CancelledError) as stopped:
-                await _cancel(work, stop, on)
-                if isinstance(stopped, TimeoutError):
-                    raise QueryTimeoutError(timeout or 0.0, (name,)) from None
-                raise
-            except _Stopped:
+        try:
+            # The wait for a connection counts in the statement's time, as in a pool.
+            await asyncio.wait_for(shard.slots.acquire(), _left(deadline))
+        except TimeoutError:
+            raise QueryTimeoutError(timeout or 0.0, (name,)) from None
+        # The slot is the thread's: given back when it returns, even after the read gave up.
+        stop = threading.Event()
+        on: list[Any] = []
+        try:
+            work = _threaded(lambda: self._work(shard, sql, deadline, stop, on, then))
+        except BaseException:
+            shard.slots.release()
+            raise
+        work.add_done_callback(lambda _: shard.slots.release())
+        try:
+            done = await asyncio.wait_for(asyncio.shield(work), _left(deadline))
+        except (TimeoutError, asyncio.CancelledError) as stopped:
+            await _cancel(work, stop, on)
+            if isinstance(stopped, TimeoutError):
                 raise QueryTimeoutError(timeout or 0.0, (name,)) from None
-            except shardq_errors.Error:
-                raise  # then()'s own (a value with no Arrow form)
-            except Exception as exc:
-                if _sqlstate(exc) == "57014" and timeout is not None:  # our statement_timeout
-                    raise QueryTimeoutError(timeout, (name,)) from None
-                if exc.args and isinstance(exc.args[0], str):
-                    exc.args = (_pg_message(exc.args[0]), *exc.args[1:])
-                raise translate_error(name, exc, self._secrets, sqlstate_of=_sqlstate) from exc
+            raise
+        except _Stopped:
+            raise QueryTimeoutError(timeout or 0.0, (name,)) from None
+        except shardq_errors.Error:
+            raise  # then()'s own (a value with no Arrow form)
+        except Exception as exc:
+            if _sqlstate(exc) == "57014" and timeout is not None:  # our statement_timeout
+                raise QueryTimeoutError(timeout, (name,)) from None
+            if exc.args and isinstance(exc.args[0], str):
+                exc.args = (_pg_message(exc.args[0]), *exc.args[1:])
+            raise translate_error(name, exc, self._secrets, sqlstate_of=_sqlstate) from exc
         return done
 
     async def close(self) -> None:
         """Close every idle connection (reads still running close theirs)."""
+        self._closed = True
         for shard in self._shards.values():
             with shard.lock:
                 idle, shard.idle = shard.idle, []

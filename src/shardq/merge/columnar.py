@@ -218,7 +218,14 @@ def _regroup(table: pyarrow.Table, aggregate: Aggregation, width: int) -> pyarro
 
     groups = [f"c{i}" for i in range(aggregate.groups)]
     folds = [(f"c{aggregate.groups + i}", _COMBINES[c]) for i, c in enumerate(aggregate.combines)]
-    folds += [(name, "max") for name in table.column_names if name.startswith("s")]
+    # A MIN or MAX keeps its value's own scale (the least of 1.5 and 2.500 is 1.5); every
+    # other scale column is the widest of its group's (a sum's, a group's constant's).
+    picked: dict[str, Combine] = {
+        f"s{aggregate.groups + i}": c
+        for i, c in enumerate(aggregate.combines)
+        if c in (Combine.MIN, Combine.MAX) and f"s{aggregate.groups + i}" in table.column_names
+    }
+    folds += [(n, "max") for n in table.column_names if n.startswith("s") and n not in picked]
     summed_wide: dict[str, Any] = {}  # integer sums done in decimal: name -> integer type
     for name, function in folds:
         column = table.column(name)
@@ -238,6 +245,9 @@ def _regroup(table: pyarrow.Table, aggregate: Aggregation, width: int) -> pyarro
             if digits + column.type.scale > 38:
                 wide = pa.decimal256(76, column.type.scale)
                 table = table.set_column(table.column_names.index(name), name, column.cast(wide))
+    if picked and groups:
+        # The groups in their keys' order, as _picked_scales folds them.
+        table = table.take(pc.sort_indices(table, [(g, "ascending") for g in groups]))
     arrays: dict[str, Any] = {}
     if aggregate.scalar:  # exactly one row, even from no rows
         for name, function in folds:
@@ -251,12 +261,38 @@ def _regroup(table: pyarrow.Table, aggregate: Aggregation, width: int) -> pyarro
         arrays = {name: folded.column(name) for name in groups}
         for name, function in folds:
             arrays[name] = folded.column(f"{name}_{function}")
+    if picked:
+        arrays.update(_picked_scales(table, groups, picked, scalar=aggregate.scalar))
     for name, kind in summed_wide.items():
         try:
             arrays[name] = arrays[name].cast(kind)
         except pa.ArrowInvalid as exc:
             raise DataError(f"a sum is out of the range of its type ({kind}): {exc}") from exc
     return pa.table(arrays)
+
+
+def _picked_scales(
+    table: pyarrow.Table, groups: list[str], picked: dict[str, Combine], *, scalar: bool
+) -> dict[str, Any]:
+    """The scale of each group's MIN or MAX value: the scale column ``s<i>`` of the row
+    holding it (``picked``: scale column -> combine), one per group in the group keys'
+    order (``table`` is sorted on them), or one value when ``scalar``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found: dict[str, Any] = {}
+    for name, combine in picked.items():
+        direction = "ascending" if combine is Combine.MIN else "descending"
+        keys = [*((g, "ascending") for g in groups), (f"c{name[1:]}", direction)]
+        ranked = table.take(pc.sort_indices(table, keys))
+        if scalar:
+            # The first scale not NULL: a NULL value's, and only it, is NULL.
+            scales = pc.drop_null(ranked.column(name))
+            found[name] = pa.array([scales[0].as_py() if len(scales) else None], pa.int32())
+        else:
+            folded = ranked.group_by(groups, use_threads=False).aggregate([(name, "first")])
+            found[name] = folded.column(f"{name}_first")
+    return found
 
 
 def _is_count(aggregate: Aggregation, name: str) -> bool:

@@ -292,6 +292,9 @@ def _compare(op: str, a: Any, b: Any) -> bool | None:
             a, b = float(a), float(b)
     elif type(a) is dt.datetime and (a.tzinfo is None) != (b.tzinfo is None):
         raise _incomparable(a, b)
+    if isinstance(a, float) and (math.isnan(a) or math.isnan(b)):
+        # PostgreSQL's float order: NaN equals NaN and is above every other number.
+        a, b = _nan_last(a), _nan_last(b)
     if op == "=":
         return bool(a == b)
     if op == "<>":
@@ -303,6 +306,17 @@ def _compare(op: str, a: Any, b: Any) -> bool | None:
     if op == ">":
         return bool(a > b)
     return bool(a >= b)
+
+
+def _nan_last(value: float) -> tuple[bool, float]:
+    """A float's place in PostgreSQL's order, NaN last (Python's NaN compares to nothing).
+
+    >>> nan = float("nan")
+    >>> _nan_last(nan) > _nan_last(float("inf")), _nan_last(nan) == _nan_last(-nan)
+    (True, True)
+    """
+    nan = math.isnan(value)
+    return nan, 0.0 if nan else value
 
 
 def _incomparable(a: Any, b: Any) -> NotSupportedError:
