@@ -265,7 +265,11 @@ class ArrowReader:
                     fresh.close()
         conn = _Conn(manager, manager.AdbcConnection(database))
         if shard.zone is None:
-            zone = conn.query("SELECT current_setting('TimeZone')")
+            try:
+                zone = conn.query("SELECT current_setting('TimeZone')")
+            except BaseException:
+                conn.close()  # not yet anyone's: it would be left open
+                raise
             shard.zone = str(zone.column(0)[0].as_py())
         return conn
 
