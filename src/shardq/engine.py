@@ -96,10 +96,7 @@ def _prepared(table: pyarrow.Table, zone: str) -> tuple[pyarrow.Table, tuple[Col
     columns = columns_of(table.schema)
     if isinstance(columns, str):
         return table, columns
-    try:
-        return prepare(table, columns, zone), columns
-    except NumericSpecial:
-        return table, "a numeric NaN or infinity"
+    return prepare(table, columns, zone), columns
 
 
 async def _fetch_all(scatter: Scatter, source: int) -> list[Row]:
@@ -517,6 +514,15 @@ class Engine:
 
     async def read_columnar(self, read: ColumnarRead) -> pyarrow.Table | str:
         """Run ``read`` on its shards into Arrow and merge it; or why the rows must answer."""
+        try:
+            return await self._read_columnar(read)
+        except NumericSpecial:
+            # No Arrow decimal holds it, but it may be in a sort key or partial
+            # aggregate the answer does not show: the row path refuses it only
+            # in a column shown.
+            return "a numeric NaN or infinity"
+
+    async def _read_columnar(self, read: ColumnarRead) -> pyarrow.Table | str:
         if not read.shards:
             return "no shard to read"
         if self._arrow is None:
@@ -545,10 +551,7 @@ class Engine:
         description = describe(plan.merge, columns, self._semantics)
         assert description is not None
         tables = [table for table, _ in read_in]
-        try:
-            return finish(tables, columns, plan.merge, description, self._semantics)
-        except NumericSpecial:  # unconstrained numerics are made decimals here
-            return "a numeric NaN or infinity"
+        return finish(tables, columns, plan.merge, description, self._semantics)
 
     def _can_gather(self, plan: QueryPlan, transaction: Transaction | None) -> bool:
         """Whether a read refused at execution can be gathered to one shard instead."""

@@ -68,6 +68,31 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from shardq.errors import DataError, MissingDependencyError
+from shardq.pgtypes import (
+    BOOL,
+    BPCHAR,
+    BYTEA,
+    CHAR,
+    DATE,
+    FLOAT4,
+    FLOAT8,
+    INT2,
+    INT4,
+    INT8,
+    INTERVAL,
+    JSON,
+    JSONB,
+    NAME,
+    NUMERIC,
+    OID,
+    TEXT,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    TIMETZ,
+    UUID,
+    VARCHAR,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -111,36 +136,30 @@ def _pa() -> Any:
     return require("pyarrow", "arrow", "fetch_arrow_table()")
 
 
-# PostgreSQL's built-in type OIDs (pg_type.dat): fixed, so no catalog lookup.
-_BOOL, _BYTEA, _NAME, _CHAR, _INT8, _INT2, _INT4, _TEXT, _OID = 16, 17, 19, 18, 20, 21, 23, 25, 26
-_JSON, _FLOAT4, _FLOAT8, _BPCHAR, _VARCHAR, _DATE, _TIME = 114, 700, 701, 1042, 1043, 1082, 1083
-_TIMESTAMP, _TIMESTAMPTZ, _INTERVAL, _TIMETZ, _NUMERIC, _UUID, _JSONB = (
-    1114, 1184, 1186, 1266, 1700, 2950, 3802
-)  # fmt: skip
 #: Array type OID -> its element's OID.
 _ARRAYS = {
-    1000: _BOOL, 1001: _BYTEA, 1002: _CHAR, 1003: _NAME, 1005: _INT2, 1007: _INT4, 1009: _TEXT,
-    1014: _BPCHAR, 1015: _VARCHAR, 1016: _INT8, 1021: _FLOAT4, 1022: _FLOAT8, 1028: _OID,
-    1115: _TIMESTAMP, 1182: _DATE, 1183: _TIME, 1185: _TIMESTAMPTZ, 1187: _INTERVAL,
-    1231: _NUMERIC, 1270: _TIMETZ, 199: _JSON, 2951: _UUID, 3807: _JSONB,
+    1000: BOOL, 1001: BYTEA, 1002: CHAR, 1003: NAME, 1005: INT2, 1007: INT4, 1009: TEXT,
+    1014: BPCHAR, 1015: VARCHAR, 1016: INT8, 1021: FLOAT4, 1022: FLOAT8, 1028: OID,
+    1115: TIMESTAMP, 1182: DATE, 1183: TIME, 1185: TIMESTAMPTZ, 1187: INTERVAL,
+    1231: NUMERIC, 1270: TIMETZ, 199: JSON, 2951: UUID, 3807: JSONB,
 }  # fmt: skip
 
 
 def _scalar_type(pa: Any, oid: Any, precision: int | None, scale: int | None) -> Any:
     """The Arrow type of a PostgreSQL scalar type, or None (from the values)."""
     simple = {
-        _BOOL: pa.bool_(), _INT2: pa.int16(), _INT4: pa.int32(), _INT8: pa.int64(),
-        _OID: pa.uint32(), _FLOAT4: pa.float32(), _FLOAT8: pa.float64(), _TEXT: pa.string(),
-        _VARCHAR: pa.string(), _BPCHAR: pa.string(), _NAME: pa.string(), _CHAR: pa.string(),
-        _BYTEA: pa.binary(), _DATE: pa.date32(), _TIMESTAMP: pa.timestamp("us"),
-        _TIME: pa.time64("us"), _TIMETZ: pa.string(), _INTERVAL: pa.month_day_nano_interval(),
-        _UUID: pa.uuid(), _JSON: pa.json_(), _JSONB: pa.json_(),
+        BOOL: pa.bool_(), INT2: pa.int16(), INT4: pa.int32(), INT8: pa.int64(),
+        OID: pa.uint32(), FLOAT4: pa.float32(), FLOAT8: pa.float64(), TEXT: pa.string(),
+        VARCHAR: pa.string(), BPCHAR: pa.string(), NAME: pa.string(), CHAR: pa.string(),
+        BYTEA: pa.binary(), DATE: pa.date32(), TIMESTAMP: pa.timestamp("us"),
+        TIME: pa.time64("us"), TIMETZ: pa.string(), INTERVAL: pa.month_day_nano_interval(),
+        UUID: pa.uuid(), JSON: pa.json_(), JSONB: pa.json_(),
     }  # fmt: skip
     if oid in simple:
         return simple[oid]
-    if oid == _TIMESTAMPTZ:
+    if oid == TIMESTAMPTZ:
         return pa.timestamp("us", tz="UTC")  # the values' zone replaces it
-    if oid == _NUMERIC:
+    if oid == NUMERIC:
         if precision is not None and scale is not None:
             return (pa.decimal128 if precision <= 38 else pa.decimal256)(precision, scale)
         return pa.decimal128(38, 0)  # unconstrained: the values' scale widens it
@@ -189,7 +208,7 @@ def _uuid(value: uuid.UUID) -> bytes:
 
 #: How a value of a type is made ready for ``pyarrow.array`` (identity when missing).
 _PREPARE: dict[Any, Callable[[Any], Any]] = {
-    _INTERVAL: _interval, _JSON: _json, _JSONB: _json, _TIMETZ: _iso_time, _UUID: _uuid,
+    INTERVAL: _interval, JSON: _json, JSONB: _json, TIMETZ: _iso_time, UUID: _uuid,
 }  # fmt: skip
 
 
@@ -219,9 +238,9 @@ _KINDS: dict[type, str] = {
     decimal.Decimal: "numeric", dt.date: "date", dt.datetime: "timestamp", dt.time: "time",
     dt.timedelta: "interval", uuid.UUID: "uuid", dict: "json", list: "array",
 }  # fmt: skip
-_KIND_OIDS = {"boolean": _BOOL, "integer": _INT8, "real": _FLOAT8, "text": _TEXT,
-              "blob": _BYTEA, "numeric": _NUMERIC, "date": _DATE, "timestamp": _TIMESTAMP,
-              "time": _TIME, "interval": _INTERVAL, "uuid": _UUID, "json": _JSONB}  # fmt: skip
+_KIND_OIDS = {"boolean": BOOL, "integer": INT8, "real": FLOAT8, "text": TEXT,
+              "blob": BYTEA, "numeric": NUMERIC, "date": DATE, "timestamp": TIMESTAMP,
+              "time": TIME, "interval": INTERVAL, "uuid": UUID, "json": JSONB}  # fmt: skip
 
 
 def _kind_of(value: Any) -> str:
@@ -252,9 +271,9 @@ def _inferred_oid(name: str, values: Sequence[Any]) -> Any:
         )
     kind = kinds.pop()
     if kind == "timestamptz":
-        return _TIMESTAMPTZ
+        return TIMESTAMPTZ
     if kind == "timetz":
-        return _TIMETZ
+        return TIMETZ
     if kind == "array":
         return "array"
     if kind not in _KIND_OIDS:
@@ -319,13 +338,13 @@ class _ColumnBuilder:
         if pa.types.is_list(declared):
             for _ in range(_depth(values) - 1):
                 declared = pa.list_(declared)
-            if element == _TIMESTAMPTZ:
+            if element == TIMESTAMPTZ:
                 declared = _nest(pa, pa.timestamp("us", tz=_zone(_flat(values))), declared)
-            elif element == _NUMERIC:
+            elif element == NUMERIC:
                 declared = _nest(pa, self._decimal(_flat(values)), declared)
-        elif oid == _TIMESTAMPTZ:
+        elif oid == TIMESTAMPTZ:
             declared = pa.timestamp("us", tz=_zone(values))
-        elif oid == _NUMERIC and not (self.constrained and self.declared is not None):
+        elif oid == NUMERIC and not (self.constrained and self.declared is not None):
             declared = self._decimal(values)
         self.chunks.append(self._array(values, declared))
 

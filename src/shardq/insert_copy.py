@@ -41,6 +41,25 @@ import sqlglot.errors
 from sqlglot import exp
 
 from shardq.errors import UndeclaredTableError
+from shardq.pgtypes import (
+    BOOL,
+    BYTEA,
+    DATE,
+    FLOAT4,
+    FLOAT8,
+    INT2,
+    INT4,
+    INT8,
+    JSON,
+    JSONB,
+    NUMERIC,
+    TEXT,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    UUID,
+    VARCHAR,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,10 +68,6 @@ if TYPE_CHECKING:
 
 __all__ = ["COLUMN_TYPES_SQL", "CopyTarget", "copy_agrees", "copy_target"]
 
-# PostgreSQL's type OIDs (pg_type.oid of the built-in types; fixed).
-BOOL, BYTEA, INT8, INT2, INT4, TEXT, JSON = 16, 17, 20, 21, 23, 25, 114
-FLOAT4, FLOAT8, VARCHAR, DATE, TIME, TIMESTAMP = 700, 701, 1043, 1082, 1083, 1114
-TIMESTAMPTZ, NUMERIC, UUID, JSONB = 1184, 1700, 2950, 3802
 
 #: The type of each cast SQLAlchemy's psycopg dialect renders, by sqlglot's name for it.
 _CASTS = {

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.errors import DataError
 from shardq.export import _decimal_type, arrow_type
+from shardq.pgtypes import NUMERIC, TIMESTAMPTZ
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,7 +44,6 @@ __all__ = [
     "settle",
 ]
 
-NUMERIC, TIMESTAMPTZ = 1700, 1184
 #: ADBC's type names (its fields' ``POSTGRESQL:type`` metadata) of the types it reads
 #: as the row path does (bool, bytea, "char", name, integers, text, floats, bpchar,
 #: varchar, date, time, timestamp, timestamptz, numeric) and their type OIDs.

@@ -37,17 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 from shardq.errors import DataError
 from shardq.export import arrow_type
-from shardq.merge.arrowtypes import (
-    NUMERIC,
-    READABLE,
-    TIMESTAMPTZ,
-    conform,
-    python_values,
-    settle,
-)
+from shardq.merge.arrowtypes import READABLE, conform, python_values, settle
 from shardq.merge.evaluate import compile_expr, output_type
 from shardq.merge.pipeline import _typed
 from shardq.merge.steps import Call, Col, Combine, Param
+from shardq.pgtypes import NUMERIC, TIMESTAMPTZ
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

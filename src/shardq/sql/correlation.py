@@ -136,6 +136,11 @@ class Scope:
         if not any(r.table.distributed for r in self.own.values()):
             raise Refused("it reads no distributed table")
 
+    def own_type(self, column: exp.Column) -> str:
+        """The declared type of ``column`` if it is an own column ("" if not, or unknown)."""
+        owner = self.owner(column)
+        return "" if owner is None else type_of(column, owner, self.columns)
+
     def owner(self, column: exp.Column) -> TableRef | None:
         """The own source of ``column``, or None when it is the outer query's."""
         if column.args.get("db") or column.args.get("catalog"):
@@ -223,8 +228,7 @@ def aggregates(item: exp.Expr, scope: Scope) -> list[exp.Expr]:
                 if not isinstance(part, _SUMMED):
                     raise Refused(f"the aggregate {node.sql('postgres')} sums an expression")
                 if isinstance(part, exp.Column):
-                    owner = scope.owner(part)
-                    kind = "" if owner is None else type_of(part, owner, scope.columns)
+                    kind = scope.own_type(part)
                     if not kind.startswith(_SUMMABLE):
                         raise Refused(
                             f"the aggregate {node.sql('postgres')} sums a column that is not "
@@ -238,8 +242,7 @@ def aggregates(item: exp.Expr, scope: Scope) -> list[exp.Expr]:
         elif not isinstance(argument, exp.Column):
             raise Refused(f"the aggregate {node.sql('postgres')} is over an expression")
         elif isinstance(node, exp.Min | exp.Max):
-            owner = scope.owner(argument)
-            kind = "" if owner is None else type_of(argument, owner, scope.columns)
+            kind = scope.own_type(argument)
             if not kind.startswith(_ORDERED):
                 raise Refused(
                     f"the aggregate {node.sql('postgres')} is of a column that is not a number, "
